@@ -1,0 +1,78 @@
+"""The planner's output: replicas per (service, variant, pool), routing, and what it achieves.
+
+The operator turns rows into Deployments and routing weights, and reports the per-service
+summary in the InferenceService status; the solver statistics make a slow or poor solve visible.
+Lists are sorted so that equal plans compare (and serialize) equal.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PlanRow(_Frozen):
+    """Replicas of one variant on one pool, their batch-size cap and the load routed to them."""
+
+    service: str
+    variant: str
+    pool: str
+    replicas: int = Field(ge=0)
+    max_batch_size: int = Field(ge=1)
+    capacity_qps_per_replica: float = Field(ge=0)
+    capacity_qps: float = Field(ge=0)
+    routed_qps: float = Field(ge=0)
+    accuracy: float
+
+
+class ServicePlan(_Frozen):
+    """What the plan achieves for one service."""
+
+    service: str
+    demand_qps: float
+    served_qps: float
+    unserved_qps: float
+    capacity_qps: float
+    effective_accuracy: float | None = Field(
+        description="Demand-weighted accuracy of the served requests; None when none is served."
+    )
+    floor_met: bool = Field(
+        description="True when the service has an eligible variant (accuracy at or above its "
+        "floor) and all of its demand is served."
+    )
+
+
+class Exclusion(_Frozen):
+    """A (variant, pool) pair the planner cannot use, and why."""
+
+    service: str
+    variant: str
+    pool: str
+    reason: str
+
+
+class SolverStats(_Frozen):
+    """How the solve went: status, time, objective terms, and the proven optimality gap."""
+
+    status: str
+    solver: str
+    solve_time_s: float
+    served_qps: float = Field(description="Priority-weighted served demand (objective term 1).")
+    accuracy_term: float = Field(
+        description="Sum over services of served QPS times min(accuracy, target) (term 2)."
+    )
+    cost: float = Field(description="Device cost of the plan (term 3).")
+    change: int = Field(description="Replicas added or removed against the current plan (term 4).")
+    gap: float = Field(description="Relative gap of the accuracy stage against its LP bound.")
+
+
+class Plan(_Frozen):
+    """A complete plan: rows, per-service summaries, excluded pairs, and solver statistics."""
+
+    rows: list[PlanRow] = Field(default_factory=list)
+    services: list[ServicePlan] = Field(default_factory=list)
+    excluded: list[Exclusion] = Field(default_factory=list)
+    stats: SolverStats

@@ -1,0 +1,150 @@
+"""The planner's input: device pools, services with their variants and profiles, and settings.
+
+These models are the contract between the operator (which builds them from InferenceService and
+DevicePool objects) and the planner (which knows nothing of Kubernetes). Every check that can be
+made on the input alone is made here, so a bad spec fails at the edge with the path of the field
+at fault instead of deep inside the solver.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Percentile = Literal["p50", "p90", "p99"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProfilePoint(_Frozen):
+    """Measured latency of one batch of `batch_size` requests on one device, in seconds."""
+
+    batch_size: int = Field(ge=1)
+    p50_s: float = Field(gt=0)
+    p90_s: float | None = Field(default=None, gt=0)
+    p99_s: float | None = Field(default=None, gt=0)
+
+    def latency_s(self, percentile: Percentile) -> float:
+        """The latency at `percentile`, or at the nearest lower percentile that was measured."""
+        if percentile == "p99" and self.p99_s is not None:
+            return self.p99_s
+        if percentile in ("p99", "p90") and self.p90_s is not None:
+            return self.p90_s
+        return self.p50_s
+
+
+class VariantSpec(_Frozen):
+    """One variant of a model family: its accuracy and its latency profile on each pool."""
+
+    name: str = Field(min_length=1)
+    accuracy: float = Field(ge=0, le=100)
+    profiles: dict[str, list[ProfilePoint]] = Field(default_factory=dict)
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles_well_formed(
+        cls, profiles: dict[str, list[ProfilePoint]]
+    ) -> dict[str, list[ProfilePoint]]:
+        for pool, points in profiles.items():
+            sizes = [p.batch_size for p in points]
+            if len(set(sizes)) != len(sizes):
+                raise ValueError(f"profiles.{pool}: duplicate batch sizes {sorted(sizes)}")
+            if 1 not in sizes:
+                raise ValueError(f"profiles.{pool}: the profile must contain batch size 1")
+        return {
+            pool: sorted(points, key=lambda p: p.batch_size)
+            for pool, points in sorted(profiles.items())
+        }
+
+
+class PoolSpec(_Frozen):
+    """A class of identical devices: how many the planner may use and what each costs."""
+
+    name: str = Field(min_length=1)
+    devices: int = Field(ge=0)
+    cost_per_device: float = Field(default=1.0, ge=0)
+
+
+class ServiceSpec(_Frozen):
+    """One model family served behind one endpoint, with its SLO and accuracy bounds."""
+
+    name: str = Field(min_length=1)
+    demand_qps: float = Field(ge=0)
+    slo_s: float = Field(gt=0)
+    accuracy_floor: float = Field(default=0.0, ge=0, le=100)
+    accuracy_target: float | None = Field(default=None, ge=0, le=100)
+    priority: int = Field(default=1, ge=1)
+    variants: list[VariantSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServiceSpec:
+        if self.accuracy_target is not None and self.accuracy_target < self.accuracy_floor:
+            raise ValueError(
+                f"accuracy_target: {self.accuracy_target} is below accuracy_floor "
+                f"{self.accuracy_floor}"
+            )
+        names = [v.name for v in self.variants]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"variants: duplicate variant names {dups}")
+        return self
+
+
+class Allocation(_Frozen):
+    """Replicas of one (service, variant, pool) running now; the planner avoids needless change."""
+
+    service: str
+    variant: str
+    pool: str
+    replicas: int = Field(ge=0)
+
+
+class PlannerSettings(_Frozen):
+    """Knobs of the planner. Defaults suit a control loop that re-plans every few seconds."""
+
+    time_limit_s: float = Field(default=10.0, gt=0)
+    relative_gap: float = Field(default=0.001, ge=0, le=1)
+    utilization: float = Field(default=0.9, gt=0, le=1)
+    latency_percentile: Percentile = "p99"
+    num_workers: int = Field(default=2, ge=1)
+    use_hint: bool = True
+
+
+class Problem(_Frozen):
+    """Everything the planner needs: pools, services, what runs now, and settings."""
+
+    pools: list[PoolSpec]
+    services: list[ServiceSpec]
+    current: list[Allocation] = Field(default_factory=list)
+    settings: PlannerSettings = Field(default_factory=PlannerSettings)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Problem:
+        pool_names = [p.name for p in self.pools]
+        dups = sorted({n for n in pool_names if pool_names.count(n) > 1})
+        if dups:
+            raise ValueError(f"pools: duplicate pool names {dups}")
+        svc_names = [s.name for s in self.services]
+        dups = sorted({n for n in svc_names if svc_names.count(n) > 1})
+        if dups:
+            raise ValueError(f"services: duplicate service names {dups}")
+        known = set(pool_names)
+        for i, svc in enumerate(self.services):
+            for j, var in enumerate(svc.variants):
+                for pool in var.profiles:
+                    if pool not in known:
+                        raise ValueError(
+                            f"services[{i}].variants[{j}].profiles.{pool}: unknown pool"
+                        )
+        variants = {(s.name, v.name) for s in self.services for v in s.variants}
+        for k, alloc in enumerate(self.current):
+            if alloc.pool not in known:
+                raise ValueError(f"current[{k}].pool: unknown pool {alloc.pool!r}")
+            if (alloc.service, alloc.variant) not in variants:
+                raise ValueError(
+                    f"current[{k}]: unknown service/variant {alloc.service}/{alloc.variant}"
+                )
+        return self
