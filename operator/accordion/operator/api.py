@@ -1,0 +1,590 @@
+"""The Accordion API, `accordion.dev/v1alpha1`: `InferenceService` and `DevicePool`.
+
+These pydantic models are the single source of truth for the custom resources: the CRD YAML in
+`crds/` is generated from them (`accordion crds`, see `accordion.operator.crdgen`), the operator
+parses what it watches with them, and the CLI and local mode read manifests with them. Field
+descriptions are written for `kubectl explain`. Names follow the Kubernetes API conventions
+(camelCase on the wire, `spec`/`status`, conditions), and KServe's where a KServe user would
+look for them (`storageUri`, the Open Inference Protocol).
+
+Rules that involve more than one field are written twice on purpose: as CEL
+`x-kubernetes-validations` so the API server rejects the object at admission, and as pydantic
+validators so that the CLI, local mode and the operator (which may run against a server that
+does not enforce CEL) report the same error with the same field path.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+GROUP = "accordion.dev"
+VERSION = "v1alpha1"
+API_VERSION: Final = "accordion.dev/v1alpha1"
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""RFC 1123 label: what Kubernetes accepts as a name that also becomes part of object names."""
+
+MAX_VARIANTS = 32
+MAX_PROFILES = 16
+MAX_BATCH_POINTS = 16
+
+
+class ApiModel(BaseModel):
+    """Base for every API object: camelCase on the wire, snake_case in Python, no unknowns."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=False,
+    )
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    """One `x-kubernetes-validations` entry."""
+    entry: JsonDict = {"rule": rule, "message": message}
+    if field_path is not None:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+# ------------------------------------------------------------------------------------- metadata
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes `ObjectMeta` that Accordion reads; everything else is kept as is."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: str | None = None
+    generation: int | None = None
+    resource_version: str | None = None
+
+
+class Condition(ApiModel):
+    """A status condition, as `metav1.Condition`."""
+
+    type: str = Field(description="Type of the condition, e.g. Ready, Planned, Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        default="", description="One CamelCase word that says why the condition is as it is."
+    )
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: str | None = Field(
+        default=None, description="When the condition last changed status (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this condition was computed from."
+    )
+
+
+# ---------------------------------------------------------------------------- InferenceService
+
+
+class ServiceLevelObjective(ApiModel):
+    """The latency budget every request must meet, and how many requests must meet it."""
+
+    latency_ms: float = Field(
+        gt=0,
+        le=600_000,
+        description=(
+            "End-to-end latency budget of one request in milliseconds, queueing and batching "
+            "included. A response later than this is an SLO violation."
+        ),
+    )
+    objective: float = Field(
+        default=0.99,
+        gt=0,
+        lt=1,
+        description=(
+            "Fraction of requests that must be answered within latencyMs (e.g. 0.99). The "
+            "SLO burn-rate alerts measure violations against 1 - objective."
+        ),
+    )
+
+
+class AccuracyPolicy(ApiModel):
+    """How far Accordion may scale accuracy down under load, and how far up it should go."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.target) || self.target >= self.floor",
+                    "accuracy.target must be greater than or equal to accuracy.floor",
+                    ".target",
+                )
+            ]
+        }
+    )
+
+    floor: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description=(
+            "Lowest accuracy a variant may have to serve this service (same scale as "
+            "variants[].accuracy). Accordion never routes to a less accurate variant; demand "
+            "that cannot be served above the floor is reported as a shortfall (Degraded)."
+        ),
+    )
+    target: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description=(
+            "Accuracy beyond which Accordion spends no more devices: above the target, "
+            "accuracy is worth nothing to the planner. Unset means the most accurate variant "
+            "is always worth its devices."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _target_above_floor(self) -> AccuracyPolicy:
+        if self.target is not None and self.target < self.floor:
+            raise ValueError("accuracy.target must be greater than or equal to accuracy.floor")
+        return self
+
+
+class DemandSource(StrEnum):
+    """Where the demand estimate of a service comes from."""
+
+    STATIC = "Static"
+    PROMETHEUS = "Prometheus"
+
+
+class DemandSpec(ApiModel):
+    """Where the planner's demand estimate comes from, and how much headroom to plan for."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.source != 'Static' || has(self.qps)",
+                    "demand.qps is required when demand.source is Static",
+                    ".qps",
+                )
+            ]
+        }
+    )
+
+    source: DemandSource = Field(
+        default=DemandSource.PROMETHEUS,
+        description=(
+            "Static: plan for demand.qps. Prometheus: measure the rate of requests at the "
+            "service's router (demand.query), smoothed; demand.qps, when set, is the estimate "
+            "used until the first measurement and while Prometheus is unreachable."
+        ),
+    )
+    qps: float | None = Field(
+        default=None, ge=0, description="Requests per second to plan for (Static), or fallback."
+    )
+    query: str | None = Field(
+        default=None,
+        max_length=4096,
+        description=(
+            "PromQL that returns this service's request rate. Defaults to the operator's "
+            "query template over accordion_router_requests_total for this service."
+        ),
+    )
+    headroom: float = Field(
+        default=0.1,
+        ge=0,
+        le=10,
+        description="Extra capacity planned above the estimate, as a fraction (0.1 = +10%).",
+    )
+
+
+class ModelFormat(StrEnum):
+    """How a worker loads a variant's model."""
+
+    TORCHSCRIPT = "torchscript"
+    TORCH_EXPORT = "torch-export"
+    BUILTIN = "builtin"
+
+
+class ModelRef(ApiModel):
+    """Where a worker finds a variant's model. Models are never fetched from a hub at run time."""
+
+    storage_uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        description=(
+            "Location of the model, as in KServe: a path inside the worker image or a mounted "
+            "volume (file:///models/resnet50.pt or /models/resnet50.pt), or builtin:NAME for "
+            "Accordion's demo models."
+        ),
+    )
+    format: ModelFormat = Field(
+        default=ModelFormat.TORCHSCRIPT,
+        description="torchscript (torch.jit.save), torch-export (torch.export.save) or builtin.",
+    )
+
+
+class BatchLatency(ApiModel):
+    """Measured latency of one batch size on one device pool (`accordion profile` prints these)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.p90Ms) || self.p90Ms >= self.p50Ms",
+                    "p90Ms must be greater than or equal to p50Ms",
+                    ".p90Ms",
+                ),
+                cel(
+                    "!has(self.p99Ms) || self.p99Ms >= (has(self.p90Ms) ? self.p90Ms : self.p50Ms)",
+                    "p99Ms must be greater than or equal to p90Ms and p50Ms",
+                    ".p99Ms",
+                ),
+            ]
+        }
+    )
+
+    batch_size: int = Field(ge=1, le=4096, description="Number of requests in the batch.")
+    p50_ms: float = Field(gt=0, description="Median execution latency of the batch, ms.")
+    p90_ms: float | None = Field(default=None, gt=0, description="90th percentile latency, ms.")
+    p99_ms: float | None = Field(default=None, gt=0, description="99th percentile latency, ms.")
+
+    @model_validator(mode="after")
+    def _ordered_percentiles(self) -> BatchLatency:
+        if self.p90_ms is not None and self.p90_ms < self.p50_ms:
+            raise ValueError("p90Ms must be greater than or equal to p50Ms")
+        lower = self.p90_ms if self.p90_ms is not None else self.p50_ms
+        if self.p99_ms is not None and self.p99_ms < lower:
+            raise ValueError("p99Ms must be greater than or equal to p90Ms and p50Ms")
+        return self
+
+
+class LatencyProfile(ApiModel):
+    """Latency of a variant on one device pool, per batch size."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.batches.exists(b, b.batchSize == 1)",
+                    "a latency profile must include batchSize 1",
+                    ".batches",
+                )
+            ]
+        }
+    )
+
+    pool: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Name of the DevicePool this profile was measured on.",
+    )
+    batches: list[BatchLatency] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_POINTS,
+        description="Latency per batch size; must include batch size 1.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["batchSize"],
+        },
+    )
+
+    @model_validator(mode="after")
+    def _batches_valid(self) -> LatencyProfile:
+        sizes = [b.batch_size for b in self.batches]
+        if 1 not in sizes:
+            raise ValueError("a latency profile must include batchSize 1")
+        if len(set(sizes)) != len(sizes):
+            raise ValueError("batch sizes in a latency profile must be unique")
+        return self
+
+
+class Variant(ApiModel):
+    """One model of the family: an accuracy, a model, and its latency on each pool it can use."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=40,
+        pattern=DNS_LABEL,
+        description="Name of the variant, unique in the service (part of worker object names).",
+    )
+    accuracy: float = Field(
+        ge=0,
+        le=100,
+        description=(
+            "Accuracy of the variant on the family's benchmark, in percent (or any 0-100 "
+            "scale shared by the service's variants). The planner maximizes it."
+        ),
+    )
+    model: ModelRef = Field(description="Where the worker loads the model from.")
+    profiles: list[LatencyProfile] = Field(
+        min_length=1,
+        max_length=MAX_PROFILES,
+        description=(
+            "Latency per device pool. The variant is placed only on the pools listed here, "
+            "and only with batch sizes whose worst-case latency fits the SLO."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["pool"]},
+    )
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> Variant:
+        pools = [p.pool for p in self.profiles]
+        if len(set(pools)) != len(pools):
+            raise ValueError("each pool may have only one latency profile per variant")
+        return self
+
+
+class InferenceServiceSpec(ApiModel):
+    """Desired state of an InferenceService: one model family under one latency SLO."""
+
+    slo: ServiceLevelObjective = Field(description="Latency budget of every request.")
+    accuracy: AccuracyPolicy = Field(
+        default_factory=AccuracyPolicy, description="Bounds of accuracy scaling."
+    )
+    demand: DemandSpec = Field(
+        default_factory=DemandSpec, description="Where the demand estimate comes from."
+    )
+    priority: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description=(
+            "Weight of this service's demand when the cluster cannot serve everything: "
+            "demand of a higher-priority service is served first."
+        ),
+    )
+    variants: list[Variant] = Field(
+        min_length=1,
+        max_length=MAX_VARIANTS,
+        description="The model variants Accordion may choose between, at least one.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @model_validator(mode="after")
+    def _unique_variants(self) -> InferenceServiceSpec:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError("variant names must be unique")
+        return self
+
+
+class PlanRowStatus(ApiModel):
+    """One (variant, pool) row of the current plan."""
+
+    variant: str = Field(description="Variant name.")
+    pool: str = Field(description="DevicePool name.")
+    replicas: int = Field(ge=0, description="Planned worker replicas (one device each).")
+    ready_replicas: int = Field(default=0, ge=0, description="Replicas currently ready.")
+    max_batch_size: int = Field(ge=1, description="Batch size cap that keeps the SLO.")
+    capacity_qps: float = Field(ge=0, description="Planned capacity of these replicas, req/s.")
+    routed_qps: float = Field(ge=0, description="Demand routed to these replicas, req/s.")
+    weight: float = Field(ge=0, le=1, description="Share of the service's traffic routed here.")
+    accuracy: float = Field(ge=0, le=100, description="Accuracy of the variant.")
+
+
+class InferenceServiceStatus(ApiModel):
+    """Observed state of an InferenceService, written by the operator."""
+
+    # Status is written by controllers (kopf keeps its own bookkeeping there too): never reject it.
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the status reflects."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Planned, Degraded, DemandUnavailable, InvalidSpec.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    demand_qps: float | None = Field(
+        default=None, description="Demand the current plan was made for (headroom included)."
+    )
+    capacity_qps: float | None = Field(default=None, description="Planned capacity, req/s.")
+    served_qps: float | None = Field(default=None, description="Planned served demand, req/s.")
+    effective_accuracy: float | None = Field(
+        default=None, description="Demand-weighted accuracy of the plan."
+    )
+    ready_replicas: int | None = Field(default=None, description="Worker replicas ready.")
+    plan: list[PlanRowStatus] = Field(default_factory=list, description="The current plan rows.")
+    last_plan_time: str | None = Field(default=None, description="When the plan last changed.")
+
+
+class InferenceService(ApiModel):
+    """An ML inference service under a latency SLO, served by a family of model variants."""
+
+    KIND: ClassVar[str] = "InferenceService"
+    PLURAL: ClassVar[str] = "inferenceservices"
+    SINGULAR: ClassVar[str] = "inferenceservice"
+    SHORT_NAMES: ClassVar[list[str]] = ["aisvc"]
+
+    api_version: Literal["accordion.dev/v1alpha1"] = Field(default=API_VERSION)
+    kind: Literal["InferenceService"] = "InferenceService"
+    metadata: ObjectMeta
+    spec: InferenceServiceSpec
+    status: InferenceServiceStatus | None = None
+
+    @property
+    def key(self) -> str:
+        """`namespace/name`, the service's identity in plans and metrics."""
+        return f"{self.metadata.namespace or 'default'}/{self.metadata.name}"
+
+
+# ---------------------------------------------------------------------------------- DevicePool
+
+
+class Toleration(ApiModel):
+    """A pod toleration, as `core/v1 Toleration`."""
+
+    key: str | None = Field(default=None, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (default Equal)."
+    )
+    value: str | None = Field(default=None, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated."
+    )
+
+
+Quantity = Annotated[
+    int | str,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+
+
+class ResourceRequirements(ApiModel):
+    """Compute resources of one worker replica, as `core/v1 ResourceRequirements`."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Resources requested, e.g. cpu: '2', memory: 4Gi."
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, description="Resource limits, e.g. nvidia.com/gpu: 1."
+    )
+
+
+class DevicePoolSpec(ApiModel):
+    """A class of identical devices the planner may place workers on."""
+
+    devices: int = Field(
+        ge=0,
+        le=1_000_000,
+        description="How many devices of this class the planner may use (one per replica).",
+    )
+    cost_per_device: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "Relative cost of one device (e.g. its hourly price). The planner releases devices "
+            "that are not worth their accuracy, cheapest plan first among equals."
+        ),
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels a worker pod of this pool must match."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations added to the pool's worker pods."
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description="Resources of one worker replica, e.g. limits: {nvidia.com/gpu: 1}.",
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu", description="Torch device the workers of this pool run on."
+    )
+
+
+class DevicePoolStatus(ApiModel):
+    """Observed state of a DevicePool."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Available: whether nodes matching the selector exist with free devices.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    allocated_devices: int | None = Field(default=None, description="Devices the plan uses.")
+    matching_nodes: int | None = Field(default=None, description="Nodes matching the selector.")
+
+
+class DevicePool(ApiModel):
+    """A pool of identical devices (cluster-scoped): GPUs of one type, or CPU slots."""
+
+    KIND: ClassVar[str] = "DevicePool"
+    PLURAL: ClassVar[str] = "devicepools"
+    SINGULAR: ClassVar[str] = "devicepool"
+    SHORT_NAMES: ClassVar[list[str]] = ["dpool"]
+
+    api_version: Literal["accordion.dev/v1alpha1"] = Field(default=API_VERSION)
+    kind: Literal["DevicePool"] = "DevicePool"
+    metadata: ObjectMeta
+    spec: DevicePoolSpec
+    status: DevicePoolStatus | None = None
+
+
+Resource = InferenceService | DevicePool
+KINDS: dict[str, type[InferenceService] | type[DevicePool]] = {
+    InferenceService.KIND: InferenceService,
+    DevicePool.KIND: DevicePool,
+}
+
+
+# --------------------------------------------------------------------------------- validation
+
+
+def error_path(loc: tuple[int | str, ...]) -> str:
+    """Render a pydantic error location as a Kubernetes field path: `spec.variants[1].accuracy`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"function-after", "function-before"} or "[" in str(part):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+class InvalidResourceError(ValueError):
+    """A manifest that does not satisfy the API; `errors` lists (field path, message) pairs."""
+
+    def __init__(self, what: str, errors: list[tuple[str, str]]) -> None:
+        self.what = what
+        self.errors = errors
+        details = "; ".join(f"{path or '<root>'}: {msg}" for path, msg in errors)
+        super().__init__(f"{what}: {details}")
+
+
+def parse_resource(obj: dict[str, Any], what: str = "object") -> Resource:
+    """Parse one manifest into its model, or raise `InvalidResourceError` naming every bad field."""
+    if not isinstance(obj, dict):
+        raise InvalidResourceError(what, [("", "expected a mapping")])
+    api_version, kind = obj.get("apiVersion"), obj.get("kind")
+    if api_version != API_VERSION:
+        raise InvalidResourceError(
+            what, [("apiVersion", f"expected {API_VERSION}, got {api_version!r}")]
+        )
+    model = KINDS.get(str(kind))
+    if model is None:
+        raise InvalidResourceError(
+            what, [("kind", f"expected one of {sorted(KINDS)}, got {kind!r}")]
+        )
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        errors = [
+            (error_path(tuple(e["loc"])), str(e["msg"]).removeprefix("Value error, "))
+            for e in exc.errors()
+        ]
+        raise InvalidResourceError(what, errors) from None
