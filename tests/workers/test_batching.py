@@ -1,0 +1,256 @@
+"""Batching policies under a deterministic clock: a tiny discrete-event driver, no wall clock."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from accordion.workers.batching import (
+    BatchingPolicy,
+    ClipperAimd,
+    LatencyPredictor,
+    NoBatching,
+    Request,
+    SloBatcher,
+    TritonDynamicBatcher,
+    make_policy,
+)
+from accordion.workers.config import BatchingConfig
+
+
+def affine(base_s: float, per_item_s: float) -> Callable[[int], float]:
+    return lambda b: base_s + per_item_s * b
+
+
+@dataclass
+class Outcome:
+    ok: int = 0
+    late: int = 0
+    dropped: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.late + self.dropped
+
+
+def simulate(
+    policy: BatchingPolicy,
+    arrivals_s: list[float],
+    slo_s: float,
+    true_latency: Callable[[int], float],
+) -> Outcome:
+    """Drive a policy exactly as the worker loop does, on simulated time."""
+    out = Outcome()
+    pending = [Request(i, t, t + slo_s) for i, t in enumerate(arrivals_s)]
+    i = 0
+    now = 0.0
+    running: tuple[tuple[Request, ...], float, float] | None = None  # batch, start, end
+    wake: float | None = None
+    while i < len(pending) or running is not None or policy.queue_depth:
+        candidates = []
+        if i < len(pending):
+            candidates.append(pending[i].arrival_s)
+        if running is not None:
+            candidates.append(running[2])
+        if wake is not None:
+            candidates.append(max(wake, now))
+        if not candidates:
+            break
+        now = min(candidates)
+        if running is not None and running[2] <= now:
+            batch, start, end = running
+            policy.complete(len(batch), end - start, now)
+            for r in batch:
+                if end <= r.deadline_s + 1e-12:
+                    out.ok += 1
+                else:
+                    out.late += 1
+            running = None
+        while i < len(pending) and pending[i].arrival_s <= now:
+            policy.enqueue(pending[i], now)
+            i += 1
+        decision = policy.decide(now)
+        for d in decision.dropped:
+            out.dropped += 1
+            out.reasons.append(d.reason)
+        wake = decision.wake_at_s
+        if decision.batch:
+            assert running is None, "policy started a batch while the device was busy"
+            running = (decision.batch, now, now + true_latency(len(decision.batch)))
+            out.batch_sizes.append(len(decision.batch))
+            wake = None
+    return out
+
+
+def poisson(rate: float, n: int, seed: int = 1) -> list[float]:
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        out.append(t)
+    return out
+
+
+LAT = affine(0.004, 0.001)  # 5 ms alone, 36 ms for 32: throughput 889/s at b=32
+PROFILE = {b: LAT(b) for b in (1, 2, 4, 8, 16, 32)}
+SLO = 0.100
+
+
+def slo_batcher(profile: dict[int, float] | None = None, cap: int = 32) -> SloBatcher:
+    return SloBatcher(cap, LatencyPredictor(profile or PROFILE), margin_s=0.0)
+
+
+def test_predictor_interpolates_and_extrapolates() -> None:
+    p = LatencyPredictor({1: 0.010, 4: 0.016})
+    assert p.predict_s(1) == pytest.approx(0.010)
+    assert p.predict_s(2) == pytest.approx(0.012)
+    assert p.predict_s(8) == pytest.approx(0.024)
+
+
+def test_predictor_converges_to_observed_and_resists_outliers() -> None:
+    p = LatencyPredictor({1: 0.005, 8: 0.010}, window=32, quantile=0.9)
+    rng = random.Random(3)
+    for k in range(200):
+        latency = 0.020 * (1 + 0.05 * rng.random())
+        if k % 25 == 0:
+            latency = 2.0  # a stall
+        p.observe(8, latency)
+    assert 0.020 <= p.predict_s(8) <= 0.022
+    # Unobserved sizes are corrected by the same factor (2x here).
+    assert p.predict_s(1) == pytest.approx(0.005 * p.predict_s(8) / 0.010, rel=0.01)
+
+
+def test_predictor_is_monotone_in_batch_size() -> None:
+    p = LatencyPredictor({1: 0.010, 2: 0.009, 4: 0.020})
+    values = [p.predict_s(b) for b in range(1, 10)]
+    assert values == sorted(values)
+
+
+def test_slo_batcher_chooses_largest_feasible_batch() -> None:
+    policy = slo_batcher()
+    for k in range(40):
+        policy.enqueue(Request(k, 0.0, 0.100), 0.0)
+    decision = policy.decide(0.0)
+    assert len(decision.batch) == 32
+    policy.complete(32, LAT(32), LAT(32))
+    # Now tight: the earliest deadline leaves 10 ms => largest b with 4+b ms <= 10 ms is 6.
+    policy2 = slo_batcher()
+    for k in range(10):
+        policy2.enqueue(Request(k, 0.0, 0.010 + 0.001 * k), 0.0)
+    d2 = policy2.decide(0.0)
+    assert len(d2.batch) == 6
+    assert [r.request_id for r in d2.batch] == list(range(6))  # EDF order
+
+
+def test_slo_batcher_waits_lazily_but_not_past_a_deadline() -> None:
+    policy = slo_batcher()
+    policy.enqueue(Request(0, 0.0, 0.100), 0.0)
+    d = policy.decide(0.0)
+    assert not d.batch
+    assert d.wake_at_s == pytest.approx(0.100 - LAT(2))
+    # At the wake-up time it dispatches what it has.
+    assert d.wake_at_s is not None
+    d = policy.decide(d.wake_at_s)
+    assert len(d.batch) == 1
+    assert d.wake_at_s is None
+
+
+def test_slo_batcher_drops_only_hopeless_requests_with_reason() -> None:
+    policy = slo_batcher()
+    policy.enqueue(Request(0, 0.0, 0.003), 0.0)  # needs 5 ms alone: hopeless
+    policy.enqueue(Request(1, 0.0, 0.0051), 0.0)  # just makes it alone
+    d = policy.decide(0.0)
+    assert [x.request.request_id for x in d.dropped] == [0]
+    assert "even alone" in d.dropped[0].reason
+    assert [r.request_id for r in d.batch] == [1]
+
+
+def test_slo_batcher_drops_while_busy_what_cannot_run_after_current_batch() -> None:
+    policy = slo_batcher()
+    for k in range(32):
+        policy.enqueue(Request(k, 0.0, 0.100), 0.0)
+    assert len(policy.decide(0.0).batch) == 32  # busy until ~36 ms
+    policy.enqueue(Request(99, 0.001, 0.030), 0.001)
+    d = policy.decide(0.001)
+    assert [x.request.request_id for x in d.dropped] == [99]
+    assert not d.batch
+
+
+@pytest.mark.parametrize("rate", [50.0, 300.0, 700.0])
+def test_slo_batcher_meets_every_deadline_under_sustainable_load(rate: float) -> None:
+    out = simulate(slo_batcher(), poisson(rate, 3000), SLO, LAT)
+    assert out.late == 0
+    assert out.dropped == 0
+    assert out.ok == 3000
+
+
+def test_slo_batcher_batches_more_at_higher_load() -> None:
+    low = simulate(slo_batcher(), poisson(100.0, 1000), SLO, LAT)
+    high = simulate(slo_batcher(), poisson(700.0, 3000), SLO, LAT)
+    assert sum(high.batch_sizes) / len(high.batch_sizes) > sum(low.batch_sizes) / len(
+        low.batch_sizes
+    )
+
+
+def test_slo_batcher_calibrates_a_wrong_profile() -> None:
+    # The profile claims half the true latency; after calibration no request is late.
+    wrong = {b: LAT(b) / 2 for b in PROFILE}
+    policy = slo_batcher(wrong)
+    simulate(policy, poisson(300.0, 2000, seed=5), SLO, LAT)
+    assert policy.predicted_latency_s(8) == pytest.approx(LAT(8), rel=0.05)
+    out = simulate(policy, poisson(300.0, 3000, seed=6), SLO, LAT)
+    assert out.late == 0
+
+
+def test_slo_batcher_keeps_goodput_under_overload() -> None:
+    sustainable = 700.0
+    out = simulate(slo_batcher(), poisson(2 * sustainable, 6000), SLO, LAT)
+    duration = 6000 / (2 * sustainable)
+    goodput = out.ok / duration
+    assert out.late == 0
+    assert goodput >= 0.9 * sustainable
+
+
+def test_baselines_follow_their_rules() -> None:
+    none = NoBatching()
+    for k in range(3):
+        none.enqueue(Request(k, 0.0, 1.0), 0.0)
+    assert len(none.decide(0.0).batch) == 1
+    assert not none.decide(0.0).batch  # busy
+
+    triton = TritonDynamicBatcher(8, 0.005, preferred_batch_sizes=[4])
+    triton.enqueue(Request(0, 0.0, 1.0), 0.0)
+    d = triton.decide(0.0)
+    assert not d.batch
+    assert d.wake_at_s == pytest.approx(0.005)
+    for k in range(1, 4):
+        triton.enqueue(Request(k, 0.001, 1.0), 0.001)
+    assert len(triton.decide(0.001).batch) == 4  # preferred size reached
+    triton.complete(4, 0.001, 0.002)
+    triton.enqueue(Request(9, 0.002, 1.0), 0.002)
+    assert triton.decide(0.007).batch  # max_queue_delay elapsed
+
+    clipper = ClipperAimd(16, latency_objective_s=0.020)
+    for k in range(40):
+        clipper.enqueue(Request(k, 0.0, 1.0), 0.0)
+    sizes = []
+    for _ in range(5):
+        b = clipper.decide(0.0).batch
+        sizes.append(len(b))
+        clipper.complete(len(b), 0.010, 0.0)
+    assert sizes == [1, 2, 3, 4, 5]
+    b = clipper.decide(0.0).batch
+    clipper.complete(len(b), 0.050, 0.0)  # too slow: multiplicative decrease
+    assert clipper.cap < 6
+
+
+def test_make_policy_from_config() -> None:
+    assert isinstance(make_policy(BatchingConfig(policy="none"), {}, 0.1), NoBatching)
+    assert isinstance(make_policy(BatchingConfig(policy="triton"), {}, 0.1), TritonDynamicBatcher)
+    assert isinstance(make_policy(BatchingConfig(policy="clipper"), {}, 0.1), ClipperAimd)
+    assert isinstance(make_policy(BatchingConfig(), {1: 0.01}, 0.1), SloBatcher)

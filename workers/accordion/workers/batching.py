@@ -1,0 +1,467 @@
+"""Batching policies as pure objects: no I/O, no wall clock, time is always passed in.
+
+The same objects run inside the worker pods (driven by the event loop in
+`accordion.workers.server`) and inside the discrete-event simulator (driven on simulated time),
+so what the tests and the simulator measure is what the pods do.
+
+The protocol a driver follows, for one device that runs one batch at a time:
+
+1. ``policy.enqueue(request, now_s)`` for every arrival;
+2. ``decision = policy.decide(now_s)`` after every event (arrival, completion, wake-up). The
+   decision says which requests to drop now (with a reason), which batch to start now (empty
+   when none: the device is busy or the policy prefers to wait) and when to call again at the
+   latest (``wake_at_s``; ``None``: only on the next arrival or completion);
+3. ``policy.complete(batch_size, latency_s, now_s)`` when the batch started by a decision ends,
+   with the observed execution latency.
+
+Between ``decide`` returning a batch and ``complete``, the policy counts the device as busy and
+returns no other batch.
+
+Policies: `SloBatcher` (ours: EDF, largest batch that meets every member's deadline, lazy
+waiting, early drop, online-corrected latency prediction) and the baselines `NoBatching`,
+`TritonDynamicBatcher` and `ClipperAimd`, faithful to what those systems do.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from accordion.workers.config import BatchingConfig
+
+
+@dataclass(eq=False)
+class Request:
+    """One queued inference request. `payload` is opaque to the policy."""
+
+    request_id: int
+    arrival_s: float
+    deadline_s: float
+    payload: object = None
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A request the policy gave up on, and why."""
+
+    request: Request
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the driver must do now; see the module docstring."""
+
+    batch: tuple[Request, ...] = ()
+    dropped: tuple[Dropped, ...] = ()
+    wake_at_s: float | None = None
+    predicted_latency_s: float | None = None
+
+
+class LatencyPredictor:
+    """Predicted execution latency per batch size: the profile, corrected online.
+
+    The profile gives a base curve (linearly interpolated between profiled sizes, extrapolated
+    with the last slope). Observations per batch size are kept in a sliding window; once a size
+    has `min_samples`, its prediction is the window's `quantile` (a high one: the batcher must
+    be right for nearly every batch). Sizes not observed yet get the base curve scaled by the
+    median correction of the observed sizes, so one miscalibrated profile is fixed everywhere
+    after a few batches. Each observation is clipped to [1/clip, clip] x the current prediction
+    before it enters the window, so a single stall (GC, page fault) cannot poison it.
+    Predictions are made non-decreasing in the batch size.
+    """
+
+    def __init__(
+        self,
+        profile_s: Mapping[int, float],
+        *,
+        window: int = 64,
+        quantile: float = 0.9,
+        min_samples: int = 4,
+        clip: float = 4.0,
+    ) -> None:
+        if not profile_s:
+            raise ValueError("a latency profile needs at least one batch size")
+        if any(b < 1 or lat <= 0 for b, lat in profile_s.items()):
+            raise ValueError("profile batch sizes must be >= 1 and latencies > 0")
+        self._profile = sorted(profile_s.items())
+        self._window = window
+        self._quantile = quantile
+        self._min_samples = min_samples
+        self._clip = clip
+        self._samples: dict[int, deque[float]] = {}
+        self._cache: dict[int, float] = {}
+
+    def base_s(self, batch_size: int) -> float:
+        """The profile's latency for `batch_size` (interpolated or extrapolated)."""
+        pts = self._profile
+        if len(pts) == 1:
+            b0, l0 = pts[0]
+            return l0 * max(1.0, batch_size / b0) if batch_size > b0 else l0
+        sizes = [b for b, _ in pts]
+        i = bisect.bisect_left(sizes, batch_size)
+        if i < len(pts) and pts[i][0] == batch_size:
+            return pts[i][1]
+        if i == 0:
+            return pts[0][1]
+        if i == len(pts):
+            (b0, l0), (b1, l1) = pts[-2], pts[-1]
+        else:
+            (b0, l0), (b1, l1) = pts[i - 1], pts[i]
+        slope = max(0.0, (l1 - l0) / (b1 - b0))
+        return l0 + slope * (batch_size - b0)
+
+    def _own_estimate(self, batch_size: int) -> float | None:
+        window = self._samples.get(batch_size)
+        if window is None or len(window) < self._min_samples:
+            return None
+        ordered = sorted(window)
+        rank = min(len(ordered) - 1, math.ceil(self._quantile * len(ordered)) - 1)
+        return ordered[max(0, rank)]
+
+    def _global_correction(self) -> float:
+        ratios = []
+        for b in self._samples:
+            own = self._own_estimate(b)
+            if own is not None:
+                ratios.append(own / self.base_s(b))
+        if not ratios:
+            return 1.0
+        ratios.sort()
+        return ratios[len(ratios) // 2]
+
+    def predict_s(self, batch_size: int) -> float:
+        """Predicted latency of a batch of `batch_size` (seconds)."""
+        cached = self._cache.get(batch_size)
+        if cached is not None:
+            return cached
+        correction = self._global_correction()
+        best = 0.0
+        for b in range(1, batch_size + 1):
+            own = self._own_estimate(b)
+            value = own if own is not None else self.base_s(b) * correction
+            best = max(best, value)
+            self._cache.setdefault(b, best)
+        return self._cache[batch_size]
+
+    def observe(self, batch_size: int, latency_s: float) -> None:
+        """Record one observed execution latency."""
+        if batch_size < 1 or latency_s <= 0 or not math.isfinite(latency_s):
+            return
+        current = self.predict_s(batch_size)
+        clipped = min(max(latency_s, current / self._clip), current * self._clip)
+        self._samples.setdefault(batch_size, deque(maxlen=self._window)).append(clipped)
+        self._cache.clear()
+
+
+class BatchingPolicy(ABC):
+    """The interface every policy offers to its driver (worker loop or simulator)."""
+
+    name: str = "policy"
+
+    def __init__(self, max_batch_size: int) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.max_batch_size = max_batch_size
+        self.busy = False
+        self._inflight = 0
+
+    @abstractmethod
+    def enqueue(self, request: Request, now_s: float) -> None:
+        """Add an arrival to the queue."""
+
+    @abstractmethod
+    def decide(self, now_s: float) -> Decision:
+        """What to do now: drops, a batch to start, when to be called again."""
+
+    @property
+    @abstractmethod
+    def queue_depth(self) -> int:
+        """Requests waiting (not running)."""
+
+    def complete(self, batch_size: int, latency_s: float, now_s: float) -> None:
+        """The running batch ended after `latency_s` of execution."""
+        self.busy = False
+        self._inflight = 0
+
+    def predicted_latency_s(self, batch_size: int) -> float | None:
+        """The policy's latency prediction, if it keeps one."""
+        return None
+
+    def _start(self, batch: tuple[Request, ...]) -> None:
+        self.busy = True
+        self._inflight = len(batch)
+
+
+class _FifoPolicy(BatchingPolicy):
+    """Shared queue handling of the deadline-unaware baselines: arrival order."""
+
+    def __init__(self, max_batch_size: int) -> None:
+        super().__init__(max_batch_size)
+        self._queue: deque[Request] = deque()
+
+    def enqueue(self, request: Request, now_s: float) -> None:
+        self._queue.append(request)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def _take(self, n: int) -> tuple[Request, ...]:
+        batch = tuple(self._queue.popleft() for _ in range(min(n, len(self._queue))))
+        self._start(batch)
+        return batch
+
+
+class NoBatching(_FifoPolicy):
+    """One request at a time, in arrival order, as soon as the device is free."""
+
+    name = "none"
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def decide(self, now_s: float) -> Decision:
+        if self.busy or not self._queue:
+            return Decision()
+        return Decision(batch=self._take(1))
+
+
+class TritonDynamicBatcher(_FifoPolicy):
+    """Triton's dynamic batcher: preferred sizes, `max_queue_delay`, `max_batch_size`.
+
+    When the device is free: if the queue holds a preferred size (or the maximum), the largest
+    such batch goes at once; otherwise the batch waits until the oldest request has been queued
+    for `max_queue_delay`, then whatever is there (up to the maximum) goes. Without preferred
+    sizes, only a full batch goes early. Deadlines are not looked at (Triton's default queue
+    policy has no timeout).
+    """
+
+    name = "triton"
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        preferred_batch_sizes: Iterable[int] = (),
+    ) -> None:
+        super().__init__(max_batch_size)
+        self.max_queue_delay_s = max_queue_delay_s
+        self.preferred_batch_sizes = sorted(
+            {b for b in preferred_batch_sizes if 1 <= b <= max_batch_size}
+        )
+
+    def decide(self, now_s: float) -> Decision:
+        if self.busy or not self._queue:
+            return Decision()
+        n = len(self._queue)
+        if n >= self.max_batch_size:
+            return Decision(batch=self._take(self.max_batch_size))
+        fitting = [b for b in self.preferred_batch_sizes if b <= n]
+        if fitting and fitting[-1] == n:
+            return Decision(batch=self._take(n))
+        oldest_deadline = self._queue[0].arrival_s + self.max_queue_delay_s
+        if now_s >= oldest_deadline - 1e-9:
+            return Decision(batch=self._take(n))
+        return Decision(wake_at_s=oldest_deadline)
+
+
+class ClipperAimd(_FifoPolicy):
+    """Clipper's adaptive batching: additive increase, multiplicative decrease of the cap.
+
+    Whenever the device is free, up to `cap` queued requests go at once (no waiting). After each
+    batch, if its latency was within the latency objective the cap grows by `additive_step`;
+    otherwise it shrinks by `backoff` (Clipper backs off by 10%).
+    """
+
+    name = "clipper"
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        latency_objective_s: float,
+        *,
+        additive_step: int = 1,
+        backoff: float = 0.9,
+    ) -> None:
+        super().__init__(max_batch_size)
+        self.latency_objective_s = latency_objective_s
+        self.additive_step = additive_step
+        self.backoff = backoff
+        self.cap = 1.0
+
+    def decide(self, now_s: float) -> Decision:
+        if self.busy or not self._queue:
+            return Decision()
+        return Decision(batch=self._take(max(1, int(self.cap))))
+
+    def complete(self, batch_size: int, latency_s: float, now_s: float) -> None:
+        super().complete(batch_size, latency_s, now_s)
+        if latency_s <= self.latency_objective_s:
+            if batch_size >= int(self.cap):
+                self.cap = min(float(self.max_batch_size), self.cap + self.additive_step)
+        else:
+            self.cap = max(1.0, math.floor(self.cap * self.backoff))
+
+
+@dataclass(order=True)
+class _Entry:
+    deadline_s: float
+    seq: int
+    request: Request = field(compare=False)
+
+
+class SloBatcher(BatchingPolicy):
+    """Ours: deadline-aware, lazy, largest feasible batch, early drop, calibrated online.
+
+    When the device is free:
+
+    * requests that would miss their deadline even alone (now + L(1) > deadline) are dropped;
+    * of the EDF queue, the largest prefix (up to the cap) whose predicted latency L(b) still
+      lands before its earliest deadline is the candidate batch;
+    * if the whole queue fits in the candidate and the cap is not reached, the batcher waits
+      (LazyBatching) until the last moment at which one more request could still join without
+      the earliest deadline being missed: deadline_0 - L(n + 1) - margin;
+    * under backlog (more queued than one batch can take), a front request so urgent that it
+      would force a small batch is sacrificed if a larger batch of the others serves more
+      requests per second of device time: keeping it would cost more deadlines than it saves.
+
+    While the device is busy, requests that cannot make it even if they ran alone right after
+    the running batch are dropped at once (they would only steal capacity).
+    """
+
+    name = "slo"
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        predictor: LatencyPredictor,
+        *,
+        margin_s: float = 0.0,
+        lazy: bool = True,
+        sacrifice_gain: float = 1.25,
+    ) -> None:
+        super().__init__(max_batch_size)
+        self.predictor = predictor
+        self.margin_s = margin_s
+        self.lazy = lazy
+        self.sacrifice_gain = sacrifice_gain
+        self._queue: list[_Entry] = []
+        self._seq = itertools.count()
+        self._busy_until_s = 0.0
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def predicted_latency_s(self, batch_size: int) -> float:
+        return self.predictor.predict_s(batch_size)
+
+    def enqueue(self, request: Request, now_s: float) -> None:
+        bisect.insort(self._queue, _Entry(request.deadline_s, next(self._seq), request))
+
+    def complete(self, batch_size: int, latency_s: float, now_s: float) -> None:
+        super().complete(batch_size, latency_s, now_s)
+        self.predictor.observe(batch_size, latency_s)
+
+    def _lat(self, batch_size: int) -> float:
+        return self.predictor.predict_s(batch_size) + self.margin_s
+
+    def _drop_hopeless(self, start_s: float, reason: str) -> tuple[Dropped, ...]:
+        single = self._lat(1)
+        kept: list[_Entry] = []
+        dropped: list[Dropped] = []
+        for entry in self._queue:
+            if start_s + single > entry.deadline_s:
+                dropped.append(Dropped(entry.request, reason))
+            else:
+                kept.append(entry)
+        if dropped:
+            self._queue = kept
+        return tuple(dropped)
+
+    def decide(self, now_s: float) -> Decision:
+        if self.busy:
+            # The device frees at the earliest at the predicted end of the running batch.
+            free_at = max(now_s, self._busy_until_s)
+            dropped = self._drop_hopeless(
+                free_at, "deadline cannot be met even alone after the running batch"
+            )
+            return Decision(dropped=dropped)
+        dropped = self._drop_hopeless(now_s, "deadline cannot be met even alone")
+        if not self._queue:
+            return Decision(dropped=dropped)
+        n = len(self._queue)
+        cap = min(n, self.max_batch_size)
+        slack = self._queue[0].deadline_s - now_s
+        prefix = 1
+        for b in range(cap, 0, -1):
+            if self._lat(b) <= slack:
+                prefix = b
+                break
+
+        if prefix == n and n < self.max_batch_size and self.lazy:
+            latest_start = self._queue[0].deadline_s - self._lat(n + 1)
+            if latest_start > now_s:
+                return Decision(dropped=dropped, wake_at_s=latest_start)
+
+        chosen = self._queue[:prefix]
+        if n > prefix:
+            alternative = self._sacrifice(now_s)
+            if alternative is not None:
+                skipped, batch = alternative
+                if len(batch) / self._lat(len(batch)) > self.sacrifice_gain * (
+                    prefix / self._lat(prefix)
+                ):
+                    reason = "sacrificed under overload for a larger batch of other requests"
+                    dropped += tuple(Dropped(e.request, reason) for e in skipped)
+                    ids = {id(e) for e in skipped} | {id(e) for e in batch}
+                    self._queue = [e for e in self._queue if id(e) not in ids]
+                    return self._dispatch(now_s, batch, dropped)
+        del self._queue[:prefix]
+        return self._dispatch(now_s, chosen, dropped)
+
+    def _sacrifice(self, now_s: float) -> tuple[list[_Entry], list[_Entry]] | None:
+        """The largest batch of requests that all make it, skipping too-urgent front ones."""
+        for b in range(min(len(self._queue), self.max_batch_size), 1, -1):
+            finish = now_s + self._lat(b)
+            eligible_from = bisect.bisect_left([e.deadline_s for e in self._queue], finish)
+            if len(self._queue) - eligible_from >= b:
+                return self._queue[:eligible_from], self._queue[eligible_from : eligible_from + b]
+        return None
+
+    def _dispatch(
+        self, now_s: float, entries: list[_Entry], dropped: tuple[Dropped, ...]
+    ) -> Decision:
+        batch = tuple(e.request for e in entries)
+        predicted = self.predictor.predict_s(len(batch))
+        self._busy_until_s = now_s + predicted
+        self._start(batch)
+        return Decision(batch=batch, dropped=dropped, predicted_latency_s=predicted)
+
+
+def make_policy(
+    config: BatchingConfig, profile_s: Mapping[int, float], slo_s: float
+) -> BatchingPolicy:
+    """Build the policy a worker's configuration names."""
+    if config.policy == "none":
+        return NoBatching()
+    if config.policy == "triton":
+        return TritonDynamicBatcher(
+            config.max_batch_size,
+            config.max_queue_delay_ms / 1000.0,
+            config.preferred_batch_sizes,
+        )
+    if config.policy == "clipper":
+        return ClipperAimd(config.max_batch_size, slo_s)
+    predictor = LatencyPredictor(
+        profile_s or {1: slo_s / 4},
+        window=config.predictor_window,
+        quantile=config.predictor_quantile,
+    )
+    return SloBatcher(config.max_batch_size, predictor, margin_s=config.margin_ms / 1000.0)

@@ -1,0 +1,157 @@
+"""Configuration models of the data plane: what the operator writes and the workers read.
+
+These pydantic models cross a boundary (the operator renders them into ConfigMaps; worker pods
+and routers parse them), so they live in a module that imports neither torch nor aiohttp: the
+operator imports it without the workers' heavy dependencies.
+
+Units: seconds internally, milliseconds in these user-facing files (the API edge).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEADLINE_HEADER = "x-accordion-deadline-ms"
+"""Request header carrying the remaining latency budget of a request, in milliseconds."""
+
+PolicyName = Literal["slo", "none", "triton", "clipper"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchingConfig(_Model):
+    """How a worker forms batches (Triton's names where the knob is Triton's)."""
+
+    policy: PolicyName = "slo"
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_queue_delay_ms: float = Field(
+        5.0, ge=0, description="Triton: longest wait of the oldest request for a batch to fill."
+    )
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    margin_ms: float = Field(
+        0.5, ge=0, description="SLO batcher: safety margin added to every latency prediction."
+    )
+    predictor_window: int = Field(64, ge=1)
+    predictor_quantile: float = Field(0.9, gt=0, le=1)
+    max_queue: int = Field(
+        1024, ge=1, description="Admission bound: beyond it, requests are shed with 503."
+    )
+
+
+class WorkerConfig(_Model):
+    """One worker process: one model variant on one device."""
+
+    model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    model: str = Field(
+        description="'builtin:NAME' (demo family) or a path to a TorchScript / torch.export file."
+    )
+    input_name: str = "input"
+    input_shape: list[int] | None = Field(
+        None, description="Shape of one sample (no batch dimension); builtin models know theirs."
+    )
+    input_datatype: Literal["FP32", "FP16", "FP64", "INT64", "INT32"] = "FP32"
+    output_name: str = "output"
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    torch_threads: int = Field(1, ge=1)
+    slo_ms: float = Field(100.0, gt=0, description="Default deadline when a request has none.")
+    accuracy: float | None = Field(None, ge=0, le=1)
+    profile_ms: dict[int, float] = Field(
+        default_factory=dict, description="Latency per batch size (ms), e.g. p99 from a profile."
+    )
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+    @field_validator("profile_ms")
+    @classmethod
+    def _positive(cls, value: dict[int, float]) -> dict[int, float]:
+        for batch, latency_ms in value.items():
+            if batch < 1 or latency_ms <= 0:
+                raise ValueError("profile batch sizes must be >= 1 and latencies > 0 ms")
+        return value
+
+    @property
+    def slo_s(self) -> float:
+        return self.slo_ms / 1000.0
+
+    @property
+    def profile_s(self) -> dict[int, float]:
+        return {b: ms / 1000.0 for b, ms in self.profile_ms.items()}
+
+
+class FastLoopBounds(_Model):
+    """Limits of the router's fast loop (backlog-driven rerouting between plans)."""
+
+    enabled: bool = True
+    max_shift: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="At most this share of a backend's planned traffic is moved elsewhere.",
+    )
+    min_accuracy: float | None = Field(
+        None, ge=0, le=1, description="Never reroute to a backend less accurate than this."
+    )
+    headroom: float = Field(
+        1.0, gt=0, description="Shed beyond headroom x the summed planned capacity."
+    )
+
+
+class Backend(_Model):
+    """One variant backend of a service (a worker Service URL)."""
+
+    name: str = Field(min_length=1, description="The variant name (metrics label).")
+    url: str = Field(pattern=r"^https?://", description="Base URL of the worker, no path.")
+    model_name: str | None = Field(None, description="Model name at the worker; default: name.")
+    weight: float = Field(ge=0)
+    accuracy: float = Field(ge=0, le=1)
+    capacity_qps: float | None = Field(
+        None, gt=0, description="Planned capacity of all replicas behind this URL."
+    )
+    max_batch_size: int = Field(1, ge=1)
+    batch_latency_ms: float | None = Field(
+        None, gt=0, description="Latency of a full batch; with capacity, bounds the backlog."
+    )
+
+    @property
+    def served_model(self) -> str:
+        return self.model_name or self.name
+
+
+class RoutingTable(_Model):
+    """The router's file (mounted from a ConfigMap): backends, plan weights, fast-loop bounds."""
+
+    service: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    slo_ms: float = Field(gt=0)
+    backends: list[Backend] = Field(min_length=1)
+    fast_loop: FastLoopBounds = Field(default_factory=FastLoopBounds)
+    version: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> RoutingTable:
+        names = [b.name for b in self.backends]
+        if len(set(names)) != len(names):
+            raise ValueError("backend names must be unique")
+        if sum(b.weight for b in self.backends) <= 0:
+            raise ValueError("at least one backend needs a positive weight")
+        return self
+
+    @property
+    def slo_s(self) -> float:
+        return self.slo_ms / 1000.0
+
+    @classmethod
+    def load(cls, path: Path) -> RoutingTable:
+        """Parse a routing table file (JSON, or YAML when PyYAML is installed)."""
+        text = path.read_text()
+        if path.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            return cls.model_validate(yaml.safe_load(text))
+        return cls.model_validate_json(text)
