@@ -1,20 +1,54 @@
 """The `accordion` command line: one entry point for every component a user runs by hand.
 
-Subcommands live next to the code they drive (the planner's table in `accordion.plan_view`,
-the profiler and load generator in `accordion.workers.cli`, ...); this module only wires them
-into one typer application so that `accordion --help` lists everything.
+Subcommands live next to the code they drive (the planner's view in `accordion.plan_view`, the
+CRD generator in `accordion.operator.crdgen`, ...); this module only wires them into one typer
+application so that `accordion --help` lists everything.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from accordion.plan_view import plan_command
 
 app = typer.Typer(
     name="accordion",
     help="Keep ML inference inside its latency SLOs by scaling model accuracy as well as hardware.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+app.command("plan")(plan_command)
+
+
+@app.command("crds")
+def crds_command(
+    out: Annotated[
+        Path | None, typer.Option(help="Write the CRD YAML files into this directory.")
+    ] = None,
+    check: Annotated[
+        Path | None, typer.Option(help="Fail when the CRDs in this directory are out of date.")
+    ] = None,
+) -> None:
+    """Generate the CustomResourceDefinitions from the API models (or check them)."""
+    from accordion.operator import crdgen
+
+    if check is not None:
+        stale = crdgen.stale(check)
+        if stale:
+            typer.echo(f"out of date in {check}: {', '.join(stale)}; run `make crds`", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"CRDs in {check} are up to date")
+        return
+    if out is None:
+        for crd in crdgen.crds().values():
+            typer.echo("---\n" + crdgen.render(crd), nl=False)
+        return
+    for path in crdgen.write(out):
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -1,0 +1,141 @@
+"""Translate the API objects into the planner's `Problem`, and its `Plan` back into status rows.
+
+This is the only place where the Kubernetes-facing API (milliseconds, camelCase, pools as
+objects) meets the planner's pure model (seconds, names, numbers). The operator, the CLI and
+local mode all build their problems here, so the same manifests give the same plan everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from accordion.operator.api import (
+    BatchLatency,
+    DemandSource,
+    DevicePool,
+    InferenceService,
+    PlanRowStatus,
+)
+from accordion.solver import (
+    Allocation,
+    Plan,
+    PlannerSettings,
+    PoolSpec,
+    Problem,
+    ProfilePoint,
+    ServiceSpec,
+    VariantSpec,
+)
+
+
+@dataclass
+class ProblemBuild:
+    """A problem and what was left out of it on the way (with reasons, for the user)."""
+
+    problem: Problem
+    warnings: list[str] = field(default_factory=list)
+
+
+def profile_point(b: BatchLatency) -> ProfilePoint:
+    """One batch-size measurement, milliseconds at the API edge to seconds inside."""
+    return ProfilePoint(
+        batch_size=b.batch_size,
+        p50_s=b.p50_ms / 1000.0,
+        p90_s=None if b.p90_ms is None else b.p90_ms / 1000.0,
+        p99_s=None if b.p99_ms is None else b.p99_ms / 1000.0,
+    )
+
+
+def base_demand_qps(isvc: InferenceService, measured: Mapping[str, float]) -> float:
+    """Demand estimate before headroom: the measurement if any, else the spec's static qps."""
+    if isvc.key in measured:
+        return max(0.0, measured[isvc.key])
+    if isvc.spec.demand.qps is not None:
+        return isvc.spec.demand.qps
+    return 0.0
+
+
+def planned_demand_qps(isvc: InferenceService, measured: Mapping[str, float]) -> float:
+    """Demand the plan is made for: the estimate plus the service's headroom."""
+    return base_demand_qps(isvc, measured) * (1.0 + isvc.spec.demand.headroom)
+
+
+def to_problem(
+    services: Iterable[InferenceService],
+    pools: Iterable[DevicePool],
+    measured_qps: Mapping[str, float] | None = None,
+    current: Iterable[Allocation] = (),
+    settings: PlannerSettings | None = None,
+) -> ProblemBuild:
+    """Build the planner's problem from InferenceServices and DevicePools.
+
+    `measured_qps` maps `namespace/name` to a measured demand (e.g. from Prometheus); services
+    without a measurement use their static `demand.qps`. Profiles that name a pool that does
+    not exist are left out with a warning rather than failing the whole cluster's plan.
+    """
+    measured = measured_qps or {}
+    pool_list = sorted(pools, key=lambda p: p.metadata.name)
+    known = {p.metadata.name for p in pool_list}
+    warnings: list[str] = []
+    specs = []
+    for isvc in sorted(services, key=lambda s: s.key):
+        variants = []
+        for v in isvc.spec.variants:
+            profiles = {}
+            for prof in v.profiles:
+                if prof.pool not in known:
+                    warnings.append(
+                        f"{isvc.key}: variant {v.name} has a profile for pool {prof.pool!r}, "
+                        "which does not exist; that pool is not used for it"
+                    )
+                    continue
+                profiles[prof.pool] = [profile_point(b) for b in prof.batches]
+            variants.append(VariantSpec(name=v.name, accuracy=v.accuracy, profiles=profiles))
+        unmeasured = isvc.spec.demand.source is DemandSource.PROMETHEUS and isvc.key not in measured
+        if unmeasured and isvc.spec.demand.qps is None:
+            warnings.append(f"{isvc.key}: no demand measured yet and no demand.qps; planning 0")
+        specs.append(
+            ServiceSpec(
+                name=isvc.key,
+                demand_qps=planned_demand_qps(isvc, measured),
+                slo_s=isvc.spec.slo.latency_ms / 1000.0,
+                accuracy_floor=isvc.spec.accuracy.floor,
+                accuracy_target=isvc.spec.accuracy.target,
+                priority=isvc.spec.priority,
+                variants=variants,
+            )
+        )
+    problem = Problem(
+        pools=[
+            PoolSpec(
+                name=p.metadata.name,
+                devices=p.spec.devices,
+                cost_per_device=p.spec.cost_per_device,
+            )
+            for p in pool_list
+        ],
+        services=specs,
+        current=[a for a in current if a.pool in known],
+        settings=settings or PlannerSettings(),
+    )
+    return ProblemBuild(problem=problem, warnings=warnings)
+
+
+def status_rows(plan: Plan, service: str) -> list[PlanRowStatus]:
+    """The plan rows of one service, as they appear in its status."""
+    rows = [r for r in plan.rows if r.service == service and r.replicas > 0]
+    routed_total = sum(r.routed_qps for r in rows)
+    return [
+        PlanRowStatus(
+            variant=r.variant,
+            pool=r.pool,
+            replicas=r.replicas,
+            max_batch_size=r.max_batch_size,
+            capacity_qps=round(r.capacity_qps, 3),
+            routed_qps=round(r.routed_qps, 3),
+            weight=round(r.routed_qps / routed_total, 4) if routed_total > 0 else 0.0,
+            accuracy=r.accuracy,
+        )
+        for r in rows
+    ]
