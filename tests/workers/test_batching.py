@@ -147,12 +147,23 @@ def test_slo_batcher_chooses_largest_feasible_batch() -> None:
     assert [r.request_id for r in d2.batch] == list(range(6))  # EDF order
 
 
-def test_slo_batcher_waits_lazily_but_not_past_a_deadline() -> None:
+def test_slo_batcher_does_not_wait_at_low_load() -> None:
     policy = slo_batcher()
     policy.enqueue(Request(0, 0.0, 0.100), 0.0)
-    d = policy.decide(0.0)
+    assert len(policy.decide(0.0).batch) == 1
+
+
+def test_slo_batcher_waits_lazily_but_not_past_a_deadline() -> None:
+    policy = slo_batcher()
+    for k in range(500):  # a recent arrival rate of 500/s: batches of 1 cannot keep up
+        policy.enqueue(Request(k, k * 0.002, 10.0), k * 0.002)
+    while policy.queue_depth:
+        size = len(policy.decide(1.0).batch)
+        policy.complete(size, LAT(size), 1.0)
+    policy.enqueue(Request(0, 1.0, 1.100), 1.0)
+    d = policy.decide(1.0)
     assert not d.batch
-    assert d.wake_at_s == pytest.approx(0.100 - LAT(2))
+    assert d.wake_at_s == pytest.approx(1.100 - LAT(2))
     # At the wake-up time it dispatches what it has.
     assert d.wake_at_s is not None
     d = policy.decide(d.wake_at_s)

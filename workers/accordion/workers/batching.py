@@ -324,9 +324,11 @@ class SloBatcher(BatchingPolicy):
     * requests that would miss their deadline even alone (now + L(1) > deadline) are dropped;
     * of the EDF queue, the largest prefix (up to the cap) whose predicted latency L(b) still
       lands before its earliest deadline is the candidate batch;
-    * if the whole queue fits in the candidate and the cap is not reached, the batcher waits
-      (LazyBatching) until the last moment at which one more request could still join without
-      the earliest deadline being missed: deadline_0 - L(n + 1) - margin;
+    * if the whole queue fits in the candidate, the cap is not reached and the batch is smaller
+      than the one that keeps up with the recent arrival rate (`target_batch`), the batcher
+      waits (LazyBatching) at most until the last moment at which one more request could still
+      join without the earliest deadline being missed: deadline_0 - L(n + 1) - margin. At low
+      load it does not wait at all: waiting would only add latency;
     * under backlog (more queued than one batch can take), a front request so urgent that it
       would force a small batch is sacrificed if a larger batch of the others serves more
       requests per second of device time: keeping it would cost more deadlines than it saves.
@@ -345,12 +347,17 @@ class SloBatcher(BatchingPolicy):
         margin_s: float = 0.0,
         lazy: bool = True,
         sacrifice_gain: float = 1.25,
+        keepup: float = 1.5,
+        rate_window_s: float = 1.0,
     ) -> None:
         super().__init__(max_batch_size)
         self.predictor = predictor
         self.margin_s = margin_s
         self.lazy = lazy
         self.sacrifice_gain = sacrifice_gain
+        self.keepup = keepup
+        self.rate_window_s = rate_window_s
+        self._arrivals: deque[float] = deque()
         self._queue: list[_Entry] = []
         self._seq = itertools.count()
         self._busy_until_s = 0.0
@@ -364,6 +371,26 @@ class SloBatcher(BatchingPolicy):
 
     def enqueue(self, request: Request, now_s: float) -> None:
         bisect.insort(self._queue, _Entry(request.deadline_s, next(self._seq), request))
+        self._arrivals.append(now_s)
+
+    def arrival_rate(self, now_s: float) -> float:
+        """Arrivals per second over the last `rate_window_s`."""
+        horizon = now_s - self.rate_window_s
+        while self._arrivals and self._arrivals[0] < horizon:
+            self._arrivals.popleft()
+        return len(self._arrivals) / self.rate_window_s
+
+    def target_batch(self, now_s: float) -> int:
+        """The smallest batch that keeps up with the arrival rate (with `keepup` to spare).
+
+        Waiting for a batch larger than this buys no throughput, only latency; below it, the
+        device would fall behind, so the batcher waits (lazily) for more requests.
+        """
+        rate = self.arrival_rate(now_s)
+        for b in range(1, self.max_batch_size + 1):
+            if b >= rate * self._lat(b) * self.keepup:
+                return b
+        return self.max_batch_size
 
     def complete(self, batch_size: int, latency_s: float, now_s: float) -> None:
         super().complete(batch_size, latency_s, now_s)
@@ -405,7 +432,7 @@ class SloBatcher(BatchingPolicy):
                 prefix = b
                 break
 
-        if prefix == n and n < self.max_batch_size and self.lazy:
+        if prefix == n and n < self.max_batch_size and self.lazy and n < self.target_batch(now_s):
             latest_start = self._queue[0].deadline_s - self._lat(n + 1)
             if latest_start > now_s:
                 return Decision(dropped=dropped, wake_at_s=latest_start)

@@ -34,7 +34,7 @@ class BatchingConfig(_Model):
     )
     preferred_batch_sizes: list[int] = Field(default_factory=list)
     margin_ms: float = Field(
-        0.5, ge=0, description="SLO batcher: safety margin added to every latency prediction."
+        2.0, ge=0, description="SLO batcher: safety margin added to every latency prediction."
     )
     predictor_window: int = Field(64, ge=1)
     predictor_quantile: float = Field(0.9, gt=0, le=1)

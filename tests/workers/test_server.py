@@ -1,0 +1,170 @@
+"""The worker server's endpoints on loopback with a real torch model, every bad-input case."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from accordion.workers.config import DEADLINE_HEADER, BatchingConfig
+from accordion.workers.models import build_demo
+from accordion.workers.server import OUTCOME_HEADER, Worker, create_app
+
+from .conftest import sample_body, worker_config
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def test_health_and_metadata(worker_client: Client) -> None:
+    assert (await worker_client.get("/v2/health/live")).status == 200
+    ready = await worker_client.get("/v2/health/ready")
+    assert ready.status == 200
+    assert (await ready.json())["ready"] is True
+    meta = await worker_client.get("/v2/models/demo-xs")
+    assert meta.status == 200
+    body = await meta.json()
+    assert body["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 256]}]
+    assert body["parameters"]["accuracy"] == pytest.approx(0.70)
+    assert (await worker_client.get("/v2/models/demo-xs/ready")).status == 200
+    for path in ("/v2/models/nope", "/v2/models/nope/ready"):
+        resp = await worker_client.get(path)
+        assert resp.status == 404
+        assert "unknown model 'nope'" in (await resp.json())["error"]
+
+
+async def test_infer_matches_the_model(worker_client: Client) -> None:
+    resp = await worker_client.post("/v2/models/demo-xs/infer", json=sample_body())
+    assert resp.status == 200, await resp.text()
+    assert resp.headers[OUTCOME_HEADER] == "ok"
+    body = await resp.json()
+    assert body["id"] == "r1"
+    out = body["outputs"][0]
+    assert out["name"] == "output"
+    assert out["shape"] == [1, 100]
+    with torch.inference_mode():
+        expected = build_demo("demo-xs")(torch.full((1, 256), 0.5)).numpy().ravel()
+    np.testing.assert_allclose(out["data"], expected, rtol=1e-4, atol=1e-5)
+
+
+async def test_concurrent_requests_are_batched(worker_client: Client) -> None:
+    bodies = [sample_body(value=float(k)) for k in range(24)]
+    resps = await asyncio.gather(
+        *(worker_client.post("/v2/models/demo-xs/infer", json=b) for b in bodies)
+    )
+    assert all(r.status == 200 for r in resps)
+    metrics = await (await worker_client.get("/metrics")).text()
+    assert 'accordion_worker_requests_total{model="demo-xs",outcome="ok"} 24.0' in metrics
+    count = _metric(metrics, 'accordion_worker_batch_size_count{model="demo-xs"}')
+    assert count < 24  # at least one batch held more than one request
+    assert "accordion_worker_predicted_latency_seconds" in metrics
+    assert "accordion_worker_observed_latency_seconds" in metrics
+    assert "accordion_worker_queue_depth" in metrics
+    assert "accordion_worker_execution_latency_seconds_bucket" in metrics
+    assert "accordion_worker_request_latency_seconds_bucket" in metrics
+
+
+def _metric(text: str, prefix: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    raise AssertionError(f"{prefix} not in metrics")
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    body = sample_body()
+    tensor = body["inputs"][0]  # type: ignore[index]
+    tensor.update(changes)
+    return body
+
+
+BAD_BODIES: list[tuple[str, Any, int, str]] = [
+    ("not an object", [1, 2], 400, "JSON object"),
+    ("no inputs", {"inputs": []}, 400, "non-empty list"),
+    ("wrong tensor name", _with(name="x"), 400, "unknown input tensor 'x'"),
+    ("wrong dtype", _with(datatype="INT64"), 400, "datatype 'INT64'"),
+    ("wrong shape", _with(shape=[1, 255]), 400, "has shape [1, 255]"),
+    ("batch in one request", _with(shape=[2, 256]), 400, "one sample per request"),
+    ("shape not ints", _with(shape=["a"]), 400, "list of integers"),
+    ("data size", _with(data=[0.0] * 10), 400, "has 10 elements"),
+    ("data not numbers", _with(data=["x"] * 256), 400, "not FP32"),
+    ("data not a list", _with(data="abc"), 400, "'data' must be a list"),
+    ("NaN", _with(data=[float("nan")] * 256), 400, "NaN"),
+    ("two inputs", {"inputs": [sample_body()["inputs"][0]] * 2}, 400, "takes 1 input"),  # type: ignore[index]
+    ("unknown output", {**sample_body(), "outputs": [{"name": "logits"}]}, 400, "output"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "reason"), BAD_BODIES)
+async def test_bad_input_gets_a_precise_4xx(
+    worker_client: Client, case: str, body: Any, status: int, reason: str
+) -> None:
+    resp = await worker_client.post(
+        "/v2/models/demo-xs/infer",
+        data=json.dumps(body, allow_nan=True),
+        headers={"Content-Type": "application/json"},
+    )
+    assert resp.status == status, case
+    assert reason in (await resp.json())["error"], case
+    assert resp.headers[OUTCOME_HEADER] == "rejected"
+    # ...and the server keeps serving.
+    ok = await worker_client.post("/v2/models/demo-xs/infer", json=sample_body())
+    assert ok.status == 200
+
+
+async def test_malformed_json_unknown_model_bad_deadline(worker_client: Client) -> None:
+    resp = await worker_client.post("/v2/models/demo-xs/infer", data=b"{not json")
+    assert resp.status == 400
+    assert "malformed JSON" in (await resp.json())["error"]
+    resp = await worker_client.post("/v2/models/other/infer", json=sample_body())
+    assert resp.status == 404
+    for bad in ("soon", "-5", "0", "nan"):
+        resp = await worker_client.post(
+            "/v2/models/demo-xs/infer", json=sample_body(), headers={DEADLINE_HEADER: bad}
+        )
+        assert resp.status == 400, bad
+        assert DEADLINE_HEADER in (await resp.json())["error"]
+    metrics = await (await worker_client.get("/metrics")).text()
+    assert (
+        _metric(metrics, 'accordion_worker_requests_total{model="demo-xs",outcome="rejected"}') == 6
+    )
+
+
+async def test_oversized_body_is_413() -> None:
+    worker = Worker(worker_config(max_body_bytes=4096), warm_up=False)
+    async with TestClient(TestServer(create_app(worker))) as client:
+        resp = await client.post("/v2/models/demo-xs/infer", data=b"x" * 10_000)
+        assert resp.status == 413
+        assert "exceeds the limit of 4096 bytes" in (await resp.json())["error"]
+        ok = await client.post("/v2/models/demo-xs/infer", json=sample_body())
+        assert ok.status == 200
+
+
+async def test_hopeless_deadline_is_dropped_with_reason(worker_client: Client) -> None:
+    resp = await worker_client.post(
+        "/v2/models/demo-xs/infer", json=sample_body(), headers={DEADLINE_HEADER: "0.001"}
+    )
+    assert resp.status == 503
+    assert resp.headers[OUTCOME_HEADER] == "dropped"
+    assert "even alone" in (await resp.json())["error"]
+
+
+async def test_overload_is_shed_early_with_503() -> None:
+    # A slow baseline that never drops (no batching) and a tiny admission bound.
+    config = worker_config(batching=BatchingConfig(policy="none", max_queue=2))
+    worker = Worker(config, warm_up=False)
+    async with TestClient(TestServer(create_app(worker))) as client:
+        resps = await asyncio.gather(
+            *(client.post("/v2/models/demo-xs/infer", json=sample_body()) for _ in range(40))
+        )
+        statuses = [r.status for r in resps]
+        assert 503 in statuses
+        assert 200 in statuses
+        shed = [r for r in resps if r.status == 503]
+        assert "queue is full" in (await shed[0].json())["error"]
+        assert shed[0].headers[OUTCOME_HEADER] == "rejected"

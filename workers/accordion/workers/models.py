@@ -1,0 +1,182 @@
+"""Models a worker serves, and their execution off the event loop. The only torch module.
+
+Two sources, never a hub at run time:
+
+* the built-in demo family ``builtin:demo-xs`` ... ``builtin:demo-xl``: MLP classifiers of
+  increasing width and depth, built in code from a fixed seed, so every process builds the
+  same weights. Their accuracies are ILLUSTRATIVE numbers for demos (the models are random,
+  not trained); what is real is their latency, which grows with their size;
+* a file: TorchScript (``torch.jit.save``) or ``torch.export`` (``.pt2``, ``torch.export.save``).
+
+`ModelRunner` executes batches on one dedicated thread (the event loop never blocks on torch),
+sets torch's thread count (1 per worker by default: workers scale out by processes), and on
+CUDA warms up every batch size, stages inputs in pinned memory and copies without blocking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+BUILTIN_PREFIX = "builtin:"
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """One member of the demo family. `accuracy` is illustrative, not measured."""
+
+    name: str
+    hidden: int
+    depth: int
+    accuracy: float
+    input_features: int = 256
+    classes: int = 100
+
+
+DEMO_FAMILY: dict[str, DemoSpec] = {
+    spec.name: spec
+    for spec in (
+        DemoSpec("demo-xs", hidden=128, depth=1, accuracy=0.70),
+        DemoSpec("demo-s", hidden=512, depth=2, accuracy=0.75),
+        DemoSpec("demo-m", hidden=1024, depth=2, accuracy=0.79),
+        DemoSpec("demo-l", hidden=2048, depth=3, accuracy=0.82),
+        DemoSpec("demo-xl", hidden=4096, depth=3, accuracy=0.84),
+    )
+}
+
+_DTYPES: dict[str, torch.dtype] = {
+    "FP32": torch.float32,
+    "FP16": torch.float16,
+    "FP64": torch.float64,
+    "INT64": torch.int64,
+    "INT32": torch.int32,
+}
+
+
+def build_demo(name: str, seed: int = 0) -> torch.nn.Module:
+    """Build a demo model with weights fixed by `seed` (the same in every process)."""
+    spec = DEMO_FAMILY.get(name)
+    if spec is None:
+        raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(DEMO_FAMILY)}")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        layers: list[torch.nn.Module] = []
+        width = spec.input_features
+        for _ in range(spec.depth):
+            layers += [torch.nn.Linear(width, spec.hidden), torch.nn.ReLU()]
+            width = spec.hidden
+        layers.append(torch.nn.Linear(width, spec.classes))
+        model = torch.nn.Sequential(*layers)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model.eval()
+
+
+@dataclass
+class LoadedModel:
+    """A module and the signature of one sample (no batch dimension)."""
+
+    module: torch.nn.Module
+    input_shape: tuple[int, ...]
+    datatype: str
+    accuracy: float | None = None
+
+
+def load_model(
+    ref: str, input_shape: list[int] | None = None, datatype: str = "FP32"
+) -> LoadedModel:
+    """Load `builtin:NAME` or a TorchScript / torch.export file from a local path."""
+    if ref.startswith(BUILTIN_PREFIX):
+        name = ref[len(BUILTIN_PREFIX) :]
+        spec = DEMO_FAMILY.get(name)
+        if spec is None:
+            raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(DEMO_FAMILY)}")
+        return LoadedModel(build_demo(name), (spec.input_features,), "FP32", spec.accuracy)
+    path = Path(ref)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if not input_shape:
+        raise ValueError("a model file needs input_shape (one sample, no batch dimension)")
+    module: torch.nn.Module
+    if path.suffix == ".pt2":
+        module = torch.export.load(str(path)).module()
+    else:
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        except RuntimeError:
+            module = torch.export.load(str(path)).module()
+    if hasattr(module, "eval") and not isinstance(module, torch.fx.GraphModule):
+        module.eval()
+    return LoadedModel(module, tuple(input_shape), datatype)
+
+
+class ModelRunner:
+    """Runs batches of a model on one dedicated thread, on CPU or CUDA."""
+
+    def __init__(self, model: LoadedModel, device: str = "cpu", torch_threads: int = 1) -> None:
+        torch.set_num_threads(torch_threads)
+        self.model = model
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device cuda requested but torch sees no CUDA device")
+        self.module = model.module.to(self.device)
+        self.dtype = _DTYPES[model.datatype]
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="accordion-model")
+        self._executor.submit(torch.set_num_threads, torch_threads).result()
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def run_sync(self, batch: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.generic], float]:
+        """Execute one batch; return the output and the execution latency in seconds."""
+        start = time.perf_counter()
+        with torch.inference_mode():
+            tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(self.dtype)
+            if self.is_cuda:
+                tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+            output = self.module(tensor)
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            if self.is_cuda:
+                host = torch.empty(output.shape, dtype=output.dtype, pin_memory=True)
+                host.copy_(output, non_blocking=True)
+                torch.cuda.synchronize(self.device)
+                output = host
+            result = output.detach().cpu().numpy()
+        return result, time.perf_counter() - start
+
+    async def run(self, batch: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.generic], float]:
+        """Execute one batch on the model thread without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run_sync, batch)
+
+    def example(self, batch_size: int, seed: int = 0) -> npt.NDArray[np.generic]:
+        rng = np.random.default_rng(seed)
+        shape = (batch_size, *self.model.input_shape)
+        if self.model.datatype.startswith("INT"):
+            return rng.integers(0, 10, size=shape)
+        return rng.standard_normal(shape).astype(np.float32)
+
+    def warm_up(self, batch_sizes: list[int], repeats: int = 2) -> None:
+        """Run every batch size once or twice (CUDA kernels, allocator, lazy init)."""
+        for b in batch_sizes:
+            x = self.example(b)
+            for _ in range(repeats):
+                self._executor.submit(self.run_sync, x).result()
+
+    def measure(self, batch_size: int, repeats: int) -> list[float]:
+        """Execution latencies (seconds) of `repeats` runs of one batch size."""
+        x = self.example(batch_size)
+        return [self._executor.submit(self.run_sync, x).result()[1] for _ in range(repeats)]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
