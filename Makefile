@@ -37,7 +37,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 types: install
-	$(BIN)/mypy $(SRC) tests bench
+	$(BIN)/mypy $(SRC) tests $(wildcard bench)
 
 layering: install
 	$(BIN)/lint-imports
