@@ -4,6 +4,7 @@ Pure: it takes a `Problem` and returns a `Plan`, and knows nothing of Kubernetes
 """
 
 from accordion.solver.plan import Exclusion, Plan, PlanRow, ServicePlan, SolverStats
+from accordion.solver.planner import plan
 from accordion.solver.problem import (
     Allocation,
     PlannerSettings,
@@ -27,4 +28,5 @@ __all__ = [
     "ServiceSpec",
     "SolverStats",
     "VariantSpec",
+    "plan",
 ]

@@ -1,0 +1,202 @@
+"""The planner's optimization model, solved one lexicographic stage at a time.
+
+Devices of one pool are interchangeable, so the model counts replicas per (service, variant,
+pool) instead of placing each device (Proteus's formulation): n[o] replicas and r[o] routed QPS
+for every usable option o, and u[s] unserved QPS per service.
+
+    pools       sum_{o on p} n[o] <= devices[p]
+    capacity    r[o] <= capacity[o] * n[o]
+    demand      sum_{o of s} r[o] + u[s] = demand[s]
+
+Each stage optimizes one objective term, then keeps it (as good as the incumbent found) as a
+constraint for the next. Weights cannot express this order safely: a tiny loss in served QPS may
+buy a large accuracy gain, with no bound on the ratio. The same class builds the LP relaxation
+(n continuous, GLOP) and the MILP (n integer, SCIP), optionally with n confined to bounds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ortools.linear_solver import pywraplp
+
+from accordion.solver.capacity import Option
+from accordion.solver.problem import Problem
+
+_STATUS = {
+    pywraplp.Solver.OPTIMAL: "OPTIMAL",
+    pywraplp.Solver.FEASIBLE: "FEASIBLE",
+    pywraplp.Solver.INFEASIBLE: "INFEASIBLE",
+    pywraplp.Solver.UNBOUNDED: "UNBOUNDED",
+    pywraplp.Solver.ABNORMAL: "ABNORMAL",
+    pywraplp.Solver.NOT_SOLVED: "NOT_SOLVED",
+}
+
+
+@dataclass
+class Solution:
+    """Replicas and routed QPS per option (replicas fractional in the LP relaxation)."""
+
+    n: list[float]
+    r: list[float]
+
+
+@dataclass
+class StageResult:
+    """Objective values and statuses of the stages solved, in order."""
+
+    values: list[float]
+    bounds: list[float]
+    statuses: list[str]
+
+
+class StagedModel:
+    """The MILP of one problem, re-solved once per objective stage."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        opts: list[Option],
+        current: dict[int, int],
+        *,
+        integer: bool,
+        bounds: list[tuple[int, int]] | None = None,
+    ) -> None:
+        self.problem = problem
+        self.opts = opts
+        self.current = current
+        self.integer = integer
+        solver = pywraplp.Solver.CreateSolver("SCIP" if integer else "GLOP")
+        if solver is None:
+            raise RuntimeError("OR-Tools lacks the SCIP or GLOP backend")
+        self.solver: pywraplp.Solver = solver
+        self.n: list[pywraplp.Variable] = []
+        self.r: list[pywraplp.Variable] = []
+        by_pool: dict[int, list[pywraplp.Variable]] = defaultdict(list)
+        by_service: dict[int, list[pywraplp.Variable]] = defaultdict(list)
+        for k, o in enumerate(opts):
+            demand = problem.services[o.service].demand_qps
+            # More replicas than it takes to serve the whole demand alone never help (or than
+            # run now: keeping free devices busy is no worse and changes nothing).
+            need = max(math.ceil(demand / o.capacity_qps), current.get(k, 0))
+            lb, ub = 0, min(problem.pools[o.pool].devices, need)
+            if bounds is not None:
+                lb, ub = max(lb, bounds[k][0]), min(ub, bounds[k][1])
+                lb = min(lb, ub)
+            n = solver.IntVar(lb, ub, f"n{k}") if integer else solver.NumVar(lb, ub, f"n{k}")
+            r = solver.NumVar(0, min(demand, ub * o.capacity_qps), f"r{k}")
+            solver.Add(r <= o.capacity_qps * n)
+            self.n.append(n)
+            self.r.append(r)
+            by_pool[o.pool].append(n)
+            by_service[o.service].append(r)
+        for p, ns in sorted(by_pool.items()):
+            if sum(v.ub() for v in ns) > problem.pools[p].devices:
+                solver.Add(solver.Sum(ns) <= problem.pools[p].devices)
+        self.u: list[pywraplp.Variable] = []
+        for s, svc in enumerate(problem.services):
+            u = solver.NumVar(0, svc.demand_qps, f"u{s}")
+            solver.Add(solver.Sum([*by_service.get(s, []), u]) == svc.demand_qps)
+            self.u.append(u)
+
+    def run_stages(self, deadline: float, hint: Solution | None) -> tuple[Solution, StageResult]:
+        """Solve the four stages in order; stop early when one finds no solution in time."""
+        stages = [
+            (self.served_expr(), True),
+            (self.accuracy_expr(), True),
+            (self.cost_expr(), False),
+            (self.change_expr(self.current), False),
+        ]
+        result = StageResult(values=[], bounds=[], statuses=[])
+        best = hint
+        for i, (expr, maximize) in enumerate(stages):
+            if not self.opts:
+                result.values.append(0.0)
+                result.bounds.append(0.0)
+                result.statuses.append("OPTIMAL")
+                continue
+            outcome = self.solve(expr, maximize, deadline, best)
+            if outcome is None:
+                result.statuses.append("NOT_SOLVED")
+                break
+            value, bound, status = outcome
+            result.values.append(value)
+            result.bounds.append(bound)
+            result.statuses.append(status)
+            best = self.solution()
+            if i + 1 < len(stages):
+                self.keep(expr, value, maximize)
+        if best is None:
+            best = Solution(n=[0.0] * len(self.opts), r=[0.0] * len(self.opts))
+        return best, result
+
+    def served_expr(self) -> pywraplp.LinearExpr:
+        services = self.problem.services
+        return self.solver.Sum(
+            [svc.priority * (svc.demand_qps - u) for svc, u in zip(services, self.u, strict=True)]
+        )
+
+    def accuracy_expr(self) -> pywraplp.LinearExpr:
+        return self.solver.Sum([o.value * r for o, r in zip(self.opts, self.r, strict=True)])
+
+    def cost_expr(self) -> pywraplp.LinearExpr:
+        pools = self.problem.pools
+        return self.solver.Sum(
+            [pools[o.pool].cost_per_device * n for o, n in zip(self.opts, self.n, strict=True)]
+        )
+
+    def change_expr(self, current: dict[int, int]) -> pywraplp.LinearExpr:
+        """Sum of |n - current| over options, with one auxiliary variable per running option."""
+        terms: list[pywraplp.LinearExpr] = []
+        for k, n in enumerate(self.n):
+            running = current.get(k, 0)
+            if running == 0:
+                terms.append(n)
+                continue
+            d = self.solver.NumVar(0, self.solver.infinity(), f"d{k}")
+            self.solver.Add(d >= n - running)
+            self.solver.Add(d >= running - n)
+            terms.append(d)
+        return self.solver.Sum(terms)
+
+    def solve(
+        self, expr: pywraplp.LinearExpr, maximize: bool, deadline: float, hint: Solution | None
+    ) -> tuple[float, float, str] | None:
+        """Optimize `expr`; return (objective, best bound, status), or None without solution."""
+        solver = self.solver
+        objective = solver.Objective()
+        objective.Clear()
+        if maximize:
+            solver.Maximize(expr)
+        else:
+            solver.Minimize(expr)
+        if hint is not None and self.integer:
+            solver.SetHint([*self.n, *self.r], [*(float(v) for v in hint.n), *hint.r])
+        remaining = max(deadline - time.perf_counter(), 0.01)
+        solver.SetTimeLimit(max(1, int(remaining * 1000)))
+        params = pywraplp.MPSolverParameters()
+        if self.integer:
+            params.SetDoubleParam(params.RELATIVE_MIP_GAP, self.problem.settings.relative_gap)
+        status = solver.Solve(params)
+        if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
+            return None
+        value = objective.Value()
+        bound = objective.BestBound() if self.integer else value
+        return value, bound, _STATUS[status]
+
+    def keep(self, expr: pywraplp.LinearExpr, value: float, maximize: bool) -> None:
+        """Constrain a finished stage's objective to stay as good as its incumbent."""
+        slack = 1e-6 * max(1.0, abs(value))
+        if maximize:
+            self.solver.Add(expr >= value - slack)
+        else:
+            self.solver.Add(expr <= value + slack)
+
+    def solution(self) -> Solution:
+        return Solution(
+            n=[v.solution_value() for v in self.n],
+            r=[max(0.0, v.solution_value()) for v in self.r],
+        )

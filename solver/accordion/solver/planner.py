@@ -1,0 +1,195 @@
+"""The planner: from a `Problem` to a `Plan`, lexicographically (see `model` for the math).
+
+Solving the MILP from scratch is slow at thousands of devices, yet its LP relaxation is nearly
+integral there: replicas are many per option and rounding moves each by at most one. So the
+planner first solves the four stages as an LP (GLOP, milliseconds; it also gives the bounds the
+reported gap is measured against), then solves the MILP with every replica count confined to
+a small window around the LP's value (SCIP), starting from the LP rounded down. Small problems,
+where rounding matters most and the full MILP is cheap anyway, get the full MILP.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+
+from accordion.solver.capacity import Option, options
+from accordion.solver.model import Solution, StagedModel, StageResult
+from accordion.solver.plan import Exclusion, Plan, PlanRow, ServicePlan, SolverStats
+from accordion.solver.problem import Problem
+from accordion.solver.rounding import round_replicas
+
+FULL_MILP_MAX_OPTIONS = 400
+"""Up to this many options, a rounding short of the gap goal is polished by the full MILP."""
+
+
+def _current_by_option(problem: Problem, opts: list[Option]) -> tuple[dict[int, int], int]:
+    """Running replicas per option index, and replicas of runs no option covers any more."""
+    index = {
+        (problem.services[o.service].name, o.variant, problem.pools[o.pool].name): k
+        for k, o in enumerate(opts)
+    }
+    current: dict[int, int] = defaultdict(int)
+    orphaned = 0
+    for alloc in problem.current:
+        k = index.get((alloc.service, alloc.variant, alloc.pool))
+        if k is None:
+            orphaned += alloc.replicas
+        else:
+            current[k] += alloc.replicas
+    return dict(current), orphaned
+
+
+def plan(problem: Problem) -> Plan:
+    """Plan replicas and routing for `problem`.
+
+    Pure and deterministic. Never raises on infeasible demand: the shortfall is reported per
+    service. Invalid input is rejected earlier, when the `Problem` is built.
+    """
+    started = time.perf_counter()
+    deadline = started + problem.settings.time_limit_s
+    opts, excluded = options(problem)
+    current, orphaned = _current_by_option(problem, opts)
+
+    relaxed = StagedModel(problem, opts, current, integer=False)
+    lp, lp_result = relaxed.run_stages(deadline, None)
+    best, result = _rounded(problem, opts, current, lp, deadline)
+    gap = _gap(lp_result, result)
+    if gap > problem.settings.relative_gap and len(opts) <= FULL_MILP_MAX_OPTIONS:
+        milp = StagedModel(problem, opts, current, integer=True)
+        exact, exact_result = milp.run_stages(deadline, best)
+        if len(exact_result.values) == 4 and _better(exact_result, result):
+            best, result = exact, exact_result
+            gap = _gap(lp_result, result)
+    return _assemble(problem, opts, excluded, best, current, orphaned, result, gap, started)
+
+
+def _rounded(
+    problem: Problem,
+    opts: list[Option],
+    current: dict[int, int],
+    lp: Solution,
+    deadline: float,
+) -> tuple[Solution, StageResult]:
+    """Round the LP's replicas, then route within them and release what the routing leaves idle.
+
+    The routing LP keeps replica counts continuous below the rounded ones, so its cost and
+    change stages say how many replicas each option needs; rounding those up loses nothing.
+    """
+    rounded = round_replicas(problem, opts, lp.n)
+    routing = StagedModel(problem, opts, current, integer=False, bounds=[(0, v) for v in rounded])
+    routed, result = routing.run_stages(deadline, None)
+    n = [float(min(r, math.ceil(v - 1e-6))) for r, v in zip(rounded, routed.n, strict=True)]
+    return Solution(n=n, r=routed.r), result
+
+
+def _better(a: StageResult, b: StageResult) -> bool:
+    """Whether stage values `a` beat `b` lexicographically (max, max, min, min)."""
+    signs = (1.0, 1.0, -1.0, -1.0)
+    for sign, x, y in zip(signs, a.values, b.values, strict=False):
+        tol = 1e-6 * max(1.0, abs(x), abs(y))
+        if sign * (x - y) > tol:
+            return True
+        if sign * (y - x) > tol:
+            return False
+    return False
+
+
+def _gap(lp: StageResult, milp: StageResult) -> float:
+    """Relative gap of the served and accuracy stages against the LP relaxation's bounds."""
+    gaps = [1.0]
+    if milp.values:
+        gaps = []
+        for stage in range(min(2, len(milp.values), len(lp.values))):
+            bound, value = lp.bounds[stage], milp.values[stage]
+            gaps.append(max(0.0, bound - value) / max(abs(bound), 1e-9))
+    return max(gaps, default=0.0)
+
+
+def _overall_status(statuses: list[str], gap: float, relative_gap: float) -> str:
+    """OPTIMAL when within the gap goal of the LP bound, else FEASIBLE; PARTIAL when a stage
+    ran out of time, NO_SOLUTION when the first did."""
+    if not statuses or statuses[0] == "NOT_SOLVED":
+        return "NO_SOLUTION"
+    if len(statuses) < 4 or "NOT_SOLVED" in statuses:
+        return "PARTIAL"
+    return "OPTIMAL" if gap <= relative_gap + 1e-9 else "FEASIBLE"
+
+
+def _assemble(
+    problem: Problem,
+    opts: list[Option],
+    excluded: list[Exclusion],
+    best: Solution,
+    current: dict[int, int],
+    orphaned: int,
+    result: StageResult,
+    gap: float,
+    started: float,
+) -> Plan:
+    rows: list[PlanRow] = []
+    served = [0.0] * len(problem.services)
+    capacity = [0.0] * len(problem.services)
+    weighted = [0.0] * len(problem.services)
+    capped = 0.0
+    cost = 0.0
+    change = orphaned
+    for k, o in enumerate(opts):
+        n = round(best.n[k])
+        change += abs(n - current.get(k, 0))
+        if n == 0:
+            continue
+        svc = problem.services[o.service]
+        routed = min(best.r[k], n * o.capacity_qps)
+        served[o.service] += routed
+        capacity[o.service] += n * o.capacity_qps
+        weighted[o.service] += routed * o.accuracy
+        capped += routed * o.value
+        cost += n * problem.pools[o.pool].cost_per_device
+        rows.append(
+            PlanRow(
+                service=svc.name,
+                variant=o.variant,
+                pool=problem.pools[o.pool].name,
+                replicas=n,
+                max_batch_size=o.max_batch_size,
+                capacity_qps_per_replica=o.capacity_qps,
+                capacity_qps=n * o.capacity_qps,
+                routed_qps=routed,
+                accuracy=o.accuracy,
+            )
+        )
+    eligible = {o.service for o in opts}
+    services: list[ServicePlan] = []
+    for s, svc in enumerate(problem.services):
+        got = min(served[s], svc.demand_qps)
+        services.append(
+            ServicePlan(
+                service=svc.name,
+                demand_qps=svc.demand_qps,
+                served_qps=got,
+                unserved_qps=max(0.0, svc.demand_qps - got),
+                capacity_qps=capacity[s],
+                effective_accuracy=weighted[s] / served[s] if served[s] > 0 else None,
+                floor_met=s in eligible,
+            )
+        )
+    stats = SolverStats(
+        status=_overall_status(result.statuses, gap, problem.settings.relative_gap),
+        solver="ortools-glop+scip",
+        solve_time_s=time.perf_counter() - started,
+        served_qps=sum(
+            svc.priority * sp.served_qps for svc, sp in zip(problem.services, services, strict=True)
+        ),
+        accuracy_term=capped,
+        cost=cost,
+        change=change,
+        gap=gap,
+    )
+    return Plan(
+        rows=sorted(rows, key=lambda r: (r.service, r.variant, r.pool)),
+        services=sorted(services, key=lambda s: s.service),
+        excluded=sorted(excluded, key=lambda e: (e.service, e.variant, e.pool)),
+        stats=stats,
+    )
