@@ -1,0 +1,188 @@
+"""Typer commands of the data plane, mounted by the root `accordion` CLI.
+
+``profile`` (latency per batch size, printed as an InferenceService profile block), ``load``
+(open-loop load generator), ``serve`` (a worker) and ``route`` (a router). Heavy imports (torch,
+aiohttp apps) happen inside the commands, so `accordion --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from accordion.workers.config import BatchingConfig, PolicyName, WorkerConfig
+
+app = typer.Typer(
+    help="Data plane: workers, router, profiler, load generator.", no_args_is_help=True
+)
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter("batch sizes are integers separated by commas") from None
+    if not sizes or any(b < 1 for b in sizes):
+        raise typer.BadParameter("batch sizes must be >= 1")
+    return sizes
+
+
+@app.command()
+def profile(
+    model: Annotated[str, typer.Option(help="builtin:NAME or a TorchScript / torch.export file")],
+    batch_sizes: Annotated[
+        str, typer.Option(help="comma-separated, e.g. 1,2,4,8")
+    ] = "1,2,4,8,16,32",
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    pool: Annotated[str, typer.Option(help="DevicePool name to print in the block")] = "cpu",
+    repeats: Annotated[int, typer.Option(min=3)] = 30,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads")] = 1,
+    input_shape: Annotated[
+        str | None, typer.Option(help="one sample's shape for files: 3,224,224")
+    ] = None,
+) -> None:
+    """Measure latency percentiles per batch size and print the variant's profile block."""
+    from rich.progress import Progress
+
+    from accordion.workers.profiler import profile_model, profile_yaml
+
+    sizes = _sizes(batch_sizes)
+    shape = _sizes(input_shape) if input_shape else None
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"profiling {model}", total=len(sizes))
+        results = profile_model(
+            model,
+            sizes,
+            device=device,
+            torch_threads=threads,
+            repeats=repeats,
+            input_shape=shape,
+            on_progress=lambda _: progress.advance(task),
+        )
+    typer.echo(profile_yaml(results, pool), nl=False)
+
+
+@app.command()
+def load(
+    url: Annotated[str, typer.Option(help="loopback base URL of a worker or router")],
+    model: Annotated[str, typer.Option(help="model (worker) or service (router) name")],
+    slo_ms: Annotated[float, typer.Option(help="deadline of every request, ms")] = 100.0,
+    rate: Annotated[float | None, typer.Option(help="Poisson arrival rate, requests/s")] = None,
+    ramp: Annotated[str | None, typer.Option(help="START:END rates of a linear ramp")] = None,
+    trace: Annotated[Path | None, typer.Option(help="file of arrival offsets in seconds")] = None,
+    duration_s: Annotated[float, typer.Option(min=0.1, max=600)] = 10.0,
+    max_requests: Annotated[int, typer.Option(min=1, max=1_000_000)] = 100_000,
+    input_name: Annotated[str, typer.Option()] = "input",
+    input_shape: Annotated[str | None, typer.Option(help="one sample's shape, for routers")] = None,
+    datatype: Annotated[str, typer.Option()] = "FP32",
+    seed: int = 0,
+) -> None:
+    """Open-loop load: report SLO attainment, goodput and latency percentiles (JSON)."""
+    from accordion.workers.loadgen import (
+        build_body,
+        check_loopback,
+        poisson_schedule,
+        ramp_schedule,
+        run_load,
+        trace_schedule,
+    )
+
+    try:
+        check_loopback(url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if sum(x is not None for x in (rate, ramp, trace)) != 1:
+        raise typer.BadParameter("give exactly one of --rate, --ramp, --trace")
+    if rate is not None:
+        schedule = poisson_schedule(rate, duration_s, seed)
+    elif ramp is not None:
+        try:
+            start, end = (float(x) for x in ramp.split(":"))
+        except ValueError:
+            raise typer.BadParameter("--ramp is START:END, e.g. 50:500") from None
+        schedule = ramp_schedule(start, end, duration_s, seed)
+    else:
+        assert trace is not None
+        schedule = trace_schedule(trace)
+    body = build_body(input_name, datatype, _sizes(input_shape)) if input_shape else None
+    report = asyncio.run(
+        run_load(
+            url,
+            model,
+            schedule,
+            slo_ms=slo_ms,
+            body=body,
+            max_requests=max_requests,
+            max_duration_s=duration_s,
+        )
+    )
+    typer.echo(json.dumps(report.summary(), indent=2))
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="builtin:NAME or a model file")] = "builtin:demo-s",
+    name: Annotated[str | None, typer.Option(help="served model name")] = None,
+    config: Annotated[Path | None, typer.Option(help="WorkerConfig file (JSON/YAML)")] = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    device: str = "cpu",
+    threads: Annotated[int, typer.Option(min=1)] = 1,
+    slo_ms: float = 100.0,
+    policy: Annotated[str, typer.Option(help="slo, none, triton or clipper")] = "slo",
+    max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    max_queue_delay_ms: float = 5.0,
+    max_queue: Annotated[int, typer.Option(min=1)] = 1024,
+    input_shape: Annotated[str | None, typer.Option(help="one sample's shape, for files")] = None,
+) -> None:
+    """Run a worker: one model variant behind the KServe v2 protocol."""
+    from accordion.workers.server import serve as run_worker
+
+    if config is not None:
+        text = config.read_text()
+        if config.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            cfg = WorkerConfig.model_validate(yaml.safe_load(text))
+        else:
+            cfg = WorkerConfig.model_validate_json(text)
+    else:
+        if policy not in ("slo", "none", "triton", "clipper"):
+            raise typer.BadParameter("--policy is one of slo, none, triton, clipper")
+        chosen: PolicyName = policy  # type: ignore[assignment]
+        served = name or (
+            model.removeprefix("builtin:") if model.startswith("builtin:") else Path(model).stem
+        )
+        cfg = WorkerConfig(
+            model_name=served,
+            model=model,
+            input_shape=_sizes(input_shape) if input_shape else None,
+            device=device,
+            torch_threads=threads,
+            slo_ms=slo_ms,
+            batching=BatchingConfig(
+                policy=chosen,
+                max_batch_size=max_batch_size,
+                max_queue_delay_ms=max_queue_delay_ms,
+                max_queue=max_queue,
+            ),
+            host=host,
+            port=port,
+        )
+    run_worker(cfg)
+
+
+@app.command()
+def route(
+    table: Annotated[Path, typer.Option(help="routing table file (JSON/YAML), reloaded on change")],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+) -> None:
+    """Run a router: one InferenceService's entry point."""
+    from accordion.workers.router import serve_router
+
+    serve_router(table, host, port)
