@@ -77,7 +77,7 @@ def _rounded(
     The routing LP keeps replica counts continuous below the rounded ones, so its cost and
     change stages say how many replicas each option needs; rounding those up loses nothing.
     """
-    rounded = round_replicas(problem, opts, lp.n)
+    rounded = round_replicas(problem, opts, lp.n, current)
     routing = StagedModel(problem, opts, current, integer=False, bounds=[(0, v) for v in rounded])
     routed, result = routing.run_stages(deadline, None)
     n = [float(min(r, math.ceil(v - 1e-6))) for r, v in zip(rounded, routed.n, strict=True)]
@@ -105,6 +105,38 @@ def _gap(lp: StageResult, milp: StageResult) -> float:
             bound, value = lp.bounds[stage], milp.values[stage]
             gaps.append(max(0.0, bound - value) / max(abs(bound), 1e-9))
     return max(gaps, default=0.0)
+
+
+def _settle_routing(
+    problem: Problem, opts: list[Option], replicas: list[int], routed: list[float]
+) -> list[float]:
+    """Routed QPS within capacity and demand, free of the solvers' tolerances.
+
+    The stage constraints hold to a relative 1e-6, so a solver may leave a sliver of demand
+    unserved next to idle capacity; route it to the most accurate spare capacity of its service.
+    """
+    out = [
+        min(max(r, 0.0), n * o.capacity_qps) for r, n, o in zip(routed, replicas, opts, strict=True)
+    ]
+    by_service: dict[int, list[int]] = defaultdict(list)
+    for k, o in enumerate(opts):
+        by_service[o.service].append(k)
+    for s, ks in by_service.items():
+        ks.sort(key=lambda k: (-opts[k].value, -opts[k].accuracy, k))
+        deficit = problem.services[s].demand_qps - sum(out[k] for k in ks)
+        for k in ks:
+            if deficit <= 0:
+                break
+            extra = min(deficit, replicas[k] * opts[k].capacity_qps - out[k])
+            out[k] += extra
+            deficit -= extra
+        for k in reversed(ks):
+            if deficit >= 0:
+                break
+            cut = min(-deficit, out[k])
+            out[k] -= cut
+            deficit += cut
+    return out
 
 
 def _overall_status(statuses: list[str], gap: float, relative_gap: float) -> str:
@@ -135,13 +167,15 @@ def _assemble(
     capped = 0.0
     cost = 0.0
     change = orphaned
+    replicas = [round(v) for v in best.n]
+    routed_by_option = _settle_routing(problem, opts, replicas, best.r)
     for k, o in enumerate(opts):
-        n = round(best.n[k])
+        n = replicas[k]
         change += abs(n - current.get(k, 0))
         if n == 0:
             continue
         svc = problem.services[o.service]
-        routed = min(best.r[k], n * o.capacity_qps)
+        routed = routed_by_option[k]
         served[o.service] += routed
         capacity[o.service] += n * o.capacity_qps
         weighted[o.service] += routed * o.accuracy

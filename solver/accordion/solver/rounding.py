@@ -14,7 +14,9 @@ from accordion.solver.capacity import Option
 from accordion.solver.problem import Problem
 
 
-def round_replicas(problem: Problem, opts: list[Option], n_lp: list[float]) -> list[int]:
+def round_replicas(
+    problem: Problem, opts: list[Option], n_lp: list[float], current: dict[int, int]
+) -> list[int]:
     """Integral replica counts near `n_lp` that respect every pool's device count."""
     n = [math.floor(v + 1e-3) for v in n_lp]  # GLOP leaves 0.9999993 where it means 1
     free = [pool.devices for pool in problem.pools]
@@ -23,19 +25,20 @@ def round_replicas(problem: Problem, opts: list[Option], n_lp: list[float]) -> l
         free[o.pool] -= n[k]
         deficit[o.service] -= n[k] * o.capacity_qps
     while True:
-        best: tuple[float, float, float, int] | None = None
+        best: tuple[float, float, float, bool, float, int] | None = None
         for k, o in enumerate(opts):
             if free[o.pool] <= 0 or deficit[o.service] <= 1e-9:
                 continue
             priority = problem.services[o.service].priority
             gain = priority * min(o.capacity_qps, deficit[o.service])
             accuracy = o.value * min(o.capacity_qps, deficit[o.service])
-            key = (gain, accuracy, -problem.pools[o.pool].cost_per_device, -k)
+            cost = problem.pools[o.pool].cost_per_device
+            key = (gain, accuracy, -cost, n[k] < current.get(k, 0), n_lp[k] - n[k], -k)
             if best is None or key > best:
                 best = key
         if best is None:
             return n
-        k = -best[3]
+        k = -best[5]
         n[k] += 1
         free[opts[k].pool] -= 1
         deficit[opts[k].service] -= opts[k].capacity_qps

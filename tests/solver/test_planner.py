@@ -1,0 +1,200 @@
+"""The planner's behaviour on small problems: limits, objectives in order, and reporting."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from accordion.solver import (
+    Allocation,
+    PlannerSettings,
+    PoolSpec,
+    Problem,
+    ProfilePoint,
+    ServiceSpec,
+    VariantSpec,
+    plan,
+)
+
+
+def _profile(batch1_s: float) -> list[ProfilePoint]:
+    """Batch b takes batch1_s * (1 + (b - 1) / 2): batching pays, with diminishing returns."""
+    return [ProfilePoint(batch_size=b, p50_s=batch1_s * (1 + 0.5 * (b - 1))) for b in (1, 2, 4)]
+
+
+def _variant(name: str, accuracy: float, **pools: float) -> VariantSpec:
+    return VariantSpec(
+        name=name, accuracy=accuracy, profiles={p: _profile(s) for p, s in pools.items()}
+    )
+
+
+def _problem(
+    services: list[ServiceSpec],
+    pools: dict[str, tuple[int, float]],
+    current: list[Allocation] | None = None,
+) -> Problem:
+    return Problem(
+        pools=[PoolSpec(name=n, devices=d, cost_per_device=c) for n, (d, c) in pools.items()],
+        services=services,
+        current=current or [],
+        settings=PlannerSettings(utilization=1.0, latency_percentile="p50"),
+    )
+
+
+# With SLO 1 s, batch 4 (2.5 x batch1) fits when 5 * batch1 <= 1: capacity 4 / (2.5 b1).
+FAST = 0.01  # 160 QPS per replica at batch 4
+SLOW = 0.1  # 16 QPS per replica at batch 4
+
+
+def _service(name: str, demand: float, **kw: object) -> ServiceSpec:
+    fields: dict[str, object] = {
+        "name": name,
+        "demand_qps": demand,
+        "slo_s": 1.0,
+        "variants": [_variant("small", 70, gpu=FAST), _variant("large", 90, gpu=SLOW)],
+    }
+    return ServiceSpec.model_validate({**fields, **kw})
+
+
+services_strategy = st.lists(
+    st.tuples(st.floats(0, 400), st.integers(1, 3), st.floats(0, 95)),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(services_strategy, st.integers(0, 12))
+def test_plans_stay_within_devices_capacity_and_floors(
+    specs: list[tuple[float, int, float]], devices: int
+) -> None:
+    problem = _problem(
+        [
+            _service(f"s{i}", demand, priority=prio, accuracy_floor=floor)
+            for i, (demand, prio, floor) in enumerate(specs)
+        ],
+        {"gpu": (devices, 1.0)},
+    )
+    result = plan(problem)
+    assert sum(r.replicas for r in result.rows) <= devices
+    for row in result.rows:
+        assert row.routed_qps <= row.capacity_qps + 1e-6
+        assert row.capacity_qps == row.replicas * row.capacity_qps_per_replica
+    by_name = {s.name: s for s in problem.services}
+    for row in result.rows:
+        assert row.accuracy >= by_name[row.service].accuracy_floor
+    for sp in result.services:
+        assert math.isclose(sp.served_qps + sp.unserved_qps, sp.demand_qps, abs_tol=1e-6)
+        assert sp.served_qps <= sp.capacity_qps + 1e-6
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(0, 300), min_size=1, max_size=4))
+def test_all_demand_is_served_when_the_cluster_can(demands: list[float]) -> None:
+    # One fast replica serves 160 QPS: give each service enough devices for its demand alone.
+    devices = sum(math.ceil(d / 160) for d in demands)
+    problem = _problem(
+        [_service(f"s{i}", d) for i, d in enumerate(demands)], {"gpu": (devices, 1.0)}
+    )
+    result = plan(problem)
+    for sp in result.services:
+        assert sp.unserved_qps <= 1e-6 * max(1.0, sp.demand_qps)
+
+
+def test_accuracy_is_maximized_once_demand_is_served() -> None:
+    # 32 QPS: two slow, accurate replicas serve it all; the fast variant is not needed.
+    result = plan(_problem([_service("a", 32)], {"gpu": (2, 1.0)}))
+    assert [(r.variant, r.replicas) for r in result.rows] == [("large", 2)]
+    assert result.services[0].effective_accuracy == 90
+
+
+def test_serving_more_beats_accuracy() -> None:
+    # 100 QPS on 2 devices: only the fast variant can serve it all.
+    result = plan(_problem([_service("a", 100)], {"gpu": (2, 1.0)}))
+    assert result.services[0].unserved_qps <= 1e-6
+    assert {r.variant for r in result.rows} >= {"small"}
+
+
+def test_target_caps_accuracy_and_spares_devices() -> None:
+    # Target 70: the large variant is worth no more than the small one, which needs 1 device.
+    result = plan(_problem([_service("a", 32, accuracy_target=70)], {"gpu": (4, 1.0)}))
+    assert sum(r.replicas for r in result.rows) == 1
+    assert result.rows[0].variant == "small"
+
+
+def test_floor_excludes_variants_and_reports_shortfall() -> None:
+    svc = _service("a", 100, accuracy_floor=80)
+    result = plan(_problem([svc], {"gpu": (2, 1.0)}))
+    assert {r.variant for r in result.rows} == {"large"}
+    assert math.isclose(result.services[0].unserved_qps, 100 - 32, rel_tol=1e-6)
+    assert result.services[0].floor_met
+
+
+def test_no_variant_at_the_floor_serves_nothing() -> None:
+    result = plan(_problem([_service("a", 10, accuracy_floor=95)], {"gpu": (2, 1.0)}))
+    assert result.rows == []
+    assert result.services[0].unserved_qps == 10
+    assert not result.services[0].floor_met
+    assert result.services[0].effective_accuracy is None
+
+
+def test_infeasible_demand_reports_shortfall_by_priority() -> None:
+    problem = _problem([_service("low", 200), _service("high", 200, priority=2)], {"gpu": (1, 1.0)})
+    result = plan(problem)
+    served = {s.service: s.served_qps for s in result.services}
+    assert math.isclose(served["high"], 160, rel_tol=1e-6)
+    assert served["low"] == 0
+    assert result.stats.status in ("OPTIMAL", "FEASIBLE")
+
+
+def test_pairs_missing_the_slo_at_batch_one_are_excluded() -> None:
+    svc = _service("a", 10, variants=[_variant("ok", 80, gpu=FAST), _variant("tardy", 90, gpu=0.6)])
+    result = plan(_problem([svc], {"gpu": (2, 1.0)}))
+    assert [(e.variant, e.pool) for e in result.excluded] == [("tardy", "gpu")]
+    assert "SLO" in result.excluded[0].reason
+    assert {r.variant for r in result.rows} == {"ok"}
+
+
+def test_max_batch_size_is_the_largest_batch_within_the_slo() -> None:
+    # Batch 4 takes 2.5 * 0.1 = 0.25 s: worst case 0.5 s fits an SLO of 0.5 s but not 0.4 s.
+    for slo_s, expected in ((0.5, 4), (0.4, 2)):
+        result = plan(_problem([_service("a", 5, slo_s=slo_s)], {"gpu": (1, 1.0)}))
+        assert result.rows[0].max_batch_size == expected
+
+
+def test_cost_minimization_prefers_cheap_pools_and_releases_devices() -> None:
+    svc = _service("a", 100, variants=[_variant("v", 80, cheap=FAST, dear=FAST)])
+    result = plan(_problem([svc], {"cheap": (4, 1.0), "dear": (4, 3.0)}))
+    assert [(r.pool, r.replicas) for r in result.rows] == [("cheap", 1)]
+    assert result.stats.cost == 1.0
+
+
+def test_change_minimization_keeps_the_current_plan_when_equally_good() -> None:
+    svc = _service("a", 100, variants=[_variant("v", 80, gpu1=FAST, gpu2=FAST)])
+    for pool in ("gpu1", "gpu2"):
+        current = [Allocation(service="a", variant="v", pool=pool, replicas=1)]
+        result = plan(_problem([svc], {"gpu1": (2, 1.0), "gpu2": (2, 1.0)}, current))
+        assert [(r.pool, r.replicas) for r in result.rows] == [(pool, 1)]
+        assert result.stats.change == 0
+
+
+def test_same_input_gives_the_same_plan() -> None:
+    problem = _problem(
+        [_service(f"s{i}", 37.0 * i + 5, priority=1 + i % 2) for i in range(5)],
+        {"gpu": (7, 1.0)},
+    )
+    assert plan(problem).model_dump(exclude={"stats"}) == plan(problem).model_dump(
+        exclude={"stats"}
+    )
+    first, second = plan(problem).stats, plan(problem).stats
+    assert first.model_copy(update={"solve_time_s": 0}) == second.model_copy(
+        update={"solve_time_s": 0}
+    )
+
+
+def test_empty_problem_gives_empty_plan() -> None:
+    result = plan(Problem(pools=[], services=[]))
+    assert result.rows == []
+    assert result.services == []
