@@ -1,0 +1,310 @@
+"""The desired state of the data plane, computed from a plan: workers, routing weights, status.
+
+Everything here is a pure function of its arguments, shared by every driver of the control loop
+(the kopf operator, local mode). The vocabulary is abstract on purpose: a worker is a
+`WorkerKey` (service, variant, pool) with a `WorkerSpec` (replicas and the settings that
+determine its pods), and routing is a list of weights per `WorkerKey`. The drivers decide what a
+worker *is* (a Deployment and a Service; a process on a port) and how a key becomes a URL
+(`routing_table(routing, url_for)`).
+
+Routing follows the capacity of *ready* replicas: a new backend receives traffic only as its
+replicas become ready, and the backends the plan no longer wants keep the rest until the new
+ones can take it all. Only then does the routing equal the plan's (`Routing.final`), and only
+after that may the loop scale the old backends down (make before break, see `loop`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from accordion.operator.api import (
+    DevicePool,
+    InferenceService,
+    ModelFormat,
+    ResourceRequirements,
+    Toleration,
+)
+from accordion.solver import Plan, PlanRow
+from accordion.workers.config import Backend, BatchingConfig, RoutingTable, WorkerConfig
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class WorkerKey(_Frozen):
+    """Identity of a worker group: one variant of one service on one device pool."""
+
+    service: str = Field(description="`namespace/name` of the InferenceService.")
+    variant: str
+    pool: str
+
+    @property
+    def namespace(self) -> str:
+        return self.service.split("/", 1)[0]
+
+    @property
+    def service_name(self) -> str:
+        return self.service.split("/", 1)[1]
+
+    @property
+    def backend_name(self) -> str:
+        """The backend's name in the routing table (and the router's metric label)."""
+        return f"{self.variant}@{self.pool}"
+
+    def sort_key(self) -> tuple[str, str, str]:
+        return (self.service, self.variant, self.pool)
+
+
+class Placement(_Frozen):
+    """Where and with what the pods of a pool run (from the DevicePool)."""
+
+    device: str = "cpu"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+
+    @classmethod
+    def of(cls, pool: DevicePool) -> Placement:
+        return cls(
+            device=pool.spec.device,
+            node_selector=dict(pool.spec.node_selector),
+            tolerations=list(pool.spec.tolerations),
+            resources=pool.spec.resources,
+        )
+
+
+class WorkerSpec(_Frozen):
+    """A worker group as the plan wants it: replicas, and every setting that shapes its pods.
+
+    Two equal specs give identical pods, so drivers compare the running spec with the desired
+    one to decide whether anything must change (the same inputs never cause churn).
+    """
+
+    key: WorkerKey
+    replicas: int = Field(ge=0)
+    max_batch_size: int = Field(ge=1)
+    capacity_qps_per_replica: float = Field(ge=0)
+    accuracy: float = Field(ge=0, le=100)
+    slo_ms: float = Field(gt=0)
+    model_uri: str
+    model_format: ModelFormat = ModelFormat.TORCHSCRIPT
+    profile_ms: dict[int, float] = Field(default_factory=dict)
+    placement: Placement = Field(default_factory=Placement)
+
+    def with_replicas(self, replicas: int) -> WorkerSpec:
+        return self.model_copy(update={"replicas": replicas})
+
+    def worker_config(self, *, host: str = "0.0.0.0", port: int = 8080) -> WorkerConfig:
+        """The worker process's configuration (`accordion.workers.config.WorkerConfig`)."""
+        model = self.model_uri.removeprefix("file://")
+        return WorkerConfig(
+            model_name=self.key.variant,
+            model=model,
+            device="cuda" if self.placement.device == "cuda" else "cpu",
+            slo_ms=self.slo_ms,
+            accuracy=round(self.accuracy / 100.0, 6),
+            profile_ms=dict(self.profile_ms),
+            batching=BatchingConfig(policy="slo", max_batch_size=self.max_batch_size),
+            host=host,
+            port=port,
+        )
+
+    def digest(self) -> str:
+        """A short hash of the spec, for annotations and change detection."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+class Route(_Frozen):
+    """One backend of a service's routing: a worker group and its share of the traffic."""
+
+    key: WorkerKey
+    weight: float = Field(ge=0, le=1)
+    capacity_qps: float = Field(ge=0, description="Capacity of the ready replicas, req/s.")
+    accuracy: float = Field(ge=0, le=100)
+    max_batch_size: int = Field(ge=1)
+    batch_latency_ms: float | None = None
+
+
+class Routing(_Frozen):
+    """How one service's router splits traffic. Equal routings give equal routing tables."""
+
+    service: str
+    slo_ms: float = Field(gt=0)
+    routes: list[Route] = Field(default_factory=list)
+    final: bool = Field(
+        default=True,
+        description="True when this is the plan's routing: every planned replica is ready and "
+        "no backend outside the plan carries traffic.",
+    )
+
+    def keys(self) -> set[WorkerKey]:
+        return {r.key for r in self.routes if r.weight > 0}
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+def routing_table(routing: Routing, url_for: Callable[[WorkerKey], str]) -> RoutingTable | None:
+    """The router's file for a routing; None when no backend can take traffic."""
+    routes = [r for r in routing.routes if r.weight > 0 or r.capacity_qps > 0]
+    if not routes or sum(r.weight for r in routes) <= 0:
+        return None
+    return RoutingTable(
+        service=routing.service.replace("/", "."),
+        slo_ms=routing.slo_ms,
+        backends=[
+            Backend(
+                name=r.key.backend_name,
+                url=url_for(r.key),
+                model_name=r.key.variant,
+                weight=r.weight,
+                accuracy=round(r.accuracy / 100.0, 6),
+                capacity_qps=r.capacity_qps if r.capacity_qps > 0 else None,
+                max_batch_size=r.max_batch_size,
+                batch_latency_ms=r.batch_latency_ms,
+            )
+            for r in routes
+        ],
+        version=routing.digest(),
+    )
+
+
+# ------------------------------------------------------------------------------ from the plan
+
+
+def _profile_ms(service: InferenceService, variant: str, pool: str) -> dict[int, float]:
+    for v in service.spec.variants:
+        if v.name != variant:
+            continue
+        for prof in v.profiles:
+            if prof.pool == pool:
+                return {
+                    b.batch_size: b.p99_ms or b.p90_ms or b.p50_ms
+                    for b in sorted(prof.batches, key=lambda b: b.batch_size)
+                }
+    return {}
+
+
+def batch_latency_ms(profile_ms: Mapping[int, float], max_batch_size: int) -> float | None:
+    """Latency of the largest profiled batch not above the cap (the router bounds backlog)."""
+    fitting = [b for b in profile_ms if b <= max_batch_size]
+    return profile_ms[max(fitting)] if fitting else None
+
+
+def worker_specs(
+    plan: Plan, services: Mapping[str, InferenceService], pools: Mapping[str, DevicePool]
+) -> dict[WorkerKey, WorkerSpec]:
+    """The worker groups the plan wants (rows with replicas), keyed by (service, variant, pool)."""
+    out: dict[WorkerKey, WorkerSpec] = {}
+    for row in plan.rows:
+        svc, pool = services.get(row.service), pools.get(row.pool)
+        if row.replicas <= 0 or svc is None or pool is None:
+            continue
+        variant = next((v for v in svc.spec.variants if v.name == row.variant), None)
+        if variant is None:
+            continue
+        key = WorkerKey(service=row.service, variant=row.variant, pool=row.pool)
+        out[key] = WorkerSpec(
+            key=key,
+            replicas=row.replicas,
+            max_batch_size=row.max_batch_size,
+            capacity_qps_per_replica=round(row.capacity_qps_per_replica, 6),
+            accuracy=row.accuracy,
+            slo_ms=svc.spec.slo.latency_ms,
+            model_uri=variant.model.storage_uri,
+            model_format=variant.model.format,
+            profile_ms=_profile_ms(svc, row.variant, row.pool),
+            placement=Placement.of(pool),
+        )
+    return out
+
+
+def _share(values: Mapping[WorkerKey, float]) -> dict[WorkerKey, float]:
+    total = sum(values.values())
+    if total <= 0:
+        return dict.fromkeys(values, 0.0)
+    return {k: round(v / total, 4) for k, v in values.items()}
+
+
+def service_routing(
+    service: str,
+    slo_ms: float,
+    rows: Iterable[PlanRow],
+    targets: Mapping[WorkerKey, WorkerSpec],
+    running: Mapping[WorkerKey, WorkerSpec],
+    ready: Mapping[WorkerKey, int],
+) -> Routing:
+    """Routing weights of one service that follow the capacity of ready replicas.
+
+    `targets` are the worker groups the plan wants, `running` those that exist now (with the
+    spec they run), `ready` their ready replica counts. When every target is ready at its
+    planned size, the weights are the plan's routed shares (`final`). Before that, each target
+    takes at most what its ready replicas can serve, the backends being replaced carry the rest
+    as far as their ready replicas can, and whatever is left goes to the targets' spare ready
+    capacity.
+    """
+    planned = {
+        WorkerKey(service=r.service, variant=r.variant, pool=r.pool): r.routed_qps
+        for r in rows
+        if r.service == service and r.replicas > 0
+    }
+    planned = {k: v for k, v in planned.items() if k in targets}
+    demand = sum(planned.values())
+    specs: dict[WorkerKey, WorkerSpec] = {**running, **targets}
+
+    def ready_capacity(key: WorkerKey, cap_replicas: int | None = None) -> float:
+        n = ready.get(key, 0)
+        if cap_replicas is not None:
+            n = min(n, cap_replicas)
+        return n * specs[key].capacity_qps_per_replica
+
+    all_ready = all(ready.get(k, 0) >= spec.replicas for k, spec in targets.items())
+    routed: dict[WorkerKey, float] = {}
+    if all_ready:
+        routed = {k: planned.get(k, 0.0) for k in targets}
+        if demand <= 0:  # nothing planned to route: spread by capacity so the router works
+            routed = {k: ready_capacity(k) for k in targets}
+    else:
+        for k, spec in targets.items():
+            routed[k] = min(planned.get(k, 0.0), ready_capacity(k, spec.replicas))
+        left = demand - sum(routed.values())
+        old = {k: ready_capacity(k) for k in running if k not in targets and ready.get(k, 0) > 0}
+        old_total = sum(old.values())
+        if left > 0 and old_total > 0:
+            take = min(left, old_total)
+            for k, cap in old.items():
+                routed[k] = take * cap / old_total
+            left -= take
+        if left > 0:
+            spare = {k: ready_capacity(k) - routed[k] for k in targets}
+            spare_total = sum(v for v in spare.values() if v > 0)
+            if spare_total > 0:
+                take = min(left, spare_total)
+                for k, v in spare.items():
+                    if v > 0:
+                        routed[k] += take * v / spare_total
+    weights = _share(routed)
+    routes = []
+    for k in sorted(routed, key=WorkerKey.sort_key):
+        spec = specs[k]
+        in_plan = k in targets
+        if not in_plan and weights[k] <= 0:
+            continue
+        if in_plan and ready.get(k, 0) <= 0 and weights[k] <= 0 and not all_ready:
+            continue
+        n_ready = min(ready.get(k, 0), spec.replicas) if in_plan else ready.get(k, 0)
+        routes.append(
+            Route(
+                key=k,
+                weight=weights[k],
+                capacity_qps=round(n_ready * spec.capacity_qps_per_replica, 3),
+                accuracy=spec.accuracy,
+                max_batch_size=spec.max_batch_size,
+                batch_latency_ms=batch_latency_ms(spec.profile_ms, spec.max_batch_size),
+            )
+        )
+    return Routing(service=service, slo_ms=slo_ms, routes=routes, final=all_ready)

@@ -1,0 +1,354 @@
+"""The pure control loop (no kopf, no Kubernetes): plan, desired state, make-before-break steps.
+
+The planner is the real one (OR-Tools); the actuator is an in-memory world that applies the
+steps as a driver would, with readiness under the test's control (as a kubelet would report it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from accordion.operator.api import DevicePool, InferenceService, parse_resource
+from accordion.operator.control.desired import WorkerKey, routing_table, service_routing
+from accordion.operator.control.loop import (
+    AppliedRouting,
+    ApplyRouting,
+    ControlLoop,
+    DemandView,
+    EnsureWorker,
+    LoopSettings,
+    RecordEvent,
+    RemoveService,
+    RemoveWorker,
+    RunningWorker,
+    Step,
+    UpdateStatus,
+    World,
+)
+from accordion.solver import Plan, Problem
+
+
+def service(name: str = "svc", qps: float = 40.0, **spec: Any) -> InferenceService:
+    obj = {
+        "apiVersion": "accordion.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "generation": 1},
+        "spec": {
+            "slo": {"latencyMs": 100},
+            "demand": {"source": "Static", "qps": qps, "headroom": 0.0},
+            "variants": [
+                {
+                    "name": "big",
+                    "accuracy": 80,
+                    "model": {"storageUri": "/models/big.pt"},
+                    "profiles": [{"pool": "gpu", "batches": [{"batchSize": 1, "p50Ms": 20}]}],
+                },
+                {
+                    "name": "small",
+                    "accuracy": 70,
+                    "model": {"storageUri": "/models/small.pt"},
+                    "profiles": [{"pool": "gpu", "batches": [{"batchSize": 1, "p50Ms": 5}]}],
+                },
+            ],
+            **spec,
+        },
+    }
+    svc = parse_resource(obj)
+    assert isinstance(svc, InferenceService)
+    return svc
+
+
+def pool(name: str = "gpu", devices: int = 1) -> DevicePool:
+    p = parse_resource(
+        {
+            "apiVersion": "accordion.dev/v1alpha1",
+            "kind": "DevicePool",
+            "metadata": {"name": name},
+            "spec": {"devices": devices, "resources": {"limits": {"nvidia.com/gpu": 1}}},
+        }
+    )
+    assert isinstance(p, DevicePool)
+    return p
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class MemoryActuator:
+    """Applies steps to a World the way a driver's observation would then report them."""
+
+    def __init__(self, world: World, clock: Clock, fail_on: set[WorkerKey] | None = None) -> None:
+        self.world, self.clock = world, clock
+        self.log: list[Step] = []
+        self.fail_on = fail_on or set()
+
+    async def apply(self, step: Step) -> None:
+        self.log.append(step)
+        w = self.world
+        if isinstance(step, EnsureWorker):
+            if step.spec.key in self.fail_on:
+                raise RuntimeError("quota exceeded")
+            have = w.workers.get(step.spec.key)
+            ready = min(have.ready_replicas if have else 0, step.spec.replicas)
+            w.workers[step.spec.key] = RunningWorker(step.spec, ready)
+        elif isinstance(step, RemoveWorker):
+            del w.workers[step.key]
+        elif isinstance(step, ApplyRouting):
+            w.routing[step.service] = AppliedRouting(step.routing, self.clock())
+        elif isinstance(step, RemoveService):
+            for k in step.workers:
+                w.workers.pop(k, None)
+            w.routing.pop(step.service, None)
+        elif isinstance(step, UpdateStatus):
+            w.status[step.service] = step.status
+
+
+def all_ready(world: World) -> None:
+    for k, w in world.workers.items():
+        world.workers[k] = RunningWorker(w.spec, w.spec.replicas)
+
+
+def key(variant: str, svc: str = "svc") -> WorkerKey:
+    return WorkerKey(service=f"default/{svc}", variant=variant, pool="gpu")
+
+
+def kinds(steps: Sequence[Step]) -> list[str]:
+    return [type(s).__name__ for s in steps]
+
+
+@pytest.fixture
+def env() -> tuple[World, Clock, ControlLoop, MemoryActuator]:
+    clock = Clock()
+    world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=1)})
+    return world, clock, ControlLoop(clock=clock), MemoryActuator(world, clock)
+
+
+async def test_create_then_ready_then_no_churn(
+    env: tuple[World, Clock, ControlLoop, MemoryActuator],
+) -> None:
+    world, _clock, loop, act = env
+    res = await loop.reconcile(world, DemandView(), act)
+    assert kinds(res.applied) == ["EnsureWorker", "ApplyRouting", "RecordEvent", "UpdateStatus"]
+    first = res.applied[0]
+    assert isinstance(first, EnsureWorker)
+    assert first.spec.key == key("big")
+    assert first.spec.replicas == 1
+    routing = res.applied[1]
+    assert isinstance(routing, ApplyRouting)
+    assert routing.routing.routes == []
+    status = world.status["default/svc"]
+    conds = {c.type: c for c in status.conditions}
+    assert conds["Ready"].status == "False"
+    assert conds["Planned"].status == "True"
+    assert status.effective_accuracy == 80
+    assert status.observed_generation == 1
+
+    all_ready(world)
+    res = await loop.reconcile(world, DemandView(), act)
+    assert kinds(res.applied) == ["ApplyRouting", "UpdateStatus"]
+    applied = world.routing["default/svc"].routing
+    assert applied.final
+    assert [(r.key, r.weight) for r in applied.routes] == [(key("big"), 1.0)]
+    assert {c.type: c.status for c in world.status["default/svc"].conditions}["Ready"] == "True"
+
+    # Same inputs, no steps: also for a fresh loop (an operator restart).
+    assert (await loop.reconcile(world, DemandView(), act)).applied == []
+    assert ControlLoop(clock=loop.clock).decide(world, DemandView()).steps == []
+
+
+async def test_demand_rise_switches_variant_make_before_break(
+    env: tuple[World, Clock, ControlLoop, MemoryActuator],
+) -> None:
+    world, _clock, loop, act = env
+    await loop.reconcile(world, DemandView(), act)
+    all_ready(world)
+    await loop.reconcile(world, DemandView(), act)
+    act.log.clear()
+
+    # 150 req/s: big (45 req/s per replica) cannot serve it on one device; small can.
+    res = await loop.reconcile(world, DemandView(qps={"default/svc": 150.0}), act)
+    steps = [s for s in res.applied if not isinstance(s, UpdateStatus | RecordEvent)]
+    assert kinds(steps) == ["EnsureWorker", "ApplyRouting"]
+    assert isinstance(steps[0], EnsureWorker)
+    assert steps[0].spec.key == key("small")
+    assert key("big") in world.workers, "the old variant keeps serving until the new is ready"
+    table = world.routing["default/svc"].routing
+    assert not table.final
+    assert [r.key for r in table.routes] == [key("big")]
+    events = [s for s in res.applied if isinstance(s, RecordEvent)]
+    assert {e.reason for e in events} == {"AccuracyScaledDown", "ReplicasChanged"}
+
+    all_ready(world)
+    res = await loop.reconcile(world, DemandView(qps={"default/svc": 150.0}), act)
+    steps = [s for s in res.applied if not isinstance(s, UpdateStatus | RecordEvent)]
+    # Traffic moves first, then the old variant goes.
+    assert kinds(steps) == ["ApplyRouting", "RemoveWorker"]
+    assert isinstance(steps[1], RemoveWorker)
+    assert steps[1].key == key("big")
+    assert [r.key for r in world.routing["default/svc"].routing.routes] == [key("small")]
+    assert world.status["default/svc"].effective_accuracy == 70
+    assert (await loop.reconcile(world, DemandView(qps={"default/svc": 150.0}), act)).applied == []
+
+
+async def test_drain_delays_removal_and_asks_for_requeue() -> None:
+    clock = Clock()
+    world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=1)})
+    loop = ControlLoop(LoopSettings(drain_s=5.0), clock=clock)
+    act = MemoryActuator(world, clock)
+    await loop.reconcile(world, DemandView(), act)
+    all_ready(world)
+    await loop.reconcile(world, DemandView(), act)
+    demand = DemandView(qps={"default/svc": 150.0})
+    await loop.reconcile(world, demand, act)
+    all_ready(world)
+    res = await loop.reconcile(world, demand, act)
+    assert not any(isinstance(s, RemoveWorker) for s in res.applied)
+    assert res.decision.requeue_after_s == pytest.approx(5.0)
+    clock.t += 2.0
+    res = await loop.reconcile(world, demand, act)
+    assert res.applied == []
+    assert res.decision.requeue_after_s == pytest.approx(3.0)
+    clock.t += 3.0
+    res = await loop.reconcile(world, demand, act)
+    assert kinds(res.applied) == ["RemoveWorker"]
+
+
+async def test_failed_make_step_holds_back_the_break(
+    env: tuple[World, Clock, ControlLoop, MemoryActuator],
+) -> None:
+    world, _clock, loop, act = env
+    await loop.reconcile(world, DemandView(), act)
+    all_ready(world)
+    await loop.reconcile(world, DemandView(), act)
+    # Pretend the big worker reports ready but the small one cannot be created.
+    act.fail_on = {key("small")}
+    res = await loop.reconcile(world, DemandView(qps={"default/svc": 150.0}), act)
+    assert len(res.failed) == 1
+    assert key("big") in world.workers
+    assert not any(isinstance(s, RemoveWorker) for s in res.applied)
+
+
+async def test_shrinking_pool_replans_and_scales_down_after_traffic_moved() -> None:
+    clock = Clock()
+    world = World(services={"default/svc": service(qps=120.0)}, pools={"gpu": pool(devices=4)})
+    loop, act = ControlLoop(clock=clock), MemoryActuator(world, clock)
+    await loop.reconcile(world, DemandView(), act)
+    all_ready(world)
+    await loop.reconcile(world, DemandView(), act)
+    assert world.workers[key("big")].spec.replicas == 3  # 120 req/s at 45 per replica
+
+    world.pools["gpu"] = pool(devices=1)
+    res = await loop.reconcile(world, DemandView(), act)
+    steps = [s for s in res.applied if not isinstance(s, UpdateStatus | RecordEvent)]
+    assert kinds(steps)[0] == "EnsureWorker"
+    assert isinstance(steps[0], EnsureWorker)
+    assert steps[0].spec.key == key("small")
+    assert world.workers[key("big")].spec.replicas == 3
+    all_ready(world)
+    res = await loop.reconcile(world, DemandView(), act)
+    steps = [s for s in res.applied if not isinstance(s, UpdateStatus | RecordEvent)]
+    assert kinds(steps) == ["ApplyRouting", "RemoveWorker"]
+    assert set(world.workers) == {key("small")}
+
+
+async def test_invalid_service_is_isolated_and_deleted_service_removed(
+    env: tuple[World, Clock, ControlLoop, MemoryActuator],
+) -> None:
+    world, _clock, loop, act = env
+    world.pools["gpu"] = pool(devices=2)
+    world.services["default/other"] = service("other")
+    await loop.reconcile(world, DemandView(), act)
+    all_ready(world)
+    await loop.reconcile(world, DemandView(), act)
+
+    del world.services["default/other"]
+    world.invalid["default/other"] = [("spec.variants[0].accuracy", "must be at most 100")]
+    world.invalid_generation["default/other"] = 2
+    res = await loop.reconcile(world, DemandView(), act)
+    bad = world.status["default/other"]
+    conds = {c.type: c for c in bad.conditions}
+    assert conds["InvalidSpec"].status == "True"
+    assert "spec.variants[0].accuracy" in conds["InvalidSpec"].message
+    assert bad.observed_generation == 2
+    assert key("big", "other") in world.workers, "an invalid spec does not tear down workers"
+    assert not any(isinstance(s, RemoveService) for s in res.applied)
+
+    del world.invalid["default/other"]
+    res = await loop.reconcile(world, DemandView(), act)
+    assert RemoveService("default/other", (key("big", "other"),)) in res.applied
+    assert "default/other" not in world.routing
+    assert set(world.workers) == {key("big")}
+
+
+async def test_planner_failure_is_reported_not_raised(
+    env: tuple[World, Clock, ControlLoop, MemoryActuator],
+) -> None:
+    world, clock, _loop, act = env
+
+    def broken(problem: Problem) -> Plan:
+        raise RuntimeError("solver crashed")
+
+    loop = ControlLoop(planner=broken, clock=clock)
+    res = await loop.reconcile(world, DemandView(), act)
+    assert res.decision.error == "solver crashed"
+    conds = {c.type: c for c in world.status["default/svc"].conditions}
+    assert conds["Planned"].status == "False"
+    assert "solver crashed" in conds["Planned"].message
+
+
+async def test_demand_unavailable_and_shortfall_conditions(
+    env: tuple[World, Clock, ControlLoop, MemoryActuator],
+) -> None:
+    world, _clock, loop, act = env
+    world.services["default/svc"] = service(
+        demand={"source": "Prometheus", "qps": 40, "headroom": 0.0}
+    )
+    demand = DemandView(qps={"default/svc": 1000.0}, unavailable={"default/svc": "timeout"})
+    res = await loop.reconcile(world, demand, act)
+    conds = {c.type: c for c in world.status["default/svc"].conditions}
+    assert conds["DemandUnavailable"].status == "True"
+    assert "timeout" in conds["DemandUnavailable"].message
+    assert conds["Degraded"].status == "True"
+    assert "820.0 of 1000.0" in conds["Degraded"].message
+    assert any(isinstance(s, RecordEvent) and s.reason == "Degraded" for s in res.applied)
+
+
+def test_routing_follows_ready_capacity() -> None:
+    world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=1)})
+    loop = ControlLoop()
+    plan, _, _ = loop.make_plan(world, DemandView(qps={"default/svc": 150.0}))
+    d = loop.decide(world, DemandView(qps={"default/svc": 150.0}))
+    small = d.targets[key("small")]
+    big = small.model_copy(
+        update={"key": key("big"), "accuracy": 80.0, "capacity_qps_per_replica": 45.0}
+    )
+    # small (2 replicas) half ready, big still running and ready: big takes the rest.
+    target = small.model_copy(update={"replicas": 2, "capacity_qps_per_replica": 100.0})
+    r = service_routing(
+        "default/svc",
+        100.0,
+        [row.model_copy(update={"replicas": 2}) for row in plan.rows],
+        {key("small"): target},
+        {key("big"): big},
+        {key("small"): 1, key("big"): 1},
+    )
+    weights = {x.key.variant: x.weight for x in r.routes}
+    assert not r.final
+    # 150 req/s planned: the ready small replica takes 100, the old big one the other 45.
+    assert weights == {
+        "small": pytest.approx(100 / 145, abs=1e-3),
+        "big": pytest.approx(45 / 145, abs=1e-3),
+    }
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-3)
+    table = routing_table(r, lambda k: f"http://{k.variant}:8080")
+    assert table is not None
+    assert {b.name for b in table.backends} == {"small@gpu", "big@gpu"}
+    assert table.version == r.digest()
