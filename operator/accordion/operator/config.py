@@ -1,0 +1,95 @@
+"""The operator's own configuration: images, command lines, demand source, timing.
+
+Read once at start from a YAML/JSON file named by `ACCORDION_OPERATOR_CONFIG` (the Helm chart
+mounts it from a ConfigMap), with a few environment overrides for the common knobs. Everything
+the operator puts into a pod that is not in the InferenceService or DevicePool is here: the
+worker and router images and their command lines are settings, not code, so that a new data
+plane release needs no operator release.
+
+The worker's configuration (`accordion.workers.config.WorkerConfig`) is passed as JSON in the
+environment variable named by `worker_config_env`; the routing table is mounted from the
+service's ConfigMap at `routing_mount_path/routing.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from accordion.solver import PlannerSettings
+
+DEFAULT_DEMAND_QUERY = (
+    'sum(rate(accordion_router_requests_total{{namespace="{namespace}",service="{name}"}}[1m]))'
+)
+"""PromQL template of a service's request rate; `{namespace}` and `{name}` are substituted."""
+
+
+class OperatorConfig(BaseModel):
+    """Settings of the operator process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    worker_image: str = "ghcr.io/accordion-dev/accordion-worker:0.1.0"
+    worker_command: list[str] = Field(default_factory=lambda: ["accordion-worker", "serve"])
+    worker_args: list[str] = Field(default_factory=list)
+    worker_config_env: str = "ACCORDION_WORKER_CONFIG"
+    worker_port: int = Field(8080, ge=1, le=65535)
+    router_image: str = "ghcr.io/accordion-dev/accordion-worker:0.1.0"
+    router_command: list[str] = Field(default_factory=lambda: ["accordion-worker", "route"])
+    router_args: list[str] = Field(
+        default_factory=lambda: ["--routing-table", "/etc/accordion/routing/routing.json"]
+    )
+    router_port: int = Field(8080, ge=1, le=65535)
+    router_replicas: int = Field(1, ge=1)
+    routing_mount_path: str = "/etc/accordion/routing"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    cluster_domain: str = "cluster.local"
+
+    prometheus_url: str | None = Field(
+        None, description="Base URL of Prometheus; unset: every service uses its static demand."
+    )
+    demand_query: str = DEFAULT_DEMAND_QUERY
+    demand_interval_s: float = Field(15.0, gt=0)
+    demand_timeout_s: float = Field(5.0, gt=0)
+    demand_rise_half_life_s: float = Field(30.0, gt=0)
+    demand_fall_half_life_s: float = Field(300.0, gt=0)
+
+    debounce_s: float = Field(0.5, ge=0, description="Quiet time after a change before planning.")
+    resync_interval_s: float = Field(30.0, gt=0, description="Re-plan at least this often.")
+    drain_s: float = Field(5.0, ge=0, description="Wait after the final routing before removal.")
+    api_retries: int = Field(5, ge=0, description="Retries of a conflicting or failed API call.")
+    api_retry_backoff_s: float = Field(0.2, ge=0)
+
+    planner: PlannerSettings = Field(default_factory=PlannerSettings)
+
+    peering_name: str = "accordion"
+    peering_priority: int = 0
+
+    @classmethod
+    def load(cls, environ: dict[str, str] | None = None) -> OperatorConfig:
+        """From `ACCORDION_OPERATOR_CONFIG` (YAML or JSON) and `ACCORDION_*` overrides."""
+        env = dict(os.environ if environ is None else environ)
+        data: dict[str, object] = {}
+        path = env.get("ACCORDION_OPERATOR_CONFIG")
+        if path:
+            text = Path(path).read_text()
+            loaded = yaml.safe_load(text) if not path.endswith(".json") else json.loads(text)
+            data.update(loaded or {})
+        overrides = {
+            "ACCORDION_PROMETHEUS_URL": "prometheus_url",
+            "ACCORDION_WORKER_IMAGE": "worker_image",
+            "ACCORDION_ROUTER_IMAGE": "router_image",
+            "ACCORDION_DEBOUNCE_S": "debounce_s",
+            "ACCORDION_RESYNC_INTERVAL_S": "resync_interval_s",
+            "ACCORDION_DRAIN_S": "drain_s",
+            "ACCORDION_DEMAND_INTERVAL_S": "demand_interval_s",
+        }
+        for var, name in overrides.items():
+            if env.get(var):
+                data[name] = env[var]
+        return cls.model_validate(data)

@@ -1,0 +1,399 @@
+"""Kubernetes objects of the data plane: pure builders, and the way back from objects to a World.
+
+The builders turn the control loop's abstract desired state (`WorkerSpec`, `Routing`) into
+plain manifests (dicts, as the API server takes them): per worker group a Deployment and a
+Service; per InferenceService a router Deployment, a Service named after the InferenceService
+(the user's endpoint) and the routing-table ConfigMap. They are pure so that tests validate
+every one of them against the Kubernetes schemas (`kubernetes-validate`), and so that the
+actuator can compare what it would write with what is there.
+
+The way back (`observe_*`) reads the objects the operator owns into the loop's `World`: a
+worker Deployment carries the `WorkerSpec` it was made from in an annotation, and the routing
+ConfigMap carries the abstract `Routing` and when it was applied; so an operator that restarts
+sees exactly what it decided before and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from accordion.operator.config import OperatorConfig
+from accordion.operator.control.desired import Routing, WorkerKey, WorkerSpec, routing_table
+from accordion.operator.control.loop import AppliedRouting, RunningWorker
+
+Manifest = dict[str, Any]
+
+GROUP = "accordion.dev"
+LABEL_SERVICE = f"{GROUP}/service"
+LABEL_VARIANT = f"{GROUP}/variant"
+LABEL_POOL = f"{GROUP}/pool"
+ANNOTATION_SPEC = f"{GROUP}/worker-spec"
+ANNOTATION_ROUTING = f"{GROUP}/routing"
+ANNOTATION_APPLIED_AT = f"{GROUP}/applied-at"
+MANAGED_BY = "accordion-operator"
+ROUTING_FILE = "routing.json"
+COMPONENT_WORKER = "worker"
+COMPONENT_ROUTER = "router"
+
+
+# ------------------------------------------------------------------------------------- names
+
+
+def _fit(base: str, limit: int = 63) -> str:
+    if len(base) <= limit:
+        return base
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    return f"{base[: limit - 9].rstrip('-')}-{digest}"
+
+
+def worker_name(key: WorkerKey) -> str:
+    """`<service>-<variant>-<pool>-<hash>`: unique (the hash disambiguates dashes), <= 63 chars."""
+    digest = hashlib.sha256(f"{key.service}/{key.variant}/{key.pool}".encode()).hexdigest()[:5]
+    base = f"{key.service_name}-{key.variant}-{key.pool}"
+    return f"{base[: 63 - 6].rstrip('-')}-{digest}"
+
+
+def router_name(service_name: str) -> str:
+    return _fit(f"{service_name}-router")
+
+
+def routing_configmap_name(service_name: str) -> str:
+    return _fit(f"{service_name}-routing")
+
+
+def worker_url(key: WorkerKey, config: OperatorConfig) -> str:
+    return (
+        f"http://{worker_name(key)}.{key.namespace}.svc.{config.cluster_domain}:"
+        f"{config.worker_port}"
+    )
+
+
+# ------------------------------------------------------------------------------------ common
+
+
+def owner_reference(service_name: str, uid: str) -> Manifest:
+    return {
+        "apiVersion": "accordion.dev/v1alpha1",
+        "kind": "InferenceService",
+        "name": service_name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    owner: tuple[str, str] | None,
+    annotations: dict[str, str] | None = None,
+) -> Manifest:
+    meta: Manifest = {"name": name, "namespace": namespace, "labels": labels}
+    if annotations:
+        meta["annotations"] = annotations
+    if owner is not None and owner[1]:
+        meta["ownerReferences"] = [owner_reference(*owner)]
+    return meta
+
+
+def worker_labels(key: WorkerKey) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "accordion-worker",
+        "app.kubernetes.io/instance": worker_name(key),
+        "app.kubernetes.io/component": COMPONENT_WORKER,
+        "app.kubernetes.io/part-of": "accordion",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_SERVICE: key.service_name,
+        LABEL_VARIANT: key.variant,
+        LABEL_POOL: key.pool,
+    }
+
+
+def router_labels(service_name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "accordion-router",
+        "app.kubernetes.io/instance": router_name(service_name),
+        "app.kubernetes.io/component": COMPONENT_ROUTER,
+        "app.kubernetes.io/part-of": "accordion",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_SERVICE: service_name,
+    }
+
+
+def _selector(labels: dict[str, str]) -> dict[str, str]:
+    return {k: labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+
+
+POD_SECURITY_CONTEXT: Manifest = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "fsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: Manifest = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _probe(path: str, port: str, period_s: int) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
+    }
+
+
+def _quantities(values: dict[str, int | str]) -> dict[str, str]:
+    return {k: str(v) for k, v in sorted(values.items())}
+
+
+# ----------------------------------------------------------------------------------- workers
+
+
+def worker_deployment(spec: WorkerSpec, uid: str | None, config: OperatorConfig) -> Manifest:
+    """The Deployment of a worker group: one variant on one pool, `spec.replicas` pods."""
+    key = spec.key
+    labels = worker_labels(key)
+    worker_config = spec.worker_config(host="0.0.0.0", port=config.worker_port)
+    placement = spec.placement
+    resources: Manifest = {}
+    if placement.resources.requests:
+        resources["requests"] = _quantities(placement.resources.requests)
+    if placement.resources.limits:
+        resources["limits"] = _quantities(placement.resources.limits)
+    container: Manifest = {
+        "name": "worker",
+        "image": config.worker_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": list(config.worker_command),
+        "args": list(config.worker_args),
+        "env": [{"name": config.worker_config_env, "value": worker_config.model_dump_json()}],
+        "ports": [{"name": "http", "containerPort": config.worker_port, "protocol": "TCP"}],
+        "readinessProbe": _probe("/v2/health/ready", "http", 2),
+        "livenessProbe": _probe("/v2/health/live", "http", 10),
+        "resources": resources,
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod_spec: Manifest = {
+        "securityContext": POD_SECURITY_CONTEXT,
+        "automountServiceAccountToken": False,
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if placement.node_selector:
+        pod_spec["nodeSelector"] = dict(sorted(placement.node_selector.items()))
+    if placement.tolerations:
+        pod_spec["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in placement.tolerations
+        ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(
+            worker_name(key),
+            key.namespace,
+            labels,
+            (key.service_name, uid or ""),
+            {ANNOTATION_SPEC: spec.model_dump_json()},
+        ),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": _selector(labels)},
+            # New pods come up before old ones go: a settings change never drops capacity.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def worker_service(key: WorkerKey, uid: str | None, config: OperatorConfig) -> Manifest:
+    labels = worker_labels(key)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(worker_name(key), key.namespace, labels, (key.service_name, uid or "")),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _selector(labels),
+            "ports": [
+                {
+                    "name": "http",
+                    "port": config.worker_port,
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------ router
+
+
+def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> Manifest:
+    """The router of one InferenceService: the single entry point that splits traffic."""
+    namespace, name = service.split("/", 1)
+    labels = router_labels(name)
+    container: Manifest = {
+        "name": "router",
+        "image": config.router_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": list(config.router_command),
+        "args": list(config.router_args),
+        "ports": [{"name": "http", "containerPort": config.router_port, "protocol": "TCP"}],
+        "readinessProbe": _probe("/v2/health/ready", "http", 2),
+        "livenessProbe": _probe("/v2/health/live", "http", 10),
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [
+            {"name": "routing", "mountPath": config.routing_mount_path, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(router_name(name), namespace, labels, (name, uid or "")),
+        "spec": {
+            "replicas": config.router_replicas,
+            "selector": {"matchLabels": _selector(labels)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "securityContext": POD_SECURITY_CONTEXT,
+                    "automountServiceAccountToken": False,
+                    "containers": [container],
+                    "volumes": [
+                        {
+                            "name": "routing",
+                            "configMap": {
+                                "name": routing_configmap_name(name),
+                                "optional": True,
+                            },
+                        },
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def router_service(service: str, uid: str | None, config: OperatorConfig) -> Manifest:
+    """The user's endpoint: a Service named after the InferenceService, in front of the router."""
+    namespace, name = service.split("/", 1)
+    labels = router_labels(name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, namespace, labels, (name, uid or "")),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _selector(labels),
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def routing_configmap(
+    routing: Routing, uid: str | None, config: OperatorConfig, applied_at_s: float
+) -> Manifest:
+    """The routing table of one service (the router's file) and the loop's view of it."""
+    namespace, name = routing.service.split("/", 1)
+    table = routing_table(routing, lambda k: worker_url(k, config))
+    data = {ROUTING_FILE: table.model_dump_json(indent=1)} if table is not None else {}
+    labels = router_labels(name)
+    labels["app.kubernetes.io/component"] = "routing-table"
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(
+            routing_configmap_name(name),
+            namespace,
+            labels,
+            (name, uid or ""),
+            {
+                ANNOTATION_ROUTING: routing.model_dump_json(),
+                ANNOTATION_APPLIED_AT: f"{applied_at_s:.3f}",
+            },
+        ),
+        "data": data,
+    }
+
+
+# ------------------------------------------------------------------------- the way back
+
+
+def _annotations(obj: Manifest) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def _labels(obj: Manifest) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def is_managed(obj: Manifest) -> bool:
+    return _labels(obj).get("app.kubernetes.io/managed-by") == MANAGED_BY
+
+
+def observe_worker(deployment: Manifest) -> RunningWorker | None:
+    """A worker Deployment back into (spec, ready replicas); None if it is not ours/unreadable."""
+    labels = _labels(deployment)
+    if not is_managed(deployment) or labels.get("app.kubernetes.io/component") != COMPONENT_WORKER:
+        return None
+    raw = _annotations(deployment).get(ANNOTATION_SPEC)
+    if not raw:
+        return None
+    try:
+        spec = WorkerSpec.model_validate_json(raw)
+    except ValueError:
+        return None
+    # The spec's replicas are what the operator asked for; a user's `kubectl scale` shows up
+    # as a different .spec.replicas and is corrected on the next pass.
+    asked = (deployment.get("spec") or {}).get("replicas")
+    if isinstance(asked, int) and asked != spec.replicas:
+        spec = spec.with_replicas(asked)
+    status = deployment.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    return RunningWorker(spec=spec, ready_replicas=min(ready, spec.replicas))
+
+
+def observe_routing(configmap: Manifest) -> AppliedRouting | None:
+    if not is_managed(configmap):
+        return None
+    ann = _annotations(configmap)
+    raw = ann.get(ANNOTATION_ROUTING)
+    if not raw:
+        return None
+    try:
+        routing = Routing.model_validate_json(raw)
+        applied_at = float(ann.get(ANNOTATION_APPLIED_AT) or 0.0)
+    except ValueError:
+        return None
+    return AppliedRouting(routing=routing, applied_at_s=applied_at)
+
+
+def routing_from_json(raw: str) -> Routing:
+    return Routing.model_validate(json.loads(raw))
