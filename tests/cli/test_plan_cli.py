@@ -28,7 +28,8 @@ def test_plan_json_serves_all_static_demand() -> None:
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     for svc in plan["services"]:
-        assert svc["unserved_qps"] < 1e-6
+        # Rates are solved in fixed point: allow a part in 10^4 of rounding, nothing more.
+        assert svc["unserved_qps"] <= 1e-4 * svc["demand_qps"]
         assert svc["served_qps"] > 0
 
 
