@@ -1,0 +1,73 @@
+{{/* Name of the chart, overridable. */}}
+{{- define "accordion.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name of every object: release-chart, unless the release name contains the chart's. */}}
+{{- define "accordion.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "accordion.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "accordion.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: accordion
+{{- end }}
+
+{{- define "accordion.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "accordion.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "accordion.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "accordion.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* image reference: registry/repository:tag (tag defaults to appVersion). Call with (list . .Values.x.image). */}}
+{{- define "accordion.image" -}}
+{{- $root := index . 0 }}
+{{- $image := index . 1 }}
+{{- $repo := $image.repository }}
+{{- if $root.Values.imageRegistry }}
+{{- $repo = printf "%s/%s" $root.Values.imageRegistry $repo }}
+{{- end }}
+{{- printf "%s:%s" $repo (default $root.Chart.AppVersion $image.tag) }}
+{{- end }}
+
+{{/* The restricted container security context, shared with the data plane pods. */}}
+{{- define "accordion.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "accordion.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
