@@ -40,6 +40,23 @@ _COMPLETE, _READY, _RETIRE, _WAKE, _MEASURE, _REPLAN = range(6)
 _EPS = 1e-9
 
 
+def _interpolate(points: list[tuple[int, float]], batch_size: int) -> float:
+    """Latency of `batch_size`: linear between profiled sizes, proportional beyond the last."""
+    points = sorted(points)
+    lo = points[0]
+    for b, lat in points:
+        if b == batch_size:
+            return lat
+        if b > batch_size:
+            b0, l0 = lo
+            if b0 >= batch_size:
+                return lat
+            return l0 + (lat - l0) * (batch_size - b0) / (b - b0)
+        lo = (b, lat)
+    b0, l0 = points[-1]
+    return l0 * batch_size / b0
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Knobs of a run."""
@@ -142,25 +159,16 @@ class Simulator:
     def exec_time_s(self, replica: Replica, batch_size: int) -> float:
         """An execution time of a batch, drawn per `SimConfig.service_time`."""
         points = replica.variant.profiles[replica.pool]
-        point = points[0]
-        for p in points:
-            if p.batch_size <= batch_size:
-                point = p
-        scale = 1.0
-        if point.batch_size != batch_size:
-            # Between profiled sizes: the next profiled size up (batches pad to it).
-            bigger = [p for p in points if p.batch_size >= batch_size]
-            if bigger:
-                point = bigger[0]
-            else:
-                scale = batch_size / point.batch_size
-        p50 = point.p50_s
-        p90 = point.p90_s if point.p90_s is not None else p50
+        p50 = _interpolate([(p.batch_size, p.p50_s) for p in points], batch_size)
+        p90 = _interpolate(
+            [(p.batch_size, p.p90_s if p.p90_s is not None else p.p50_s) for p in points],
+            batch_size,
+        )
         mode = self.config.service_time
         if mode == "p50":
-            return p50 * scale
+            return p50
         if mode == "p90":
-            return p90 * scale
+            return p90
         u = self.rng.random()
         lo = max(0.5 * p50, 2 * p50 - p90)
         hi = p90 + (p90 - p50)
@@ -170,7 +178,7 @@ class Simulator:
             value = p50 + (p90 - p50) * (u - 0.5) / 0.4
         else:
             value = p90 + (hi - p90) * (u - 0.9) / 0.1
-        return value * scale
+        return value
 
     def _poke(self, replica: Replica) -> None:
         """Ask the replica's batcher what to do now, and do it."""

@@ -2,6 +2,9 @@
 
 * `Accordion` (ours): the operator's planner (`accordion.solver.planner.plan`) on the demand
   estimate plus headroom, `SloBatcher` in every replica, weighted routing, fast loop on or off.
+  The headroom is the InferenceService's `demand.headroom`; the default here is 0.5, not the
+  API's 0.1: Twitter-derived traces burst far above their 2-second EWMA between re-plans, and
+  the planner otherwise releases the devices that would absorb the bursts.
 * `HardwareOnly`: the same planner and batcher, but each service keeps one fixed variant (the
   most accurate one that fits the SLO on some pool): hardware scaling without accuracy scaling.
 * `Clipper` (HA: most accurate fixed variant; HT: least accurate): Clipper's AIMD batching on
@@ -100,7 +103,7 @@ class Accordion(ControlPolicy):
         *,
         fast_loop: bool = True,
         replan_interval_s: float = 5.0,
-        headroom: float = 0.1,
+        headroom: float = 0.5,
         utilization: float = 0.9,
         settings: PlannerSettings | None = None,
         name: str | None = None,
