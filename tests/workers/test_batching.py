@@ -265,3 +265,21 @@ def test_make_policy_from_config() -> None:
     assert isinstance(make_policy(BatchingConfig(policy="triton"), {}, 0.1), TritonDynamicBatcher)
     assert isinstance(make_policy(BatchingConfig(policy="clipper"), {}, 0.1), ClipperAimd)
     assert isinstance(make_policy(BatchingConfig(), {1: 0.01}, 0.1), SloBatcher)
+
+
+def test_slo_batcher_escapes_the_small_batch_spiral_under_overload() -> None:
+    # Slower than profiled (like a contended CPU) and 3x beyond capacity: early drop keeps
+    # goodput near the capacity that fits the SLO instead of spiralling into tiny batches.
+    slow = affine(0.008, 0.003)  # capacity within a 100 ms SLO: b=14 at 50 ms => 280/s
+    policy = slo_batcher(PROFILE)
+    out = simulate(policy, poisson(900.0, 9000, seed=4), SLO, slow)
+    goodput = out.ok / (9000 / 900.0)
+    assert goodput >= 0.85 * 280
+    assert out.late <= 0.02 * out.total  # only while the wrong profile is being corrected
+    assert any("early drop" in r for r in out.reasons)
+
+
+def test_no_batching_baseline_collapses_under_the_same_overload() -> None:
+    slow = affine(0.008, 0.003)
+    out = simulate(NoBatching(), poisson(900.0, 3000, seed=4), SLO, slow)
+    assert out.ok < 0.05 * out.total

@@ -329,9 +329,10 @@ class SloBatcher(BatchingPolicy):
       waits (LazyBatching) at most until the last moment at which one more request could still
       join without the earliest deadline being missed: deadline_0 - L(n + 1) - margin. At low
       load it does not wait at all: waiting would only add latency;
-    * under backlog (more queued than one batch can take), a front request so urgent that it
-      would force a small batch is sacrificed if a larger batch of the others serves more
-      requests per second of device time: keeping it would cost more deadlines than it saves.
+    * under backlog (more queued than that batch takes), front requests whose slack would
+      force a batch smaller than the load needs (`needed_batch`) are dropped early (Nexus),
+      provided enough requests remain to fill the needed batch: serving them would shrink
+      every later batch and spiral into missing everyone's deadline.
 
     While the device is busy, requests that cannot make it even if they ran alone right after
     the running batch are dropped at once (they would only steal capacity).
@@ -346,7 +347,6 @@ class SloBatcher(BatchingPolicy):
         *,
         margin_s: float = 0.0,
         lazy: bool = True,
-        sacrifice_gain: float = 1.25,
         keepup: float = 1.5,
         rate_window_s: float = 1.0,
     ) -> None:
@@ -354,7 +354,6 @@ class SloBatcher(BatchingPolicy):
         self.predictor = predictor
         self.margin_s = margin_s
         self.lazy = lazy
-        self.sacrifice_gain = sacrifice_gain
         self.keepup = keepup
         self.rate_window_s = rate_window_s
         self._arrivals: deque[float] = deque()
@@ -437,30 +436,60 @@ class SloBatcher(BatchingPolicy):
             if latest_start > now_s:
                 return Decision(dropped=dropped, wake_at_s=latest_start)
 
-        chosen = self._queue[:prefix]
         if n > prefix:
-            alternative = self._sacrifice(now_s)
-            if alternative is not None:
-                skipped, batch = alternative
-                if len(batch) / self._lat(len(batch)) > self.sacrifice_gain * (
-                    prefix / self._lat(prefix)
-                ):
-                    reason = "sacrificed under overload for a larger batch of other requests"
-                    dropped += tuple(Dropped(e.request, reason) for e in skipped)
-                    ids = {id(e) for e in skipped} | {id(e) for e in batch}
-                    self._queue = [e for e in self._queue if id(e) not in ids]
-                    return self._dispatch(now_s, batch, dropped)
+            early = self._early_drop(now_s)
+            if early is not None:
+                skipped, batch = early
+                reason = "early drop: too little slack left for the batch size the load needs"
+                dropped += tuple(Dropped(e.request, reason) for e in skipped)
+                del self._queue[: len(skipped) + len(batch)]
+                return self._dispatch(now_s, batch, dropped)
+        chosen = self._queue[:prefix]
         del self._queue[:prefix]
         return self._dispatch(now_s, chosen, dropped)
 
-    def _sacrifice(self, now_s: float) -> tuple[list[_Entry], list[_Entry]] | None:
-        """The largest batch of requests that all make it, skipping too-urgent front ones."""
-        for b in range(min(len(self._queue), self.max_batch_size), 1, -1):
-            finish = now_s + self._lat(b)
-            eligible_from = bisect.bisect_left([e.deadline_s for e in self._queue], finish)
-            if len(self._queue) - eligible_from >= b:
-                return self._queue[:eligible_from], self._queue[eligible_from : eligible_from + b]
-        return None
+    def needed_batch(self, now_s: float) -> int:
+        """The batch size the load needs: the smallest that keeps up with the arrival rate, at
+        most the largest whose worst case (waiting for the previous batch, then running) fits
+        the requests' latency budget (taken from the queue's earliest request)."""
+        head = self._queue[0].request
+        budget_s = head.deadline_s - head.arrival_s
+        slo_batch = 1
+        for b in range(1, self.max_batch_size + 1):
+            if 2 * self._lat(b) <= budget_s:
+                slo_batch = b
+        rate = self.arrival_rate(now_s)
+        keep_batch = self.max_batch_size
+        for b in range(1, self.max_batch_size + 1):
+            if b >= rate * self._lat(b):
+                keep_batch = b
+                break
+        return min(slo_batch, keep_batch)
+
+    def _early_drop(self, now_s: float) -> tuple[list[_Entry], list[_Entry]] | None:
+        """Nexus-style early drop under backlog.
+
+        If the head's slack forces a batch smaller than the load needs, the device falls
+        behind and every later request waits longer: a spiral into tiny batches. Instead, the
+        head requests without slack for the needed batch are dropped, provided enough requests
+        remain to fill it; the batch is then the largest feasible EDF prefix of the rest.
+        """
+        need = self.needed_batch(now_s)
+        slack = self._queue[0].deadline_s - now_s
+        if self._lat(need) <= slack:
+            return None
+        deadlines = [e.deadline_s for e in self._queue]
+        first = bisect.bisect_left(deadlines, now_s + self._lat(need))
+        rest = len(self._queue) - first
+        if first == 0 or rest < need:
+            return None
+        rest_slack = self._queue[first].deadline_s - now_s
+        size = need
+        for b in range(min(rest, self.max_batch_size), need, -1):
+            if self._lat(b) <= rest_slack:
+                size = b
+                break
+        return self._queue[:first], self._queue[first : first + size]
 
     def _dispatch(
         self, now_s: float, entries: list[_Entry], dropped: tuple[Dropped, ...]
