@@ -53,8 +53,19 @@ class StageResult:
     statuses: list[str]
 
 
+LP_MIN_TIME_S = 5.0
+"""An LP solve gets at least this long even past the planner's deadline."""
+
+Terms = tuple[list[pywraplp.Variable], list[float], float]
+"""A linear expression: variables, their coefficients, and a constant."""
+
+
 class StagedModel:
-    """The MILP of one problem, re-solved once per objective stage."""
+    """The model of one problem, re-solved once per objective stage.
+
+    Built with the solver's low-level API: the natural one (`x <= y`) parses Python
+    expressions and costs more than the solve itself at thousands of options.
+    """
 
     def __init__(
         self,
@@ -73,6 +84,7 @@ class StagedModel:
         if solver is None:
             raise RuntimeError("OR-Tools lacks the SCIP or GLOP backend")
         self.solver: pywraplp.Solver = solver
+        inf = solver.infinity()
         self.n: list[pywraplp.Variable] = []
         self.r: list[pywraplp.Variable] = []
         by_pool: dict[int, list[pywraplp.Variable]] = defaultdict(list)
@@ -88,37 +100,49 @@ class StagedModel:
                 lb = min(lb, ub)
             n = solver.IntVar(lb, ub, f"n{k}") if integer else solver.NumVar(lb, ub, f"n{k}")
             r = solver.NumVar(0, min(demand, ub * o.capacity_qps), f"r{k}")
-            solver.Add(r <= o.capacity_qps * n)
+            capacity = solver.Constraint(-inf, 0.0)  # r - capacity * n <= 0
+            capacity.SetCoefficient(r, 1.0)
+            capacity.SetCoefficient(n, -o.capacity_qps)
             self.n.append(n)
             self.r.append(r)
             by_pool[o.pool].append(n)
             by_service[o.service].append(r)
         for p, ns in sorted(by_pool.items()):
             if sum(v.ub() for v in ns) > problem.pools[p].devices:
-                solver.Add(solver.Sum(ns) <= problem.pools[p].devices)
+                self._add(ns, [1.0] * len(ns), -inf, problem.pools[p].devices)
         self.u: list[pywraplp.Variable] = []
         for s, svc in enumerate(problem.services):
             u = solver.NumVar(0, svc.demand_qps, f"u{s}")
-            solver.Add(solver.Sum([*by_service.get(s, []), u]) == svc.demand_qps)
+            routed = by_service.get(s, [])
+            self._add([*routed, u], [1.0] * (len(routed) + 1), svc.demand_qps, svc.demand_qps)
             self.u.append(u)
 
-    def run_stages(self, deadline: float, hint: Solution | None) -> tuple[Solution, StageResult]:
-        """Solve the four stages in order; stop early when one finds no solution in time."""
+    def _add(
+        self, variables: list[pywraplp.Variable], coefs: list[float], lb: float, ub: float
+    ) -> None:
+        constraint = self.solver.Constraint(lb, ub)
+        for var, coef in zip(variables, coefs, strict=True):
+            constraint.SetCoefficient(var, coef)
+
+    def run_stages(
+        self, deadline: float, hint: Solution | None, count: int = 4
+    ) -> tuple[Solution, StageResult]:
+        """Solve the first `count` stages in order; stop early when one finds nothing in time."""
         stages = [
-            (self.served_expr(), True),
-            (self.accuracy_expr(), True),
-            (self.cost_expr(), False),
-            (self.change_expr(self.current), False),
-        ]
+            (self.served_terms(), True),
+            (self.accuracy_terms(), True),
+            (self.cost_terms(), False),
+            (self.change_terms(self.current), False),
+        ][:count]
         result = StageResult(values=[], bounds=[], statuses=[])
         best = hint
-        for i, (expr, maximize) in enumerate(stages):
+        for i, (terms, maximize) in enumerate(stages):
             if not self.opts:
                 result.values.append(0.0)
                 result.bounds.append(0.0)
                 result.statuses.append("OPTIMAL")
                 continue
-            outcome = self.solve(expr, maximize, deadline, best)
+            outcome = self.solve(terms, maximize, deadline, best)
             if outcome is None:
                 result.statuses.append("NOT_SOLVED")
                 break
@@ -128,54 +152,61 @@ class StagedModel:
             result.statuses.append(status)
             best = self.solution()
             if i + 1 < len(stages):
-                self.keep(expr, value, maximize)
+                self.keep(terms, value, maximize)
         if best is None:
             best = Solution(n=[0.0] * len(self.opts), r=[0.0] * len(self.opts))
         return best, result
 
-    def served_expr(self) -> pywraplp.LinearExpr:
+    def served_terms(self) -> Terms:
+        """Priority-weighted served QPS: sum priority * (demand - u)."""
         services = self.problem.services
-        return self.solver.Sum(
-            [svc.priority * (svc.demand_qps - u) for svc, u in zip(services, self.u, strict=True)]
-        )
+        constant = sum(svc.priority * svc.demand_qps for svc in services)
+        return list(self.u), [-float(svc.priority) for svc in services], constant
 
-    def accuracy_expr(self) -> pywraplp.LinearExpr:
-        return self.solver.Sum([o.value * r for o, r in zip(self.opts, self.r, strict=True)])
+    def accuracy_terms(self) -> Terms:
+        return list(self.r), [o.value for o in self.opts], 0.0
 
-    def cost_expr(self) -> pywraplp.LinearExpr:
+    def cost_terms(self) -> Terms:
         pools = self.problem.pools
-        return self.solver.Sum(
-            [pools[o.pool].cost_per_device * n for o, n in zip(self.opts, self.n, strict=True)]
-        )
+        return list(self.n), [pools[o.pool].cost_per_device for o in self.opts], 0.0
 
-    def change_expr(self, current: dict[int, int]) -> pywraplp.LinearExpr:
+    def change_terms(self, current: dict[int, int]) -> Terms:
         """Sum of |n - current| over options, with one auxiliary variable per running option."""
-        terms: list[pywraplp.LinearExpr] = []
+        variables: list[pywraplp.Variable] = []
+        constant = 0.0
+        inf = self.solver.infinity()
         for k, n in enumerate(self.n):
             running = current.get(k, 0)
             if running == 0:
-                terms.append(n)
+                variables.append(n)
                 continue
-            d = self.solver.NumVar(0, self.solver.infinity(), f"d{k}")
-            self.solver.Add(d >= n - running)
-            self.solver.Add(d >= running - n)
-            terms.append(d)
-        return self.solver.Sum(terms)
+            d = self.solver.NumVar(0, inf, f"d{k}")
+            self._add([d, n], [1.0, -1.0], -running, inf)  # d >= n - running
+            self._add([d, n], [1.0, 1.0], running, inf)  # d >= running - n
+            variables.append(d)
+        return variables, [1.0] * len(variables), constant
 
     def solve(
-        self, expr: pywraplp.LinearExpr, maximize: bool, deadline: float, hint: Solution | None
+        self, terms: Terms, maximize: bool, deadline: float, hint: Solution | None
     ) -> tuple[float, float, str] | None:
-        """Optimize `expr`; return (objective, best bound, status), or None without solution."""
+        """Optimize `terms`; return (objective, best bound, status), or None without solution."""
         solver = self.solver
         objective = solver.Objective()
         objective.Clear()
+        variables, coefs, constant = terms
+        for var, coef in zip(variables, coefs, strict=True):
+            objective.SetCoefficient(var, coef)
+        objective.SetOffset(constant)
         if maximize:
-            solver.Maximize(expr)
+            objective.SetMaximization()
         else:
-            solver.Minimize(expr)
+            objective.SetMinimization()
         if hint is not None and self.integer:
             solver.SetHint([*self.n, *self.r], [*(float(v) for v in hint.n), *hint.r])
-        remaining = max(deadline - time.perf_counter(), 0.01)
+        remaining = deadline - time.perf_counter()
+        if not self.integer:
+            # LPs take milliseconds and every plan needs them: the limit binds the MILP search.
+            remaining = max(remaining, LP_MIN_TIME_S)
         solver.SetTimeLimit(max(1, int(remaining * 1000)))
         params = pywraplp.MPSolverParameters()
         if self.integer:
@@ -187,13 +218,15 @@ class StagedModel:
         bound = objective.BestBound() if self.integer else value
         return value, bound, _STATUS[status]
 
-    def keep(self, expr: pywraplp.LinearExpr, value: float, maximize: bool) -> None:
+    def keep(self, terms: Terms, value: float, maximize: bool) -> None:
         """Constrain a finished stage's objective to stay as good as its incumbent."""
+        variables, coefs, constant = terms
         slack = 1e-6 * max(1.0, abs(value))
+        inf = self.solver.infinity()
         if maximize:
-            self.solver.Add(expr >= value - slack)
+            self._add(variables, coefs, value - slack - constant, inf)
         else:
-            self.solver.Add(expr <= value + slack)
+            self._add(variables, coefs, -inf, value + slack - constant)
 
     def solution(self) -> Solution:
         return Solution(

@@ -21,7 +21,9 @@ from accordion.solver.problem import Problem
 from accordion.solver.rounding import round_replicas
 
 FULL_MILP_MAX_OPTIONS = 400
-"""Up to this many options, a rounding short of the gap goal is polished by the full MILP."""
+"""Up to this many options, the polishing MILP may move replica counts freely."""
+WINDOW = 1
+"""Above that, it may move them this far below the LP's floor or above its ceiling."""
 
 
 def _current_by_option(problem: Problem, opts: list[Option]) -> tuple[dict[int, int], int]:
@@ -54,30 +56,40 @@ def plan(problem: Problem) -> Plan:
 
     relaxed = StagedModel(problem, opts, current, integer=False)
     lp, lp_result = relaxed.run_stages(deadline, None)
-    best, result = _rounded(problem, opts, current, lp, deadline)
+    rounded = round_replicas(problem, opts, lp.n, current)
+    best, result = _routed(problem, opts, current, rounded, deadline)
     gap = _gap(lp_result, result)
-    if gap > problem.settings.relative_gap and len(opts) <= FULL_MILP_MAX_OPTIONS:
-        milp = StagedModel(problem, opts, current, integer=True)
-        exact, exact_result = milp.run_stages(deadline, best)
-        if len(exact_result.values) == 4 and _better(exact_result, result):
-            best, result = exact, exact_result
-            gap = _gap(lp_result, result)
+    if gap > problem.settings.relative_gap:
+        # Polish: the MILP's served and accuracy stages, from the rounding, with replica counts
+        # confined near the LP's (unless the problem is small), then the same routing.
+        bounds = None
+        if len(opts) > FULL_MILP_MAX_OPTIONS:
+            bounds = [
+                (max(0, math.floor(v + 1e-3) - WINDOW), math.ceil(v - 1e-3) + WINDOW) for v in lp.n
+            ]
+        milp = StagedModel(problem, opts, current, integer=True, bounds=bounds)
+        polished, polished_result = milp.run_stages(deadline, best, count=2)
+        if polished_result.values:  # at least the served stage finished in time
+            n = [round(v) for v in polished.n]
+            candidate, candidate_result = _routed(problem, opts, current, n, deadline)
+            if len(candidate_result.values) == 4 and _better(candidate_result, result):
+                best, result = candidate, candidate_result
+                gap = _gap(lp_result, result)
     return _assemble(problem, opts, excluded, best, current, orphaned, result, gap, started)
 
 
-def _rounded(
+def _routed(
     problem: Problem,
     opts: list[Option],
     current: dict[int, int],
-    lp: Solution,
+    rounded: list[int],
     deadline: float,
 ) -> tuple[Solution, StageResult]:
-    """Round the LP's replicas, then route within them and release what the routing leaves idle.
+    """Route within integral replicas, and release the replicas the routing leaves idle.
 
-    The routing LP keeps replica counts continuous below the rounded ones, so its cost and
+    The routing LP keeps replica counts continuous below the given ones, so its cost and
     change stages say how many replicas each option needs; rounding those up loses nothing.
     """
-    rounded = round_replicas(problem, opts, lp.n, current)
     routing = StagedModel(problem, opts, current, integer=False, bounds=[(0, v) for v in rounded])
     routed, result = routing.run_stages(deadline, None)
     n = [float(min(r, math.ceil(v - 1e-6))) for r, v in zip(rounded, routed.n, strict=True)]

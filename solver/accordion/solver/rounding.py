@@ -8,6 +8,7 @@ the accuracy the objective counts), preferring the options the LP itself wanted 
 
 from __future__ import annotations
 
+import heapq
 import math
 
 from accordion.solver.capacity import Option
@@ -24,21 +25,42 @@ def round_replicas(
     for k, o in enumerate(opts):
         free[o.pool] -= n[k]
         deficit[o.service] -= n[k] * o.capacity_qps
-    while True:
-        best: tuple[float, float, float, bool, float, int] | None = None
-        for k, o in enumerate(opts):
-            if free[o.pool] <= 0 or deficit[o.service] <= 1e-9:
-                continue
-            priority = problem.services[o.service].priority
-            gain = priority * min(o.capacity_qps, deficit[o.service])
-            accuracy = o.value * min(o.capacity_qps, deficit[o.service])
-            cost = problem.pools[o.pool].cost_per_device
-            key = (gain, accuracy, -cost, n[k] < current.get(k, 0), n_lp[k] - n[k], -k)
-            if best is None or key > best:
-                best = key
-        if best is None:
-            return n
-        k = -best[5]
+
+    def key(k: int) -> tuple[float, float, float, bool, float, int]:
+        o = opts[k]
+        served = min(o.capacity_qps, deficit[o.service])
+        cost = problem.pools[o.pool].cost_per_device
+        priority = problem.services[o.service].priority
+        return (
+            priority * served,
+            o.value * served,
+            -cost,
+            n[k] < current.get(k, 0),
+            n_lp[k] - n[k],
+            -k,
+        )
+
+    # Greedy, with a lazy max-heap: an option's key only falls as its service's deficit
+    # shrinks, so a popped key that is still current is the best one.
+    heap = [(_negate(key(k)), k) for k in range(len(opts))]
+    heapq.heapify(heap)
+    while heap:
+        stale, k = heapq.heappop(heap)
+        o = opts[k]
+        if free[o.pool] <= 0 or deficit[o.service] <= 1e-9:
+            continue
+        fresh = _negate(key(k))
+        if fresh != stale:
+            heapq.heappush(heap, (fresh, k))
+            continue
         n[k] += 1
-        free[opts[k].pool] -= 1
-        deficit[opts[k].service] -= opts[k].capacity_qps
+        free[o.pool] -= 1
+        deficit[o.service] -= o.capacity_qps
+        heapq.heappush(heap, (_negate(key(k)), k))
+    return n
+
+
+def _negate(
+    key: tuple[float, float, float, bool, float, int],
+) -> tuple[float, float, float, int, float, int]:
+    return (-key[0], -key[1], -key[2], -int(key[3]), -key[4], -key[5])
