@@ -27,6 +27,7 @@ are broken towards what was decided before, not towards whatever happens to run 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -574,33 +575,47 @@ class ControlLoop:
     # -- acting --------------------------------------------------------------------------------
 
     async def reconcile(
-        self, world: World, demand: DemandView, actuator: Actuator
+        self, world: World, demand: DemandView, actuator: Actuator, concurrency: int = 1
     ) -> ReconcileResult:
-        """Decide, then apply the steps in order.
+        """Decide, then apply the steps: in order within a service, services in parallel.
 
-        A failed "make" step (a worker that could not be created) holds back every "break"
-        step of the same service, so traffic never loses its old backends for a new one that
-        does not exist. Other services go on.
+        A failed step of a service (a worker that could not be created) holds back every
+        "break" step of that service, so traffic never loses its old backends for a new one
+        that does not exist. Other services go on. `concurrency` bounds how many services are
+        worked on at once (an API server takes many requests in flight; a process actuator
+        may want 1).
         """
         decision = self.decide(world, demand)
         applied: list[Step] = []
         failed: list[tuple[Step, BaseException]] = []
-        blocked: set[str] = set()
+        groups: dict[str, list[Step]] = {}
         for step in decision.steps:
-            svc = _service_of(step)
-            breaking = isinstance(step, RemoveWorker | RemoveService) or (
-                isinstance(step, EnsureWorker) and step.phase == "break"
-            )
-            if breaking and svc in blocked:
-                continue
-            try:
-                await actuator.apply(step)
-            except Exception as exc:
-                log.warning("step %s failed: %s", type(step).__name__, exc)
-                failed.append((step, exc))
-                blocked.add(svc)
-                continue
-            applied.append(step)
+            groups.setdefault(_service_of(step), []).append(step)
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def run(steps: list[Step]) -> None:
+            blocked = False
+            async with gate:
+                for step in steps:
+                    breaking = isinstance(step, RemoveWorker | RemoveService) or (
+                        isinstance(step, EnsureWorker) and step.phase == "break"
+                    )
+                    if breaking and blocked:
+                        continue
+                    try:
+                        await actuator.apply(step)
+                    except Exception as exc:
+                        log.warning("step %s failed: %s", type(step).__name__, exc)
+                        failed.append((step, exc))
+                        blocked = True
+                        continue
+                    applied.append(step)
+
+        if concurrency <= 1:
+            for steps in groups.values():
+                await run(steps)
+        else:
+            await asyncio.gather(*(run(steps) for steps in groups.values()))
         return ReconcileResult(decision=decision, applied=applied, failed=failed)
 
 

@@ -1,0 +1,361 @@
+"""The Kubernetes actuator: carries the control loop's steps out with the `kubernetes` client.
+
+Each step becomes a few idempotent API calls (create, or JSON merge-patch when the object
+exists; delete ignoring 404). Writes go through `ObjectCache`, the driver's copy of the objects
+it owns, so that the next pass of the loop sees what was just written even before the watch
+event arrives, and an unchanged object is never written again (zero churn). Conflicts (409) and
+server errors (5xx, 429) are retried with backoff; what still fails is raised to the loop,
+which then holds back the service's "break" steps.
+
+The client is synchronous; calls run in worker threads (`asyncio.to_thread`) so that the kopf
+event loop never blocks on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from accordion.operator.config import OperatorConfig
+from accordion.operator.control.loop import (
+    ApplyRouting,
+    EnsureWorker,
+    RecordEvent,
+    RemoveService,
+    RemoveWorker,
+    Step,
+    UpdateStatus,
+)
+from accordion.operator.k8s import (
+    ROUTING_FILE,
+    Manifest,
+    router_deployment,
+    router_name,
+    router_service,
+    routing_configmap,
+    routing_configmap_name,
+    worker_deployment,
+    worker_name,
+    worker_service,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+GROUP, VERSION, PLURAL = "accordion.dev", "v1alpha1", "inferenceservices"
+MERGE = "application/merge-patch+json"
+
+ObjKey = tuple[str, str, str]
+"""(kind, namespace, name) of an object the operator owns."""
+
+
+def _rv(obj: Manifest) -> int | None:
+    raw = (obj.get("metadata") or {}).get("resourceVersion")
+    try:
+        return int(str(raw))
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class ObjectCache:
+    """The owned objects (Deployments, Services, ConfigMaps) and InferenceService statuses.
+
+    Fed by watch events and by the actuator's own writes; an event older than what is cached
+    (by resourceVersion) is ignored, so a write is never undone by a late event.
+    """
+
+    objects: dict[ObjKey, Manifest] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def put(self, kind: str, obj: Manifest) -> None:
+        meta = obj.get("metadata") or {}
+        key = (kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        with self.lock:
+            old = self.objects.get(key)
+            new_rv, old_rv = _rv(obj), _rv(old) if old is not None else None
+            if old is not None and new_rv is not None and old_rv is not None and new_rv < old_rv:
+                return
+            self.objects[key] = obj
+
+    def drop(self, kind: str, namespace: str, name: str) -> None:
+        with self.lock:
+            self.objects.pop((kind, namespace, name), None)
+
+    def get(self, kind: str, namespace: str, name: str) -> Manifest | None:
+        with self.lock:
+            return self.objects.get((kind, namespace, name))
+
+    def of_kind(self, kind: str) -> list[Manifest]:
+        with self.lock:
+            return [o for (k, _, _), o in self.objects.items() if k == kind]
+
+
+def _differs(desired: Any, actual: Any) -> bool:
+    """True when `actual` lacks something of `desired` (extra server-set fields are fine)."""
+    if isinstance(desired, dict):
+        if not isinstance(actual, dict):
+            return True
+        return any(_differs(v, actual.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(desired) != len(actual):
+            return True
+        return any(_differs(d, a) for d, a in zip(desired, actual, strict=True))
+    if isinstance(desired, int | float) and isinstance(actual, int | float):
+        return bool(desired != actual)
+    return bool(desired != actual)
+
+
+@dataclass
+class ApiStats:
+    """Counts of API writes, by verb (benchmarks and tests read them)."""
+
+    writes: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+
+    def count(self, verb: str) -> None:
+        self.writes[verb] = self.writes.get(verb, 0) + 1
+
+
+class KubernetesActuator:
+    """Implements `accordion.operator.control.loop.Actuator` against a Kubernetes API server."""
+
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        config: OperatorConfig,
+        cache: ObjectCache,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.cache = cache
+        self.clock = clock
+        # Typed loosely: the client's annotations want its models, we send plain manifests.
+        self.apps: Any = k8s.AppsV1Api(api_client)
+        self.core: Any = k8s.CoreV1Api(api_client)
+        self.custom: Any = k8s.CustomObjectsApi(api_client)
+        self.stats = ApiStats()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _call(self, verb: str, fn: Callable[[], T]) -> T:
+        """Run a client call in a thread; retry conflicts and server errors with backoff."""
+        delay = self.config.api_retry_backoff_s
+        for attempt in range(self.config.api_retries + 1):
+            try:
+                result = await asyncio.to_thread(fn)
+                self.stats.count(verb)
+                return result
+            except ApiException as exc:
+                retriable = exc.status in (409, 429, 500, 502, 503, 504)
+                if verb == "create" and exc.status == 409:
+                    raise
+                if not retriable or attempt == self.config.api_retries:
+                    raise
+                self.stats.retries += 1
+                log.info("API %s failed with %s, retrying in %.2fs", verb, exc.status, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _body(resp: Any) -> Manifest:
+        data = getattr(resp, "data", resp)
+        if isinstance(data, bytes | str):
+            loaded = json.loads(data) if data else {}
+            return loaded if isinstance(loaded, dict) else {}
+        return {}
+
+    async def _ensure(
+        self,
+        kind: str,
+        desired: Manifest,
+        create: Callable[[Manifest], Any],
+        patch: Callable[[Manifest], Any],
+    ) -> None:
+        meta = desired["metadata"]
+        have = self.cache.get(kind, meta["namespace"], meta["name"])
+        if have is not None and not _differs(desired, have):
+            return
+        if have is None:
+            try:
+                resp = await self._call("create", lambda: create(desired))
+                self.cache.put(kind, self._body(resp) or desired)
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        resp = await self._call("patch", lambda: patch(desired))
+        body = self._body(resp)
+        self.cache.put(kind, body if body else desired)
+
+    async def _delete(self, kind: str, namespace: str, name: str, fn: Callable[[], Any]) -> None:
+        try:
+            await self._call("delete", fn)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        self.cache.drop(kind, namespace, name)
+
+    # -- kinds ---------------------------------------------------------------------------------
+
+    async def _deployment(self, desired: Manifest) -> None:
+        ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+        await self._ensure(
+            "Deployment",
+            desired,
+            lambda b: self.apps.create_namespaced_deployment(ns, b, _preload_content=False),
+            lambda b: self.apps.patch_namespaced_deployment(
+                name, ns, b, _content_type=MERGE, _preload_content=False
+            ),
+        )
+
+    async def _service(self, desired: Manifest) -> None:
+        ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+        await self._ensure(
+            "Service",
+            desired,
+            lambda b: self.core.create_namespaced_service(ns, b, _preload_content=False),
+            lambda b: self.core.patch_namespaced_service(
+                name, ns, b, _content_type=MERGE, _preload_content=False
+            ),
+        )
+
+    async def _configmap(self, desired: Manifest) -> None:
+        ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+        patch_body = desired
+        if ROUTING_FILE not in desired["data"]:
+            # A merge patch keeps keys it does not mention: remove the old table explicitly.
+            patch_body = {**desired, "data": {ROUTING_FILE: None}}
+        await self._ensure(
+            "ConfigMap",
+            desired,
+            lambda b: self.core.create_namespaced_config_map(ns, b, _preload_content=False),
+            lambda b: self.core.patch_namespaced_config_map(
+                name, ns, patch_body, _content_type=MERGE, _preload_content=False
+            ),
+        )
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    async def apply(self, step: Step) -> None:
+        if isinstance(step, EnsureWorker):
+            uid = self._uid(step.spec.key.service)
+            await self._deployment(worker_deployment(step.spec, uid, self.config))
+            await self._service(worker_service(step.spec.key, uid, self.config))
+        elif isinstance(step, RemoveWorker):
+            await self._remove_worker(step.key.namespace, worker_name(step.key))
+        elif isinstance(step, ApplyRouting):
+            await self._apply_routing(step)
+        elif isinstance(step, RemoveService):
+            ns, name = step.service.split("/", 1)
+            for key in step.workers:
+                await self._remove_worker(ns, worker_name(key))
+            rname, cname = router_name(name), routing_configmap_name(name)
+            await self._delete(
+                "Deployment",
+                ns,
+                rname,
+                lambda: self.apps.delete_namespaced_deployment(rname, ns, _preload_content=False),
+            )
+            await self._delete(
+                "Service",
+                ns,
+                name,
+                lambda: self.core.delete_namespaced_service(name, ns, _preload_content=False),
+            )
+            await self._delete(
+                "ConfigMap",
+                ns,
+                cname,
+                lambda: self.core.delete_namespaced_config_map(cname, ns, _preload_content=False),
+            )
+        elif isinstance(step, UpdateStatus):
+            await self._update_status(step)
+        elif isinstance(step, RecordEvent):
+            await self._record_event(step)
+
+    def _uid(self, service: str) -> str | None:
+        ns, name = service.split("/", 1)
+        isvc = self.cache.get("InferenceService", ns, name)
+        uid = ((isvc or {}).get("metadata") or {}).get("uid")
+        return str(uid) if uid else None
+
+    async def _remove_worker(self, ns: str, name: str) -> None:
+        await self._delete(
+            "Deployment",
+            ns,
+            name,
+            lambda: self.apps.delete_namespaced_deployment(name, ns, _preload_content=False),
+        )
+        await self._delete(
+            "Service",
+            ns,
+            name,
+            lambda: self.core.delete_namespaced_service(name, ns, _preload_content=False),
+        )
+
+    async def _apply_routing(self, step: ApplyRouting) -> None:
+        uid = step.uid or self._uid(step.service)
+        await self._deployment(router_deployment(step.service, uid, self.config))
+        await self._service(router_service(step.service, uid, self.config))
+        await self._configmap(routing_configmap(step.routing, uid, self.config, self.clock()))
+
+    async def _update_status(self, step: UpdateStatus) -> None:
+        ns, name = step.service.split("/", 1)
+        status = step.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        body = {"status": status}
+        resp = await self._call(
+            "patch-status",
+            lambda: self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, ns, PLURAL, name, body, _preload_content=False
+            ),
+        )
+        returned = self._body(resp)
+        have = self.cache.get("InferenceService", ns, name)
+        if returned.get("metadata"):
+            self.cache.put("InferenceService", returned)
+        elif have is not None:
+            self.cache.put("InferenceService", {**have, "status": status})
+
+    async def _record_event(self, step: RecordEvent) -> None:
+        ns, name = step.service.split("/", 1)
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:12]}", "namespace": ns},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "InferenceService",
+                "name": name,
+                "namespace": ns,
+                "uid": self._uid(step.service) or "",
+            },
+            "type": step.type,
+            "reason": step.reason,
+            "message": step.message[:1024],
+            "source": {"component": "accordion-operator"},
+            "reportingComponent": "accordion.dev/operator",
+            "reportingInstance": "accordion-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self._call(
+                "event",
+                lambda: self.core.create_namespaced_event(ns, body, _preload_content=False),
+            )
+        except ApiException as exc:  # events are best effort
+            log.warning("could not record event %s for %s: %s", step.reason, step.service, exc)

@@ -1,0 +1,374 @@
+"""The kopf driver of the control loop: watch the cluster, keep a world view, reconcile.
+
+kopf event handlers feed an `ObjectCache` (InferenceServices, DevicePools, and the Deployments,
+Services and ConfigMaps the operator owns) and wake the `Driver`. The driver waits for a quiet
+moment (`debounce_s`), builds the loop's `World` from the cache, and runs one pass of the
+control loop for the whole cluster (the planner is global: services share pools) with the
+`KubernetesActuator`. It also re-plans every `resync_interval_s` (a kopf timer), after a drain
+delay the loop asks for, and when a Prometheus demand estimate changes.
+
+Leader election: kopf peering (`--peering`, or `peering_name` in the configuration). A paused
+(follower) operator receives no events and runs no timers, so the driver, which acts only
+within a few resync intervals of the last handler call, stays idle until it leads.
+
+Only event handlers are used (no create/update/delete handlers): kopf then adds no finalizers
+and keeps no progress annotations; deletion is noticed from the DELETED event, and the loop
+removes what served the service (ownerReferences make the garbage collector do the same).
+
+Run with `kopf run -A -m accordion.operator.handlers` or `python -m accordion.operator`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from accordion.operator.actuator import KubernetesActuator, ObjectCache
+from accordion.operator.api import (
+    DevicePool,
+    InferenceService,
+    InferenceServiceStatus,
+    InvalidResourceError,
+    parse_resource,
+)
+from accordion.operator.config import OperatorConfig
+from accordion.operator.control.loop import (
+    ControlLoop,
+    DemandView,
+    LoopSettings,
+    ReconcileResult,
+    World,
+)
+from accordion.operator.k8s import MANAGED_BY, observe_routing, observe_worker
+from accordion.operator.prometheus import PrometheusDemand
+
+log = logging.getLogger("accordion.operator")
+
+GROUP, VERSION = "accordion.dev", "v1alpha1"
+KIND_ISVC, KIND_POOL = "InferenceService", "DevicePool"
+RESYNC_INTERVAL_S = float(os.environ.get("ACCORDION_RESYNC_INTERVAL_S") or 30.0)
+OWNED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def make_api_client() -> k8s.ApiClient:
+    """In-cluster credentials, or the kubeconfig (KUBECONFIG) outside a cluster."""
+    loader: Any = k8s_config
+    try:
+        loader.load_incluster_config()
+    except k8s_config.ConfigException:
+        loader.load_kube_config()
+    return k8s.ApiClient()
+
+
+def _significant(kind: str, obj: dict[str, Any]) -> Any:
+    """The part of an object whose change calls for a new pass of the loop."""
+    meta = obj.get("metadata") or {}
+    if kind in (KIND_ISVC, KIND_POOL):
+        return (obj.get("spec"), meta.get("generation"), meta.get("deletionTimestamp"))
+    if kind == "Deployment":
+        status = obj.get("status") or {}
+        return (obj.get("spec", {}).get("replicas"), status.get("readyReplicas"), meta)
+    return (obj.get("data"), meta.get("annotations"), obj.get("spec"))
+
+
+@dataclass
+class Driver:
+    """Keeps the world view, wakes on changes, and runs the control loop."""
+
+    config: OperatorConfig
+    api_client: k8s.ApiClient
+    clock: Callable[[], float] = time.time
+    cache: ObjectCache = field(default_factory=ObjectCache)
+    concurrency: int = 16
+    loop: ControlLoop = field(init=False)
+    actuator: KubernetesActuator = field(init=False)
+    demand: PrometheusDemand | None = field(init=False, default=None)
+    synced: bool = False
+    passes: int = 0
+    last_result: ReconcileResult | None = None
+    _active_until: float = 0.0
+    _parsed: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.loop = ControlLoop(
+            LoopSettings(planner=self.config.planner, drain_s=self.config.drain_s),
+            clock=self.clock,
+        )
+        self.actuator = KubernetesActuator(self.api_client, self.config, self.cache, self.clock)
+        if self.config.prometheus_url:
+            self.demand = PrometheusDemand(
+                url=self.config.prometheus_url,
+                query_template=self.config.demand_query,
+                timeout_s=self.config.demand_timeout_s,
+                rise_half_life_s=self.config.demand_rise_half_life_s,
+                fall_half_life_s=self.config.demand_fall_half_life_s,
+                clock=self.clock,
+            )
+        self._wake = asyncio.Event()
+
+    # -- inputs from kopf ----------------------------------------------------------------------
+
+    def touch(self) -> None:
+        """A kopf handler ran: this operator is active (not a paused follower)."""
+        self._active_until = time.monotonic() + 3 * max(RESYNC_INTERVAL_S, 1.0)
+
+    def active(self) -> bool:
+        return time.monotonic() < self._active_until
+
+    def trigger(self) -> None:
+        self.touch()
+        self._wake.set()
+
+    def observe(self, kind: str, event_type: str | None, obj: dict[str, Any]) -> None:
+        """A watch event: update the cache; wake the loop if something significant changed."""
+        self.touch()
+        meta = obj.get("metadata") or {}
+        ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        old = self.cache.get(kind, ns, name)
+        if event_type == "DELETED":
+            self.cache.drop(kind, ns, name)
+            self.trigger()
+            return
+        self.cache.put(kind, obj)
+        if old is None or _significant(kind, old) != _significant(kind, obj):
+            self.trigger()
+
+    # -- the world -----------------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """List everything once, so that the first pass sees the whole cluster."""
+        custom: Any = k8s.CustomObjectsApi(self.api_client)
+        apps: Any = k8s.AppsV1Api(self.api_client)
+        core: Any = k8s.CoreV1Api(self.api_client)
+        selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+        lists: list[tuple[str, Callable[[], Any]]] = [
+            (
+                KIND_ISVC,
+                lambda: custom.list_cluster_custom_object(GROUP, VERSION, "inferenceservices"),
+            ),
+            (KIND_POOL, lambda: custom.list_cluster_custom_object(GROUP, VERSION, "devicepools")),
+            (
+                "Deployment",
+                lambda: apps.list_deployment_for_all_namespaces(
+                    label_selector=selector, _preload_content=False
+                ),
+            ),
+            (
+                "Service",
+                lambda: core.list_service_for_all_namespaces(
+                    label_selector=selector, _preload_content=False
+                ),
+            ),
+            (
+                "ConfigMap",
+                lambda: core.list_config_map_for_all_namespaces(
+                    label_selector=selector, _preload_content=False
+                ),
+            ),
+        ]
+        for kind, fn in lists:
+            resp = await asyncio.to_thread(fn)
+            body = resp if isinstance(resp, dict) else KubernetesActuator._body(resp)
+            for item in body.get("items") or []:
+                if (
+                    kind in (KIND_ISVC, KIND_POOL)
+                    or ((item.get("metadata") or {}).get("labels") or {}).get(
+                        "app.kubernetes.io/managed-by"
+                    )
+                    == MANAGED_BY
+                ):
+                    item.setdefault("kind", kind)
+                    self.cache.put(kind, item)
+        self.synced = True
+
+    def _parse(self, kind: str, obj: dict[str, Any]) -> Any:
+        meta = obj.get("metadata") or {}
+        ident = (kind, f"{meta.get('namespace') or ''}/{meta.get('name')}")
+        version = (meta.get("resourceVersion"), meta.get("generation"), obj.get("spec"))
+        hit = self._parsed.get(ident)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        wanted = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": kind,
+            "metadata": {
+                k: meta[k]
+                for k in ("name", "namespace", "labels", "annotations", "uid", "generation")
+                if k in meta and meta[k] is not None
+            },
+            "spec": obj.get("spec"),
+        }
+        try:
+            result: Any = parse_resource(wanted, f"{kind} {ident[1]}")
+        except InvalidResourceError as exc:
+            result = exc
+        self._parsed[ident] = (version, result)
+        return result
+
+    def world(self) -> World:
+        world = World()
+        for obj in self.cache.of_kind(KIND_POOL):
+            pool = self._parse(KIND_POOL, obj)
+            if isinstance(pool, DevicePool):
+                world.pools[pool.metadata.name] = pool
+            else:
+                log.warning("ignoring invalid DevicePool: %s", pool)
+        for obj in self.cache.of_kind(KIND_ISVC):
+            meta = obj.get("metadata") or {}
+            if meta.get("deletionTimestamp"):
+                continue
+            key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+            svc = self._parse(KIND_ISVC, obj)
+            if isinstance(svc, InferenceService):
+                if svc.metadata.namespace is None:
+                    svc.metadata.namespace = "default"
+                world.services[key] = svc
+            else:
+                errors = svc.errors if isinstance(svc, InvalidResourceError) else [("", str(svc))]
+                world.invalid[key] = errors
+                world.invalid_generation[key] = meta.get("generation")
+            raw_status = obj.get("status")
+            if raw_status:
+                with contextlib.suppress(ValueError):
+                    world.status[key] = InferenceServiceStatus.model_validate(raw_status)
+        for obj in self.cache.of_kind("Deployment"):
+            running = observe_worker(obj)
+            if running is not None:
+                world.workers[running.spec.key] = running
+        for obj in self.cache.of_kind("ConfigMap"):
+            applied = observe_routing(obj)
+            if applied is not None:
+                world.routing[applied.routing.service] = applied
+        return world
+
+    def demand_view(self) -> DemandView:
+        return self.demand.view() if self.demand is not None else DemandView()
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def reconcile_once(self) -> ReconcileResult:
+        if not self.synced:
+            await self.sync()
+        result = await self.loop.reconcile(
+            self.world(), self.demand_view(), self.actuator, concurrency=self.concurrency
+        )
+        self.passes += 1
+        self.last_result = result
+        for step, exc in result.failed:
+            log.warning("%s failed: %s", type(step).__name__, exc)
+        for warning in result.decision.warnings:
+            log.info("%s", warning)
+        return result
+
+    async def run(self) -> None:
+        """Wait for changes (debounced) or the resync interval, and reconcile; forever."""
+        requeue: float | None = None
+        while True:
+            timeout = RESYNC_INTERVAL_S if requeue is None else min(requeue, RESYNC_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            if not self.active():
+                self._wake.clear()
+                requeue = None
+                continue
+            deadline = time.monotonic() + 4 * self.config.debounce_s
+            while self.config.debounce_s > 0 and time.monotonic() < deadline:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.config.debounce_s)
+                except TimeoutError:
+                    break
+            self._wake.clear()
+            try:
+                result = await self.reconcile_once()
+            except Exception:
+                log.exception("reconcile failed")
+                requeue = 1.0
+                continue
+            requeue = result.decision.requeue_after_s
+            if result.failed:
+                requeue = min(requeue or 1.0, 1.0)
+
+    async def poll_demand(self) -> None:
+        """Ask Prometheus every `demand_interval_s`; wake the loop when an estimate changed."""
+        while self.demand is not None:
+            if self.active():
+                services = list(self.world().services.values())
+                if await self.demand.poll(services):
+                    self._wake.set()
+            await asyncio.sleep(self.config.demand_interval_s)
+
+
+# ------------------------------------------------------------------------------------- kopf
+
+
+def _driver(memo: Any) -> Driver:
+    driver = memo.get("driver") if hasattr(memo, "get") else getattr(memo, "driver", None)
+    if not isinstance(driver, Driver):
+        raise kopf.TemporaryError("the driver is not started yet", delay=1)
+    return driver
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    config = OperatorConfig.load()
+    settings.posting.enabled = False
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    if not settings.peering.standalone:
+        settings.peering.name = config.peering_name
+        settings.peering.priority = config.peering_priority
+        settings.peering.clusterwide = True
+    driver = Driver(config=config, api_client=make_api_client())
+    memo["driver"] = driver
+    memo["tasks"] = [asyncio.create_task(driver.run(), name="accordion-control-loop")]
+    if driver.demand is not None:
+        memo["tasks"].append(asyncio.create_task(driver.poll_demand(), name="accordion-demand"))
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: Any, **_: Any) -> None:
+    for task in memo.get("tasks", []):
+        task.cancel()
+    for task in memo.get("tasks", []):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+@kopf.on.event(GROUP, VERSION, "inferenceservices")
+def on_service(event: Any, memo: Any, **_: Any) -> None:
+    _driver(memo).observe(KIND_ISVC, event.get("type"), event["object"])
+
+
+@kopf.on.event(GROUP, VERSION, "devicepools")
+def on_pool(event: Any, memo: Any, **_: Any) -> None:
+    _driver(memo).observe(KIND_POOL, event.get("type"), event["object"])
+
+
+@kopf.timer(GROUP, VERSION, "devicepools", interval=RESYNC_INTERVAL_S, idle=0)
+def resync(memo: Any, **_: Any) -> None:
+    _driver(memo).trigger()
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
+def on_deployment(event: Any, memo: Any, **_: Any) -> None:
+    _driver(memo).observe("Deployment", event.get("type"), event["object"])
+
+
+@kopf.on.event("", "v1", "services", labels=OWNED)
+def on_k8s_service(event: Any, memo: Any, **_: Any) -> None:
+    _driver(memo).observe("Service", event.get("type"), event["object"])
+
+
+@kopf.on.event("", "v1", "configmaps", labels=OWNED)
+def on_configmap(event: Any, memo: Any, **_: Any) -> None:
+    _driver(memo).observe("ConfigMap", event.get("type"), event["object"])
