@@ -13,6 +13,8 @@ from typing import Annotated
 import typer
 
 from accordion.plan_view import plan_command
+from accordion.sim.cli import simulate_command
+from accordion.workers.cli import app as workers_app
 
 app = typer.Typer(
     name="accordion",
@@ -22,6 +24,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("plan")(plan_command)
+app.command("simulate")(simulate_command)
+# The data plane's commands (profile, load, serve, route) are defined next to their code in
+# accordion.workers.cli; they appear here as top-level commands.
+app.registered_commands.extend(workers_app.registered_commands)
 
 
 @app.command("crds")
