@@ -51,6 +51,7 @@ class Emulator(kmock.KubernetesEmulator):
         self.faults: list[tuple[str, str, int]] = []
         self.faults_served: list[tuple[str, str, int]] = []
         self.fault_lock = threading.Lock()
+        self.log: list[tuple[str, str]] = []
 
     def _next_rv(self) -> str:
         self.last_rv = next(self.rv)
@@ -72,6 +73,7 @@ class Emulator(kmock.KubernetesEmulator):
         return None
 
     async def _handle(self, request: kmock.Request) -> Any:
+        self.log.append((str(request.method).split(".")[-1].upper(), str(request.url.path)))
         status = self._fault(request) if request.resource is not None else None
         if status is not None:
             err = kmock.KubernetesError(status=status, reason="Injected", message=f"{status}")

@@ -236,3 +236,140 @@ def test_create_makes_workers_router_routing_and_status(cluster: Cluster) -> Non
     assert status["plan"][0]["variant"] == "big"
     assert status["plan"][0]["readyReplicas"] == 1
     assert any(e["reason"] == "ReplicasChanged" for e in cluster.events(ns))
+
+
+def request_log(cluster: Cluster) -> list[tuple[str, str]]:
+    """(method, path) of every request the emulator served, in order."""
+    return cluster.emulator.call(lambda emu: list(emu.log))
+
+
+def test_demand_change_switches_variant_make_before_break(cluster: Cluster) -> None:
+    ns, pool = "switch", "pool-switch"
+    cluster.create_pool(pool, 1)
+    cluster.create(isvc("svc", ns, pool, 40.0))
+    wait_for("the big worker", lambda: "big" in cluster.workers(ns))
+    cluster.mark_ready(ns)
+    wait_for("routing to big", lambda: cluster.weights(ns, "svc") == {"big": 1.0})
+
+    # 150 req/s: one device of big serves 45; small serves 180.
+    cluster.patch(ns, "svc", {"spec": {"demand": {"qps": 150.0}}})
+    workers = wait_for("the small worker", lambda: "small" in (w := cluster.workers(ns)) and w)
+    assert "big" in workers, "the old variant runs until the new one is ready"
+    assert cluster.weights(ns, "svc") == {"big": 1.0}, "no traffic to replicas that are not ready"
+    wait_for(
+        "status for the new plan", lambda: cluster.status(ns, "svc").get("effectiveAccuracy") == 70
+    )
+    assert cluster.conditions(ns, "svc")["Ready"]["status"] == "False"
+
+    cluster.mark_ready(ns, "small")
+    wait_for("the big worker removed", lambda: set(cluster.workers(ns)) == {"small"})
+    assert cluster.weights(ns, "svc") == {"small": 1.0}
+    wait_for("Ready", lambda: cluster.conditions(ns, "svc")["Ready"]["status"] == "True")
+    # Make before break: traffic moved (routing ConfigMap patched) before big was deleted.
+    log = request_log(cluster)
+    routing_patches = [
+        i for i, (m, p) in enumerate(log) if m == "PATCH" and p.endswith("/svc-routing")
+    ]
+    big_name = next(
+        d["metadata"]["name"]
+        for d in cluster.deployments(ns)
+        if d["metadata"]["labels"].get("accordion.dev/variant") == "small"
+    ).replace("-small-", "-big-")
+    deletes = [
+        i
+        for i, (m, p) in enumerate(log)
+        if m == "DELETE" and f"/namespaces/{ns}/deployments/svc-big-" in p
+    ]
+    assert big_name
+    assert deletes, "the big worker Deployment was deleted"
+    assert routing_patches[-1] < deletes[0]
+    reasons = {e["reason"] for e in cluster.events(ns)}
+    assert "AccuracyScaledDown" in reasons
+
+
+def test_pool_shrink_replans(cluster: Cluster) -> None:
+    ns, pool = "shrink", "pool-shrink"
+    cluster.create_pool(pool, 4)
+    cluster.create(isvc("svc", ns, pool, 120.0))
+    wait_for(
+        "three big replicas",
+        lambda: cluster.workers(ns).get("big", {}).get("spec", {}).get("replicas") == 3,
+    )
+    cluster.mark_ready(ns)
+    cluster.patch_pool(pool, 1)
+    wait_for("the small worker", lambda: "small" in cluster.workers(ns))
+    cluster.mark_ready(ns, "small")
+    wait_for("only small remains", lambda: set(cluster.workers(ns)) == {"small"})
+    assert cluster.workers(ns)["small"]["spec"]["replicas"] == 1
+
+
+def test_delete_removes_everything_owned(cluster: Cluster) -> None:
+    ns, pool = "delete", "pool-delete"
+    cluster.create_pool(pool, 1)
+    cluster.create(isvc("svc", ns, pool, 10.0))
+    wait_for("the worker", lambda: cluster.workers(ns))
+    wait_for("the routing ConfigMap", lambda: cluster.configmaps(ns))
+    cluster.delete(ns, "svc")
+    wait_for(
+        "everything gone",
+        lambda: (
+            not cluster.deployments(ns) and not cluster.services(ns) and not cluster.configmaps(ns)
+        ),
+    )
+
+
+def test_invalid_spec_is_isolated(cluster: Cluster) -> None:
+    ns, pool = "invalid", "pool-invalid"
+    cluster.create_pool(pool, 2)
+    bad = isvc("bad", ns, pool, 10.0)
+    bad["spec"]["variants"][0]["accuracy"] = 150  # the CRD schema would reject it; no emulator
+    cluster.create(bad)
+    cluster.create(isvc("good", ns, pool, 10.0))
+    conds = wait_for("InvalidSpec on bad", lambda: cluster.conditions(ns, "bad"))
+    assert conds["InvalidSpec"]["status"] == "True"
+    assert "spec.variants[0].accuracy" in conds["InvalidSpec"]["message"]
+    wait_for("good is served", lambda: cluster.workers(ns))
+    assert {d["metadata"]["labels"]["accordion.dev/service"] for d in cluster.deployments(ns)} == {
+        "good"
+    }
+    # Fixing the spec brings it in.
+    cluster.patch(
+        ns, "bad", {"spec": {"variants": isvc("bad", ns, pool, 10.0)["spec"]["variants"]}}
+    )
+    wait_for(
+        "bad is planned",
+        lambda: cluster.conditions(ns, "bad").get("InvalidSpec", {}).get("status") == "False",
+    )
+
+
+def test_api_errors_are_retried(cluster: Cluster) -> None:
+    ns, pool = "faults", "pool-faults"
+    emu = cluster.emulator
+    emu.call(lambda e: e.inject("POST", "deployments", 500, times=2))
+    emu.call(lambda e: e.inject("PATCH", "inferenceservices", 409, times=1))
+    cluster.create_pool(pool, 1)
+    cluster.create(isvc("svc", ns, pool, 10.0))
+    wait_for("the worker despite 500s", lambda: cluster.workers(ns))
+    wait_for("the status despite a 409", lambda: cluster.conditions(ns, "svc"))
+    served = emu.call(lambda e: list(e.faults_served))
+    assert ("POST", "deployments", 500) in served
+    assert ("PATCH", "inferenceservices", 409) in served
+
+
+def test_restart_makes_no_changes(cluster: Cluster, operator: Operator) -> None:
+    ns, pool = "restart", "pool-restart"
+    cluster.create_pool(pool, 2)
+    cluster.create(isvc("svc", ns, pool, 40.0))
+    wait_for("the worker", lambda: cluster.workers(ns))
+    cluster.mark_ready(ns)
+    wait_for(
+        "Ready", lambda: cluster.conditions(ns, "svc").get("Ready", {}).get("status") == "True"
+    )
+    before = cluster.versions(ns)
+    operator.stop()
+    operator.start()
+    # A canary proves the restarted operator has reconciled the whole cluster (one global pass).
+    cluster.create_pool("pool-canary", 1)
+    cluster.create(isvc("canary", "canary", "pool-canary", 10.0))
+    wait_for("the canary's worker", lambda: cluster.workers("canary"), timeout_s=60)
+    assert cluster.versions(ns) == before
