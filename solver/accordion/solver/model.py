@@ -125,9 +125,16 @@ class StagedModel:
             constraint.SetCoefficient(var, coef)
 
     def run_stages(
-        self, deadline: float, hint: Solution | None, count: int = 4
+        self,
+        deadline: float,
+        hint: Solution | None,
+        count: int = 4,
+        served_gap: float | None = None,
     ) -> tuple[Solution, StageResult]:
-        """Solve the first `count` stages in order; stop early when one finds nothing in time."""
+        """Solve the first `count` stages in order; stop early when one finds nothing in time.
+
+        `served_gap` overrides the relative MIP gap of the first (served) stage.
+        """
         stages = [
             (self.served_terms(), True),
             (self.accuracy_terms(), True),
@@ -142,7 +149,10 @@ class StagedModel:
                 result.bounds.append(0.0)
                 result.statuses.append("OPTIMAL")
                 continue
-            outcome = self.solve(terms, maximize, deadline, best)
+            gap = self.problem.settings.relative_gap
+            if i == 0 and served_gap is not None:
+                gap = served_gap
+            outcome = self.solve(terms, maximize, deadline, best, gap)
             if outcome is None:
                 result.statuses.append("NOT_SOLVED")
                 break
@@ -187,7 +197,12 @@ class StagedModel:
         return variables, [1.0] * len(variables), constant
 
     def solve(
-        self, terms: Terms, maximize: bool, deadline: float, hint: Solution | None
+        self,
+        terms: Terms,
+        maximize: bool,
+        deadline: float,
+        hint: Solution | None,
+        relative_gap: float,
     ) -> tuple[float, float, str] | None:
         """Optimize `terms`; return (objective, best bound, status), or None without solution."""
         solver = self.solver
@@ -210,7 +225,7 @@ class StagedModel:
         solver.SetTimeLimit(max(1, int(remaining * 1000)))
         params = pywraplp.MPSolverParameters()
         if self.integer:
-            params.SetDoubleParam(params.RELATIVE_MIP_GAP, self.problem.settings.relative_gap)
+            params.SetDoubleParam(params.RELATIVE_MIP_GAP, relative_gap)
         status = solver.Solve(params)
         if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
             return None

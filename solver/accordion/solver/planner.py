@@ -22,6 +22,8 @@ from accordion.solver.rounding import round_replicas
 
 FULL_MILP_MAX_OPTIONS = 400
 """Up to this many options, the polishing MILP may move replica counts freely."""
+SMALL_GAP = 1e-6
+"""Gap below which a small problem's rounding counts as optimal."""
 WINDOW = 1
 """Above that, it may move them this far below the LP's floor or above its ceiling."""
 
@@ -59,22 +61,30 @@ def plan(problem: Problem) -> Plan:
     rounded = round_replicas(problem, opts, lp.n, current)
     best, result = _routed(problem, opts, current, rounded, deadline)
     gap = _gap(lp_result, result)
-    if gap > problem.settings.relative_gap:
+    small = len(opts) <= FULL_MILP_MAX_OPTIONS
+    # Small problems are polished unless the rounding is provably optimal: the MILP is cheap
+    # there, and rounding a handful of replicas can starve a small service entirely.
+    if gap > (SMALL_GAP if small else problem.settings.relative_gap):
         # Polish: the MILP's served and accuracy stages, from the rounding, with replica counts
         # confined near the LP's (unless the problem is small), then the same routing.
         bounds = None
-        if len(opts) > FULL_MILP_MAX_OPTIONS:
+        if not small:
             bounds = [
                 (max(0, math.floor(v + 1e-3) - WINDOW), math.ceil(v - 1e-3) + WINDOW) for v in lp.n
             ]
         milp = StagedModel(problem, opts, current, integer=True, bounds=bounds)
-        polished, polished_result = milp.run_stages(deadline, best, count=2)
+        served_gap = SMALL_GAP if small else None
+        polished, polished_result = milp.run_stages(deadline, best, 2, served_gap)
         if polished_result.values:  # at least the served stage finished in time
             n = [round(v) for v in polished.n]
             candidate, candidate_result = _routed(problem, opts, current, n, deadline)
             if len(candidate_result.values) == 4 and _better(candidate_result, result):
                 best, result = candidate, candidate_result
-                gap = _gap(lp_result, result)
+            if bounds is None:
+                # The full MILP's bounds hold for the whole problem: use the tighter ones.
+                for stage, bound in enumerate(polished_result.bounds[:2]):
+                    lp_result.bounds[stage] = min(lp_result.bounds[stage], bound)
+            gap = _gap(lp_result, result)
     return _assemble(problem, opts, excluded, best, current, orphaned, result, gap, started)
 
 
