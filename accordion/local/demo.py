@@ -75,7 +75,7 @@ def profile_manifests(source: Path, out_dir: Path, batch_sizes: list[int]) -> Pa
                             "p50Ms": r.p50_ms,
                             "p90Ms": r.p90_ms,
                             "p99Ms": r.p99_ms,
-                        }  # fmt: skip
+                        }
                         for r in results
                     ]
         (out_dir / path.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
@@ -120,7 +120,7 @@ def wait_ready(proc: subprocess.Popen[bytes], run_dir: Path, timeout_s: float = 
 def stop_up(proc: subprocess.Popen[bytes], run_dir: Path) -> list[int]:
     """SIGTERM `up`, wait for it; return the pids of children still alive (should be none)."""
     state = read_state(run_dir)
-    pids = [w for r in state.get("routers", {}).values() if False for w in r]
+    pids = [int(r["pid"]) for r in state.get("routers", {}).values() if r.get("pid")]
     pids += [p for w in state.get("workers", []) for p in w.get("pids", [])]
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
@@ -224,11 +224,7 @@ def summarize(
         "accuracy_min": min(accs) if accs else None,
         "accuracy_end": accs[-1] if accs else None,
         "variants_used": sorted({b for s in timeline for b, n in s["replicas"].items() if n}),
-        "replans": [
-            e
-            for e in events
-            if e["reason"] in {"ReplicasChanged", "AccuracyScaledDown", "AccuracyScaledUp"}
-        ],  # fmt: skip
+        "replans": [e for e in events if e["reason"] in REPLAN_REASONS],
         "processes_left": leftover,
     }
 
