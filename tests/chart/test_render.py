@@ -1,0 +1,279 @@
+"""The chart lints, renders with defaults and with every toggle, and every manifest is valid.
+
+Kubernetes kinds are validated with kubernetes-validate (strict: unknown fields are errors)
+against 1.30, the oldest version the chart supports, and the newest schemas it ships. The
+Prometheus Operator kinds, which it does not know, are checked against the fields of their
+CRDs that the chart uses (strict as well).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from .conftest import ALL_TOGGLES, CHART, by_kind, objects, run_helm
+
+VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+CONFIGURATIONS = {
+    "defaults": (),
+    "all-toggles": ALL_TOGGLES,
+    "standalone": ("operator.peering.enabled=false", "prometheus.url="),
+}
+
+_STR = {"type": "string"}
+_STRMAP = {"type": "object", "additionalProperties": _STR}
+_RELABEL = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "sourceLabels": {"type": "array", "items": _STR},
+        "separator": _STR,
+        "targetLabel": _STR,
+        "regex": _STR,
+        "replacement": _STR,
+        "action": _STR,
+    },
+}
+_ENDPOINT = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["port"],
+    "properties": {
+        "port": _STR,
+        "path": _STR,
+        "interval": {"type": "string", "pattern": "^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?)$"},
+        "scrapeTimeout": {"type": "string", "pattern": "^(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?$"},
+        "honorLabels": {"type": "boolean"},
+        "relabelings": {"type": "array", "items": _RELABEL},
+    },
+}
+_SELECTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"matchLabels": _STRMAP, "matchExpressions": {"type": "array"}},
+}
+_NS_SELECTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": _STR}},
+}
+
+
+def _crd_kind(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": _STR,
+            "metadata": {
+                "type": "object",
+                "required": ["name", "namespace"],
+                "properties": {"name": _STR, "namespace": _STR, "labels": _STRMAP},
+            },
+            "spec": spec,
+        },
+    }
+
+
+# The fields of the Prometheus Operator CRDs (monitoring.coreos.com/v1) the chart uses.
+MONITORING_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ServiceMonitor": _crd_kind(
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "jobLabel": _STR,
+                "selector": _SELECTOR,
+                "namespaceSelector": _NS_SELECTOR,
+                "endpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
+            },
+        }
+    ),
+    "PodMonitor": _crd_kind(
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "jobLabel": _STR,
+                "selector": _SELECTOR,
+                "namespaceSelector": _NS_SELECTOR,
+                "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
+            },
+        }
+    ),
+    "PrometheusRule": _crd_kind(
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": _STR,
+                            "interval": _STR,
+                            "rules": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["expr"],
+                                    "oneOf": [{"required": ["record"]}, {"required": ["alert"]}],
+                                    "properties": {
+                                        "record": _STR,
+                                        "alert": _STR,
+                                        "expr": _STR,
+                                        "for": _STR,
+                                        "labels": _STRMAP,
+                                        "annotations": _STRMAP,
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        }
+    ),
+}
+
+
+def test_lint_strict() -> None:
+    proc = run_helm("lint", "--strict", str(CHART))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_lint_strict_with_every_toggle() -> None:
+    sets = [a for s in ALL_TOGGLES for a in ("--set", s)]
+    proc = run_helm("lint", "--strict", str(CHART), *sets)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGURATIONS))
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_manifest_is_valid(config: str, version: str) -> None:
+    objs = objects(*CONFIGURATIONS[config], include_crds=True)
+    assert objs
+    for obj in objs:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            jsonschema.validate(obj, MONITORING_SCHEMAS[obj["kind"]])
+        elif obj["apiVersion"].startswith("kopf.dev/"):
+            assert set(obj) == {"apiVersion", "kind", "metadata"}, where
+        else:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{where} is invalid for Kubernetes {version}: {exc}")
+
+
+def test_defaults_render_no_monitoring_objects() -> None:
+    kinds = {o["kind"] for o in objects()}
+    assert kinds == {
+        "ServiceAccount",
+        "ConfigMap",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+        "Deployment",
+        "ClusterKopfPeering",
+    }
+
+
+def test_every_toggle_renders_its_objects() -> None:
+    objs = objects(*ALL_TOGGLES)
+    assert len(by_kind(objs, "ServiceMonitor")) == 1
+    assert {o["metadata"]["name"] for o in by_kind(objs, "PodMonitor")} == {
+        "accordion-routers",
+        "accordion-workers",
+    }
+    assert len(by_kind(objs, "PrometheusRule")) == 1
+    dashboards = [
+        o
+        for o in by_kind(objs, "ConfigMap")
+        if o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+    ]
+    assert len(dashboards) >= 2
+
+
+def test_operator_pod_is_locked_down() -> None:
+    (deployment,) = by_kind(objects(), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert "add" not in sc["capabilities"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["port"] == "health"
+    assert container["resources"]["requests"]
+    # kopf peering: one active replica; Recreate avoids two operators during an upgrade.
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert "--peering=accordion" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_operator_config_is_what_the_operator_reads() -> None:
+    """The settings file validates as the operator's OperatorConfig (unknown keys rejected)."""
+    config_module = pytest.importorskip("accordion.operator.config")
+    (config,) = [
+        o for o in by_kind(objects(), "ConfigMap") if o["metadata"]["name"].endswith("-config")
+    ]
+    settings = yaml.safe_load(config["data"]["config.yaml"])
+    parsed = config_module.OperatorConfig.model_validate(settings)
+    assert parsed.worker_image == "ghcr.io/accordion-dev/accordion-worker:0.1.0"
+    assert parsed.prometheus_url == "http://prometheus-operated.monitoring.svc:9090"
+    # The chart's default demand query is the operator's.
+    assert parsed.demand_query == config_module.DEFAULT_DEMAND_QUERY
+    (deployment,) = by_kind(objects(), "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ACCORDION_OPERATOR_CONFIG"]["value"] == "/etc/accordion/config.yaml"
+
+
+def test_without_prometheus_the_operator_gets_no_url() -> None:
+    config_module = pytest.importorskip("accordion.operator.config")
+    (config,) = [
+        o
+        for o in by_kind(objects("prometheus.url="), "ConfigMap")
+        if o["metadata"]["name"].endswith("-config")
+    ]
+    parsed = config_module.OperatorConfig.model_validate(
+        yaml.safe_load(config["data"]["config.yaml"])
+    )
+    assert parsed.prometheus_url is None
+
+
+def test_alert_labels_and_runbooks_are_added() -> None:
+    objs = objects(
+        "prometheusRule.enabled=true",
+        "prometheusRule.alertLabels.team=ml",
+        "prometheusRule.runbookBaseUrl=https://runbooks.example/accordion",
+    )
+    (rule,) = by_kind(objs, "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts
+    for alert in alerts:
+        assert alert["labels"]["team"] == "ml"
+        assert alert["labels"]["severity"] in {"critical", "warning"}
+        assert alert["annotations"]["runbook_url"].startswith("https://runbooks.example/")
