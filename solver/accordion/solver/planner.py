@@ -74,7 +74,8 @@ def plan(problem: Problem) -> Plan:
             ]
         milp = StagedModel(problem, opts, current, integer=True, bounds=bounds)
         served_gap = SMALL_GAP if small else None
-        polished, polished_result = milp.run_stages(deadline, best, 2, served_gap)
+        polish_deadline = min(deadline, time.perf_counter() + problem.settings.polish_time_s)
+        polished, polished_result = milp.run_stages(polish_deadline, best, 2, served_gap)
         if polished_result.values:  # at least the served stage finished in time
             n = [round(v) for v in polished.n]
             candidate, candidate_result = _routed(problem, opts, current, n, deadline)

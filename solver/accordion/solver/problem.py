@@ -109,8 +109,18 @@ class PlannerSettings(_Frozen):
     relative_gap: float = Field(default=0.001, ge=0, le=1)
     utilization: float = Field(default=0.9, gt=0, le=1)
     latency_percentile: Percentile = "p99"
-    num_workers: int = Field(default=2, ge=1)
-    use_hint: bool = True
+    num_workers: int = Field(
+        default=2,
+        ge=1,
+        description="Threads a solver may use. GLOP and SCIP, the solvers the planner uses now, "
+        "run on one: the planner stays deterministic.",
+    )
+    polish_time_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long the MILP may polish a rounded LP solution that misses "
+        "relative_gap; the plan keeps the best solution found. Within time_limit_s.",
+    )
 
 
 class Problem(_Frozen):
