@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 MODEL = "builtin:demo-xl"
 SLO_MS = 100.0
-MAX_BATCH = 32
 TARGET_ATTAINMENT = 0.99
 
 
@@ -189,6 +189,8 @@ def plot(results: list[PolicyResult], physical_qps: float, path: Path) -> None:
 
 
 def main() -> None:
+    # SIGTERM ends the run through `finally` blocks, so no worker process outlives it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test)")
     args = parser.parse_args()
@@ -200,7 +202,11 @@ def main() -> None:
     profiles = profile_model(MODEL, sizes, repeats=15 if args.quick else 30)
     physical_qps = max(p.throughput_qps for p in profiles)
     best_b = max(profiles, key=lambda p: p.throughput_qps).batch_size
-    profile_ms = {p.batch_size: p.p90_ms for p in profiles if p.batch_size <= MAX_BATCH}
+    # The batch cap every policy gets: the planner's rule, the largest profiled batch whose
+    # worst case (waiting for the previous batch, then running) fits the SLO.
+    fitting = [p.batch_size for p in profiles if 2 * p.p90_ms <= SLO_MS]
+    max_batch = max(fitting) if fitting else 1
+    profile_ms = {p.batch_size: p.p90_ms for p in profiles if p.batch_size <= max_batch}
     print(f"physical limit: {physical_qps:.0f}/s at batch {best_b}", flush=True)
     for p in profiles:
         print(f"  b={p.batch_size:3d} p50={p.p50_ms:7.2f} ms  {p.throughput_qps:7.0f}/s")
@@ -210,18 +216,18 @@ def main() -> None:
         ("none", "no batching", BatchingConfig(policy="none")),
         (
             "triton",
-            f"Triton dynamic batcher (max {MAX_BATCH}, delay 5 ms)",
-            BatchingConfig(policy="triton", max_batch_size=MAX_BATCH, max_queue_delay_ms=5.0),
+            f"Triton dynamic batcher (max {max_batch}, delay 5 ms)",
+            BatchingConfig(policy="triton", max_batch_size=max_batch, max_queue_delay_ms=5.0),
         ),
         (
             "clipper",
-            f"Clipper AIMD (max {MAX_BATCH})",
-            BatchingConfig(policy="clipper", max_batch_size=MAX_BATCH),
+            f"Clipper AIMD (max {max_batch})",
+            BatchingConfig(policy="clipper", max_batch_size=max_batch),
         ),
         (
             "slo",
-            f"Accordion SLO batcher (max {MAX_BATCH})",
-            BatchingConfig(policy="slo", max_batch_size=MAX_BATCH, margin_ms=3.0),
+            f"Accordion SLO batcher (max {max_batch})",
+            BatchingConfig(policy="slo", max_batch_size=max_batch, margin_ms=3.0),
         ),
     ]
     results = [PolicyResult(name, label) for name, label, _ in policies]
@@ -231,11 +237,14 @@ def main() -> None:
             for name, _, batching in policies
         }
         evaluate(results, urls, grid, duration_s, refine)
-    write_results(results, physical_qps, best_b, profiles, time.monotonic() - started, args.quick)
+    write_results(
+        results, max_batch, physical_qps, best_b, profiles, time.monotonic() - started, args.quick
+    )
 
 
 def write_results(
     results: list[PolicyResult],
+    max_batch: int,
     physical_qps: float,
     best_b: int,
     profiles: list[Any],
@@ -255,8 +264,9 @@ def write_results(
         f"`bench/batching/run.py`{' --quick' if quick else ''}: model `{MODEL}` (an MLP of the "
         "built-in demo family) on this machine's CPU with one torch thread, served by the "
         "KServe v2 worker (a separate process), open-loop Poisson load from one client process "
-        f"on loopback, SLO {SLO_MS:.0f} ms end to end at the client, batch cap {MAX_BATCH} for "
-        "every batching policy. Sustainable rate: the highest arrival rate with >= 99% of "
+        f"on loopback, SLO {SLO_MS:.0f} ms end to end at the client, batch cap {max_batch} for "
+        "every batching policy (the planner's rule: the largest profiled batch b with "
+        "2 x p90(b) <= SLO). Sustainable rate: the highest arrival rate with >= 99% of "
         "requests answered within the SLO (grid of fractions of the physical limit, then "
         "bisection). Overload: the same policy at 2x its sustainable rate. "
         f"Run time {elapsed_s / 60:.1f} min. The machine has 2 cores shared with other work, "

@@ -51,7 +51,7 @@ class RoutingDecider:
         table: RoutingTable,
         *,
         seed: int = 0,
-        relief_pressure: float = 0.5,
+        relief_pressure: float = 0.8,
     ) -> None:
         self._rng = random.Random(seed)
         self.relief_pressure = relief_pressure
