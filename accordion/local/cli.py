@@ -6,7 +6,6 @@ Exposed as `up_command`, a typer-compatible function: ``app.command("up")(up_com
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 import tempfile
@@ -101,8 +100,7 @@ def main() -> None:
     """`python -m accordion.local.cli -f ...` (until the root CLI mounts `up`)."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(up_command)
-    with contextlib.suppress(SystemExit):
-        app()
+    app()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,113 @@
+"""`accordion up` refuses to start, at once and with a clear message, when it cannot run."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from accordion.local.actuator import free_port
+from accordion.local.runtime import (
+    LocalModeError,
+    LocalRuntime,
+    RuntimeSettings,
+    histogram_quantile,
+    parse_router_metrics,
+)
+
+
+def _up(manifest_dir: Path, port: int, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "accordion.local.cli", "-f", str(manifest_dir), "--port",
+           str(port), "--run-dir", str(tmp_path / "run"), "--no-view"]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_invalid_manifest_stops_up_with_the_field_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "svc.yaml").write_text(
+        "apiVersion: accordion.dev/v1alpha1\nkind: InferenceService\n"
+        "metadata: {name: classifier}\nspec: {slo: {latencyMs: -5}, accuracy: {floor: 70},"
+        " variants: []}\n"
+    )
+    started = time.monotonic()
+    result = _up(bad, free_port(), tmp_path)
+    assert result.returncode == 2
+    assert "accordion up: error: invalid manifests" in result.stderr
+    assert "latencyMs" in result.stderr or "latency_ms" in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_missing_model_file_stops_up(tmp_path: Path, manifests: Callable[..., Path]) -> None:
+    directory = manifests(xl_uri=str(tmp_path / "nowhere" / "xl.pt"))
+    result = _up(directory, free_port(), tmp_path)
+    assert result.returncode == 2
+    assert "model file" in result.stderr
+    assert "does not exist" in result.stderr
+    assert "demo-xl" in result.stderr
+
+
+def test_unknown_builtin_model_is_refused(tmp_path: Path, manifests: Callable[..., Path]) -> None:
+    with pytest.raises(LocalModeError, match=r"unknown builtin model 'demo-huge'"):
+        LocalRuntime([manifests(xl_uri="builtin:demo-huge")], tmp_path / "run")
+
+
+def test_port_in_use_stops_up(tmp_path: Path, manifests: Callable[..., Path]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _up(manifests(), port, tmp_path)
+    assert result.returncode == 2
+    assert f"port {port} (router of default/classifier) is in use" in result.stderr
+
+
+def test_no_service_and_gpu_pool_are_refused(tmp_path: Path) -> None:
+    only_pool = tmp_path / "pool.yaml"
+    only_pool.write_text(
+        "apiVersion: accordion.dev/v1alpha1\nkind: DevicePool\nmetadata: {name: gpu}\n"
+        "spec: {devices: 1, costPerDevice: 1, device: cuda}\n"
+    )
+    with pytest.raises(LocalModeError, match="no InferenceService"):
+        LocalRuntime([only_pool], tmp_path / "run", RuntimeSettings(base_port=free_port()))
+    cluster = Path(__file__).parents[2] / "examples"
+    with pytest.raises(LocalModeError, match="CPU pools only"):
+        LocalRuntime(
+            [cluster / "cluster.yaml", cluster / "services.yaml"],
+            tmp_path / "run2",
+            RuntimeSettings(base_port=free_port()),
+        )
+
+
+ROUTER_METRICS = """\
+# TYPE accordion_router_requests_total counter
+accordion_router_requests_total{service="default.classifier"} 120.0
+# TYPE accordion_router_outcomes_total counter
+accordion_router_outcomes_total{outcome="ok",service="default.classifier",variant="a@p"} 100.0
+accordion_router_outcomes_total{outcome="late",service="default.classifier",variant="a@p"} 5.0
+accordion_router_outcomes_total{outcome="shed",service="default.classifier",variant="none"} 15.0
+# TYPE accordion_router_accuracy_served_total counter
+accordion_router_accuracy_served_total{service="default.classifier",variant="a@p"} 80.0
+# TYPE accordion_router_request_latency_seconds histogram
+accordion_router_request_latency_seconds_bucket{le="0.01",service="s",variant="a@p"} 50.0
+accordion_router_request_latency_seconds_bucket{le="0.1",service="s",variant="a@p"} 100.0
+accordion_router_request_latency_seconds_bucket{le="+Inf",service="s",variant="a@p"} 105.0
+accordion_router_request_latency_seconds_count{service="s",variant="a@p"} 105.0
+accordion_router_request_latency_seconds_sum{service="s",variant="a@p"} 3.0
+"""
+
+
+def test_router_metrics_are_read_like_prometheus_would() -> None:
+    c = parse_router_metrics(ROUTER_METRICS)
+    assert c.requests == 120
+    assert c.outcomes == {"ok": 100, "late": 5, "shed": 15}
+    assert c.accuracy_served == 80
+    assert histogram_quantile(0.5, c.latency_buckets) == pytest.approx(0.01 + 0.09 * 2.5 / 50)
+    assert histogram_quantile(0.9, c.latency_buckets) == pytest.approx(0.01 + 0.09 * 44.5 / 50)
+    assert histogram_quantile(0.99, c.latency_buckets) == pytest.approx(0.1)  # in +Inf
+    assert histogram_quantile(0.99, {}) is None
