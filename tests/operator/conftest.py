@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -292,3 +293,179 @@ def api(kubeconfig: Path) -> k8s.ApiClient:
     configuration = k8s.Configuration()
     loader.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     return k8s.ApiClient(configuration)
+
+
+GROUP, VERSION = "accordion.dev", "v1alpha1"
+
+
+def isvc(name: str, ns: str, pool: str, qps: float, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "slo": {"latencyMs": 100},
+            "demand": {"source": "Static", "qps": qps, "headroom": 0.0},
+            "variants": [
+                {
+                    "name": "big",
+                    "accuracy": 80,
+                    "model": {"storageUri": "/models/big.pt"},
+                    "profiles": [{"pool": pool, "batches": [{"batchSize": 1, "p50Ms": 20}]}],
+                },
+                {
+                    "name": "small",
+                    "accuracy": 70,
+                    "model": {"storageUri": "/models/small.pt"},
+                    "profiles": [{"pool": pool, "batches": [{"batchSize": 1, "p50Ms": 5}]}],
+                },
+            ],
+            **spec,
+        },
+    }
+
+
+def device_pool(name: str, devices: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "DevicePool",
+        "metadata": {"name": name},
+        "spec": {"devices": devices, "resources": {"limits": {"nvidia.com/gpu": 1}}},
+    }
+
+
+class Cluster:
+    """The user's and the kubelet's view of the emulator, through the kubernetes client."""
+
+    def __init__(self, api: k8s.ApiClient, emulator: EmulatorThread) -> None:
+        self.emulator = emulator
+        self.custom: Any = k8s.CustomObjectsApi(api)
+        self.apps: Any = k8s.AppsV1Api(api)
+        self.core: Any = k8s.CoreV1Api(api)
+
+    @staticmethod
+    def _json(resp: Any) -> Any:
+        return json.loads(resp.data)
+
+    def create_pool(self, name: str, devices: int) -> None:
+        self.custom.create_cluster_custom_object(
+            GROUP, VERSION, "devicepools", device_pool(name, devices)
+        )
+
+    def patch_pool(self, name: str, devices: int) -> None:
+        self.custom.patch_cluster_custom_object(
+            GROUP, VERSION, "devicepools", name, {"spec": {"devices": devices}}
+        )
+
+    def create(self, body: dict[str, Any]) -> None:
+        ns = body["metadata"]["namespace"]
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "inferenceservices", body)
+
+    def patch(self, ns: str, name: str, body: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, "inferenceservices", name, body
+        )
+
+    def delete(self, ns: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "inferenceservices", name)
+
+    def get(self, ns: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, ns, "inferenceservices", name
+        )
+        return obj
+
+    def status(self, ns: str, name: str) -> dict[str, Any]:
+        return dict(self.get(ns, name).get("status") or {})
+
+    def conditions(self, ns: str, name: str) -> dict[str, dict[str, Any]]:
+        return {c["type"]: c for c in self.status(ns, name).get("conditions") or []}
+
+    def _in(self, items: list[dict[str, Any]], ns: str) -> list[dict[str, Any]]:
+        return [i for i in items if i["metadata"].get("namespace") == ns]
+
+    def deployments(self, ns: str) -> list[dict[str, Any]]:
+        items = self._json(self.apps.list_namespaced_deployment(ns, _preload_content=False))
+        return self._in(items["items"], ns)
+
+    def workers(self, ns: str) -> dict[str, dict[str, Any]]:
+        """Worker Deployments by variant."""
+        return {
+            d["metadata"]["labels"]["accordion.dev/variant"]: d
+            for d in self.deployments(ns)
+            if d["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"
+        }
+
+    def services(self, ns: str) -> list[dict[str, Any]]:
+        items = self._json(self.core.list_namespaced_service(ns, _preload_content=False))
+        return self._in(items["items"], ns)
+
+    def configmaps(self, ns: str) -> list[dict[str, Any]]:
+        items = self._json(self.core.list_namespaced_config_map(ns, _preload_content=False))
+        return self._in(items["items"], ns)
+
+    def events(self, ns: str) -> list[dict[str, Any]]:
+        items = self._json(self.core.list_namespaced_event(ns, _preload_content=False))
+        return self._in(items["items"], ns)
+
+    def routing(self, ns: str, name: str) -> dict[str, Any] | None:
+        for cm in self.configmaps(ns):
+            if cm["metadata"]["name"] == f"{name}-routing":
+                raw = (cm.get("data") or {}).get("routing.json")
+                return json.loads(raw) if raw else None
+        return None
+
+    def weights(self, ns: str, name: str) -> dict[str, float]:
+        table = self.routing(ns, name) or {"backends": []}
+        return {b["name"].split("@")[0]: b["weight"] for b in table["backends"]}
+
+    def mark_ready(self, ns: str, variant: str | None = None) -> None:
+        """Act as the kubelet: every replica of the worker Deployments is ready."""
+        for v, d in self.workers(ns).items():
+            if variant is not None and v != variant:
+                continue
+            n = d["spec"]["replicas"]
+            self.apps.patch_namespaced_deployment_status(
+                d["metadata"]["name"],
+                ns,
+                {"status": {"replicas": n, "readyReplicas": n, "availableReplicas": n}},
+            )
+
+    def versions(self, ns: str) -> dict[str, str]:
+        """resourceVersion of every object in the namespace (to detect churn)."""
+        out = {}
+        for kind, items in (
+            ("Deployment", self.deployments(ns)),
+            ("Service", self.services(ns)),
+            ("ConfigMap", self.configmaps(ns)),
+        ):
+            for o in items:
+                out[f"{kind}/{o['metadata']['name']}"] = o["metadata"]["resourceVersion"]
+        isvcs = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, "inferenceservices")
+        for o in isvcs["items"]:
+            if o["metadata"].get("namespace") == ns:
+                out[f"InferenceService/{o['metadata']['name']}"] = o["metadata"]["resourceVersion"]
+        return out
+
+
+def request_log(cluster: Cluster) -> list[tuple[str, str]]:
+    """(method, path) of every request the emulator served, in order."""
+    return cluster.emulator.call(lambda emu: list(emu.log))
+
+
+@pytest.fixture(scope="module")
+def operator(
+    emulator: EmulatorThread, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
+    op = Operator(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", {})
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def cluster(api: k8s.ApiClient, emulator: EmulatorThread, operator: Operator) -> Iterator[Cluster]:
+    c = Cluster(api, emulator)
+    yield c
+    if operator.proc is None or operator.proc.poll() is not None:
+        print(operator.log()[-5000:])

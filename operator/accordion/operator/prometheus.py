@@ -63,8 +63,16 @@ class PrometheusDemand:
     def __post_init__(self) -> None:
         self.tracker = DemandTracker(self.rise_half_life_s, self.fall_half_life_s)
         from prometheus_api_client import PrometheusConnect
+        from urllib3.util.retry import Retry
 
-        self._prom = PrometheusConnect(url=self.url, disable_ssl=True)
+        # One quick retry: the next poll comes soon anyway, and a slow failure delays the
+        # DemandUnavailable report of every other service.
+        self._prom = PrometheusConnect(
+            url=self.url,
+            disable_ssl=True,
+            retry=Retry(total=1, backoff_factor=0.1, status_forcelist=[502, 503, 504]),
+            timeout=math.ceil(self.timeout_s),
+        )
 
     def _query(self, promql: str) -> float:
         return parse_rate(
