@@ -2,6 +2,11 @@
 
 * `Accordion` (ours): the operator's planner (`accordion.solver.planner.plan`) on the demand
   estimate plus headroom, `SloBatcher` in every replica, weighted routing, fast loop on or off.
+  By default (`spare=True`) it plans twice: the estimate plus a small routing headroom at the
+  best accuracy, then the burst headroom on the devices left over as spare replicas; routing
+  weights fill the most accurate replicas first and only the router's fast loop sends overflow
+  to the spare ones. With `spare=False` it is one plan for estimate plus headroom, routed by
+  the planner's shares.
   The headroom is the InferenceService's `demand.headroom`; the default here is 0.5, not the
   API's 0.1: Twitter-derived traces burst far above their 2-second EWMA between re-plans, and
   the planner otherwise releases the devices that would absorb the bursts.
@@ -19,13 +24,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from accordion.sim.policy import ControlPolicy, SimView, Target, TargetRow, profile_s
-from accordion.sim.workload import Family
+from accordion.sim.workload import Cluster, Family
 from accordion.solver import (
     Allocation,
     PlannerSettings,
+    PoolSpec,
     Problem,
     ServiceSpec,
     VariantSpec,
@@ -81,6 +88,7 @@ def plan_target(
             max_batch_size=r.max_batch_size,
             routed_qps=r.routed_qps,
             capacity_qps_per_replica=r.capacity_qps_per_replica,
+            accuracy=r.accuracy,
         )
         for r in result.rows
     ]
@@ -95,6 +103,31 @@ def fits(variant: VariantSpec, slo_s: float, percentile: str, utilization: float
     )
 
 
+def accuracy_first_routing(
+    rows: list[TargetRow], demand_qps: dict[str, float], headroom: float
+) -> list[TargetRow]:
+    """Routing weights for the *expected* demand, most accurate replicas first.
+
+    The planner sizes replicas for the estimate plus the (large) planned headroom, and its
+    routed shares spread that inflated demand over every replica, the less accurate ones too.
+    With the router's fast loop on, overflow finds the spare replicas anyway, so the weights
+    can fill the most accurate replicas up to their capacity with the estimate (plus a small
+    routing headroom) and leave the rest as spare capacity.
+    """
+    by_service: dict[str, list[TargetRow]] = {}
+    for r in rows:
+        by_service.setdefault(r.service, []).append(r)
+    out: list[TargetRow] = []
+    for service, group in sorted(by_service.items()):
+        remaining = demand_qps.get(service, 0.0) * (1.0 + headroom)
+        ordered = sorted(group, key=lambda r: (-r.accuracy, r.variant, r.pool))
+        for r in ordered:
+            routed = min(remaining, r.capacity_qps_per_replica * r.replicas)
+            remaining -= routed
+            out.append(dataclasses.replace(r, routed_qps=routed))
+    return out
+
+
 class Accordion(ControlPolicy):
     """Ours: planner + SloBatcher + weighted routing (fast loop on or off)."""
 
@@ -106,6 +139,9 @@ class Accordion(ControlPolicy):
         headroom: float = 0.5,
         utilization: float = 0.9,
         settings: PlannerSettings | None = None,
+        accuracy_first: bool = True,
+        routing_headroom: float = 0.1,
+        spare: bool = True,
         name: str | None = None,
     ) -> None:
         self.fast_loop = fast_loop
@@ -113,6 +149,9 @@ class Accordion(ControlPolicy):
         self.headroom = headroom
         self.utilization = utilization
         self._settings = settings
+        self.accuracy_first = accuracy_first
+        self.spare = spare
+        self.routing_headroom = routing_headroom
         self.name = name or ("accordion" if fast_loop else "accordion-nofast")
 
     def settings(self) -> PlannerSettings:
@@ -130,8 +169,52 @@ class Accordion(ControlPolicy):
     def target(
         self, now_s: float, demand_qps: dict[str, float], current: list[Allocation]
     ) -> Target:
-        return plan_target(
+        if self.spare:
+            return self._target_with_spare(demand_qps, current)
+        target = plan_target(
             self.view, demand_qps, current, self.settings(), self.headroom, self.variants()
+        )
+        if self.fast_loop and self.accuracy_first:
+            target.rows = accuracy_first_routing(target.rows, demand_qps, self.routing_headroom)
+        return target
+
+    def _target_with_spare(self, demand_qps: dict[str, float], current: list[Allocation]) -> Target:
+        """Plan for the estimate (small headroom) at the best accuracy, then plan the burst
+        headroom on the devices left over, as spare replicas only the fast loop routes to."""
+        main = plan_target(
+            self.view, demand_qps, current, self.settings(), self.routing_headroom, self.variants()
+        )
+        used: dict[str, int] = {}
+        for r in main.rows:
+            used[r.pool] = used.get(r.pool, 0) + r.replicas
+        left = [
+            PoolSpec(
+                name=p.name,
+                devices=max(0, p.devices - used.get(p.name, 0)),
+                cost_per_device=p.cost_per_device,
+            )
+            for p in self.view.cluster.pools
+        ]
+        spare_view = SimView(
+            cluster=Cluster(pools=tuple(left), families=self.view.cluster.families),
+            service_time=self.view.service_time,
+        )
+        burst = {k: v * self.headroom for k, v in demand_qps.items()}
+        extra = plan_target(spare_view, burst, [], self.settings(), 0.0, self.variants())
+        rows = accuracy_first_routing(main.rows, demand_qps, self.routing_headroom)
+        merged: dict[tuple[str, str, str], TargetRow] = {
+            (r.service, r.variant, r.pool): r for r in rows
+        }
+        for r in extra.rows:
+            key = (r.service, r.variant, r.pool)
+            if key in merged:
+                m = merged[key]
+                merged[key] = dataclasses.replace(m, replicas=m.replicas + r.replicas)
+            else:
+                merged[key] = dataclasses.replace(r, routed_qps=0.0)
+        return Target(
+            rows=[merged[k] for k in sorted(merged)],
+            planner_time_s=main.planner_time_s + extra.planner_time_s,
         )
 
     def batcher(
@@ -147,7 +230,7 @@ class HardwareOnly(Accordion):
     most_accurate = True
 
     def __init__(self, *, name: str = "hardware-only", **kwargs: object) -> None:
-        super().__init__(name=name, fast_loop=False, **kwargs)  # type: ignore[arg-type]
+        super().__init__(name=name, fast_loop=False, spare=False, **kwargs)  # type: ignore[arg-type]
 
     def variants(self) -> dict[str, tuple[VariantSpec, ...]]:
         out: dict[str, tuple[VariantSpec, ...]] = {}

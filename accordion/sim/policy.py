@@ -28,6 +28,7 @@ class TargetRow:
     max_batch_size: int
     routed_qps: float
     capacity_qps_per_replica: float
+    accuracy: float = 0.0
 
 
 @dataclass

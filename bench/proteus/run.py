@@ -28,7 +28,6 @@ from pathlib import Path
 from accordion.sim.catalog import POLICIES, make_control_policy
 from accordion.sim.engine import SimConfig, SimResult, simulate
 from accordion.sim.oracle import OracleBound, oracle_bound
-from accordion.sim.proteus import Proteus
 from accordion.sim.report import markdown_table, plot, write_csv
 from accordion.sim.workload import Cluster, Workload, load_proteus_cluster, read_proteus_trace
 
@@ -95,14 +94,18 @@ def ratios(results: list[SimResult]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", action="append", help="run keys to run (default: all)")
-    parser.add_argument("--scale", type=int, default=0, help="also run N x devices and demand")
+    parser.add_argument(
+        "--scale", type=int, default=0, help="instead: N x devices and demand (proteus_scale.md)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not DATA.exists():
         raise SystemExit(f"{DATA} is missing: the benchmark needs the shared Proteus data")
     runs = [r for r in RUNS if not args.only or r.key in args.only]
+    report = "proteus.md"
     if args.scale > 1:
-        runs.append(
+        report = "proteus_scale.md"
+        runs = [
             Run(
                 f"zipf-p50-x{args.scale}",
                 "zipf_exponential/300",
@@ -110,7 +113,7 @@ def main() -> None:
                 scale=args.scale,
                 policies=("accordion", "proteus"),
             )
-        )
+        ]
     args.out.mkdir(parents=True, exist_ok=True)
     sections = [
         "# Accordion vs Proteus on Proteus's workload (trace-driven simulator)\n",
@@ -134,20 +137,15 @@ def main() -> None:
         png = f"proteus_{run.key}.png"
         plot(args.out / png, results, f"{run.trace}, service time {run.service_time}, x{run.scale}")
         write_csv(args.out / f"proteus_{run.key}.csv", results)
-        proteus_beta = ""
         sections.append(
             f"\n## {run.key}: `{run.trace}`, service time {run.service_time}, "
             f"{len(workload)} requests, {40 * run.scale} devices\n\n"
             + markdown_table(results, bound)
             + f"\nOracle bound: serves {bound.served_fraction:.2%} at effective accuracy "
-            f"{bound.effective_accuracy:.2f}.\n\n"
-            + ratios(results)
-            + proteus_beta
-            + f"\n![{run.key}]({png})\n"
+            f"{bound.effective_accuracy:.2f}.\n\n" + ratios(results) + f"\n![{run.key}]({png})\n"
         )
-        (args.out / "proteus.md").write_text("".join(sections))
-    _ = Proteus  # the re-implementation lives in accordion.sim.proteus
-    print(f"wrote {args.out / 'proteus.md'}")
+        (args.out / report).write_text("".join(sections))
+    print(f"wrote {args.out / report}")
 
 
 if __name__ == "__main__":
