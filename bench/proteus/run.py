@@ -91,6 +91,35 @@ def ratios(results: list[SimResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+GOALS = {"zipf-p50": 0.01, "zipf-dist": 0.01, "normal-1.5x-p50": 0.02}
+
+
+def goals(key: str, results: list[SimResult]) -> str:
+    """The issue's goals for this run, checked: met or missed, with the figures."""
+    by = {r.summary.policy: r.summary for r in results}
+    ours, proteus = by.get("accordion"), by.get("proteus")
+    if ours is None:
+        return ""
+    lines = []
+    limit = GOALS.get(key)
+    if limit is not None:
+        met = ours.violation_ratio < limit and ours.effective_accuracy >= 99.3
+        lines.append(
+            f"- goal: ours under {limit:.0%} violations at effective accuracy >= 99.3: "
+            f"{'met' if met else 'MISSED'} ({ours.violation_ratio:.2%} at "
+            f"{ours.effective_accuracy:.2f})"
+        )
+    if proteus is not None:
+        factor = proteus.violation_ratio / max(ours.violation_ratio, 1e-12)
+        met = factor >= 5 and ours.effective_accuracy >= proteus.effective_accuracy - 1e-9
+        lines.append(
+            f"- goal: >= 5x fewer violations than Proteus at equal or better accuracy: "
+            f"{'met' if met else 'MISSED'} ({factor:.1f}x, accuracy "
+            f"{ours.effective_accuracy:.2f} vs {proteus.effective_accuracy:.2f})"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", action="append", help="run keys to run (default: all)")
