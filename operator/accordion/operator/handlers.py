@@ -324,7 +324,8 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     config = OperatorConfig.load()
     settings.posting.enabled = False
     settings.persistence.finalizer = f"{GROUP}/finalizer"
-    if not settings.peering.standalone:
+    if not settings.peering.standalone and not settings.peering.mandatory:
+        # No --peering on the command line: use the configured peering (cluster-wide).
         settings.peering.name = config.peering_name
         settings.peering.priority = config.peering_priority
         settings.peering.clusterwide = True
