@@ -44,7 +44,8 @@ def throughput(problem: Problem, service: int, variant: int, pool: str) -> int:
     return math.floor(best.batch_size * 1000 / (best.p50_s * 1000))
 
 
-def solve(problem: Problem, time_limit_s: float = 60.0) -> ProteusResult:
+def solve(problem: Problem, time_limit_s: float = 60.0, backend: str = "SCIP") -> ProteusResult:
+    """Proteus's allocation with beta back-off; `backend` is SCIP or CP_SAT (2 workers)."""
     started = time.perf_counter()
     deadline = started + time_limit_s
     devices = [pool.name for pool in problem.pools for _ in range(pool.devices)]
@@ -60,7 +61,7 @@ def solve(problem: Problem, time_limit_s: float = 60.0) -> ProteusResult:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             break
-        outcome = _solve_once(problem, devices, variants, p, beta, remaining)
+        outcome = _solve_once(problem, devices, variants, p, beta, remaining, backend)
         if outcome is not None:
             x, objective, status = outcome
             replicas: dict[tuple[str, str, str], int] = {}
@@ -84,8 +85,11 @@ def _solve_once(
     p: dict[tuple[int, int], int],
     beta: float,
     time_limit_s: float,
+    backend: str,
 ) -> tuple[list[tuple[int, int]], float, str] | None:
-    solver = pywraplp.Solver.CreateSolver("SCIP")
+    solver = pywraplp.Solver.CreateSolver(backend)
+    if backend == "CP_SAT":
+        solver.SetSolverSpecificParametersAsString("num_workers: 2")
     families = range(len(problem.services))
     s = [svc.demand_qps for svc in problem.services]
     total = sum(s) or 1.0

@@ -1,11 +1,18 @@
 """The planner: from a `Problem` to a `Plan`, lexicographically (see `model` for the math).
 
-Solving the MILP from scratch is slow at thousands of devices, yet its LP relaxation is nearly
-integral there: replicas are many per option and rounding moves each by at most one. So the
-planner first solves the four stages as an LP (GLOP, milliseconds; it also gives the bounds the
-reported gap is measured against), then solves the MILP with every replica count confined to
-a small window around the LP's value (SCIP), starting from the LP rounded down. Small problems,
-where rounding matters most and the full MILP is cheap anyway, get the full MILP.
+Solving the MILP from scratch is slow at thousands of devices (seconds to minutes), yet its LP
+relaxation is nearly integral there: replicas are many per option and rounding moves each by
+at most one. So the planner
+
+1. solves the four stages as an LP (GLOP, milliseconds), which also bounds the optimum: the
+   reported gap of the served and accuracy stages is measured against it;
+2. rounds the LP's replica counts (`rounding`), routes load within them and releases what the
+   routing leaves idle (a second LP);
+3. only when that misses the gap goal, polishes with the MILP (SCIP), starting from the
+   rounding, for at most `polish_time_s`: small problems get the full MILP (rounding a handful
+   of replicas can starve a small service), large ones a window around the LP's counts.
+
+Deterministic: the same problem gives the same plan, unless a polish runs out of time.
 """
 
 from __future__ import annotations
@@ -22,10 +29,10 @@ from accordion.solver.rounding import round_replicas
 
 FULL_MILP_MAX_OPTIONS = 400
 """Up to this many options, the polishing MILP may move replica counts freely."""
-SMALL_GAP = 1e-6
-"""Gap below which a small problem's rounding counts as optimal."""
 WINDOW = 1
 """Above that, it may move them this far below the LP's floor or above its ceiling."""
+SMALL_GAP = 1e-6
+"""Gap below which a small problem's rounding counts as optimal."""
 
 
 def _current_by_option(problem: Problem, opts: list[Option]) -> tuple[dict[int, int], int]:
