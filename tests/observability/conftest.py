@@ -54,6 +54,9 @@ def write_table(path: Path, urls: dict[str, str], weights: dict[str, float]) -> 
                 accuracy=accuracy,
                 max_batch_size=8,
                 batch_latency_ms=5.0,
+                # With a capacity the router predicts each request's wait: those that cannot
+                # make their deadline are shed at once.
+                capacity_qps=200.0,
             )
             for name, accuracy in VARIANTS.items()
         ],
