@@ -277,3 +277,54 @@ def test_alert_labels_and_runbooks_are_added() -> None:
         assert alert["labels"]["team"] == "ml"
         assert alert["labels"]["severity"] in {"critical", "warning"}
         assert alert["annotations"]["runbook_url"].startswith("https://runbooks.example/")
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        (),
+        ("operator.logLevel=debug",),
+        ("operator.logLevel=warning", "operator.peering.enabled=false"),
+    ],
+    ids=["defaults", "debug", "quiet-standalone"],
+)
+def test_operator_command_line_is_valid_for_kopf(sets: tuple[str, ...]) -> None:
+    """The rendered command line parses with kopf's own `kopf run` CLI, and its module exists."""
+    cli = pytest.importorskip("kopf.cli")
+    import importlib.util
+
+    (deployment,) = by_kind(objects(*sets), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    command, args = container["command"], container["args"]
+    assert command[:2] == ["kopf", "run"]
+    ctx = cli.run.make_context("run", [*command[2:], *args])
+    params = ctx.params
+    assert params["clusterwide"] is True
+    for module in params["modules"]:
+        assert importlib.util.find_spec(module) is not None, module
+    port = container["ports"][1]["containerPort"]
+    assert params["liveness_endpoint"] == f"http://0.0.0.0:{port}/healthz"
+    if "operator.peering.enabled=false" in sets:
+        assert params["standalone"] is True
+    else:
+        assert params["peering_name"] == "accordion"
+    assert params["debug"] is ("operator.logLevel=debug" in sets)
+
+
+def test_rendered_rules_and_dashboards_are_the_generated_ones() -> None:
+    """What the chart installs is what accordion.observability generates (no template mangling)."""
+    import json
+
+    generated_rules = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    objs = objects("prometheusRule.enabled=true", "grafanaDashboards.enabled=true")
+    (rule,) = by_kind(objs, "PrometheusRule")
+    assert rule["spec"] == generated_rules
+    boards = {
+        key: json.loads(text)
+        for o in by_kind(objs, "ConfigMap")
+        if o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+        for key, text in o["data"].items()
+    }
+    assert boards == {
+        p.name: json.loads(p.read_text()) for p in (CHART / "files" / "dashboards").glob("*.json")
+    }
