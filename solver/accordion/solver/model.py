@@ -152,7 +152,10 @@ class StagedModel:
             gap = self.problem.settings.relative_gap
             if i == 0 and served_gap is not None:
                 gap = served_gap
-            outcome = self.solve(terms, maximize, deadline, best, gap)
+            # Share what time is left evenly among the stages still to run.
+            now = time.perf_counter()
+            stage_deadline = now + (deadline - now) / (len(stages) - i)
+            outcome = self.solve(terms, maximize, stage_deadline, best, gap)
             if outcome is None:
                 result.statuses.append("NOT_SOLVED")
                 break

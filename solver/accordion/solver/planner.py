@@ -8,9 +8,10 @@ at most one. So the planner
    reported gap of the served and accuracy stages is measured against it;
 2. rounds the LP's replica counts (`rounding`), routes load within them and releases what the
    routing leaves idle (a second LP);
-3. only when that misses the gap goal, polishes with the MILP (SCIP), starting from the
-   rounding, for at most `polish_time_s`: small problems get the full MILP (rounding a handful
-   of replicas can starve a small service), large ones a window around the LP's counts.
+3. only when that misses the gap goal: on large problems, dives from the LP (`diving`); then,
+   if still short, polishes with the MILP (SCIP) from the best so far, for at most
+   `polish_time_s`. Small problems get the full MILP (rounding a handful of replicas can
+   starve a small service), large ones a window around the LP's counts.
 
 Deterministic: the same problem gives the same plan, unless a polish runs out of time.
 """
@@ -22,6 +23,7 @@ import time
 from collections import defaultdict
 
 from accordion.solver.capacity import Option, options
+from accordion.solver.diving import dive
 from accordion.solver.model import Solution, StagedModel, StageResult
 from accordion.solver.plan import Exclusion, Plan, PlanRow, ServicePlan, SolverStats
 from accordion.solver.problem import Problem
@@ -71,6 +73,13 @@ def plan(problem: Problem) -> Plan:
     small = len(opts) <= FULL_MILP_MAX_OPTIONS
     # Small problems are polished unless the rounding is provably optimal: the MILP is cheap
     # there, and rounding a handful of replicas can starve a small service entirely.
+    if gap > problem.settings.relative_gap and not small:
+        dived = dive(problem, opts, current, lp.n, deadline)
+        if dived is not None:
+            candidate, candidate_result = _routed(problem, opts, current, dived, deadline)
+            if len(candidate_result.values) == 4 and _better(candidate_result, result):
+                best, result = candidate, candidate_result
+                gap = _gap(lp_result, result)
     if gap > (SMALL_GAP if small else problem.settings.relative_gap):
         # Polish: the MILP's served and accuracy stages, from the rounding, with replica counts
         # confined near the LP's (unless the problem is small), then the same routing.
