@@ -6,9 +6,12 @@ test fails when a generated CRD is missing from the chart or differs from what h
 
 from __future__ import annotations
 
+import tarfile
+from pathlib import Path
+
 import yaml
 
-from .conftest import CHART, CRDS, by_kind, objects
+from .conftest import CHART, CRDS, by_kind, objects, run_helm
 
 
 def test_chart_crds_are_the_generated_ones() -> None:
@@ -40,3 +43,27 @@ def test_kopf_peering_crds_are_installed() -> None:
         for o in by_kind(objects(include_crds=True), "CustomResourceDefinition")
     }
     assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= names
+
+
+def test_packaged_chart_carries_the_crds(tmp_path: Path) -> None:
+    """`helm package` follows the symlinks: the archive holds the CRDs themselves."""
+    proc = run_helm("package", str(CHART), "--destination", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    (archive,) = tmp_path.glob("accordion-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        for path in CRDS.glob("*.yaml"):
+            member = f"accordion/crds/{path.name}"
+            assert member in names
+            info = tar.getmember(member)
+            assert info.isfile(), f"{member} must be a file in the archive, not a link"
+            extracted = tar.extractfile(info)
+            assert extracted is not None
+            assert extracted.read().decode() == path.read_text()
+        assert "accordion/files/prometheus-rules.yaml" in names
+
+
+def test_kubernetes_older_than_1_30_is_refused() -> None:
+    proc = run_helm("template", "accordion", str(CHART), "--kube-version", "1.29.0")
+    assert proc.returncode != 0
+    assert "kubeVersion" in proc.stderr or "incompatible" in proc.stderr, proc.stderr
