@@ -80,44 +80,46 @@ def load_families(root: Path = PROTEUS) -> list[Family]:
 
 def build(
     devices_per_pool: int,
-    replicas: int,
+    services: int,
     load: float,
     settings: PlannerSettings | None = None,
     seed: int = 0,
 ) -> Problem:
-    """Proteus's 9 families `replicas` times over, on 4 pools of `devices_per_pool` devices.
+    """`services` services cycling through Proteus's 9 families, on 4 pools of
+    `devices_per_pool` devices.
 
-    Demand per family is the trace's mean rate times `load`, scaled with the cluster so the
-    load per device stays the same as at Proteus's scale (40 devices, 9 families); replicated
-    families get their demand perturbed by up to +-50%.
+    Demand per service is its family's trace mean rate times `load`, scaled with the cluster so
+    the load per device stays the same as at Proteus's scale (40 devices, 9 families); copies
+    beyond the first 9 get their demand perturbed by up to +-50%.
     """
     profiles = load_profiles()
     families = load_families()
     rng = random.Random(seed)
-    per_device = devices_per_pool / 10 / replicas
-    services = []
-    for copy in range(replicas):
-        for fam in families:
-            jitter = 1.0 if copy == 0 else rng.uniform(0.5, 1.5)
-            variants = []
-            for name, acc in sorted(fam.variants.items()):
-                prof = {
-                    pool: profiles[(name, accel)]
-                    for pool, accel in POOL_PROFILE.items()
-                    if (name, accel) in profiles
-                }
-                if prof:
-                    variants.append(VariantSpec(name=name, accuracy=acc, profiles=prof))
-            services.append(
-                ServiceSpec(
-                    name=f"{fam.name}-{copy}",
-                    demand_qps=round(fam.mean_qps * load * per_device * jitter, 3),
-                    slo_s=SLO_S,
-                    variants=variants,
-                )
+    per_device = devices_per_pool / 10 * len(families) / services
+    specs = []
+    for index in range(services):
+        copy, which = divmod(index, len(families))
+        fam = families[which]
+        jitter = 1.0 if copy == 0 else rng.uniform(0.5, 1.5)
+        variants = []
+        for name, acc in sorted(fam.variants.items()):
+            prof = {
+                pool: profiles[(name, accel)]
+                for pool, accel in POOL_PROFILE.items()
+                if (name, accel) in profiles
+            }
+            if prof:
+                variants.append(VariantSpec(name=name, accuracy=acc, profiles=prof))
+        specs.append(
+            ServiceSpec(
+                name=f"{fam.name}-{copy}",
+                demand_qps=round(fam.mean_qps * load * per_device * jitter, 3),
+                slo_s=SLO_S,
+                variants=variants,
             )
+        )
     pools = [
         PoolSpec(name=p, devices=devices_per_pool, cost_per_device=POOL_COST[p])
         for p in POOL_PROFILE
     ]
-    return Problem(pools=pools, services=services, settings=settings or PlannerSettings())
+    return Problem(pools=pools, services=specs, settings=settings or PlannerSettings())
