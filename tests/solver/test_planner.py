@@ -198,3 +198,33 @@ def test_empty_problem_gives_empty_plan() -> None:
     result = plan(Problem(pools=[], services=[]))
     assert result.rows == []
     assert result.services == []
+
+
+def test_large_problems_keep_every_limit() -> None:
+    # Over 400 options: the rounding, diving and windowed-MILP path, near full load.
+    variants = [
+        _variant(f"v{i}", 60 + 10 * i, gpu=0.002 * (i + 1), cpu=0.02 * (i + 1)) for i in range(4)
+    ]
+    services = [
+        _service(f"s{i:02d}", 150.0 + 37 * (i % 7), priority=1 + i % 3, variants=variants)
+        for i in range(60)
+    ]
+    problem = Problem(
+        pools=[
+            PoolSpec(name="gpu", devices=30, cost_per_device=3),
+            PoolSpec(name="cpu", devices=120),
+        ],
+        services=services,
+        settings=PlannerSettings(utilization=1.0, latency_percentile="p50", polish_time_s=0.5),
+    )
+    result = plan(problem)
+    for pool in problem.pools:
+        assert sum(r.replicas for r in result.rows if r.pool == pool.name) <= pool.devices
+    for row in result.rows:
+        assert row.routed_qps <= row.capacity_qps + 1e-6
+    assert result.stats.status in ("OPTIMAL", "FEASIBLE")
+    assert 0 <= result.stats.gap < 0.1
+    served = sum(s.served_qps for s in result.services)
+    assert math.isclose(
+        served + sum(s.unserved_qps for s in result.services), sum(s.demand_qps for s in services)
+    )

@@ -70,6 +70,14 @@ def plan(problem: Problem) -> Plan:
     rounded = round_replicas(problem, opts, lp.n, current)
     best, result = _routed(problem, opts, current, rounded, deadline)
     gap = _gap(lp_result, result)
+    if gap > problem.settings.relative_gap:
+        # Where replicas are big next to each service's demand, the LP spreads fractions of
+        # them over many services and rounding down strands the rest: fill greedily instead.
+        greedy = round_replicas(problem, opts, [0.0] * len(opts), current)
+        candidate, candidate_result = _routed(problem, opts, current, greedy, deadline)
+        if len(candidate_result.values) == 4 and _better(candidate_result, result):
+            best, result = candidate, candidate_result
+            gap = _gap(lp_result, result)
     small = len(opts) <= FULL_MILP_MAX_OPTIONS
     # Small problems are polished unless the rounding is provably optimal: the MILP is cheap
     # there, and rounding a handful of replicas can starve a small service entirely.
