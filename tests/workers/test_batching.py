@@ -272,10 +272,12 @@ def test_slo_batcher_escapes_the_small_batch_spiral_under_overload() -> None:
     # goodput near the capacity that fits the SLO instead of spiralling into tiny batches.
     slow = affine(0.008, 0.003)  # capacity within a 100 ms SLO: b=14 at 50 ms => 280/s
     policy = slo_batcher(PROFILE)
+    warm = simulate(policy, poisson(900.0, 2000, seed=3), SLO, slow)  # corrects the profile
+    assert warm.ok > 0
     out = simulate(policy, poisson(900.0, 9000, seed=4), SLO, slow)
     goodput = out.ok / (9000 / 900.0)
     assert goodput >= 0.85 * 280
-    assert out.late <= 0.02 * out.total  # only while the wrong profile is being corrected
+    assert out.late <= 0.01 * out.total
     assert any("early drop" in r for r in out.reasons)
 
 

@@ -450,15 +450,18 @@ class SloBatcher(BatchingPolicy):
 
     def needed_batch(self, now_s: float) -> int:
         """The batch size the load needs: the smallest that keeps up with the arrival rate, at
-        most the largest whose worst case (waiting for the previous batch, then running) fits
-        the requests' latency budget (taken from the queue's earliest request)."""
+        most the largest whose worst case (waiting for the previous batch or for its members to
+        arrive, then running) fits the requests' latency budget (the queue head's)."""
         head = self._queue[0].request
         budget_s = head.deadline_s - head.arrival_s
+        rate = self.arrival_rate(now_s)
         slo_batch = 1
         for b in range(1, self.max_batch_size + 1):
-            if 2 * self._lat(b) <= budget_s:
+            # Worst case before a batch of b starts: waiting for the previous batch, or for b
+            # requests to arrive when they come faster than that.
+            collect_s = b / rate if rate > 0 else math.inf
+            if self._lat(b) + min(self._lat(b), collect_s) <= budget_s:
                 slo_batch = b
-        rate = self.arrival_rate(now_s)
         keep_batch = self.max_batch_size
         for b in range(1, self.max_batch_size + 1):
             if b >= rate * self._lat(b):
@@ -471,16 +474,24 @@ class SloBatcher(BatchingPolicy):
 
         If the head's slack forces a batch smaller than the load needs, the device falls
         behind and every later request waits longer: a spiral into tiny batches. Instead, the
-        head requests without slack for the needed batch are dropped, provided enough requests
-        remain to fill it; the batch is then the largest feasible EDF prefix of the rest.
+        head requests without slack for the needed batch (or the largest batch the queue can
+        still form, if smaller) are dropped; the batch is the largest feasible EDF prefix of
+        the rest.
         """
-        need = self.needed_batch(now_s)
-        slack = self._queue[0].deadline_s - now_s
+        deadlines = [e.deadline_s for e in self._queue]
+        n = len(deadlines)
+        # The largest batch that some requests of the queue can all still make.
+        largest = 1
+        for b in range(min(n, self.max_batch_size), 0, -1):
+            if n - bisect.bisect_left(deadlines, now_s + self._lat(b)) >= b:
+                largest = b
+                break
+        need = min(self.needed_batch(now_s), largest)
+        slack = deadlines[0] - now_s
         if self._lat(need) <= slack:
             return None
-        deadlines = [e.deadline_s for e in self._queue]
         first = bisect.bisect_left(deadlines, now_s + self._lat(need))
-        rest = len(self._queue) - first
+        rest = n - first
         if first == 0 or rest < need:
             return None
         rest_slack = self._queue[first].deadline_s - now_s
