@@ -34,6 +34,8 @@ from accordion.sim.policy import ControlPolicy, SimView, Target
 from accordion.sim.workload import Cluster, Family, Workload
 from accordion.solver import Allocation, VariantSpec
 from accordion.workers.batching import BatchingPolicy, Decision, Request
+from accordion.workers.config import Backend, FastLoopBounds, RoutingTable
+from accordion.workers.fastloop import RoutingDecider
 
 # Event kinds, in the order they run at the same instant.
 _COMPLETE, _READY, _RETIRE, _WAKE, _MEASURE, _REPLAN = range(6)
@@ -68,6 +70,10 @@ class SimConfig:
     model_load_s: float = 2.0
     initial_window_s: float = 5.0
     """The first plan is made for the mean rate over this window (same for every policy)."""
+    router: str = "auto"
+    """``auto``: the policy's choice (`ControlPolicy.router`); ``decider``: the router's own
+    `RoutingDecider` (accordion.workers.fastloop), one backend per replica, fast loop per the
+    policy; ``builtin``: smooth weighted round-robin with the simulator's simpler fast loop."""
     rise_half_life_s: float = 2.0
     fall_half_life_s: float = 20.0
     end_s: float | None = None
@@ -141,6 +147,10 @@ class Simulator:
         self._slots_in_use = 0
         self._last_slot_change_s = 0.0
         self.now_s = 0.0
+        self._deciders: dict[int, RoutingDecider] = {}
+        self._decider_replicas: dict[int, dict[str, Replica]] = {}
+        self._routing_dirty = True
+        self._router = self.config.router if self.config.router != "auto" else policy.router
         policy.setup(SimView(cluster=cluster, service_time=self.config.service_time))
 
     # ---- event plumbing -------------------------------------------------------------------
@@ -186,6 +196,7 @@ class Simulator:
         decision: Decision = replica.policy.decide(now)
         for d in decision.dropped:
             self.recorder.finish(d.request.request_id, d.request.arrival_s, DROPPED)
+            self._finished(d.request)
         if decision.batch:
             latency = self.exec_time_s(replica, len(decision.batch))
             replica.busy_until_s = now + latency
@@ -211,12 +222,77 @@ class Simulator:
         for req in batch:
             kind = OK if self.now_s <= req.deadline_s + _EPS else LATE
             self.recorder.finish(req.request_id, req.arrival_s, kind, acc)
+            self._finished(req)
         replica.policy.complete(len(batch), latency_s, self.now_s)
         self._poke(replica)
 
     # ---- routing --------------------------------------------------------------------------
 
+    def _tables(self) -> None:
+        """Rebuild every service's routing table from its ready replicas (after a change)."""
+        self._routing_dirty = False
+        for s, name in enumerate(self.workload.families):
+            ready = [r for r in self.by_service[s] if r.state == "active"]
+            self._decider_replicas[s] = {f"r{r.rid}": r for r in ready}
+            if not ready:
+                continue
+            use_capacity = all(r.weight <= 0 for r in ready)
+            backends = []
+            for r in ready:
+                full = r.policy.predicted_latency_s(r.max_batch_size)
+                if full is None:
+                    full = _interpolate(
+                        [(p.batch_size, p.p50_s) for p in r.variant.profiles[r.pool]],
+                        r.max_batch_size,
+                    )
+                backends.append(
+                    Backend(
+                        name=f"r{r.rid}",
+                        url="http://sim",
+                        weight=r.capacity_qps if use_capacity else r.weight,
+                        accuracy=min(1.0, r.variant.accuracy / 100.0),
+                        capacity_qps=r.capacity_qps if r.capacity_qps > 0 else None,
+                        max_batch_size=r.max_batch_size,
+                        batch_latency_ms=full * 1000.0,
+                    )
+                )
+            table = RoutingTable(
+                service=name,
+                slo_ms=self.families[s].slo_s * 1000.0,
+                backends=backends,
+                fast_loop=FastLoopBounds(enabled=self.policy.fast_loop),
+            )
+            decider = self._deciders.get(s)
+            if decider is None:
+                self._deciders[s] = RoutingDecider(table, seed=self.config.seed * 1000 + s)
+            else:
+                decider.update_table(table)
+
+    def _route_decider(self, service: int, req: Request) -> Replica | None:
+        if self._routing_dirty:
+            self._tables()
+        replicas = self._decider_replicas.get(service)
+        if not replicas:
+            return None
+        decider = self._deciders[service]
+        choice = decider.choose(req.deadline_s - self.now_s)
+        if choice.backend is None:
+            return None
+        decider.sent(choice.backend)
+        req.payload = (service, choice.backend)
+        return replicas[choice.backend]
+
+    def _finished(self, req: Request) -> None:
+        """Tell the router a request it sent was answered or dropped."""
+        if isinstance(req.payload, tuple):
+            service, name = req.payload
+            decider = self._deciders.get(service)
+            if decider is not None:
+                decider.finished(name)
+
     def _route(self, service: int, req: Request) -> Replica | None:
+        if self._router == "decider":
+            return self._route_decider(service, req)
         ready = [r for r in self.by_service[service] if r.state == "active"]
         if not ready:
             return None
@@ -305,6 +381,7 @@ class Simulator:
 
     def _apply(self, target: Target, initial: bool) -> None:
         """Carry a target out make-before-break (see the module docstring)."""
+        self._routing_dirty = True
         self.recorder.planner_times_s.append(target.planner_time_s)
         ready_s = self.now_s if initial else self.now_s + self.config.model_load_s
         desired: dict[tuple[int, str, str], tuple[int, int, float, float]] = {}
@@ -381,6 +458,7 @@ class Simulator:
     def _ready(self, replica: Replica) -> None:
         if replica.state != "loading":
             return
+        self._routing_dirty = True
         replica.state = "active"
         old = replica.replaces
         if old is not None:
@@ -396,6 +474,7 @@ class Simulator:
     def _retire(self, replica: Replica) -> None:
         if replica.state == "gone":
             return
+        self._routing_dirty = True
         if replica.state == "loading":
             replica.state = "gone"
             if replica.owns_slot:

@@ -129,7 +129,11 @@ def accuracy_first_routing(
 
 
 class Accordion(ControlPolicy):
-    """Ours: planner + SloBatcher + weighted routing (fast loop on or off)."""
+    """Ours: planner + SloBatcher + weighted routing with the fast loop on or off.
+
+    `router="decider"` routes with the router's own `RoutingDecider` instead of the
+    simulator's built-in weighted router (see `SimConfig.router`).
+    """
 
     def __init__(
         self,
@@ -142,6 +146,7 @@ class Accordion(ControlPolicy):
         accuracy_first: bool = True,
         routing_headroom: float = 0.1,
         spare: bool = True,
+        router: str = "builtin",
         name: str | None = None,
     ) -> None:
         self.fast_loop = fast_loop
@@ -151,6 +156,7 @@ class Accordion(ControlPolicy):
         self._settings = settings
         self.accuracy_first = accuracy_first
         self.spare = spare
+        self.router = router
         self.routing_headroom = routing_headroom
         self.name = name or ("accordion" if fast_loop else "accordion-nofast")
 

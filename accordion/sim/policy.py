@@ -58,6 +58,10 @@ class ControlPolicy(ABC):
     name: str = "policy"
     replan_interval_s: float = 5.0
     fast_loop: bool = False
+    router: str = "builtin"
+    """``decider``: the router's `RoutingDecider` (ours); ``builtin``: plain weighted routing
+    (the baselines: their systems have no such router), plus the simulator's simple fast loop
+    when `fast_loop` is on."""
 
     def setup(self, view: SimView) -> None:
         """Called once before the run."""

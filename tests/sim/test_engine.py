@@ -97,3 +97,18 @@ def test_slo_batcher_drops_the_hopeless_instead_of_serving_late() -> None:
     assert s.late == 0
     assert s.dropped > 0
     assert s.ok > 0
+
+
+def test_the_routers_own_decider_drives_routing_and_conserves_requests() -> None:
+    arrivals = [i * 0.004 for i in range(1500)]
+    policy = Accordion(replan_interval_s=1.0, router="decider")
+    result = simulate(small_cluster(devices=2), workload(arrivals), policy)
+    s = result.summary
+    assert s.ok + s.late + s.dropped == len(arrivals)
+    assert s.ok > 0
+    again = simulate(
+        small_cluster(devices=2),
+        workload(arrivals),
+        Accordion(replan_interval_s=1.0, router="decider"),
+    )
+    assert again.outcome == result.outcome
