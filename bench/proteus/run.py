@@ -85,7 +85,7 @@ def ratios(results: list[SimResult]) -> str:
         else:
             factor = "inf" if s.violation_ratio > 0 else "1x"
         lines.append(
-            f"- vs {name}: {factor} fewer violations, accuracy "
+            f"- {name}: {factor} our violations, accuracy "
             f"{ours.effective_accuracy - s.effective_accuracy:+.2f} points"
         )
     return "\n".join(lines) + "\n"
@@ -171,7 +171,11 @@ def main() -> None:
             f"{len(workload)} requests, {40 * run.scale} devices\n\n"
             + markdown_table(results, bound)
             + f"\nOracle bound: serves {bound.served_fraction:.2%} at effective accuracy "
-            f"{bound.effective_accuracy:.2f}.\n\n" + ratios(results) + f"\n![{run.key}]({png})\n"
+            f"{bound.effective_accuracy:.2f}.\n\n"
+            + goals(run.key, results)
+            + "\n"
+            + ratios(results)
+            + f"\n![{run.key}]({png})\n"
         )
         (args.out / report).write_text("".join(sections))
     print(f"wrote {args.out / report}")
