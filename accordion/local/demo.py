@@ -41,7 +41,7 @@ class Phase:
 def default_phases(low: float = 25.0, high: float = 150.0) -> list[Phase]:
     return [
         Phase("low", 25.0, low, low),
-        Phase("ramp up", 20.0, low, high),
+        Phase("ramp up", 30.0, low, high),
         Phase("high", 25.0, high, high),
         Phase("ramp down", 10.0, high, low),
         Phase("low again", 45.0, low, low),
@@ -82,6 +82,23 @@ def profile_manifests(source: Path, out_dir: Path, batch_sizes: list[int]) -> Pa
     return out_dir
 
 
+def top_capacity_qps(manifests: Path) -> tuple[str, float, float]:
+    """(service, slo_ms, capacity) of one replica of the first service's most accurate variant,
+    as the planner computes it: the largest profiled batch whose worst case (waiting for the
+    previous batch, then running) fits the SLO."""
+    from accordion.operator.manifests import load
+
+    svc = sorted(load([manifests]).services, key=lambda s: s.key)[0]
+    slo_ms = svc.spec.slo.latency_ms
+    best = max(svc.spec.variants, key=lambda v: v.accuracy)
+    capacity = 0.0
+    for b in best.profiles[0].batches:
+        worst_ms = b.p99_ms or b.p90_ms or b.p50_ms
+        if 2 * worst_ms <= slo_ms:
+            capacity = max(capacity, b.batch_size / (worst_ms / 1000.0))
+    return svc.key.replace("/", "."), slo_ms, capacity
+
+
 # ------------------------------------------------------------------------------------ `up`
 
 
@@ -112,9 +129,22 @@ def wait_ready(proc: subprocess.Popen[bytes], run_dir: Path, timeout_s: float = 
         state = read_state(run_dir)
         ready = state.get("ready", {})
         if ready and all(ready.values()):
-            return str(next(iter(state["urls"].values())))
+            urls = [str(u) for u in state["urls"].values()]
+            if all(_router_ready(u) for u in urls):
+                return urls[0]
         time.sleep(0.2)
     raise TimeoutError(f"accordion up was not ready within {timeout_s:.0f}s; see {run_dir}")
+
+
+def _router_ready(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1.0) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def stop_up(proc: subprocess.Popen[bytes], run_dir: Path) -> list[int]:
@@ -160,7 +190,7 @@ async def drive(url: str, service: str, phases: list[Phase], slo_ms: float) -> l
             body=body,
             max_duration_s=phase.duration_s,
         )
-        summary = {"phase": phase.name, **report.summary()}
+        summary = {"phase": phase.name, **report.summary(), "statuses": report.statuses}
         print(f"demo:   {json.dumps(summary)}", flush=True)
         reports.append(summary)
     return reports
@@ -261,14 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifests", type=Path, default=EXAMPLES)
     parser.add_argument("--no-profile", action="store_true", help="use the committed profiles")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--low", type=float, default=25.0)
-    parser.add_argument("--high", type=float, default=150.0)
+    parser.add_argument("--low", type=float, help="req/s (default: 0.3 x the top capacity)")
+    parser.add_argument("--high", type=float, help="req/s (default: 1.8 x it, at most 150)")
     args = parser.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     manifests: Path = args.manifests
     if not args.no_profile:
-        manifests = profile_manifests(manifests, out / "manifests", [1, 2, 4])
+        manifests = profile_manifests(manifests, out / "manifests", [1, 2])
     run_dir = out / "run"
     for name in ("timeline.jsonl", "events.jsonl", "state.json"):
         (run_dir / name).unlink(missing_ok=True)
@@ -276,8 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = wait_ready(proc, run_dir)
         print(f"demo: accordion up is serving at {url}", flush=True)
-        phases = default_phases(args.low, args.high)
-        reports = asyncio.run(drive(url, "default.classifier", phases, slo_ms=100.0))
+        service, slo_ms, capacity = top_capacity_qps(manifests)
+        low = args.low or round(0.3 * capacity)
+        high = args.high or min(150.0, round(1.8 * capacity))
+        print(f"demo: the most accurate variant serves {capacity:.0f} req/s per replica here; "
+              f"ramp {low:g} -> {high:g} -> {low:g} req/s", flush=True)  # fmt: skip
+        phases = default_phases(low, high)
+        reports = asyncio.run(drive(url, service, phases, slo_ms=slo_ms))
     finally:
         leftover = stop_up(proc, run_dir) if proc.poll() is None else []
     timeline = read_jsonl(run_dir / "timeline.jsonl")

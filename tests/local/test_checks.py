@@ -111,3 +111,19 @@ def test_router_metrics_are_read_like_prometheus_would() -> None:
     assert histogram_quantile(0.9, c.latency_buckets) == pytest.approx(0.01 + 0.09 * 44.5 / 50)
     assert histogram_quantile(0.99, c.latency_buckets) == pytest.approx(0.1)  # in +Inf
     assert histogram_quantile(0.99, {}) is None
+
+
+def test_live_view_renders_before_the_first_tick(
+    tmp_path: Path, manifests: Callable[..., Path]
+) -> None:
+    from rich.console import Console
+
+    from accordion.local.view import render
+
+    rt = LocalRuntime([manifests()], tmp_path / "run", RuntimeSettings(base_port=free_port()))
+    console = Console(record=True, width=160)
+    console.print(render(rt))
+    text = console.export_text()
+    assert "default/classifier" in text
+    assert "starting" in text
+    assert "Ctrl-C stops everything" in text
