@@ -327,7 +327,8 @@ class SloBatcher(BatchingPolicy):
     * if the whole queue fits in the candidate, the cap is not reached and the batch is smaller
       than the one that keeps up with the recent arrival rate (`target_batch`), the batcher
       waits (LazyBatching) at most until the last moment at which one more request could still
-      join without the earliest deadline being missed: deadline_0 - L(n + 1) - margin. At low
+      join without the earliest deadline being missed, less a reserve (`lazy_reserve` of the
+      request's budget) for what a real machine adds: deadline_0 - L(n + 1) - reserve. At low
       load it does not wait at all: waiting would only add latency;
     * under backlog (more queued than that batch takes), front requests whose slack would
       force a batch smaller than the load needs (`needed_batch`) are dropped early (Nexus),
@@ -349,12 +350,14 @@ class SloBatcher(BatchingPolicy):
         lazy: bool = True,
         keepup: float = 1.5,
         rate_window_s: float = 1.0,
+        lazy_reserve: float = 0.25,
     ) -> None:
         super().__init__(max_batch_size)
         self.predictor = predictor
         self.margin_s = margin_s
         self.lazy = lazy
         self.keepup = keepup
+        self.lazy_reserve = lazy_reserve
         self.rate_window_s = rate_window_s
         self._arrivals: deque[float] = deque()
         self._queue: list[_Entry] = []
@@ -432,7 +435,9 @@ class SloBatcher(BatchingPolicy):
                 break
 
         if prefix == n and n < self.max_batch_size and self.lazy and n < self.target_batch(now_s):
-            latest_start = self._queue[0].deadline_s - self._lat(n + 1)
+            head = self._queue[0].request
+            reserve_s = self.lazy_reserve * (head.deadline_s - head.arrival_s)
+            latest_start = head.deadline_s - self._lat(n + 1) - reserve_s
             if latest_start > now_s:
                 return Decision(dropped=dropped, wake_at_s=latest_start)
 
