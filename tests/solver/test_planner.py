@@ -91,8 +91,9 @@ def test_plans_stay_within_devices_capacity_and_floors(
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.floats(0, 300), min_size=1, max_size=4))
+@given(st.lists(st.just(0.0) | st.floats(0.001, 300), min_size=1, max_size=4))
 def test_all_demand_is_served_when_the_cluster_can(demands: list[float]) -> None:
+    # (Demand below the solvers' tolerances, a relative 1e-6 of the total, is noise: excluded.)
     # One fast replica serves 160 QPS: give each service enough devices for its demand alone.
     devices = sum(math.ceil(d / 160) for d in demands)
     problem = _problem(
