@@ -179,12 +179,20 @@ utilization 1.0, the largest batch whose worst case (2 x p50) fits the SLO. Prot
 uses floor(B * 1000 / latency_ms(B)) as the device throughput; its post-solve upgrade of idle
 devices is not applied (it changes no served traffic).
 
-Accordion: LP relaxation of the four lexicographic stages (GLOP), rounding, a routing LP, and a
-full MILP (SCIP) polish when the rounding misses the gap goal on small problems (<= 400
-options). Gap: served and accuracy stages against the LP relaxation's bound, a conservative
-proof of optimality. Proteus: per-device binaries with McCormick-linearized routing, SCIP, MIP gap
-0.5, beta back-off from 1.05; "skipped" where the per-device model (devices x variants binaries)
-cannot be built and solved within the benchmark's budget.
+Accordion (settings: p50, utilization 1.0, relative_gap 0.5%, time_limit 10 s, polish 2 s):
+LP relaxation of the four lexicographic stages (GLOP), rounding, a routing LP; when that misses
+the gap goal, a greedy fill and (large problems) LP diving, then a MILP polish (SCIP; full MILP
+up to 400 options, else a window around the LP's counts). Gap: served and accuracy stages
+against the LP relaxation's bound (tightened by the full MILP's bound where it ran): a
+conservative bound on the distance to the optimum, not the distance itself.
+
+Proteus: per-device binaries with McCormick-linearized routing (exact), SCIP (OR-Tools' CP-SAT
+backend, tried too, wrongly reports this model infeasible after scaling its continuous
+variables), MIP gap 0.5, beta back-off from 1.05, 60 s limit (the artifact: Gurobi, 500 s).
+"NO_SOLUTION (hit time limit)": SCIP found no feasible allocation at beta 1.05 or 1.0 within
+the limit, so the speed-up is a lower bound. "skipped": the per-device model (devices x
+variants binaries, over 10^5 at 400 devices) cannot be solved within the benchmark's budget.
+Times on a 2-core machine shared with other work: expect +-50% noise between runs.
 """
 
 
