@@ -91,6 +91,8 @@ def ratios(results: list[SimResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+NOTES_FILE = Path(__file__).with_name("NOTES.md")
+
 GOALS = {"zipf-p50": 0.01, "zipf-dist": 0.01, "normal-1.5x-p50": 0.02}
 
 
@@ -178,6 +180,8 @@ def main() -> None:
             + f"\n![{run.key}]({png})\n"
         )
         (args.out / report).write_text("".join(sections))
+    if report == "proteus.md" and NOTES_FILE.exists():
+        (args.out / report).write_text("".join(sections) + NOTES_FILE.read_text())
     print(f"wrote {args.out / report}")
 
 
