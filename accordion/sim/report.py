@@ -114,6 +114,9 @@ def plot(path: Path, results: Sequence[SimResult], title: str, smooth_s: int = 5
             vio_y.append(100.0 * bad / demand if demand else 0.0)
         axes[1].plot(acc_x, acc_y, linewidth=0.8, label=r.summary.policy)
         axes[2].plot(xs, vio_y, linewidth=0.8, label=r.summary.policy)
+    if results:
+        peak = max((s.demand for s in results[0].seconds), default=1)
+        axes[0].set_ylim(0, 3 * peak)  # a fixed-variant baseline's capacity can dwarf demand
     axes[0].set_ylabel("QPS (capacity: planned)")
     axes[1].set_ylabel(f"effective accuracy ({smooth_s} s)")
     axes[2].set_ylabel(f"violations % ({smooth_s} s)")
