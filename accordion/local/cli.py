@@ -10,12 +10,13 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from accordion.local.actuator import Event
-from accordion.local.runtime import LocalModeError, LocalRuntime, RuntimeSettings
+if TYPE_CHECKING:  # the runtime (aiohttp, the operator's loop) loads only when `up` runs
+    from accordion.local.actuator import Event
+    from accordion.local.runtime import RuntimeSettings
 
 
 async def run_up(
@@ -27,6 +28,7 @@ async def run_up(
     duration_s: float | None,
 ) -> None:
     """Start the runtime, draw it, stop everything on SIGINT/SIGTERM."""
+    from accordion.local.runtime import LocalRuntime
 
     def print_event(ev: Event) -> None:
         if not live_view:
@@ -79,6 +81,8 @@ def up_command(
     """Run the InferenceServices of some manifests on this machine: a router and worker
     processes per service on loopback, real torch models on the CPU, planned and re-planned
     by the operator's control loop from measured demand."""
+    from accordion.local.runtime import LocalModeError, RuntimeSettings
+
     directory = run_dir or Path(tempfile.mkdtemp(prefix="accordion-up-"))
     settings = RuntimeSettings(
         base_port=port,

@@ -38,13 +38,28 @@ def die_with_parent() -> None:
         sys.exit(0)  # the parent died before the death signal was armed
 
 
+def _normal_priority() -> None:
+    """Back to nice 0 for the calling thread (needs the privilege to lower niceness)."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+
+
 async def _run_worker(config: WorkerConfig, private_port: int) -> None:
     from aiohttp import web
 
     from accordion.workers.server import Worker, create_app
 
-    runner = web.AppRunner(create_app(Worker(config)))
+    # Load and warm up at low priority: on a small machine a starting worker must not slow
+    # down the one that serves meanwhile (make before break). Niceness is per thread on Linux,
+    # and the model thread is created during the warm-up, so both go back to normal after it.
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    worker = Worker(config)
+    runner = web.AppRunner(create_app(worker))
     await runner.setup()  # loads and warms up the model (the app's startup)
+    _normal_priority()
+    with contextlib.suppress(Exception):
+        worker.runner._executor.submit(_normal_priority).result()
     shared = web.TCPSite(runner, config.host, config.port, reuse_port=True)
     private = web.TCPSite(runner, config.host, private_port)
     await shared.start()
