@@ -323,7 +323,15 @@ def write_results(
     for r in results:
         pts = ", ".join(f"{rate:.0f}/s: {att:.1%}" for rate, att in r.curve)
         lines.append(f"- {r.label}: {pts}")
-    lines += ["", "![attainment vs rate](batching.png)", ""]
+    lines += [
+        "",
+        "![attainment vs rate](batching.png)",
+        "",
+        "See also `batching-sim.md` (the same policy objects on simulated time with the "
+        "idle-machine profile: repeatable, free of the background load) and "
+        "`batching-fastloop.md` (the router's fast loop against weights-only routing).",
+        "",
+    ]
     (RESULTS / "batching.md").write_text("\n".join(lines))
     (RESULTS / "batching.json").write_text(
         json.dumps(
