@@ -229,3 +229,20 @@ def test_large_problems_keep_every_limit() -> None:
     assert math.isclose(
         served + sum(s.unserved_qps for s in result.services), sum(s.demand_qps for s in services)
     )
+
+
+def test_replanning_the_same_problem_changes_nothing() -> None:
+    problem = _problem(
+        [_service(f"s{i}", 23.0 * i + 9, priority=1 + i % 2) for i in range(6)],
+        {"gpu": (9, 1.0)},
+    )
+    first = plan(problem)
+    running = [
+        Allocation(service=r.service, variant=r.variant, pool=r.pool, replicas=r.replicas)
+        for r in first.rows
+    ]
+    second = plan(problem.model_copy(update={"current": running}))
+    assert second.stats.change == 0
+    assert [(r.service, r.variant, r.pool, r.replicas) for r in second.rows] == [
+        (r.service, r.variant, r.pool, r.replicas) for r in first.rows
+    ]

@@ -72,6 +72,13 @@ def plan(problem: Problem) -> Plan:
     gap = _gap(lp_result, result)
     small = len(opts) <= FULL_MILP_MAX_OPTIONS
     tolerance = SMALL_GAP if small else problem.settings.relative_gap
+    running = [current.get(k, 0) for k in range(len(opts))]
+    if current and _fits(problem, opts, running):
+        # Re-plans are mostly small changes: what runs now wins every tie within the gap goal.
+        candidate, candidate_result = _routed(problem, opts, current, running, deadline)
+        if len(candidate_result.values) == 4 and not _better(result, candidate_result, tolerance):
+            best, result = candidate, candidate_result
+            gap = _gap(lp_result, result)
     if gap > problem.settings.relative_gap:
         # Where replicas are big next to each service's demand, the LP spreads fractions of
         # them over many services and rounding down strands the rest: fill greedily instead.
@@ -112,6 +119,14 @@ def plan(problem: Problem) -> Plan:
                     lp_result.bounds[stage] = min(lp_result.bounds[stage], bound)
             gap = _gap(lp_result, result)
     return _assemble(problem, opts, excluded, best, current, orphaned, result, gap, started)
+
+
+def _fits(problem: Problem, opts: list[Option], replicas: list[int]) -> bool:
+    """Whether `replicas` stay within every pool's devices."""
+    used = [0] * len(problem.pools)
+    for o, n in zip(opts, replicas, strict=True):
+        used[o.pool] += n
+    return all(u <= pool.devices for u, pool in zip(used, problem.pools, strict=True))
 
 
 def _routed(
