@@ -204,7 +204,16 @@ def _plot(rows: list[Row], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ours = [(r.devices, r.ours.stats.solve_time_s) for r in rows]
-    base = [(r.devices, r.base.solve_time_s) for r in rows if r.base is not None]
+    base = [
+        (r.devices, r.base.solve_time_s)
+        for r in rows
+        if r.base is not None and r.base.status != "NO_SOLUTION"
+    ]
+    failed = [
+        (r.devices, r.base.solve_time_s)
+        for r in rows
+        if r.base is not None and r.base.status == "NO_SOLUTION"
+    ]
     ax.scatter(*zip(*ours, strict=True), label="Accordion (LP + rounding + polish)", marker="o")
     if base:
         ax.scatter(
@@ -212,6 +221,14 @@ def _plot(rows: list[Row], path: Path) -> None:
             label="Proteus allocator (per-device MILP, SCIP)",
             marker="x",
             color="red",
+        )
+    if failed:
+        ax.scatter(
+            *zip(*failed, strict=True),
+            label="Proteus allocator: no plan within its limit",
+            marker="^",
+            facecolors="none",
+            edgecolors="red",
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
