@@ -25,31 +25,38 @@ def _fmt(value: float | None, spec: str, unit: str = "") -> str:
 
 def render(rt: LocalRuntime, max_events: int = 8) -> Group:
     """One frame of the view."""
-    table = Table(expand=True, title=f"accordion up · {len(rt.world.services)} service(s)")
-    for col in ("service", "demand", "capacity", "variants (ready/planned, weight)",
-                "accuracy", "p99 / SLO", "violations", "re-plans"):  # fmt: skip
+    table = Table(
+        expand=True,
+        title=f"accordion up · {len(rt.world.services)} service(s)",
+        caption="variants: ready/planned replicas and routing weight; accuracy: planned "
+        "(plan) and delivered within the SLO (served)",
+    )
+    table.add_column("service", no_wrap=True)
+    for col in ("demand", "capacity", "variants", "accuracy", "p99/SLO", "violations",
+                "re-plans"):  # fmt: skip
         table.add_column(col)
     for key in sorted(rt.world.services):
         s = rt.latest.get(key)
         stats = rt.stats[key]
         if s is None:
-            table.add_row(key, "starting…")
+            table.add_row(key.split("/", 1)[1], "starting…")
             continue
         variants = []
         for backend in sorted(set(s.replicas) | set(s.ready)):
             planned = s.replicas.get(backend, 0)
             w = s.weights.get(backend, 0.0)
-            variants.append(f"{backend} {s.ready.get(backend, 0)}/{planned} w={w:.2f}")
-        p99 = Text(f"{_fmt(s.p99_ms, '.0f', 'ms')} / {s.slo_ms:g}ms")
+            name = backend.split("@", 1)[0]
+            variants.append(f"{name} {s.ready.get(backend, 0)}/{planned} w={w:.2f}")
+        p99 = Text(f"{_fmt(s.p99_ms, '.0f', 'ms')}\n/{s.slo_ms:g}ms")
         if s.p99_ms is not None and s.p99_ms > s.slo_ms:
             p99.stylize("bold red")
         attainment = stats.ok / stats.requests if stats.requests else 1.0
-        viol = Text(f"{s.violations_qps:.1f}/s · {attainment:.2%} ok")
+        viol = Text(f"{s.violations_qps:.1f}/s\n{attainment:.2%} ok")
         if s.violations_qps > 0:
             viol.stylize("red")
         table.add_row(
-            key,
-            f"{s.demand_qps:.1f}/s (est {s.estimate_qps:.1f})",
+            key.split("/", 1)[1],
+            f"{s.demand_qps:.1f}/s\nest {s.estimate_qps:.1f}",
             f"{s.capacity_qps:.0f}/s",
             "\n".join(variants) or "-",
             f"{_fmt(s.planned_accuracy, '.2f')} plan\n{_fmt(s.served_accuracy, '.2f')} served",

@@ -124,6 +124,6 @@ def test_live_view_renders_before_the_first_tick(
     console = Console(record=True, width=160)
     console.print(render(rt))
     text = console.export_text()
-    assert "default/classifier" in text
+    assert "classifier" in text
     assert "starting" in text
     assert "Ctrl-C stops everything" in text
