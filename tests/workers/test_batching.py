@@ -101,8 +101,10 @@ PROFILE = {b: LAT(b) for b in (1, 2, 4, 8, 16, 32)}
 SLO = 0.100
 
 
-def slo_batcher(profile: dict[int, float] | None = None, cap: int = 32) -> SloBatcher:
-    return SloBatcher(cap, LatencyPredictor(profile or PROFILE), margin_s=0.0)
+def slo_batcher(
+    profile: dict[int, float] | None = None, cap: int = 32, lazy: bool = False
+) -> SloBatcher:
+    return SloBatcher(cap, LatencyPredictor(profile or PROFILE), margin_s=0.0, lazy=lazy)
 
 
 def test_predictor_interpolates_and_extrapolates() -> None:
@@ -148,13 +150,13 @@ def test_slo_batcher_chooses_largest_feasible_batch() -> None:
 
 
 def test_slo_batcher_does_not_wait_at_low_load() -> None:
-    policy = slo_batcher()
+    policy = slo_batcher(lazy=True)
     policy.enqueue(Request(0, 0.0, 0.100), 0.0)
     assert len(policy.decide(0.0).batch) == 1
 
 
 def test_slo_batcher_waits_lazily_but_not_past_a_deadline() -> None:
-    policy = slo_batcher()
+    policy = slo_batcher(lazy=True)
     for k in range(500):  # a recent arrival rate of 500/s: batches of 1 cannot keep up
         policy.enqueue(Request(k, k * 0.002, 10.0), k * 0.002)
     while policy.queue_depth:
@@ -192,9 +194,10 @@ def test_slo_batcher_drops_while_busy_what_cannot_run_after_current_batch() -> N
     assert not d.batch
 
 
+@pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize("rate", [50.0, 300.0, 700.0])
-def test_slo_batcher_meets_every_deadline_under_sustainable_load(rate: float) -> None:
-    out = simulate(slo_batcher(), poisson(rate, 3000), SLO, LAT)
+def test_slo_batcher_meets_every_deadline_under_sustainable_load(rate: float, lazy: bool) -> None:
+    out = simulate(slo_batcher(lazy=lazy), poisson(rate, 3000), SLO, LAT)
     assert out.late == 0
     assert out.dropped == 0
     assert out.ok == 3000

@@ -81,7 +81,7 @@ class LatencyPredictor:
         profile_s: Mapping[int, float],
         *,
         window: int = 64,
-        quantile: float = 0.9,
+        quantile: float = 0.75,
         min_samples: int = 4,
         clip: float = 4.0,
     ) -> None:
@@ -324,12 +324,15 @@ class SloBatcher(BatchingPolicy):
     * requests that would miss their deadline even alone (now + L(1) > deadline) are dropped;
     * of the EDF queue, the largest prefix (up to the cap) whose predicted latency L(b) still
       lands before its earliest deadline is the candidate batch;
-    * if the whole queue fits in the candidate, the cap is not reached and the batch is smaller
+    * (only with `lazy`, off by default) if the whole queue fits in the candidate, the cap is
+      not reached and the batch is smaller
       than the one that keeps up with the recent arrival rate (`target_batch`), the batcher
       waits (LazyBatching) at most until the last moment at which one more request could still
       join without the earliest deadline being missed, less a reserve (`lazy_reserve` of the
       request's budget) for what a real machine adds: deadline_0 - L(n + 1) - reserve. At low
-      load it does not wait at all: waiting would only add latency;
+      load it does not wait at all: waiting would only add latency. Off by default because,
+      measured (bench/batching/policy_sim.py), it buys no throughput once batches form under
+      load, and it spends the slack that absorbs latency noise on a real machine;
     * under backlog (more queued than that batch takes), front requests whose slack would
       force a batch smaller than the load needs (`needed_batch`) are dropped early (Nexus),
       provided enough requests remain to fill the needed batch: serving them would shrink
@@ -347,7 +350,7 @@ class SloBatcher(BatchingPolicy):
         predictor: LatencyPredictor,
         *,
         margin_s: float = 0.0,
-        lazy: bool = True,
+        lazy: bool = False,
         keepup: float = 1.5,
         rate_window_s: float = 1.0,
         lazy_reserve: float = 0.25,
@@ -536,4 +539,6 @@ def make_policy(
         window=config.predictor_window,
         quantile=config.predictor_quantile,
     )
-    return SloBatcher(config.max_batch_size, predictor, margin_s=config.margin_ms / 1000.0)
+    return SloBatcher(
+        config.max_batch_size, predictor, margin_s=config.margin_ms / 1000.0, lazy=config.lazy
+    )

@@ -36,8 +36,11 @@ class BatchingConfig(_Model):
     margin_ms: float = Field(
         2.0, ge=0, description="SLO batcher: safety margin added to every latency prediction."
     )
+    lazy: bool = Field(
+        False, description="SLO batcher: wait (LazyBatching) for larger batches when it is safe."
+    )
     predictor_window: int = Field(64, ge=1)
-    predictor_quantile: float = Field(0.9, gt=0, le=1)
+    predictor_quantile: float = Field(0.75, gt=0, le=1)
     max_queue: int = Field(
         1024, ge=1, description="Admission bound: beyond it, requests are shed with 503."
     )
