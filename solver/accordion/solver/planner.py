@@ -106,6 +106,10 @@ def plan(problem: Problem) -> Plan:
             ]
         milp = StagedModel(problem, opts, current, integer=True, bounds=bounds)
         served_gap = SMALL_GAP if small else None
+        if not small and _stage_gap(lp_result, result, 0) <= problem.settings.relative_gap:
+            # Served is already within the goal: take the start as it is, spend the time on
+            # accuracy.
+            served_gap = 1.0
         polish_deadline = min(deadline, time.perf_counter() + problem.settings.polish_time_s)
         polished, polished_result = milp.run_stages(polish_deadline, best, 2, served_gap)
         if polished_result.values:  # at least the served stage finished in time
@@ -165,6 +169,14 @@ def _better(a: StageResult, b: StageResult, tolerance: float) -> bool:
         if sign * (y - x) > tol:
             return False
     return False
+
+
+def _stage_gap(lp: StageResult, found: StageResult, stage: int) -> float:
+    """Relative gap of one stage's value against the LP relaxation's bound."""
+    if len(found.values) <= stage or len(lp.bounds) <= stage:
+        return 1.0
+    bound = lp.bounds[stage]
+    return max(0.0, bound - found.values[stage]) / max(abs(bound), 1e-9)
 
 
 def _gap(lp: StageResult, milp: StageResult) -> float:
