@@ -116,6 +116,8 @@ class RouterProc:
     table_path: Path
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    model: str = ""
+    """The name the router serves (`/v2/models/<model>/infer`), from its routing table."""
 
 
 class ProcessActuator:
@@ -149,6 +151,13 @@ class ProcessActuator:
         if self.on_event is not None:
             self.on_event(ev)
 
+    def _port(self) -> int:
+        """A free port that is not a router's (routers start later than the first workers)."""
+        reserved = set(self.router_ports.values())
+        while (port := free_port()) in reserved:
+            continue
+        return port
+
     def url_for(self, key: WorkerKey) -> str:
         return f"http://{HOST}:{self.groups[key].port}"
 
@@ -180,7 +189,7 @@ class ProcessActuator:
         config = spec.worker_config(host=HOST, port=group.port)
         path = self.run_dir / "config" / f"worker.{name}.{spec.digest()}.json"
         path.write_text(config.model_dump_json(indent=2))
-        private = free_port()
+        private = self._port()
         proc = await self._spawn(["worker", str(path), str(private)], f"worker.{name}.log")
         group.replicas.append(Replica(proc, spec, private, self.clock()))
 
@@ -221,7 +230,7 @@ class ProcessActuator:
     async def _ensure(self, spec: WorkerSpec) -> None:
         group = self.groups.get(spec.key)
         if group is None:
-            group = self.groups[spec.key] = Group(spec, free_port())
+            group = self.groups[spec.key] = Group(spec, self._port())
             self.event(
                 spec.key.service,
                 "Normal",
@@ -246,6 +255,7 @@ class ProcessActuator:
                 port = self.router_ports[step.service]
                 path = self.run_dir / "config" / f"routing.{service_slug(step.service)}.json"
                 router = self.routers[step.service] = RouterProc(step.service, port, path)
+            router.model = table.service
             text = table.model_dump_json(indent=2)
             if not router.table_path.exists() or router.table_path.read_text() != text:
                 tmp = router.table_path.with_suffix(".tmp")
@@ -263,7 +273,10 @@ class ProcessActuator:
             ["router", str(router.table_path), str(router.port)], f"router.{slug}.log"
         )
         self.event(
-            router.service, "Normal", "RouterStarted", f"http://{HOST}:{router.port} ({slug})"
+            router.service,
+            "Normal",
+            "RouterStarted",
+            f"POST http://{HOST}:{router.port}/v2/models/{router.model}/infer",
         )
 
     # -- the Deployment controller ---------------------------------------------------------------
@@ -332,7 +345,7 @@ class ProcessActuator:
         """What runs, for `state.json` (tests and the demo read it)."""
         return {
             "routers": {
-                s: {"port": r.port, "pid": r.proc.pid if r.proc else None}
+                s: {"port": r.port, "pid": r.proc.pid if r.proc else None, "model": r.model}
                 for s, r in self.routers.items()
             },
             "workers": [

@@ -6,6 +6,7 @@ Exposed as `up_command`, a typer-compatible function: ``app.command("up")(up_com
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import tempfile
@@ -83,6 +84,7 @@ def up_command(
     by the operator's control loop from measured demand."""
     from accordion.local.runtime import LocalModeError, RuntimeSettings
 
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     directory = run_dir or Path(tempfile.mkdtemp(prefix="accordion-up-"))
     settings = RuntimeSettings(
         base_port=port,

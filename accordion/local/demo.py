@@ -96,7 +96,7 @@ def top_capacity_qps(manifests: Path) -> tuple[str, float, float]:
         worst_ms = b.p99_ms or b.p90_ms or b.p50_ms
         if 2 * worst_ms <= slo_ms:
             capacity = max(capacity, b.batch_size / (worst_ms / 1000.0))
-    return svc.key.replace("/", "."), slo_ms, capacity
+    return svc.key, slo_ms, capacity
 
 
 # ------------------------------------------------------------------------------------ `up`
@@ -120,8 +120,11 @@ def read_state(run_dir: Path) -> dict[str, Any]:
     return state
 
 
-def wait_ready(proc: subprocess.Popen[bytes], run_dir: Path, timeout_s: float = 90.0) -> str:
-    """Wait until every service has a router and a ready worker; return the first router URL."""
+def wait_ready(
+    proc: subprocess.Popen[bytes], run_dir: Path, timeout_s: float = 90.0
+) -> tuple[str, str]:
+    """Wait until every service has a router and a ready worker; return the first service's
+    router URL and the model name it serves (`/v2/models/<name>/infer`)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -129,30 +132,40 @@ def wait_ready(proc: subprocess.Popen[bytes], run_dir: Path, timeout_s: float = 
         state = read_state(run_dir)
         ready = state.get("ready", {})
         if ready and all(ready.values()):
-            urls = [str(u) for u in state["urls"].values()]
-            if all(_router_ready(u) for u in urls):
-                return urls[0]
+            routers = state.get("routers", {})
+            urls = {str(k): str(u) for k, u in state["urls"].items()}
+            names = {k: str(routers.get(k, {}).get("model", "")) for k in urls}
+            if all(names.values()) and all(_router_ready(urls[k], names[k]) for k in urls):
+                first = sorted(urls)[0]
+                return urls[first], names[first]
         time.sleep(0.2)
     raise TimeoutError(f"accordion up was not ready within {timeout_s:.0f}s; see {run_dir}")
 
 
-def _router_ready(url: str) -> bool:
+def _router_ready(url: str, service: str) -> bool:
+    """The service's router (not anything else on that port) answers and is ready."""
     import urllib.error
     import urllib.request
 
     try:
+        with urllib.request.urlopen(f"{url}/v2/models/{service}", timeout=1.0) as resp:
+            meta = json.loads(resp.read())
         with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1.0) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
+            ready = resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
         return False
+    return bool(ready and meta.get("platform") == "accordion-router")
 
 
-def stop_up(proc: subprocess.Popen[bytes], run_dir: Path) -> list[int]:
-    """SIGTERM `up`, wait for it; return the pids of children still alive (should be none)."""
+def stop_up(
+    proc: subprocess.Popen[bytes], run_dir: Path, sig: signal.Signals = signal.SIGTERM
+) -> list[int]:
+    """Signal `up` (SIGTERM, or SIGINT as Ctrl-C sends), wait for it; return the pids of its
+    children still alive (there should be none)."""
     state = read_state(run_dir)
     pids = [int(r["pid"]) for r in state.get("routers", {}).values() if r.get("pid")]
     pids += [p for w in state.get("workers", []) for p in w.get("pids", [])]
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     proc.wait(timeout=30)
     alive = []
     for pid in pids:
@@ -316,15 +329,15 @@ def main(argv: list[str] | None = None) -> int:
     # climbs back within the demo's low phase.
     proc = start_up(manifests, run_dir, args.port, ["--fall-half-life-s", "10"])
     try:
-        url = wait_ready(proc, run_dir)
+        url, model = wait_ready(proc, run_dir)
         print(f"demo: accordion up is serving at {url}", flush=True)
-        service, slo_ms, capacity = top_capacity_qps(manifests)
+        _, slo_ms, capacity = top_capacity_qps(manifests)
         low = args.low or round(0.25 * capacity)
         high = args.high or min(150.0, round(1.8 * capacity))
         print(f"demo: the most accurate variant serves {capacity:.0f} req/s per replica here; "
               f"ramp {low:g} -> {high:g} -> {low:g} req/s", flush=True)  # fmt: skip
         phases = default_phases(low, high)
-        reports = asyncio.run(drive(url, service, phases, slo_ms=slo_ms))
+        reports = asyncio.run(drive(url, model, phases, slo_ms=slo_ms))
     finally:
         leftover = stop_up(proc, run_dir) if proc.poll() is None else []
     timeline = read_jsonl(run_dir / "timeline.jsonl")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import sys
@@ -76,6 +77,8 @@ async def _run_worker(config: WorkerConfig, private_port: int) -> None:
 
 def main(argv: list[str]) -> int:
     die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # probes, every second
     if len(argv) == 3 and argv[0] == "worker":
         from accordion.workers.config import WorkerConfig
 

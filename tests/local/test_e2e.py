@@ -25,8 +25,6 @@ from accordion.local.demo import (
 )
 from tests.local.conftest import UpFactory
 
-SERVICE = "default.classifier"
-
 
 def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
@@ -54,16 +52,17 @@ def test_accuracy_scales_down_past_capacity_and_back_up(
     manifests: Callable[..., Path], up: UpFactory
 ) -> None:
     proc, run_dir = up(manifests(), "--interval-s", "0.5", "--fall-half-life-s", "2")
-    url = wait_ready(proc, run_dir, timeout_s=60)
+    url, model = wait_ready(proc, run_dir, timeout_s=60)
     phases = [
         Phase("low", 4.0, 8.0, 8.0),
         Phase("ramp up", 16.0, 8.0, 60.0),  # demo-xl is planned for 50 req/s: past its capacity
         Phase("high", 6.0, 60.0, 60.0),
         Phase("low again", 14.0, 8.0, 8.0),
     ]
-    reports = asyncio.run(drive(url, SERVICE, phases, slo_ms=100.0))
+    reports = asyncio.run(drive(url, model, phases, slo_ms=100.0))
     state = read_state(run_dir)
-    leftover = stop_up(proc, run_dir)
+    leftover = stop_up(proc, run_dir, signal.SIGINT)  # Ctrl-C
+    assert proc.returncode == 0
     assert leftover == []
 
     timeline = read_jsonl(run_dir / "timeline.jsonl")
@@ -95,7 +94,7 @@ def test_dead_worker_is_noticed_rerouted_and_replaced(
 ) -> None:
     # 30 req/s planned with 100% headroom is past one demo-xl replica: two share a port.
     proc, run_dir = up(manifests(devices=2, qps=30), "--interval-s", "0.5")
-    url = wait_ready(proc, run_dir, timeout_s=60)
+    url, model = wait_ready(proc, run_dir, timeout_s=60)
 
     def xl() -> dict[str, Any]:
         workers = read_state(run_dir).get("workers", [])
@@ -105,7 +104,7 @@ def test_dead_worker_is_noticed_rerouted_and_replaced(
     victim = xl()["pids"][0]
 
     async def load_while_killing() -> list[dict[str, Any]]:
-        task = asyncio.create_task(drive(url, SERVICE, [Phase("steady", 12.0, 8, 8)], 100.0))
+        task = asyncio.create_task(drive(url, model, [Phase("steady", 12.0, 8, 8)], 100.0))
         await asyncio.sleep(2.0)  # let the load run before the failure (load, not a wait)
         os.kill(victim, signal.SIGKILL)
         return await task
