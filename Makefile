@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 COMPONENTS := solver workers operator
 SRC := solver/accordion workers/accordion operator/accordion accordion
 
-.PHONY: install tools demo test lint types layering unit crds check-crds bench bench-solver clean images
+.PHONY: observability check-observability install tools demo test lint types layering unit crds check-crds bench bench-solver clean images
 
 $(STAMP): pyproject.toml solver/pyproject.toml workers/pyproject.toml operator/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ demo: install
 		--demand default/image-classifier=900 --demand default/sentiment=400
 
 ## The whole suite: lint, types, layering, CRDs in sync, tests.
-test: install tools lint types layering check-crds unit
+test: install tools lint types layering check-crds check-observability unit
 
 lint: install
 	$(BIN)/ruff check .
@@ -63,6 +63,13 @@ crds: install
 
 check-crds: install
 	$(BIN)/accordion crds --check crds
+
+## Regenerate the chart's alert rules and dashboards from accordion/observability.
+observability: install
+	$(PY) -m accordion.observability.generate
+
+check-observability: install
+	$(PY) -m accordion.observability.generate --check
 
 bench-solver: install
 	$(PY) bench/solver/run.py
