@@ -95,7 +95,9 @@ class LatencyPredictor:
         self._min_samples = min_samples
         self._clip = clip
         self._samples: dict[int, deque[float]] = {}
-        self._cache: dict[int, float] = {}
+        self._estimates: dict[int, float] = {}
+        self._curve: list[float] = []  # predictions for batch sizes 1, 2, ...
+        self._correction: float | None = None
 
     def base_s(self, batch_size: int) -> float:
         """The profile's latency for `batch_size` (interpolated or extrapolated)."""
@@ -117,19 +119,18 @@ class LatencyPredictor:
         return l0 + slope * (batch_size - b0)
 
     def _own_estimate(self, batch_size: int) -> float | None:
-        window = self._samples.get(batch_size)
-        if window is None or len(window) < self._min_samples:
-            return None
+        return self._estimates.get(batch_size)
+
+    def _update_estimate(self, batch_size: int) -> None:
+        window = self._samples[batch_size]
+        if len(window) < self._min_samples:
+            return
         ordered = sorted(window)
         rank = min(len(ordered) - 1, math.ceil(self._quantile * len(ordered)) - 1)
-        return ordered[max(0, rank)]
+        self._estimates[batch_size] = ordered[max(0, rank)]
 
     def _global_correction(self) -> float:
-        ratios = []
-        for b in self._samples:
-            own = self._own_estimate(b)
-            if own is not None:
-                ratios.append(own / self.base_s(b))
+        ratios = [own / self.base_s(b) for b, own in self._estimates.items()]
         if not ratios:
             return 1.0
         ratios.sort()
@@ -137,17 +138,18 @@ class LatencyPredictor:
 
     def predict_s(self, batch_size: int) -> float:
         """Predicted latency of a batch of `batch_size` (seconds)."""
-        cached = self._cache.get(batch_size)
-        if cached is not None:
-            return cached
-        correction = self._global_correction()
-        best = 0.0
-        for b in range(1, batch_size + 1):
+        curve = self._curve
+        if batch_size <= len(curve):
+            return curve[batch_size - 1]
+        if self._correction is None:
+            self._correction = self._global_correction()
+        best = curve[-1] if curve else 0.0
+        for b in range(len(curve) + 1, batch_size + 1):
             own = self._own_estimate(b)
-            value = own if own is not None else self.base_s(b) * correction
+            value = own if own is not None else self.base_s(b) * self._correction
             best = max(best, value)
-            self._cache.setdefault(b, best)
-        return self._cache[batch_size]
+            curve.append(best)
+        return curve[batch_size - 1]
 
     def observe(self, batch_size: int, latency_s: float) -> None:
         """Record one observed execution latency."""
@@ -156,7 +158,9 @@ class LatencyPredictor:
         current = self.predict_s(batch_size)
         clipped = min(max(latency_s, current / self._clip), current * self._clip)
         self._samples.setdefault(batch_size, deque(maxlen=self._window)).append(clipped)
-        self._cache.clear()
+        self._update_estimate(batch_size)
+        self._curve.clear()
+        self._correction = None
 
 
 class BatchingPolicy(ABC):
@@ -429,7 +433,7 @@ class SloBatcher(BatchingPolicy):
         if not self._queue:
             return Decision(dropped=dropped)
         n = len(self._queue)
-        cap = min(n, self.max_batch_size)
+        cap = min(n, self.slo_batch(now_s))
         slack = self._queue[0].deadline_s - now_s
         prefix = 1
         for b in range(cap, 0, -1):
@@ -456,20 +460,32 @@ class SloBatcher(BatchingPolicy):
         del self._queue[:prefix]
         return self._dispatch(now_s, chosen, dropped)
 
+    def slo_batch(self, now_s: float) -> int:
+        """The largest batch whose worst case fits the requests' budget (the queue head's):
+        running it plus waiting for the previous batch or for its members to arrive, whichever
+        is shorter (no limit while no arrival is expected during the batch). Larger batches would
+        make the requests behind them late; with calibrated predictions this is the planner's
+        capacity rule, applied online."""
+        head = self._queue[0].request
+        budget_s = head.deadline_s - head.arrival_s
+        rate = self.arrival_rate(now_s)
+        best = 1
+        for b in range(1, self.max_batch_size + 1):
+            latency_s = self._lat(b)
+            collect_s = b / rate if rate > 0 else math.inf
+            # Nobody is expected to arrive during the batch: nobody to make late.
+            if rate * latency_s < 1.0 or latency_s + min(latency_s, collect_s) <= budget_s:
+                best = b
+            else:
+                break
+        return best
+
     def needed_batch(self, now_s: float) -> int:
         """The batch size the load needs: the smallest that keeps up with the arrival rate, at
         most the largest whose worst case (waiting for the previous batch or for its members to
         arrive, then running) fits the requests' latency budget (the queue head's)."""
-        head = self._queue[0].request
-        budget_s = head.deadline_s - head.arrival_s
         rate = self.arrival_rate(now_s)
-        slo_batch = 1
-        for b in range(1, self.max_batch_size + 1):
-            # Worst case before a batch of b starts: waiting for the previous batch, or for b
-            # requests to arrive when they come faster than that.
-            collect_s = b / rate if rate > 0 else math.inf
-            if self._lat(b) + min(self._lat(b), collect_s) <= budget_s:
-                slo_batch = b
+        slo_batch = self.slo_batch(now_s)
         keep_batch = self.max_batch_size
         for b in range(1, self.max_batch_size + 1):
             if b >= rate * self._lat(b):
@@ -490,7 +506,8 @@ class SloBatcher(BatchingPolicy):
         n = len(deadlines)
         # The largest batch that some requests of the queue can all still make.
         largest = 1
-        for b in range(min(n, self.max_batch_size), 0, -1):
+        limit = self.slo_batch(now_s)
+        for b in range(min(n, limit), 0, -1):
             if n - bisect.bisect_left(deadlines, now_s + self._lat(b)) >= b:
                 largest = b
                 break
@@ -504,7 +521,7 @@ class SloBatcher(BatchingPolicy):
             return None
         rest_slack = self._queue[first].deadline_s - now_s
         size = need
-        for b in range(min(rest, self.max_batch_size), need, -1):
+        for b in range(min(rest, limit), need, -1):
             if self._lat(b) <= rest_slack:
                 size = b
                 break
