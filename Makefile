@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 COMPONENTS := solver workers operator
 SRC := solver/accordion workers/accordion operator/accordion accordion
 
-.PHONY: observability check-observability install tools demo test lint types layering unit crds check-crds bench bench-solver clean images
+.PHONY: plan-demo observability check-observability install tools demo test lint types layering unit crds check-crds bench bench-solver clean images
 
 $(STAMP): pyproject.toml solver/pyproject.toml workers/pyproject.toml operator/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,11 +34,16 @@ $(TOOLS_STAMP):
 
 tools: $(TOOLS_STAMP)
 
-## The README's first command: until local mode lands, the planner demo on examples/.
+## The README's first command: the whole system on this machine (real workers and routers, the
+## operator's control loop), a load ramp past the big variant's capacity and back; see demo-out/.
 demo: install
+	$(PY) -m accordion.local.demo --out demo-out
+
+## The planner alone on the example cluster, at the declared demand and at a spike.
+plan-demo: install
 	$(BIN)/accordion plan -f examples/cluster.yaml -f examples/services.yaml
 	$(BIN)/accordion plan -f examples/cluster.yaml -f examples/services.yaml \
-		--demand default/image-classifier=900 --demand default/sentiment=400
+		-d default/image-classifier=900 -d default/sentiment=400
 
 ## The whole suite: lint, types, layering, CRDs in sync, tests.
 test: install tools lint types layering check-crds check-observability unit

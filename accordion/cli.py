@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from accordion.local.cli import up_command
 from accordion.plan_view import plan_command
 from accordion.sim.cli import simulate_command
 from accordion.workers.cli import app as workers_app
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.command("plan")(plan_command)
 app.command("simulate")(simulate_command)
+app.command("up")(up_command)
 # The data plane's commands (profile, load, serve, route) are defined next to their code in
 # accordion.workers.cli; they appear here as top-level commands.
 app.registered_commands.extend(workers_app.registered_commands)
