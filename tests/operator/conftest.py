@@ -53,6 +53,7 @@ class Emulator(kmock.KubernetesEmulator):
         self.faults_served: list[tuple[str, str, int]] = []
         self.fault_lock = threading.Lock()
         self.log: list[tuple[str, str]] = []
+        self.timed_log: list[tuple[float, str, str]] = []
 
     def _next_rv(self) -> str:
         self.last_rv = next(self.rv)
@@ -74,7 +75,12 @@ class Emulator(kmock.KubernetesEmulator):
         return None
 
     async def _handle(self, request: kmock.Request) -> Any:
-        self.log.append((str(request.method).split(".")[-1].upper(), str(request.url.path)))
+        method = str(request.method).split(".")[-1].upper()
+        path = str(request.url.path)
+        if method == "POST" and isinstance(request.data, dict):
+            path += "/" + str(request.data.get("metadata", {}).get("name"))  # what was created
+        self.log.append((method, path))
+        self.timed_log.append((time.monotonic(), method, path))
         status = self._fault(request) if request.resource is not None else None
         if status is not None:
             err = kmock.KubernetesError(status=status, reason="Injected", message=f"{status}")

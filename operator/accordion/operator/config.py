@@ -7,8 +7,9 @@ worker and router images and their command lines are settings, not code, so that
 plane release needs no operator release.
 
 The worker's configuration (`accordion.workers.config.WorkerConfig`) is passed as JSON in the
-environment variable named by `worker_config_env`; the routing table is mounted from the
-service's ConfigMap at `routing_mount_path/routing.json`.
+environment variable named by `worker_config_env` (the default command writes it to a file for
+`accordion-worker serve --config`); the router (`accordion-worker route --table`) reads the
+routing table mounted from the service's ConfigMap at `routing_mount_path/routing.json`.
 """
 
 from __future__ import annotations
@@ -34,15 +35,30 @@ class OperatorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    worker_image: str = "ghcr.io/accordion-dev/accordion-worker:0.1.0"
-    worker_command: list[str] = Field(default_factory=lambda: ["accordion-worker", "serve"])
+    worker_image: str = "accordion-worker:0.1.0"
+    worker_command: list[str] = Field(
+        # The worker CLI reads its WorkerConfig from a file: write it from the environment.
+        default_factory=lambda: [
+            "sh",
+            "-c",
+            'printf %s "$ACCORDION_WORKER_CONFIG" > /tmp/worker.json'
+            " && exec accordion-worker serve --config /tmp/worker.json",
+        ]
+    )
     worker_args: list[str] = Field(default_factory=list)
     worker_config_env: str = "ACCORDION_WORKER_CONFIG"
     worker_port: int = Field(8080, ge=1, le=65535)
-    router_image: str = "ghcr.io/accordion-dev/accordion-worker:0.1.0"
+    router_image: str = "accordion-worker:0.1.0"
     router_command: list[str] = Field(default_factory=lambda: ["accordion-worker", "route"])
     router_args: list[str] = Field(
-        default_factory=lambda: ["--routing-table", "/etc/accordion/routing/routing.json"]
+        default_factory=lambda: [
+            "--table",
+            "/etc/accordion/routing/routing.json",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8080",
+        ]
     )
     router_port: int = Field(8080, ge=1, le=65535)
     router_replicas: int = Field(1, ge=1)

@@ -264,6 +264,14 @@ class Driver:
         )
         self.passes += 1
         self.last_result = result
+        if result.decision.planned:
+            log.info(
+                "planned %d services in %.3f s; %d steps, %d failed",
+                len(result.decision.routing),
+                self.loop.plan_time_s,
+                len(result.decision.steps),
+                len(result.failed),
+            )
         for step, exc in result.failed:
             log.warning("%s failed: %s", type(step).__name__, exc)
         for warning in result.decision.warnings:

@@ -154,7 +154,8 @@ def routing_table(routing: Routing, url_for: Callable[[WorkerKey], str]) -> Rout
     if not routes or sum(r.weight for r in routes) <= 0:
         return None
     return RoutingTable(
-        service=routing.service.replace("/", "."),
+        # The router serves /v2/models/<name>/infer and labels its metrics service=<name>.
+        service=routing.service.split("/", 1)[-1],
         slo_ms=routing.slo_ms,
         backends=[
             Backend(
