@@ -227,6 +227,7 @@ class Operator:
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONUNBUFFERED": "1",
             "ACCORDION_DEBOUNCE_S": "0.05",
             "ACCORDION_DRAIN_S": "0",
             "ACCORDION_RESYNC_INTERVAL_S": "2",

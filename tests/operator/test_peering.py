@@ -41,7 +41,7 @@ def test_follower_waits_and_takes_over(
         wait_for("the leader serves", lambda: cluster.workers("peer"))
         wait_for("the status", lambda: cluster.conditions("peer", "first"))
         # The follower starts paused (or pauses on seeing the leader): it handles nothing.
-        assert "Handler 'on_service' succeeded" in operator.log()
+        wait_for("the leader's log", lambda: "Handler 'on_service' succeeded" in operator.log())
         assert "Handler 'on_service' succeeded" not in follower.log()
         assert "Handler 'on_deployment' succeeded" not in follower.log()
 

@@ -47,6 +47,7 @@ from accordion.operator.control.loop import (
     DemandView,
     LoopSettings,
     ReconcileResult,
+    RunningWorker,
     World,
 )
 from accordion.operator.k8s import MANAGED_BY, observe_routing, observe_worker
@@ -77,8 +78,13 @@ def _significant(kind: str, obj: dict[str, Any]) -> Any:
         return (obj.get("spec"), meta.get("generation"), meta.get("deletionTimestamp"))
     if kind == "Deployment":
         status = obj.get("status") or {}
-        return (obj.get("spec", {}).get("replicas"), status.get("readyReplicas"), meta)
-    return (obj.get("data"), meta.get("annotations"), obj.get("spec"))
+        return (
+            (obj.get("spec") or {}).get("replicas"),
+            status.get("readyReplicas"),
+            meta.get("annotations"),
+            meta.get("deletionTimestamp"),
+        )
+    return (obj.get("data"), meta.get("annotations"), meta.get("deletionTimestamp"))
 
 
 @dataclass
@@ -215,6 +221,19 @@ class Driver:
         self._parsed[ident] = (version, result)
         return result
 
+    def _worker(self, obj: dict[str, Any]) -> RunningWorker | None:
+        """`observe_worker`, cached per resourceVersion (the spec annotation is JSON)."""
+        meta = obj.get("metadata") or {}
+        ident = ("Deployment", f"{meta.get('namespace')}/{meta.get('name')}")
+        version = meta.get("resourceVersion")
+        hit = self._parsed.get(ident)
+        if hit is not None and version is not None and hit[0] == version:
+            cached: RunningWorker | None = hit[1]
+            return cached
+        running = observe_worker(obj)
+        self._parsed[ident] = (version, running)
+        return running
+
     def world(self) -> World:
         world = World()
         for obj in self.cache.of_kind(KIND_POOL):
@@ -242,7 +261,7 @@ class Driver:
                 with contextlib.suppress(ValueError):
                     world.status[key] = InferenceServiceStatus.model_validate(raw_status)
         for obj in self.cache.of_kind("Deployment"):
-            running = observe_worker(obj)
+            running = self._worker(obj)
             if running is not None:
                 world.workers[running.spec.key] = running
         for obj in self.cache.of_kind("ConfigMap"):
