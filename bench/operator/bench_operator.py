@@ -87,24 +87,36 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def deployment_writes(emu: EmulatorThread) -> list[tuple[float, str, str]]:
+def deployment_writes(emu: EmulatorThread, since: int = 0) -> list[tuple[float, str, str]]:
+    """Deployment writes (not the kubelet's status patches) from request `since` on."""
     return emu.call(
         lambda e: [
             x
-            for x in e.timed_log
+            for x in e.timed_log[since:]
             if "/deployments" in x[2] and x[1] != "GET" and not x[2].endswith("/status")
         ]
     )
 
 
-def settle(emu: EmulatorThread, quiet_s: float = 1.5, timeout_s: float = 600) -> None:
+def log_size(emu: EmulatorThread) -> int:
+    return emu.call(lambda e: len(e.timed_log))
+
+
+def last_write_at(e: Any) -> float:
+    for t, method, _ in reversed(e.timed_log):
+        if method != "GET":
+            return float(t)
+    return 0.0
+
+
+def settle(emu: EmulatorThread, quiet_s: float = 1.5, timeout_s: float = 900) -> None:
     """Wait until the emulator has seen no write for `quiet_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        writes = emu.call(lambda e: [x for x in e.timed_log if x[1] != "GET"])
-        if writes and time.monotonic() - writes[-1][0] > quiet_s:
+        last = emu.call(last_write_at)
+        if last and time.monotonic() - last > quiet_s:
             return
-        time.sleep(0.2)  # polling a condition with a deadline
+        time.sleep(0.3)  # polling a condition with a deadline
     raise TimeoutError("the cluster did not settle")
 
 
@@ -181,35 +193,35 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
         settle(emu)
 
         # 1. One service's demand grows 8x.
-        before = len(deployment_writes(emu))
+        before = log_size(emu)
         target = service(0)
         qps = target["spec"]["demand"]["qps"] * 8
         t_change = emu.call(lambda e: time.monotonic())
         cluster.patch("ns-0", "svc-0", {"spec": {"demand": {"qps": qps}}})
         wait_for(
             "svc-0's Deployment written",
-            lambda: any("svc-0-" in w[2] for w in deployment_writes(emu)[before:]),
+            lambda: any("svc-0-" in w[2] for w in deployment_writes(emu, before)),
             timeout_s=120,
-            interval_s=0.01,
+            interval_s=0.02,
         )
-        first = next(w for w in deployment_writes(emu)[before:] if "svc-0-" in w[2])
+        first = next(w for w in deployment_writes(emu, before) if "svc-0-" in w[2])
         spec_change_s = first[0] - t_change
         settle(emu)
         kubelet(cluster, namespaces)
         settle(emu)
 
         # 2. A pool loses all its devices: a wave of re-planned services.
-        before = len(deployment_writes(emu))
+        before = log_size(emu)
         t_change = emu.call(lambda e: time.monotonic())
         cluster.patch_pool("pool-0", 0)
         wait_for(
             "the first re-planned Deployment",
-            lambda: len(deployment_writes(emu)) > before,
+            lambda: deployment_writes(emu, before),
             timeout_s=120,
-            interval_s=0.01,
+            interval_s=0.02,
         )
         settle(emu)
-        wave = deployment_writes(emu)[before:]
+        wave = deployment_writes(emu, before)
         pool_change_s = wave[-1][0] - t_change
         rss, peak = rss_mb(op.proc.pid)
         plans = [
