@@ -245,6 +245,43 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
         emu.stop()
 
 
+def loop_only(n: int) -> dict[str, Any]:
+    """The control loop in process (no emulator): planning and one full decision at size n."""
+    from accordion.operator.api import DevicePool, InferenceService, parse_resource
+    from accordion.operator.control.loop import ControlLoop, DemandView, World
+    from tests.operator.conftest import device_pool
+
+    devices = max(4, (n * 3) // POOLS)
+    world = World()
+    for p in range(POOLS):
+        pool = parse_resource(device_pool(f"pool-{p}", devices))
+        assert isinstance(pool, DevicePool)
+        world.pools[pool.metadata.name] = pool
+    for i in range(n):
+        svc = parse_resource(service(i))
+        assert isinstance(svc, InferenceService)
+        world.services[svc.key] = svc
+    loop = ControlLoop()
+    t0 = time.perf_counter()
+    decision = loop.decide(world, DemandView())
+    decide_s = time.perf_counter() - t0
+    plan_s = loop.plan_time_s
+    world.services["ns-0/svc-0"].spec.demand.qps = (
+        world.services["ns-0/svc-0"].spec.demand.qps or 0
+    ) * 8
+    t0 = time.perf_counter()
+    loop.decide(world, DemandView())
+    replan_s = time.perf_counter() - t0
+    return {
+        "services": n,
+        "plan_s": round(plan_s, 3),
+        "first_decision_s": round(decide_s, 3),
+        "steps": len(decision.steps),
+        "replan_decision_s": round(replan_s, 3),
+        "replan_plan_s": round(loop.plan_time_s, 3),
+    }
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Operator benchmark (kopf + kmock emulator, 10 DevicePools)",
@@ -276,7 +313,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--out", type=Path, default=RESULTS / "operator")
+    parser.add_argument(
+        "--loop-only", type=int, nargs="*", default=[], help="sizes for the in-process loop"
+    )
     args = parser.parse_args()
+    if args.loop_only:
+        for n in args.loop_only:
+            print(json.dumps(loop_only(n)), flush=True)
+        return
     rows = []
     with TemporaryDirectory() as tmp:
         for n in args.sizes:
