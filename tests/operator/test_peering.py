@@ -32,10 +32,23 @@ def test_follower_waits_and_takes_over(
         "metadata": {"name": "accordion"},
     }
     cluster.custom.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", peering)
-    operator.start("--peering", "accordion", "--priority", "100")
+
+    def registered() -> int:
+        obj = cluster.custom.get_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", "accordion"
+        )
+        return len(obj.get("status") or {})
+
+    # The follower first, then the leader: the leader's registration is a change of the peering
+    # object that the follower's watch is sure to see, so the follower pauses before any
+    # object exists. (A replica started second may act on what it lists before its first
+    # peering event arrives; kopf's keepalive then pauses it only a while later.)
     follower = Operator(kubeconfig, tmp_path / "follower.log", {})
     follower.start("--peering", "accordion", "--priority", "10")
     try:
+        wait_for("the follower in the peering object", lambda: registered() >= 1)
+        operator.start("--peering", "accordion", "--priority", "100")
+        wait_for("the follower to pause", lambda: "Pausing operations" in follower.log())
         cluster.create_pool("pool-peer", 2)
         cluster.create(isvc("first", "peer", "pool-peer", 10.0))
         wait_for("the leader serves", lambda: cluster.workers("peer"))

@@ -37,13 +37,8 @@ class OperatorConfig(BaseModel):
 
     worker_image: str = "accordion-worker:0.1.0"
     worker_command: list[str] = Field(
-        # The worker CLI reads its WorkerConfig from a file: write it from the environment.
-        default_factory=lambda: [
-            "sh",
-            "-c",
-            'printf %s "$ACCORDION_WORKER_CONFIG" > /tmp/worker.json'
-            " && exec accordion-worker serve --config /tmp/worker.json",
-        ]
+        # `accordion-worker serve` reads its WorkerConfig from $ACCORDION_WORKER_CONFIG.
+        default_factory=lambda: ["accordion-worker", "serve"]
     )
     worker_args: list[str] = Field(default_factory=list)
     worker_config_env: str = "ACCORDION_WORKER_CONFIG"

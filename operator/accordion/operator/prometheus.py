@@ -76,7 +76,9 @@ class PrometheusDemand:
 
     def _query(self, promql: str) -> float:
         return parse_rate(
-            self._prom.custom_query(query=promql, params={"timeout": f"{self.timeout_s}s"})
+            self._prom.custom_query(
+                query=promql, params={"timeout": f"{round(self.timeout_s * 1000)}ms"}
+            )
         )
 
     async def poll(self, services: Iterable[InferenceService]) -> bool:

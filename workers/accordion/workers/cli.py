@@ -128,6 +128,13 @@ def serve(
     model: Annotated[str, typer.Option(help="builtin:NAME or a model file")] = "builtin:demo-s",
     name: Annotated[str | None, typer.Option(help="served model name")] = None,
     config: Annotated[Path | None, typer.Option(help="WorkerConfig file (JSON/YAML)")] = None,
+    config_json: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ACCORDION_WORKER_CONFIG",
+            help="WorkerConfig as JSON (the operator sets it in $ACCORDION_WORKER_CONFIG)",
+        ),
+    ] = None,
     host: str = "127.0.0.1",
     port: int = 8080,
     device: str = "cpu",
@@ -142,7 +149,14 @@ def serve(
     """Run a worker: one model variant behind the KServe v2 protocol."""
     from accordion.workers.server import serve as run_worker
 
-    if config is not None:
+    if config is not None and config_json:
+        raise typer.BadParameter("give either --config or --config-json, not both")
+    if config_json:
+        try:
+            cfg = WorkerConfig.model_validate_json(config_json)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--config-json / $ACCORDION_WORKER_CONFIG: {exc}") from None
+    elif config is not None:
         text = config.read_text()
         if config.suffix in {".yaml", ".yml"}:
             import yaml
