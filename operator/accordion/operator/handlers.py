@@ -51,6 +51,7 @@ from accordion.operator.control.loop import (
     World,
 )
 from accordion.operator.k8s import MANAGED_BY, observe_routing, observe_worker
+from accordion.operator.metrics import OperatorMetrics, serve_from_env
 from accordion.operator.prometheus import PrometheusDemand
 
 log = logging.getLogger("accordion.operator")
@@ -102,6 +103,7 @@ class Driver:
     synced: bool = False
     passes: int = 0
     last_result: ReconcileResult | None = None
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     _active_until: float = 0.0
     _parsed: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
 
@@ -278,9 +280,11 @@ class Driver:
     async def reconcile_once(self) -> ReconcileResult:
         if not self.synced:
             await self.sync()
+        world, demand = self.world(), self.demand_view()
         result = await self.loop.reconcile(
-            self.world(), self.demand_view(), self.actuator, concurrency=self.concurrency
+            world, demand, self.actuator, concurrency=self.concurrency
         )
+        self.metrics.record(world, demand, result, self.loop.plan_time_s)
         self.passes += 1
         self.last_result = result
         if result.decision.planned:
@@ -320,6 +324,7 @@ class Driver:
                 result = await self.reconcile_once()
             except Exception:
                 log.exception("reconcile failed")
+                self.metrics.record_error()
                 requeue = 1.0
                 continue
             requeue = result.decision.requeue_after_s
@@ -356,6 +361,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings.peering.name = config.peering_name
         settings.peering.priority = config.peering_priority
         settings.peering.clusterwide = True
+    serve_from_env()
     driver = Driver(config=config, api_client=make_api_client())
     memo["driver"] = driver
     memo["tasks"] = [asyncio.create_task(driver.run(), name="accordion-control-loop")]

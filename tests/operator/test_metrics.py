@@ -1,0 +1,84 @@
+"""The operator's metrics follow the control loop: what it planned, what is ready, and when.
+
+Driven by the real pure control loop over the example manifests, with an in-memory actuator;
+the values are read back from the registry the operator serves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from accordion.operator import metrics
+from accordion.operator.control.loop import ControlLoop, DemandView, World
+from accordion.operator.manifests import load
+
+from .test_loop import Clock, MemoryActuator, all_ready
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def sample(name: str, **labels: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value(name, labels)
+
+
+async def test_metrics_follow_the_loop() -> None:
+    manifests = load([EXAMPLES])
+    world = World(
+        services={s.key: s for s in manifests.services},
+        pools={p.metadata.name: p for p in manifests.pools},
+    )
+    clock = Clock()
+    loop, actuator = ControlLoop(clock=clock), MemoryActuator(world, clock)
+    recorder = metrics.OperatorMetrics()
+    before_ok = sample("accordion_operator_reconciles_total", result="ok") or 0.0
+    svc = {"namespace": "default", "service": "image-classifier"}
+    changes_before = sample("accordion_operator_plan_changes_total", **svc) or 0.0
+    demand = DemandView(qps={"default/image-classifier": 250.0})
+
+    result = await loop.reconcile(world, demand, actuator)
+    recorder.record(world, demand, result, loop.plan_time_s)
+
+    assert sample("accordion_operator_reconciles_total", result="ok") == before_ok + 1
+    assert sample("accordion_operator_last_reconcile_timestamp_seconds") is not None
+    assert sample("accordion_service_slo_latency_seconds", **svc) == pytest.approx(0.1)
+    assert sample("accordion_service_accuracy_floor", **svc) == pytest.approx(0.69)
+    assert sample("accordion_service_accuracy_target", **svc) is None  # unset in the example
+    assert sample("accordion_service_demand_requests_per_second", **svc) == 250.0
+    capacity = sample("accordion_service_capacity_requests_per_second", **svc)
+    assert capacity is not None
+    assert capacity >= 250.0
+    accuracy = sample("accordion_service_planned_accuracy", **svc)
+    assert accuracy is not None
+    assert 0.69 <= accuracy <= 0.783 + 1e-9
+    assert sample("accordion_operator_plan_changes_total", **svc) == changes_before + 1
+    planned = [
+        s
+        for fam in metrics.REGISTRY.collect()
+        if fam.name == "accordion_service_replicas"
+        for s in fam.samples
+        if s.labels["service"] == "image-classifier" and s.labels["state"] == "planned"
+    ]
+    assert planned
+    assert sum(s.value for s in planned) >= 1
+    ready_cond = sample("accordion_service_condition", **svc, condition="Ready")
+    assert ready_cond == 0  # nothing is ready yet
+
+    # Replicas become ready; the next pass reports them and no plan change.
+    all_ready(world)
+    result = await loop.reconcile(world, demand, actuator)
+    recorder.record(world, demand, result, loop.plan_time_s)
+    ready = [
+        s
+        for fam in metrics.REGISTRY.collect()
+        if fam.name == "accordion_service_replicas"
+        for s in fam.samples
+        if s.labels["service"] == "image-classifier" and s.labels["state"] == "ready"
+    ]
+    assert sum(s.value for s in ready) == sum(s.value for s in planned)
+    assert sample("accordion_operator_plan_changes_total", **svc) == changes_before + 1
+    assert sample("accordion_service_condition", **svc, condition="Ready") == 1
+
+    recorder.record_error()
+    assert sample("accordion_operator_reconciles_total", result="error") is not None
