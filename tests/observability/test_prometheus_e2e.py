@@ -7,7 +7,8 @@ generated recording rules and alerts every second. Load goes to the router, a th
 deadlines nobody can meet (so the router sheds and the SLO alerts have something to see).
 
 The operator's metrics come from a stand-in that exports the operator metric contract of
-`accordion.observability.metrics` (the operator has no metrics endpoint yet) in a bad state:
+`accordion.observability.metrics` (which test_queries holds equal to the operator's real
+registry, `accordion.operator.metrics`) in a state a healthy operator never reaches:
 Degraded, demand unmeasurable, no recent reconcile, a floor above what is served. So every
 alert but "operator down" must return data; that one must once the stand-in stops.
 

@@ -163,15 +163,11 @@ async def test_contract_matches_real_worker_and_router_metrics(data_plane: DataP
         _assert_contract(text, metrics.WORKER_METRICS, "accordion_worker_")
 
 
-def test_operator_metrics_contract_when_the_operator_exports_metrics() -> None:
-    """Once the operator has a metrics module, its families must be the contract's."""
-    try:
-        from accordion.operator import metrics as operator_metrics  # type: ignore[attr-defined]
-    except ImportError:
-        pytest.skip("accordion.operator.metrics does not exist yet: contract not checkable")
-    registry = getattr(operator_metrics, "REGISTRY", None)
-    if registry is None:
-        pytest.skip("accordion.operator.metrics has no REGISTRY")
+def test_operator_metrics_are_the_contract() -> None:
+    """The operator's registry exports exactly the contract's families."""
+    from accordion.operator import metrics as operator_metrics
+
+    registry = operator_metrics.REGISTRY
     from prometheus_client import generate_latest
 
     text = generate_latest(registry).decode()
