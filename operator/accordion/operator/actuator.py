@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from accordion.operator.api import split_key
 from accordion.operator.config import OperatorConfig
 from accordion.operator.control.loop import (
     ApplyRouting,
@@ -258,7 +259,7 @@ class KubernetesActuator:
         elif isinstance(step, ApplyRouting):
             await self._apply_routing(step)
         elif isinstance(step, RemoveService):
-            ns, name = step.service.split("/", 1)
+            ns, name = split_key(step.service)
             for key in step.workers:
                 await self._remove_worker(ns, worker_name(key))
             rname, cname = router_name(name), routing_configmap_name(name)
@@ -286,7 +287,7 @@ class KubernetesActuator:
             await self._record_event(step)
 
     def _uid(self, service: str) -> str | None:
-        ns, name = service.split("/", 1)
+        ns, name = split_key(service)
         isvc = self.cache.get("InferenceService", ns, name)
         uid = ((isvc or {}).get("metadata") or {}).get("uid")
         return str(uid) if uid else None
@@ -312,7 +313,7 @@ class KubernetesActuator:
         await self._configmap(routing_configmap(step.routing, uid, self.config, self.clock()))
 
     async def _update_status(self, step: UpdateStatus) -> None:
-        ns, name = step.service.split("/", 1)
+        ns, name = split_key(step.service)
         status = step.status.model_dump(mode="json", by_alias=True, exclude_none=True)
         body = {"status": status}
         resp = await self._call(
@@ -329,7 +330,7 @@ class KubernetesActuator:
             self.cache.put("InferenceService", {**have, "status": status})
 
     async def _record_event(self, step: RecordEvent) -> None:
-        ns, name = step.service.split("/", 1)
+        ns, name = split_key(step.service)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",

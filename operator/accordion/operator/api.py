@@ -533,6 +533,14 @@ class DevicePool(ApiModel):
     status: DevicePoolStatus | None = None
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """`(namespace, name)` of a service key as `InferenceService.key` makes it."""
+    namespace, sep, name = key.partition("/")
+    if not sep:
+        raise ValueError(f"{key!r} is not a namespace/name service key")
+    return namespace, name
+
+
 Resource = InferenceService | DevicePool
 KINDS: dict[str, type[InferenceService] | type[DevicePool]] = {
     InferenceService.KIND: InferenceService,

@@ -19,6 +19,7 @@ import hashlib
 import json
 from typing import Any
 
+from accordion.operator.api import split_key
 from accordion.operator.config import OperatorConfig
 from accordion.operator.control.desired import Routing, WorkerKey, WorkerSpec, routing_table
 from accordion.operator.control.loop import AppliedRouting, RunningWorker
@@ -245,7 +246,7 @@ def worker_service(key: WorkerKey, uid: str | None, config: OperatorConfig) -> M
 
 def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> Manifest:
     """The router of one InferenceService: the single entry point that splits traffic."""
-    namespace, name = service.split("/", 1)
+    namespace, name = split_key(service)
     labels = router_labels(name)
     container: Manifest = {
         "name": "router",
@@ -301,7 +302,7 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
 
 def router_service(service: str, uid: str | None, config: OperatorConfig) -> Manifest:
     """The user's endpoint: a Service named after the InferenceService, in front of the router."""
-    namespace, name = service.split("/", 1)
+    namespace, name = split_key(service)
     labels = router_labels(name)
     return {
         "apiVersion": "v1",

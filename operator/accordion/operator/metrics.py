@@ -16,6 +16,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from accordion.operator.api import split_key
 from accordion.operator.control.loop import (
     DemandView,
     ReconcileResult,
@@ -113,11 +114,6 @@ _PER_SERVICE = (
 )
 
 
-def _labels(key: str) -> tuple[str, str]:
-    namespace, _, name = key.partition("/")
-    return namespace, name
-
-
 class OperatorMetrics:
     """Keeps the registry in step with the control loop's passes."""
 
@@ -141,7 +137,7 @@ class OperatorMetrics:
         for gauge in _PER_SERVICE:
             gauge.clear()
         for key, isvc in world.services.items():
-            labels = _labels(key)
+            labels = split_key(key)
             SLO_LATENCY.labels(*labels).set(isvc.spec.slo.latency_ms / 1000.0)
             SLO_OBJECTIVE.labels(*labels).set(isvc.spec.slo.objective)
             ACCURACY_FLOOR.labels(*labels).set(isvc.spec.accuracy.floor / 100.0)
@@ -151,17 +147,17 @@ class OperatorMetrics:
                 DEMAND.labels(*labels).set(demand.qps[key])
         if decision.plan is not None:
             for svc in decision.plan.services:
-                labels = _labels(svc.service)
+                labels = split_key(svc.service)
                 CAPACITY.labels(*labels).set(svc.capacity_qps)
                 if svc.effective_accuracy is not None:
                     PLANNED_ACCURACY.labels(*labels).set(svc.effective_accuracy / 100.0)
             self._count_changes(decision.plan.rows)
         for wkey, spec in decision.targets.items():
-            REPLICAS.labels(*_labels(wkey.service), wkey.variant, wkey.pool, "planned").set(
+            REPLICAS.labels(*split_key(wkey.service), wkey.variant, wkey.pool, "planned").set(
                 spec.replicas
             )
         for wkey, running in world.workers.items():
-            REPLICAS.labels(*_labels(wkey.service), wkey.variant, wkey.pool, "ready").set(
+            REPLICAS.labels(*split_key(wkey.service), wkey.variant, wkey.pool, "ready").set(
                 running.ready_replicas
             )
         statuses = dict(world.status)
@@ -170,7 +166,7 @@ class OperatorMetrics:
         )
         for key, status in statuses.items():
             for cond in status.conditions:
-                CONDITION.labels(*_labels(key), cond.type).set(1 if cond.status == "True" else 0)
+                CONDITION.labels(*split_key(key), cond.type).set(1 if cond.status == "True" else 0)
 
     def _count_changes(self, rows: list[PlanRow]) -> None:
         by_service: dict[str, list[tuple[str, str, int]]] = {}
@@ -180,7 +176,7 @@ class OperatorMetrics:
         for service, service_rows in by_service.items():
             current = tuple(sorted(service_rows))
             if self._rows.get(service) != current:
-                PLAN_CHANGES.labels(*_labels(service)).inc()
+                PLAN_CHANGES.labels(*split_key(service)).inc()
                 self._rows[service] = current
         for service in set(self._rows) - set(by_service):
             del self._rows[service]
