@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import generate_latest
 
 from accordion.workers.config import DEADLINE_HEADER, Backend, RoutingTable
 from accordion.workers.router import OUTCOME_HEADER, VARIANT_HEADER, Router, create_router_app
@@ -157,3 +159,33 @@ async def test_router_edges(stack: tuple[Client, Router, Path, dict[str, str]]) 
     results = await send(client, 1, **{DEADLINE_HEADER: "0.001"})
     assert results[0][0] == 503
     assert results[0][2] == "dropped"
+
+
+def test_yaml_table_reload_survives_malformed_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "routing.yaml"
+    backend = {"name": "big", "url": "http://127.0.0.1:9", "weight": 1.0, "accuracy": 0.8}
+    path.write_text(yaml.safe_dump({"service": "classifier", "slo_ms": 100, "backends": [backend]}))
+    router = Router(path)
+    path.write_text("service: [")  # a YAML syntax error, not a validation error
+    assert router.reload() is False
+    assert router.table.slo_ms == 100
+    path.write_text(yaml.safe_dump({"service": "classifier", "slo_ms": 50, "backends": [backend]}))
+    assert router.reload() is True
+    assert router.table.slo_ms == 50
+    text = generate_latest(router.metrics.registry).decode()
+    assert metric(text, 'accordion_router_table_reloads_total{result="invalid"') == 1
+    assert metric(text, 'accordion_router_table_reloads_total{result="ok"') == 1
+    path.write_text("service: [")
+    with pytest.raises(ValueError, match="malformed YAML"):
+        Router(path)
+
+
+async def test_non_finite_deadline_is_rejected(
+    stack: tuple[Client, Router, Path, dict[str, str]],
+) -> None:
+    client, _, _, _ = stack
+    for value in ("inf", "nan", "-5"):
+        resp = await client.post(
+            "/v2/models/classifier/infer", json=sample_body(), headers={DEADLINE_HEADER: value}
+        )
+        assert resp.status == 400, value

@@ -8,9 +8,11 @@ aiohttp apps) happen inside the commands, so `accordion --help` stays fast.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -19,6 +21,28 @@ from accordion.workers.config import BatchingConfig, PolicyName, WorkerConfig
 app = typer.Typer(
     help="Data plane: workers, router, profiler, load generator.", no_args_is_help=True
 )
+
+
+def _fail(message: str) -> NoReturn:
+    """Exit with status 1 and a one-line message on stderr (no traceback)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+_BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail fast (before loading a model) when `host:port` cannot be listened on."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def _sizes(text: str) -> list[int]:
@@ -127,7 +151,10 @@ def load(
 def serve(
     model: Annotated[str, typer.Option(help="builtin:NAME or a model file")] = "builtin:demo-s",
     name: Annotated[str | None, typer.Option(help="served model name")] = None,
-    config: Annotated[Path | None, typer.Option(help="WorkerConfig file (JSON/YAML)")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="WorkerConfig file (JSON/YAML)", exists=True, dir_okay=False),
+    ] = None,
     config_json: Annotated[
         str | None,
         typer.Option(
@@ -147,8 +174,6 @@ def serve(
     input_shape: Annotated[str | None, typer.Option(help="one sample's shape, for files")] = None,
 ) -> None:
     """Run a worker: one model variant behind the KServe v2 protocol."""
-    from accordion.workers.server import serve as run_worker
-
     if config is not None and config_json:
         raise typer.BadParameter("give either --config or --config-json, not both")
     if config_json:
@@ -158,12 +183,15 @@ def serve(
             raise typer.BadParameter(f"--config-json / $ACCORDION_WORKER_CONFIG: {exc}") from None
     elif config is not None:
         text = config.read_text()
-        if config.suffix in {".yaml", ".yml"}:
-            import yaml
+        try:
+            if config.suffix in {".yaml", ".yml"}:
+                import yaml
 
-            cfg = WorkerConfig.model_validate(yaml.safe_load(text))
-        else:
-            cfg = WorkerConfig.model_validate_json(text)
+                cfg = WorkerConfig.model_validate(yaml.safe_load(text))
+            else:
+                cfg = WorkerConfig.model_validate_json(text)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--config {config}: {exc}") from None
     else:
         if policy not in ("slo", "none", "triton", "clipper"):
             raise typer.BadParameter("--policy is one of slo, none, triton, clipper")
@@ -187,16 +215,43 @@ def serve(
             host=host,
             port=port,
         )
-    run_worker(cfg)
+    if not cfg.model.startswith("builtin:") and not Path(cfg.model).is_file():
+        raise typer.BadParameter(f"model file {cfg.model} does not exist")
+    _check_port(cfg.host, cfg.port)
+    from accordion.workers.server import serve as run_worker  # imports torch: after the checks
+
+    try:
+        run_worker(cfg)
+    except (FileNotFoundError, ValueError) as exc:  # the model cannot be loaded as configured
+        _fail(f"cannot load model {cfg.model!r}: {exc}")
+    except OSError as exc:
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        _fail(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}")
 
 
 @app.command()
 def route(
-    table: Annotated[Path, typer.Option(help="routing table file (JSON/YAML), reloaded on change")],
+    table: Annotated[
+        Path,
+        typer.Option(
+            help="routing table file (JSON/YAML), reloaded on change", exists=True, dir_okay=False
+        ),
+    ],
     host: str = "127.0.0.1",
     port: int = 8000,
 ) -> None:
     """Run a router: one InferenceService's entry point."""
-    from accordion.workers.router import serve_router
+    from accordion.workers.router import Router, serve_router
 
-    serve_router(table, host, port)
+    try:
+        router = Router(table)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    _check_port(host, port)
+    try:
+        serve_router(router, host, port)
+    except OSError as exc:
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 from pathlib import Path
 
 import aiohttp
@@ -38,7 +39,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import ValidationError
 
 from accordion.workers.config import DEADLINE_HEADER, RoutingTable
 from accordion.workers.fastloop import RoutingDecider
@@ -49,6 +49,23 @@ OUTCOME_HEADER = "x-accordion-outcome"
 VARIANT_HEADER = "x-accordion-variant"
 OUTCOMES = ("ok", "late", "dropped", "shed", "error")
 _BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def parse_table(path: Path, raw: bytes) -> RoutingTable:
+    """Parse the content `raw` of the table file `path` (YAML by suffix, else JSON).
+
+    Raises ValueError (pydantic's ValidationError is one) for anything malformed, YAML syntax
+    errors included.
+    """
+    if path.suffix in {".yaml", ".yml"}:
+        import yaml
+
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"malformed YAML: {exc}") from exc
+        return RoutingTable.model_validate(data)
+    return RoutingTable.model_validate_json(raw)
 
 
 class RouterMetrics:
@@ -125,10 +142,14 @@ class Router:
         seed: int = 0,
     ) -> None:
         self.table_path = table_path
-        self._digest = b""
-        table = self._read_table()
-        if table is None:
-            raise ValueError(f"routing table {table_path} is missing or invalid")
+        try:
+            raw = table_path.read_bytes()
+            table = parse_table(table_path, raw)
+        except OSError as exc:
+            raise ValueError(f"cannot read routing table {table_path}: {exc}") from exc
+        except ValueError as exc:  # pydantic's ValidationError, bad JSON or YAML
+            raise ValueError(f"invalid routing table {table_path}: {exc}") from exc
+        self._digest = hashlib.sha256(raw).digest()
         self.decider = RoutingDecider(table, seed=seed)
         self.metrics = RouterMetrics()
         self.health_interval_s = health_interval_s
@@ -156,8 +177,8 @@ class Router:
         if digest == self._digest:
             return None
         try:
-            table = RoutingTable.load(self.table_path)
-        except (ValidationError, ValueError) as exc:
+            table = parse_table(self.table_path, raw)  # the bytes digested, not a re-read
+        except ValueError as exc:
             log.warning("invalid routing table %s: %s", self.table_path, exc)
             self._digest = digest  # report once per content, keep the old table
             if hasattr(self, "metrics"):
@@ -192,7 +213,10 @@ class Router:
     async def _reload_loop(self) -> None:
         while True:
             await asyncio.sleep(self.reload_interval_s)
-            self.reload()
+            try:
+                self.reload()
+            except Exception:  # never let one bad reload stop all later ones
+                log.exception("reloading routing table %s failed", self.table_path)
 
     async def check_health(self) -> None:
         """One round of readiness checks of every backend."""
@@ -342,8 +366,8 @@ def create_router_app(router: Router) -> web.Application:
                 budget_s = float(header) / 1000.0
             except ValueError:
                 return _json_error(400, f"{DEADLINE_HEADER} must be a number of ms", "error")
-            if not budget_s > 0:
-                return _json_error(400, f"{DEADLINE_HEADER} must be positive", "error")
+            if not (budget_s > 0 and math.isfinite(budget_s)):
+                return _json_error(400, f"{DEADLINE_HEADER} must be positive and finite", "error")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -375,6 +399,7 @@ def create_router_app(router: Router) -> web.Application:
     return app
 
 
-def serve_router(table_path: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run a router until interrupted."""
-    web.run_app(create_router_app(Router(table_path)), host=host, port=port, print=None)
+def serve_router(table: Path | Router, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run a router (or one on the table file `table`) until SIGINT or SIGTERM."""
+    router = table if isinstance(table, Router) else Router(table)
+    web.run_app(create_router_app(router), host=host, port=port, print=None)
