@@ -245,8 +245,47 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
         emu.stop()
 
 
+class _SettlingActuator:
+    """Applies steps to the world in memory, every replica ready at once (a perfect kubelet)."""
+
+    def __init__(self, world: Any) -> None:
+        self.world = world
+
+    async def apply(self, step: Any) -> None:
+        from accordion.operator.control.loop import (
+            AppliedRouting,
+            ApplyRouting,
+            EnsureWorker,
+            RemoveService,
+            RemoveWorker,
+            RunningWorker,
+            UpdateStatus,
+        )
+
+        w = self.world
+        if isinstance(step, EnsureWorker):
+            w.workers[step.spec.key] = RunningWorker(step.spec, step.spec.replicas)
+        elif isinstance(step, RemoveWorker):
+            w.workers.pop(step.key, None)
+        elif isinstance(step, ApplyRouting):
+            w.routing[step.service] = AppliedRouting(step.routing, 0.0)
+        elif isinstance(step, RemoveService):
+            for k in step.workers:
+                w.workers.pop(k, None)
+            w.routing.pop(step.service, None)
+        elif isinstance(step, UpdateStatus):
+            w.status[step.service] = step.status
+
+
 def loop_only(n: int) -> dict[str, Any]:
-    """The control loop in process (no emulator): planning and one full decision at size n."""
+    """The control loop in process (no emulator, no API): planning and decisions at size n.
+
+    The world is first settled (every step applied, every replica ready); then the cost of a
+    pass with nothing changed, of a spec change (one service's demand x8) and of a pool change
+    (pool-0 loses all its devices) is measured: decision time and planner time apart.
+    """
+    import asyncio
+
     from accordion.operator.api import DevicePool, InferenceService, parse_resource
     from accordion.operator.control.loop import ControlLoop, DemandView, World
     from tests.operator.conftest import device_pool
@@ -262,23 +301,45 @@ def loop_only(n: int) -> dict[str, Any]:
         assert isinstance(svc, InferenceService)
         world.services[svc.key] = svc
     loop = ControlLoop()
-    t0 = time.perf_counter()
-    decision = loop.decide(world, DemandView())
-    decide_s = time.perf_counter() - t0
-    plan_s = loop.plan_time_s
-    world.services["ns-0/svc-0"].spec.demand.qps = (
-        world.services["ns-0/svc-0"].spec.demand.qps or 0
-    ) * 8
-    t0 = time.perf_counter()
-    loop.decide(world, DemandView())
-    replan_s = time.perf_counter() - t0
+    actuator = _SettlingActuator(world)
+    demand = DemandView()
+    first = asyncio.run(loop.reconcile(world, demand, actuator))
+    first_s, first_plan_s = loop.decide_time_s, loop.plan_time_s
+    for _ in range(5):  # make before break: settle in a few passes
+        if not asyncio.run(loop.reconcile(world, demand, actuator)).decision.steps:
+            break
+    idle = loop.decide(world, demand)
+    assert not idle.steps, f"not settled: {len(idle.steps)} steps"
+    idle_s = loop.decide_time_s
+
+    def timed_change() -> tuple[float, float, int]:
+        decision = loop.decide(world, demand)
+        return loop.decide_time_s, loop.plan_time_s, len(decision.steps)
+
+    # The loop treats the world's objects as values: a change is a new object.
+    changed = world.services["ns-0/svc-0"].model_copy(deep=True)
+    changed.spec.demand.qps = (changed.spec.demand.qps or 0) * 8
+    world.services["ns-0/svc-0"] = changed
+    spec_s, spec_plan_s, spec_steps = timed_change()
+    for _ in range(5):
+        if not asyncio.run(loop.reconcile(world, demand, actuator)).decision.steps:
+            break
+    shrunk = world.pools["pool-0"].model_copy(deep=True)
+    shrunk.spec.devices = 0
+    world.pools["pool-0"] = shrunk
+    pool_s, pool_plan_s, pool_steps = timed_change()
     return {
         "services": n,
-        "plan_s": round(plan_s, 3),
-        "first_decision_s": round(decide_s, 3),
-        "steps": len(decision.steps),
-        "replan_decision_s": round(replan_s, 3),
-        "replan_plan_s": round(loop.plan_time_s, 3),
+        "first_decision_s": round(first_s, 3),
+        "first_plan_s": round(first_plan_s, 3),
+        "first_steps": len(first.decision.steps),
+        "idle_decision_s": round(idle_s, 3),
+        "spec_change_decision_s": round(spec_s, 3),
+        "spec_change_plan_s": round(spec_plan_s, 3),
+        "spec_change_steps": spec_steps,
+        "pool_change_decision_s": round(pool_s, 3),
+        "pool_change_plan_s": round(pool_plan_s, 3),
+        "pool_change_steps": pool_steps,
     }
 
 

@@ -16,7 +16,7 @@ after that may the loop scale the old backends down (make before break, see `loo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -197,11 +197,13 @@ def batch_latency_ms(profile_ms: Mapping[int, float], max_batch_size: int) -> fl
 
 
 def worker_specs(
-    plan: Plan, services: Mapping[str, InferenceService], pools: Mapping[str, DevicePool]
+    plan: Plan | Sequence[PlanRow],
+    services: Mapping[str, InferenceService],
+    pools: Mapping[str, DevicePool],
 ) -> dict[WorkerKey, WorkerSpec]:
-    """The worker groups the plan wants (rows with replicas), keyed by (service, variant, pool)."""
+    """The worker groups the plan (or some of its rows) wants, keyed by (service, variant, pool)."""
     out: dict[WorkerKey, WorkerSpec] = {}
-    for row in plan.rows:
+    for row in plan.rows if isinstance(plan, Plan) else plan:
         svc, pool = services.get(row.service), pools.get(row.pool)
         if row.replicas <= 0 or svc is None or pool is None:
             continue

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from accordion.operator.api import (
     Condition,
@@ -49,8 +49,8 @@ from accordion.operator.control.desired import (
     service_routing,
     worker_specs,
 )
-from accordion.operator.planning import planned_demand_qps, status_rows, to_problem
-from accordion.solver import Allocation, Plan, PlannerSettings, Problem
+from accordion.operator.planning import ServiceMemo, planned_demand_qps, status_rows, to_problem
+from accordion.solver import Allocation, Plan, PlannerSettings, PlanRow, Problem, ServicePlan
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,29 @@ class Decision:
 
 
 @dataclass
+class _ServiceOutcome:
+    """One service's part of a decision."""
+
+    routing: Routing
+    make: list[Step] = field(default_factory=list)
+    route: list[Step] = field(default_factory=list)
+    status: list[Step] = field(default_factory=list)
+    requeue_after_s: float | None = None
+
+    @property
+    def settled(self) -> bool:
+        return not (self.make or self.route or self.status) and self.requeue_after_s is None
+
+
+@dataclass(frozen=True)
+class _Settled:
+    """The inputs of a service for which a pass found nothing to do, and its routing."""
+
+    inputs: tuple[Any, ...]
+    routing: Routing
+
+
+@dataclass
 class ReconcileResult:
     decision: Decision
     applied: list[Step]
@@ -288,17 +311,28 @@ class ControlLoop:
         self.last_plan: Plan | None = None
         self.plan_time_s: float = 0.0
         """Wall time of the last planner call (for benchmarks and status)."""
+        self.decide_time_s: float = 0.0
+        """Wall time of the last `decide` (planning included)."""
+        self._spec_memo: ServiceMemo = {}
+        self._targets_memo: dict[str, tuple[Any, dict[WorkerKey, WorkerSpec]]] = {}
+        self._settled: dict[str, _Settled] = {}
+        self._current_memo: tuple[Plan, list[Allocation]] | None = None
 
     # -- planning ------------------------------------------------------------------------------
 
     def _current(self, world: World) -> list[Allocation]:
         """What the planner should avoid changing: the previous plan, or what runs at start."""
         if self.last_plan is not None:
-            return [
-                Allocation(service=r.service, variant=r.variant, pool=r.pool, replicas=r.replicas)
-                for r in self.last_plan.rows
-                if r.replicas > 0 and r.service in world.services
-            ]
+            if self._current_memo is None or self._current_memo[0] is not self.last_plan:
+                allocations = [
+                    Allocation(
+                        service=r.service, variant=r.variant, pool=r.pool, replicas=r.replicas
+                    )
+                    for r in self.last_plan.rows
+                    if r.replicas > 0
+                ]
+                self._current_memo = (self.last_plan, allocations)
+            return [a for a in self._current_memo[1] if a.service in world.services]
         return [
             Allocation(service=k.service, variant=k.variant, pool=k.pool, replicas=w.spec.replicas)
             for k, w in sorted(world.workers.items(), key=lambda kv: kv[0].sort_key())
@@ -314,6 +348,7 @@ class ControlLoop:
             measured_qps=demand.qps,
             current=self._current(world),
             settings=self.settings.planner,
+            memo=self._spec_memo,
         )
         if self.last_plan is not None and build.problem == self.last_problem:
             return self.last_plan, False, build.warnings
@@ -327,8 +362,14 @@ class ControlLoop:
 
     def decide(self, world: World, demand: DemandView) -> Decision:
         """Plan, derive the desired state, and list the steps that lead there (in order)."""
+        started = time.perf_counter()
+        try:
+            return self._decide(world, demand)
+        finally:
+            self.decide_time_s = time.perf_counter() - started
+
+    def _decide(self, world: World, demand: DemandView) -> Decision:
         now_s = self.clock()
-        steps: list[Step] = []
         try:
             plan, planned, warnings = self.make_plan(world, demand)
         except Exception as exc:  # the planner must never take the operator down
@@ -341,74 +382,154 @@ class ControlLoop:
                 planned=False,
                 error=str(exc),
             )
-        targets = worker_specs(plan, world.services, world.pools)
-        ready = {k: w.ready_replicas for k, w in world.workers.items()}
-        running = {k: w.spec for k, w in world.workers.items()}
+        # Group once: per-service work below must not scan the whole cluster (n services).
+        rows_by: dict[str, list[PlanRow]] = {}
+        for row in plan.rows:
+            if row.replicas > 0:
+                rows_by.setdefault(row.service, []).append(row)
+        running_by: dict[str, dict[WorkerKey, RunningWorker]] = {}
+        for key, worker in world.workers.items():
+            running_by.setdefault(key.service, {})[key] = worker
+        summaries = {s.service: s for s in plan.services}
 
-        # 1. make: new groups, groups that grow, groups whose settings change.
-        for key, spec in sorted(targets.items(), key=lambda kv: kv[0].sort_key()):
-            have = world.workers.get(key)
-            if have is None:
-                steps.append(EnsureWorker(spec, exists=False))
-            elif have.spec != spec and spec.replicas >= have.spec.replicas:
-                steps.append(EnsureWorker(spec, exists=True))
-            elif have.spec != spec:
-                # Shrinks: new settings now, at the current size; fewer replicas later.
-                grown = spec.with_replicas(have.spec.replicas)
-                if have.spec != grown:
-                    steps.append(EnsureWorker(grown, exists=True))
-
-        # 2. routing per service, 3. break when the routing is final and settled.
-        routings: dict[str, Routing] = {}
+        targets: dict[WorkerKey, WorkerSpec] = {}
+        outcomes: dict[str, _ServiceOutcome] = {}
         requeue: float | None = None
         for svc_key, svc in sorted(world.services.items()):
-            svc_targets = {k: s for k, s in targets.items() if k.service == svc_key}
-            svc_running = {k: s for k, s in running.items() if k.service == svc_key}
-            routing = service_routing(
-                svc_key, svc.spec.slo.latency_ms, plan.rows, svc_targets, svc_running, ready
+            rows = tuple(rows_by.get(svc_key, ()))
+            svc_targets = self._targets(svc_key, svc, rows, world.pools)
+            targets.update(svc_targets)
+            inputs = (
+                svc,
+                rows,
+                svc_targets,
+                running_by.get(svc_key, {}),
+                world.routing.get(svc_key),
+                world.status.get(svc_key),
+                demand.qps.get(svc_key),
+                demand.unavailable.get(svc_key),
+                summaries.get(svc_key),
             )
-            routings[svc_key] = routing
-            applied = world.routing.get(svc_key)
-            in_place = applied is not None and applied.routing == routing
-            if not in_place:
-                steps.append(ApplyRouting(svc_key, routing, svc.metadata.uid))
-            shrinking = any(
-                k not in svc_targets or svc_targets[k].replicas < s.replicas
-                for k, s in svc_running.items()
+            memo = self._settled.get(svc_key)
+            if memo is not None and memo.inputs == inputs:
+                outcomes[svc_key] = _ServiceOutcome(routing=memo.routing)
+                continue
+            outcome = self._decide_service(
+                svc_key, svc, rows, svc_targets, inputs[3], world, demand, summaries, now_s
             )
-            if not routing.final or not shrinking:
-                continue
-            # The final routing is in place (or goes out first in this pass): break once it
-            # has settled for drain_s.
-            settled_for = now_s - applied.applied_at_s if in_place and applied else 0.0
-            wait = self.settings.drain_s - settled_for
-            if wait > 0:
-                requeue = wait if requeue is None else min(requeue, wait)
-                continue
-            steps.extend(self._break(svc_key, svc_targets, world))
+            outcomes[svc_key] = outcome
+            if outcome.requeue_after_s is not None:
+                requeue = (
+                    outcome.requeue_after_s
+                    if requeue is None
+                    else min(requeue, outcome.requeue_after_s)
+                )
+            if outcome.settled:
+                # Nothing to do for these inputs: the next pass with equal inputs skips it.
+                self._settled[svc_key] = _Settled(inputs, outcome.routing)
+            else:
+                self._settled.pop(svc_key, None)
+        for memo_of in (self._settled, self._targets_memo):
+            for old in [k for k in memo_of if k not in world.services]:
+                del memo_of[old]
 
-        # Services that are gone: remove what served them.
-        gone = sorted(
-            {k.service for k in world.workers} | set(world.routing),
-        )
+        # Steps in the order of the module docstring: make (every service), routing and break
+        # (per service), removal of services that are gone, then status and events.
+        steps: list[Step] = [s for o in outcomes.values() for s in o.make]
+        for o in outcomes.values():
+            steps.extend(o.route)
+        gone = sorted({k.service for k in world.workers} | set(world.routing))
         for svc_key in gone:
             if svc_key in world.services or svc_key in world.invalid:
                 continue
-            workers = tuple(
-                sorted((k for k in world.workers if k.service == svc_key), key=WorkerKey.sort_key)
-            )
+            workers = tuple(sorted(running_by.get(svc_key, {}), key=WorkerKey.sort_key))
             steps.append(RemoveService(svc_key, workers))
-
-        steps.extend(self._status_steps(world, demand, plan, targets, routings, now_s))
+        for o in outcomes.values():
+            steps.extend(o.status)
+        steps.extend(self._invalid_steps(world, _now_rfc3339(now_s)))
         return Decision(
             plan=plan,
             targets=targets,
-            routing=routings,
+            routing={k: o.routing for k, o in outcomes.items()},
             steps=steps,
             planned=planned,
             requeue_after_s=requeue,
             warnings=warnings,
         )
+
+    def _targets(
+        self,
+        svc_key: str,
+        svc: InferenceService,
+        rows: tuple[PlanRow, ...],
+        pools: Mapping[str, DevicePool],
+    ) -> dict[WorkerKey, WorkerSpec]:
+        """The service's worker groups (`desired.worker_specs`), re-used while inputs are equal."""
+        key = (svc, rows, tuple(pools.get(r.pool) for r in rows))
+        hit = self._targets_memo.get(svc_key)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        specs = worker_specs(list(rows), {svc_key: svc}, pools)
+        self._targets_memo[svc_key] = (key, specs)
+        return specs
+
+    def _decide_service(
+        self,
+        svc_key: str,
+        svc: InferenceService,
+        rows: tuple[PlanRow, ...],
+        svc_targets: Mapping[WorkerKey, WorkerSpec],
+        svc_workers: Mapping[WorkerKey, RunningWorker],
+        world: World,
+        demand: DemandView,
+        summaries: Mapping[str, ServicePlan],
+        now_s: float,
+    ) -> _ServiceOutcome:
+        """Steps of one service: make, routing, break (when settled), status and events."""
+        out = _ServiceOutcome(routing=Routing(service=svc_key, slo_ms=svc.spec.slo.latency_ms))
+        # 1. make: new groups, groups that grow, groups whose settings change.
+        for key, spec in sorted(svc_targets.items(), key=lambda kv: kv[0].sort_key()):
+            have = svc_workers.get(key)
+            if have is None:
+                out.make.append(EnsureWorker(spec, exists=False))
+            elif have.spec != spec and spec.replicas >= have.spec.replicas:
+                out.make.append(EnsureWorker(spec, exists=True))
+            elif have.spec != spec:
+                # Shrinks: new settings now, at the current size; fewer replicas later.
+                grown = spec.with_replicas(have.spec.replicas)
+                if have.spec != grown:
+                    out.make.append(EnsureWorker(grown, exists=True))
+
+        # 2. routing, 3. break when the routing is final and settled.
+        svc_running = {k: w.spec for k, w in svc_workers.items()}
+        ready = {k: w.ready_replicas for k, w in svc_workers.items()}
+        routing = service_routing(
+            svc_key, svc.spec.slo.latency_ms, rows, svc_targets, svc_running, ready
+        )
+        out.routing = routing
+        applied = world.routing.get(svc_key)
+        in_place = applied is not None and applied.routing == routing
+        if not in_place:
+            out.route.append(ApplyRouting(svc_key, routing, svc.metadata.uid))
+        shrinking = any(
+            k not in svc_targets or svc_targets[k].replicas < s.replicas
+            for k, s in svc_running.items()
+        )
+        if routing.final and shrinking:
+            # The final routing is in place (or goes out first in this pass): break once it
+            # has settled for drain_s.
+            settled_for = now_s - applied.applied_at_s if in_place and applied else 0.0
+            wait = self.settings.drain_s - settled_for
+            if wait > 0:
+                out.requeue_after_s = wait
+            else:
+                out.route.extend(self._break(svc_key, svc_targets, world))
+
+        # 4. status and events.
+        out.status = self._service_status(
+            svc_key, svc, rows, svc_workers, world, demand, summaries.get(svc_key), routing, now_s
+        )
+        return out
 
     @staticmethod
     def _break(
@@ -454,122 +575,121 @@ class ControlLoop:
                 steps.append(UpdateStatus(key, status))
         return steps
 
-    def _status_steps(
+    def _service_status(
         self,
+        key: str,
+        svc: InferenceService,
+        rows_of_plan: Sequence[PlanRow],
+        svc_workers: Mapping[WorkerKey, RunningWorker],
         world: World,
         demand: DemandView,
-        plan: Plan,
-        targets: Mapping[WorkerKey, WorkerSpec],
-        routings: Mapping[str, Routing],
+        summary: ServicePlan | None,
+        routing: Routing,
         now_s: float,
     ) -> list[Step]:
+        """The service's status step (if its status changes) and the events of a plan change."""
         now = _now_rfc3339(now_s)
         steps: list[Step] = []
-        summaries = {s.service: s for s in plan.services}
-        for key, svc in sorted(world.services.items()):
-            gen = svc.metadata.generation
-            prev = world.status.get(key) or InferenceServiceStatus()
-            conds = {c.type: c for c in prev.conditions}
-            summary = summaries.get(key)
-            rows = status_rows(plan, key)
-            ready_total = 0
-            for row in rows:
-                wk = WorkerKey(service=key, variant=row.variant, pool=row.pool)
-                running = world.workers.get(wk)
-                row.ready_replicas = min(row.replicas, running.ready_replicas if running else 0)
-                ready_total += row.ready_replicas
-            routing = routings.get(key)
-            # The routing goes out before the status in the same pass (steps are ordered).
-            all_ready = routing is not None and routing.final and bool(rows)
-            demand_qps = planned_demand_qps(svc, demand.qps)
-            unserved = summary.unserved_qps if summary else demand_qps
-            new: dict[str, Condition] = {}
-            new["Planned"] = _condition(
+        gen = svc.metadata.generation
+        prev = world.status.get(key) or InferenceServiceStatus()
+        conds = {c.type: c for c in prev.conditions}
+        rows = status_rows(rows_of_plan, key)
+        ready_total = 0
+        for row in rows:
+            wk = WorkerKey(service=key, variant=row.variant, pool=row.pool)
+            running = svc_workers.get(wk)
+            row.ready_replicas = min(row.replicas, running.ready_replicas if running else 0)
+            ready_total += row.ready_replicas
+        # The routing goes out before the status in the same pass (steps are ordered).
+        all_ready = routing.final and bool(rows)
+        demand_qps = planned_demand_qps(svc, demand.qps)
+        unserved = summary.unserved_qps if summary else demand_qps
+        new: dict[str, Condition] = {}
+        new["Planned"] = _condition(
+            conds,
+            "Planned",
+            summary is not None,
+            "Planned" if summary is not None else "NotPlanned",
+            (
+                f"{sum(r.replicas for r in rows)} replicas of {len(rows)} variant/pool "
+                f"rows for {demand_qps:.1f} req/s"
+                if summary is not None
+                else "the service is not in the plan"
+            ),
+            gen,
+            now,
+        )
+        degraded = unserved > 1e-6
+        new["Degraded"] = _condition(
+            conds,
+            "Degraded",
+            degraded,
+            "Shortfall" if degraded else "AllDemandServed",
+            (
+                f"{unserved:.1f} of {demand_qps:.1f} req/s cannot be served at or above "
+                f"the accuracy floor {svc.spec.accuracy.floor:g}"
+                if degraded
+                else "all demand is planned to be served"
+            ),
+            gen,
+            now,
+        )
+        unavailable = demand.unavailable.get(key)
+        if svc.spec.demand.source is DemandSource.PROMETHEUS or unavailable:
+            new["DemandUnavailable"] = _condition(
                 conds,
-                "Planned",
-                summary is not None,
-                "Planned" if summary is not None else "NotPlanned",
+                "DemandUnavailable",
+                unavailable is not None,
+                "MeasurementFailed" if unavailable else "Measured",
                 (
-                    f"{sum(r.replicas for r in rows)} replicas of {len(rows)} variant/pool "
-                    f"rows for {demand_qps:.1f} req/s"
-                    if summary is not None
-                    else "the service is not in the plan"
+                    f"{unavailable}; planning for the last estimate"
+                    if unavailable
+                    else "demand is measured"
                 ),
                 gen,
                 now,
             )
-            degraded = unserved > 1e-6
-            new["Degraded"] = _condition(
-                conds,
-                "Degraded",
-                degraded,
-                "Shortfall" if degraded else "AllDemandServed",
-                (
-                    f"{unserved:.1f} of {demand_qps:.1f} req/s cannot be served at or above "
-                    f"the accuracy floor {svc.spec.accuracy.floor:g}"
-                    if degraded
-                    else "all demand is planned to be served"
+        new["InvalidSpec"] = _condition(
+            conds, "InvalidSpec", False, "Valid", "the spec is valid", gen, now
+        )
+        ready_ok = all_ready
+        new["Ready"] = _condition(
+            conds,
+            "Ready",
+            ready_ok,
+            "Ready" if ready_ok else ("NoReplicas" if not rows else "Progressing"),
+            (
+                f"{ready_total} replicas ready, routing in place"
+                if ready_ok
+                else f"{ready_total} of {sum(r.replicas for r in rows)} replicas ready"
+            ),
+            gen,
+            now,
+        )
+        status = prev.model_copy(
+            update={
+                "observed_generation": gen,
+                "conditions": [new[t] for t in sorted(new)],
+                "demand_qps": round(demand_qps, 3),
+                "capacity_qps": round(summary.capacity_qps, 3) if summary else 0.0,
+                "served_qps": round(summary.served_qps, 3) if summary else 0.0,
+                "effective_accuracy": (
+                    round(summary.effective_accuracy, 3)
+                    if summary and summary.effective_accuracy is not None
+                    else None
                 ),
-                gen,
-                now,
-            )
-            unavailable = demand.unavailable.get(key)
-            if svc.spec.demand.source is DemandSource.PROMETHEUS or unavailable:
-                new["DemandUnavailable"] = _condition(
-                    conds,
-                    "DemandUnavailable",
-                    unavailable is not None,
-                    "MeasurementFailed" if unavailable else "Measured",
-                    (
-                        f"{unavailable}; planning for the last estimate"
-                        if unavailable
-                        else "demand is measured"
-                    ),
-                    gen,
-                    now,
-                )
-            new["InvalidSpec"] = _condition(
-                conds, "InvalidSpec", False, "Valid", "the spec is valid", gen, now
-            )
-            ready_ok = all_ready
-            new["Ready"] = _condition(
-                conds,
-                "Ready",
-                ready_ok,
-                "Ready" if ready_ok else ("NoReplicas" if not rows else "Progressing"),
-                (
-                    f"{ready_total} replicas ready, routing in place"
-                    if ready_ok
-                    else f"{ready_total} of {sum(r.replicas for r in rows)} replicas ready"
-                ),
-                gen,
-                now,
-            )
-            status = prev.model_copy(
-                update={
-                    "observed_generation": gen,
-                    "conditions": [new[t] for t in sorted(new)],
-                    "demand_qps": round(demand_qps, 3),
-                    "capacity_qps": round(summary.capacity_qps, 3) if summary else 0.0,
-                    "served_qps": round(summary.served_qps, 3) if summary else 0.0,
-                    "effective_accuracy": (
-                        round(summary.effective_accuracy, 3)
-                        if summary and summary.effective_accuracy is not None
-                        else None
-                    ),
-                    "ready_replicas": ready_total,
-                    "plan": rows,
-                }
-            )
-            plan_changed = [r.model_copy(update={"ready_replicas": 0}) for r in rows] != [
-                r.model_copy(update={"ready_replicas": 0}) for r in prev.plan
-            ]
-            if plan_changed:
-                status = status.model_copy(update={"last_plan_time": now})
-                steps.extend(_plan_events(key, prev, status))
-            if status != prev:
-                steps.append(UpdateStatus(key, status))
-        steps.extend(self._invalid_steps(world, now))
+                "ready_replicas": ready_total,
+                "plan": rows,
+            }
+        )
+        plan_changed = [r.model_copy(update={"ready_replicas": 0}) for r in rows] != [
+            r.model_copy(update={"ready_replicas": 0}) for r in prev.plan
+        ]
+        if plan_changed:
+            status = status.model_copy(update={"last_plan_time": now})
+            steps.extend(_plan_events(key, prev, status))
+        if status != prev:
+            steps.append(UpdateStatus(key, status))
         return steps
 
     # -- acting --------------------------------------------------------------------------------
