@@ -164,6 +164,56 @@ def _delta(new: dict[float, float], old: dict[float, float]) -> dict[float, floa
     return {k: max(0.0, v - old.get(k, 0.0)) for k, v in new.items()}
 
 
+@dataclass(frozen=True)
+class TickRates:
+    """What happened at one router between two scrapes `dt_s` apart."""
+
+    demand_qps: float
+    """Arrivals per second (``requests_total`` counts a request when it arrives)."""
+    finished: float
+    """Requests that got their outcome (ok, late, dropped, shed or error) in the interval."""
+    ok: float
+    violations: float
+    dt_s: float
+    served_accuracy: float | None
+    """Effective accuracy delivered per finished request (%; a violation counts 0), or None
+    when nothing finished."""
+
+    @property
+    def ok_qps(self) -> float:
+        return self.ok / self.dt_s
+
+    @property
+    def violations_qps(self) -> float:
+        return self.violations / self.dt_s
+
+
+def tick_rates(new: RouterCounters, old: RouterCounters, dt_s: float) -> TickRates:
+    """Rates between two scrapes of one router.
+
+    The router adds a request's accuracy to ``accuracy_served_total`` when it is answered, and
+    its outcome right after (no await between them), but counts it in ``requests_total`` when
+    it arrives. So the delivered accuracy is divided by the requests that *finished* in the
+    same interval (the sum of the outcome counters), never by the arrivals: under a falling
+    load more requests finish than arrive, and that ratio would read above the best variant's
+    accuracy.
+    """
+
+    def outcome(name: str) -> float:
+        return max(0.0, new.outcomes.get(name, 0.0) - old.outcomes.get(name, 0.0))
+
+    finished = sum(outcome(o) for o in {*new.outcomes, *old.outcomes})
+    accuracy = max(0.0, new.accuracy_served - old.accuracy_served)
+    return TickRates(
+        demand_qps=max(0.0, new.requests - old.requests) / dt_s,
+        finished=finished,
+        ok=outcome("ok"),
+        violations=sum(outcome(o) for o in BAD_OUTCOMES),
+        dt_s=dt_s,
+        served_accuracy=100.0 * accuracy / finished if finished > 0 else None,
+    )
+
+
 # ------------------------------------------------------------------------------------ runtime
 
 
@@ -192,6 +242,7 @@ class ServiceStats:
     """Running totals since start (for the view and the summary)."""
 
     requests: float = 0.0
+    """Requests that finished (got an outcome)."""
     ok: float = 0.0
     violations: float = 0.0
     replans: int = 0
@@ -280,7 +331,7 @@ class LocalRuntime:
         """Supervise, measure, reconcile once, and record a sample per service."""
         await self.actuator.supervise()
         now = time.time()
-        measured: dict[str, tuple[float, RouterCounters, RouterCounters | None, float]] = {}
+        measured: dict[str, tuple[TickRates, RouterCounters, RouterCounters]] = {}
         scrapes = await asyncio.gather(*(self._scrape(s) for s in self.world.services))
         for service, counters in zip(self.world.services, scrapes, strict=True):
             if counters is None:
@@ -291,15 +342,14 @@ class LocalRuntime:
             self._counters[service] = (now, counters)
             if previous is None or counters.requests < previous[1].requests:
                 continue  # first scrape, or the router restarted: no rate yet
-            dt = max(1e-3, now - previous[0])
-            rate = (counters.requests - previous[1].requests) / dt
-            estimate = self.tracker.observe(service, now, rate)
+            rates = tick_rates(counters, previous[1], max(1e-3, now - previous[0]))
+            estimate = self.tracker.observe(service, now, rates.demand_qps)
             # The spec's demand.qps is the estimate before the first measurement; locally it
             # is also a floor, so an idle service keeps a worker (the API has no minReplicas).
             floor = self.world.services[service].spec.demand.qps or 0.0
             self.demand.qps[service] = max(estimate, floor)
             self.demand.unavailable.pop(service, None)
-            measured[service] = (rate, counters, previous[1], dt)
+            measured[service] = (rates, counters, previous[1])
 
         self.world.workers = {
             key: RunningWorker(spec=group.spec, ready_replicas=group.ready_count())
@@ -321,27 +371,19 @@ class LocalRuntime:
         self,
         service: str,
         now: float,
-        measured: tuple[float, RouterCounters, RouterCounters | None, float] | None,
+        measured: tuple[TickRates, RouterCounters, RouterCounters] | None,
     ) -> None:
         svc = self.world.services[service]
         status = self.world.status.get(service)
         routing = self.world.routing.get(service)
-        rate = ok_qps = bad_qps = 0.0
-        served_acc: float | None = None
+        rates: TickRates | None = None
         p99_ms: float | None = None
         if measured is not None:
-            rate, new, old, dt = measured
-            assert old is not None
-            ok = new.outcomes.get("ok", 0.0) - old.outcomes.get("ok", 0.0)
-            bad = sum(new.outcomes.get(o, 0.0) - old.outcomes.get(o, 0.0) for o in BAD_OUTCOMES)
-            ok_qps, bad_qps = ok / dt, bad / dt
-            answered = new.requests - old.requests
-            if answered > 0:
-                served_acc = 100.0 * (new.accuracy_served - old.accuracy_served) / answered
+            rates, new, old = measured
             stats = self.stats[service]
-            stats.requests += answered
-            stats.ok += ok
-            stats.violations += bad
+            stats.requests += rates.finished
+            stats.ok += rates.ok
+            stats.violations += rates.violations
             window = self._latency_window.setdefault(service, [])
             window.append((now, _delta(new.latency_buckets, old.latency_buckets)))
             while window and window[0][0] < now - self.settings.p99_window_s:
@@ -362,13 +404,17 @@ class LocalRuntime:
         sample = Sample(
             t_s=round(now - self.started_at_s, 3),
             service=service,
-            demand_qps=round(rate, 2),
+            demand_qps=round(rates.demand_qps, 2) if rates else 0.0,
             estimate_qps=round(self.demand.qps.get(service, 0.0), 2),
             capacity_qps=status.capacity_qps or 0.0 if status else 0.0,
             planned_accuracy=status.effective_accuracy if status else None,
-            served_accuracy=None if served_acc is None else round(served_acc, 3),
-            ok_qps=round(ok_qps, 2),
-            violations_qps=round(bad_qps, 2),
+            served_accuracy=(
+                round(rates.served_accuracy, 3)
+                if rates and rates.served_accuracy is not None
+                else None
+            ),
+            ok_qps=round(rates.ok_qps, 2) if rates else 0.0,
+            violations_qps=round(rates.violations_qps, 2) if rates else 0.0,
             p99_ms=p99_ms,
             slo_ms=svc.spec.slo.latency_ms,
             replicas=replicas,
@@ -452,4 +498,12 @@ def _step_service(step: object) -> str:
     return str(getattr(key, "service", "?"))
 
 
-__all__ = ["LocalModeError", "LocalRuntime", "RuntimeSettings", "Sample", "service_slug"]
+__all__ = [
+    "LocalModeError",
+    "LocalRuntime",
+    "RuntimeSettings",
+    "Sample",
+    "TickRates",
+    "service_slug",
+    "tick_rates",
+]

@@ -15,9 +15,11 @@ from accordion.local.actuator import free_port
 from accordion.local.runtime import (
     LocalModeError,
     LocalRuntime,
+    RouterCounters,
     RuntimeSettings,
     histogram_quantile,
     parse_router_metrics,
+    tick_rates,
 )
 
 
@@ -127,3 +129,59 @@ def test_live_view_renders_before_the_first_tick(
     assert "classifier" in text
     assert "starting" in text
     assert "Ctrl-C stops everything" in text
+
+
+def test_served_accuracy_is_per_finished_request_not_per_arrival() -> None:
+    # A falling load: 10 requests arrived during the tick, but 20 finished (the queue from
+    # the previous tick drained), 19 in time on an 84%-accurate variant and 1 late. The router
+    # counts arrivals in requests_total and answers in accuracy_served/outcomes.
+    old = RouterCounters(requests=100, outcomes={"ok": 90.0}, accuracy_served=90 * 0.84)
+    new = RouterCounters(
+        requests=110, outcomes={"ok": 109.0, "late": 1.0}, accuracy_served=109 * 0.84
+    )
+    rates = tick_rates(new, old, dt_s=0.5)
+    assert rates.demand_qps == pytest.approx(20.0)
+    assert rates.finished == 20
+    assert rates.ok_qps == pytest.approx(38.0)
+    assert rates.violations_qps == pytest.approx(2.0)
+    assert rates.served_accuracy == pytest.approx(84 * 19 / 20)  # never above the best variant
+    idle = tick_rates(new, new, dt_s=1.0)
+    assert idle.served_accuracy is None
+    assert idle.demand_qps == 0
+
+
+def test_live_view_is_readable_at_80_columns(
+    tmp_path: Path, manifests: Callable[..., Path]
+) -> None:
+    from rich.console import Console
+
+    from accordion.local.actuator import Event
+    from accordion.local.runtime import Sample
+    from accordion.local.view import render
+
+    rt = LocalRuntime([manifests()], tmp_path / "run", RuntimeSettings(base_port=free_port()))
+    key = "default/classifier"
+    rt.latest[key] = Sample(
+        t_s=60.0, service=key, demand_qps=148.25, estimate_qps=151.3, capacity_qps=322.0,
+        planned_accuracy=79.0, served_accuracy=78.95, ok_qps=147.9, violations_qps=0.35,
+        p99_ms=8.21, slo_ms=100.0, replicas={"demo-xl@local-cpu": 0, "demo-m@local-cpu": 1},
+        ready={"demo-xl@local-cpu": 1, "demo-m@local-cpu": 1}, weights={"demo-m@local-cpu": 1.0},
+    )  # fmt: skip
+    rt.stats[key].requests, rt.stats[key].ok, rt.stats[key].replans = 9447, 9442, 3
+    rt.events.append(Event(time.time(), key, "Normal", "AccuracyScaledDown", "84 -> 79"))
+    console = Console(record=True, width=80)
+    console.print(render(rt))
+    text = console.export_text()
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    rows = [line.split() for line in text.splitlines()]
+    headers = next(r for r in rows if r[:1] == ["service"])
+    assert headers == ["service", "demand/s", "capacity/s", "accuracy", "p99/SLO", "violations",
+                       "re-plans"], text  # fmt: skip
+    service_row = next(r for r in rows if r[:1] == ["classifier"])
+    assert service_row == ["classifier", "148.2", "322", "plan", "79.0", "8ms", "0.3/s", "3"]
+    assert ["est", "151.3", "served", "79.0", "/100ms", "99.95%", "ok"] in rows
+    assert ["classifier", "demo-m", "local-cpu", "1/1", "1.00"] in rows
+    assert ["classifier", "demo-xl", "local-cpu", "1/0", "0.00"] in rows
+    assert "AccuracyScaledDown" in text
+    assert f"default/classifier → {rt.router_url(key)}" in text
