@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -13,10 +12,12 @@ from accordion.workers.batching import (
     ClipperAimd,
     LatencyPredictor,
     NoBatching,
+    ReplayOutcome,
     Request,
     SloBatcher,
     TritonDynamicBatcher,
     make_policy,
+    replay,
 )
 from accordion.workers.config import BatchingConfig
 
@@ -25,66 +26,16 @@ def affine(base_s: float, per_item_s: float) -> Callable[[int], float]:
     return lambda b: base_s + per_item_s * b
 
 
-@dataclass
-class Outcome:
-    ok: int = 0
-    late: int = 0
-    dropped: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return self.ok + self.late + self.dropped
-
-
 def simulate(
     policy: BatchingPolicy,
     arrivals_s: list[float],
     slo_s: float,
     true_latency: Callable[[int], float],
-) -> Outcome:
+) -> ReplayOutcome:
     """Drive a policy exactly as the worker loop does, on simulated time."""
-    out = Outcome()
-    pending = [Request(i, t, t + slo_s) for i, t in enumerate(arrivals_s)]
-    i = 0
-    now = 0.0
-    running: tuple[tuple[Request, ...], float, float] | None = None  # batch, start, end
-    wake: float | None = None
-    while i < len(pending) or running is not None or policy.queue_depth:
-        candidates = []
-        if i < len(pending):
-            candidates.append(pending[i].arrival_s)
-        if running is not None:
-            candidates.append(running[2])
-        if wake is not None:
-            candidates.append(max(wake, now))
-        if not candidates:
-            break
-        now = min(candidates)
-        if running is not None and running[2] <= now:
-            batch, start, end = running
-            policy.complete(len(batch), end - start, now)
-            for r in batch:
-                if end <= r.deadline_s + 1e-12:
-                    out.ok += 1
-                else:
-                    out.late += 1
-            running = None
-        while i < len(pending) and pending[i].arrival_s <= now:
-            policy.enqueue(pending[i], now)
-            i += 1
-        decision = policy.decide(now)
-        for d in decision.dropped:
-            out.dropped += 1
-            out.reasons.append(d.reason)
-        wake = decision.wake_at_s
-        if decision.batch:
-            assert running is None, "policy started a batch while the device was busy"
-            running = (decision.batch, now, now + true_latency(len(decision.batch)))
-            out.batch_sizes.append(len(decision.batch))
-            wake = None
-    return out
+    return replay(
+        policy, [Request(i, t, t + slo_s) for i, t in enumerate(arrivals_s)], true_latency
+    )
 
 
 def poisson(rate: float, n: int, seed: int = 1) -> list[float]:
@@ -288,3 +239,12 @@ def test_no_batching_baseline_collapses_under_the_same_overload() -> None:
     slow = affine(0.008, 0.003)
     out = simulate(NoBatching(), poisson(900.0, 3000, seed=4), SLO, slow)
     assert out.ok < 0.05 * out.total
+
+
+def test_replay_times_a_known_schedule() -> None:
+    # Two requests 1 ms apart, 4 ms each alone: the second waits for the first.
+    out = replay(NoBatching(), [Request(0, 0.0, 0.005), Request(1, 0.001, 0.006)], lambda b: 0.004)
+    assert (out.ok, out.late, out.dropped) == (1, 1, 0)
+    assert out.response_s == pytest.approx([0.004, 0.007])
+    assert out.batch_sizes == [1, 1]
+    assert out.attainment == 0.5

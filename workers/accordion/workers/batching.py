@@ -20,6 +20,9 @@ returns no other batch.
 Policies: `SloBatcher` (ours: EDF, largest batch that meets every member's deadline, lazy
 waiting, early drop, online-corrected latency prediction) and the baselines `NoBatching`,
 `TritonDynamicBatcher` and `ClipperAimd`, faithful to what those systems do.
+
+`replay` is that protocol's driver on simulated time (one device, execution latency from a
+function of the batch size): the tests and `bench/batching/policy_sim.py` share it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import itertools
 import math
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from accordion.workers.config import BatchingConfig
@@ -535,6 +538,85 @@ class SloBatcher(BatchingPolicy):
         self._busy_until_s = now_s + predicted
         self._start(batch)
         return Decision(batch=batch, dropped=dropped, predicted_latency_s=predicted)
+
+
+@dataclass
+class ReplayOutcome:
+    """What `replay` observed: outcomes per request, batch sizes, drop reasons, and the
+    response time (arrival to completion) of every answered request."""
+
+    ok: int = 0
+    late: int = 0
+    dropped: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    response_s: list[float] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.late + self.dropped
+
+    @property
+    def attainment(self) -> float:
+        """Share of requests answered within their deadline."""
+        return self.ok / self.total if self.total else 1.0
+
+
+def replay(
+    policy: BatchingPolicy,
+    requests: Iterable[Request],
+    latency_s: Callable[[int], float],
+) -> ReplayOutcome:
+    """Drive `policy` on simulated time exactly as the worker loop drives it on real time.
+
+    `requests` in arrival order; `latency_s(batch_size)` is the execution latency of each batch
+    the policy starts (the caller may add noise). Pure: no I/O, no wall clock. A request
+    finishing at its deadline counts as within it.
+    """
+    out = ReplayOutcome()
+    pending = list(requests)
+    i, now = 0, 0.0
+    running: tuple[tuple[Request, ...], float, float] | None = None  # batch, start, end
+    wake: float | None = None
+    while i < len(pending) or running is not None or policy.queue_depth:
+        candidates = [pending[i].arrival_s] if i < len(pending) else []
+        if running is not None:
+            candidates.append(running[2])
+        if wake is not None:
+            candidates.append(max(wake, now))
+        if not candidates:
+            break  # the policy holds requests without asking to be woken
+        now = min(candidates)
+        if running is not None and running[2] <= now:
+            batch, start, end = running
+            policy.complete(len(batch), end - start, now)
+            for r in batch:
+                out.response_s.append(end - r.arrival_s)
+                if end <= r.deadline_s + 1e-12:
+                    out.ok += 1
+                else:
+                    out.late += 1
+            running = None
+        while i < len(pending) and pending[i].arrival_s <= now:
+            policy.enqueue(pending[i], now)
+            i += 1
+        decision = policy.decide(now)
+        for d in decision.dropped:
+            out.dropped += 1
+            out.reasons.append(d.reason)
+        wake = decision.wake_at_s
+        if decision.batch:
+            if running is not None:
+                raise RuntimeError("policy started a batch while the device was busy")
+            size = len(decision.batch)
+            running = (decision.batch, now, now + latency_s(size))
+            out.batch_sizes.append(size)
+            wake = None
+    stranded = len(pending) - out.total
+    if stranded:
+        out.dropped += stranded
+        out.reasons += ["left in the queue: the policy never served it"] * stranded
+    return out
 
 
 def make_policy(
