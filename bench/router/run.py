@@ -22,6 +22,7 @@ Usage (about 2 minutes; under the shared heavy lock):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -141,11 +142,16 @@ def total(
 @dataclass
 class RunResult:
     fast_loop: bool
+    headroom: float
     client: dict[str, Any]
     router: dict[str, Any]
     workers: dict[str, dict[str, float]]
     timeline: list[dict[str, float]] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{'fast loop' if self.fast_loop else 'weights only'}, headroom {self.headroom:g}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -159,6 +165,7 @@ def run_once(
     planned: list[Planned],
     trace: Path,
     fast_loop: bool,
+    headroom: float,
     workdir: Path,
 ) -> RunResult:
     procs: list[subprocess.Popen[bytes]] = []
@@ -196,10 +203,10 @@ def run_once(
                 for p in planned
             ],
             fast_loop=FastLoopBounds(
-                enabled=fast_loop, max_shift=args.max_shift, headroom=args.headroom
+                enabled=fast_loop, max_shift=args.max_shift, headroom=headroom
             ),
         )
-        table_path = workdir / f"routing-{'fast' if fast_loop else 'weights'}.json"
+        table_path = workdir / f"routing-{fast_loop}-{headroom}.json"
         table_path.write_text(table.model_dump_json(indent=2))
         rport = free_port()
         router_url = f"http://127.0.0.1:{rport}"
@@ -276,7 +283,7 @@ def run_once(
         cpu = {
             name: cpu_seconds(proc.pid) for name, proc in zip([*urls, "router"], procs, strict=True)
         }
-        return RunResult(fast_loop, client, router, workers, timeline, cpu)
+        return RunResult(fast_loop, headroom, client, router, workers, timeline, cpu)
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -320,8 +327,15 @@ def plot(results: list[RunResult], args: argparse.Namespace, path: Path) -> None
     ax.axvspan(args.burst_start_s, args.burst_end_s, color="0.9", label="burst")
     for r in results:
         xs, ys = binned(r.timeline, 1.0)
-        label = "fast loop" if r.fast_loop else "weights only"
-        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            markersize=3,
+            color="tab:blue" if r.fast_loop else "tab:orange",
+            linestyle="-" if r.headroom == args.headroom[0] else "--",
+            label=r.label,
+        )
     ax.set_xlabel("time (s)")
     ax.set_ylabel("SLO attainment (1 s bins)")
     ax.set_ylim(0, 1.05)
@@ -383,7 +397,7 @@ def report(
         acc = m["accuracy_served"] / m["requests"] if m["requests"] else 0.0
         per_variant = ", ".join(f"{k} {v:.0f}" for k, v in m["ok_by_variant"].items())
         lines.append(
-            f"| {'fast loop' if r.fast_loop else 'weights only'} | {c['sent']} | "
+            f"| {r.label} | {c['sent']} | "
             f"{c['attainment'] * 100:.1f}% | {c['p99_ms']:.1f} | {m['ok']:.0f} | {m['late']:.0f} "
             f"| {m['dropped']:.0f} | {m['shed']:.0f} | {m['error']:.0f} | {m['rerouted']:.0f} | "
             f"{per_variant} | {acc:.3f} |"
@@ -397,9 +411,7 @@ def report(
         ]
         cpu = ", ".join(f"{k} {v:.1f}" for k, v in r.cpu_s.items())
         lines.append(
-            f"- {'fast loop' if r.fast_loop else 'weights only'}: "
-            + "; ".join(parts)
-            + f"; CPU seconds (startup included): {cpu}"
+            f"- {r.label}: " + "; ".join(parts) + f"; CPU seconds (startup included): {cpu}"
         )
     lines += ["", "![attainment over time](router.png)", ""]
     return "\n".join(lines)
@@ -419,8 +431,10 @@ def main() -> None:
     parser.add_argument(
         "--headroom",
         type=float,
-        default=0.8,
-        help="the table's headroom: the router counts on this share of profiled capacity",
+        nargs="+",
+        default=[0.8, 1.0],
+        help="the table's headroom(s): the router counts on this share of profiled capacity; "
+        "both routings run at each",
     )
     parser.add_argument("--sample-s", type=float, default=0.25)
     parser.add_argument("--repeats", type=int, default=20)
@@ -443,8 +457,8 @@ def main() -> None:
         trace = workdir / "trace.txt"
         trace.write_text("".join(f"{t:.6f}\n" for t in burst_trace(args)))
         results = []
-        for fast_loop in (True, False):
-            result = run_once(args, planned, trace, fast_loop, workdir)
+        for headroom, fast_loop in itertools.product(args.headroom, (True, False)):
+            result = run_once(args, planned, trace, fast_loop, headroom, workdir)
             print(
                 json.dumps({"fast_loop": fast_loop, **result.client, **result.router}), flush=True
             )
