@@ -11,7 +11,6 @@ from accordion.sim.proteus import Proteus
 POLICIES: dict[str, Callable[[], ControlPolicy]] = {
     "accordion": lambda: Accordion(fast_loop=True),
     "accordion-nofast": lambda: Accordion(fast_loop=False),
-    "accordion-decider": lambda: Accordion(router="decider", name="accordion-decider"),
     "accordion-planner-weights": lambda: Accordion(
         fast_loop=False, spare=False, name="accordion-planner-weights"
     ),

@@ -73,7 +73,7 @@ class SimConfig:
     router: str = "auto"
     """``auto``: the policy's choice (`ControlPolicy.router`); ``decider``: the router's own
     `RoutingDecider` (accordion.workers.fastloop), one backend per replica, fast loop per the
-    policy; ``builtin``: smooth weighted round-robin with the simulator's simpler fast loop."""
+    policy; ``builtin``: plain smooth weighted round-robin, no fast loop."""
     rise_half_life_s: float = 2.0
     fall_half_life_s: float = 20.0
     end_s: float | None = None
@@ -98,7 +98,6 @@ class Replica:
     replaces: Replica | None = None
     replaced: bool = False
     wake_token: int = 0
-    busy_until_s: float = 0.0
 
     @property
     def key(self) -> tuple[int, str, str]:
@@ -199,7 +198,6 @@ class Simulator:
             self._finished(d.request)
         if decision.batch:
             latency = self.exec_time_s(replica, len(decision.batch))
-            replica.busy_until_s = now + latency
             self._push(now + latency, _COMPLETE, (replica, decision.batch, latency))
         if decision.wake_at_s is not None and decision.wake_at_s > now:
             replica.wake_token += 1
@@ -275,10 +273,10 @@ class Simulator:
         if not replicas:
             return None
         decider = self._deciders[service]
-        choice = decider.choose(req.deadline_s - self.now_s)
+        choice = decider.choose(req.deadline_s - self.now_s, self.now_s)
         if choice.backend is None:
             return None
-        decider.sent(choice.backend)
+        decider.sent(choice.backend, self.now_s)
         req.payload = (service, choice.backend)
         return replicas[choice.backend]
 
@@ -288,11 +286,12 @@ class Simulator:
             service, name = req.payload
             decider = self._deciders.get(service)
             if decider is not None:
-                decider.finished(name)
+                decider.finished(name, self.now_s)
 
     def _route(self, service: int, req: Request) -> Replica | None:
         if self._router == "decider":
             return self._route_decider(service, req)
+        # Plain weighted routing (the baselines'): smooth weighted round-robin, no fast loop.
         ready = [r for r in self.by_service[service] if r.state == "active"]
         if not ready:
             return None
@@ -308,26 +307,7 @@ class Simulator:
                 best = r
         assert best is not None
         best.current_weight -= total
-        if not self.policy.fast_loop:
-            return best
-        if self._expected_finish_s(best) <= req.deadline_s:
-            return best
-        # Fast loop: the most accurate ready replica that still makes the deadline.
-        candidates = [r for r in ready if self._expected_finish_s(r) <= req.deadline_s]
-        if not candidates:
-            return None
-        return max(candidates, key=lambda r: (r.variant.accuracy, -self._expected_finish_s(r)))
-
-    def _expected_finish_s(self, r: Replica) -> float:
-        """When a new arrival at `r` would finish, from its backlog and its capacity."""
-        start = max(self.now_s, r.busy_until_s if r.policy.busy else self.now_s)
-        raw = r.capacity_qps if r.capacity_qps > 0 else 1.0
-        backlog = r.policy.queue_depth + 1
-        batch = min(backlog, r.max_batch_size)
-        one_batch = r.policy.predicted_latency_s(batch)
-        if one_batch is None:
-            one_batch = batch / raw
-        return start + max(backlog / raw, one_batch)
+        return best
 
     def _arrive(self, rid: int) -> None:
         w = self.workload

@@ -1,7 +1,8 @@
 """Ours and the baselines that share our planner: hardware-only and Clipper-HA/HT, and INFaaS.
 
 * `Accordion` (ours): the operator's planner (`accordion.solver.planner.plan`) on the demand
-  estimate plus headroom, `SloBatcher` in every replica, weighted routing, fast loop on or off.
+  estimate plus headroom, `SloBatcher` in every replica, the router pods' `RoutingDecider`
+  (`accordion.workers.fastloop`, fast loop on or off).
   By default (`spare=True`) it plans twice: the estimate plus a small routing headroom at the
   best accuracy, then the burst headroom on the devices left over as spare replicas; routing
   weights fill the most accurate replicas first and only the router's fast loop sends overflow
@@ -129,10 +130,9 @@ def accuracy_first_routing(
 
 
 class Accordion(ControlPolicy):
-    """Ours: planner + SloBatcher + weighted routing with the fast loop on or off.
+    """Ours: planner + SloBatcher + the router's `RoutingDecider`, fast loop on or off.
 
-    `router="decider"` routes with the router's own `RoutingDecider` instead of the
-    simulator's built-in weighted router (see `SimConfig.router`).
+    `router="builtin"` routes with plain weighted round-robin instead (see `SimConfig.router`).
     """
 
     def __init__(
@@ -146,7 +146,7 @@ class Accordion(ControlPolicy):
         accuracy_first: bool = True,
         routing_headroom: float = 0.1,
         spare: bool = True,
-        router: str = "builtin",
+        router: str = "decider",
         name: str | None = None,
     ) -> None:
         self.fast_loop = fast_loop
@@ -236,7 +236,13 @@ class HardwareOnly(Accordion):
     most_accurate = True
 
     def __init__(self, *, name: str = "hardware-only", **kwargs: object) -> None:
-        super().__init__(name=name, fast_loop=False, spare=False, **kwargs)  # type: ignore[arg-type]
+        super().__init__(
+            name=name,
+            fast_loop=False,
+            spare=False,
+            router="builtin",
+            **kwargs,  # type: ignore[arg-type]
+        )
 
     def variants(self) -> dict[str, tuple[VariantSpec, ...]]:
         out: dict[str, tuple[VariantSpec, ...]] = {}

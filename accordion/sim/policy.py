@@ -59,9 +59,9 @@ class ControlPolicy(ABC):
     replan_interval_s: float = 5.0
     fast_loop: bool = False
     router: str = "builtin"
-    """``decider``: the router's `RoutingDecider` (ours); ``builtin``: plain weighted routing
-    (the baselines: their systems have no such router), plus the simulator's simple fast loop
-    when `fast_loop` is on."""
+    """``decider``: the router's `RoutingDecider` (ours), its fast loop on or off per
+    `fast_loop`; ``builtin``: plain weighted routing (the baselines: their systems have no such
+    router)."""
 
     def setup(self, view: SimView) -> None:
         """Called once before the run."""

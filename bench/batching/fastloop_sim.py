@@ -114,7 +114,7 @@ def simulate(
     def step(name: str, now: float) -> None:
         decision = policies[name].decide(now)
         for _ in decision.dropped:
-            decider.finished(name)
+            decider.finished(name, now)
         if decision.batch:
             running[name] = (decision.batch, now)
             push(now + variants[name].latency_s(len(decision.batch)), "done", name)
@@ -125,11 +125,11 @@ def simulate(
         now, _, kind, name = heapq.heappop(events)
         if kind == "arrival":
             result.sent += 1
-            choice = decider.choose(SLO_S)
+            choice = decider.choose(SLO_S, now)
             if choice.backend is None:
                 result.shed += 1
                 continue
-            decider.sent(choice.backend)
+            decider.sent(choice.backend, now)
             ids += 1
             policies[choice.backend].enqueue(Request(ids, now, now + SLO_S), now)
             if running[choice.backend] is None:
@@ -143,7 +143,7 @@ def simulate(
             running[name] = None
             policies[name].complete(len(batch), now - start, now)
             for r in batch:
-                decider.finished(name)
+                decider.finished(name, now)
                 if now <= r.deadline_s + 1e-12:
                     result.ok += 1
                     result.accuracy_sum += variants[name].accuracy

@@ -141,3 +141,77 @@ def test_router_and_config_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def batching_table(bounds: FastLoopBounds | None = None) -> RoutingTable:
+    """big: batches of 8 in 100 ms (80/s); mid and small: faster, less accurate; SLO 300 ms."""
+    specs = {"big": (0.84, 1.0, 0.100), "mid": (0.79, 0.0, 0.050), "small": (0.70, 0.0, 0.020)}
+    return RoutingTable(
+        service="svc",
+        slo_ms=300.0,
+        backends=[
+            Backend(
+                name=n,
+                url="http://127.0.0.1:9000",
+                weight=w,
+                accuracy=acc,
+                capacity_qps=8 / latency_s,
+                max_batch_size=8,
+                batch_latency_ms=latency_s * 1000,
+            )
+            for n, (acc, w, latency_s) in specs.items()
+        ],
+        fast_loop=bounds or FastLoopBounds(),
+    )
+
+
+def test_prediction_counts_the_running_batch_and_the_queue_behind_it() -> None:
+    decider = RoutingDecider(batching_table())
+    assert decider.predicted_wait_s("big", 1, now_s=0.0) == pytest.approx(0.1)  # idle: one batch
+    for _ in range(8):
+        decider.sent("big", now_s=0.0)  # one full batch starts at t=0
+    # At t=0.05 half of the running batch is left, then one more batch.
+    assert decider.predicted_wait_s("big", 1, now_s=0.05) == pytest.approx(0.05 + 0.1)
+    # Without a clock the running batch is assumed to have just started.
+    assert decider.predicted_wait_s("big", 1) == pytest.approx(0.2)
+    for _ in range(16):
+        decider.sent("big", now_s=0.05)
+    # 16 queued + the new one drain at 80/s after the running batch.
+    assert decider.predicted_wait_s("big", 1, now_s=0.05) == pytest.approx(0.05 + 17 / 80)
+    for _ in range(8):
+        decider.finished("big", now_s=0.1)  # the batch ended; the next one starts at 0.1
+    assert decider.predicted_wait_s("big", 1, now_s=0.1) == pytest.approx(0.1 + 9 / 80)
+
+
+def test_reroutes_to_the_most_accurate_backend_that_makes_the_deadline() -> None:
+    decider = RoutingDecider(batching_table(FastLoopBounds(max_shift=0.0)))  # no relief shift
+    for _ in range(24):
+        decider.sent("big", now_s=0.0)  # 0.1 + 17/80 > 0.3: big is full
+    for _ in range(4):
+        decider.sent("mid", now_s=0.0)  # mid is busier than small but still in time
+    choice = decider.choose(0.3, now_s=0.0)
+    assert (choice.backend, choice.rerouted_from) == ("mid", "big")
+    for _ in range(50):
+        decider.sent("mid", now_s=0.0)  # now mid cannot make it either
+    assert decider.choose(0.3, now_s=0.0).backend == "small"
+    # A shorter budget than any backend's next answer: shed.
+    assert decider.choose(0.01, now_s=0.0).backend is None
+
+
+def test_relief_goes_to_the_most_accurate_backend_with_slack() -> None:
+    decider = RoutingDecider(batching_table())
+    for _ in range(24):
+        decider.sent("big", now_s=0.0)
+    weights = decider.effective_weights(now_s=0.0)
+    assert weights["big"] == pytest.approx(0.5)  # pressure 1: max_shift of its weight moves
+    assert weights["mid"] == pytest.approx(0.5)
+    assert weights["small"] == 0.0
+
+
+def test_smooth_weighted_round_robin_is_exact_over_a_cycle() -> None:
+    decider = RoutingDecider(table({"big": 3.0, "small": 1.0}), seed=5)
+    picks = [decider.choose(0.1).backend for _ in range(8)]
+    assert picks.count("big") == 6
+    assert picks.count("small") == 2
+    # No burst: never more than three in a row to big.
+    assert "bbbb" not in "".join("b" if p == "big" else "s" for p in picks * 2)

@@ -34,4 +34,6 @@ def test_fast_loop_serves_the_burst_weights_only_cannot() -> None:
     plan = sim.simulate(False, lambda t: 300.0, 4.0, seed=3)
     assert calm.attainment >= 0.99
     assert abs(calm.accuracy_sum / calm.ok - plan.accuracy_sum / plan.ok) < 0.02
-    assert calm.effective_accuracy >= plan.effective_accuracy
+    # The relief shift may move a few requests to `small` before `big` is truly full: a
+    # tenth of a point of accuracy at most.
+    assert calm.effective_accuracy >= plan.effective_accuracy - 0.001
