@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import time
 from pathlib import Path
 
 import aiohttp
@@ -199,7 +200,8 @@ class Router:
 
     def _publish_weights(self) -> None:
         plan = self.decider.plan_weights()
-        effective = self.decider.effective_weights()
+        # time.monotonic() is the event loop's clock (loop.time()), the one `infer` passes.
+        effective = self.decider.effective_weights(time.monotonic())
         for b in self.table.backends:
             self.metrics.weight.labels(self.service, b.name, "plan").set(plan.get(b.name, 0.0))
             self.metrics.weight.labels(self.service, b.name, "effective").set(
@@ -265,7 +267,7 @@ class Router:
         service = self.service
         m = self.metrics
         m.requests.labels(service).inc()
-        choice = self.decider.choose(budget_s)
+        choice = self.decider.choose(budget_s, now_s=start)
         if choice.backend is None:
             m.outcomes.labels(service, "none", "shed").inc()
             return _json_error(503, f"shed: {choice.reason}", "shed")
@@ -273,7 +275,7 @@ class Router:
         backend = self.decider.backend(name)
         if choice.rerouted_from is not None:
             m.rerouted.labels(service, choice.rerouted_from, name).inc()
-        self.decider.sent(name)
+        self.decider.sent(name, loop.time())
         session = self._session
         assert session is not None
         remaining_ms = max(0.001, (budget_s - (loop.time() - start)) * 1000.0)
@@ -295,7 +297,7 @@ class Router:
             m.outcomes.labels(service, name, "error").inc()
             return _json_error(502, f"backend {name!r} failed: {exc!r}", "error")
         finally:
-            self.decider.finished(name)
+            self.decider.finished(name, loop.time())
             self._publish_weights()
         elapsed = loop.time() - start
         if status == 200:
