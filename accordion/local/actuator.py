@@ -9,7 +9,9 @@ and go, exactly like a Kubernetes Service.
 `supervise` plays the Deployment controller: it reaps dead replicas (their traffic goes to the
 group's other replicas, and the loop routes around a group with fewer ready replicas), starts
 replacements, probes readiness on each replica's private port, and retires replicas running an
-outdated spec once enough up-to-date ones are ready (a rolling update with surge).
+outdated spec once enough up-to-date ones are ready (a rolling update with surge). A router
+that dies is restarted at once on its port with the same routing table (a `RouterDied` event):
+requests sent while it is down fail, as they would while a pod restarts.
 """
 
 from __future__ import annotations

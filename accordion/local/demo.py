@@ -135,14 +135,14 @@ def wait_ready(
             routers = state.get("routers", {})
             urls = {str(k): str(u) for k, u in state["urls"].items()}
             names = {k: str(routers.get(k, {}).get("model", "")) for k in urls}
-            if all(names.values()) and all(_router_ready(urls[k], names[k]) for k in urls):
+            if all(names.values()) and all(router_ready(urls[k], names[k]) for k in urls):
                 first = sorted(urls)[0]
                 return urls[first], names[first]
         time.sleep(0.2)
     raise TimeoutError(f"accordion up was not ready within {timeout_s:.0f}s; see {run_dir}")
 
 
-def _router_ready(url: str, service: str) -> bool:
+def router_ready(url: str, service: str) -> bool:
     """The service's router (not anything else on that port) answers and is ready."""
     import urllib.error
     import urllib.request

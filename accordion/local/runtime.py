@@ -6,7 +6,8 @@ latency histogram, accuracy served), fold the measured rate into the shared `Dem
 and run one pass of the SAME `ControlLoop` the operator runs, with the process actuator. What
 happened is kept as a timeline (one sample per tick, `timeline.jsonl`), an event log
 (`events.jsonl`) and a snapshot (`state.json`) in the run directory; the live view and the demo
-read those.
+read those. A restarted router counts from zero again: that tick gives no rate, and the loop
+plans on the last estimate meanwhile (as the operator does when Prometheus does not answer).
 
 Startup checks stop `up` at once with a clear message (`LocalModeError`): invalid manifests,
 a model that does not exist, a router port in use, a pool local mode cannot run.
@@ -120,6 +121,8 @@ class RouterCounters:
     accuracy_served: float = 0.0
     latency_buckets: dict[float, float] = field(default_factory=dict)
     per_variant_ok: dict[str, float] = field(default_factory=dict)
+    source: int = 0
+    """The pid of the router scraped: a restarted router counts from zero again."""
 
 
 def parse_router_metrics(text: str) -> RouterCounters:
@@ -323,7 +326,9 @@ class LocalRuntime:
             async with self._session.get(f"http://{HOST}:{router.port}/metrics") as resp:
                 if resp.status != 200:
                     return None
-                return parse_router_metrics(await resp.text())
+                counters = parse_router_metrics(await resp.text())
+                counters.source = router.proc.pid
+                return counters
         except (aiohttp.ClientError, TimeoutError):
             return None
 
@@ -340,7 +345,10 @@ class LocalRuntime:
                 continue
             previous = self._counters.get(service)
             self._counters[service] = (now, counters)
-            if previous is None or counters.requests < previous[1].requests:
+            restarted = previous is not None and (
+                counters.source != previous[1].source or counters.requests < previous[1].requests
+            )
+            if previous is None or restarted:
                 continue  # first scrape, or the router restarted: no rate yet
             rates = tick_rates(counters, previous[1], max(1e-3, now - previous[0]))
             estimate = self.tracker.observe(service, now, rates.demand_qps)

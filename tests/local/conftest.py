@@ -10,6 +10,7 @@ import pytest
 
 from accordion.local.actuator import free_port
 from accordion.local.demo import start_up, stop_up
+from accordion.local.procs import PARENT_ENV
 
 POOL = """\
 apiVersion: accordion.dev/v1alpha1
@@ -85,3 +86,21 @@ def up(tmp_path: Path) -> Iterator[UpFactory]:
     for proc, run_dir in started:
         if proc.poll() is None:
             stop_up(proc, run_dir)
+
+
+def local_children(up_pid: int) -> set[int]:
+    """Live processes started by the `accordion up` with this pid, found in /proc: every child
+    carries its parent's pid in its environment (`accordion.local.procs`), wherever it was
+    reparented to. A zombie has no environment left, so it does not count."""
+    marker = f"{PARENT_ENV}={up_pid}".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if marker in environ.split(b"\0"):
+            found.add(int(entry.name))
+    return found

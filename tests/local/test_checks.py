@@ -47,7 +47,10 @@ def test_invalid_manifest_stops_up_with_the_field_path(tmp_path: Path) -> None:
 
 def test_missing_model_file_stops_up(tmp_path: Path, manifests: Callable[..., Path]) -> None:
     directory = manifests(xl_uri=str(tmp_path / "nowhere" / "xl.pt"))
+    started = time.monotonic()
     result = _up(directory, free_port(), tmp_path)
+    assert time.monotonic() - started < 30  # at once: before any process starts
+    assert not (tmp_path / "run" / "state.json").exists()
     assert result.returncode == 2
     assert "model file" in result.stderr
     assert "does not exist" in result.stderr
@@ -64,7 +67,10 @@ def test_port_in_use_stops_up(tmp_path: Path, manifests: Callable[..., Path]) ->
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
+        started = time.monotonic()
         result = _up(manifests(), port, tmp_path)
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "run" / "state.json").exists()
     assert result.returncode == 2
     assert f"port {port} (router of default/classifier) is in use" in result.stderr
 
