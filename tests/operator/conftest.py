@@ -75,6 +75,9 @@ class Emulator(kmock.KubernetesEmulator):
         return None
 
     async def _handle(self, request: kmock.Request) -> Any:
+        return await self._handle_and_forget(request)
+
+    async def _handle_tracked(self, request: kmock.Request) -> Any:
         method = str(request.method).split(".")[-1].upper()
         path = str(request.url.path)
         if method == "POST" and isinstance(request.data, dict):
@@ -116,6 +119,33 @@ class Emulator(kmock.KubernetesEmulator):
         except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as exc:
             err = kmock.KubernetesError(status=422, reason="Invalid", message=str(exc))
             return await self._render_error(err)
+
+    # kmock 0.8 is quadratic in the number of requests and linear in the number of objects per
+    # request: every request is matched against its reactions by scanning the whole request
+    # history (`request in source` iterates it), and fetch/create/patch/delete find their object
+    # by scanning every stored object. At a thousand services (~7,000 objects, tens of thousands
+    # of requests) that made the emulator, not the operator, the bottleneck. The two overrides
+    # below keep only the requests in flight in the history (this emulator's own `log` and
+    # `timed_log` are what the tests read) and look an object up by its key.
+
+    async def _handle_and_forget(self, request: kmock.Request) -> Any:
+        try:
+            return await self._handle_tracked(request)
+        finally:
+            history: list[Any] = self._requests
+            for i in range(len(history) - 1, -1, -1):
+                if history[i] is request:
+                    del history[i]
+                    break
+
+    def _KubernetesEmulator__get_obj(self, request: kmock.Request, strict: bool) -> Any:  # noqa: N802
+        if strict and request.name is not None and request.resource is not None:
+            key: Any = (request.resource, request.namespace, request.name)
+            if key in self.objects:
+                return self.objects[key]
+        return kmock.KubernetesEmulator._KubernetesEmulator__get_obj(  # type: ignore[attr-defined]
+            self, request, strict
+        )
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         result: Any = await super()._serve_list(request)

@@ -43,6 +43,7 @@ from accordion.operator.api import (
 )
 from accordion.operator.config import OperatorConfig
 from accordion.operator.control.loop import (
+    AppliedRouting,
     ControlLoop,
     DemandView,
     LoopSettings,
@@ -202,10 +203,6 @@ class Driver:
     def _parse(self, kind: str, obj: dict[str, Any]) -> Any:
         meta = obj.get("metadata") or {}
         ident = (kind, f"{meta.get('namespace') or ''}/{meta.get('name')}")
-        version = (meta.get("resourceVersion"), meta.get("generation"), obj.get("spec"))
-        hit = self._parsed.get(ident)
-        if hit is not None and hit[0] == version:
-            return hit[1]
         wanted = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": kind,
@@ -216,6 +213,12 @@ class Driver:
             },
             "spec": obj.get("spec"),
         }
+        # Keyed on what is parsed, not on resourceVersion: a status write leaves the parsed
+        # object (and so the loop's per-service memo, which compares it) as it was.
+        hit = self._parsed.get(ident)
+        if hit is not None and hit[0] == wanted:
+            return hit[1]
+        version = wanted
         try:
             result: Any = parse_resource(wanted, f"{kind} {ident[1]}")
         except InvalidResourceError as exc:
@@ -235,6 +238,35 @@ class Driver:
         running = observe_worker(obj)
         self._parsed[ident] = (version, running)
         return running
+
+    def _status(self, key: str, raw: Any) -> InferenceServiceStatus | None:
+        """A service's status, parsed again only when it changed."""
+        if not raw:
+            return None
+        ident = ("status", key)
+        hit = self._parsed.get(ident)
+        if hit is not None and hit[0] == raw:
+            cached: InferenceServiceStatus | None = hit[1]
+            return cached
+        try:
+            status: InferenceServiceStatus | None = InferenceServiceStatus.model_validate(raw)
+        except ValueError:
+            status = None
+        self._parsed[ident] = (raw, status)
+        return status
+
+    def _routing(self, obj: dict[str, Any]) -> AppliedRouting | None:
+        """`observe_routing`, parsed again only when the ConfigMap's annotations changed."""
+        meta = obj.get("metadata") or {}
+        ident = ("ConfigMap", f"{meta.get('namespace')}/{meta.get('name')}")
+        version = (meta.get("annotations"), meta.get("labels"))
+        hit = self._parsed.get(ident)
+        if hit is not None and hit[0] == version:
+            cached: AppliedRouting | None = hit[1]
+            return cached
+        applied = observe_routing(obj)
+        self._parsed[ident] = (version, applied)
+        return applied
 
     def world(self) -> World:
         world = World()
@@ -258,16 +290,15 @@ class Driver:
                 errors = svc.errors if isinstance(svc, InvalidResourceError) else [("", str(svc))]
                 world.invalid[key] = errors
                 world.invalid_generation[key] = meta.get("generation")
-            raw_status = obj.get("status")
-            if raw_status:
-                with contextlib.suppress(ValueError):
-                    world.status[key] = InferenceServiceStatus.model_validate(raw_status)
+            status = self._status(key, obj.get("status"))
+            if status is not None:
+                world.status[key] = status
         for obj in self.cache.of_kind("Deployment"):
             running = self._worker(obj)
             if running is not None:
                 world.workers[running.spec.key] = running
         for obj in self.cache.of_kind("ConfigMap"):
-            applied = observe_routing(obj)
+            applied = self._routing(obj)
             if applied is not None:
                 world.routing[applied.routing.service] = applied
         return world
