@@ -9,20 +9,20 @@ with 2 L(b) <= SLO, at p90 latency). `accordion load` replays one open-loop trac
 the plan serves, then a burst that pushes the accurate variant's planned share above its
 capacity, then the base rate again.
 
-The same trace runs twice, each time on fresh processes: fast loop on, then off (weights only:
-the router still sheds what it predicts cannot make its deadline). Reported per run: the client's
+The same trace runs with the fast loop on and off (weights only: the router still sheds what it
+predicts cannot make its deadline), each time on fresh processes, for `--rounds` rounds in
+alternating order, since the machine is shared and noisy. Reported per run: the client's
 report (attainment, p99), the router's counters (ok, late, dropped, shed, error per variant; the
 accuracy served), and attainment over time from the router's counters scraped every
 `--sample-s`, plotted to bench/results/router.png.
 
-Usage (about 2 minutes; under the shared heavy lock):
+Usage (about 4 minutes; under the shared heavy lock):
     flock /tmp/accordion-heavy.lock .venv/bin/python bench/router/run.py
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import signal
@@ -35,6 +35,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from accordion.workers.config import (
@@ -142,7 +143,8 @@ def total(
 @dataclass
 class RunResult:
     fast_loop: bool
-    headroom: float
+    round: int
+    load1: float  # 1-minute load average when the run started
     client: dict[str, Any]
     router: dict[str, Any]
     workers: dict[str, dict[str, float]]
@@ -151,7 +153,11 @@ class RunResult:
 
     @property
     def label(self) -> str:
-        return f"{'fast loop' if self.fast_loop else 'weights only'}, headroom {self.headroom:g}"
+        return self.mode + f", round {self.round}"
+
+    @property
+    def mode(self) -> str:
+        return "fast loop" if self.fast_loop else "weights only"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -165,11 +171,12 @@ def run_once(
     planned: list[Planned],
     trace: Path,
     fast_loop: bool,
-    headroom: float,
+    round_: int,
     workdir: Path,
 ) -> RunResult:
     procs: list[subprocess.Popen[bytes]] = []
     urls: dict[str, str] = {}
+    load1 = os.getloadavg()[0]
     try:
         for p in planned:
             port = free_port()
@@ -203,10 +210,10 @@ def run_once(
                 for p in planned
             ],
             fast_loop=FastLoopBounds(
-                enabled=fast_loop, max_shift=args.max_shift, headroom=headroom
+                enabled=fast_loop, max_shift=args.max_shift, headroom=args.headroom
             ),
         )
-        table_path = workdir / f"routing-{fast_loop}-{headroom}.json"
+        table_path = workdir / f"routing-{fast_loop}-{round_}.json"
         table_path.write_text(table.model_dump_json(indent=2))
         rport = free_port()
         router_url = f"http://127.0.0.1:{rport}"
@@ -283,7 +290,7 @@ def run_once(
         cpu = {
             name: cpu_seconds(proc.pid) for name, proc in zip([*urls, "router"], procs, strict=True)
         }
-        return RunResult(fast_loop, headroom, client, router, workers, timeline, cpu)
+        return RunResult(fast_loop, round_, load1, client, router, workers, timeline, cpu)
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -317,6 +324,12 @@ def binned(timeline: list[dict[str, float]], width_s: float) -> tuple[list[float
     return xs, ys
 
 
+def effective_accuracy(r: RunResult) -> float:
+    """Accuracy served within the deadline per request (the router's counters)."""
+    m = r.router
+    return float(m["accuracy_served"] / m["requests"]) if m["requests"] else 0.0
+
+
 def plot(results: list[RunResult], args: argparse.Namespace, path: Path) -> None:
     import matplotlib
 
@@ -333,8 +346,9 @@ def plot(results: list[RunResult], args: argparse.Namespace, path: Path) -> None
             marker="o",
             markersize=3,
             color="tab:blue" if r.fast_loop else "tab:orange",
-            linestyle="-" if r.headroom == args.headroom[0] else "--",
-            label=r.label,
+            alpha=0.8,
+            linewidth=1,
+            label=r.mode if r.round == 0 else None,
         )
     ax.set_xlabel("time (s)")
     ax.set_ylabel("SLO attainment (1 s bins)")
@@ -375,7 +389,8 @@ def report(
         f"SLO {args.slo_ms:g} ms.",
         "",
         "Plan (profiled at the start of the run, p90, capacity = b / L(b) for the largest b with "
-        "2 L(b) <= SLO):",
+        f"2 L(b) <= SLO; table fast_loop: headroom {args.headroom:g}, max_shift "
+        f"{args.max_shift:g}):",
         "",
         "| variant | model | accuracy | weight | batch cap | planned b | L(b) ms | capacity/s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -388,19 +403,38 @@ def report(
         )
     lines += [
         "",
-        "| routing | sent | attainment (client) | p99 ms | ok | late | dropped | shed | error "
-        "| rerouted | ok per variant | effective accuracy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        f"Median over {args.rounds} rounds (each round runs both routings on fresh processes, "
+        "in alternating order):",
+        "",
+        "| routing | attainment (client) | effective accuracy | p99 ms | dropped | shed |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for mode in ("fast loop", "weights only"):
+        runs = [r for r in results if r.mode == mode]
+        lines.append(
+            f"| {mode} | {median(r.client['attainment'] for r in runs) * 100:.1f}% | "
+            f"{median(effective_accuracy(r) for r in runs):.3f} | "
+            f"{median(r.client['p99_ms'] for r in runs):.1f} | "
+            f"{median(r.router['dropped'] for r in runs):.0f} | "
+            f"{median(r.router['shed'] for r in runs):.0f} |"
+        )
+    lines += [
+        "",
+        "Every run (ok ... error: the router's outcome counters; p99 of answered requests, "
+        "client side):",
+        "",
+        "| run | load 1 min | sent | attainment (client) | p99 ms | ok | late | dropped | shed "
+        "| error | rerouted | ok per variant | effective accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
         c, m = r.client, r.router
-        acc = m["accuracy_served"] / m["requests"] if m["requests"] else 0.0
         per_variant = ", ".join(f"{k} {v:.0f}" for k, v in m["ok_by_variant"].items())
         lines.append(
-            f"| {r.label} | {c['sent']} | "
+            f"| {r.label} | {r.load1:.2f} | {c['sent']} | "
             f"{c['attainment'] * 100:.1f}% | {c['p99_ms']:.1f} | {m['ok']:.0f} | {m['late']:.0f} "
             f"| {m['dropped']:.0f} | {m['shed']:.0f} | {m['error']:.0f} | {m['rerouted']:.0f} | "
-            f"{per_variant} | {acc:.3f} |"
+            f"{per_variant} | {effective_accuracy(r):.3f} |"
         )
     lines += ["", "Workers' own counters (ok / late / dropped / rejected, mean batch):", ""]
     for r in results:
@@ -431,13 +465,17 @@ def main() -> None:
     parser.add_argument(
         "--headroom",
         type=float,
-        nargs="+",
-        default=[0.8, 1.0],
-        help="the table's headroom(s): the router counts on this share of profiled capacity; "
-        "both routings run at each",
+        default=1.0,
+        help="the table's fast_loop.headroom: the router counts on this share of the capacity",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of both routings, in alternating order (the machine is shared and noisy)",
     )
     parser.add_argument("--sample-s", type=float, default=0.25)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=40, help="profiling repeats per batch")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
@@ -457,12 +495,11 @@ def main() -> None:
         trace = workdir / "trace.txt"
         trace.write_text("".join(f"{t:.6f}\n" for t in burst_trace(args)))
         results = []
-        for headroom, fast_loop in itertools.product(args.headroom, (True, False)):
-            result = run_once(args, planned, trace, fast_loop, headroom, workdir)
-            print(
-                json.dumps({"fast_loop": fast_loop, **result.client, **result.router}), flush=True
-            )
-            results.append(result)
+        for round_ in range(args.rounds):
+            for fast_loop in (True, False) if round_ % 2 == 0 else (False, True):
+                result = run_once(args, planned, trace, fast_loop, round_, workdir)
+                print(json.dumps({"run": result.label, **result.client, **result.router}))
+                results.append(result)
     load_after = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args, args.out / "router.png")
