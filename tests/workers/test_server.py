@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from accordion.workers.config import DEADLINE_HEADER, BatchingConfig
 from accordion.workers.models import build_demo
-from accordion.workers.server import OUTCOME_HEADER, Worker, create_app
+from accordion.workers.server import BINARY_HEADER, OUTCOME_HEADER, Worker, create_app
 
 from .conftest import sample_body, worker_config
 
@@ -168,3 +168,62 @@ async def test_overload_is_shed_early_with_503() -> None:
         shed = [r for r in resps if r.status == 503]
         assert "queue is full" in (await shed[0].json())["error"]
         assert shed[0].headers[OUTCOME_HEADER] == "rejected"
+
+
+def _binary_request(
+    values: np.ndarray[Any, Any], parameters: dict[str, Any] | None = None
+) -> tuple[bytes, dict[str, str]]:
+    data = values.astype("<f4").tobytes()
+    tensor: dict[str, Any] = {"name": "input", "shape": [1, 256], "datatype": "FP32"}
+    tensor["parameters"] = {"binary_data_size": len(data)} if parameters is None else parameters
+    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+    return header + data, {BINARY_HEADER: str(len(header))}
+
+
+async def test_binary_tensor_extension_round_trip(worker_client: Client) -> None:
+    values = np.linspace(-1, 1, 256, dtype=np.float32)
+    body, headers = _binary_request(values)
+    resp = await worker_client.post("/v2/models/demo-xs/infer", data=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    raw = await resp.read()
+    length = int(resp.headers[BINARY_HEADER])
+    meta = json.loads(raw[:length])
+    out = meta["outputs"][0]
+    assert out["shape"] == [1, 100]
+    assert out["parameters"]["binary_data_size"] == 400
+    got = np.frombuffer(raw[length:], dtype="<f4")
+    with torch.inference_mode():
+        expected = build_demo("demo-xs")(torch.from_numpy(values[None])).numpy().ravel()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+# (case, input parameters (None: the right ones), binary bytes kept (None: all), header, reason)
+BAD_BINARY: list[tuple[str, dict[str, Any] | None, int | None, str | None, str]] = [
+    ("size mismatch", {"binary_data_size": 100}, None, None, "binary_data_size is 100"),
+    ("wrong byte count", {"binary_data_size": 8}, 8, None, "shape needs 1024"),
+    ("size not an int", {"binary_data_size": "x"}, None, None, "non-negative integer"),
+    ("undeclared bytes", {}, None, None, "no input declares"),
+    ("header beyond body", None, None, "99999", "within the body"),
+    ("header not a number", None, None, "abc", "byte count"),
+]
+
+
+@pytest.mark.parametrize(("case", "params", "keep", "header", "reason"), BAD_BINARY)
+async def test_bad_binary_input_gets_a_precise_400(
+    worker_client: Client,
+    case: str,
+    params: dict[str, Any] | None,
+    keep: int | None,
+    header: str | None,
+    reason: str,
+) -> None:
+    body, headers = _binary_request(np.zeros(256, dtype=np.float32), params)
+    if keep is not None:
+        body = body[: int(headers[BINARY_HEADER]) + keep]
+    if header is not None:
+        headers[BINARY_HEADER] = header
+    resp = await worker_client.post("/v2/models/demo-xs/infer", data=body, headers=headers)
+    assert resp.status == 400, case
+    assert reason in (await resp.json())["error"], case
+    ok = await worker_client.post("/v2/models/demo-xs/infer", json=sample_body())
+    assert ok.status == 200

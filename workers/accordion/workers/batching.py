@@ -412,17 +412,13 @@ class SloBatcher(BatchingPolicy):
         return self.predictor.predict_s(batch_size) + self.margin_s
 
     def _drop_hopeless(self, start_s: float, reason: str) -> tuple[Dropped, ...]:
-        single = self._lat(1)
-        kept: list[_Entry] = []
-        dropped: list[Dropped] = []
-        for entry in self._queue:
-            if start_s + single > entry.deadline_s:
-                dropped.append(Dropped(entry.request, reason))
-            else:
-                kept.append(entry)
-        if dropped:
-            self._queue = kept
-        return tuple(dropped)
+        # The queue is in deadline order: the hopeless requests are a prefix of it.
+        cut = bisect.bisect_left(self._queue, start_s + self._lat(1), key=lambda e: e.deadline_s)
+        if not cut:
+            return ()
+        dropped = tuple(Dropped(e.request, reason) for e in self._queue[:cut])
+        del self._queue[:cut]
+        return dropped
 
     def decide(self, now_s: float) -> Decision:
         if self.busy:
