@@ -90,7 +90,7 @@ def test_accuracy_scales_down_past_capacity_and_back_up_within_the_slo(
     assert accuracies[0] == 84
     assert min(accuracies) == 79
     assert accuracies[-1] == 84, "accuracy must climb back when the load falls"
-    assert timeline[-1]["weights"] == {"demo-xl@local-cpu": 1.0}
+    assert timeline[-1]["weights"].get("demo-xl@local-cpu") == 1.0
     # What the router delivered followed: down at the peak, back up at the end, and never
     # above the most accurate variant's.
     served = [s["served_accuracy"] for s in timeline if s["served_accuracy"] is not None]
