@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
@@ -76,6 +77,19 @@ def test_predictor_converges_to_observed_and_resists_outliers() -> None:
     assert 0.020 <= p.predict_s(8) <= 0.022
     # Unobserved sizes are corrected by the same factor (2x here).
     assert p.predict_s(1) == pytest.approx(0.005 * p.predict_s(8) / 0.010, rel=0.01)
+
+
+def test_predictor_tail_covers_what_the_typical_prediction_misses() -> None:
+    p = LatencyPredictor({8: 0.010})
+    rng = random.Random(7)
+    for _ in range(300):
+        p.observe(8, 0.010 * math.exp(rng.gauss(0.0, 0.2)))
+    fresh = [0.010 * math.exp(rng.gauss(0.0, 0.2)) for _ in range(2000)]
+    over_typical = sum(x > p.predict_s(8) for x in fresh) / len(fresh)
+    over_safe = sum(x > p.safe_s(8) for x in fresh) / len(fresh)
+    assert over_typical > 0.15  # the p75 of the window: about a quarter of batches exceed it
+    assert over_safe < 0.13  # the tail-aware fit: its quantile (0.9) of the error
+    assert LatencyPredictor({1: 0.01}).safe_s(1) == pytest.approx(0.01)  # no data: no tail
 
 
 def test_predictor_is_monotone_in_batch_size() -> None:

@@ -77,6 +77,12 @@ class LatencyPredictor:
     after a few batches. Each observation is clipped to [1/clip, clip] x the current prediction
     before it enters the window, so a single stall (GC, page fault) cannot poison it.
     Predictions are made non-decreasing in the batch size.
+
+    `safe_s` adds the tail: the prediction times the `tail_quantile` of recent
+    observed / predicted ratios (all sizes, last `window` x 2 batches; at least 1). The batcher
+    fits batches to deadlines with it: when a batch is sized to its earliest deadline (always the
+    case under overload), the typical prediction would make every batch slower than predicted
+    late as a whole.
     """
 
     def __init__(
@@ -87,6 +93,7 @@ class LatencyPredictor:
         quantile: float = 0.75,
         min_samples: int = 4,
         clip: float = 4.0,
+        tail_quantile: float = 0.9,
     ) -> None:
         if not profile_s:
             raise ValueError("a latency profile needs at least one batch size")
@@ -101,6 +108,9 @@ class LatencyPredictor:
         self._estimates: dict[int, float] = {}
         self._curve: list[float] = []  # predictions for batch sizes 1, 2, ...
         self._correction: float | None = None
+        self._tail_quantile = tail_quantile
+        self._ratios: deque[float] = deque(maxlen=2 * window)
+        self._tail = 1.0
 
     def base_s(self, batch_size: int) -> float:
         """The profile's latency for `batch_size` (interpolated or extrapolated)."""
@@ -154,6 +164,10 @@ class LatencyPredictor:
             curve.append(best)
         return curve[batch_size - 1]
 
+    def safe_s(self, batch_size: int) -> float:
+        """The prediction with the recent tail of the prediction error (see the class doc)."""
+        return self.predict_s(batch_size) * self._tail
+
     def observe(self, batch_size: int, latency_s: float) -> None:
         """Record one observed execution latency."""
         if batch_size < 1 or latency_s <= 0 or not math.isfinite(latency_s):
@@ -161,6 +175,11 @@ class LatencyPredictor:
         current = self.predict_s(batch_size)
         clipped = min(max(latency_s, current / self._clip), current * self._clip)
         self._samples.setdefault(batch_size, deque(maxlen=self._window)).append(clipped)
+        self._ratios.append(clipped / current)
+        if len(self._ratios) >= 2 * self._min_samples:
+            ordered = sorted(self._ratios)
+            rank = min(len(ordered) - 1, math.ceil(self._tail_quantile * len(ordered)) - 1)
+            self._tail = max(1.0, ordered[max(0, rank)])
         self._update_estimate(batch_size)
         self._curve.clear()
         self._correction = None
@@ -411,6 +430,10 @@ class SloBatcher(BatchingPolicy):
     def _lat(self, batch_size: int) -> float:
         return self.predictor.predict_s(batch_size) + self.margin_s
 
+    def _fit(self, batch_size: int) -> float:
+        """Latency to fit a batch to its earliest deadline with: the prediction's tail."""
+        return self.predictor.safe_s(batch_size) + self.margin_s
+
     def _drop_hopeless(self, start_s: float, reason: str) -> tuple[Dropped, ...]:
         # The queue is in deadline order: the hopeless requests are a prefix of it.
         cut = bisect.bisect_left(self._queue, start_s + self._lat(1), key=lambda e: e.deadline_s)
@@ -436,7 +459,7 @@ class SloBatcher(BatchingPolicy):
         slack = self._queue[0].deadline_s - now_s
         prefix = 1
         for b in range(cap, 0, -1):
-            if self._lat(b) <= slack:
+            if self._fit(b) <= slack:
                 prefix = b
                 break
 
@@ -507,21 +530,21 @@ class SloBatcher(BatchingPolicy):
         largest = 1
         limit = self.slo_batch(now_s)
         for b in range(min(n, limit), 0, -1):
-            if n - bisect.bisect_left(deadlines, now_s + self._lat(b)) >= b:
+            if n - bisect.bisect_left(deadlines, now_s + self._fit(b)) >= b:
                 largest = b
                 break
         need = min(self.needed_batch(now_s), largest)
         slack = deadlines[0] - now_s
-        if self._lat(need) <= slack:
+        if self._fit(need) <= slack:
             return None
-        first = bisect.bisect_left(deadlines, now_s + self._lat(need))
+        first = bisect.bisect_left(deadlines, now_s + self._fit(need))
         rest = n - first
         if first == 0 or rest < need:
             return None
         rest_slack = self._queue[first].deadline_s - now_s
         size = need
         for b in range(min(rest, limit), need, -1):
-            if self._lat(b) <= rest_slack:
+            if self._fit(b) <= rest_slack:
                 size = b
                 break
         return self._queue[:first], self._queue[first : first + size]
