@@ -111,6 +111,8 @@ class SimResult:
     summary: Summary
     seconds: list[SecondStats]
     outcome: dict[int, int] = field(default_factory=dict)
+    families: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    """Per family: demand, requests served in time, their effective accuracy."""
 
 
 class Simulator:
@@ -135,7 +137,7 @@ class Simulator:
         self.families: list[Family] = [fam_by_name[n] for n in workload.families]
         self.service_index = {n: i for i, n in enumerate(workload.families)}
         self.pool_devices = {p.name: p.devices for p in cluster.pools}
-        self.recorder = Recorder()
+        self.recorder = Recorder(family_of=workload.family)
         self.tracker = DemandTracker(self.config.rise_half_life_s, self.config.fall_half_life_s)
         self.replicas: list[Replica] = []
         self.by_service: dict[int, list[Replica]] = defaultdict(list)
@@ -529,6 +531,14 @@ class Simulator:
             summary=self.recorder.summary(self.policy.name, wall),
             seconds=self.recorder.per_second(),
             outcome=self.recorder.outcome,
+            families={
+                name: (
+                    self.recorder.family_demand[f],
+                    self.recorder.family_ok[f],
+                    self.recorder.family_accuracy_sum[f] / max(1, self.recorder.family_ok[f]),
+                )
+                for f, name in enumerate(w.families)
+            },
         )
 
     def _dispatch(self, kind: int, payload: object) -> None:

@@ -15,6 +15,7 @@ SUMMARY_COLUMNS = (
     ("late", "late", "{}"),
     ("dropped", "dropped", "{}"),
     ("effective_accuracy", "eff. accuracy", "{:.2f}"),
+    ("mix_accuracy", "mix-weighted acc.", "{:.2f}"),
     ("max_accuracy_drop", "max acc. drop (10 s)", "{:.2f}"),
     ("throughput_qps", "throughput QPS", "{:.1f}"),
     ("device_seconds", "device-s", "{:.0f}"),

@@ -112,3 +112,18 @@ def test_the_routers_own_decider_drives_routing_and_conserves_requests() -> None
         Accordion(replan_interval_s=1.0, router="decider"),
     )
     assert again.outcome == result.outcome
+
+
+def test_mix_weighted_accuracy_does_not_reward_dropping_the_less_accurate_family() -> None:
+    from accordion.sim.metrics import Recorder
+
+    rec = Recorder(family_of=[0, 0, 1, 1])
+    for rid in range(4):
+        rec.arrival(rid, 0.0)
+    rec.finish(0, 0.0, OK, 100.0)
+    rec.finish(1, 0.0, OK, 100.0)
+    rec.finish(2, 0.0, OK, 90.0)
+    rec.finish(3, 0.0, DROPPED)
+    s = rec.summary("p", 0.0)
+    assert s.effective_accuracy == (100.0 + 100.0 + 90.0) / 3  # the drop raised it
+    assert s.mix_accuracy == (2 * 100.0 + 2 * 90.0) / 4
