@@ -11,12 +11,15 @@ capacity, then the base rate again.
 
 The same trace runs with the fast loop on and off (weights only: the router still sheds what it
 predicts cannot make its deadline), each time on fresh processes, for `--rounds` rounds in
-alternating order, since the machine is shared and noisy. Reported per run: the client's
+alternating order, since the machine is shared and noisy, and at each table headroom of
+`--headroom` (the share of the profiled capacity the router counts on: the isolated profile
+overstates what a worker serves while it shares 2 cores with the router and the load
+generator). Reported per run: the client's
 report (attainment, p99), the router's counters (ok, late, dropped, shed, error per variant; the
 accuracy served), and attainment over time from the router's counters scraped every
 `--sample-s`, plotted to bench/results/router.png.
 
-Usage (about 4 minutes; under the shared heavy lock):
+Usage (about 5 minutes; under the shared heavy lock):
     flock /tmp/accordion-heavy.lock .venv/bin/python bench/router/run.py
 """
 
@@ -143,6 +146,7 @@ def total(
 @dataclass
 class RunResult:
     fast_loop: bool
+    headroom: float
     round: int
     load1: float  # 1-minute load average when the run started
     client: dict[str, Any]
@@ -157,7 +161,8 @@ class RunResult:
 
     @property
     def mode(self) -> str:
-        return "fast loop" if self.fast_loop else "weights only"
+        routing = "fast loop" if self.fast_loop else "weights only"
+        return f"{routing}, headroom {self.headroom:g}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -171,6 +176,7 @@ def run_once(
     planned: list[Planned],
     trace: Path,
     fast_loop: bool,
+    headroom: float,
     round_: int,
     workdir: Path,
 ) -> RunResult:
@@ -210,10 +216,10 @@ def run_once(
                 for p in planned
             ],
             fast_loop=FastLoopBounds(
-                enabled=fast_loop, max_shift=args.max_shift, headroom=args.headroom
+                enabled=fast_loop, max_shift=args.max_shift, headroom=headroom
             ),
         )
-        table_path = workdir / f"routing-{fast_loop}-{round_}.json"
+        table_path = workdir / f"routing-{fast_loop}-{headroom}-{round_}.json"
         table_path.write_text(table.model_dump_json(indent=2))
         rport = free_port()
         router_url = f"http://127.0.0.1:{rport}"
@@ -290,7 +296,7 @@ def run_once(
         cpu = {
             name: cpu_seconds(proc.pid) for name, proc in zip([*urls, "router"], procs, strict=True)
         }
-        return RunResult(fast_loop, round_, load1, client, router, workers, timeline, cpu)
+        return RunResult(fast_loop, headroom, round_, load1, client, router, workers, timeline, cpu)
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -336,28 +342,40 @@ def plot(results: list[RunResult], args: argparse.Namespace, path: Path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
-    ax.axvspan(args.burst_start_s, args.burst_end_s, color="0.9", label="burst")
-    for r in results:
-        xs, ys = binned(r.timeline, 1.0)
-        ax.plot(
-            xs,
-            ys,
-            marker="o",
-            markersize=3,
-            color="tab:blue" if r.fast_loop else "tab:orange",
-            alpha=0.8,
-            linewidth=1,
-            label=r.mode if r.round == 0 else None,
-        )
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("SLO attainment (1 s bins)")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(
+    fig, axes = plt.subplots(
+        1,
+        len(args.headroom),
+        figsize=(3.6 * len(args.headroom), 3.2),
+        dpi=100,
+        sharey=True,
+        squeeze=False,
+    )
+    axes = axes[0]
+    for ax, headroom in zip(axes, args.headroom, strict=True):
+        ax.axvspan(args.burst_start_s, args.burst_end_s, color="0.9", label="burst")
+        for r in results:
+            if r.headroom != headroom:
+                continue
+            xs, ys = binned(r.timeline, 1.0)
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                markersize=2,
+                color="tab:blue" if r.fast_loop else "tab:orange",
+                alpha=0.8,
+                linewidth=1,
+                label=("fast loop" if r.fast_loop else "weights only") if r.round == 0 else None,
+            )
+        ax.set_xlabel("time (s)")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"table headroom {headroom:g}", fontsize=9)
+        ax.legend(loc="lower left", fontsize=7)
+    axes[0].set_ylabel("SLO attainment (1 s bins)")
+    fig.suptitle(
         f"router: {args.base_qps:g}/s, burst {args.burst_qps:g}/s, SLO {args.slo_ms:g} ms",
         fontsize=10,
     )
-    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -389,8 +407,9 @@ def report(
         f"SLO {args.slo_ms:g} ms.",
         "",
         "Plan (profiled at the start of the run, p90, capacity = b / L(b) for the largest b with "
-        f"2 L(b) <= SLO; table fast_loop: headroom {args.headroom:g}, max_shift "
-        f"{args.max_shift:g}):",
+        f"2 L(b) <= SLO; table fast_loop.max_shift {args.max_shift:g}; each routing runs at "
+        f"fast_loop.headroom {', '.join(f'{h:g}' for h in args.headroom)}: the router counts on "
+        "that share of the planned capacity):",
         "",
         "| variant | model | accuracy | weight | batch cap | planned b | L(b) ms | capacity/s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -409,7 +428,7 @@ def report(
         "| routing | attainment (client) | effective accuracy | p99 ms | dropped | shed |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for mode in ("fast loop", "weights only"):
+    for mode in dict.fromkeys(r.mode for r in results):
         runs = [r for r in results if r.mode == mode]
         lines.append(
             f"| {mode} | {median(r.client['attainment'] for r in runs) * 100:.1f}% | "
@@ -465,13 +484,15 @@ def main() -> None:
     parser.add_argument(
         "--headroom",
         type=float,
-        default=1.0,
-        help="the table's fast_loop.headroom: the router counts on this share of the capacity",
+        nargs="+",
+        default=[1.0, 0.7],
+        help="the table's fast_loop.headroom (the router counts on this share of the planned "
+        "capacity); both routings run at each",
     )
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3,
+        default=2,
         help="rounds of both routings, in alternating order (the machine is shared and noisy)",
     )
     parser.add_argument("--sample-s", type=float, default=0.25)
@@ -496,10 +517,11 @@ def main() -> None:
         trace.write_text("".join(f"{t:.6f}\n" for t in burst_trace(args)))
         results = []
         for round_ in range(args.rounds):
-            for fast_loop in (True, False) if round_ % 2 == 0 else (False, True):
-                result = run_once(args, planned, trace, fast_loop, round_, workdir)
-                print(json.dumps({"run": result.label, **result.client, **result.router}))
-                results.append(result)
+            for headroom in args.headroom:
+                for fast_loop in (True, False) if round_ % 2 == 0 else (False, True):
+                    result = run_once(args, planned, trace, fast_loop, headroom, round_, workdir)
+                    print(json.dumps({"run": result.label, **result.client, **result.router}))
+                    results.append(result)
     load_after = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args, args.out / "router.png")
