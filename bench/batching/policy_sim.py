@@ -2,14 +2,20 @@
 
 The real-server benchmark (`run.py`) runs on a 2-core machine shared with other work, where a
 99%-within-SLO threshold measures the background load as much as the policy. This script
-drives the very same policy objects on simulated time (the protocol of
-`accordion.workers.batching`), with execution latencies drawn from the model's latency profile
-times log-normal noise (fixed seed), so the comparison is repeatable. Same questions as
-`run.py`: highest Poisson rate with >= 99% within the SLO, goodput at 2x that rate, and the
-physical limit max_b b / L(b).
+drives the very same policy objects with the same driver protocol
+(`accordion.workers.batching.replay`), with execution latencies drawn from a latency profile
+times log-normal noise (fixed seeds), so the comparison is repeatable. Same questions as
+`run.py`: the highest mean arrival rate with >= 99% within the SLO, goodput at 2x that rate,
+and the physical limit max_b b / L(b).
 
-The default profile is demo-xl's (p50, ms) measured on this machine when it was idle, with one
-torch thread; pass another as `--profile 1:7.4,8:25,...`.
+Every baseline gets its best configuration, searched here: Triton's `max_batch_size` x
+`max_queue_delay`, Clipper's maximum batch size. Ours gets the largest cap its own SLO rule
+allows. Two arrival processes: Poisson, and bursty arrivals shaped like production traffic
+(a Proteus trace, the Twitter-derived `medium-normal_load` mobilenet one, replayed at the
+target mean rate; read from ../shared/data/proteus, never copied here).
+
+The default profile is the benchmark model's (p50, ms, one torch thread, idle machine); pass
+another as `--profile 1:7.4,8:25,...`.
 
 Usage: .venv/bin/python bench/batching/policy_sim.py  (writes bench/results/batching-sim.md)
 """
@@ -26,20 +32,29 @@ from pathlib import Path
 
 from accordion.workers.batching import (
     BatchingPolicy,
-    ClipperAimd,
-    LatencyPredictor,
-    NoBatching,
+    ReplayOutcome,
     Request,
-    SloBatcher,
-    TritonDynamicBatcher,
+    make_policy,
+    replay,
 )
+from accordion.workers.config import BatchingConfig
+from accordion.workers.loadgen import poisson_schedule
 
 ROOT = Path(__file__).resolve().parents[2]
-IDLE_DEMO_XL_MS = {1: 7.4, 2: 13.0, 4: 17.0, 8: 25.2, 16: 31.4, 32: 45.4, 64: 92.3}
+PROTEUS = ROOT.parent / "shared" / "data" / "proteus"
+TRACE = PROTEUS / "traces" / "medium-normal_load" / "300" / "mobilenet.txt"
+# The benchmark model (demo-xl over 4 tokens per request, see run.py): p50 ms, idle machine.
+DEFAULT_PROFILE_MS = {
+    1: 20.5, 2: 22.5, 4: 29.8, 8: 42.8, 16: 69.0, 32: 122.7, 48: 177.6, 64: 221.9, 96: 320.8,
+}  # fmt: skip
 TARGET = 0.99
+TRITON_DELAYS_MS = (1.0, 5.0, 20.0)
+
+Factory = Callable[[], BatchingPolicy]
 
 
 def interpolate(profile_ms: dict[int, float]) -> Callable[[int], float]:
+    """Execution latency (s) for any batch size: linear between profiled sizes."""
     sizes = sorted(profile_ms)
 
     def latency_s(b: int) -> float:
@@ -48,98 +63,132 @@ def interpolate(profile_ms: dict[int, float]) -> Callable[[int], float]:
             return profile_ms[b] / 1000
         if i == 0:
             return profile_ms[sizes[0]] / 1000
-        if i == len(sizes):
-            b0, b1 = sizes[-2], sizes[-1]
-        else:
-            b0, b1 = sizes[i - 1], sizes[i]
+        b0, b1 = (sizes[-2], sizes[-1]) if i == len(sizes) else (sizes[i - 1], sizes[i])
         l0, l1 = profile_ms[b0], profile_ms[b1]
         return (l0 + (l1 - l0) * (b - b0) / (b1 - b0)) / 1000
 
     return latency_s
 
 
-@dataclass
-class Outcome:
-    ok: int = 0
-    total: int = 0
+def rescale_schedule(
+    offsets_s: list[float], rate_qps: float, duration_s: float, start_s: float = 0.0
+) -> list[float]:
+    """A trace's arrivals replayed at mean rate `rate_qps`: time is scaled by the trace's mean
+    rate over `rate_qps` (so bursts keep their shape relative to the mean), then the window of
+    `duration_s` that begins `start_s` (in scaled time) into it is returned, from 0. The
+    window wraps around the trace's end."""
+    if not offsets_s or rate_qps <= 0:
+        return []
+    ordered = sorted(offsets_s)
+    span = ordered[-1] - ordered[0]
+    if span <= 0:
+        raise ValueError("a trace needs arrivals spread over time")
+    factor = (len(ordered) / span) / rate_qps
+    scaled = [(t - ordered[0]) * factor for t in ordered]
+    period = span * factor
+    out: list[float] = []
+    lap = 0.0
+    while True:
+        for t in scaled:
+            at = t + lap - start_s
+            if at >= duration_s:
+                return out
+            if at >= 0:
+                out.append(at)
+        lap += period
+
+
+def load_proteus_trace(path: Path = TRACE) -> list[float]:
+    """Arrival offsets (s) of a Proteus trace file (lines `time_ms,count,slo_ms`)."""
+    out: list[float] = []
+    for line in path.read_text().splitlines():
+        parts = line.split(",")
+        if parts and parts[0].strip():
+            out += [float(parts[0]) / 1000] * (int(parts[1]) if len(parts) > 1 else 1)
+    return sorted(out)
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """An arrival process: `schedule(rate, duration, seed)` -> offsets (s)."""
+
+    name: str
+    trace: tuple[float, ...] = ()
+
+    def schedule(self, rate: float, duration_s: float, seed: int) -> list[float]:
+        if not self.trace:
+            return poisson_schedule(rate, duration_s, seed)
+        # The window starts at a seed-dependent point of the trace (in scaled time).
+        start = random.Random(seed).uniform(0, 300.0) * (len(self.trace) / self.trace[-1]) / rate
+        return rescale_schedule(list(self.trace), rate, duration_s, start)
 
 
 def simulate(
     policy: BatchingPolicy,
-    rate: float,
-    duration_s: float,
+    arrivals_s: list[float],
     slo_s: float,
     latency_s: Callable[[int], float],
     seed: int,
-    noise: float = 0.1,
-) -> Outcome:
+    noise: float,
+) -> ReplayOutcome:
+    """Replay `arrivals_s` through `policy`; execution = profile x log-normal(0, noise)."""
     rng = random.Random(seed)
-    arrivals = []
-    t = 0.0
-    while True:
-        t += rng.expovariate(rate)
-        if t >= duration_s:
-            break
-        arrivals.append(t)
-    out = Outcome(total=len(arrivals))
-    i, now = 0, 0.0
-    running: tuple[tuple[Request, ...], float, float] | None = None
-    wake: float | None = None
-    while i < len(arrivals) or running is not None or policy.queue_depth:
-        candidates = [arrivals[i]] if i < len(arrivals) else []
-        if running is not None:
-            candidates.append(running[2])
-        if wake is not None:
-            candidates.append(max(wake, now))
-        if not candidates:
-            break
-        now = min(candidates)
-        if running is not None and running[2] <= now:
-            batch, start, end = running
-            policy.complete(len(batch), end - start, now)
-            out.ok += sum(end <= r.deadline_s + 1e-12 for r in batch)
-            running = None
-        while i < len(arrivals) and arrivals[i] <= now:
-            policy.enqueue(Request(i, arrivals[i], arrivals[i] + slo_s), now)
-            i += 1
-        decision = policy.decide(now)
-        wake = decision.wake_at_s
-        if decision.batch:
-            b = len(decision.batch)
-            factor = math.exp(rng.gauss(0.0, noise))
-            running = (decision.batch, now, now + latency_s(b) * factor)
-            wake = None
-    return out
+    requests = [Request(i, t, t + slo_s) for i, t in enumerate(arrivals_s)]
+    return replay(policy, requests, lambda b: latency_s(b) * math.exp(rng.gauss(0.0, noise)))
 
 
-def policies(
-    cap: int, slo_s: float, profile_ms: dict[int, float]
-) -> dict[str, Callable[[], BatchingPolicy]]:
-    profile_s = {b: ms / 1000 for b, ms in profile_ms.items() if b <= cap}
+def candidates(profile_ms: dict[int, float], slo_s: float) -> dict[str, dict[str, BatchingConfig]]:
+    """Per policy family, the configurations searched (label -> worker configuration).
+
+    Baselines: every cap up to the largest profiled batch that fits the SLO, and for Triton
+    every `max_queue_delay` of `TRITON_DELAYS_MS`. Ours: one configuration, the largest such
+    cap (its own rule, `SloBatcher.slo_batch`, limits the batch online)."""
+    latency_s = interpolate(profile_ms)
+    top = max(b for b in profile_ms if latency_s(b) <= slo_s) if latency_s(1) <= slo_s else 1
+    caps = [c for c in (4, 8, 16, 24, 32, 48, 64, 96, 128) if c <= top] or [1]
     return {
-        "no batching": NoBatching,
-        f"Triton dynamic batcher (max {cap}, delay 5 ms)": lambda: TritonDynamicBatcher(cap, 0.005),
-        f"Clipper AIMD (max {cap})": lambda: ClipperAimd(cap, slo_s),
-        f"Accordion SLO batcher (max {cap})": lambda: SloBatcher(
-            cap, LatencyPredictor(profile_s), margin_s=0.001
-        ),
+        "none": {"no batching": BatchingConfig(policy="none", max_batch_size=1)},
+        "triton": {
+            f"Triton dynamic batcher (max {c}, delay {d:g} ms)": BatchingConfig(
+                policy="triton", max_batch_size=c, max_queue_delay_ms=d
+            )
+            for c in caps
+            for d in TRITON_DELAYS_MS
+        },
+        "clipper": {
+            f"Clipper AIMD (max {c})": BatchingConfig(policy="clipper", max_batch_size=c)
+            for c in caps
+        },
+        "slo": {
+            f"Accordion SLO batcher (max {top})": BatchingConfig(policy="slo", max_batch_size=top)
+        },
     }
 
 
+def factory(config: BatchingConfig, profile_ms: dict[int, float], slo_s: float) -> Factory:
+    """A fresh policy as the worker builds it from `config` (`make_policy`)."""
+    profile_s = {b: ms / 1000 for b, ms in profile_ms.items()}
+    return lambda: make_policy(config, profile_s, slo_s)
+
+
 def sustainable(
-    make: Callable[[], BatchingPolicy],
+    make: Factory,
+    arrivals: Arrivals,
     limit: float,
     slo_s: float,
     latency_s: Callable[[int], float],
     duration_s: float,
-    noise: float = 0.1,
+    noise: float,
+    steps: int = 9,
 ) -> float:
+    """The highest mean rate with >= 99% within the SLO (bisection; the same seeds for all)."""
+
     def attainment(rate: float) -> float:
-        o = simulate(make(), rate, duration_s, slo_s, latency_s, int(rate), noise)
-        return o.ok / max(1, o.total)
+        arr = arrivals.schedule(rate, duration_s, seed=1)
+        return simulate(make(), arr, slo_s, latency_s, 2, noise).attainment
 
     lo, hi = 0.0, 1.2 * limit
-    for _ in range(12):
+    for _ in range(steps):
         mid = (lo + hi) / 2
         if attainment(mid) >= TARGET:
             lo = mid
@@ -148,58 +197,148 @@ def sustainable(
     return lo
 
 
+@dataclass
+class Row:
+    label: str
+    rate: float
+    goodput: float
+
+
+def best_configs(
+    arrivals: Arrivals,
+    profile_ms: dict[int, float],
+    slo_s: float,
+    duration_s: float,
+    noise: float,
+) -> dict[str, list[tuple[float, str, BatchingConfig]]]:
+    """Per policy family, its configurations ranked by simulated sustainable rate."""
+    latency_s = interpolate(profile_ms)
+    limit = physical_limit(profile_ms)
+    ranked = {}
+    for family, configs in candidates(profile_ms, slo_s).items():
+        scored = [
+            (
+                sustainable(
+                    factory(cfg, profile_ms, slo_s), arrivals, limit, slo_s, latency_s,
+                    duration_s, noise,
+                ),
+                label,
+                cfg,
+            )
+            for label, cfg in configs.items()
+        ]  # fmt: skip
+        ranked[family] = sorted(scored, key=lambda x: -x[0])
+    return ranked
+
+
+def physical_limit(profile_ms: dict[int, float]) -> float:
+    """max_b b / L(b) over the profiled range."""
+    latency_s = interpolate(profile_ms)
+    return max(b / latency_s(b) for b in range(1, max(profile_ms) + 1))
+
+
+def slo_feasible_limit(profile_ms: dict[int, float], slo_s: float) -> float:
+    """max b / L(b) over the batches with 2 L(b) <= SLO (the planner's capacity rule)."""
+    latency_s = interpolate(profile_ms)
+    fitting = [b for b in range(1, max(profile_ms) + 1) if 2 * latency_s(b) <= slo_s]
+    return max((b / latency_s(b) for b in fitting), default=0.0)
+
+
+def compare(
+    arrivals: Arrivals,
+    profile_ms: dict[int, float],
+    slo_s: float,
+    duration_s: float,
+    noise: float,
+) -> list[Row]:
+    """Per policy, its best configuration's sustainable rate and goodput at 2x that rate."""
+    latency_s = interpolate(profile_ms)
+    rows = []
+    for ranked in best_configs(arrivals, profile_ms, slo_s, duration_s, noise).values():
+        rate, label, cfg = ranked[0]
+        over = simulate(
+            factory(cfg, profile_ms, slo_s)(),
+            arrivals.schedule(2 * rate, duration_s, 7),
+            slo_s,
+            latency_s,
+            8,
+            noise,
+        )
+        rows.append(Row(label, rate, over.ok / duration_s))
+        print(f"  {arrivals.name} noise {noise}: {label}: {rate:.0f}/s, 2x {rows[-1].goodput:.0f}")
+    return rows
+
+
+def parse_profile(text: str) -> dict[int, float]:
+    return {int(k): float(v) for k, v in (x.split(":") for x in text.split(","))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--slo-ms", type=float, default=100.0)
+    parser.add_argument("--slo-ms", type=float, default=300.0)
     parser.add_argument("--profile", default="", help="b:ms,b:ms,... (p50 execution latency)")
     parser.add_argument("--duration-s", type=float, default=30.0)
+    parser.add_argument("--noise", default="0.1,0.25", help="log-normal sigmas, comma-separated")
     args = parser.parse_args()
-    profile_ms = (
-        {int(k): float(v) for k, v in (x.split(":") for x in args.profile.split(","))}
-        if args.profile
-        else IDLE_DEMO_XL_MS
-    )
+    profile_ms = parse_profile(args.profile) if args.profile else DEFAULT_PROFILE_MS
     slo_s = args.slo_ms / 1000
-    latency_s = interpolate(profile_ms)
-    limit = max(b / latency_s(b) for b in range(1, max(profile_ms) + 1))
-    fitting = [b for b in range(1, max(profile_ms) + 1) if 2 * latency_s(b) <= slo_s]
-    cap = max(fitting) if fitting else 1
+    limit = physical_limit(profile_ms)
+    processes = [Arrivals("Poisson")]
+    if TRACE.is_file():
+        processes.append(Arrivals("Proteus trace (bursty)", tuple(load_proteus_trace())))
     lines = [
         "# Batching policies on simulated time",
         "",
-        "`bench/batching/policy_sim.py`: the policy objects the worker runs, driven on "
-        "simulated time; execution latency = the profile (demo-xl, p50 ms, idle machine, one "
-        "torch thread: "
-        + ", ".join(f"b={b}: {ms}" for b, ms in sorted(profile_ms.items()))
-        + ") x log-normal noise; Poisson arrivals, "
-        f"{args.duration_s:.0f} s per point; SLO {args.slo_ms:.0f} ms; batch cap {cap} for every "
-        "policy (largest b with 2 L(b) <= SLO). Sustainable: highest rate with >= 99% within "
-        "the SLO (bisection).",
+        "`bench/batching/policy_sim.py`: the policy objects the worker runs, driven by "
+        "`accordion.workers.batching.replay` on simulated time; execution latency = the "
+        "profile (p50 ms, one torch thread: "
+        + ", ".join(f"b={b}: {ms:g}" for b, ms in sorted(profile_ms.items()))
+        + ") x log-normal noise; "
+        f"{args.duration_s:.0f} s of arrivals per point; SLO {args.slo_ms:.0f} ms. Each "
+        "baseline at its best configuration (searched: Triton max batch "
+        "{4, 8, 16, 24, 32, 48, 64, up to the largest profiled b with L(b) <= SLO} x "
+        "max_queue_delay {" + ", ".join(f"{d:g}" for d in TRITON_DELAYS_MS) + "} ms, "
+        "Clipper max batch: the same caps); ours at the largest profiled batch with "
+        "L(b) <= SLO (its own rule limits batches online); the worker's settings "
+        "otherwise (`make_policy`). "
+        "Sustainable: highest mean rate with >= 99% within the SLO (bisection). Arrivals: "
+        "Poisson, and the Proteus `medium-normal_load` mobilenet trace (Twitter-shaped, "
+        "inter-arrival CV 1.8, per-second counts CV 0.77) replayed at the target mean rate.",
         "",
-        f"Physical limit max_b b / L(b): **{limit:.0f}/s**.",
+        f"Physical limit max_b b / L(b): **{limit:.0f}/s**. For reference only (not the "
+        "goal's yardstick): the best throughput of a batch whose worst case, waiting for the "
+        "previous batch and then running (2 L(b)), fits the SLO: "
+        f"{slo_feasible_limit(profile_ms, slo_s):.0f}/s.",
     ]
-    for noise in (0.1, 0.25):
-        rows = []
-        for label, make in policies(cap, slo_s, profile_ms).items():
-            rate = sustainable(make, limit, slo_s, latency_s, args.duration_s, noise)
-            over = simulate(make(), 2 * rate, args.duration_s, slo_s, latency_s, 7, noise)
-            goodput = over.ok / args.duration_s
-            rows.append((label, rate, goodput))
-            print(f"{noise} {label}: sustainable {rate:.0f}/s, goodput at 2x {goodput:.0f}/s")
-        best = max(r for label, r, _ in rows if not label.startswith("Accordion"))
-        lines += [
-            "",
-            f"Latency noise: log-normal, sigma {noise}.",
-            "",
-            "| policy | sustainable (/s) | vs best baseline | of physical limit "
-            "| goodput at 2x (/s) | goodput at 2x / sustainable |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for label, rate, goodput in rows:
-            lines.append(
-                f"| {label} | {rate:.0f} | {rate / best:.2f}x | {rate / limit:.0%} "
-                f"| {goodput:.0f} | {goodput / rate if rate else 0:.0%} |"
-            )
+    for arrivals in processes:
+        for noise in (float(x) for x in args.noise.split(",")):
+            rows = compare(arrivals, profile_ms, slo_s, args.duration_s, noise)
+            best = max(r.rate for r in rows if not r.label.startswith("Accordion"))
+            lines += [
+                "",
+                f"## {arrivals.name}, latency noise log-normal sigma {noise}",
+                "",
+                "| policy (best configuration) | sustainable (/s) | vs best baseline "
+                "| of physical limit | goodput at 2x (/s) | goodput at 2x / sustainable |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            for r in rows:
+                lines.append(
+                    f"| {r.label} | {r.rate:.0f} | {r.rate / best:.2f}x | {r.rate / limit:.0%} "
+                    f"| {r.goodput:.0f} | {r.goodput / r.rate if r.rate else 0:.0%} |"
+                )
+    lines += [
+        "",
+        "Reading: with every baseline at its best configuration, a greedy batcher with a "
+        "well-chosen cap is already close to what any policy sustains under Poisson arrivals, "
+        "so ours is level with the best baseline there; a 1.3x margin does not exist on this "
+        "axis against fairly configured baselines. Deadline awareness pays under overload: "
+        "Triton and Clipper never drop, so a backlog makes every later request late and "
+        "goodput at 2x collapses to a few percent, while ours sheds what cannot make it and "
+        "keeps serving full batches. Under the bursty trace, bursts beyond capacity force "
+        "losses on every policy; ours loses little more than the excess, the baselines also "
+        "the backlog it leaves behind.",
+    ]
     (ROOT / "bench" / "results" / "batching-sim.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
