@@ -68,7 +68,7 @@ MODEL_LABEL = f"demo-xl over {TOKENS} tokens per request (bench-only TorchScript
 SLO_MS = 300.0
 TARGET = 0.99
 TOP = {"Poisson": 2, "bursty (Proteus trace)": 1}  # configurations per baseline measured here
-TRACE_DURATION_S = 8.0  # a window of the trace long enough to hold a burst
+TRACE_DURATION_S = 6.0  # a window of the trace long enough to hold a burst
 SIZES = [1, 2, 4, 8, 16, 32, 48, 64, 96]
 
 
@@ -313,7 +313,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp))
-        profiles = profile(model, 8 if args.quick else 20)
+        profiles = profile(model, 8 if args.quick else 12)
         p50 = {p.batch_size: p.p50_ms for p in profiles}
         print("profile p50 ms:", p50, flush=True)
         profile_ms = {p.batch_size: p.p90_ms for p in profiles}  # what the workers get
@@ -349,7 +349,7 @@ def main() -> None:
                     durations[arrivals.name],
                     refine,
                 )
-        again = profile(model, 8 if args.quick else 20)
+        again = profile(model, 8 if args.quick else 12)
     limit = max(max(p.throughput_qps for p in profiles), max(p.throughput_qps for p in again))
     fastest = max((profiles, again), key=lambda ps: max(p.throughput_qps for p in ps))
     feasible = max(
