@@ -577,11 +577,19 @@ def plot(contenders: list[Contender], processes: list[str], limit: float, path: 
 
     fig, axes = plt.subplots(1, len(processes), figsize=(6.5 * len(processes), 4.4), sharey=True)
     axes = [axes] if len(processes) == 1 else list(axes)
+    colors = {c.label: f"C{i}" for i, c in enumerate(contenders)}  # one color per policy
     for ax, proc in zip(axes, processes, strict=True):
         for c in contenders:
             if c.curve.get(proc):
                 xs, ys = zip(*c.curve[proc], strict=True)
-                ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, label=c.label)
+                ax.plot(
+                    xs,
+                    [100 * y for y in ys],
+                    marker="o",
+                    markersize=3,
+                    label=c.label,
+                    color=colors[c.label],
+                )
         ax.axhline(100 * TARGET, color="grey", linestyle=":", linewidth=1)
         ax.axvline(limit, color="black", linestyle="--", linewidth=1, label="physical limit")
         ax.set_xlabel(f"mean arrival rate (requests/s), {proc}")
