@@ -249,6 +249,9 @@ def run_once(
                     row[f"ok_{name}"] = total(
                         m, "accordion_router_outcomes_total", outcome="ok", variant=name
                     )
+                    row[f"healthy_{name}"] = total(
+                        m, "accordion_router_backend_healthy", variant=name
+                    )
                 timeline.append(row)
                 stop.wait(args.sample_s)
 
@@ -273,6 +276,10 @@ def run_once(
             "requests": total(m, "accordion_router_requests_total"),
             "accuracy_served": round(total(m, "accordion_router_accuracy_served_total"), 2),
             "rerouted": total(m, "accordion_router_rerouted_total"),
+            # Samples (every --sample-s) in which the router had a backend out of the split.
+            "unhealthy_samples": sum(
+                1 for row in timeline for p in planned if row[f"healthy_{p.variant.name}"] < 1
+            ),
         }
         for outcome in OUTCOMES:
             router[outcome] = total(m, "accordion_router_outcomes_total", outcome=outcome)

@@ -189,3 +189,33 @@ async def test_non_finite_deadline_is_rejected(
             "/v2/models/classifier/infer", json=sample_body(), headers={DEADLINE_HEADER: value}
         )
         assert resp.status == 400, value
+
+
+async def test_health_needs_consecutive_failures_unless_refused(tmp_path: Path) -> None:
+    status = {"code": 200}
+
+    async def ready(_: web.Request) -> web.Response:
+        return web.json_response({}, status=status["code"])
+
+    app = web.Application()
+    app.router.add_get("/v2/health/ready", ready)
+    async with TestServer(app) as server:
+        path = tmp_path / "routing.json"
+        urls = {"big": str(server.make_url("")).rstrip("/"), "small": "http://127.0.0.1:9"}
+        write_table(path, urls, {"big": 0.5, "small": 0.5})
+        router = Router(path, health_interval_s=60.0, unhealthy_after=2)
+        await router.start()  # one round of checks
+        try:
+            assert router.decider.healthy("big")
+            assert not router.decider.healthy("small")  # nothing listens: out at once
+            status["code"] = 503
+            await router.check_health()
+            assert router.decider.healthy("big")  # one failed check is not enough
+            await router.check_health()
+            assert not router.decider.healthy("big")
+            assert router.decider.plan_weights() == {}
+            status["code"] = 200
+            await router.check_health()
+            assert router.decider.healthy("big")  # back at the first passed check
+        finally:
+            await router.stop()

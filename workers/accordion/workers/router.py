@@ -9,7 +9,9 @@ It also serves ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{service}
 Two background tasks: one re-reads the routing table file (mounted from a ConfigMap) when its
 content changes: requests in flight keep the backend they were sent to, new ones follow the
 new weights, and an invalid file is reported and ignored; the other polls every backend's
-``/v2/health/ready`` and takes failing ones out of the split.
+``/v2/health/ready`` and takes failing ones out of the split (at once when nothing listens,
+after `unhealthy_after` failed checks in a row otherwise, so that a worker slow to answer
+during a burst keeps its traffic).
 
 Metrics (what users pay for and get): demand ``accordion_router_requests_total{service}`` (the
 signal the operator reads back), outcomes ``accordion_router_outcomes_total{service,variant,
@@ -138,6 +140,7 @@ class Router:
         table_path: Path,
         *,
         health_interval_s: float = 1.0,
+        unhealthy_after: int = 2,
         reload_interval_s: float = 0.5,
         max_body_bytes: int = 16 * 1024 * 1024,
         seed: int = 0,
@@ -154,6 +157,8 @@ class Router:
         self.decider = RoutingDecider(table, seed=seed)
         self.metrics = RouterMetrics()
         self.health_interval_s = health_interval_s
+        self.unhealthy_after = max(1, unhealthy_after)
+        self._failures: dict[str, int] = {}
         self.reload_interval_s = reload_interval_s
         self.max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
@@ -221,18 +226,32 @@ class Router:
                 log.exception("reloading routing table %s failed", self.table_path)
 
     async def check_health(self) -> None:
-        """One round of readiness checks of every backend."""
+        """One round of readiness checks of every backend.
+
+        A backend leaves the split when nothing listens at its address, or after
+        `unhealthy_after` failed checks in a row (a slow answer from a worker busy with a burst
+        is not a dead worker: one late probe must not move its traffic away); it comes back
+        at its first passed check.
+        """
         session = self._session
         assert session is not None
 
         async def probe(name: str, url: str) -> None:
+            refused = False
             try:
                 timeout = aiohttp.ClientTimeout(total=max(0.5, self.health_interval_s))
                 async with session.get(f"{url}/v2/health/ready", timeout=timeout) as resp:
                     ok = resp.status == 200
+            except aiohttp.ClientConnectorError:
+                ok, refused = False, True
             except (aiohttp.ClientError, TimeoutError):
                 ok = False
-            self.decider.set_healthy(name, ok)
+            failures = 0 if ok else self._failures.get(name, 0) + 1
+            self._failures[name] = failures
+            if ok:
+                self.decider.set_healthy(name, True)
+            elif refused or failures >= self.unhealthy_after:
+                self.decider.set_healthy(name, False)
 
         await asyncio.gather(*(probe(b.name, b.url) for b in self.table.backends))
         self._publish_weights()
