@@ -450,8 +450,8 @@ def report(
         "client side):",
         "",
         "| run | load 1 min | sent | attainment (client) | p99 ms | ok | late | dropped | shed "
-        "| error | rerouted | ok per variant | effective accuracy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| error | rerouted | ok per variant | effective accuracy | backend out (samples) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in results:
         c, m = r.client, r.router
@@ -460,7 +460,7 @@ def report(
             f"| {r.label} | {r.load1:.2f} | {c['sent']} | "
             f"{c['attainment'] * 100:.1f}% | {c['p99_ms']:.1f} | {m['ok']:.0f} | {m['late']:.0f} "
             f"| {m['dropped']:.0f} | {m['shed']:.0f} | {m['error']:.0f} | {m['rerouted']:.0f} | "
-            f"{per_variant} | {effective_accuracy(r):.3f} |"
+            f"{per_variant} | {effective_accuracy(r):.3f} | {m['unhealthy_samples']} |"
         )
     lines += ["", "Workers' own counters (ok / late / dropped / rejected, mean batch):", ""]
     for r in results:
