@@ -48,7 +48,7 @@ from accordion.workers.batching import (
     TritonDynamicBatcher,
 )
 
-SPARE_RELATIVE_GAP = 0.01
+SPARE_RELATIVE_GAP = 0.005
 SPARE_POLISH_S = 0.5
 
 _Key = tuple[str, str, str]
@@ -175,8 +175,10 @@ class Accordion(ControlPolicy):
     def spare_settings(self) -> PlannerSettings:
         """The spare plan's settings: a burst buffer needs no 0.1% optimality.
 
-        A 1% gap (and at most 0.5 s of MILP polishing) instead of the main plan's: on the
-        10x cluster, polishing the spare plan to 0.1% took the planner past 1 s per re-plan.
+        A 0.5% gap (and at most 0.5 s of MILP polishing) instead of the main plan's: on the
+        10x cluster, polishing the spare plan to 0.1% took the planner past 1 s per re-plan
+        (SCIP polishing a rounded LP that missed the gap); at 0.5% the rounding is accepted.
+        A 1% gap cost violations at 1x (0.17% instead of 0.07% on zipf-p50).
         """
         main = self.settings()
         return main.model_copy(

@@ -124,8 +124,8 @@ def goals(key: str, results: list[SimResult]) -> str:
         lines.append(
             f"- the same on mix-weighted accuracy (each family's accuracy weighted by its "
             f"demand, so that dropping a less accurate family gains nothing): "
-            f"{'met' if mix_met else 'MISSED'} ({ours.mix_accuracy:.2f} vs "
-            f"{proteus.mix_accuracy:.2f})"
+            f"{'met' if mix_met else 'MISSED'} ({ours.mix_accuracy:.3f} vs "
+            f"{proteus.mix_accuracy:.3f})"
         )
     return "\n".join(lines) + "\n"
 
