@@ -277,9 +277,12 @@ def run_once(
             "accuracy_served": round(total(m, "accordion_router_accuracy_served_total"), 2),
             "rerouted": total(m, "accordion_router_rerouted_total"),
             # Samples (every --sample-s) in which the router had a backend out of the split.
-            "unhealthy_samples": sum(
-                1 for row in timeline for p in planned if row[f"healthy_{p.variant.name}"] < 1
-            ),
+            "unhealthy_samples": ", ".join(
+                f"{p.variant.name} {n}"
+                for p in planned
+                if (n := sum(1 for row in timeline if row[f"healthy_{p.variant.name}"] < 1))
+            )
+            or "0",
         }
         for outcome in OUTCOMES:
             router[outcome] = total(m, "accordion_router_outcomes_total", outcome=outcome)

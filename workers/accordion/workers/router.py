@@ -140,7 +140,7 @@ class Router:
         table_path: Path,
         *,
         health_interval_s: float = 1.0,
-        unhealthy_after: int = 2,
+        unhealthy_after: int = 3,
         reload_interval_s: float = 0.5,
         max_body_bytes: int = 16 * 1024 * 1024,
         seed: int = 0,
