@@ -352,3 +352,71 @@ def test_routing_follows_ready_capacity() -> None:
     assert table is not None
     assert {b.name for b in table.backends} == {"small@gpu", "big@gpu"}
     assert table.version == r.digest()
+
+
+async def test_settled_services_are_skipped_and_changes_still_seen() -> None:
+    """A service whose inputs equal those of a pass with nothing to do is not recomputed; any
+    change of its inputs (readiness, status, spec) is acted on; a plan change alone (the new
+    plan becomes the planner's `current`) does not cost another planner call."""
+    clock = Clock()
+    world = World(
+        services={"default/a": service("a"), "default/b": service("b")},
+        pools={"gpu": pool(devices=4)},
+    )
+    calls: list[Problem] = []
+
+    def planner(problem: Problem) -> Plan:
+        from accordion.solver.planner import plan
+
+        calls.append(problem)
+        return plan(problem)
+
+    loop = ControlLoop(planner=planner, clock=clock)
+    act = MemoryActuator(world, clock)
+    await loop.reconcile(world, DemandView(), act)
+    all_ready(world)
+    await loop.reconcile(world, DemandView(), act)
+    assert (await loop.reconcile(world, DemandView(), act)).applied == []
+    assert len(calls) == 1
+    assert set(loop._settled) == {"default/a", "default/b"}
+
+    computed: list[str] = []
+    original = loop._decide_service
+
+    def spy(svc_key: str, *args: Any, **kwargs: Any) -> Any:
+        computed.append(svc_key)
+        return original(svc_key, *args, **kwargs)
+
+    loop._decide_service = spy  # type: ignore[method-assign]
+    assert loop.decide(world, DemandView()).steps == []
+    assert computed == []
+
+    # A replica of a's worker stops being ready: only a is recomputed, and its routing moves.
+    (wk,) = [k for k in world.workers if k.service == "default/a"]
+    spec = world.workers[wk].spec
+    world.workers[wk] = RunningWorker(spec, spec.replicas - 1)
+    steps = loop.decide(world, DemandView()).steps
+    assert computed == ["default/a"]
+    assert {getattr(s, "service", None) for s in steps if isinstance(s, ApplyRouting)} == {
+        "default/a"
+    }
+    world.workers[wk] = RunningWorker(spec, spec.replicas)
+
+    # Someone overwrites b's status: it is written back.
+    computed.clear()
+    world.status["default/b"] = world.status["default/b"].model_copy(update={"plan": []})
+    steps = loop.decide(world, DemandView()).steps
+    assert "default/b" in computed
+    assert [s.service for s in steps if isinstance(s, UpdateStatus)] == ["default/b"]
+
+    # A spec change re-plans once; the plan it makes, fed back as `current`, does not.
+    loop._decide_service = original  # type: ignore[method-assign]
+    await loop.reconcile(world, DemandView(), act)
+    world.services["default/b"] = service("b", qps=120.0)
+    await loop.reconcile(world, DemandView(), act)
+    assert len(calls) == 2
+    all_ready(world)
+    for _ in range(3):
+        await loop.reconcile(world, DemandView(), act)
+    assert len(calls) == 2
+    assert loop.decide(world, DemandView()).steps == []

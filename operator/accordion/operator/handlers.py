@@ -33,6 +33,7 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from accordion.operator import memory
 from accordion.operator.actuator import KubernetesActuator, ObjectCache
 from accordion.operator.api import (
     DevicePool,
@@ -320,12 +321,15 @@ class Driver:
         self.last_result = result
         if result.decision.planned:
             log.info(
-                "planned %d services in %.3f s; %d steps, %d failed",
+                "planned %d services in %.3f s; decided in %.3f s; %d steps, %d failed",
                 len(result.decision.routing),
                 self.loop.plan_time_s,
+                self.loop.decide_time_s,
                 len(result.decision.steps),
                 len(result.failed),
             )
+        if result.decision.planned or len(result.applied) > 100:
+            memory.trim()  # a big pass frees tens of MB; give them back (see `memory`)
         for step, exc in result.failed:
             log.warning("%s failed: %s", type(step).__name__, exc)
         for warning in result.decision.warnings:
@@ -384,6 +388,7 @@ def _driver(memo: Any) -> Driver:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    memory.limit_arenas()
     config = OperatorConfig.load()
     settings.posting.enabled = False
     settings.persistence.finalizer = f"{GROUP}/finalizer"

@@ -20,9 +20,17 @@ Order of the steps (make before break), every step idempotent:
    groups the plan no longer wants. Until then the old replicas keep serving;
 4. `UpdateStatus` and `RecordEvent` (plan changes that matter, in words).
 
-Re-running the loop on an unchanged world yields no steps (zero churn): the plan is cached per
-problem, and the planner is given the previous plan as the current allocation, so that ties
-are broken towards what was decided before, not towards whatever happens to run mid-transition.
+Re-running the loop on an unchanged world yields no steps (zero churn): the plan is kept while
+the services, their demand and the pools are unchanged, and the planner is given the previous
+plan as the current allocation, so that ties are broken towards what was decided before, not
+towards whatever happens to run mid-transition.
+
+Cost at scale (a thousand services): the world's objects are treated as values (a change is a
+new object, never a mutation in place), so a service whose inputs (its spec, plan rows, running
+workers, routing, status and demand) equal those of a pass that found nothing to do for it is
+skipped without recomputing its routing or status; the planner's per-service input is memoised
+the same way (`planning.to_problem`). What remains per pass is the planner call itself, when
+the problem changed.
 """
 
 from __future__ import annotations
@@ -350,7 +358,17 @@ class ControlLoop:
             settings=self.settings.planner,
             memo=self._spec_memo,
         )
-        if self.last_plan is not None and build.problem == self.last_problem:
+        last = self.last_problem
+        if (
+            self.last_plan is not None
+            and last is not None
+            and build.problem.pools == last.pools
+            and build.problem.services == last.services
+            and build.problem.settings == last.settings
+        ):
+            # Same services, demand and pools: the plan stands. (`current` is left out of the
+            # comparison: it is the last plan itself, so it changes after every plan change;
+            # re-planning for that alone would cost a planner call for nothing.)
             return self.last_plan, False, build.warnings
         started = time.perf_counter()
         plan = self.planner(build.problem)
@@ -699,6 +717,7 @@ class ControlLoop:
     ) -> ReconcileResult:
         """Decide, then apply the steps: in order within a service, services in parallel.
 
+        Every service's make steps go first (one wave), then the rest of each service's steps.
         A failed step of a service (a worker that could not be created) holds back every
         "break" step of that service, so traffic never loses its old backends for a new one
         that does not exist. Other services go on. `concurrency` bounds how many services are
@@ -711,32 +730,50 @@ class ControlLoop:
         groups: dict[str, list[Step]] = {}
         for step in decision.steps:
             groups.setdefault(_service_of(step), []).append(step)
+        # Two waves: first every service's "make" steps (new and grown worker groups, the
+        # slowest to take effect: pods must start), then the rest of each service's steps.
+        # The order within a service is the decision's.
+        makes: dict[str, list[Step]] = {}
+        rests: dict[str, list[Step]] = {}
+        for svc, steps in groups.items():
+            n = 0
+            while n < len(steps) and _is_make(steps[n]):
+                n += 1
+            if n:
+                makes[svc] = steps[:n]
+            if n < len(steps):
+                rests[svc] = steps[n:]
+        blocked: set[str] = set()
         gate = asyncio.Semaphore(max(1, concurrency))
 
-        async def run(steps: list[Step]) -> None:
-            blocked = False
+        async def run(svc: str, steps: list[Step]) -> None:
             async with gate:
                 for step in steps:
                     breaking = isinstance(step, RemoveWorker | RemoveService) or (
                         isinstance(step, EnsureWorker) and step.phase == "break"
                     )
-                    if breaking and blocked:
+                    if breaking and svc in blocked:
                         continue
                     try:
                         await actuator.apply(step)
                     except Exception as exc:
                         log.warning("step %s failed: %s", type(step).__name__, exc)
                         failed.append((step, exc))
-                        blocked = True
+                        blocked.add(svc)
                         continue
                     applied.append(step)
 
-        if concurrency <= 1:
-            for steps in groups.values():
-                await run(steps)
-        else:
-            await asyncio.gather(*(run(steps) for steps in groups.values()))
+        for wave in (makes, rests):
+            if concurrency <= 1:
+                for svc, steps in wave.items():
+                    await run(svc, steps)
+            else:
+                await asyncio.gather(*(run(svc, steps) for svc, steps in wave.items()))
         return ReconcileResult(decision=decision, applied=applied, failed=failed)
+
+
+def _is_make(step: Step) -> bool:
+    return isinstance(step, EnsureWorker) and step.phase == "make"
 
 
 def _service_of(step: Step) -> str:
