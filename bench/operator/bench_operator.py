@@ -492,6 +492,16 @@ def markdown(rows: list[dict[str, Any]], loop_rows: list[dict[str, Any]]) -> str
             f"| {', '.join(map(str, r['decision_time_s']))} "
             f"| {r['rss_mb']} / {r['peak_rss_mb']} |"
         )
+    lines += [
+        "",
+        "Times include the operator's debounce (0.2 s here). Operator and emulator share the",
+        "machine's 2 cores (and with whatever else runs there); the emulator is a single-threaded",
+        "Python server. kmock 0.8 itself scanned every past request and every stored object on",
+        "each request (quadratic): the fixtures' `Emulator` now keeps only in-flight requests in",
+        "that history and looks objects up by key (about 18 -> 500 creates/s at 500 objects).",
+        "The cluster is seeded rather than rolled out through the API, so no initial rollout",
+        "time is reported any more.",
+    ]
     if loop_rows:
         lines += [
             "",

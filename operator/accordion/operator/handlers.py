@@ -7,6 +7,12 @@ control loop for the whole cluster (the planner is global: services share pools)
 `KubernetesActuator`. It also re-plans every `resync_interval_s` (a kopf timer), after a drain
 delay the loop asks for, and when a Prometheus demand estimate changes.
 
+At scale the driver keeps its per-pass work proportional to what changed: InferenceServices
+and DevicePools are parsed again only when what is parsed changes (not on every status write),
+worker specs, statuses and routing tables only when their objects change, and the control loop
+skips services whose inputs are those of a settled pass (see `control.loop`). After a big pass
+freed memory is handed back to the system (`memory`).
+
 Leader election: kopf peering (`--peering`, or `peering_name` in the configuration). A paused
 (follower) operator receives no events and runs no timers, so the driver, which acts only
 within a few resync intervals of the last handler call, stays idle until it leads.
