@@ -186,6 +186,17 @@ def kubelet(cluster: Cluster, namespaces: list[str]) -> int:
     return changed
 
 
+def wait_idle(pid: int, timeout_s: float = 120) -> None:
+    """Wait until a process uses (almost) no CPU: kopf has worked through its initial watch."""
+    deadline = time.monotonic() + timeout_s
+    last, quiet = cpu_s(pid), 0
+    while time.monotonic() < deadline and quiet < 2:
+        time.sleep(0.5)  # sampling CPU time over an interval
+        now = cpu_s(pid)
+        quiet = quiet + 1 if now - last < 0.05 else 0
+        last = now
+
+
 def settled_objects(n: int, config: Any) -> list[list[Any]]:
     """What the cluster holds once the operator has rolled out n services and every replica is
     ready, built by the operator's own code (control loop, manifest builders), for seeding."""
@@ -321,6 +332,7 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
         )
         first_pass_s = time.monotonic() - t_start
         settle(emu, quiet_s=3.0)
+        wait_idle(op.proc.pid)
         churn = [e for e in emu.sync_log()[start_log:] if _is_write(e)]
         cpu_idle_0 = cpu_s(op.proc.pid)
 

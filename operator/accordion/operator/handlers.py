@@ -394,7 +394,6 @@ def _driver(memo: Any) -> Driver:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    memory.limit_arenas()
     config = OperatorConfig.load()
     settings.posting.enabled = False
     settings.persistence.finalizer = f"{GROUP}/finalizer"
