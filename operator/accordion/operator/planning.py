@@ -74,6 +74,7 @@ def to_problem(
     current: Iterable[Allocation] = (),
     settings: PlannerSettings | None = None,
     memo: ServiceMemo | None = None,
+    available_devices: Mapping[str, int] | None = None,
 ) -> ProblemBuild:
     """Build the planner's problem from InferenceServices and DevicePools.
 
@@ -84,6 +85,10 @@ def to_problem(
     `memo` (a dict the caller keeps between calls) re-uses a service's `ServiceSpec` while the
     service (compared by value), its measured demand and the set of pools are unchanged: at
     a thousand services, building every spec again costs more than the rest of the problem.
+
+    `available_devices` (per pool name, e.g. from `pools.available_devices` over the cluster's
+    Nodes) caps a pool's `spec.devices` at what its nodes can really offer; pools not in it are
+    taken at their declared count.
     """
     measured = measured_qps or {}
     pool_list = sorted(pools, key=lambda p: p.metadata.name)
@@ -111,7 +116,7 @@ def to_problem(
         pools=[
             PoolSpec(
                 name=p.metadata.name,
-                devices=p.spec.devices,
+                devices=_capped(p, available_devices),
                 cost_per_device=p.spec.cost_per_device,
             )
             for p in pool_list
@@ -121,6 +126,13 @@ def to_problem(
         settings=settings or PlannerSettings(),
     )
     return ProblemBuild(problem=problem, warnings=warnings)
+
+
+def _capped(pool: DevicePool, available: Mapping[str, int] | None) -> int:
+    """The pool's declared devices, capped by `available` when it names the pool."""
+    if available is None or pool.metadata.name not in available:
+        return pool.spec.devices
+    return max(0, min(pool.spec.devices, available[pool.metadata.name]))
 
 
 def _service_spec(

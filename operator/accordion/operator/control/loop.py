@@ -58,6 +58,7 @@ from accordion.operator.control.desired import (
     worker_specs,
 )
 from accordion.operator.planning import ServiceMemo, planned_demand_qps, status_rows, to_problem
+from accordion.operator.pools import available_devices
 from accordion.solver import Allocation, Plan, PlannerSettings, PlanRow, Problem, ServicePlan
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,10 @@ class World:
     workers: dict[WorkerKey, RunningWorker] = field(default_factory=dict)
     routing: dict[str, AppliedRouting] = field(default_factory=dict)
     status: dict[str, InferenceServiceStatus] = field(default_factory=dict)
+    nodes: list[dict[str, Any]] | None = None
+    """The cluster's Nodes (API dicts) when the driver watches them: pools are then capped at
+    the devices their ready nodes offer (`pools.available_devices`). None: pools are taken at
+    their declared `spec.devices`."""
 
 
 @dataclass
@@ -357,6 +362,11 @@ class ControlLoop:
             current=self._current(world),
             settings=self.settings.planner,
             memo=self._spec_memo,
+            available_devices=(
+                None
+                if world.nodes is None
+                else available_devices(world.pools.values(), world.nodes)
+            ),
         )
         last = self.last_problem
         if (

@@ -1,0 +1,206 @@
+"""What a DevicePool can really offer, from the Nodes of the cluster.
+
+A pool declares `spec.devices`, but the devices only exist where nodes match its
+`nodeSelector`, are Ready, accept pods (not cordoned) and have the pool's device resource
+allocatable. This module counts them, pure: Nodes come in as the dicts the Kubernetes API
+returns, and out come the number of devices the planner may really use (the smaller of the
+declared and the allocatable) and the pool's `NodesMissing` and `Ready` conditions, so a pool
+whose nodes are missing or full is reported rather than silently planned on.
+
+Taints are not looked at: a node whose taints the pool does not tolerate still counts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from accordion.operator.api import Condition, DevicePool, DevicePoolStatus
+
+NON_DEVICE_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", "pods"})
+"""Resources that are not a pool's device: a pool limited only by these counts nodes only."""
+
+_SUFFIXES: dict[str, float] = {
+    "": 1.0,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+}
+_QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_quantity(value: int | float | str) -> float:
+    """A Kubernetes quantity as a number: `4` → 4, `"500m"` → 0.5, `"1Ki"` → 1024.
+
+    Raises `ValueError` for anything else (exponent forms are not used for devices).
+    """
+    if isinstance(value, int | float):
+        return float(value)
+    match = _QUANTITY.match(value)
+    if match is None or match.group(2) not in _SUFFIXES:
+        raise ValueError(f"{value!r} is not a quantity")
+    return float(match.group(1)) * _SUFFIXES[match.group(2)]
+
+
+def device_resource(pool: DevicePool) -> tuple[str, float] | None:
+    """The pool's device resource and how much of it one replica takes, e.g. `(nvidia.com/gpu, 1)`.
+
+    The first resource in `limits` (then `requests`) that is not cpu, memory, storage or
+    hugepages; None when the pool asks for none (a CPU pool), or the amount is not positive.
+    """
+    for table in (pool.spec.resources.limits, pool.spec.resources.requests):
+        for name in sorted(table):
+            if name in NON_DEVICE_RESOURCES or name.startswith("hugepages-"):
+                continue
+            try:
+                amount = parse_quantity(table[name])
+            except ValueError:
+                return None
+            return (name, amount) if amount > 0 else None
+    return None
+
+
+def node_name(node: Mapping[str, Any]) -> str:
+    """The node's `metadata.name` ("" when absent)."""
+    return str((node.get("metadata") or {}).get("name") or "")
+
+
+def node_matches(node: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
+    """Whether the node's labels include every `key: value` of the selector."""
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def node_ready(node: Mapping[str, Any]) -> bool:
+    """Whether the node accepts new pods: its Ready condition is True and it is not cordoned."""
+    if (node.get("spec") or {}).get("unschedulable"):
+        return False
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def node_allocatable(node: Mapping[str, Any], resource: str) -> float:
+    """How much of `resource` the node can allocate (0 when absent or unreadable)."""
+    raw = ((node.get("status") or {}).get("allocatable") or {}).get(resource)
+    if raw is None:
+        return 0.0
+    try:
+        return max(0.0, parse_quantity(raw))
+    except ValueError:
+        return 0.0
+
+
+@dataclass(frozen=True)
+class PoolCapacity:
+    """What the cluster's nodes offer one pool."""
+
+    pool: str
+    declared: int
+    """`spec.devices`."""
+    matching_nodes: int
+    """Nodes whose labels match the selector, Ready or not."""
+    ready_nodes: list[str] = field(default_factory=list)
+    """Names of the matching nodes that are Ready and schedulable."""
+    resource: str | None = None
+    """The device resource counted, None for a pool that asks for none."""
+    allocatable: int | None = None
+    """Replicas' worth of the device resource on the ready nodes (None without a resource)."""
+
+    @property
+    def available(self) -> int:
+        """Devices the planner may use: the declared count, capped by what the nodes have."""
+        if not self.ready_nodes:
+            return 0
+        if self.allocatable is None:
+            return self.declared
+        return min(self.declared, self.allocatable)
+
+    @property
+    def missing(self) -> int:
+        """Declared devices the nodes cannot offer."""
+        return self.declared - self.available
+
+    def conditions(self, generation: int | None = None) -> list[Condition]:
+        """`NodesMissing` and `Ready`, with a message that says how many devices are missing."""
+        if not self.ready_nodes:
+            what = (
+                "no node matches the nodeSelector"
+                if self.matching_nodes == 0
+                else f"none of the {self.matching_nodes} matching nodes is Ready and schedulable"
+            )
+            reason, message = "NoReadyNodes", f"{what}: 0 of {self.declared} devices available"
+        elif self.missing > 0:
+            reason = "NotEnoughDevices"
+            message = (
+                f"{len(self.ready_nodes)} ready nodes have {self.allocatable} allocatable "
+                f"{self.resource}: {self.available} of {self.declared} devices available "
+                f"({self.missing} missing)"
+            )
+        else:
+            reason = "AllDevicesAvailable"
+            message = f"{len(self.ready_nodes)} ready nodes offer all {self.declared} devices"
+        short = not self.ready_nodes or self.missing > 0
+        return [
+            Condition(
+                type="NodesMissing",
+                status="True" if short else "False",
+                reason=reason,
+                message=message,
+                observed_generation=generation,
+            ),
+            Condition(
+                type="Ready",
+                status="False" if short else "True",
+                reason=reason,
+                message=message,
+                observed_generation=generation,
+            ),
+        ]
+
+    def status(
+        self, allocated_devices: int | None = None, generation: int | None = None
+    ) -> DevicePoolStatus:
+        """The pool's status: matching nodes, devices the plan uses and the conditions."""
+        return DevicePoolStatus(
+            conditions=self.conditions(generation),
+            allocated_devices=allocated_devices,
+            matching_nodes=self.matching_nodes,
+        )
+
+
+def pool_capacity(pool: DevicePool, nodes: Iterable[Mapping[str, Any]]) -> PoolCapacity:
+    """Count what `nodes` offer `pool`: matching nodes, ready ones and their devices."""
+    matching = [n for n in nodes if node_matches(n, pool.spec.node_selector)]
+    ready = [n for n in matching if node_ready(n)]
+    res = device_resource(pool)
+    allocatable: int | None = None
+    if res is not None:
+        name, per_replica = res
+        allocatable = sum(math.floor(node_allocatable(n, name) / per_replica + 1e-9) for n in ready)
+    return PoolCapacity(
+        pool=pool.metadata.name,
+        declared=pool.spec.devices,
+        matching_nodes=len(matching),
+        ready_nodes=sorted(node_name(n) for n in ready),
+        resource=None if res is None else res[0],
+        allocatable=allocatable,
+    )
+
+
+def available_devices(
+    pools: Iterable[DevicePool], nodes: Iterable[Mapping[str, Any]]
+) -> dict[str, int]:
+    """Per pool name, the devices it can really offer: `to_problem`'s `available_devices`."""
+    node_list = list(nodes)
+    return {p.metadata.name: pool_capacity(p, node_list).available for p in pools}

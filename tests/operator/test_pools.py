@@ -1,0 +1,210 @@
+"""Pools: what the nodes really offer a DevicePool, its conditions, and the planner's cap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from accordion.operator.api import DevicePool, InferenceService
+from accordion.operator.control.loop import ControlLoop, DemandView, World
+from accordion.operator.planning import to_problem
+from accordion.operator.pools import (
+    available_devices,
+    device_resource,
+    parse_quantity,
+    pool_capacity,
+)
+
+GPU = "nvidia.com/gpu"
+
+
+def pool(
+    name: str = "a100",
+    devices: int = 4,
+    selector: dict[str, str] | None = None,
+    limits: dict[str, Any] | None = None,
+) -> DevicePool:
+    return DevicePool.model_validate(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "devices": devices,
+                "nodeSelector": {"gpu": "a100"} if selector is None else selector,
+                "resources": {"limits": {GPU: 1} if limits is None else limits},
+            },
+        }
+    )
+
+
+def node(
+    name: str,
+    labels: dict[str, str] | None = None,
+    gpus: str | None = "2",
+    ready: str = "True",
+    unschedulable: bool = False,
+) -> dict[str, Any]:
+    allocatable = {"cpu": "16", "memory": "64Gi"}
+    if gpus is not None:
+        allocatable[GPU] = gpus
+    return {
+        "metadata": {"name": name, "labels": {"gpu": "a100"} if labels is None else labels},
+        "spec": {"unschedulable": True} if unschedulable else {},
+        "status": {
+            "allocatable": allocatable,
+            "conditions": [
+                {"type": "MemoryPressure", "status": "False"},
+                {"type": "Ready", "status": ready},
+            ],
+        },
+    }
+
+
+def conds(p: DevicePool, nodes: list[dict[str, Any]]) -> dict[str, tuple[str, str, str]]:
+    return {c.type: (c.status, c.reason, c.message) for c in pool_capacity(p, nodes).conditions()}
+
+
+def test_no_matching_node_is_nodes_missing_with_zero_devices() -> None:
+    nodes = [node("n1", labels={"gpu": "h100"}), node("n2", labels={})]
+    cap = pool_capacity(pool(), nodes)
+    assert (cap.matching_nodes, cap.ready_nodes, cap.available, cap.missing) == (0, [], 0, 4)
+    c = conds(pool(), nodes)
+    assert c["NodesMissing"][:2] == ("True", "NoReadyNodes")
+    assert c["Ready"][0] == "False"
+    assert "no node matches" in c["NodesMissing"][2]
+    assert "0 of 4 devices" in c["NodesMissing"][2]
+
+
+def test_unschedulable_and_not_ready_nodes_are_excluded() -> None:
+    nodes = [
+        node("cordoned", unschedulable=True),
+        node("down", ready="False"),
+        node("unknown", ready="Unknown"),
+        {"metadata": {"name": "bare", "labels": {"gpu": "a100"}}},  # no status at all
+    ]
+    cap = pool_capacity(pool(), nodes)
+    assert cap.matching_nodes == 4
+    assert cap.ready_nodes == []
+    assert cap.available == 0
+    c = conds(pool(), nodes)
+    assert c["NodesMissing"][0] == "True"
+    assert "none of the 4 matching nodes" in c["NodesMissing"][2]
+    # One good node among them: only its 2 GPUs count.
+    cap = pool_capacity(pool(), [*nodes, node("ok")])
+    assert (cap.ready_nodes, cap.allocatable, cap.available) == (["ok"], 2, 2)
+
+
+def test_allocatable_below_declared_is_capped_and_says_by_how_much() -> None:
+    # 2 + 1 GPUs on ready nodes (the cordoned node's 8 do not count); the pool declares 4.
+    nodes = [node("n1", gpus="2"), node("n2", gpus="1"), node("n3", gpus="8", unschedulable=True)]
+    cap = pool_capacity(pool(devices=4), nodes)
+    assert (cap.resource, cap.allocatable, cap.available, cap.missing) == (GPU, 3, 3, 1)
+    status, reason, message = conds(pool(devices=4), nodes)["NodesMissing"]
+    assert (status, reason) == ("True", "NotEnoughDevices")
+    assert "3 of 4 devices available (1 missing)" in message
+    assert conds(pool(devices=4), nodes)["Ready"][0] == "False"
+
+
+def test_two_gpus_per_replica_count_whole_replicas_only() -> None:
+    p = pool(devices=4, limits={GPU: 2, "cpu": "4"})
+    assert device_resource(p) == (GPU, 2.0)
+    cap = pool_capacity(p, [node("n1", gpus="3"), node("n2", gpus="4")])
+    assert (cap.allocatable, cap.available) == (3, 3)  # 1 + 2 replicas
+
+
+def test_enough_devices_is_ready() -> None:
+    nodes = [node("n1", gpus="4"), node("n2", gpus="4"), node("other", labels={"x": "y"})]
+    p = pool(devices=6)
+    cap = pool_capacity(p, nodes)
+    assert (cap.matching_nodes, cap.allocatable, cap.available, cap.missing) == (2, 8, 6, 0)
+    c = conds(p, nodes)
+    assert c["NodesMissing"][:2] == ("False", "AllDevicesAvailable")
+    assert c["Ready"][:2] == ("True", "AllDevicesAvailable")
+    status = cap.status(allocated_devices=5, generation=3)
+    assert (status.matching_nodes, status.allocated_devices) == (2, 5)
+    assert [c.observed_generation for c in status.conditions] == [3, 3]
+
+
+def test_pool_without_a_device_resource_counts_ready_nodes_only() -> None:
+    p = pool(devices=5, selector={"role": "cpu"}, limits={"cpu": "2", "memory": "4Gi"})
+    assert device_resource(p) is None
+    assert pool_capacity(p, [node("c1", labels={"role": "cpu"}, gpus=None)]).available == 5
+    assert pool_capacity(p, [node("c1", labels={"role": "cpu"}, ready="False")]).available == 0
+
+
+def test_empty_selector_matches_every_node() -> None:
+    cap = pool_capacity(pool(devices=10, selector={}), [node("a", labels={}), node("b")])
+    assert (cap.matching_nodes, cap.available) == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [(4, 4.0), ("8", 8.0), ("500m", 0.5), ("1Ki", 1024.0), ("1.5", 1.5)]
+)
+def test_parse_quantity(raw: int | str, value: float) -> None:
+    assert parse_quantity(raw) == value
+
+
+def test_parse_quantity_rejects_garbage() -> None:
+    with pytest.raises(ValueError, match="not a quantity"):
+        parse_quantity("lots")
+
+
+def test_planner_gets_the_capped_count() -> None:
+    pools = [pool("a100", devices=4), pool("t4", devices=3, selector={"gpu": "t4"})]
+    nodes = [node("n1", gpus="2"), node("n2", gpus="8", ready="False")]
+    available = available_devices(pools, nodes)
+    assert available == {"a100": 2, "t4": 0}
+    problem = to_problem([], pools, available_devices=available).problem
+    assert {p.name: p.devices for p in problem.pools} == {"a100": 2, "t4": 0}
+    # Without the input, or for a pool it does not name, the declared count stands.
+    assert {p.name: p.devices for p in to_problem([], pools).problem.pools} == {
+        "a100": 4,
+        "t4": 3,
+    }
+    partial = to_problem([], pools, available_devices={"t4": 99}).problem
+    assert {p.name: p.devices for p in partial.pools} == {"a100": 4, "t4": 3}
+
+
+def gpu_service() -> InferenceService:
+    return InferenceService.model_validate(
+        {
+            "metadata": {"name": "svc", "namespace": "default", "generation": 1},
+            "spec": {
+                "slo": {"latencyMs": 100},
+                "demand": {"source": "Static", "qps": 40.0, "headroom": 0.0},
+                "variants": [
+                    {
+                        "name": "big",
+                        "accuracy": 80,
+                        "model": {"storageUri": "/models/big.pt"},
+                        "profiles": [{"pool": "a100", "batches": [{"batchSize": 1, "p50Ms": 20}]}],
+                    }
+                ],
+            },
+        }
+    )
+
+
+def test_loop_caps_pools_only_when_the_world_has_nodes() -> None:
+    pools = {"a100": pool(devices=4)}
+    svc = {"default/svc": gpu_service()}
+    # No node list (the driver does not watch Nodes): the declared 4 devices are planned on.
+    loop = ControlLoop()
+    plan, _, _ = loop.make_plan(World(services=dict(svc), pools=pools), DemandView())
+    assert loop.last_problem is not None
+    assert [p.devices for p in loop.last_problem.pools] == [4]
+    assert sum(r.replicas for r in plan.rows) > 0
+    # Nodes known, one ready node with 1 GPU: the planner gets 1 device.
+    loop = ControlLoop()
+    world = World(services=dict(svc), pools=pools, nodes=[node("n1", gpus="1")])
+    plan, _, _ = loop.make_plan(world, DemandView())
+    assert loop.last_problem is not None
+    assert [p.devices for p in loop.last_problem.pools] == [1]
+    assert sum(r.replicas for r in plan.rows if r.pool == "a100") <= 1
+    # Nodes known, none matching: nothing can be placed.
+    loop = ControlLoop()
+    world = World(services=dict(svc), pools=pools, nodes=[node("x", labels={})])
+    plan, _, _ = loop.make_plan(world, DemandView())
+    assert loop.last_problem is not None
+    assert [p.devices for p in loop.last_problem.pools] == [0]
+    assert sum(r.replicas for r in plan.rows) == 0
