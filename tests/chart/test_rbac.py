@@ -120,7 +120,10 @@ def required_access(sources: Iterable[tuple[str, str]]) -> set[Access]:
                 if target is None:
                     continue
                 group, resource = target
-                for verb in ("list", "watch", "patch"):
+                # Event handlers only watch (kopf stores no progress on the object for them);
+                # other handlers may have kopf patch the object's annotations.
+                watch_only = _dotted(node.func) == "kopf.on.event"
+                for verb in ("list", "watch") if watch_only else ("list", "watch", "patch"):
                     need.add((group, resource, verb))
     return need
 
@@ -198,6 +201,9 @@ def created(**_): ...
 @kopf.timer("devicepools", interval=10)
 def tick(**_): ...
 
+@kopf.on.event("", "v1", "nodes")
+def node_seen(**_): ...
+
 def act(ns, body):
     client.AppsV1Api().patch_namespaced_deployment("w", ns, body)
     client.CoreV1Api().create_namespaced_config_map(ns, body)
@@ -206,6 +212,8 @@ def act(ns, body):
 """
     need = required_access([("sample.py", source)])
     assert ("accordion.dev", "inferenceservices", "watch") in need
+    assert ("", "nodes", "watch") in need
+    assert ("", "nodes", "patch") not in need
     assert ("accordion.dev", "devicepools", "list") in need
     assert ("apps", "deployments", "patch") in need
     assert ("", "configmaps", "create") in need

@@ -261,6 +261,9 @@ class Operator:
             "ACCORDION_DEBOUNCE_S": "0.05",
             "ACCORDION_DRAIN_S": "0",
             "ACCORDION_RESYNC_INTERVAL_S": "2",
+            # The emulator has no Nodes: pools are taken at their declared size, unless a
+            # test seeds Nodes and turns this on.
+            "ACCORDION_WATCH_NODES": "0",
             **self.env,
         }
         args = extra or ("--standalone",)

@@ -78,6 +78,14 @@ class OperatorConfig(BaseModel):
 
     planner: PlannerSettings = Field(default_factory=PlannerSettings)
 
+    watch_nodes: bool = Field(
+        True,
+        description=(
+            "Watch Nodes and cap each DevicePool at the devices its ready, schedulable nodes"
+            " offer; off: pools are taken at their declared size (clusters without Node access)."
+        ),
+    )
+
     peering_name: str = "accordion"
     peering_priority: int = 0
 
@@ -99,6 +107,7 @@ class OperatorConfig(BaseModel):
             "ACCORDION_RESYNC_INTERVAL_S": "resync_interval_s",
             "ACCORDION_DRAIN_S": "drain_s",
             "ACCORDION_DEMAND_INTERVAL_S": "demand_interval_s",
+            "ACCORDION_WATCH_NODES": "watch_nodes",
         }
         for var, name in overrides.items():
             if env.get(var):

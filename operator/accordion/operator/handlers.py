@@ -93,7 +93,24 @@ def _significant(kind: str, obj: dict[str, Any]) -> Any:
             meta.get("annotations"),
             meta.get("deletionTimestamp"),
         )
+    if kind == "Node":
+        return node_significant(obj)
     return (obj.get("data"), meta.get("annotations"), meta.get("deletionTimestamp"))
+
+
+def node_significant(node: dict[str, Any]) -> Any:
+    """What of a Node the pools depend on (`pools.pool_capacity`): labels, cordon, the Ready
+    condition's status and the allocatable resources; not heartbeats or other conditions."""
+    meta = node.get("metadata") or {}
+    status = node.get("status") or {}
+    ready = [c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    return (
+        meta.get("labels"),
+        (node.get("spec") or {}).get("unschedulable"),
+        ready,
+        status.get("allocatable"),
+        meta.get("deletionTimestamp"),
+    )
 
 
 @dataclass
@@ -192,12 +209,14 @@ class Driver:
                 ),
             ),
         ]
+        if self.config.watch_nodes:
+            lists.append(("Node", lambda: core.list_node(_preload_content=False)))
         for kind, fn in lists:
             resp = await asyncio.to_thread(fn)
             body = resp if isinstance(resp, dict) else KubernetesActuator._body(resp)
             for item in body.get("items") or []:
                 if (
-                    kind in (KIND_ISVC, KIND_POOL)
+                    kind in (KIND_ISVC, KIND_POOL, "Node")
                     or ((item.get("metadata") or {}).get("labels") or {}).get(
                         "app.kubernetes.io/managed-by"
                     )
@@ -277,6 +296,8 @@ class Driver:
 
     def world(self) -> World:
         world = World()
+        if self.config.watch_nodes:
+            world.nodes = self.cache.of_kind("Node")
         for obj in self.cache.of_kind(KIND_POOL):
             pool = self._parse(KIND_POOL, obj)
             if isinstance(pool, DevicePool):
@@ -432,6 +453,22 @@ def on_pool(event: Any, memo: Any, **_: Any) -> None:
 @kopf.timer(GROUP, VERSION, "devicepools", interval=RESYNC_INTERVAL_S, idle=0)
 def resync(memo: Any, **_: Any) -> None:
     _driver(memo).trigger()
+
+
+def _watching_nodes() -> bool:
+    """`watch_nodes` from the configuration, read at import: kopf handlers are registered
+    then (a broken configuration is reported by `startup`)."""
+    try:
+        return OperatorConfig.load().watch_nodes
+    except Exception:
+        return True
+
+
+if _watching_nodes():
+
+    @kopf.on.event("", "v1", "nodes")
+    def on_node(event: Any, memo: Any, **_: Any) -> None:
+        _driver(memo).observe("Node", event.get("type"), event["object"])
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)

@@ -1,0 +1,92 @@
+"""The operator watching Nodes (`watch_nodes`): a pool is planned with only what its nodes offer.
+
+kmock serves core v1 Nodes (bundled resources); the test acts as the kubelet and registers a
+Node. The other emulator tests run with `ACCORDION_WATCH_NODES=0` (they have no Nodes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from accordion.operator.config import OperatorConfig
+from accordion.operator.handlers import node_significant
+
+from .conftest import Cluster, EmulatorThread, Operator, device_pool, isvc, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+SELECTOR = {"accordion.dev/test-pool": "nodes"}
+
+
+@pytest.fixture(scope="module")
+def operator(
+    emulator: EmulatorThread, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
+    op = Operator(
+        kubeconfig,
+        tmp_path_factory.mktemp("operator") / "operator.log",
+        {"ACCORDION_WATCH_NODES": "1"},
+    )
+    op.start()
+    yield op
+    op.stop()
+
+
+def node(name: str, gpus: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": dict(SELECTOR)},
+        "spec": {},
+        "status": {
+            "allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "8"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+def test_pool_without_nodes_gets_no_workers_until_a_node_registers(cluster: Cluster) -> None:
+    ns, pool = "nodes", "pool-nodes"
+    body = device_pool(pool, 2)
+    body["spec"]["nodeSelector"] = SELECTOR
+    cluster.custom.create_cluster_custom_object("accordion.dev", "v1alpha1", "devicepools", body)
+    cluster.create(isvc("svc", ns, pool, 40.0))
+
+    conds = wait_for("status conditions", lambda: cluster.conditions(ns, "svc"))
+    assert conds["Planned"]["status"] == "True"
+    assert conds["Degraded"]["reason"] == "Shortfall"
+    assert cluster.status(ns, "svc")["plan"] == []
+    assert cluster.workers(ns) == {}, "no node offers the pool's devices: nothing to run on"
+
+    cluster.core.create_node(node("gpu-node-1", 2))
+    workers = wait_for("a worker once a matching Ready node exists", lambda: cluster.workers(ns))
+    assert set(workers) == {"big"}
+    assert workers["big"]["spec"]["replicas"] == 1
+
+
+def test_node_relevance_ignores_heartbeats() -> None:
+    base = node("n", 2)
+    beat = node("n", 2)
+    beat["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:00:10Z"
+    beat["status"]["conditions"].append({"type": "MemoryPressure", "status": "True"})
+    beat["metadata"]["resourceVersion"] = "99"
+    assert node_significant(beat) == node_significant(base)
+    changes: list[Callable[[dict[str, Any]], None]] = [
+        lambda n: n["metadata"]["labels"].update({"x": "y"}),
+        lambda n: n["spec"].update({"unschedulable": True}),
+        lambda n: n["status"]["conditions"][0].update({"status": "Unknown"}),
+        lambda n: n["status"]["allocatable"].update({"nvidia.com/gpu": "1"}),
+    ]
+    for change in changes:
+        changed = node("n", 2)
+        change(changed)
+        assert node_significant(changed) != node_significant(base)
+
+
+def test_watch_nodes_setting() -> None:
+    assert OperatorConfig.load({}).watch_nodes is True
+    assert OperatorConfig.load({"ACCORDION_WATCH_NODES": "0"}).watch_nodes is False
