@@ -60,12 +60,35 @@ def test_pool_without_nodes_gets_no_workers_until_a_node_registers(cluster: Clus
     assert conds["Planned"]["status"] == "True"
     assert conds["Degraded"]["reason"] == "Shortfall"
     assert cluster.status(ns, "svc")["plan"] == []
+
+    def pool_status() -> dict[str, Any]:
+        obj = cluster.custom.get_cluster_custom_object(
+            "accordion.dev", "v1alpha1", "devicepools", pool
+        )
+        return dict(obj.get("status") or {})
+
+    status = wait_for("the pool's status", pool_status)
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert status["matchingNodes"] == 0
+    assert status["allocatedDevices"] == 0
+    assert conds["NodesMissing"]["status"] == "True"
+    assert conds["NodesMissing"]["reason"] == "NoReadyNodes"
+    assert conds["Ready"]["status"] == "False"
     assert cluster.workers(ns) == {}, "no node offers the pool's devices: nothing to run on"
 
     cluster.core.create_node(node("gpu-node-1", 2))
     workers = wait_for("a worker once a matching Ready node exists", lambda: cluster.workers(ns))
     assert set(workers) == {"big"}
     assert workers["big"]["spec"]["replicas"] == 1
+
+    def pool_ready() -> dict[str, Any] | None:
+        status = pool_status()
+        ready = {c["type"]: c["status"] for c in status.get("conditions") or []}.get("Ready")
+        return status if ready == "True" else None
+
+    status = wait_for("the pool Ready", pool_ready)
+    assert status["matchingNodes"] == 1
+    assert status["allocatedDevices"] == 1
 
 
 def test_node_relevance_ignores_heartbeats() -> None:

@@ -329,6 +329,22 @@ class KubernetesActuator:
         elif have is not None:
             self.cache.put("InferenceService", {**have, "status": status})
 
+    async def patch_pool_status(self, name: str, status: Manifest) -> None:
+        """Write a DevicePool's status (the driver's, from `pools.PoolCapacity.status`)."""
+        body = {"status": status}
+        resp = await self._call(
+            "patch-status",
+            lambda: self.custom.patch_cluster_custom_object_status(
+                GROUP, VERSION, "devicepools", name, body, _preload_content=False
+            ),
+        )
+        returned = self._body(resp)
+        have = self.cache.get("DevicePool", "", name)
+        if returned.get("metadata"):
+            self.cache.put("DevicePool", returned)
+        elif have is not None:
+            self.cache.put("DevicePool", {**have, "status": status})
+
     async def _record_event(self, step: RecordEvent) -> None:
         ns, name = split_key(step.service)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

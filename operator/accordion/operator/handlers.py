@@ -7,6 +7,12 @@ control loop for the whole cluster (the planner is global: services share pools)
 `KubernetesActuator`. It also re-plans every `resync_interval_s` (a kopf timer), after a drain
 delay the loop asks for, and when a Prometheus demand estimate changes.
 
+With `watch_nodes` (the default) the driver also watches Nodes: the loop caps each DevicePool
+at the devices its ready, schedulable nodes offer (`pools`), a Node wakes the loop only when
+what the pools depend on changes (labels, cordon, Ready, allocatable; not heartbeats), and
+after each pass the driver writes each pool's status (`matchingNodes`, `allocatedDevices`,
+`NodesMissing`/`Ready`) when it changed.
+
 At scale the driver keeps its per-pass work proportional to what changed: InferenceServices
 and DevicePools are parsed again only when what is parsed changes (not on every status write),
 worker specs, statuses and routing tables only when their objects change, and the control loop
@@ -33,6 +39,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -58,8 +65,9 @@ from accordion.operator.control.loop import (
     RunningWorker,
     World,
 )
-from accordion.operator.k8s import MANAGED_BY, observe_routing, observe_worker
+from accordion.operator.k8s import MANAGED_BY, Manifest, observe_routing, observe_worker
 from accordion.operator.metrics import OperatorMetrics, serve_from_env
+from accordion.operator.pools import pool_capacity
 from accordion.operator.prometheus import PrometheusDemand
 
 log = logging.getLogger("accordion.operator")
@@ -334,6 +342,43 @@ class Driver:
     def demand_view(self) -> DemandView:
         return self.demand.view() if self.demand is not None else DemandView()
 
+    def pool_statuses(self, world: World) -> dict[str, Manifest]:
+        """Each pool's status (matching nodes, devices the last plan uses, `NodesMissing` and
+        `Ready`), as it would be written: transition times kept while a condition's status
+        stays. Empty when Nodes are not watched."""
+        if world.nodes is None:
+            return {}
+        used: dict[str, int] = {}
+        plan = self.loop.last_plan
+        for row in plan.rows if plan is not None else []:
+            used[row.pool] = used.get(row.pool, 0) + row.replicas
+        now = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        out: dict[str, Manifest] = {}
+        for name, pool in world.pools.items():
+            status = pool_capacity(pool, world.nodes).status(
+                used.get(name, 0), pool.metadata.generation
+            )
+            body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+            have = (self.cache.get(KIND_POOL, "", name) or {}).get("status") or {}
+            old = {c.get("type"): c for c in have.get("conditions") or []}
+            for cond in body.get("conditions") or []:
+                prev = old.get(cond["type"]) or {}
+                same = prev.get("status") == cond["status"] and prev.get("lastTransitionTime")
+                cond["lastTransitionTime"] = prev["lastTransitionTime"] if same else now
+            out[name] = body
+        return out
+
+    async def write_pool_statuses(self, world: World) -> None:
+        """Patch the status of each pool whose status changed (a failure is logged only)."""
+        for name, body in self.pool_statuses(world).items():
+            have = (self.cache.get(KIND_POOL, "", name) or {}).get("status") or {}
+            if {k: have.get(k) for k in body} == body:
+                continue
+            try:
+                await self.actuator.patch_pool_status(name, body)
+            except Exception as exc:
+                log.warning("writing the status of DevicePool %s failed: %s", name, exc)
+
     # -- running -------------------------------------------------------------------------------
 
     async def reconcile_once(self) -> ReconcileResult:
@@ -344,6 +389,7 @@ class Driver:
             world, demand, self.actuator, concurrency=self.concurrency
         )
         self.metrics.record(world, demand, result, self.loop.plan_time_s)
+        await self.write_pool_statuses(world)
         self.passes += 1
         self.last_result = result
         if result.decision.planned:
