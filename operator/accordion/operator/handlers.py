@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from kubernetes import client as k8s
@@ -71,6 +71,7 @@ from accordion.operator.pools import pool_capacity
 from accordion.operator.prometheus import PrometheusDemand
 
 log = logging.getLogger("accordion.operator")
+_T = TypeVar("_T")
 
 GROUP, VERSION = "accordion.dev", "v1alpha1"
 KIND_ISVC, KIND_POOL = "InferenceService", "DevicePool"
@@ -249,58 +250,50 @@ class Driver:
         }
         # Keyed on what is parsed, not on resourceVersion: a status write leaves the parsed
         # object (and so the loop's per-service memo, which compares it) as it was.
+
+        def parse() -> Any:
+            try:
+                return parse_resource(wanted, f"{kind} {ident[1]}")
+            except InvalidResourceError as exc:
+                return exc
+
+        return self._memo(ident, wanted, parse)
+
+    def _memo(self, ident: tuple[str, str], version: Any, compute: Callable[[], _T]) -> _T:
+        """`compute()`, re-used while `version` (not None) equals the one it was computed for."""
         hit = self._parsed.get(ident)
-        if hit is not None and hit[0] == wanted:
-            return hit[1]
-        version = wanted
-        try:
-            result: Any = parse_resource(wanted, f"{kind} {ident[1]}")
-        except InvalidResourceError as exc:
-            result = exc
-        self._parsed[ident] = (version, result)
-        return result
+        if hit is not None and version is not None and hit[0] == version:
+            cached: _T = hit[1]
+            return cached
+        value = compute()
+        self._parsed[ident] = (version, value)
+        return value
 
     def _worker(self, obj: dict[str, Any]) -> RunningWorker | None:
         """`observe_worker`, cached per resourceVersion (the spec annotation is JSON)."""
         meta = obj.get("metadata") or {}
         ident = ("Deployment", f"{meta.get('namespace')}/{meta.get('name')}")
-        version = meta.get("resourceVersion")
-        hit = self._parsed.get(ident)
-        if hit is not None and version is not None and hit[0] == version:
-            cached: RunningWorker | None = hit[1]
-            return cached
-        running = observe_worker(obj)
-        self._parsed[ident] = (version, running)
-        return running
+        return self._memo(ident, meta.get("resourceVersion"), lambda: observe_worker(obj))
 
     def _status(self, key: str, raw: Any) -> InferenceServiceStatus | None:
         """A service's status, parsed again only when it changed."""
         if not raw:
             return None
-        ident = ("status", key)
-        hit = self._parsed.get(ident)
-        if hit is not None and hit[0] == raw:
-            cached: InferenceServiceStatus | None = hit[1]
-            return cached
-        try:
-            status: InferenceServiceStatus | None = InferenceServiceStatus.model_validate(raw)
-        except ValueError:
-            status = None
-        self._parsed[ident] = (raw, status)
-        return status
+
+        def parse() -> InferenceServiceStatus | None:
+            try:
+                return InferenceServiceStatus.model_validate(raw)
+            except ValueError:
+                return None
+
+        return self._memo(("status", key), raw, parse)
 
     def _routing(self, obj: dict[str, Any]) -> AppliedRouting | None:
         """`observe_routing`, parsed again only when the ConfigMap's annotations changed."""
         meta = obj.get("metadata") or {}
         ident = ("ConfigMap", f"{meta.get('namespace')}/{meta.get('name')}")
         version = (meta.get("annotations"), meta.get("labels"))
-        hit = self._parsed.get(ident)
-        if hit is not None and hit[0] == version:
-            cached: AppliedRouting | None = hit[1]
-            return cached
-        applied = observe_routing(obj)
-        self._parsed[ident] = (version, applied)
-        return applied
+        return self._memo(ident, version, lambda: observe_routing(obj))
 
     def world(self) -> World:
         world = World()

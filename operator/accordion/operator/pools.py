@@ -153,19 +153,13 @@ class PoolCapacity:
         short = not self.ready_nodes or self.missing > 0
         return [
             Condition(
-                type="NodesMissing",
-                status="True" if short else "False",
+                type=kind,
+                status="True" if true else "False",
                 reason=reason,
                 message=message,
                 observed_generation=generation,
-            ),
-            Condition(
-                type="Ready",
-                status="False" if short else "True",
-                reason=reason,
-                message=message,
-                observed_generation=generation,
-            ),
+            )
+            for kind, true in (("NodesMissing", short), ("Ready", not short))
         ]
 
     def status(
