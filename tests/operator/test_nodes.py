@@ -113,3 +113,28 @@ def test_node_relevance_ignores_heartbeats() -> None:
 def test_watch_nodes_setting() -> None:
     assert OperatorConfig.load({}).watch_nodes is True
     assert OperatorConfig.load({"ACCORDION_WATCH_NODES": "0"}).watch_nodes is False
+
+
+def test_parse_cache_forgets_deleted_objects() -> None:
+    """The driver's parse cache holds only objects still in the watch cache (no slow leak)."""
+    from kubernetes import client as k8s
+
+    from accordion.operator.api import InferenceService
+    from accordion.operator.handlers import KIND_ISVC, KIND_POOL, Driver
+
+    driver = Driver(config=OperatorConfig(watch_nodes=False), api_client=k8s.ApiClient())
+    driver.cache.put(KIND_POOL, device_pool("gpu", 4))
+    for name in ("a", "b"):
+        driver.cache.put(KIND_ISVC, isvc(name, "default", "gpu", 10.0))
+    assert set(driver.world().services) == {"default/a", "default/b"}
+    first = driver.world().services["default/a"]
+    assert isinstance(first, InferenceService)
+    parsed = dict(driver._parsed)
+    assert (KIND_ISVC, "default/b") in parsed
+
+    driver.cache.drop(KIND_ISVC, "default", "b")
+    world = driver.world()
+    assert set(world.services) == {"default/a"}
+    assert world.services["default/a"] is first  # still served from the cache
+    assert (KIND_ISVC, "default/b") not in driver._parsed
+    assert (KIND_ISVC, "default/a") in driver._parsed

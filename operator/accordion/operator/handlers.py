@@ -140,6 +140,7 @@ class Driver:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     _active_until: float = 0.0
     _parsed: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
+    _touched: set[tuple[str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.loop = ControlLoop(
@@ -261,6 +262,7 @@ class Driver:
 
     def _memo(self, ident: tuple[str, str], version: Any, compute: Callable[[], _T]) -> _T:
         """`compute()`, re-used while `version` (not None) equals the one it was computed for."""
+        self._touched.add(ident)
         hit = self._parsed.get(ident)
         if hit is not None and version is not None and hit[0] == version:
             cached: _T = hit[1]
@@ -296,6 +298,8 @@ class Driver:
         return self._memo(ident, version, lambda: observe_routing(obj))
 
     def world(self) -> World:
+        """The loop's inputs from the cache; parse-cache entries of objects gone are dropped."""
+        self._touched = set()
         world = World()
         if self.config.watch_nodes:
             world.nodes = self.cache.of_kind("Node")
@@ -330,6 +334,8 @@ class Driver:
             applied = self._routing(obj)
             if applied is not None:
                 world.routing[applied.routing.service] = applied
+        for gone in self._parsed.keys() - self._touched:
+            del self._parsed[gone]
         return world
 
     def demand_view(self) -> DemandView:
