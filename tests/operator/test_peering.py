@@ -18,7 +18,9 @@ def operator(
     emulator: EmulatorThread, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
     """The leader (priority 100); the test starts the follower."""
-    op = Operator(kubeconfig, tmp_path_factory.mktemp("leader") / "operator.log", {})
+    op = Operator(
+        kubeconfig, tmp_path_factory.mktemp("leader") / "operator.log", {"POD_ID": "op-leader"}
+    )
     yield op
     op.stop()
 
@@ -43,7 +45,7 @@ def test_follower_waits_and_takes_over(
     # object that the follower's watch is sure to see, so the follower pauses before any
     # object exists. (A replica started second may act on what it lists before its first
     # peering event arrives; kopf's keepalive then pauses it only a while later.)
-    follower = Operator(kubeconfig, tmp_path / "follower.log", {})
+    follower = Operator(kubeconfig, tmp_path / "follower.log", {"POD_ID": "op-follower"})
     follower.start("--peering", "accordion", "--priority", "10")
     try:
         wait_for("the follower in the peering object", lambda: registered() >= 1)
@@ -61,5 +63,42 @@ def test_follower_waits_and_takes_over(
         operator.stop()
         cluster.create(isvc("second", "peer2", "pool-peer", 10.0))
         wait_for("the follower takes over", lambda: cluster.workers("peer2"), timeout_s=60)
+        assert "leading: op-follower leads" in follower.log()
     finally:
         follower.stop()
+
+
+def test_demoted_leader_stands_by_at_its_next_pass(
+    cluster: Cluster, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """A leader that a peer of higher priority joins stops acting (the driver reads the peering
+    object before each pass), and the new leader serves what comes next."""
+    cluster.custom.create_cluster_custom_object(
+        "kopf.dev",
+        "v1",
+        "clusterkopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "demote"}},
+    )
+    low = Operator(kubeconfig, tmp_path / "low.log", {"POD_ID": "op-low"})
+    high = Operator(kubeconfig, tmp_path / "high.log", {"POD_ID": "op-high"})
+    low.start("--peering", "demote", "--priority", "10")
+    try:
+        wait_for("the first leader", lambda: "leading: op-low leads" in low.log())
+        cluster.create_pool("pool-demote", 4)
+        cluster.create(isvc("first", "demote", "pool-demote", 10.0))
+        wait_for("the first leader serves", lambda: cluster.workers("demote"))
+        high.start("--peering", "demote", "--priority", "100")
+        wait_for(
+            "the demoted leader to stand by",
+            lambda: "standing by: peers of higher priority are alive: op-high" in low.log(),
+        )
+        wait_for("the new leader", lambda: "leading: op-high leads" in high.log())
+        before = low.log().split("standing by:", 1)[1]
+        cluster.create(isvc("second", "demote2", "pool-demote", 10.0))
+        wait_for("the new leader serves", lambda: cluster.workers("demote2"), timeout_s=60)
+        after = low.log().split("standing by:", 1)[1]
+        assert "planned" not in after, after
+        assert "Handler 'on_service' succeeded" not in after[len(before) :]
+    finally:
+        high.stop()
+        low.stop()

@@ -1,11 +1,16 @@
 """`python -m accordion.operator` (or `accordion-operator`): run the operator with kopf.
 
 Equivalent to `kopf run --all-namespaces -m accordion.operator.handlers`, with kopf peering for
-leader election unless `--standalone` is given (two replicas never act at once).
+leader election unless `--standalone` is given (two replicas never act at once). When `POD_ID`
+is not set (outside a pod) it sets one, so that kopf and the control loop agree on this
+operator's peering identity (see `accordion.operator.peering`).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import sys
 
 import kopf
@@ -19,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     from accordion.operator.config import OperatorConfig
 
     config = OperatorConfig.load()
+    os.environ.setdefault("POD_ID", f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
     kopf.run(
         clusterwide=True,
         standalone=standalone,

@@ -20,8 +20,12 @@ skips services whose inputs are those of a settled pass (see `control.loop`). Af
 freed memory is handed back to the system (`memory`).
 
 Leader election: kopf peering (`--peering`, or `peering_name` in the configuration). A paused
-(follower) operator receives no events and runs no timers, so the driver, which acts only
-within a few resync intervals of the last handler call, stays idle until it leads.
+(follower) operator receives no events and runs no timers; the driver, a task of its own, reads
+the peering object before every pass and applies kopf's rule (`peering`), so a demoted leader
+stops at its next pass. Whenever it stops or starts leading it forgets what it listed (a paused
+operator's cache goes stale) and lists everything again before it acts. Without its peering
+identity (`POD_ID`, set by the chart) it acts only within a few resync intervals of the last
+handler call.
 
 Only event handlers are used (no create/update/delete handlers): kopf then adds no finalizers
 and keeps no progress annotations; deletion is noticed from the DELETED event, and the loop
@@ -67,6 +71,7 @@ from accordion.operator.control.loop import (
 )
 from accordion.operator.k8s import MANAGED_BY, Manifest, observe_routing, observe_worker
 from accordion.operator.metrics import OperatorMetrics, serve_from_env
+from accordion.operator.peering import Leadership
 from accordion.operator.pools import pool_capacity
 from accordion.operator.prometheus import PrometheusDemand
 
@@ -138,6 +143,9 @@ class Driver:
     passes: int = 0
     last_result: ReconcileResult | None = None
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    leadership: Leadership | None = None  # None: standalone, or identity unknown (see run)
+    standalone: bool = True
+    leading: bool = False
     _active_until: float = 0.0
     _parsed: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
     _touched: set[tuple[str, str]] = field(default_factory=set)
@@ -166,7 +174,30 @@ class Driver:
         self._active_until = time.monotonic() + 3 * max(RESYNC_INTERVAL_S, 1.0)
 
     def active(self) -> bool:
-        return time.monotonic() < self._active_until
+        """Whether this operator acts now, as far as known without asking the API server."""
+        if self.leadership is not None:
+            return self.leading
+        return self.standalone or time.monotonic() < self._active_until
+
+    async def leads(self) -> bool:
+        """Whether this operator should act now. With a peering identity: kopf's rule on the
+        peering object, read now. A change either way makes the next pass list everything
+        again (the cache of a paused operator is stale)."""
+        if self.leadership is None:
+            return self.active()
+        custom: Any = k8s.CustomObjectsApi(self.api_client)
+        try:
+            verdict = await asyncio.to_thread(self.leadership.read, custom)
+        except Exception as exc:
+            log.warning("cannot read the peering object, not acting: %s", exc)
+            leading, reason = False, "peering object unreadable"
+        else:
+            leading, reason = verdict.leads, verdict.reason
+        if leading != self.leading:
+            log.info("%s: %s", "leading" if leading else "standing by", reason)
+            self.leading = leading
+            self.synced = False
+        return leading
 
     def trigger(self) -> None:
         self.touch()
@@ -224,6 +255,18 @@ class Driver:
         for kind, fn in lists:
             resp = await asyncio.to_thread(fn)
             body = resp if isinstance(resp, dict) else KubernetesActuator._body(resp)
+            listed = {
+                (
+                    str((item.get("metadata") or {}).get("namespace") or ""),
+                    str((item.get("metadata") or {}).get("name") or ""),
+                )
+                for item in body.get("items") or []
+            }
+            for old in self.cache.of_kind(kind):  # gone while this operator was not watching
+                meta = old.get("metadata") or {}
+                key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+                if key not in listed:
+                    self.cache.drop(kind, *key)
             for item in body.get("items") or []:
                 if (
                     kind in (KIND_ISVC, KIND_POOL, "Node")
@@ -415,7 +458,7 @@ class Driver:
             timeout = RESYNC_INTERVAL_S if requeue is None else min(requeue, RESYNC_INTERVAL_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            if not self.active():
+            if not await self.leads():
                 self._wake.clear()
                 requeue = None
                 continue
@@ -470,6 +513,14 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings.peering.clusterwide = True
     serve_from_env()
     driver = Driver(config=config, api_client=make_api_client())
+    driver.standalone = bool(settings.peering.standalone)
+    driver.leadership = Leadership.from_settings(settings.peering)
+    if not driver.standalone and driver.leadership is None:
+        log.warning(
+            "peering %r without POD_ID: this operator cannot tell its own peering identity and "
+            "acts while kopf delivers it events; set POD_ID (the chart does) for an exact gate",
+            settings.peering.name,
+        )
     memo["driver"] = driver
     memo["tasks"] = [asyncio.create_task(driver.run(), name="accordion-control-loop")]
     if driver.demand is not None:
