@@ -27,6 +27,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from accordion.operator.api import split_key
+from accordion.operator.compact import compact
 from accordion.operator.config import OperatorConfig
 from accordion.operator.control.loop import (
     ApplyRouting,
@@ -70,28 +71,54 @@ def _rv(obj: Manifest) -> int | None:
 
 @dataclass
 class ObjectCache:
-    """The owned objects (Deployments, Services, ConfigMaps) and InferenceService statuses.
+    """The watched objects: InferenceServices, DevicePools, Nodes and the owned Deployments,
+    Services and ConfigMaps.
 
     Fed by watch events and by the actuator's own writes; an event older than what is cached
-    (by resourceVersion) is ignored, so a write is never undone by a late event.
+    (by resourceVersion) is ignored, so a write is never undone by a late event. What is kept
+    is a compact copy (`compact.compact`: interned strings, no managedFields, a Node's
+    essentials), never the caller's dict; cached objects are read, not changed in place.
     """
 
     objects: dict[ObjKey, Manifest] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def put(self, kind: str, obj: Manifest) -> None:
+    def put(self, kind: str, obj: Manifest, same_version: bool = True) -> None:
+        """Keep (a compact copy of) `obj` unless what is cached is newer. With `same_version`
+        False, also unless it is the same version: what a watch or a list delivers again is
+        not copied again (a version of an object never changes on the server)."""
         meta = obj.get("metadata") or {}
         key = (kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        new_rv = _rv(obj)
+        if not same_version and new_rv is not None:
+            have = self.get(*key)
+            if have is not None and _rv(have) == new_rv:
+                return
+        slim = compact(kind, obj)
         with self.lock:
             old = self.objects.get(key)
-            new_rv, old_rv = _rv(obj), _rv(old) if old is not None else None
+            old_rv = _rv(old) if old is not None else None
             if old is not None and new_rv is not None and old_rv is not None and new_rv < old_rv:
                 return
-            self.objects[key] = obj
+            self.objects[key] = slim
 
     def drop(self, kind: str, namespace: str, name: str) -> None:
         with self.lock:
             self.objects.pop((kind, namespace, name), None)
+
+    def drop_unlisted(
+        self, kind: str, listed: set[tuple[str, str]], list_version: int | None
+    ) -> None:
+        """Drop the objects of a kind a complete listing did not contain, except those newer
+        than the listing (`list_version`, its resourceVersion): the watch added them since."""
+        with self.lock:
+            for key, obj in list(self.objects.items()):
+                if key[0] != kind or (key[1], key[2]) in listed:
+                    continue
+                rv = _rv(obj)
+                if list_version is not None and rv is not None and rv > list_version:
+                    continue
+                del self.objects[key]
 
     def get(self, kind: str, namespace: str, name: str) -> Manifest | None:
         with self.lock:

@@ -59,6 +59,7 @@ from accordion.operator.api import (
     InvalidResourceError,
     parse_resource,
 )
+from accordion.operator.compact import ListPage
 from accordion.operator.config import OperatorConfig
 from accordion.operator.control.loop import (
     AppliedRouting,
@@ -82,6 +83,10 @@ GROUP, VERSION = "accordion.dev", "v1alpha1"
 KIND_ISVC, KIND_POOL = "InferenceService", "DevicePool"
 RESYNC_INTERVAL_S = float(os.environ.get("ACCORDION_RESYNC_INTERVAL_S") or 30.0)
 OWNED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+LIST_PAGE = 500
+"""Objects per page when the driver lists a kind (`sync`)."""
+KOPF_WORKER_IDLE_S = 0.5
+"""kopf's `settings.queueing.idle_timeout` (see `startup`)."""
 
 
 def make_api_client() -> k8s.ApiClient:
@@ -213,70 +218,77 @@ class Driver:
             self.cache.drop(kind, ns, name)
             self.trigger()
             return
-        self.cache.put(kind, obj)
+        self.cache.put(kind, obj, same_version=False)
         if old is None or _significant(kind, old) != _significant(kind, obj):
             self.trigger()
 
     # -- the world -----------------------------------------------------------------------------
 
     async def sync(self) -> None:
-        """List everything once, so that the first pass sees the whole cluster."""
+        """List everything once, so that the first pass sees the whole cluster.
+
+        Lists are read in pages (`LIST_PAGE` objects) and each page one item at a time
+        (`compact.ListPage`), each kept as its compact copy at once: the raw list is never
+        decoded whole next to the cache (the memory peak of a start at scale)."""
         custom: Any = k8s.CustomObjectsApi(self.api_client)
         apps: Any = k8s.AppsV1Api(self.api_client)
         core: Any = k8s.CoreV1Api(self.api_client)
         selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
-        lists: list[tuple[str, Callable[[], Any]]] = [
+        page: dict[str, Any] = {"limit": LIST_PAGE, "_preload_content": False}
+        lists: list[tuple[str, Callable[[str | None], Any]]] = [
             (
                 KIND_ISVC,
-                lambda: custom.list_cluster_custom_object(GROUP, VERSION, "inferenceservices"),
+                lambda token: custom.list_cluster_custom_object(
+                    GROUP, VERSION, "inferenceservices", _continue=token, **page
+                ),
             ),
-            (KIND_POOL, lambda: custom.list_cluster_custom_object(GROUP, VERSION, "devicepools")),
+            (
+                KIND_POOL,
+                lambda token: custom.list_cluster_custom_object(
+                    GROUP, VERSION, "devicepools", _continue=token, **page
+                ),
+            ),
             (
                 "Deployment",
-                lambda: apps.list_deployment_for_all_namespaces(
-                    label_selector=selector, _preload_content=False
+                lambda token: apps.list_deployment_for_all_namespaces(
+                    label_selector=selector, _continue=token, **page
                 ),
             ),
             (
                 "Service",
-                lambda: core.list_service_for_all_namespaces(
-                    label_selector=selector, _preload_content=False
+                lambda token: core.list_service_for_all_namespaces(
+                    label_selector=selector, _continue=token, **page
                 ),
             ),
             (
                 "ConfigMap",
-                lambda: core.list_config_map_for_all_namespaces(
-                    label_selector=selector, _preload_content=False
+                lambda token: core.list_config_map_for_all_namespaces(
+                    label_selector=selector, _continue=token, **page
                 ),
             ),
         ]
         if self.config.watch_nodes:
-            lists.append(("Node", lambda: core.list_node(_preload_content=False)))
+            lists.append(("Node", lambda token: core.list_node(_continue=token, **page)))
         for kind, fn in lists:
-            resp = await asyncio.to_thread(fn)
-            body = resp if isinstance(resp, dict) else KubernetesActuator._body(resp)
-            listed = {
-                (
-                    str((item.get("metadata") or {}).get("namespace") or ""),
-                    str((item.get("metadata") or {}).get("name") or ""),
-                )
-                for item in body.get("items") or []
-            }
-            for old in self.cache.of_kind(kind):  # gone while this operator was not watching
-                meta = old.get("metadata") or {}
-                key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-                if key not in listed:
-                    self.cache.drop(kind, *key)
-            for item in body.get("items") or []:
-                if (
-                    kind in (KIND_ISVC, KIND_POOL, "Node")
-                    or ((item.get("metadata") or {}).get("labels") or {}).get(
-                        "app.kubernetes.io/managed-by"
-                    )
-                    == MANAGED_BY
-                ):
-                    item.setdefault("kind", kind)
-                    self.cache.put(kind, item)
+            listed: set[tuple[str, str]] = set()
+            token: str | None = None
+            while True:
+                reader = ListPage(await asyncio.to_thread(fn, token))
+                for item in reader.items():
+                    meta = item.get("metadata") or {}
+                    listed.add((str(meta.get("namespace") or ""), str(meta.get("name") or "")))
+                    if (
+                        kind in (KIND_ISVC, KIND_POOL, "Node")
+                        or (meta.get("labels") or {}).get("app.kubernetes.io/managed-by")
+                        == MANAGED_BY
+                    ):
+                        item.setdefault("kind", kind)
+                        self.cache.put(kind, item, same_version=False)
+                token = reader.continue_token
+                if token is None:
+                    break
+            # Gone while this operator was not watching (not what the watch added since).
+            self.cache.drop_unlisted(kind, listed, reader.resource_version)
         self.synced = True
 
     def _parse(self, kind: str, obj: dict[str, Any]) -> Any:
@@ -506,6 +518,11 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     config = OperatorConfig.load()
     settings.posting.enabled = False
     settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # A kopf worker per object lives until the object's events have been idle this long,
+    # holding its last event's body and its queue. kopf's 5 s kept one per listed object at
+    # start (thousands of bodies next to the cache, the memory peak at scale); events here are
+    # handled in microseconds, so a worker that idles half a second can go.
+    settings.queueing.idle_timeout = KOPF_WORKER_IDLE_S
     if not settings.peering.standalone and not settings.peering.mandatory:
         # No --peering on the command line: use the configured peering (cluster-wide).
         settings.peering.name = config.peering_name

@@ -1,0 +1,304 @@
+"""The driver's compact copies of watched objects keep everything the operator reads.
+
+`compact.compact` interns strings, drops managedFields and keeps of a Node only what the pools
+read; `compact.ListPage` reads a list response one item at a time. These tests check that the
+loop's and the actuator's view of a compacted object is the raw object's: the pool capacity and
+the wake-up filter of a Node, the actuator's diff of every manifest the operator writes, and
+the worker and routing state read back from them. Each field the operator reads is also
+changed in turn on the raw Node, and the change must show through the compact copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from accordion.operator.actuator import ObjectCache, _differs
+from accordion.operator.api import DevicePool
+from accordion.operator.compact import ListPage, compact, node_essentials
+from accordion.operator.config import OperatorConfig
+from accordion.operator.control.desired import service_routing, worker_specs
+from accordion.operator.control.loop import ControlLoop, DemandView, World
+from accordion.operator.handlers import node_significant
+from accordion.operator.k8s import (
+    Manifest,
+    observe_routing,
+    observe_worker,
+    router_deployment,
+    router_service,
+    routing_configmap,
+    worker_deployment,
+    worker_service,
+)
+from accordion.operator.manifests import load
+from accordion.operator.pools import pool_capacity
+
+GPU = "nvidia.com/gpu"
+MANAGED_FIELDS = [
+    {
+        "manager": "kube-controller-manager",
+        "operation": "Update",
+        "apiVersion": "v1",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:status": {"f:conditions": {}}},
+    }
+]
+
+
+def real_node(name: str = "gpu-1", **changes: Any) -> dict[str, Any]:
+    """A Node as an API server serves it: heartbeats, images, managedFields, node info."""
+    node: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "uid": "u-1",
+            "resourceVersion": "42",
+            "labels": {"gpu": "a100", "kubernetes.io/hostname": name},
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+            "managedFields": MANAGED_FIELDS,
+        },
+        "spec": {"podCIDR": "10.0.0.0/24", "providerID": f"gce://p/z/{name}"},
+        "status": {
+            "allocatable": {"cpu": "96", "memory": "1300Gi", GPU: "8"},
+            "capacity": {"cpu": "96", "memory": "1300Gi", GPU: "8"},
+            "conditions": [
+                {
+                    "type": kind,
+                    "status": "True" if kind == "Ready" else "False",
+                    "lastHeartbeatTime": "2025-01-01T00:00:00Z",
+                    "lastTransitionTime": "2025-01-01T00:00:00Z",
+                    "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status",
+                }
+                for kind in ("MemoryPressure", "DiskPressure", "Ready")
+            ],
+            "images": [{"names": [f"registry/model-{i}:v1"], "sizeBytes": i} for i in range(30)],
+            "nodeInfo": {"kubeletVersion": "v1.30.0", "osImage": "COS"},
+        },
+    }
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        target = node
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = value
+    return node
+
+
+def gpu_pool(selector: dict[str, str] | None = None) -> DevicePool:
+    return DevicePool.model_validate(
+        {
+            "metadata": {"name": "a100", "generation": 1},
+            "spec": {
+                "devices": 20,
+                "nodeSelector": {"gpu": "a100"} if selector is None else selector,
+                "resources": {"limits": {GPU: 1}},
+            },
+        }
+    )
+
+
+def seen_by_operator(node: dict[str, Any]) -> Any:
+    """Everything the operator derives from one Node."""
+    cap = pool_capacity(gpu_pool(), [node])
+    return (cap, node_significant(node), node.get("spec", {}).get("taints"))
+
+
+def test_a_compact_node_is_what_the_operator_reads_of_it() -> None:
+    raw = real_node()
+    slim = compact("Node", raw)
+    assert seen_by_operator(slim) == seen_by_operator(raw)
+    assert pool_capacity(gpu_pool(), [slim]).available == 8
+    assert "images" not in slim["status"]
+    assert "managedFields" not in slim["metadata"]
+    assert slim["metadata"]["resourceVersion"] == "42"
+    assert len(json.dumps(slim)) < len(json.dumps(raw)) / 3
+
+
+# Every field of a Node that pools.pool_capacity or handlers.node_significant reads: a change
+# to it must show in what the operator derives from the compact copy (a field the compaction
+# dropped would hide the change and fail here).
+NODE_CHANGES: list[dict[str, Any]] = [
+    {"metadata__labels": {"gpu": "h100"}},
+    {"spec__unschedulable": True},
+    {"spec__taints": [{"key": "gpu", "effect": "NoSchedule"}]},
+    {"status__allocatable": {GPU: "2"}},
+    {"status__conditions": [{"type": "Ready", "status": "False"}]},
+    {"metadata__deletionTimestamp": "2025-01-02T00:00:00Z"},
+]
+
+
+@pytest.mark.parametrize("change", NODE_CHANGES, ids=lambda c: next(iter(c)))
+def test_a_change_the_operator_reads_shows_through_the_compact_copy(
+    change: dict[str, Any],
+) -> None:
+    base, changed = real_node(), real_node(**change)
+    assert seen_by_operator(changed) != seen_by_operator(base)
+    assert seen_by_operator(compact("Node", changed)) == seen_by_operator(changed)
+    assert seen_by_operator(compact("Node", changed)) != seen_by_operator(compact("Node", base))
+
+
+def test_node_essentials_keeps_nothing_else() -> None:
+    slim = node_essentials(real_node())
+    assert set(slim) == {"apiVersion", "kind", "metadata", "spec", "status"}
+    assert set(slim["metadata"]) == {"name", "uid", "resourceVersion", "labels"}
+    assert set(slim["status"]) == {"allocatable", "conditions"}
+    assert all(set(c) == {"type", "status"} for c in slim["status"]["conditions"])
+
+
+@pytest.fixture(scope="module")
+def written() -> list[Manifest]:
+    """Every kind of manifest the operator writes, for the example cluster's plan."""
+    m = load(["examples"])
+    for i, s in enumerate(m.services):
+        s.metadata.uid = f"uid-{i}"
+    world = World(
+        services={s.key: s for s in m.services}, pools={p.metadata.name: p for p in m.pools}
+    )
+    plan, _, _ = ControlLoop().make_plan(world, DemandView())
+    cfg = OperatorConfig()
+    targets = worker_specs(plan, world.services, world.pools)
+    ready = {k: s.replicas for k, s in targets.items()}
+    out: list[Manifest] = []
+    for spec in targets.values():
+        uid = world.services[spec.key.service].metadata.uid
+        out += [worker_deployment(spec, uid, cfg), worker_service(spec.key, uid, cfg)]
+    for key, svc in world.services.items():
+        mine = {k: s for k, s in targets.items() if k.service == key}
+        routing = service_routing(key, svc.spec.slo.latency_ms, plan.rows, mine, {}, ready)
+        out += [
+            router_deployment(key, svc.metadata.uid, cfg),
+            router_service(key, svc.metadata.uid, cfg),
+            routing_configmap(routing, svc.metadata.uid, cfg, 1234.5),
+        ]
+    return out
+
+
+def as_served(manifest: Manifest) -> Manifest:
+    """The manifest as the API server returns it: server fields and defaults added."""
+    served = copy.deepcopy(manifest)
+    meta = served["metadata"]
+    meta.update(
+        resourceVersion="7",
+        uid="server-uid",
+        creationTimestamp="2025-01-01T00:00:00Z",
+        managedFields=MANAGED_FIELDS,
+    )
+    if manifest["kind"] == "Deployment":
+        served["spec"]["revisionHistoryLimit"] = 10
+        served["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+        served["status"] = {
+            "replicas": 2,
+            "readyReplicas": 2,
+            "conditions": [{"type": "Available", "status": "True"}],
+        }
+    return served
+
+
+def test_compact_owned_objects_diff_and_read_back_like_the_served_ones(
+    written: list[Manifest],
+) -> None:
+    kinds = {m["kind"] for m in written}
+    assert kinds == {"Deployment", "Service", "ConfigMap"}
+    for desired in written:
+        served = as_served(desired)
+        slim = compact(desired["kind"], served)
+        assert not _differs(desired, served)
+        assert not _differs(desired, slim), desired["metadata"]["name"]
+        unmanaged = {k: v for k, v in served["metadata"].items() if k != "managedFields"}
+        assert slim == {**served, "metadata": unmanaged}
+        if desired["kind"] == "Deployment":
+            assert observe_worker(slim) == observe_worker(served)
+        if desired["kind"] == "ConfigMap":
+            assert observe_routing(slim) == observe_routing(served)
+
+
+def test_compact_copies_share_strings_not_containers(written: list[Manifest]) -> None:
+    a, b = (compact("Deployment", as_served(m)) for m in written[:4:2])
+    key_a = next(k for k in a["metadata"]["labels"] if k == "app.kubernetes.io/managed-by")
+    key_b = next(k for k in b["metadata"]["labels"] if k == "app.kubernetes.io/managed-by")
+    assert key_a is key_b
+    assert (
+        a["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+        is (b["metadata"]["labels"]["app.kubernetes.io/managed-by"])
+    )
+    c = compact("Deployment", a)
+    assert c == a
+    assert c is not a
+    assert c["spec"] is not a["spec"]
+
+
+def test_the_cache_keeps_compact_copies_and_skips_a_version_it_has(written: list[Manifest]) -> None:
+    cache = ObjectCache()
+    served = as_served(written[0])
+    cache.put("Deployment", served)
+    ns, name = served["metadata"]["namespace"], served["metadata"]["name"]
+    kept = cache.get("Deployment", ns, name)
+    assert kept is not None
+    assert kept is not served
+    assert "managedFields" not in kept["metadata"]
+    cache.put("Deployment", served, same_version=False)  # the watch delivers it again
+    assert cache.get("Deployment", ns, name) is kept
+    cache.put("Deployment", {**served, "status": {}})  # the actuator's own write: replaced
+    assert cache.get("Deployment", ns, name) is not kept
+    older = {**served, "metadata": {**served["metadata"], "resourceVersion": "6"}}
+    cache.put("Deployment", older)
+    assert (cache.get("Deployment", ns, name) or {})["metadata"]["resourceVersion"] == "7"
+
+
+def test_drop_unlisted_keeps_what_is_newer_than_the_listing() -> None:
+    cache = ObjectCache()
+    for name, rv in (("listed", "5"), ("gone", "4"), ("added-since", "12"), ("no-rv", None)):
+        meta: dict[str, Any] = {"name": name, "namespace": "ns"}
+        if rv is not None:
+            meta["resourceVersion"] = rv
+        cache.put("Service", {"metadata": meta})
+    cache.put("ConfigMap", {"metadata": {"name": "other-kind", "namespace": "ns"}})
+    cache.drop_unlisted("Service", {("ns", "listed")}, 10)
+    left = {name for (kind, _, name) in cache.objects if kind == "Service"}
+    assert left == {"listed", "added-since"}
+    assert cache.get("ConfigMap", "ns", "other-kind") is not None
+    cache.drop_unlisted("Service", {("ns", "listed")}, None)  # no list version: all unlisted go
+    assert {name for (_, _, name) in cache.objects} == {"listed", "other-kind"}
+
+
+LIST = {
+    "kind": "DeploymentList",
+    "apiVersion": "apps/v1",
+    "metadata": {"resourceVersion": "99", "continue": "next-page"},
+    "items": [{"metadata": {"name": f"d-{i}"}, "spec": {"replicas": i}} for i in range(5)],
+}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps(LIST),
+        json.dumps(LIST, indent=2),
+        json.dumps({"items": LIST["items"], "metadata": LIST["metadata"]}),  # items first
+        json.dumps(LIST).encode(),
+    ],
+    ids=["compact", "indented", "items-first", "bytes"],
+)
+def test_a_list_page_is_read_one_item_at_a_time(text: str | bytes) -> None:
+    page = ListPage(text)
+    assert list(page.items()) == LIST["items"]
+    assert page.continue_token == "next-page"
+    assert page.resource_version == 99
+
+
+def test_a_list_page_of_other_shapes() -> None:
+    last = ListPage(json.dumps({"metadata": {"resourceVersion": "3", "continue": ""}}))
+    assert list(last.items()) == []
+    assert last.continue_token is None
+    assert last.resource_version == 3
+    assert list(ListPage(json.dumps({"items": None})).items()) == []
+    assert list(ListPage(LIST).items()) == LIST["items"]  # an already decoded response
+    assert list(ListPage(b"[1, 2]").items()) == []  # not a list response: nothing
+    broken = ListPage(json.dumps(LIST)[:-40])
+    with pytest.raises(ValueError, match="malformed"):
+        list(broken.items())
