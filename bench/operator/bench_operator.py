@@ -12,7 +12,11 @@ instead of rolling it out through the API; then the benchmark measures:
 - pool change: one pool loses all its devices (its services move); time until the last
   Deployment write of the resulting wave;
 - planning and decision time of those passes (from the operator's log), and the operator's
-  RSS.
+  RSS: when idle, at the end and its peak (VmHWM), sampled every 50 ms to tell in which
+  phase the peak fell.
+
+Each size runs with the operator's `watch_nodes` off and on (`--watch-nodes`); on, the
+emulator also holds the Nodes the pools select.
 
 `--loop-only` times the control loop in process (no API, no kopf) on the same problems.
 Goals (issue 5): under 2 s and under 300 MB at 1,000 services. Usage:
@@ -29,6 +33,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -98,6 +103,183 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RssSampler:
+    """Samples a process's resident memory every `interval_s` in a thread, with named phases,
+    so that the benchmark says *when* the peak happened, not only how high it was."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        self.pid, self.interval_s = pid, interval_s
+        self.samples: list[tuple[float, float]] = []
+        self.phases: list[tuple[float, str]] = [(time.monotonic(), "start")]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                self.samples.append((time.monotonic(), rss_mb(self.pid)[0]))
+            self._stop.wait(self.interval_s)
+
+    def phase(self, name: str) -> None:
+        self.phases.append((time.monotonic(), name))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def peak(self) -> tuple[float, str, float]:
+        """(highest sampled RSS MB, the phase it fell in, seconds into that phase)."""
+        t, mb = max(self.samples, key=lambda s: s[1])
+        start, name = max((p for p in self.phases if p[0] <= t), default=self.phases[0])
+        return mb, name, t - start
+
+    def max_in(self, name: str) -> float:
+        """Highest sampled RSS MB during a phase."""
+        times = [p[0] for p in self.phases] + [float("inf")]
+        out = 0.0
+        for i, (start, phase) in enumerate(self.phases):
+            if phase == name:
+                out = max([out] + [mb for t, mb in self.samples if start <= t < times[i + 1]])
+        return out
+
+
+GPUS_PER_NODE = 8
+NODE_IMAGES = 40
+"""Images a node reports in its status (a real GPU node lists tens: drivers, CUDA, models)."""
+
+
+def node_body(name: str, pool: str, gpus: int) -> dict[str, Any]:
+    """A Node as a real cluster serves it (labels, annotations, managedFields, the image list,
+    conditions with heartbeats), not a minimal one: with `watch_nodes` its size is what the
+    operator's memory pays for."""
+    stamp = "2025-01-01T00:00:00Z"
+    labels = {
+        "beta.kubernetes.io/arch": "amd64",
+        "beta.kubernetes.io/instance-type": "a2-highgpu-8g",
+        "beta.kubernetes.io/os": "linux",
+        "cloud.google.com/gke-accelerator": "nvidia-tesla-a100",
+        "cloud.google.com/gke-boot-disk": "pd-balanced",
+        "cloud.google.com/gke-container-runtime": "containerd",
+        "cloud.google.com/gke-nodepool": f"{pool}-np",
+        "cloud.google.com/gke-os-distribution": "cos",
+        "cloud.google.com/machine-family": "a2",
+        "failure-domain.beta.kubernetes.io/region": "us-central1",
+        "failure-domain.beta.kubernetes.io/zone": "us-central1-a",
+        "kubernetes.io/arch": "amd64",
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "node.kubernetes.io/instance-type": "a2-highgpu-8g",
+        "topology.kubernetes.io/region": "us-central1",
+        "topology.kubernetes.io/zone": "us-central1-a",
+        f"{GROUP}/pool": pool,
+    }
+    conditions = [
+        {
+            "type": kind,
+            "status": "True" if kind == "Ready" else "False",
+            "lastHeartbeatTime": stamp,
+            "lastTransitionTime": stamp,
+            "reason": f"Kubelet{kind}" if kind == "Ready" else f"KubeletHasNo{kind}",
+            "message": "kubelet is posting ready status"
+            if kind == "Ready"
+            else f"kubelet has no {kind.lower()}",
+        }
+        for kind in ("MemoryPressure", "DiskPressure", "PIDPressure", "Ready")
+    ]
+    resources = {
+        "cpu": "95690m",
+        "ephemeral-storage": "47060071478",
+        "hugepages-1Gi": "0",
+        "hugepages-2Mi": "0",
+        "memory": "1300681596Ki",
+        "nvidia.com/gpu": str(gpus),
+        "pods": "110",
+    }
+    images = [
+        {
+            "names": [
+                f"registry.example.com/ml/model-{i}@sha256:{i:064x}",
+                f"registry.example.com/ml/model-{i}:v1.{i}.0",
+            ],
+            "sizeBytes": 1_000_000_000 + i,
+        }
+        for i in range(NODE_IMAGES)
+    ]
+    managed = [
+        {
+            "apiVersion": "v1",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {
+                "f:metadata": {"f:labels": {f"f:{k}": {} for k in labels}},
+                "f:status": {
+                    "f:conditions": {
+                        f'k:{{"type":"{c["type"]}"}}': {
+                            "f:lastHeartbeatTime": {},
+                            "f:lastTransitionTime": {},
+                            "f:message": {},
+                            "f:reason": {},
+                            "f:status": {},
+                        }
+                        for c in conditions
+                    },
+                    "f:images": {},
+                    "f:nodeInfo": {"f:bootID": {}, "f:kernelVersion": {}},
+                },
+            },
+            "manager": manager,
+            "operation": "Update",
+            "subresource": "status" if manager == "kubelet" else None,
+            "time": stamp,
+        }
+        for manager in ("kubelet", "kube-controller-manager", "gcp-controller-manager")
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {
+                "container.googleapis.com/instance_id": "1234567890123456789",
+                "csi.volume.kubernetes.io/nodeid": json.dumps({"pd.csi.storage.gke.io": name}),
+                "node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+            },
+            "managedFields": managed,
+        },
+        "spec": {
+            "podCIDR": "10.4.0.0/24",
+            "podCIDRs": ["10.4.0.0/24"],
+            "providerID": f"gce://project/us-central1-a/{name}",
+        },
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": "10.128.0.10"},
+                {"type": "ExternalIP", "address": "34.1.2.3"},
+                {"type": "Hostname", "address": name},
+            ],
+            "allocatable": resources,
+            "capacity": resources,
+            "conditions": conditions,
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "images": images,
+            "nodeInfo": {
+                "architecture": "amd64",
+                "bootID": "0f0e0d0c-0b0a-0908-0706-050403020100",
+                "containerRuntimeVersion": "containerd://1.7.10",
+                "kernelVersion": "6.1.58+",
+                "kubeProxyVersion": "v1.29.1",
+                "kubeletVersion": "v1.29.1",
+                "machineID": "0123456789abcdef0123456789abcdef",
+                "operatingSystem": "linux",
+                "osImage": "Container-Optimized OS from Google",
+                "systemUUID": "01234567-89ab-cdef-0123-456789abcdef",
+            },
+        },
+    }
 
 
 class EmulatorProcess:
@@ -197,10 +379,20 @@ def wait_idle(pid: int, timeout_s: float = 120) -> None:
         last = now
 
 
+def pool_nodes(pool: str, devices: int) -> list[dict[str, Any]]:
+    """The Nodes that offer a pool its devices (GPUS_PER_NODE each, enough for all of them)."""
+    count = -(-devices // GPUS_PER_NODE)
+    return [node_body(f"{pool}-node-{j}", pool, GPUS_PER_NODE) for j in range(count)]
+
+
 def settled_objects(n: int, config: Any) -> list[list[Any]]:
     """What the cluster holds once the operator has rolled out n services and every replica is
-    ready, built by the operator's own code (control loop, manifest builders), for seeding."""
+    ready, built by the operator's own code (control loop, manifest builders), for seeding.
+
+    With `config.watch_nodes`, each pool selects its own Nodes (enough for its devices; they
+    are seeded too) and carries the status the operator writes, so a restart changes nothing."""
     import asyncio
+    from datetime import UTC, datetime
 
     from accordion.operator.api import DevicePool, InferenceService, parse_resource
     from accordion.operator.control.loop import ControlLoop, DemandView, World
@@ -211,16 +403,25 @@ def settled_objects(n: int, config: Any) -> list[list[Any]]:
         worker_deployment,
         worker_service,
     )
+    from accordion.operator.pools import pool_capacity
     from tests.operator.conftest import device_pool
 
     devices = max(4, (n * 3) // POOLS)
     raw_pools = [device_pool(f"pool-{p}", devices) for p in range(POOLS)]
+    nodes: list[dict[str, Any]] = []
+    if config.watch_nodes:
+        for raw in raw_pools:
+            name = raw["metadata"]["name"]
+            raw["spec"]["nodeSelector"] = {f"{GROUP}/pool": name}
+            nodes += pool_nodes(name, devices)
     raw_services = []
     for i in range(n):
         body = service(i)
         body["metadata"].update({"uid": f"uid-svc-{i}", "generation": 1})
         raw_services.append(body)
     world = World()
+    if config.watch_nodes:
+        world.nodes = nodes
     for raw in raw_pools:
         pool = parse_resource(raw)
         assert isinstance(pool, DevicePool)
@@ -236,10 +437,20 @@ def settled_objects(n: int, config: Any) -> list[list[Any]]:
     else:
         raise RuntimeError("the world did not settle")
     now = time.time()
-    out: list[list[Any]] = []
+    out: list[list[Any]] = [["v1/nodes", None, node["metadata"]["name"], node] for node in nodes]
+    used: dict[str, int] = {}
+    for row in loop.last_plan.rows if loop.last_plan is not None else []:
+        used[row.pool] = used.get(row.pool, 0) + row.replicas
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for raw in raw_pools:
         # kopf puts its finalizer on objects with timers (the resync timer is on pools).
         raw["metadata"]["finalizers"] = [f"{GROUP}/finalizer"]
+        if config.watch_nodes:
+            pool = world.pools[raw["metadata"]["name"]]
+            capacity = pool_capacity(pool, nodes).status(used.get(pool.metadata.name, 0), 1)
+            raw["status"] = capacity.model_dump(mode="json", by_alias=True, exclude_none=True)
+            for cond in raw["status"].get("conditions") or []:
+                cond["lastTransitionTime"] = stamp
         out.append([f"{GROUP}/v1alpha1/devicepools", None, raw["metadata"]["name"], raw])
     for raw in raw_services:
         key = f"{raw['metadata']['namespace']}/{raw['metadata']['name']}"
@@ -285,10 +496,14 @@ def wave_after(
     return wave[-1][0] - t_change, len(wave), len(writes)
 
 
-def run(n: int, workdir: Path) -> dict[str, Any]:
+def run(n: int, workdir: Path, watch_nodes: bool) -> dict[str, Any]:
     from accordion.operator.config import OperatorConfig
 
-    env = {"ACCORDION_DEBOUNCE_S": "0.2", "ACCORDION_RESYNC_INTERVAL_S": "30"}
+    env = {
+        "ACCORDION_DEBOUNCE_S": "0.2",
+        "ACCORDION_RESYNC_INTERVAL_S": "30",
+        "ACCORDION_WATCH_NODES": "1" if watch_nodes else "0",
+    }
     config = OperatorConfig.load(env)
     t0 = time.monotonic()
     objects = settled_objects(n, config)
@@ -311,7 +526,9 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
     configuration = k8s.Configuration()
     loader.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     cluster = Cluster(k8s.ApiClient(configuration), None)  # type: ignore[arg-type]
-    op = Operator(kubeconfig, workdir / f"operator-{n}.log", env)
+    suffix = "-nodes" if watch_nodes else ""
+    op = Operator(kubeconfig, workdir / f"operator-{n}{suffix}.log", env)
+    sampler: RssSampler | None = None
     try:
         emu.ask(op="seed", objects=objects)
         namespaces = sorted({f"ns-{i % 20}" for i in range(n)})
@@ -324,6 +541,8 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
         t_start = time.monotonic()
         op.start()
         assert op.proc is not None
+        sampler = RssSampler(op.proc.pid)
+        sampler.phase("start-up to the first pass")
         wait_for(
             "the operator's first pass",
             lambda: re.search(r"planned \d+ services in", op.log()),
@@ -331,10 +550,13 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
             interval_s=0.1,
         )
         first_pass_s = time.monotonic() - t_start
+        sampler.phase("after the first pass, until idle")
         settle(emu, quiet_s=3.0)
         wait_idle(op.proc.pid)
         churn = [e for e in emu.sync_log()[start_log:] if _is_write(e)]
         cpu_idle_0 = cpu_s(op.proc.pid)
+        idle_rss = rss_mb(op.proc.pid)[0]
+        sampler.phase("spec change")
 
         # 1. One service's demand grows 8x.
         before = len(emu.sync_log())
@@ -348,15 +570,20 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
 
         # 2. A pool loses all its devices: a wave of re-planned services.
         before = len(emu.sync_log())
+        sampler.phase("pool change")
         t_change = time.monotonic()
         cluster.patch_pool("pool-0", 0)
         pool_s, pool_deps, pool_writes = wave_after(emu, before, t_change, "the re-planned wave")
         rss, peak = rss_mb(op.proc.pid)
+        sampler.stop()
+        sampled_peak, peak_phase, peak_at_s = sampler.peak()
         text = op.log()
         plans = [float(m.group(1)) for m in re.finditer(r"services in ([0-9.]+) s;", text)]
         decisions = [float(m.group(1)) for m in re.finditer(r"decided in ([0-9.]+) s", text)]
         return {
             "services": n,
+            "watch_nodes": watch_nodes,
+            "nodes": sum(1 for o in objects if o[0] == "v1/nodes"),
             "pools": POOLS,
             "seeded_objects": len(objects),
             "seeded_deployments": deployments,
@@ -371,10 +598,18 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
             "plan_time_s": [round(p, 3) for p in plans[-2:]],
             "decision_time_s": [round(d, 3) for d in decisions[-2:]],
             "operator_cpu_s_during_changes": round(cpu_s(op.proc.pid) - cpu_idle_0, 2),
+            "idle_rss_mb": round(idle_rss, 1),
             "rss_mb": round(rss, 1),
             "peak_rss_mb": round(peak, 1),
+            "sampled_peak_rss_mb": round(sampled_peak, 1),
+            "peak_phase": f"{peak_phase} +{peak_at_s:.1f} s",
+            "max_rss_mb_by_phase": {
+                name: round(sampler.max_in(name), 1) for _, name in sampler.phases[1:]
+            },
         }
     finally:
+        if sampler is not None:
+            sampler.stop()
         op.stop()
         emu.stop()
 
@@ -489,22 +724,33 @@ def markdown(rows: list[dict[str, Any]], loop_rows: list[dict[str, Any]]) -> str
         "Deployment write they cause: one service's demand x8 (spec change) and one pool losing",
         "all its devices (pool change). Goals at 1,000 services: under 2 s and under 300 MB.",
         "",
-        "| services | restart churn (writes) | spec change -> last Deployment s (writes) "
+        "| services | watch_nodes (Nodes) | restart churn (writes) "
+        "| spec change -> last Deployment s (writes) "
         "| pool change -> last Deployment s (Deployment writes / all writes) "
-        "| plan s (spec, pool) | decision s (spec, pool) | RSS / peak MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| plan s (spec, pool) | decision s (spec, pool) "
+        "| RSS idle / end / peak MB | peak during |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['services']} | {r['restart_churn_writes']} "
+            f"| {r['services']} | {'on' if r['watch_nodes'] else 'off'} ({r['nodes']}) "
+            f"| {r['restart_churn_writes']} "
             f"| {r['spec_change_to_last_deployment_s']} ({r['spec_change_writes']}) "
             f"| {r['pool_change_to_last_deployment_s']} "
             f"({r['pool_change_deployment_writes']} / {r['pool_change_writes']}) "
             f"| {', '.join(map(str, r['plan_time_s']))} "
             f"| {', '.join(map(str, r['decision_time_s']))} "
-            f"| {r['rss_mb']} / {r['peak_rss_mb']} |"
+            f"| {r['idle_rss_mb']} / {r['rss_mb']} / {r['peak_rss_mb']} "
+            f"| {r['peak_phase']} |"
         )
     lines += [
+        "",
+        "RSS of the operator process: idle = after its start, once it has gone quiet (kopf has",
+        "worked through its initial watch), before the first change; end = after both changes;",
+        "peak = VmHWM, the highest it ever was; `peak during` names the phase the highest",
+        "sample (every 50 ms) fell in. With watch_nodes on, each pool selects its own Nodes",
+        f"({GPUS_PER_NODE} GPUs each, as many as its devices need), seeded as a real cluster",
+        f"serves them (labels, managedFields, conditions with heartbeats, {NODE_IMAGES} images).",
         "",
         "Times include the operator's debounce (0.2 s here). Operator and emulator share the",
         "machine's 2 cores (and with whatever else runs there); the emulator is a single-threaded",
@@ -544,6 +790,13 @@ def main() -> None:
         "--loop-only", type=int, nargs="*", default=[], help="sizes for the in-process loop"
     )
     parser.add_argument("--logs", type=Path, help="keep the operator's logs in this folder")
+    parser.add_argument(
+        "--watch-nodes",
+        nargs="*",
+        choices=["off", "on"],
+        default=["off", "on"],
+        help="run each size with the operator's watch_nodes off, on (Nodes seeded), or both",
+    )
     args = parser.parse_args()
     loop_rows = []
     for n in args.loop_only:
@@ -553,9 +806,10 @@ def main() -> None:
     rows = []
     with TemporaryDirectory() as tmp:
         for n in args.sizes:
-            row = run(n, args.logs or Path(tmp))
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            for mode in args.watch_nodes:
+                row = run(n, args.logs or Path(tmp), mode == "on")
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     data = {"emulator": rows, "loop_only": loop_rows}
     args.out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
