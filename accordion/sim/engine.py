@@ -35,7 +35,7 @@ from accordion.sim.workload import Cluster, Family, Workload
 from accordion.solver import Allocation, VariantSpec
 from accordion.workers.batching import BatchingPolicy, Decision, Request
 from accordion.workers.config import Backend, FastLoopBounds, RoutingTable
-from accordion.workers.fastloop import RoutingDecider
+from accordion.workers.fastloop import Outcome, RoutingDecider
 
 # Event kinds, in the order they run at the same instant.
 _COMPLETE, _READY, _RETIRE, _WAKE, _MEASURE, _REPLAN = range(6)
@@ -197,7 +197,7 @@ class Simulator:
         decision: Decision = replica.policy.decide(now)
         for d in decision.dropped:
             self.recorder.finish(d.request.request_id, d.request.arrival_s, DROPPED)
-            self._finished(d.request)
+            self._finished(d.request, "dropped")
         if decision.batch:
             latency = self.exec_time_s(replica, len(decision.batch))
             self._push(now + latency, _COMPLETE, (replica, decision.batch, latency))
@@ -222,7 +222,7 @@ class Simulator:
         for req in batch:
             kind = OK if self.now_s <= req.deadline_s + _EPS else LATE
             self.recorder.finish(req.request_id, req.arrival_s, kind, acc)
-            self._finished(req)
+            self._finished(req, "answered")
         replica.policy.complete(len(batch), latency_s, self.now_s)
         self._poke(replica)
 
@@ -282,13 +282,14 @@ class Simulator:
         req.payload = (service, choice.backend)
         return replicas[choice.backend]
 
-    def _finished(self, req: Request) -> None:
-        """Tell the router a request it sent was answered or dropped."""
+    def _finished(self, req: Request, outcome: Outcome) -> None:
+        """Tell the router a request it sent was answered or dropped (its capacity correction
+        learns from both, as the router process does)."""
         if isinstance(req.payload, tuple):
             service, name = req.payload
             decider = self._deciders.get(service)
             if decider is not None:
-                decider.finished(name, self.now_s)
+                decider.finished(name, self.now_s, outcome)
 
     def _route(self, service: int, req: Request) -> Replica | None:
         if self._router == "decider":

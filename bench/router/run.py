@@ -10,11 +10,14 @@ the plan serves, then a burst that pushes the accurate variant's planned share a
 capacity, then the base rate again.
 
 The same trace runs with the fast loop on and off (weights only: the router still sheds what it
-predicts cannot make its deadline), each time on fresh processes, for `--rounds` rounds in
-alternating order, since the machine is shared and noisy, and at each table headroom of
-`--headroom` (the share of the profiled capacity the router counts on: the isolated profile
-overstates what a worker serves while it shares 2 cores with the router and the load
-generator). Reported per run: the client's
+predicts cannot make its deadline), with the router's online capacity correction on and off
+(`--correction`: the table's `fast_loop.correct_capacity`; the isolated profile overstates what a
+worker serves while it shares 2 cores with the router and the load generator, and the
+correction measures the difference from the answers), each time on fresh processes, for
+`--rounds` rounds in alternating order, since the machine is shared and noisy, and at each table
+headroom of `--headroom` (the share of the profiled capacity the router counts on). The table
+carries each variant's profile (`profile_ms`). The load starts once the router has every
+backend in its split. Reported per run: the client's
 report (attainment, p99), the router's counters (ok, late, dropped, shed, error per variant; the
 accuracy served), and attainment over time from the router's counters scraped every
 `--sample-s`, plotted to bench/results/router.png.
@@ -108,6 +111,22 @@ def get(url: str) -> str:
         return str(resp.read().decode())
 
 
+def wait_all_in_split(
+    proc: subprocess.Popen[bytes], router_url: str, names: list[str], timeout_s: float = 30.0
+) -> None:
+    """Wait until the router has every backend in its split (its first health check may have
+    found a worker not listening yet)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        m = parse_metrics(get(f"{router_url}/metrics"))
+        if all(total(m, "accordion_router_backend_healthy", variant=n) == 1 for n in names):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"the router at {router_url} does not have {names} in its split")
+
+
 def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float = 60.0) -> None:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -146,6 +165,7 @@ def total(
 @dataclass
 class RunResult:
     fast_loop: bool
+    correct: bool
     headroom: float
     round: int
     load1: float  # 1-minute load average when the run started
@@ -162,7 +182,8 @@ class RunResult:
     @property
     def mode(self) -> str:
         routing = "fast loop" if self.fast_loop else "weights only"
-        return f"{routing}, headroom {self.headroom:g}"
+        correction = "corrected" if self.correct else "plan trusted"
+        return f"{routing}, {correction}, headroom {self.headroom:g}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -176,6 +197,7 @@ def run_once(
     planned: list[Planned],
     trace: Path,
     fast_loop: bool,
+    correct: bool,
     headroom: float,
     round_: int,
     workdir: Path,
@@ -212,14 +234,18 @@ def run_once(
                     capacity_qps=round(p.capacity_qps, 1),
                     max_batch_size=p.batch,
                     batch_latency_ms=p.batch_latency_ms,
+                    profile_ms={b.batch_size: b.p90_ms for b in p.profile},
                 )
                 for p in planned
             ],
             fast_loop=FastLoopBounds(
-                enabled=fast_loop, max_shift=args.max_shift, headroom=headroom
+                enabled=fast_loop,
+                max_shift=args.max_shift,
+                headroom=headroom,
+                correct_capacity=correct,
             ),
         )
-        table_path = workdir / f"routing-{fast_loop}-{headroom}-{round_}.json"
+        table_path = workdir / f"routing-{fast_loop}-{correct}-{headroom}-{round_}.json"
         table_path.write_text(table.model_dump_json(indent=2))
         rport = free_port()
         router_url = f"http://127.0.0.1:{rport}"
@@ -231,6 +257,7 @@ def run_once(
         )
         for proc, url in zip(procs, [*urls.values(), router_url], strict=True):
             wait_ready(proc, url)
+        wait_all_in_split(procs[-1], router_url, [p.variant.name for p in planned])
 
         timeline: list[dict[str, float]] = []
         stop = threading.Event()
@@ -251,6 +278,9 @@ def run_once(
                     )
                     row[f"healthy_{name}"] = total(
                         m, "accordion_router_backend_healthy", variant=name
+                    )
+                    row[f"slowdown_{name}"] = total(
+                        m, "accordion_router_backend_slowdown", variant=name
                     )
                 timeline.append(row)
                 stop.wait(args.sample_s)
@@ -283,6 +313,13 @@ def run_once(
                 if (n := sum(1 for row in timeline if row[f"healthy_{p.variant.name}"] < 1))
             )
             or "0",
+            # The router's capacity correction: its largest value during the run.
+            "slowdown": {
+                p.variant.name: max(
+                    (row[f"slowdown_{p.variant.name}"] for row in timeline), default=1.0
+                )
+                for p in planned
+            },
         }
         for outcome in OUTCOMES:
             router[outcome] = total(m, "accordion_router_outcomes_total", outcome=outcome)
@@ -306,7 +343,9 @@ def run_once(
         cpu = {
             name: cpu_seconds(proc.pid) for name, proc in zip([*urls, "router"], procs, strict=True)
         }
-        return RunResult(fast_loop, headroom, round_, load1, client, router, workers, timeline, cpu)
+        return RunResult(
+            fast_loop, correct, headroom, round_, load1, client, router, workers, timeline, cpu
+        )
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -317,6 +356,10 @@ def run_once(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def corrections(args: argparse.Namespace) -> list[bool]:
+    return [c == "on" for c in args.correction]
 
 
 def binned(timeline: list[dict[str, float]], width_s: float) -> tuple[list[float], list[float]]:
@@ -352,19 +395,20 @@ def plot(results: list[RunResult], args: argparse.Namespace, path: Path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels = [(c, h) for h in args.headroom for c in corrections(args)]
     fig, axes = plt.subplots(
         1,
-        len(args.headroom),
-        figsize=(3.6 * len(args.headroom), 3.2),
+        len(panels),
+        figsize=(3.6 * len(panels), 3.2),
         dpi=100,
         sharey=True,
         squeeze=False,
     )
     axes = axes[0]
-    for ax, headroom in zip(axes, args.headroom, strict=True):
+    for ax, (correct, headroom) in zip(axes, panels, strict=True):
         ax.axvspan(args.burst_start_s, args.burst_end_s, color="0.9", label="burst")
         for r in results:
-            if r.headroom != headroom:
+            if (r.correct, r.headroom) != (correct, headroom):
                 continue
             xs, ys = binned(r.timeline, 1.0)
             ax.plot(
@@ -379,7 +423,8 @@ def plot(results: list[RunResult], args: argparse.Namespace, path: Path) -> None
             )
         ax.set_xlabel("time (s)")
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"table headroom {headroom:g}", fontsize=9)
+        title = "capacity corrected" if correct else "plan trusted"
+        ax.set_title(f"{title}, headroom {headroom:g}", fontsize=9)
         ax.legend(loc="lower left", fontsize=7)
     axes[0].set_ylabel("SLO attainment (1 s bins)")
     fig.suptitle(
@@ -418,8 +463,10 @@ def report(
         "",
         "Plan (profiled at the start of the run, p90, capacity = b / L(b) for the largest b with "
         f"2 L(b) <= SLO; table fast_loop.max_shift {args.max_shift:g}; each routing runs at "
-        f"fast_loop.headroom {', '.join(f'{h:g}' for h in args.headroom)}: the router counts on "
-        "that share of the planned capacity):",
+        f"fast_loop.headroom {', '.join(f'{h:g}' for h in args.headroom)} (the router counts on "
+        "that share of the planned capacity), with the router's online capacity correction "
+        "(`fast_loop.correct_capacity`: `corrected`) and without (`plan trusted`); the table "
+        "carries each variant's p90 profile):",
         "",
         "| variant | model | accuracy | weight | batch cap | planned b | L(b) ms | capacity/s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -453,8 +500,9 @@ def report(
         "client side):",
         "",
         "| run | load 1 min | sent | attainment (client) | p99 ms | ok | late | dropped | shed "
-        "| error | rerouted | ok per variant | effective accuracy | backend out (samples) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| error | rerouted | ok per variant | effective accuracy | backend out (samples) "
+        "| slowdown (max) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in results:
         c, m = r.client, r.router
@@ -463,7 +511,9 @@ def report(
             f"| {r.label} | {r.load1:.2f} | {c['sent']} | "
             f"{c['attainment'] * 100:.1f}% | {c['p99_ms']:.1f} | {m['ok']:.0f} | {m['late']:.0f} "
             f"| {m['dropped']:.0f} | {m['shed']:.0f} | {m['error']:.0f} | {m['rerouted']:.0f} | "
-            f"{per_variant} | {effective_accuracy(r):.3f} | {m['unhealthy_samples']} |"
+            f"{per_variant} | {effective_accuracy(r):.3f} | {m['unhealthy_samples']} | "
+            + ", ".join(f"{k} {v:.2f}" for k, v in m["slowdown"].items())
+            + " |"
         )
     lines += ["", "Workers' own counters (ok / late / dropped / rejected, mean batch):", ""]
     for r in results:
@@ -495,9 +545,17 @@ def main() -> None:
         "--headroom",
         type=float,
         nargs="+",
-        default=[1.0, 0.7],
+        default=[1.0],
         help="the table's fast_loop.headroom (the router counts on this share of the planned "
         "capacity); both routings run at each",
+    )
+    parser.add_argument(
+        "--correction",
+        choices=["on", "off"],
+        nargs="+",
+        default=["on", "off"],
+        help="the table's fast_loop.correct_capacity (the router's online capacity correction); "
+        "both routings run with each",
     )
     parser.add_argument(
         "--rounds",
@@ -528,10 +586,13 @@ def main() -> None:
         results = []
         for round_ in range(args.rounds):
             for headroom in args.headroom:
-                for fast_loop in (True, False) if round_ % 2 == 0 else (False, True):
-                    result = run_once(args, planned, trace, fast_loop, headroom, round_, workdir)
-                    print(json.dumps({"run": result.label, **result.client, **result.router}))
-                    results.append(result)
+                for correct in corrections(args):
+                    for fast_loop in (True, False) if round_ % 2 == 0 else (False, True):
+                        result = run_once(
+                            args, planned, trace, fast_loop, correct, headroom, round_, workdir
+                        )
+                        print(json.dumps({"run": result.label, **result.client, **result.router}))
+                        results.append(result)
     load_after = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args, args.out / "router.png")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import random
+from collections import deque
 
 import pytest
 
@@ -215,3 +217,213 @@ def test_smooth_weighted_round_robin_is_exact_over_a_cycle() -> None:
     assert picks.count("small") == 2
     # No burst: never more than three in a row to big.
     assert "bbbb" not in "".join("b" if p == "big" else "s" for p in picks * 2)
+
+
+# -- online capacity correction ------------------------------------------------------------------
+
+
+def drive(
+    decider: RoutingDecider,
+    name: str,
+    *,
+    start_s: float,
+    batches: int,
+    batch_s: float | list[float],
+    batch: int = 8,
+    backlog: int = 24,
+) -> float:
+    """Keep `backlog` requests at `name`, which answers `batch` of them every `batch_s` (one
+    value, or one per batch); return the clock at the end."""
+    now = start_s
+    while decider.inflight(name) < backlog:
+        decider.sent(name, now)
+    for k in range(batches):
+        now += batch_s[k] if isinstance(batch_s, list) else batch_s
+        for _ in range(batch):
+            decider.finished(name, now)
+        while decider.inflight(name) < backlog:
+            decider.sent(name, now)
+    return now
+
+
+def test_correction_converges_to_a_slower_true_rate() -> None:
+    # big is planned at 80/s (batches of 8 in 100 ms) but takes 150 ms per batch.
+    decider = RoutingDecider(batching_table(FastLoopBounds(max_shift=0.0)))
+    now = drive(decider, "big", start_s=0.0, batches=8, batch_s=0.1)  # as planned first
+    assert decider.slowdown("big", now) == 1.0
+    now = drive(decider, "big", start_s=now, batches=40, batch_s=0.15)
+    assert decider.slowdown("big", now) == pytest.approx(1.5)
+    assert decider.effective_capacity_qps("big", now) == pytest.approx(80 / 1.5)
+    # The backlog drains at the observed rate, with batches as long as observed.
+    for _ in range(8):
+        decider.finished("big", now)
+    assert decider.inflight("big") == 16
+    assert decider.predicted_wait_s("big", 1, now) == pytest.approx(0.15 + 9 / (80 / 1.5))
+    # So a request the plan would still send to big (0.1 + 9/80 < 0.3) is rerouted.
+    choice = decider.choose(0.3, now)
+    assert (choice.backend, choice.rerouted_from) == ("mid", "big")
+    # Other backends keep their plan.
+    assert decider.slowdown("mid", now) == 1.0
+
+
+def test_correction_ignores_a_single_outlier_and_thin_data() -> None:
+    decider = RoutingDecider(batching_table())
+    # Batches 2 and 3 are measured (each against the one before; the last is still open), and
+    # one of them stalled for 2 s: thin data, no correction.
+    now = drive(decider, "big", start_s=0.0, batches=4, batch_s=[0.1, 2.0, 0.1, 0.1])
+    assert len(decider._states["big"].samples) == 2
+    assert decider.slowdown("big", now) == 1.0
+    # Among batches at the planned speed, the outlier never moves the median.
+    stalls = [0.1] * 40
+    stalls[17] = 2.0
+    now = drive(decider, "big", start_s=now, batches=40, batch_s=stalls)
+    assert decider.slowdown("big", now) == 1.0
+
+
+def test_correction_recovers_when_the_backend_is_healthy_again() -> None:
+    decider = RoutingDecider(batching_table())
+    now = drive(decider, "big", start_s=0.0, batches=20, batch_s=0.2)
+    assert decider.slowdown("big", now) == pytest.approx(2.0)
+    # Back at its planned speed: fresh samples replace the slow ones.
+    now = drive(decider, "big", start_s=now, batches=10, batch_s=0.1)
+    assert decider.slowdown("big", now) == 1.0
+    # Or no evidence at all for a while (the backlog drained): the plan's figure comes back.
+    now = drive(decider, "big", start_s=now, batches=20, batch_s=0.2)
+    assert decider.slowdown("big", now) == pytest.approx(2.0)
+    for _ in range(decider.inflight("big")):
+        decider.finished("big", now)
+    assert decider.slowdown("big", now + 5.0) == pytest.approx(2.0)
+    assert decider.slowdown("big", now + 10.5) == 1.0
+    # A new plan with another capacity for big is trusted afresh.
+    now = drive(decider, "big", start_s=now + 20, batches=20, batch_s=0.2)
+    assert decider.slowdown("big", now) == pytest.approx(2.0)
+    table = batching_table()
+    replanned = table.model_copy(
+        update={"backends": [table.backends[0].model_copy(update={"capacity_qps": 60.0}),
+                             *table.backends[1:]]}
+    )  # fmt: skip
+    decider.update_table(replanned)
+    assert decider.slowdown("big", now) == 1.0
+
+
+def test_small_batches_idle_spells_and_drops_are_no_evidence() -> None:
+    decider = RoutingDecider(batching_table())
+    # Batches of 4 (the batcher's choice, e.g. under tight deadlines) taking the planned
+    # latency of 8: that is not a slower device.
+    now = drive(decider, "big", start_s=0.0, batches=20, batch_s=0.1, batch=4, backlog=12)
+    assert decider._states["big"].samples == deque()
+    # Full batches, each after an idle spell (nothing in hand when the last one was answered).
+    for _ in range(decider.inflight("big")):
+        decider.finished("big", now)
+    for _ in range(10):
+        for _ in range(8):
+            decider.sent("big", now)
+        now += 0.5
+        for _ in range(8):
+            decider.finished("big", now)
+    assert decider._states["big"].samples == deque()
+    # Drops between slow full batches neither form batches nor hide them.
+    for _ in range(24):
+        decider.sent("big", now)
+    for _ in range(20):
+        for _ in range(3):
+            decider.finished("big", now + 0.05, "dropped")
+        now += 0.15
+        for _ in range(8):
+            decider.finished("big", now)
+        while decider.inflight("big") < 24:
+            decider.sent("big", now)
+    assert decider.slowdown("big", now) == pytest.approx(1.5)
+
+
+def test_with_a_profile_every_batch_size_is_evidence() -> None:
+    table = batching_table()
+    profile = {1: 30.0, 4: 60.0, 8: 100.0}  # big's latency per batch size (ms)
+    big = table.backends[0].model_copy(update={"profile_ms": profile})
+    decider = RoutingDecider(table.model_copy(update={"backends": [big, *table.backends[1:]]}))
+    # Batches of 4 at their profiled latency (60 ms): as planned.
+    now = drive(decider, "big", start_s=0.0, batches=20, batch_s=0.06, batch=4, backlog=12)
+    assert decider.slowdown("big", now) == 1.0
+    # Batches of 2 (profile: 40 ms, interpolated) taking 60 ms: 1.5 times slower.
+    now = drive(decider, "big", start_s=now, batches=20, batch_s=0.06, batch=2, backlog=12)
+    assert decider.slowdown("big", now) == pytest.approx(1.5)
+
+
+def test_too_slow_for_its_planned_batch_it_is_not_shed_what_it_may_serve() -> None:
+    """Twice slower, big's planned batch of 8 (2 x 200 ms) no longer fits the 300 ms SLO: the
+    router counts on a full batch for rerouting, but before shedding it predicts with the batch
+    the planner would choose at that speed (5: 2 x 140 ms, from the profile)."""
+    table = batching_table(FastLoopBounds(enabled=False))
+    big = table.backends[0].model_copy(update={"profile_ms": {1: 30.0, 4: 60.0, 8: 100.0}})
+    decider = RoutingDecider(table.model_copy(update={"backends": [big, *table.backends[1:]]}))
+    now = drive(decider, "big", start_s=0.0, batches=20, batch_s=0.2)
+    assert decider.slowdown("big", now) == pytest.approx(2.0)
+    while decider.inflight("big") > 5:
+        decider.finished("big", now, "dropped")
+    assert decider.predicted_wait_s("big", 1, now) == pytest.approx(0.4)
+    assert decider.predicted_wait_s("big", 1, now, replan=True) == pytest.approx(0.28)
+    assert decider.choose(0.3, now).backend == "big"
+    assert decider.choose(0.25, now).backend is None
+
+
+def test_several_replicas_behind_one_backend_are_not_corrected() -> None:
+    table = batching_table()
+    big = table.backends[0].model_copy(update={"capacity_qps": 160.0})  # 2 devices of 80/s
+    decider = RoutingDecider(table.model_copy(update={"backends": [big, *table.backends[1:]]}))
+    now = drive(decider, "big", start_s=0.0, batches=20, batch_s=0.2)
+    assert decider.slowdown("big", now) == 1.0
+
+
+def test_no_observations_behave_exactly_as_before() -> None:
+    """Overloaded traffic on backends at their planned speed or faster: identical decisions with
+    the correction on and off (and without a clock no correction is ever learned)."""
+    rng = random.Random(7)
+    on = RoutingDecider(batching_table(), seed=3)
+    off = RoutingDecider(batching_table(FastLoopBounds(correct_capacity=False)), seed=3)
+    clockless = RoutingDecider(batching_table(), seed=3)
+    names = ("big", "mid", "small")
+    running: dict[str, tuple[float, int] | None] = dict.fromkeys(names)  # (ends at, batch)
+    speed = {"big": 1.0, "mid": 0.9, "small": 0.8}  # share of the planned batch latency
+
+    def serve(until: float) -> None:
+        for name in names:
+            while True:
+                current = running[name]
+                if current is None:
+                    if not on.inflight(name):
+                        break
+                    # A batch starts when the last one ended (or at the send that woke it).
+                    latency = (on.backend(name).batch_latency_ms or 0.0) / 1000.0 * speed[name]
+                    start = last_end.get(name, until)
+                    running[name] = current = (start + latency, min(8, on.inflight(name)))
+                end, size = current
+                if end > until:
+                    break
+                for _ in range(size):
+                    on.finished(name, end)
+                    off.finished(name, end)
+                running[name] = None
+                last_end[name] = end
+
+    last_end: dict[str, float] = {}
+    now = 0.0
+    for _ in range(20_000):
+        now += rng.expovariate(150.0)
+        serve(now)
+        for name in names:
+            if running[name] is None:
+                last_end.pop(name, None)
+        budget = rng.uniform(0.1, 0.3)
+        a, b = on.choose(budget, now), off.choose(budget, now)
+        assert a == b
+        if a.backend is not None:
+            on.sent(a.backend, now)
+            off.sent(a.backend, now)
+        c = clockless.choose(budget)
+        if c.backend is not None:
+            clockless.sent(c.backend)
+            if rng.random() < 0.5:
+                clockless.finished(c.backend, outcome="dropped")
+    assert all(on.slowdown(n, now) == 1.0 for n in names)
+    assert all(clockless.slowdown(n) == 1.0 for n in names)
+    assert len(on._states["big"].samples) >= 3  # big was saturated: windows did close

@@ -37,3 +37,22 @@ def test_fast_loop_serves_the_burst_weights_only_cannot() -> None:
     # The relief shift may move a few requests to `small` before `big` is truly full: a
     # tenth of a point of accuracy at most.
     assert calm.effective_accuracy >= plan.effective_accuracy - 0.001
+
+
+def test_capacity_correction_serves_a_backend_slower_than_its_profile() -> None:
+    sim = load_sim()
+    kwargs = {"big_slowdown": 1.4, "planned_batches": True}
+    trusting = sim.simulate(True, sim.burst, 6.0, seed=3, correct_capacity=False, **kwargs)
+    corrected = sim.simulate(True, sim.burst, 6.0, seed=3, **kwargs)
+    # Trusting the plan, the router sends big what it then drops; corrected, it reroutes.
+    assert corrected.dropped < trusting.dropped / 10
+    assert corrected.attainment >= 0.97 > trusting.attainment
+    # At the profiled speed the correction changes nothing.
+    plain = sim.simulate(True, sim.burst, 6.0, seed=3, correct_capacity=False, planned_batches=True)
+    same = sim.simulate(True, sim.burst, 6.0, seed=3, planned_batches=True)
+    assert same == plain
+    # Without the fast loop there is nowhere to reroute: what the slow backend may still serve
+    # is sent, not shed (within a point of trusting the plan).
+    only = sim.simulate(False, sim.burst, 6.0, seed=3, **kwargs)
+    only_trusting = sim.simulate(False, sim.burst, 6.0, seed=3, correct_capacity=False, **kwargs)
+    assert only.attainment >= only_trusting.attainment - 0.01

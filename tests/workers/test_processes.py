@@ -202,6 +202,32 @@ def test_load_command_agrees_with_the_metrics(stack: Stack) -> None:
     assert answered == report["within_slo"] + report["late"]  # every 200 the client got
 
 
+def test_binary_load_through_the_router(stack: Stack) -> None:
+    """`accordion load --binary` through the router process: KServe v2 binary tensor bodies
+    (and binary answers) reach the worker and come back intact."""
+    _, worker0 = stack.scrape()
+    done = subprocess.run(
+        [
+            *(*CLI, "load", "--url", stack.router_url, "--model", SERVICE, "--rate", "40"),
+            *("--duration-s", "1", "--slo-ms", "2000", "--input-shape", "256", "--binary"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["sent"] > 10
+    assert report["failed"] == 0, report
+    _, worker1 = stack.scrape()
+    answered = sum(
+        metric(worker1, "accordion_worker_requests_total", outcome=o)
+        - metric(worker0, "accordion_worker_requests_total", outcome=o)
+        for o in ("ok", "late")
+    )
+    assert answered == report["sent"]
+
+
 def test_table_change_is_followed(stack: Stack) -> None:
     reloads = metric(stack.scrape()[0], "accordion_router_table_reloads_total", result="ok")
     write_table(stack.table, stack.worker_url, {"a": 0.0, "b": 1.0})

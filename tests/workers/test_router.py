@@ -4,24 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 
 from accordion.workers.config import DEADLINE_HEADER, Backend, RoutingTable
-from accordion.workers.router import OUTCOME_HEADER, VARIANT_HEADER, Router, create_router_app
+from accordion.workers.fastloop import Outcome
+from accordion.workers.models import build_demo
+from accordion.workers.router import (
+    BINARY_HEADER,
+    OUTCOME_HEADER,
+    VARIANT_HEADER,
+    Router,
+    create_router_app,
+)
 from accordion.workers.server import Worker, create_app
 
 from .conftest import sample_body, worker_config
 
 Client = TestClient[web.Request, web.Application]
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
@@ -219,3 +236,103 @@ async def test_health_needs_consecutive_failures_unless_refused(tmp_path: Path) 
             assert router.decider.healthy("big")  # back at the first passed check
         finally:
             await router.stop()
+
+
+async def test_binary_tensor_bodies_pass_through_the_router(
+    stack: tuple[Client, Router, Path, dict[str, str]],
+) -> None:
+    """KServe v2 binary tensor extension, end to end: the JSON header's length travels in
+    Inference-Header-Content-Length, the raw bytes after it; the answer comes back the same way."""
+    client, _, _, _ = stack
+    values = np.linspace(-1, 1, 256, dtype=np.float32)
+    data = values.astype("<f4").tobytes()
+    header = json.dumps(
+        {
+            "id": "bin-1",
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 256],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    resp = await client.post(
+        "/v2/models/classifier/infer",
+        data=header + data,
+        headers={
+            BINARY_HEADER: str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
+    )
+    assert resp.status == 200, await resp.text()
+    assert resp.headers[OUTCOME_HEADER] == "ok"
+    assert resp.headers["Content-Type"] == "application/octet-stream"
+    raw = await resp.read()
+    length = int(resp.headers[BINARY_HEADER])
+    meta = json.loads(raw[:length])
+    assert meta["id"] == "bin-1"
+    out = meta["outputs"][0]
+    assert out["shape"] == [1, 100]
+    assert out["parameters"]["binary_data_size"] == 400 == len(raw) - length
+    got = np.frombuffer(raw[length:], dtype="<f4")
+    with torch.inference_mode():
+        expected = build_demo("demo-xs")(torch.from_numpy(values[None])).numpy().ravel()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # A JSON request on the same router still gets JSON.
+    plain = await client.post("/v2/models/classifier/infer", json=sample_body())
+    assert plain.headers["Content-Type"].startswith("application/json")
+    assert BINARY_HEADER not in plain.headers
+
+
+async def test_answers_feed_the_capacity_correction(
+    stack: tuple[Client, Router, Path, dict[str, str]],
+) -> None:
+    client, router, _, _ = stack
+    seen: list[str] = []
+    finished = router.decider.finished
+
+    def record(name: str, now_s: float | None = None, outcome: Outcome = "answered") -> None:
+        seen.append(outcome)
+        finished(name, now_s, outcome)
+
+    router.decider.finished = record  # type: ignore[method-assign]
+    await send(client, 2)
+    await send(client, 1, **{DEADLINE_HEADER: "0.001"})  # dropped by the worker
+    await client.post("/v2/models/classifier/infer", data=b"{oops")  # a 400: no capacity signal
+    assert seen == ["answered", "answered", "dropped", "failed"]
+    assert router.decider.inflight("big") == 0
+    text = await (await client.get("/metrics")).text()
+    assert (
+        metric(text, 'accordion_router_backend_slowdown{service="classifier",variant="big"}') == 1
+    )
+
+
+async def test_a_backend_that_starts_late_rejoins_quickly(tmp_path: Path) -> None:
+    """At startup the router may check a worker before it listens (refused: out of the split);
+    it is checked again every recheck_s, not only at the next round a second later."""
+    port = unused_port()
+    path = tmp_path / "routing.json"
+    urls = {"big": f"http://127.0.0.1:{port}", "small": "http://127.0.0.1:9"}
+    write_table(path, urls, {"big": 1.0, "small": 0.0})
+    router = Router(path, health_interval_s=30.0, recheck_s=0.05)
+    await router.start()
+    try:
+        assert not router.decider.healthy("big")
+        app = web.Application()
+        app.router.add_get("/v2/health/ready", _ready)
+        async with TestServer(app, port=port):
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await wait_for(lambda: _async(router.decider.healthy("big")), timeout_s=2.0)
+            assert loop.time() - began < 1.0
+            assert not router.decider.healthy("small")
+    finally:
+        await router.stop()
+
+
+async def _ready(_: web.Request) -> web.Response:
+    return web.json_response({"ready": True})

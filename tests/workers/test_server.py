@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from accordion.workers.config import DEADLINE_HEADER, BatchingConfig
-from accordion.workers.models import build_demo
+from accordion.workers.models import LoadedModel, build_demo
 from accordion.workers.server import BINARY_HEADER, OUTCOME_HEADER, Worker, create_app
 
 from .conftest import sample_body, worker_config
@@ -168,6 +169,60 @@ async def test_overload_is_shed_early_with_503() -> None:
         shed = [r for r in resps if r.status == 503]
         assert "queue is full" in (await shed[0].json())["error"]
         assert shed[0].headers[OUTCOME_HEADER] == "rejected"
+
+
+class _SlowModel(torch.nn.Module):
+    """Blocks its thread for `seconds` per batch, as a big model on a busy CPU does."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return torch.zeros(x.shape[0], 100)
+
+
+async def test_readiness_is_answered_at_once_under_saturating_load() -> None:
+    """A worker whose model is busy and whose queue is full (it sheds what comes on top) still
+    answers its readiness probe within 200 ms: the model runs on its own thread, and health
+    never waits on the batch queue. (Run on the event loop, each probe would wait for the
+    running batch: 300 ms.)"""
+    config = worker_config(
+        slo_ms=60_000.0,
+        profile_ms={1: 300.0},
+        batching=BatchingConfig(max_batch_size=1, max_queue=16),
+    )
+    model = LoadedModel(_SlowModel(0.3), (256,), "FP32", 0.5)
+    worker = Worker(config, model, warm_up=False)
+    async with TestClient(TestServer(create_app(worker))) as client:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        statuses: list[int] = []
+
+        async def flood() -> None:  # keeps the queue full and the edge busy rejecting
+            while not stop.is_set():
+                resp = await client.post("/v2/models/demo-xs/infer", json=sample_body())
+                statuses.append(resp.status)
+                await resp.read()
+
+        floods = [asyncio.create_task(flood()) for _ in range(24)]
+        await asyncio.sleep(0.4)  # the first batch runs, the queue is full
+        assert worker.policy is not None
+        assert worker.policy.queue_depth >= 8
+        waits = []
+        for _ in range(8):
+            began = loop.time()
+            resp = await client.get("/v2/health/ready")
+            waits.append(loop.time() - began)
+            assert resp.status == 200
+            await asyncio.sleep(0.05)
+        stop.set()
+        for task in floods:
+            task.cancel()
+        await asyncio.gather(*floods, return_exceptions=True)
+        assert max(waits) < 0.2, waits
+        assert 503 in statuses  # saturated: what came on top of the full queue was shed
 
 
 def _binary_request(

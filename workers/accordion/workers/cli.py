@@ -103,10 +103,17 @@ def load(
     input_name: Annotated[str, typer.Option()] = "input",
     input_shape: Annotated[str | None, typer.Option(help="one sample's shape, for routers")] = None,
     datatype: Annotated[str, typer.Option()] = "FP32",
+    binary: Annotated[
+        bool,
+        typer.Option(
+            help="send KServe v2 binary tensor extension bodies (needs --input-shape)",
+        ),
+    ] = False,
     seed: int = 0,
 ) -> None:
     """Open-loop load: report SLO attainment, goodput and latency percentiles (JSON)."""
     from accordion.workers.loadgen import (
+        build_binary_body,
         build_body,
         check_loopback,
         poisson_schedule,
@@ -132,7 +139,14 @@ def load(
     else:
         assert trace is not None
         schedule = trace_schedule(trace)
-    body = build_body(input_name, datatype, _sizes(input_shape)) if input_shape else None
+    binary_header_length: int | None = None
+    body: bytes | None
+    if binary:
+        if not input_shape:
+            raise typer.BadParameter("--binary needs --input-shape")
+        body, binary_header_length = build_binary_body(input_name, datatype, _sizes(input_shape))
+    else:
+        body = build_body(input_name, datatype, _sizes(input_shape)) if input_shape else None
     report = asyncio.run(
         run_load(
             url,
@@ -140,6 +154,7 @@ def load(
             schedule,
             slo_ms=slo_ms,
             body=body,
+            binary_header_length=binary_header_length,
             max_requests=max_requests,
             max_duration_s=duration_s,
         )

@@ -104,6 +104,11 @@ class FastLoopBounds(_Model):
     headroom: float = Field(
         1.0, gt=0, description="Shed beyond headroom x the summed planned capacity."
     )
+    correct_capacity: bool = Field(
+        True,
+        description="Count on what each backend is seen to serve when it is less than planned "
+        "(online correction of the planned capacity from the answers the router gets).",
+    )
 
 
 class Backend(_Model):
@@ -121,6 +126,19 @@ class Backend(_Model):
     batch_latency_ms: float | None = Field(
         None, gt=0, description="Latency of a full batch; with capacity, bounds the backlog."
     )
+    profile_ms: dict[int, float] = Field(
+        default_factory=dict,
+        description="Optional latency per batch size (ms) of one device, the profile the plan "
+        "used: the router then measures every batch it sees against it, not only full ones.",
+    )
+
+    @field_validator("profile_ms")
+    @classmethod
+    def _positive_profile(cls, value: dict[int, float]) -> dict[int, float]:
+        for batch, latency_ms in value.items():
+            if batch < 1 or latency_ms <= 0:
+                raise ValueError("profile batch sizes must be >= 1 and latencies > 0 ms")
+        return value
 
     @property
     def served_model(self) -> str:

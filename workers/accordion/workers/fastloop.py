@@ -23,18 +23,68 @@ latency, and (when the caller passes its clock) when the backend's current batch
   drains, the split returns to the plan's weights by itself;
 * backends failing health checks get no traffic; their planned share goes to the healthy ones.
 
+The planned capacity is a profile taken in isolation; a backend that shares its machine, or is
+throttled, serves less, and a router that trusts the plan keeps sending what the backend then
+drops. So (unless the table's ``fast_loop.correct_capacity`` is off) the decider corrects each
+backend's speed online from the answers it sees, when the caller passes its clock:
+
+* a batch's answers reach the router together: answers less than a quarter of the batch
+  latency apart form one group. A group whose requests were all in hand when the previous
+  group was answered ran back to back with it: the time between the two groups is that
+  batch's cycle (execution and whatever the worker adds between batches), and cycle / planned
+  latency of a batch of its size is one sample of how many times slower than planned the
+  backend runs. The planned latency of k requests comes from the table's ``profile_ms`` when
+  it has one (interpolated); without it only groups of at least the planned batch count,
+  against the batch latency (scaled by k / planned batch for a larger one: a lower bound).
+  Batches after an idle spell give no sample, and neither do small ones without a profile:
+  how many requests a batch holds under load is the batcher's choice (deadlines), not the
+  device's speed, and comparing it with the full batch's latency would make a backend at its
+  profiled speed look slow;
+* the correction is the median of the last `correction_window` samples younger than
+  `correction_horizon_s`: none before `correction_min_samples` samples (thin data: the plan
+  stands), a single outlier never moves it, within `correction_tolerance` of the plan it is
+  the plan, and at most `max_slowdown`. It only ever lowers the capacity (a faster backend
+  earns no credit beyond its plan) and it fades by itself: samples age out, and a backend
+  that runs at its planned speed replaces them; a new plan that changes a backend's capacity
+  or batch starts its correction afresh;
+* a backend `s` times slower than planned drains its backlog at capacity x min(headroom, 1/s)
+  (the headroom's static margin is not applied twice) with batches `s` times longer, so the
+  router predicts the longer wait and reroutes or sheds before the worker would drop;
+* so slow that its planned batch no longer fits the SLO (2 x s x L(b) > SLO), a backend will
+  run smaller batches; the longer full-batch prediction still decides rerouting, but before
+  a request is shed its pick is predicted once more with the batch the planner would choose at
+  that speed (from the table's profile): a request that may still make it there is sent, not
+  shed (with nowhere else to go, losing it for sure is worse).
+
+What the worker drops or sheds (503) is no batch: it frees the backlog without being answered
+and forms no group. Drops are no sample either: a worker at its profiled speed drops too, when
+requests are admitted that its batching under deadlines cannot serve, so they say "over what
+the batcher serves at this backlog", not "slower than planned". Response times are not
+compared with predictions one by one: under overload the worker drops exactly the requests
+that would have been slow (survivorship). Only backends whose planned capacity is one device
+(capacity x batch latency = the batch) are corrected: the answers of several replicas behind
+one address interleave and form no batches.
+
 No I/O and no clock of its own: the router (`accordion.workers.router`) and the simulator
 (`accordion.sim`) drive it with their own time, calling `choose`, `sent` and `finished` (each
-takes an optional `now_s`; without it, predictions assume the running batch has just started).
+takes an optional `now_s`; without it, predictions assume the running batch has just started
+and no correction is learned). `finished` takes the request's outcome: ``answered`` (ok or
+late), ``dropped`` (the worker gave up on it: a 503 shed or drop) or ``failed``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from dataclasses import dataclass
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
 
 from accordion.workers.config import Backend, RoutingTable
+
+Outcome = Literal["answered", "dropped", "failed"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +106,39 @@ class BackendState:
     or the backend's last answer); None: unknown (no clock was passed)."""
     current_weight: float = 0.0
     """Smooth weighted round-robin state."""
+    # Online capacity correction (see the module docstring).
+    last_answer_s: float | None = None
+    group_start_s: float | None = None
+    """When the first answer of the current group (batch) came."""
+    group_size: int = 0
+    group_in_hand: int = 0
+    """Requests in hand when the previous group was answered: what this batch could hold."""
+    previous_group_s: float | None = None
+    in_hand_after_answer: int = 0
+    samples: deque[tuple[float, float]] = field(default_factory=deque)
+    """(time, cycle / planned batch latency) per measured batch, oldest first."""
+    slowdown: float = 1.0
+    """The current correction: the backend runs `slowdown` times slower than planned."""
+
+    def reset_correction(self) -> None:
+        self.last_answer_s = self.group_start_s = self.previous_group_s = None
+        self.group_size = self.group_in_hand = self.in_hand_after_answer = 0
+        self.samples.clear()
+        self.slowdown = 1.0
+
+
+def _interpolate(profile: dict[int, float], size: int) -> float:
+    """A profile's latency at `size`: linear between profiled sizes, the last slope beyond
+    them, the smallest size's latency below it."""
+    points = sorted(profile.items())
+    if size <= points[0][0] or len(points) == 1:
+        b0, l0 = points[0]
+        return l0 if size <= b0 else l0 * size / b0
+    for (b0, l0), (b1, l1) in itertools.pairwise(points):
+        if size <= b1:
+            return l0 + (l1 - l0) * (size - b0) / (b1 - b0)
+    (b0, l0), (b1, l1) = points[-2], points[-1]
+    return l1 + max(0.0, (l1 - l0) / (b1 - b0)) * (size - b1)
 
 
 class RoutingDecider:
@@ -67,9 +150,19 @@ class RoutingDecider:
         *,
         seed: int = 0,
         relief_pressure: float = 0.8,
+        correction_window: int = 9,
+        correction_min_samples: int = 3,
+        correction_horizon_s: float = 10.0,
+        correction_tolerance: float = 0.05,
+        max_slowdown: float = 4.0,
     ) -> None:
         self._rng = random.Random(seed)
         self.relief_pressure = relief_pressure
+        self.correction_window = max(1, correction_window)
+        self.correction_min_samples = max(1, min(correction_min_samples, self.correction_window))
+        self.correction_horizon_s = correction_horizon_s
+        self.correction_tolerance = correction_tolerance
+        self.max_slowdown = max(1.0, max_slowdown)
         self._states: dict[str, BackendState] = {}
         self.table = table
         self.update_table(table)
@@ -85,6 +178,11 @@ class RoutingDecider:
                 # A random phase, so that routers sharing a table do not pick in lockstep.
                 states[b.name] = BackendState(b, current_weight=self._rng.random() * 1e-6)
             else:
+                if (prev.backend.capacity_qps, prev.backend.max_batch_size) != (
+                    b.capacity_qps,
+                    b.max_batch_size,
+                ):
+                    prev.reset_correction()  # a new capacity: trust it until seen otherwise
                 prev.backend = b
                 states[b.name] = prev
         self._states = states
@@ -103,13 +201,105 @@ class RoutingDecider:
             state.batch_started_s = now_s  # an idle backend starts on it at once
         state.inflight += 1
 
-    def finished(self, name: str, now_s: float | None = None) -> None:
-        """A request sent to `name` was answered (or failed)."""
+    def finished(
+        self, name: str, now_s: float | None = None, outcome: Outcome = "answered"
+    ) -> None:
+        """A request sent to `name` came back: `answered` (ok or late), `dropped` (the worker
+        gave up on it or shed it) or `failed` (no answer: an error or a timeout)."""
         state = self._states.get(name)
-        if state is not None and state.inflight > 0:
-            state.inflight -= 1
-            # Its batch ended: the next one (if any is queued) starts now.
-            state.batch_started_s = now_s if state.inflight > 0 else None
+        if state is None or state.inflight <= 0:
+            return
+        if outcome == "answered" and now_s is not None:
+            self._answered(state, now_s)
+        state.inflight -= 1
+        # Its batch ended: the next one (if any is queued) starts now.
+        state.batch_started_s = now_s if state.inflight > 0 else None
+        if outcome == "answered":
+            state.in_hand_after_answer = state.inflight
+
+    # -- online capacity correction ------------------------------------------------------------
+    @staticmethod
+    def _in_service(backend: Backend) -> int:
+        """Requests a backend has in service at full capacity (Little's law), at least a batch."""
+        batch = max(1, backend.max_batch_size)
+        if backend.capacity_qps is None or backend.batch_latency_ms is None:
+            return batch
+        return max(batch, math.floor(backend.capacity_qps * (backend.batch_latency_ms / 1000.0)))
+
+    def _answered(self, state: BackendState, now_s: float) -> None:
+        """Group answers into batches; a finished group may give a sample (module docstring)."""
+        backend = state.backend
+        if backend.batch_latency_ms is None or self._in_service(backend) > backend.max_batch_size:
+            return  # no batch latency to compare with, or several devices
+        batch_s = backend.batch_latency_ms / 1000.0
+        last = state.last_answer_s
+        state.last_answer_s = now_s
+        if state.group_start_s is not None and last is not None and now_s - last < batch_s / 4:
+            state.group_size += 1
+            return
+        # A new group starts: the previous one is complete.
+        self._measure(state, now_s)
+        state.previous_group_s = state.group_start_s
+        state.group_start_s = now_s
+        state.group_size = 1
+        state.group_in_hand = state.in_hand_after_answer
+
+    def _measure(self, state: BackendState, now_s: float) -> None:
+        backend = state.backend
+        batch = max(1, backend.max_batch_size)
+        size = state.group_size
+        if (
+            backend.batch_latency_ms is None
+            or state.group_start_s is None
+            or state.previous_group_s is None
+            or state.group_in_hand < size  # not all in hand: it did not run back to back
+        ):
+            return
+        if backend.profile_ms:
+            planned_s = _interpolate(backend.profile_ms, size) / 1000.0
+        elif size >= batch:
+            planned_s = backend.batch_latency_ms / 1000.0 * size / batch
+        else:
+            return
+        cycle_s = state.group_start_s - state.previous_group_s
+        state.samples.append((now_s, cycle_s / planned_s))
+        while len(state.samples) > self.correction_window:
+            state.samples.popleft()
+        self._estimate(state)
+
+    def _estimate(self, state: BackendState) -> None:
+        ratios = [r for _, r in state.samples]
+        if len(ratios) < self.correction_min_samples:
+            state.slowdown = 1.0
+            return
+        mid = statistics.median(ratios)
+        state.slowdown = (
+            1.0 if mid <= 1.0 + self.correction_tolerance else min(self.max_slowdown, mid)
+        )
+
+    def slowdown(self, name: str, now_s: float | None = None) -> float:
+        """How many times slower than planned `name` is seen to serve (1: as planned)."""
+        state = self._states[name]
+        if not self.table.fast_loop.correct_capacity:
+            return 1.0
+        samples = state.samples
+        if now_s is not None and samples and samples[0][0] < now_s - self.correction_horizon_s:
+            while samples and samples[0][0] < now_s - self.correction_horizon_s:
+                samples.popleft()
+            self._estimate(state)
+        return state.slowdown
+
+    def effective_capacity_qps(self, name: str, now_s: float | None = None) -> float | None:
+        """The capacity the router counts on: the plan's, corrected, times the headroom."""
+        backend = self._states[name].backend
+        if backend.capacity_qps is None:
+            return None
+        return backend.capacity_qps * self._share(name, now_s)
+
+    def _share(self, name: str, now_s: float | None) -> float:
+        headroom = self.table.fast_loop.headroom
+        slowdown = self.slowdown(name, now_s)
+        return headroom if slowdown <= 1.0 else min(headroom, 1.0 / slowdown)
 
     # -- state ---------------------------------------------------------------------------------
     def backend(self, name: str) -> Backend:
@@ -121,28 +311,38 @@ class RoutingDecider:
     def healthy(self, name: str) -> bool:
         return self._states[name].healthy
 
-    def predicted_wait_s(self, name: str, extra: int = 0, now_s: float | None = None) -> float:
+    def predicted_wait_s(
+        self, name: str, extra: int = 0, now_s: float | None = None, *, replan: bool = False
+    ) -> float:
         """When the last of the backlog plus `extra` new requests would be answered, from now
-        (0 without a capacity); see the module docstring."""
+        (0 without a capacity); see the module docstring. `replan`: for a backend corrected to
+        a speed at which its planned batch no longer fits the SLO, predict with the batch the
+        planner would choose at that speed (the hopeful estimate before shedding)."""
         state = self._states[name]
         backend = state.backend
         if backend.capacity_qps is None:
             return 0.0
-        rate = backend.capacity_qps * self.table.fast_loop.headroom
+        rate = backend.capacity_qps * self._share(name, now_s)
         inflight = state.inflight
         if backend.batch_latency_ms is None:
             # No batch latency known: the backlog drains at the planned capacity.
             return (inflight + extra) / rate
         if inflight + extra == 0:
             return 0.0
-        batch = max(1, backend.max_batch_size)
-        batch_s = backend.batch_latency_ms / 1000.0
+        slowdown = self.slowdown(name, now_s)
+        batch_s = backend.batch_latency_ms / 1000.0 * slowdown
+        # Requests in the running batch(es): by Little's law, capacity x batch latency, at least
+        # one full batch (a slowdown lengthens both: it does not change them).
+        in_service = self._in_service(backend)
+        replanned = self._replanned_batch(backend, slowdown) if replan else None
+        if replanned is not None:
+            # Too slow for its planned batch: it runs the planner's batch at its speed.
+            in_service, batch_s = replanned
+            rate = min(rate, in_service / batch_s)
         residual = 0.0
         running = 0
         if inflight > 0:
-            # Requests in the running batch(es): by Little's law, capacity x batch latency,
-            # at least one full batch.
-            running = min(inflight, max(batch, math.floor(backend.capacity_qps * batch_s)))
+            running = min(inflight, in_service)
             residual = batch_s
             if now_s is not None and state.batch_started_s is not None:
                 residual = min(batch_s, max(0.0, state.batch_started_s + batch_s - now_s))
@@ -150,6 +350,22 @@ class RoutingDecider:
         if queued <= 0:
             return residual
         return residual + max(batch_s, queued / rate)
+
+    def _replanned_batch(self, backend: Backend, slowdown: float) -> tuple[int, float] | None:
+        """For a backend too slow for its planned batch (2 x its latency > SLO at the observed
+        speed) with a profile: the planner's batch at that speed and its latency (seconds)."""
+        if slowdown <= 1.0 or not backend.profile_ms:
+            return None
+        batch = max(1, backend.max_batch_size)
+        slo_s = self.table.slo_s
+        latency_s = _interpolate(backend.profile_ms, batch) / 1000.0 * slowdown
+        if 2 * latency_s <= slo_s:
+            return None
+        for size in range(batch - 1, 0, -1):
+            latency_s = _interpolate(backend.profile_ms, size) / 1000.0 * slowdown
+            if 2 * latency_s <= slo_s:
+                return size, latency_s
+        return 1, latency_s
 
     def pressure(self, name: str, now_s: float | None = None) -> float:
         return self.predicted_wait_s(name, now_s=now_s) / self.table.slo_s
@@ -188,7 +404,8 @@ class RoutingDecider:
         # The most accurate backends with slack take the relief, by their spare capacity.
         top = max(self._states[n].backend.accuracy for n in slack)
         spare = {
-            n: (1.0 - pressure[n] / relief) * (self._states[n].backend.capacity_qps or 1.0)
+            n: (1.0 - pressure[n] / relief)
+            * ((self._states[n].backend.capacity_qps or 1.0) / self.slowdown(n, now_s))
             for n in slack
             if self._states[n].backend.accuracy >= top
         }
@@ -243,6 +460,14 @@ class RoutingDecider:
                         best = key
             if best is not None:
                 return Choice(best[2], rerouted_from=pick)
+        state = self._states[pick]
+        if (
+            self._replanned_batch(state.backend, self.slowdown(pick, now_s)) is not None
+            and self.predicted_wait_s(pick, 1, now_s, replan=True) <= budget_s
+        ):
+            # Too slow for its planned batch, it will run smaller ones: no other backend is
+            # sure to make it, this one may; shedding would lose the request for sure.
+            return Choice(pick)
         return Choice(
             None,
             reason=f"beyond planned capacity: backlog of {pick!r} cannot be served "

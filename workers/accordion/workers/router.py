@@ -6,12 +6,22 @@ the remaining deadline in ``x-accordion-deadline-ms``, and answers with the back
 It also serves ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{service}`` and
 ``/metrics``.
 
+Request bodies and binary responses pass through untouched: a body in KServe v2's binary tensor
+extension (a JSON header, then raw tensor bytes) goes on with its ``Inference-Header-Content-
+Length`` and content type, and so does a binary answer.
+
+Every answer also feeds the decider's online capacity correction (`RoutingDecider.finished`
+with the outcome: answered, dropped by the worker, or failed), so that a backend serving less
+than its plan gets less before it drops.
+
 Two background tasks: one re-reads the routing table file (mounted from a ConfigMap) when its
 content changes: requests in flight keep the backend they were sent to, new ones follow the
 new weights, and an invalid file is reported and ignored; the other polls every backend's
 ``/v2/health/ready`` and takes failing ones out of the split (at once when nothing listens,
 after `unhealthy_after` failed checks in a row otherwise, so that a worker slow to answer
-during a burst keeps its traffic).
+during a burst keeps its traffic). A backend out of the split is checked again every
+`recheck_s` (not only every `health_interval_s`), so a worker that starts listening after the
+router's first check (at startup) rejoins within a tenth of a second, not a second later.
 
 Metrics (what users pay for and get): demand ``accordion_router_requests_total{service}`` (the
 signal the operator reads back), outcomes ``accordion_router_outcomes_total{service,variant,
@@ -50,6 +60,8 @@ log = logging.getLogger(__name__)
 
 OUTCOME_HEADER = "x-accordion-outcome"
 VARIANT_HEADER = "x-accordion-variant"
+BINARY_HEADER = "Inference-Header-Content-Length"
+"""KServe v2 binary tensor extension: length of the JSON header before the raw tensor bytes."""
 OUTCOMES = ("ok", "late", "dropped", "shed", "error")
 _BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -118,6 +130,13 @@ class RouterMetrics:
             ["service", "variant", "kind"],
             registry=r,
         )
+        self.slowdown = Gauge(
+            "accordion_router_backend_slowdown",
+            "How many times slower than planned a backend is seen to serve (1: as planned); "
+            "the router counts on its planned capacity divided by this.",
+            ["service", "variant"],
+            registry=r,
+        )
         self.healthy = Gauge(
             "accordion_router_backend_healthy",
             "1 if the backend passes its readiness check.",
@@ -141,6 +160,7 @@ class Router:
         *,
         health_interval_s: float = 1.0,
         unhealthy_after: int = 3,
+        recheck_s: float = 0.1,
         reload_interval_s: float = 0.5,
         max_body_bytes: int = 16 * 1024 * 1024,
         seed: int = 0,
@@ -158,6 +178,7 @@ class Router:
         self.metrics = RouterMetrics()
         self.health_interval_s = health_interval_s
         self.unhealthy_after = max(1, unhealthy_after)
+        self.recheck_s = min(recheck_s, health_interval_s)
         self._failures: dict[str, int] = {}
         self.reload_interval_s = reload_interval_s
         self.max_body_bytes = max_body_bytes
@@ -206,8 +227,12 @@ class Router:
     def _publish_weights(self) -> None:
         plan = self.decider.plan_weights()
         # time.monotonic() is the event loop's clock (loop.time()), the one `infer` passes.
-        effective = self.decider.effective_weights(time.monotonic())
+        now = time.monotonic()
+        effective = self.decider.effective_weights(now)
         for b in self.table.backends:
+            self.metrics.slowdown.labels(self.service, b.name).set(
+                self.decider.slowdown(b.name, now)
+            )
             self.metrics.weight.labels(self.service, b.name, "plan").set(plan.get(b.name, 0.0))
             self.metrics.weight.labels(self.service, b.name, "effective").set(
                 effective.get(b.name, 0.0)
@@ -225,8 +250,8 @@ class Router:
             except Exception:  # never let one bad reload stop all later ones
                 log.exception("reloading routing table %s failed", self.table_path)
 
-    async def check_health(self) -> None:
-        """One round of readiness checks of every backend.
+    async def check_health(self, only_out: bool = False) -> None:
+        """One round of readiness checks of every backend (`only_out`: of those out of the split).
 
         A backend leaves the split when nothing listens at its address, or after
         `unhealthy_after` failed checks in a row (a slow answer from a worker busy with a burst
@@ -253,13 +278,23 @@ class Router:
             elif refused or failures >= self.unhealthy_after:
                 self.decider.set_healthy(name, False)
 
-        await asyncio.gather(*(probe(b.name, b.url) for b in self.table.backends))
-        self._publish_weights()
+        backends = [
+            b for b in self.table.backends if not only_out or not self.decider.healthy(b.name)
+        ]
+        if backends:
+            await asyncio.gather(*(probe(b.name, b.url) for b in backends))
+            self._publish_weights()
 
     async def _health_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_round = loop.time() + self.health_interval_s
         while True:
-            await self.check_health()
-            await asyncio.sleep(self.health_interval_s)
+            await asyncio.sleep(max(0.0, min(self.recheck_s, next_round - loop.time())))
+            if loop.time() >= next_round:
+                await self.check_health()
+                next_round = loop.time() + self.health_interval_s
+            else:
+                await self.check_health(only_out=True)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
@@ -280,7 +315,15 @@ class Router:
             await self._session.close()
 
     # -- one request ---------------------------------------------------------------------------
-    async def infer(self, body: bytes, budget_s: float, content_type: str) -> web.Response:
+    async def infer(
+        self,
+        body: bytes,
+        budget_s: float,
+        content_type: str,
+        binary_header_length: str | None = None,
+    ) -> web.Response:
+        """Route one request: `body` as received, with its Content-Type and, for a binary
+        tensor extension body, its Inference-Header-Content-Length (passed on as is)."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         service = self.service
@@ -299,25 +342,26 @@ class Router:
         assert session is not None
         remaining_ms = max(0.001, (budget_s - (loop.time() - start)) * 1000.0)
         url = f"{backend.url}/v2/models/{backend.served_model}/infer"
+        headers = {DEADLINE_HEADER: f"{remaining_ms:.3f}", "Content-Type": content_type}
+        if binary_header_length is not None:
+            headers[BINARY_HEADER] = binary_header_length
         try:
             # Grace beyond the deadline: a late answer is still an answer (counted as late).
             timeout = aiohttp.ClientTimeout(total=budget_s * 2 + 1.0)
-            async with session.post(
-                url,
-                data=body,
-                headers={DEADLINE_HEADER: f"{remaining_ms:.3f}", "Content-Type": content_type},
-                timeout=timeout,
-            ) as resp:
+            async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
                 payload = await resp.read()
                 status = resp.status
                 worker_outcome = resp.headers.get(OUTCOME_HEADER, "")
                 response_type = resp.headers.get("Content-Type", "application/json")
+                response_binary = resp.headers.get(BINARY_HEADER)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self.decider.finished(name, loop.time(), "failed")
+            self._publish_weights()
             m.outcomes.labels(service, name, "error").inc()
             return _json_error(502, f"backend {name!r} failed: {exc!r}", "error")
-        finally:
-            self.decider.finished(name, loop.time())
-            self._publish_weights()
+        except BaseException:  # cancelled (the client went away): the backlog still drains
+            self.decider.finished(name, loop.time(), "failed")
+            raise
         elapsed = loop.time() - start
         if status == 200:
             outcome = "ok" if elapsed <= budget_s else "late"
@@ -328,16 +372,17 @@ class Router:
             outcome = "dropped"
         else:
             outcome = "error"
-        m.outcomes.labels(service, name, outcome).inc()
-        return web.Response(
-            body=payload,
-            status=status,
-            headers={
-                "Content-Type": response_type,
-                OUTCOME_HEADER: outcome,
-                VARIANT_HEADER: name,
-            },
+        self.decider.finished(
+            name,
+            loop.time(),
+            "answered" if status == 200 else "dropped" if outcome == "dropped" else "failed",
         )
+        self._publish_weights()
+        m.outcomes.labels(service, name, outcome).inc()
+        out_headers = {"Content-Type": response_type, OUTCOME_HEADER: outcome, VARIANT_HEADER: name}
+        if response_binary is not None:
+            out_headers[BINARY_HEADER] = response_binary
+        return web.Response(body=payload, status=status, headers=out_headers)
 
 
 def _json_error(status: int, reason: str, outcome: str) -> web.Response:
@@ -395,7 +440,12 @@ def create_router_app(router: Router) -> web.Application:
             return _json_error(
                 413, f"request body exceeds the limit of {router.max_body_bytes} bytes", "error"
             )
-        return await router.infer(body, budget_s, request.content_type or "application/json")
+        return await router.infer(
+            body,
+            budget_s,
+            request.headers.get("Content-Type") or "application/json",
+            request.headers.get(BINARY_HEADER),
+        )
 
     async def prometheus(_: web.Request) -> web.Response:
         router._publish_weights()
