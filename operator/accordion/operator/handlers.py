@@ -554,17 +554,17 @@ async def cleanup(memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "inferenceservices")
-def on_service(event: Any, memo: Any, **_: Any) -> None:
+async def on_service(event: Any, memo: Any, **_: Any) -> None:
     _driver(memo).observe(KIND_ISVC, event.get("type"), event["object"])
 
 
 @kopf.on.event(GROUP, VERSION, "devicepools")
-def on_pool(event: Any, memo: Any, **_: Any) -> None:
+async def on_pool(event: Any, memo: Any, **_: Any) -> None:
     _driver(memo).observe(KIND_POOL, event.get("type"), event["object"])
 
 
 @kopf.timer(GROUP, VERSION, "devicepools", interval=RESYNC_INTERVAL_S, idle=0)
-def resync(memo: Any, **_: Any) -> None:
+async def resync(memo: Any, **_: Any) -> None:
     _driver(memo).trigger()
 
 
@@ -580,20 +580,20 @@ def _watching_nodes() -> bool:
 if _watching_nodes():
 
     @kopf.on.event("", "v1", "nodes")
-    def on_node(event: Any, memo: Any, **_: Any) -> None:
+    async def on_node(event: Any, memo: Any, **_: Any) -> None:
         _driver(memo).observe("Node", event.get("type"), event["object"])
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-def on_deployment(event: Any, memo: Any, **_: Any) -> None:
+async def on_deployment(event: Any, memo: Any, **_: Any) -> None:
     _driver(memo).observe("Deployment", event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", "services", labels=OWNED)
-def on_k8s_service(event: Any, memo: Any, **_: Any) -> None:
+async def on_k8s_service(event: Any, memo: Any, **_: Any) -> None:
     _driver(memo).observe("Service", event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", "configmaps", labels=OWNED)
-def on_configmap(event: Any, memo: Any, **_: Any) -> None:
+async def on_configmap(event: Any, memo: Any, **_: Any) -> None:
     _driver(memo).observe("ConfigMap", event.get("type"), event["object"])

@@ -13,8 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from accordion.operator.api import split_key
 from accordion.operator.control.loop import (
@@ -55,50 +59,38 @@ PLAN_CHANGES = Counter(
     _SVC,
     registry=REGISTRY,
 )
-SLO_LATENCY = Gauge(
-    "accordion_service_slo_latency_seconds", "spec.slo.latencyMs / 1000.", _SVC, registry=REGISTRY
+
+
+@dataclass(frozen=True)
+class _Family:
+    name: str
+    help: str
+    labels: tuple[str, ...] = _SVC
+
+
+SLO_LATENCY = _Family("accordion_service_slo_latency_seconds", "spec.slo.latencyMs / 1000.")
+SLO_OBJECTIVE = _Family("accordion_service_slo_objective", "spec.slo.objective.")
+ACCURACY_FLOOR = _Family("accordion_service_accuracy_floor", "spec.accuracy.floor / 100.")
+ACCURACY_TARGET = _Family(
+    "accordion_service_accuracy_target", "spec.accuracy.target / 100 (absent when unset)."
 )
-SLO_OBJECTIVE = Gauge(
-    "accordion_service_slo_objective", "spec.slo.objective.", _SVC, registry=REGISTRY
+PLANNED_ACCURACY = _Family(
+    "accordion_service_planned_accuracy", "The plan's demand-weighted accuracy / 100."
 )
-ACCURACY_FLOOR = Gauge(
-    "accordion_service_accuracy_floor", "spec.accuracy.floor / 100.", _SVC, registry=REGISTRY
-)
-ACCURACY_TARGET = Gauge(
-    "accordion_service_accuracy_target",
-    "spec.accuracy.target / 100 (absent when unset).",
-    _SVC,
-    registry=REGISTRY,
-)
-PLANNED_ACCURACY = Gauge(
-    "accordion_service_planned_accuracy",
-    "The plan's demand-weighted accuracy / 100.",
-    _SVC,
-    registry=REGISTRY,
-)
-DEMAND = Gauge(
+DEMAND = _Family(
     "accordion_service_demand_requests_per_second",
     "Smoothed demand the planner plans for (before headroom).",
-    _SVC,
-    registry=REGISTRY,
 )
-CAPACITY = Gauge(
-    "accordion_service_capacity_requests_per_second",
-    "Capacity of the plan.",
-    _SVC,
-    registry=REGISTRY,
-)
-REPLICAS = Gauge(
+CAPACITY = _Family("accordion_service_capacity_requests_per_second", "Capacity of the plan.")
+REPLICAS = _Family(
     "accordion_service_replicas",
     "Worker replicas per variant and pool; state is planned or ready.",
-    [*_SVC, "variant", "pool", "state"],
-    registry=REGISTRY,
+    (*_SVC, "variant", "pool", "state"),
 )
-CONDITION = Gauge(
+CONDITION = _Family(
     "accordion_service_condition",
     "1 when the condition (Ready, Degraded, DemandUnavailable, ...) is True, else 0.",
-    [*_SVC, "condition"],
-    registry=REGISTRY,
+    (*_SVC, "condition"),
 )
 
 _PER_SERVICE = (
@@ -112,6 +104,36 @@ _PER_SERVICE = (
     REPLICAS,
     CONDITION,
 )
+
+Samples = dict[str, list[tuple[tuple[str, ...], float]]]
+
+
+class _PerServiceCollector(Collector):
+    """The per-service gauges, from the samples of the last pass.
+
+    A pass replaces them all (services come and go), so they are kept as plain (labels, value)
+    pairs and turned into metric families when scraped, instead of a `Gauge` child (with its
+    lock and value object) per series: at a thousand services some 11,000 of them, cleared
+    and made again at every pass.
+    """
+
+    def __init__(self) -> None:
+        self.samples: Samples = {}
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(f.name, f.help, labels=f.labels) for f in _PER_SERVICE]
+
+    def collect(self) -> Iterable[Metric]:
+        samples = self.samples  # replaced whole by a pass, never changed in place
+        for f in _PER_SERVICE:
+            family = GaugeMetricFamily(f.name, f.help, labels=f.labels)
+            for labels, value in samples.get(f.name, ()):
+                family.add_metric(labels, value)
+            yield family
+
+
+PER_SERVICE = _PerServiceCollector()
+REGISTRY.register(PER_SERVICE)
 
 
 class OperatorMetrics:
@@ -134,39 +156,47 @@ class OperatorMetrics:
             LAST_RECONCILE.set(time.time())
         if decision.planned:
             PLAN_DURATION.observe(plan_time_s)
-        for gauge in _PER_SERVICE:
-            gauge.clear()
+        samples: Samples = {f.name: [] for f in _PER_SERVICE}
+
+        def put(family: _Family, labels: tuple[str, ...], value: float) -> None:
+            samples[family.name].append((labels, float(value)))
+
         for key, isvc in world.services.items():
             labels = split_key(key)
-            SLO_LATENCY.labels(*labels).set(isvc.spec.slo.latency_ms / 1000.0)
-            SLO_OBJECTIVE.labels(*labels).set(isvc.spec.slo.objective)
-            ACCURACY_FLOOR.labels(*labels).set(isvc.spec.accuracy.floor / 100.0)
+            put(SLO_LATENCY, labels, isvc.spec.slo.latency_ms / 1000.0)
+            put(SLO_OBJECTIVE, labels, isvc.spec.slo.objective)
+            put(ACCURACY_FLOOR, labels, isvc.spec.accuracy.floor / 100.0)
             if isvc.spec.accuracy.target is not None:
-                ACCURACY_TARGET.labels(*labels).set(isvc.spec.accuracy.target / 100.0)
+                put(ACCURACY_TARGET, labels, isvc.spec.accuracy.target / 100.0)
             if key in demand.qps:
-                DEMAND.labels(*labels).set(demand.qps[key])
+                put(DEMAND, labels, demand.qps[key])
         if decision.plan is not None:
             for svc in decision.plan.services:
                 labels = split_key(svc.service)
-                CAPACITY.labels(*labels).set(svc.capacity_qps)
+                put(CAPACITY, labels, svc.capacity_qps)
                 if svc.effective_accuracy is not None:
-                    PLANNED_ACCURACY.labels(*labels).set(svc.effective_accuracy / 100.0)
+                    put(PLANNED_ACCURACY, labels, svc.effective_accuracy / 100.0)
             self._count_changes(decision.plan.rows)
+        replicas: dict[tuple[str, ...], float] = {}
         for wkey, spec in decision.targets.items():
-            REPLICAS.labels(*split_key(wkey.service), wkey.variant, wkey.pool, "planned").set(
-                spec.replicas
-            )
+            replicas[(*split_key(wkey.service), wkey.variant, wkey.pool, "planned")] = spec.replicas
         for wkey, running in world.workers.items():
-            REPLICAS.labels(*split_key(wkey.service), wkey.variant, wkey.pool, "ready").set(
+            replicas[(*split_key(wkey.service), wkey.variant, wkey.pool, "ready")] = (
                 running.ready_replicas
             )
+        for series, value in replicas.items():
+            put(REPLICAS, series, value)
         statuses = dict(world.status)
         statuses.update(
             {s.service: s.status for s in result.applied if isinstance(s, UpdateStatus)}
         )
+        conditions: dict[tuple[str, ...], float] = {}
         for key, status in statuses.items():
             for cond in status.conditions:
-                CONDITION.labels(*split_key(key), cond.type).set(1 if cond.status == "True" else 0)
+                conditions[(*split_key(key), cond.type)] = 1 if cond.status == "True" else 0
+        for series, value in conditions.items():
+            put(CONDITION, series, value)
+        PER_SERVICE.samples = samples
 
     def _count_changes(self, rows: list[PlanRow]) -> None:
         by_service: dict[str, list[tuple[str, str, int]]] = {}
