@@ -284,7 +284,10 @@ def test_correction_recovers_when_the_backend_is_healthy_again() -> None:
     decider = RoutingDecider(batching_table())
     now = drive(decider, "big", start_s=0.0, batches=20, batch_s=0.2)
     assert decider.slowdown("big", now) == pytest.approx(2.0)
-    # Back at its planned speed: fresh samples replace the slow ones.
+    # Back at its planned speed: fresh samples replace the slow ones (a high quantile: it
+    # trusts the plan again once nearly all recent batches agree).
+    now = drive(decider, "big", start_s=now, batches=8, batch_s=0.1)
+    assert decider.slowdown("big", now) == pytest.approx(2.0)
     now = drive(decider, "big", start_s=now, batches=10, batch_s=0.1)
     assert decider.slowdown("big", now) == 1.0
     # Or no evidence at all for a while (the backlog drained): the plan's figure comes back.

@@ -28,8 +28,9 @@ throttled, serves less, and a router that trusts the plan keeps sending what the
 drops. So (unless the table's ``fast_loop.correct_capacity`` is off) the decider corrects each
 backend's speed online from the answers it sees, when the caller passes its clock:
 
-* a batch's answers reach the router together: answers less than a quarter of the batch
-  latency apart form one group. A group whose requests were all in hand when the previous
+* a batch's answers reach the router together: answers less than a third of the shortest
+  batch latency apart (the profile's smallest, else the batch latency / the planned batch)
+  form one group. A group whose requests were all in hand when the previous
   group was answered ran back to back with it: the time between the two groups is that
   batch's cycle (execution and whatever the worker adds between batches), and cycle / planned
   latency of a batch of its size is one sample of how many times slower than planned the
@@ -40,10 +41,12 @@ backend's speed online from the answers it sees, when the caller passes its cloc
   how many requests a batch holds under load is the batcher's choice (deadlines), not the
   device's speed, and comparing it with the full batch's latency would make a backend at its
   profiled speed look slow;
-* the correction is the median of the last `correction_window` samples younger than
-  `correction_horizon_s`: none before `correction_min_samples` samples (thin data: the plan
-  stands), a single outlier never moves it, within `correction_tolerance` of the plan it is
-  the plan, and at most `max_slowdown`. It only ever lowers the capacity (a faster backend
+* the correction is a high quantile (`correction_quantile`, 0.9: the router must be right for
+  nearly every batch, as the worker's batcher fits batches with its tail) of the last
+  `correction_window` samples younger than `correction_horizon_s`, never their largest (a
+  single outlier moves nothing): none before `correction_min_samples` samples (thin data: the
+  plan stands), within `correction_tolerance` of the plan it is the plan, and at most
+  `max_slowdown`. It only ever lowers the capacity (a faster backend
   earns no credit beyond its plan) and it fades by itself: samples age out, and a backend
   that runs at its planned speed replaces them; a new plan that changes a backend's capacity
   or batch starts its correction afresh;
@@ -77,7 +80,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
@@ -150,7 +152,8 @@ class RoutingDecider:
         *,
         seed: int = 0,
         relief_pressure: float = 0.8,
-        correction_window: int = 9,
+        correction_window: int = 15,
+        correction_quantile: float = 0.9,
         correction_min_samples: int = 3,
         correction_horizon_s: float = 10.0,
         correction_tolerance: float = 0.05,
@@ -159,6 +162,7 @@ class RoutingDecider:
         self._rng = random.Random(seed)
         self.relief_pressure = relief_pressure
         self.correction_window = max(1, correction_window)
+        self.correction_quantile = min(1.0, max(0.0, correction_quantile))
         self.correction_min_samples = max(1, min(correction_min_samples, self.correction_window))
         self.correction_horizon_s = correction_horizon_s
         self.correction_tolerance = correction_tolerance
@@ -231,10 +235,18 @@ class RoutingDecider:
         backend = state.backend
         if backend.batch_latency_ms is None or self._in_service(backend) > backend.max_batch_size:
             return  # no batch latency to compare with, or several devices
-        batch_s = backend.batch_latency_ms / 1000.0
+        # Answers closer together than a third of the shortest batch latency are one batch's.
+        if backend.profile_ms:
+            shortest_ms = min(backend.profile_ms.values())
+        else:
+            shortest_ms = backend.batch_latency_ms / max(1, backend.max_batch_size)
         last = state.last_answer_s
         state.last_answer_s = now_s
-        if state.group_start_s is not None and last is not None and now_s - last < batch_s / 4:
+        if (
+            state.group_start_s is not None
+            and last is not None
+            and now_s - last < shortest_ms / 3000.0
+        ):
             state.group_size += 1
             return
         # A new group starts: the previous one is complete.
@@ -272,9 +284,12 @@ class RoutingDecider:
         if len(ratios) < self.correction_min_samples:
             state.slowdown = 1.0
             return
-        mid = statistics.median(ratios)
+        ratios.sort()
+        # The quantile's nearest rank, never the largest sample (one outlier moves nothing).
+        rank = round(self.correction_quantile * (len(ratios) - 1))
+        value = ratios[min(rank, max(0, len(ratios) - 2))]
         state.slowdown = (
-            1.0 if mid <= 1.0 + self.correction_tolerance else min(self.max_slowdown, mid)
+            1.0 if value <= 1.0 + self.correction_tolerance else min(self.max_slowdown, value)
         )
 
     def slowdown(self, name: str, now_s: float | None = None) -> float:
