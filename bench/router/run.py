@@ -313,12 +313,9 @@ def run_once(
                 if (n := sum(1 for row in timeline if row[f"healthy_{p.variant.name}"] < 1))
             )
             or "0",
-            # The router's capacity correction: its largest value during the run.
+            # The router's capacity correction: median during the burst, and largest.
             "slowdown": {
-                p.variant.name: max(
-                    (row[f"slowdown_{p.variant.name}"] for row in timeline), default=1.0
-                )
-                for p in planned
+                p.variant.name: slowdown_figures(timeline, p.variant.name, args) for p in planned
             },
         }
         for outcome in OUTCOMES:
@@ -356,6 +353,21 @@ def run_once(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def slowdown_figures(
+    timeline: list[dict[str, float]], name: str, args: argparse.Namespace
+) -> tuple[float, float]:
+    """The router's correction of `name`: its median over the burst's samples, and its largest
+    value during the run (time 0: the first sample that saw a request)."""
+    rows = [r for r in timeline if r["requests"] > 0]
+    if not rows:
+        return 1.0, 1.0
+    t0 = rows[0]["t"]
+    burst = [
+        r[f"slowdown_{name}"] for r in rows if args.burst_start_s <= r["t"] - t0 <= args.burst_end_s
+    ]
+    return (median(burst) if burst else 1.0), max(r[f"slowdown_{name}"] for r in rows)
 
 
 def corrections(args: argparse.Namespace) -> list[bool]:
@@ -501,7 +513,7 @@ def report(
         "",
         "| run | load 1 min | sent | attainment (client) | p99 ms | ok | late | dropped | shed "
         "| error | rerouted | ok per variant | effective accuracy | backend out (samples) "
-        "| slowdown (max) |",
+        "| slowdown (burst median / max) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in results:
@@ -512,7 +524,7 @@ def report(
             f"{c['attainment'] * 100:.1f}% | {c['p99_ms']:.1f} | {m['ok']:.0f} | {m['late']:.0f} "
             f"| {m['dropped']:.0f} | {m['shed']:.0f} | {m['error']:.0f} | {m['rerouted']:.0f} | "
             f"{per_variant} | {effective_accuracy(r):.3f} | {m['unhealthy_samples']} | "
-            + ", ".join(f"{k} {v:.2f}" for k, v in m["slowdown"].items())
+            + ", ".join(f"{k} {a:.2f} / {b:.2f}" for k, (a, b) in m["slowdown"].items())
             + " |"
         )
     lines += ["", "Workers' own counters (ok / late / dropped / rejected, mean batch):", ""]

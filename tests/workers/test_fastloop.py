@@ -347,9 +347,13 @@ def test_with_a_profile_every_batch_size_is_evidence() -> None:
     # Batches of 4 at their profiled latency (60 ms): as planned.
     now = drive(decider, "big", start_s=0.0, batches=20, batch_s=0.06, batch=4, backlog=12)
     assert decider.slowdown("big", now) == 1.0
-    # Batches of 2 (profile: 40 ms, interpolated) taking 60 ms: 1.5 times slower.
-    now = drive(decider, "big", start_s=now, batches=20, batch_s=0.06, batch=2, backlog=12)
+    # Batches of 6 (profile: 80 ms, interpolated) taking 120 ms: 1.5 times slower.
+    now = drive(decider, "big", start_s=now, batches=20, batch_s=0.12, batch=6, backlog=18)
     assert decider.slowdown("big", now) == pytest.approx(1.5)
+    # Batches of 2 (under half the planned 8) are no evidence: what the worker adds per batch
+    # weighs too much on them.
+    later = drive(decider, "big", start_s=now + 20, batches=20, batch_s=0.09, batch=2)
+    assert decider.slowdown("big", later) == 1.0
 
 
 def test_too_slow_for_its_planned_batch_it_is_not_shed_what_it_may_serve() -> None:

@@ -45,8 +45,8 @@ def test_capacity_correction_serves_a_backend_slower_than_its_profile() -> None:
     trusting = sim.simulate(True, sim.burst, 6.0, seed=3, correct_capacity=False, **kwargs)
     corrected = sim.simulate(True, sim.burst, 6.0, seed=3, **kwargs)
     # Trusting the plan, the router sends big what it then drops; corrected, it reroutes.
-    assert corrected.dropped < trusting.dropped / 10
-    assert corrected.attainment >= 0.97 > trusting.attainment
+    assert corrected.dropped < trusting.dropped / 4
+    assert corrected.attainment >= 0.95 > 0.85 > trusting.attainment
     # At the profiled speed the correction changes nothing.
     plain = sim.simulate(True, sim.burst, 6.0, seed=3, correct_capacity=False, planned_batches=True)
     same = sim.simulate(True, sim.burst, 6.0, seed=3, planned_batches=True)

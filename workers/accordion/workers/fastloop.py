@@ -35,12 +35,15 @@ backend's speed online from the answers it sees, when the caller passes its cloc
   batch's cycle (execution and whatever the worker adds between batches), and cycle / planned
   latency of a batch of its size is one sample of how many times slower than planned the
   backend runs. The planned latency of k requests comes from the table's ``profile_ms`` when
-  it has one (interpolated); without it only groups of at least the planned batch count,
-  against the batch latency (scaled by k / planned batch for a larger one: a lower bound).
-  Batches after an idle spell give no sample, and neither do small ones without a profile:
-  how many requests a batch holds under load is the batcher's choice (deadlines), not the
-  device's speed, and comparing it with the full batch's latency would make a backend at its
-  profiled speed look slow;
+  it has one (interpolated), for batches of at least half the planned one; without it only
+  groups of at least the planned batch count, against the batch latency (scaled by k /
+  planned batch for a larger one: a lower bound). Batches after an idle spell give no sample,
+  and neither do small ones: how many requests a batch holds under load is the batcher's
+  choice (deadlines), not the device's speed, and comparing it with the full batch's latency
+  would make a backend at its profiled speed look slow; and what a worker adds per batch
+  (taking requests in, answering them) weighs most on the smallest batches, which a profile
+  taken in isolation leaves out: counted, they would make a backend that the fast loop
+  relieves (its batches shrink) look ever slower;
 * the correction is a high quantile (`correction_quantile`, 0.9: the router must be right for
   nearly every batch, as the worker's batcher fits batches with its tail) of the last
   `correction_window` samples younger than `correction_horizon_s`, never their largest (a
@@ -267,7 +270,7 @@ class RoutingDecider:
             or state.group_in_hand < size  # not all in hand: it did not run back to back
         ):
             return
-        if backend.profile_ms:
+        if backend.profile_ms and 2 * size >= batch:
             planned_s = _interpolate(backend.profile_ms, size) / 1000.0
         elif size >= batch:
             planned_s = backend.batch_latency_ms / 1000.0 * size / batch
