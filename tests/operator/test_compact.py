@@ -5,13 +5,16 @@ read; `compact.ListPage` reads a list response one item at a time. These tests c
 loop's and the actuator's view of a compacted object is the raw object's: the pool capacity and
 the wake-up filter of a Node, the actuator's diff of every manifest the operator writes, and
 the worker and routing state read back from them. Each field the operator reads is also
-changed in turn on the raw Node, and the change must show through the compact copy.
+changed in turn on the raw Node, and the change must show through the compact copy. Last, the
+driver's first listing waits for kopf's initial listing to be over (the start-up memory peak).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import time
 from typing import Any
 
 import pytest
@@ -302,3 +305,49 @@ def test_a_list_page_of_other_shapes() -> None:
     broken = ListPage(json.dumps(LIST)[:-40])
     with pytest.raises(ValueError, match="malformed"):
         list(broken.items())
+
+
+def service_event(i: int) -> dict[str, Any]:
+    return {"metadata": {"name": f"s{i}", "namespace": "ns", "resourceVersion": str(i + 1)}}
+
+
+async def test_the_driver_lists_once_kopfs_initial_listing_is_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first pass (the driver's listing, parsing, planning) waits for kopf's initial
+    listing (events without a type) to stop, so their memory does not stack; watch events
+    do not hold it back, and it waits at most `LISTING_WAIT_S`."""
+    from kubernetes import client as k8s
+
+    from accordion.operator import handlers
+
+    monkeypatch.setattr(handlers, "LISTING_QUIET_S", 0.2)
+    driver = handlers.Driver(config=OperatorConfig(watch_nodes=False), api_client=k8s.ApiClient())
+    await asyncio.wait_for(driver.listing_done(), 0.1)  # nothing listed: no wait
+
+    async def listing(count: int, event_type: str | None) -> None:
+        for i in range(count):
+            driver.observe("Service", event_type, service_event(i))
+            await asyncio.sleep(0.1)
+
+    started = time.monotonic()
+    feed = asyncio.create_task(listing(5, None))
+    await asyncio.sleep(0.01)
+    await driver.listing_done()
+    assert feed.done()
+    assert time.monotonic() - started >= 0.4 + 0.2 - 0.05
+    assert len(driver.cache.of_kind("Service")) == 5
+
+    await asyncio.sleep(0.2)
+    feed = asyncio.create_task(listing(5, "MODIFIED"))
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(driver.listing_done(), 0.1)  # watch events: no wait
+    await feed
+
+    monkeypatch.setattr(handlers, "LISTING_WAIT_S", 0.3)
+    feed = asyncio.create_task(listing(20, None))
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await driver.listing_done()
+    assert 0.25 <= time.monotonic() - started < 0.6  # an endless listing: waited at most 0.3 s
+    feed.cancel()

@@ -87,6 +87,10 @@ LIST_PAGE = 500
 """Objects per page when the driver lists a kind (`sync`)."""
 KOPF_WORKER_IDLE_S = 0.5
 """kopf's `settings.queueing.idle_timeout` (see `startup`)."""
+LISTING_QUIET_S = 0.5
+LISTING_WAIT_S = 60.0
+"""The driver lists and plans once kopf's initial listing is quiet this long, or after at
+most `LISTING_WAIT_S` (`Driver.listing_done`)."""
 
 
 def make_api_client() -> k8s.ApiClient:
@@ -152,6 +156,7 @@ class Driver:
     standalone: bool = True
     leading: bool = False
     _active_until: float = 0.0
+    _listed_at: float = 0.0  # when kopf last delivered an object of its initial listing
     _parsed: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
     _touched: set[tuple[str, str]] = field(default_factory=set)
 
@@ -209,8 +214,13 @@ class Driver:
         self._wake.set()
 
     def observe(self, kind: str, event_type: str | None, obj: dict[str, Any]) -> None:
-        """A watch event: update the cache; wake the loop if something significant changed."""
+        """A watch event: update the cache; wake the loop if something significant changed.
+
+        kopf delivers what its initial listing found with no event type: `sync` waits until
+        those have stopped coming (`listing_done`)."""
         self.touch()
+        if event_type is None:
+            self._listed_at = time.monotonic()
         meta = obj.get("metadata") or {}
         ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
         old = self.cache.get(kind, ns, name)
@@ -435,8 +445,25 @@ class Driver:
 
     # -- running -------------------------------------------------------------------------------
 
+    async def listing_done(self) -> None:
+        """Wait until kopf has delivered its initial listing: no listed object for
+        `LISTING_QUIET_S` (at most `LISTING_WAIT_S`).
+
+        At start kopf lists every watched kind and queues a worker, a queue and the raw body
+        per object (thousands at scale) while it works through them. A first pass in the
+        middle of that (the driver's own listing, every object parsed, the planner) stacks its
+        memory on top of kopf's backlog: the operator's peak. After it, the pass reuses what
+        kopf's backlog freed. The pass is as complete either way (`sync` lists everything)."""
+        deadline = time.monotonic() + LISTING_WAIT_S
+        while time.monotonic() < deadline:
+            quiet = time.monotonic() - self._listed_at
+            if quiet >= LISTING_QUIET_S:
+                return
+            await asyncio.sleep(min(LISTING_QUIET_S - quiet, deadline - time.monotonic()))
+
     async def reconcile_once(self) -> ReconcileResult:
         if not self.synced:
+            await self.listing_done()
             await self.sync()
         world, demand = self.world(), self.demand_view()
         result = await self.loop.reconcile(
