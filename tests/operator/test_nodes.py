@@ -101,6 +101,7 @@ def test_node_relevance_ignores_heartbeats() -> None:
     changes: list[Callable[[dict[str, Any]], None]] = [
         lambda n: n["metadata"]["labels"].update({"x": "y"}),
         lambda n: n["spec"].update({"unschedulable": True}),
+        lambda n: n["spec"].update({"taints": [{"key": "k", "effect": "NoSchedule"}]}),
         lambda n: n["status"]["conditions"][0].update({"status": "Unknown"}),
         lambda n: n["status"]["allocatable"].update({"nvidia.com/gpu": "1"}),
     ]

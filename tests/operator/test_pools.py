@@ -13,6 +13,7 @@ from accordion.operator.pools import (
     available_devices,
     device_resource,
     parse_quantity,
+    pod_tolerations,
     pool_capacity,
 )
 
@@ -24,6 +25,7 @@ def pool(
     devices: int = 4,
     selector: dict[str, str] | None = None,
     limits: dict[str, Any] | None = None,
+    tolerations: list[dict[str, Any]] | None = None,
 ) -> DevicePool:
     return DevicePool.model_validate(
         {
@@ -32,6 +34,7 @@ def pool(
                 "devices": devices,
                 "nodeSelector": {"gpu": "a100"} if selector is None else selector,
                 "resources": {"limits": {GPU: 1} if limits is None else limits},
+                "tolerations": tolerations or [],
             },
         }
     )
@@ -43,13 +46,17 @@ def node(
     gpus: str | None = "2",
     ready: str = "True",
     unschedulable: bool = False,
+    taints: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     allocatable = {"cpu": "16", "memory": "64Gi"}
     if gpus is not None:
         allocatable[GPU] = gpus
+    spec: dict[str, Any] = {"unschedulable": True} if unschedulable else {}
+    if taints is not None:
+        spec["taints"] = taints
     return {
         "metadata": {"name": name, "labels": {"gpu": "a100"} if labels is None else labels},
-        "spec": {"unschedulable": True} if unschedulable else {},
+        "spec": spec,
         "status": {
             "allocatable": allocatable,
             "conditions": [
@@ -208,3 +215,87 @@ def test_loop_caps_pools_only_when_the_world_has_nodes() -> None:
     assert loop.last_problem is not None
     assert [p.devices for p in loop.last_problem.pools] == [0]
     assert sum(r.replicas for r in plan.rows) == 0
+
+
+# -- taints and tolerations -------------------------------------------------------------------
+
+DEDICATED = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
+
+
+def taint(key: str, value: str = "", effect: str = "NoSchedule") -> dict[str, str]:
+    out = {"key": key, "effect": effect}
+    if value:
+        out["value"] = value
+    return out
+
+
+def counted(p: DevicePool, *nodes: dict[str, Any]) -> list[str]:
+    return pool_capacity(p, list(nodes)).ready_nodes
+
+
+def test_a_node_with_a_taint_the_pool_does_not_tolerate_does_not_count() -> None:
+    nodes = [node("tainted", taints=[DEDICATED]), node("clean"), node("empty-taints", taints=[])]
+    cap = pool_capacity(pool(devices=8), nodes)
+    assert cap.matching_nodes == 3
+    assert cap.ready_nodes == ["clean", "empty-taints"]
+    assert cap.available == 4  # the tainted node's 2 GPUs do not count
+    only = pool_capacity(pool(), [node("tainted", taints=[DEDICATED])])
+    assert (only.ready_nodes, only.available) == ([], 0)
+    c = conds(pool(), [node("tainted", taints=[DEDICATED])])
+    assert c["NodesMissing"][:2] == ("True", "NoReadyNodes")
+    assert "none of the 1 matching nodes" in c["NodesMissing"][2]
+
+
+@pytest.mark.parametrize(
+    ("toleration", "tolerated"),
+    [
+        ({"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}, True),
+        ({"key": "dedicated", "value": "ml"}, True),  # operator Equal by default; any effect
+        ({"key": "dedicated", "operator": "Exists"}, True),
+        ({"operator": "Exists"}, True),  # empty key with Exists: every taint
+        ({"key": "dedicated", "operator": "Equal", "value": "web"}, False),  # other value
+        ({"key": "dedicated"}, False),  # Equal with no value: the taint's value must be empty
+        ({"key": "other", "operator": "Exists"}, False),  # other key
+        ({"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}, False),  # effect
+    ],
+)
+def test_toleration_matching_is_the_schedulers(toleration: dict[str, Any], tolerated: bool) -> None:
+    p = pool(tolerations=[toleration])
+    assert bool(counted(p, node("n", taints=[DEDICATED]))) is tolerated
+
+
+def test_every_blocking_taint_must_be_tolerated_and_prefer_no_schedule_is_ignored() -> None:
+    both = [DEDICATED, taint("maintenance", effect="NoExecute")]
+    one = pool(tolerations=[{"key": "dedicated", "operator": "Exists"}])
+    assert counted(one, node("n", taints=both)) == []
+    two = pool(
+        tolerations=[
+            {"key": "dedicated", "operator": "Exists"},
+            {"key": "maintenance", "operator": "Exists", "effect": "NoExecute"},
+        ]
+    )
+    assert counted(two, node("n", taints=both)) == ["n"]
+    soft = [taint("spot", "true", effect="PreferNoSchedule")]
+    assert counted(pool(), node("n", taints=soft)) == ["n"]
+
+
+def test_an_extended_resource_taint_is_tolerated_as_the_admission_plugin_does() -> None:
+    """ExtendedResourceToleration (GKE, AKS) lets pods that request nvidia.com/gpu onto nodes
+    tainted `nvidia.com/gpu:NoSchedule`; a CPU pool's pods get no such toleration."""
+    gpu_taint = taint(GPU, "present")
+    assert counted(pool(), node("gpu", taints=[gpu_taint])) == ["gpu"]
+    assert [t.key for t in pod_tolerations(pool())] == [GPU]
+    assert counted(pool(), node("gpu", taints=[taint(GPU, effect="NoExecute")])) == []
+    cpu = pool(selector={}, limits={"cpu": "2", "memory": "4Gi"})
+    assert pod_tolerations(cpu) == []
+    assert counted(cpu, node("gpu", taints=[gpu_taint])) == []
+    assert counted(cpu, node("cpu")) == ["cpu"]
+
+
+def test_the_planner_gets_only_the_tolerated_nodes_devices() -> None:
+    pools = [
+        pool("a100", devices=8),
+        pool("ml", devices=8, tolerations=[{"key": "dedicated", "operator": "Exists"}]),
+    ]
+    nodes = [node("n1", gpus="2"), node("n2", gpus="4", taints=[DEDICATED])]
+    assert available_devices(pools, nodes) == {"a100": 2, "ml": 6}

@@ -9,7 +9,7 @@ delay the loop asks for, and when a Prometheus demand estimate changes.
 
 With `watch_nodes` (the default) the driver also watches Nodes: the loop caps each DevicePool
 at the devices its ready, schedulable nodes offer (`pools`), a Node wakes the loop only when
-what the pools depend on changes (labels, cordon, Ready, allocatable; not heartbeats), and
+what the pools depend on changes (labels, cordon, taints, Ready, allocatable; not heartbeats), and
 after each pass the driver writes each pool's status (`matchingNodes`, `allocatedDevices`,
 `NodesMissing`/`Ready`) when it changed.
 
@@ -122,14 +122,17 @@ def _significant(kind: str, obj: dict[str, Any]) -> Any:
 
 
 def node_significant(node: dict[str, Any]) -> Any:
-    """What of a Node the pools depend on (`pools.pool_capacity`): labels, cordon, the Ready
-    condition's status and the allocatable resources; not heartbeats or other conditions."""
+    """What of a Node the pools depend on (`pools.pool_capacity`): labels, cordon, taints, the
+    Ready condition's status and the allocatable resources; not heartbeats or other
+    conditions."""
     meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
     status = node.get("status") or {}
     ready = [c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"]
     return (
         meta.get("labels"),
-        (node.get("spec") or {}).get("unschedulable"),
+        spec.get("unschedulable"),
+        spec.get("taints"),
         ready,
         status.get("allocatable"),
         meta.get("deletionTimestamp"),

@@ -1,13 +1,20 @@
 """What a DevicePool can really offer, from the Nodes of the cluster.
 
 A pool declares `spec.devices`, but the devices only exist where nodes match its
-`nodeSelector`, are Ready, accept pods (not cordoned) and have the pool's device resource
-allocatable. This module counts them, pure: Nodes come in as the dicts the Kubernetes API
-returns, and out come the number of devices the planner may really use (the smaller of the
-declared and the allocatable) and the pool's `NodesMissing` and `Ready` conditions, so a pool
-whose nodes are missing or full is reported rather than silently planned on.
+`nodeSelector`, are Ready, accept pods (not cordoned, no `NoSchedule`/`NoExecute` taint the
+pool's worker pods do not tolerate) and have the pool's device resource allocatable. This
+module counts them, pure: Nodes come in as the dicts the Kubernetes API returns, and out come
+the number of devices the planner may really use (the smaller of the declared and the
+allocatable) and the pool's `NodesMissing` and `Ready` conditions, so a pool whose nodes are
+missing or full is reported rather than silently planned on.
 
-Taints are not looked at: a node whose taints the pool does not tolerate still counts.
+Taints are matched as the scheduler does (`core/v1 Toleration.ToleratesTaint`): a toleration
+matches a taint when its effect is empty or the same, its key is empty or the same, and its
+operator is `Exists`, or `Equal` (the default) with the same value. The worker pods carry the
+pool's `tolerations`, plus what the `ExtendedResourceToleration` admission plugin (GKE, AKS
+and others turn it on) gives a pod that requests an extended resource: a toleration of the
+`NoSchedule` taints keyed by that resource (`nvidia.com/gpu` on GPU node pools).
+`PreferNoSchedule` taints do not keep pods off a node and are not looked at.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from accordion.operator.api import Condition, DevicePool, DevicePoolStatus
+from accordion.operator.api import Condition, DevicePool, DevicePoolStatus, Toleration
 
 NON_DEVICE_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", "pods"})
 """Resources that are not a pool's device: a pool limited only by these counts nodes only."""
@@ -90,6 +97,48 @@ def node_ready(node: Mapping[str, Any]) -> bool:
     return False
 
 
+BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+"""Taint effects that keep a pod that does not tolerate them off a node."""
+
+
+def tolerates(toleration: Toleration, taint: Mapping[str, Any]) -> bool:
+    """Whether a toleration matches a taint (`core/v1 Toleration.ToleratesTaint`)."""
+    if toleration.effect and toleration.effect != taint.get("effect"):
+        return False
+    if toleration.key and toleration.key != taint.get("key"):
+        return False
+    if toleration.operator == "Exists":
+        return True
+    return (toleration.value or "") == (taint.get("value") or "")
+
+
+def pod_tolerations(pool: DevicePool) -> list[Toleration]:
+    """The tolerations a worker pod of the pool runs with: the pool's, and one of `NoSchedule`
+    taints keyed by an extended resource it requests (the `ExtendedResourceToleration`
+    plugin)."""
+    extended = {
+        name
+        for table in (pool.spec.resources.limits, pool.spec.resources.requests)
+        for name in table
+        if "/" in name and "kubernetes.io/" not in name and not name.startswith("requests.")
+    }
+    implicit = [
+        Toleration(key=name, operator="Exists", effect="NoSchedule") for name in sorted(extended)
+    ]
+    return [*pool.spec.tolerations, *implicit]
+
+
+def node_tolerated(node: Mapping[str, Any], tolerations: Iterable[Toleration]) -> bool:
+    """Whether every `NoSchedule` and `NoExecute` taint of the node is tolerated."""
+    held = list(tolerations)
+    for taint in (node.get("spec") or {}).get("taints") or []:
+        if not isinstance(taint, Mapping) or taint.get("effect") not in BLOCKING_EFFECTS:
+            continue
+        if not any(tolerates(t, taint) for t in held):
+            return False
+    return True
+
+
 def node_allocatable(node: Mapping[str, Any], resource: str) -> float:
     """How much of `resource` the node can allocate (0 when absent or unreadable)."""
     raw = ((node.get("status") or {}).get("allocatable") or {}).get(resource)
@@ -111,7 +160,7 @@ class PoolCapacity:
     matching_nodes: int
     """Nodes whose labels match the selector, Ready or not."""
     ready_nodes: list[str] = field(default_factory=list)
-    """Names of the matching nodes that are Ready and schedulable."""
+    """Names of the matching nodes that are Ready and schedulable for the pool's pods."""
     resource: str | None = None
     """The device resource counted, None for a pool that asks for none."""
     allocatable: int | None = None
@@ -176,7 +225,8 @@ class PoolCapacity:
 def pool_capacity(pool: DevicePool, nodes: Iterable[Mapping[str, Any]]) -> PoolCapacity:
     """Count what `nodes` offer `pool`: matching nodes, ready ones and their devices."""
     matching = [n for n in nodes if node_matches(n, pool.spec.node_selector)]
-    ready = [n for n in matching if node_ready(n)]
+    tolerations = pod_tolerations(pool)
+    ready = [n for n in matching if node_ready(n) and node_tolerated(n, tolerations)]
     res = device_resource(pool)
     allocatable: int | None = None
     if res is not None:
