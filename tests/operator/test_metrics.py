@@ -82,3 +82,40 @@ async def test_metrics_follow_the_loop() -> None:
 
     recorder.record_error()
     assert sample("accordion_operator_reconciles_total", result="error") is not None
+
+
+async def test_a_removed_service_leaves_no_series_behind() -> None:
+    """Each pass replaces the per-service series (a collector of the pass's samples)."""
+    manifests = load([EXAMPLES])
+    world = World(
+        services={s.key: s for s in manifests.services},
+        pools={p.metadata.name: p for p in manifests.pools},
+    )
+    clock = Clock()
+    loop, actuator = ControlLoop(clock=clock), MemoryActuator(world, clock)
+    recorder = metrics.OperatorMetrics()
+    gone = {"namespace": "default", "service": "image-classifier"}
+    result = await loop.reconcile(world, DemandView(), actuator)
+    recorder.record(world, DemandView(), result, loop.plan_time_s)
+    assert sample("accordion_service_slo_latency_seconds", **gone) is not None
+    assert any(
+        s.labels["service"] == "image-classifier"
+        for fam in metrics.REGISTRY.collect()
+        if fam.name == "accordion_service_replicas"
+        for s in fam.samples
+    )
+
+    del world.services["default/image-classifier"]  # deleted: its status goes with it
+    world.status.pop("default/image-classifier", None)
+    result = await loop.reconcile(world, DemandView(), actuator)
+    recorder.record(world, DemandView(), result, loop.plan_time_s)
+    assert sample("accordion_service_slo_latency_seconds", **gone) is None
+    assert sample("accordion_service_condition", **gone, condition="Ready") is None
+    left = {
+        s.labels["service"]
+        for fam in metrics.REGISTRY.collect()
+        if fam.name.startswith("accordion_service_")
+        for s in fam.samples
+    }
+    assert left
+    assert "image-classifier" not in left
