@@ -17,7 +17,10 @@ At scale the driver keeps its per-pass work proportional to what changed: Infere
 and DevicePools are parsed again only when what is parsed changes (not on every status write),
 worker specs, statuses and routing tables only when their objects change, and the control loop
 skips services whose inputs are those of a settled pass (see `control.loop`). After a big pass
-freed memory is handed back to the system (`memory`).
+freed memory is handed back to the system (`memory`). Memory stays proportional too: the cache
+holds compact copies (`compact`), lists are read a page and an item at a time, kopf's
+per-object workers go after 0.5 s idle, and at start the driver lists and plans only once
+kopf's initial listing has gone quiet (`Driver.listing_done`), not on top of it.
 
 Leader election: kopf peering (`--peering`, or `peering_name` in the configuration). A paused
 (follower) operator receives no events and runs no timers; the driver, a task of its own, reads
