@@ -55,6 +55,7 @@ ROUTER_METRICS = (
     _m("accordion_router_backend_inflight", "gauge", "service", "variant"),
     _m("accordion_router_weight", "gauge", "service", "variant", "kind"),
     _m("accordion_router_backend_healthy", "gauge", "service", "variant"),
+    _m("accordion_router_backend_slowdown", "gauge", "service", "variant"),
     _m("accordion_router_table_reloads_total", "counter", "service", "result"),
 )
 
