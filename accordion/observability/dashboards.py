@@ -468,6 +468,25 @@ def services_dashboard() -> dict[str, Any]:
             min_=0,
         )
     )
+    p.append(
+        _panel(
+            lay,
+            "timeseries",
+            "Backend slowdown seen by the router",
+            "How many times slower than planned each backend is seen to serve batches (1: as "
+            "planned). The router counts on the planned capacity divided by this; above 1 for "
+            "long, the variant's profile is stale: re-profile it.",
+            [
+                Query(
+                    f"max by ({BY}, variant) ({sel('accordion_router_backend_slowdown')})",
+                    "{{variant}}",
+                )
+            ],
+            w=24,
+            min_=0,
+            thresholds=[(None, "green"), (1.5, "orange"), (3, "red")],
+        )
+    )
     return _dashboard(
         "accordion-services",
         "Accordion / Services",
