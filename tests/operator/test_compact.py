@@ -23,21 +23,15 @@ from accordion.operator.actuator import ObjectCache, _differs
 from accordion.operator.api import DevicePool
 from accordion.operator.compact import ListPage, compact, node_essentials
 from accordion.operator.config import OperatorConfig
-from accordion.operator.control.desired import service_routing, worker_specs
-from accordion.operator.control.loop import ControlLoop, DemandView, World
 from accordion.operator.handlers import node_significant
 from accordion.operator.k8s import (
     Manifest,
     observe_routing,
     observe_worker,
-    router_deployment,
-    router_service,
-    routing_configmap,
-    worker_deployment,
-    worker_service,
 )
-from accordion.operator.manifests import load
 from accordion.operator.pools import pool_capacity
+
+from .example_manifests import example_manifests
 
 GPU = "nvidia.com/gpu"
 MANAGED_FIELDS = [
@@ -155,30 +149,7 @@ def test_node_essentials_keeps_nothing_else() -> None:
 
 @pytest.fixture(scope="module")
 def written() -> list[Manifest]:
-    """Every kind of manifest the operator writes, for the example cluster's plan."""
-    m = load(["examples"])
-    for i, s in enumerate(m.services):
-        s.metadata.uid = f"uid-{i}"
-    world = World(
-        services={s.key: s for s in m.services}, pools={p.metadata.name: p for p in m.pools}
-    )
-    plan, _, _ = ControlLoop().make_plan(world, DemandView())
-    cfg = OperatorConfig()
-    targets = worker_specs(plan, world.services, world.pools)
-    ready = {k: s.replicas for k, s in targets.items()}
-    out: list[Manifest] = []
-    for spec in targets.values():
-        uid = world.services[spec.key.service].metadata.uid
-        out += [worker_deployment(spec, uid, cfg), worker_service(spec.key, uid, cfg)]
-    for key, svc in world.services.items():
-        mine = {k: s for k, s in targets.items() if k.service == key}
-        routing = service_routing(key, svc.spec.slo.latency_ms, plan.rows, mine, {}, ready)
-        out += [
-            router_deployment(key, svc.metadata.uid, cfg),
-            router_service(key, svc.metadata.uid, cfg),
-            routing_configmap(routing, svc.metadata.uid, cfg, 1234.5),
-        ]
-    return out
+    return example_manifests()
 
 
 def as_served(manifest: Manifest) -> Manifest:

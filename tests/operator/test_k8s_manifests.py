@@ -11,23 +11,17 @@ import json
 import kubernetes_validate
 import pytest
 
-from accordion.operator.config import OperatorConfig
-from accordion.operator.control.desired import WorkerKey, worker_specs
-from accordion.operator.control.loop import ControlLoop, DemandView, World
+from accordion.operator.control.desired import WorkerKey
 from accordion.operator.k8s import (
     ANNOTATION_SPEC,
     Manifest,
     observe_routing,
     observe_worker,
-    router_deployment,
-    router_service,
-    routing_configmap,
-    worker_deployment,
     worker_name,
-    worker_service,
 )
-from accordion.operator.manifests import load
 from accordion.workers.config import RoutingTable, WorkerConfig
+
+from .example_manifests import APPLIED_AT_S, example_manifests
 
 K8S_VERSION = "1.30.0"
 
@@ -35,31 +29,7 @@ K8S_VERSION = "1.30.0"
 @pytest.fixture(scope="module")
 def manifests() -> list[Manifest]:
     """Every kind of object, for the example cluster's plan (all replicas ready)."""
-    m = load(["examples"])
-    for i, s in enumerate(m.services):
-        s.metadata.uid = f"uid-{i}"
-    world = World(
-        services={s.key: s for s in m.services}, pools={p.metadata.name: p for p in m.pools}
-    )
-    loop = ControlLoop()
-    plan, _, _ = loop.make_plan(world, DemandView())
-    cfg = OperatorConfig()
-    out: list[Manifest] = []
-    targets = worker_specs(plan, world.services, world.pools)
-    assert targets
-    for spec in targets.values():
-        uid = world.services[spec.key.service].metadata.uid
-        out += [worker_deployment(spec, uid, cfg), worker_service(spec.key, uid, cfg)]
-    for key, svc in world.services.items():
-        out += [router_deployment(key, svc.metadata.uid, cfg), router_service(key, "u", cfg)]
-    from accordion.operator.control.desired import service_routing
-
-    ready = {k: s.replicas for k, s in targets.items()}
-    for key, svc in world.services.items():
-        mine = {k: s for k, s in targets.items() if k.service == key}
-        routing = service_routing(key, svc.spec.slo.latency_ms, plan.rows, mine, {}, ready)
-        out.append(routing_configmap(routing, svc.metadata.uid, cfg, 1700000000.0))
-    return out
+    return example_manifests()
 
 
 def test_every_manifest_validates_strictly(manifests: list[Manifest]) -> None:
@@ -121,7 +91,7 @@ def test_objects_read_back_into_the_world(manifests: list[Manifest]) -> None:
         if m["kind"] == "ConfigMap":
             applied = observe_routing(m)
             assert applied is not None
-            assert applied.applied_at_s == 1700000000.0
+            assert applied.applied_at_s == APPLIED_AT_S
             table = RoutingTable.model_validate(json.loads(m["data"]["routing.json"]))
             assert table.version == applied.routing.digest()
             assert all(b.url.startswith("http://") for b in table.backends)
