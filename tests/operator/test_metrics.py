@@ -7,6 +7,7 @@ the values are read back from the registry the operator serves.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,14 +24,30 @@ def sample(name: str, **labels: str) -> float | None:
     return metrics.REGISTRY.get_sample_value(name, labels)
 
 
-async def test_metrics_follow_the_loop() -> None:
+def replicas(service: str, state: str) -> list[Any]:
+    """The `accordion_service_replicas` samples of a service in a state (planned, ready)."""
+    return [
+        s
+        for fam in metrics.REGISTRY.collect()
+        if fam.name == "accordion_service_replicas"
+        for s in fam.samples
+        if s.labels["service"] == service and s.labels["state"] == state
+    ]
+
+
+def example_loop() -> tuple[World, ControlLoop, MemoryActuator]:
+    """The example cluster's world, a control loop and an in-memory actuator on one clock."""
     manifests = load([EXAMPLES])
     world = World(
         services={s.key: s for s in manifests.services},
         pools={p.metadata.name: p for p in manifests.pools},
     )
     clock = Clock()
-    loop, actuator = ControlLoop(clock=clock), MemoryActuator(world, clock)
+    return world, ControlLoop(clock=clock), MemoryActuator(world, clock)
+
+
+async def test_metrics_follow_the_loop() -> None:
+    world, loop, actuator = example_loop()
     recorder = metrics.OperatorMetrics()
     before_ok = sample("accordion_operator_reconciles_total", result="ok") or 0.0
     svc = {"namespace": "default", "service": "image-classifier"}
@@ -53,13 +70,7 @@ async def test_metrics_follow_the_loop() -> None:
     assert accuracy is not None
     assert 0.69 <= accuracy <= 0.783 + 1e-9
     assert sample("accordion_operator_plan_changes_total", **svc) == changes_before + 1
-    planned = [
-        s
-        for fam in metrics.REGISTRY.collect()
-        if fam.name == "accordion_service_replicas"
-        for s in fam.samples
-        if s.labels["service"] == "image-classifier" and s.labels["state"] == "planned"
-    ]
+    planned = replicas("image-classifier", "planned")
     assert planned
     assert sum(s.value for s in planned) >= 1
     ready_cond = sample("accordion_service_condition", **svc, condition="Ready")
@@ -69,13 +80,7 @@ async def test_metrics_follow_the_loop() -> None:
     all_ready(world)
     result = await loop.reconcile(world, demand, actuator)
     recorder.record(world, demand, result, loop.plan_time_s)
-    ready = [
-        s
-        for fam in metrics.REGISTRY.collect()
-        if fam.name == "accordion_service_replicas"
-        for s in fam.samples
-        if s.labels["service"] == "image-classifier" and s.labels["state"] == "ready"
-    ]
+    ready = replicas("image-classifier", "ready")
     assert sum(s.value for s in ready) == sum(s.value for s in planned)
     assert sample("accordion_operator_plan_changes_total", **svc) == changes_before + 1
     assert sample("accordion_service_condition", **svc, condition="Ready") == 1
@@ -86,13 +91,7 @@ async def test_metrics_follow_the_loop() -> None:
 
 async def test_a_removed_service_leaves_no_series_behind() -> None:
     """Each pass replaces the per-service series (a collector of the pass's samples)."""
-    manifests = load([EXAMPLES])
-    world = World(
-        services={s.key: s for s in manifests.services},
-        pools={p.metadata.name: p for p in manifests.pools},
-    )
-    clock = Clock()
-    loop, actuator = ControlLoop(clock=clock), MemoryActuator(world, clock)
+    world, loop, actuator = example_loop()
     recorder = metrics.OperatorMetrics()
     gone = {"namespace": "default", "service": "image-classifier"}
     result = await loop.reconcile(world, DemandView(), actuator)
