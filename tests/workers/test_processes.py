@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,19 +171,34 @@ def test_requests_through_the_router_are_counted(stack: Stack) -> None:
     assert delta("accordion_worker_requests_total", worker0, worker1, outcome="ok") == 40
 
 
-def test_load_command_agrees_with_the_metrics(stack: Stack) -> None:
-    router0, worker0 = stack.scrape()
+def run_load(stack: Stack, *args: str) -> dict[str, Any]:
+    """`accordion load` against the router (SLO 2 s, 256 floats per request); its report."""
     done = subprocess.run(
         [
-            *(*CLI, "load", "--url", stack.router_url, "--model", SERVICE, "--rate", "80"),
-            *("--duration-s", "1.5", "--slo-ms", "2000", "--input-shape", "256", "--seed", "3"),
+            *(*CLI, "load", "--url", stack.router_url, "--model", SERVICE),
+            *("--slo-ms", "2000", "--input-shape", "256", *args),
         ],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def answered_by_worker(before: str, after: str) -> float:
+    """Requests the worker answered (ok or late) between two scrapes of its /metrics."""
+    return sum(
+        metric(after, "accordion_worker_requests_total", outcome=o)
+        - metric(before, "accordion_worker_requests_total", outcome=o)
+        for o in ("ok", "late")
+    )
+
+
+def test_load_command_agrees_with_the_metrics(stack: Stack) -> None:
+    router0, worker0 = stack.scrape()
+    report = run_load(stack, "--rate", "80", "--duration-s", "1.5", "--seed", "3")
     router1, worker1 = stack.scrape()
     sent = report["sent"]
     assert sent > 60  # Poisson(120): far beyond 5 sigma
@@ -194,11 +210,7 @@ def test_load_command_agrees_with_the_metrics(stack: Stack) -> None:
         router0, "accordion_router_requests_total"
     )
     assert requests == sent
-    answered = sum(
-        metric(worker1, "accordion_worker_requests_total", outcome=o)
-        - metric(worker0, "accordion_worker_requests_total", outcome=o)
-        for o in ("ok", "late")
-    )
+    answered = answered_by_worker(worker0, worker1)
     assert answered == report["within_slo"] + report["late"]  # every 200 the client got
 
 
@@ -206,25 +218,11 @@ def test_binary_load_through_the_router(stack: Stack) -> None:
     """`accordion load --binary` through the router process: KServe v2 binary tensor bodies
     (and binary answers) reach the worker and come back intact."""
     _, worker0 = stack.scrape()
-    done = subprocess.run(
-        [
-            *(*CLI, "load", "--url", stack.router_url, "--model", SERVICE, "--rate", "40"),
-            *("--duration-s", "1", "--slo-ms", "2000", "--input-shape", "256", "--binary"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = run_load(stack, "--rate", "40", "--duration-s", "1", "--binary")
     assert report["sent"] > 10
     assert report["failed"] == 0, report
     _, worker1 = stack.scrape()
-    answered = sum(
-        metric(worker1, "accordion_worker_requests_total", outcome=o)
-        - metric(worker0, "accordion_worker_requests_total", outcome=o)
-        for o in ("ok", "late")
-    )
+    answered = answered_by_worker(worker0, worker1)
     assert answered == report["sent"]
 
 
