@@ -10,14 +10,25 @@ Units: seconds internally, milliseconds in these user-facing files (the API edge
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 DEADLINE_HEADER = "x-accordion-deadline-ms"
 """Request header carrying the remaining latency budget of a request, in milliseconds."""
 
 PolicyName = Literal["slo", "none", "triton", "clipper"]
+
+
+def _positive_profile(value: dict[int, float]) -> dict[int, float]:
+    for batch, latency_ms in value.items():
+        if batch < 1 or latency_ms <= 0:
+            raise ValueError("profile batch sizes must be >= 1 and latencies > 0 ms")
+    return value
+
+
+ProfileMs = Annotated[dict[int, float], AfterValidator(_positive_profile)]
+"""Latency (ms) per batch size, as a profile gives it: batch sizes >= 1, latencies > 0."""
 
 
 class _Model(BaseModel):
@@ -63,21 +74,13 @@ class WorkerConfig(_Model):
     torch_threads: int = Field(1, ge=1)
     slo_ms: float = Field(100.0, gt=0, description="Default deadline when a request has none.")
     accuracy: float | None = Field(None, ge=0, le=1)
-    profile_ms: dict[int, float] = Field(
+    profile_ms: ProfileMs = Field(
         default_factory=dict, description="Latency per batch size (ms), e.g. p99 from a profile."
     )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-
-    @field_validator("profile_ms")
-    @classmethod
-    def _positive(cls, value: dict[int, float]) -> dict[int, float]:
-        for batch, latency_ms in value.items():
-            if batch < 1 or latency_ms <= 0:
-                raise ValueError("profile batch sizes must be >= 1 and latencies > 0 ms")
-        return value
 
     @property
     def slo_s(self) -> float:
@@ -126,19 +129,11 @@ class Backend(_Model):
     batch_latency_ms: float | None = Field(
         None, gt=0, description="Latency of a full batch; with capacity, bounds the backlog."
     )
-    profile_ms: dict[int, float] = Field(
+    profile_ms: ProfileMs = Field(
         default_factory=dict,
         description="Optional latency per batch size (ms) of one device, the profile the plan "
         "used: the router then measures every batch it sees against it, not only full ones.",
     )
-
-    @field_validator("profile_ms")
-    @classmethod
-    def _positive_profile(cls, value: dict[int, float]) -> dict[int, float]:
-        for batch, latency_ms in value.items():
-            if batch < 1 or latency_ms <= 0:
-                raise ValueError("profile batch sizes must be >= 1 and latencies > 0 ms")
-        return value
 
     @property
     def served_model(self) -> str:
