@@ -69,6 +69,12 @@ def _rv(obj: Manifest) -> int | None:
         return None
 
 
+def ref(obj: Manifest) -> tuple[str, str]:
+    """(namespace, name) of an object; "" for what it lacks (cluster-scoped: no namespace)."""
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
 @dataclass
 class ObjectCache:
     """The watched objects: InferenceServices, DevicePools, Nodes and the owned Deployments,
@@ -87,8 +93,7 @@ class ObjectCache:
         """Keep (a compact copy of) `obj` unless what is cached is newer. With `same_version`
         False, also unless it is the same version: what a watch or a list delivers again is
         not copied again (a version of an object never changes on the server)."""
-        meta = obj.get("metadata") or {}
-        key = (kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        key = (kind, *ref(obj))
         new_rv = _rv(obj)
         if not same_version and new_rv is not None:
             have = self.get(*key)

@@ -54,7 +54,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from accordion.operator import memory
-from accordion.operator.actuator import KubernetesActuator, ObjectCache
+from accordion.operator.actuator import KubernetesActuator, ObjectCache, ref
 from accordion.operator.api import (
     DevicePool,
     InferenceService,
@@ -227,8 +227,7 @@ class Driver:
         self.touch()
         if event_type is None:
             self._listed_at = time.monotonic()
-        meta = obj.get("metadata") or {}
-        ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        ns, name = ref(obj)
         old = self.cache.get(kind, ns, name)
         if event_type == "DELETED":
             self.cache.drop(kind, ns, name)
@@ -291,11 +290,12 @@ class Driver:
             while True:
                 reader = ListPage(await asyncio.to_thread(fn, token))
                 for item in reader.items():
-                    meta = item.get("metadata") or {}
-                    listed.add((str(meta.get("namespace") or ""), str(meta.get("name") or "")))
+                    listed.add(ref(item))
                     if (
                         kind in (KIND_ISVC, KIND_POOL, "Node")
-                        or (meta.get("labels") or {}).get("app.kubernetes.io/managed-by")
+                        or ((item.get("metadata") or {}).get("labels") or {}).get(
+                            "app.kubernetes.io/managed-by"
+                        )
                         == MANAGED_BY
                     ):
                         item.setdefault("kind", kind)
