@@ -18,12 +18,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 
-from accordion.workers.config import DEADLINE_HEADER, Backend, RoutingTable
+from accordion.workers.config import (
+    BINARY_HEADER,
+    DEADLINE_HEADER,
+    OUTCOME_HEADER,
+    Backend,
+    RoutingTable,
+)
 from accordion.workers.fastloop import Outcome
 from accordion.workers.models import build_demo
 from accordion.workers.router import (
-    BINARY_HEADER,
-    OUTCOME_HEADER,
     VARIANT_HEADER,
     Router,
     create_router_app,

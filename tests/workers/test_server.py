@@ -13,9 +13,9 @@ import torch
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from accordion.workers.config import DEADLINE_HEADER, BatchingConfig
+from accordion.workers.config import BINARY_HEADER, DEADLINE_HEADER, OUTCOME_HEADER, BatchingConfig
 from accordion.workers.models import LoadedModel, build_demo
-from accordion.workers.server import BINARY_HEADER, OUTCOME_HEADER, Worker, create_app
+from accordion.workers.server import Worker, create_app
 
 from .conftest import sample_body, worker_config
 

@@ -16,6 +16,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 DEADLINE_HEADER = "x-accordion-deadline-ms"
 """Request header carrying the remaining latency budget of a request, in milliseconds."""
+OUTCOME_HEADER = "x-accordion-outcome"
+"""Response header of the worker and the router: the request's outcome (metric label)."""
+BINARY_HEADER = "Inference-Header-Content-Length"
+"""KServe v2 binary tensor extension: length of the JSON header before the raw tensor bytes."""
 
 PolicyName = Literal["slo", "none", "triton", "clipper"]
 

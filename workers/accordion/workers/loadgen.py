@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import aiohttp
 import numpy as np
 
-from accordion.workers.config import DEADLINE_HEADER
+from accordion.workers.config import BINARY_HEADER, DEADLINE_HEADER
 
 LOOPBACK_NAMES = {"localhost"}
 
@@ -207,7 +207,7 @@ async def run_load(
         headers = {DEADLINE_HEADER: f"{slo_ms:g}", "Content-Type": "application/json"}
         if binary_header_length is not None:
             headers["Content-Type"] = "application/octet-stream"
-            headers["Inference-Header-Content-Length"] = str(binary_header_length)
+            headers[BINARY_HEADER] = str(binary_header_length)
         loop = asyncio.get_running_loop()
 
         async def one() -> None:

@@ -53,15 +53,12 @@ from prometheus_client import (
     generate_latest,
 )
 
-from accordion.workers.config import DEADLINE_HEADER, RoutingTable
+from accordion.workers.config import BINARY_HEADER, DEADLINE_HEADER, OUTCOME_HEADER, RoutingTable
 from accordion.workers.fastloop import RoutingDecider
 
 log = logging.getLogger(__name__)
 
-OUTCOME_HEADER = "x-accordion-outcome"
 VARIANT_HEADER = "x-accordion-variant"
-BINARY_HEADER = "Inference-Header-Content-Length"
-"""KServe v2 binary tensor extension: length of the JSON header before the raw tensor bytes."""
 OUTCOMES = ("ok", "late", "dropped", "shed", "error")
 _BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 

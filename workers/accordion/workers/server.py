@@ -48,12 +48,9 @@ from prometheus_client import (
 )
 
 from accordion.workers.batching import BatchingPolicy, Request, make_policy
-from accordion.workers.config import DEADLINE_HEADER, WorkerConfig
+from accordion.workers.config import BINARY_HEADER, DEADLINE_HEADER, OUTCOME_HEADER, WorkerConfig
 from accordion.workers.models import LoadedModel, ModelRunner, load_model
 
-OUTCOME_HEADER = "x-accordion-outcome"
-BINARY_HEADER = "Inference-Header-Content-Length"
-"""KServe v2 binary tensor extension: length of the JSON header that precedes the raw data."""
 LATENCY_BUCKETS_S = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
 )  # fmt: skip
