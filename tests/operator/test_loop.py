@@ -6,6 +6,8 @@ steps as a driver would, with readiness under the test's control (as a kubelet w
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +29,7 @@ from accordion.operator.control.loop import (
     Step,
     UpdateStatus,
     World,
+    default_planner,
 )
 from accordion.solver import Plan, Problem
 
@@ -302,6 +305,30 @@ async def test_planner_failure_is_reported_not_raised(
     conds = {c.type: c for c in world.status["default/svc"].conditions}
     assert conds["Planned"].status == "False"
     assert "solver crashed" in conds["Planned"].message
+
+
+async def test_planning_leaves_the_event_loop_free(
+    env: tuple[World, Clock, ControlLoop, MemoryActuator],
+) -> None:
+    """The planner runs off the event loop: a planner that waits for the loop to run a
+    coroutine completes (on the loop it would wait in vain and fail the plan)."""
+    world, clock, _loop, act = env
+    loop_ran = threading.Event()
+
+    def waits_for_the_event_loop(problem: Problem) -> Plan:
+        if not loop_ran.wait(5.0):
+            raise RuntimeError("the event loop was blocked while planning")
+        return default_planner(problem)
+
+    async def on_the_event_loop() -> None:
+        await asyncio.sleep(0.05)
+        loop_ran.set()
+
+    loop = ControlLoop(planner=waits_for_the_event_loop, clock=clock)
+    res, _ = await asyncio.gather(loop.reconcile(world, DemandView(), act), on_the_event_loop())
+    assert res.decision.error is None
+    assert res.decision.planned
+    assert key("big") in world.workers
 
 
 async def test_demand_unavailable_and_shortfall_conditions(

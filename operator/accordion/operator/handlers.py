@@ -45,6 +45,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -96,14 +97,25 @@ LISTING_WAIT_S = 60.0
 most `LISTING_WAIT_S` (`Driver.listing_done`)."""
 
 
-def make_api_client() -> k8s.ApiClient:
-    """In-cluster credentials, or the kubeconfig (KUBECONFIG) outside a cluster."""
+API_THREADS_BESIDE_WRITES = 4
+"""Threads beside the actuator's writes: the listing, the leadership read, a Prometheus query
+and the decision (`ControlLoop.reconcile` plans in a thread)."""
+
+
+def make_api_client(connections: int) -> k8s.ApiClient:
+    """In-cluster credentials, or the kubeconfig (KUBECONFIG) outside a cluster; a connection
+    pool of at least `connections` (the client's default, 5 per CPU, is 10 on 2 CPUs: below the
+    actuator's concurrency, so urllib3 would open and discard connections in a write wave)."""
     loader: Any = k8s_config
     try:
         loader.load_incluster_config()
     except k8s_config.ConfigException:
         loader.load_kube_config()
-    return k8s.ApiClient()
+    configuration = k8s.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = max(
+        configuration.connection_pool_maxsize or 0, connections
+    )
+    return k8s.ApiClient(configuration)
 
 
 def _significant(kind: str, obj: dict[str, Any]) -> Any:
@@ -562,7 +574,14 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings.peering.priority = config.peering_priority
         settings.peering.clusterwide = True
     serve_from_env()
-    driver = Driver(config=config, api_client=make_api_client())
+    threads = Driver.concurrency + API_THREADS_BESIDE_WRITES
+    # The synchronous client's calls run in the loop's default executor (`asyncio.to_thread`),
+    # whose default size, min(32, CPUs + 4), is 6 on 2 CPUs: it would cap the actuator's
+    # concurrent writes far below `Driver.concurrency`.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="accordion-api")
+    )
+    driver = Driver(config=config, api_client=make_api_client(threads))
     driver.standalone = bool(settings.peering.standalone)
     driver.leadership = Leadership.from_settings(settings.peering)
     if not driver.standalone and driver.leadership is None:

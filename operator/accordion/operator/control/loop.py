@@ -733,8 +733,13 @@ class ControlLoop:
         that does not exist. Other services go on. `concurrency` bounds how many services are
         worked on at once (an API server takes many requests in flight; a process actuator
         may want 1).
+
+        The decision runs in a worker thread: planning 1,000 services takes about a second,
+        and on the event loop it would stall kopf's watches, the health probe and `/metrics`
+        for as long. `world` and `demand` must not change while it runs (the driver and the
+        local runtime build or change them only between passes).
         """
-        decision = self.decide(world, demand)
+        decision = await asyncio.to_thread(self.decide, world, demand)
         applied: list[Step] = []
         failed: list[tuple[Step, BaseException]] = []
         groups: dict[str, list[Step]] = {}
