@@ -244,6 +244,42 @@ def slo_feasible_limit(profile_ms: dict[int, float], slo_s: float) -> float:
     return max((b / latency_s(b) for b in fitting), default=0.0)
 
 
+def fluid_on_time(arrivals_s: list[float], capacity_qps: float, slo_s: float) -> float:
+    """The share of `arrivals_s` that a fluid server of `capacity_qps` finishes within the SLO.
+
+    An upper bound for every batching policy on a device whose peak throughput is
+    `capacity_qps` (the physical limit): a batch of b takes at least b / capacity, so a fluid
+    server that works at that peak rate all the time, in arrival order (the deadline order:
+    one SLO for all), and skips only the requests it cannot finish in time, finishes each
+    request no later than any batching schedule could; with equal work per request and
+    deadlines in arrival order, skipping the infeasible ones is what maximises the count.
+    """
+    if not arrivals_s:
+        return 1.0
+    service_s, free_at, on_time = 1.0 / capacity_qps, 0.0, 0
+    for t in sorted(arrivals_s):
+        done = max(free_at, t) + service_s
+        if done <= t + slo_s:
+            free_at, on_time = done, on_time + 1
+    return on_time / len(arrivals_s)
+
+
+def fluid_limit(
+    arrivals: Arrivals, capacity_qps: float, slo_s: float, duration_s: float, seed: int = 1
+) -> float:
+    """The highest mean rate of `arrivals` (the schedule of `seed`) at which the fluid server
+    of `fluid_on_time` keeps >= 99% within the SLO: no policy sustains more on these arrivals."""
+    lo, hi = 0.0, capacity_qps / TARGET  # beyond it, more than 1% cannot be served at all
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        schedule = arrivals.schedule(mid, duration_s, seed)
+        if fluid_on_time(schedule, capacity_qps, slo_s) >= TARGET:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def compare(
     arrivals: Arrivals,
     profile_ms: dict[int, float],
