@@ -165,7 +165,7 @@ def total(
 @dataclass
 class RunResult:
     fast_loop: bool
-    correct: bool
+    correct: str  # the --correction choice: on, answers or off
     headroom: float
     round: int
     load1: float  # 1-minute load average when the run started
@@ -182,7 +182,11 @@ class RunResult:
     @property
     def mode(self) -> str:
         routing = "fast loop" if self.fast_loop else "weights only"
-        correction = "corrected" if self.correct else "plan trusted"
+        correction = {
+            "on": "corrected (worker reports)",
+            "answers": "corrected (answer timing)",
+            "off": "plan trusted",
+        }[self.correct]
         return f"{routing}, {correction}, headroom {self.headroom:g}"
 
 
@@ -197,7 +201,7 @@ def run_once(
     planned: list[Planned],
     trace: Path,
     fast_loop: bool,
-    correct: bool,
+    correct: str,
     headroom: float,
     round_: int,
     workdir: Path,
@@ -242,7 +246,8 @@ def run_once(
                 enabled=fast_loop,
                 max_shift=args.max_shift,
                 headroom=headroom,
-                correct_capacity=correct,
+                correct_capacity=correct != "off",
+                worker_reports=correct == "on",
             ),
         )
         table_path = workdir / f"routing-{fast_loop}-{correct}-{headroom}-{round_}.json"
@@ -370,8 +375,8 @@ def slowdown_figures(
     return (median(burst) if burst else 1.0), max(r[f"slowdown_{name}"] for r in rows)
 
 
-def corrections(args: argparse.Namespace) -> list[bool]:
-    return [c == "on" for c in args.correction]
+def corrections(args: argparse.Namespace) -> list[str]:
+    return list(args.correction)
 
 
 def binned(timeline: list[dict[str, float]], width_s: float) -> tuple[list[float], list[float]]:
@@ -435,7 +440,11 @@ def plot(results: list[RunResult], args: argparse.Namespace, path: Path) -> None
             )
         ax.set_xlabel("time (s)")
         ax.set_ylim(0, 1.05)
-        title = "capacity corrected" if correct else "plan trusted"
+        title = {
+            "on": "corrected (worker reports)",
+            "answers": "corrected (answer timing)",
+            "off": "plan trusted",
+        }[correct]
         ax.set_title(f"{title}, headroom {headroom:g}", fontsize=9)
         ax.legend(loc="lower left", fontsize=7)
     axes[0].set_ylabel("SLO attainment (1 s bins)")
@@ -477,7 +486,9 @@ def report(
         f"2 L(b) <= SLO; table fast_loop.max_shift {args.max_shift:g}; each routing runs at "
         f"fast_loop.headroom {', '.join(f'{h:g}' for h in args.headroom)} (the router counts on "
         "that share of the planned capacity), with the router's online capacity correction "
-        "(`fast_loop.correct_capacity`: `corrected`) and without (`plan trusted`); the table "
+        "(`fast_loop.correct_capacity`) from the workers' own reports (`x-accordion-slowdown`, "
+        "`fast_loop.worker_reports`: `corrected (worker reports)`), from the timing of the "
+        "answers only (`corrected (answer timing)`), and without it (`plan trusted`); the table "
         "carries each variant's p90 profile):",
         "",
         "| variant | model | accuracy | weight | batch cap | planned b | L(b) ms | capacity/s |",
@@ -563,11 +574,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--correction",
-        choices=["on", "off"],
+        choices=["on", "answers", "off"],
         nargs="+",
-        default=["on", "off"],
-        help="the table's fast_loop.correct_capacity (the router's online capacity correction); "
-        "both routings run with each",
+        default=["on", "answers", "off"],
+        help="the router's online capacity correction (the table's fast_loop.correct_capacity): "
+        "on, from the workers' reports (fast_loop.worker_reports); answers, from the timing of "
+        "the answers only; off: the plan trusted. Both routings run with each",
     )
     parser.add_argument(
         "--rounds",

@@ -16,6 +16,7 @@ from accordion.workers.batching import (
     ReplayOutcome,
     Request,
     SloBatcher,
+    SlowdownMeter,
     TritonDynamicBatcher,
     make_policy,
     replay,
@@ -262,3 +263,21 @@ def test_replay_times_a_known_schedule() -> None:
     assert out.response_s == pytest.approx([0.004, 0.007])
     assert out.batch_sizes == [1, 1]
     assert out.attainment == 0.5
+
+
+def test_slowdown_meter_reports_its_quantile_after_enough_batches() -> None:
+    meter = SlowdownMeter(lambda b: 0.01 * b, window=15, quantile=0.9, min_samples=3)
+    meter.observe(1, 0.02, 0.0)
+    meter.observe(4, 0.08, 0.1)
+    assert meter.value(0.1) is None  # thin data: nothing to say
+    meter.observe(2, 0.03, 0.2)
+    assert meter.value(0.2) == pytest.approx(2.0)  # ratios 2, 2, 1.5: never the largest alone
+    # Against the profile at each batch's own size, whatever the size; the window keeps the last 15.
+    for k in range(15):
+        meter.observe(1 + k % 8, 0.013 * (1 + k % 8), 0.3 + k * 0.01)
+    assert meter.value(0.5) == pytest.approx(1.3)
+    # One stall among the window moves nothing.
+    meter.observe(8, 0.8, 0.6)
+    assert meter.value(0.6) == pytest.approx(1.3)
+    # Samples age out: after the horizon with no batch, there is nothing to say.
+    assert meter.value(0.6 + 10.5) is None

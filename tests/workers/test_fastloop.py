@@ -381,6 +381,54 @@ def test_several_replicas_behind_one_backend_are_not_corrected() -> None:
     assert decider.slowdown("big", now) == 1.0
 
 
+def test_worker_reports_replace_the_inference_and_cover_several_replicas() -> None:
+    table = batching_table(FastLoopBounds(max_shift=0.0))
+    big = table.backends[0].model_copy(update={"capacity_qps": 160.0})  # 2 devices of 80/s
+    decider = RoutingDecider(table.model_copy(update={"backends": [big, *table.backends[1:]]}))
+    for _ in range(4):
+        decider.sent("big", 0.0)
+    # The first answer that says so counts at once: no groups, no back-to-back batches.
+    decider.finished("big", 0.1, "answered", ("pod-a:8080", 3.0))
+    assert decider.slowdown("big", 0.1) == pytest.approx(3.0)
+    # Two replicas behind one address: their capacity together, 2 / (1/3 + 1/1) = 1.5x.
+    decider.finished("big", 0.2, "answered", ("pod-b:8080", 1.0))
+    assert decider.slowdown("big", 0.2) == pytest.approx(1.5)
+    assert decider.effective_capacity_qps("big", 0.2) == pytest.approx(160 / 1.5)
+    # A replica faster than planned earns no credit; within the tolerance it is the plan.
+    decider.finished("big", 0.3, "answered", ("pod-a:8080", 0.5))
+    assert decider.slowdown("big", 0.3) == 1.0
+    decider.finished("big", 0.4, "answered", ("pod-a:8080", 1.04))
+    assert decider.slowdown("big", 0.4) == 1.0
+    # Reports age out: a replica not heard from within the horizon no longer counts.
+    decider.sent("big", 5.0)
+    decider.finished("big", 5.0, "answered", ("pod-b:8080", 2.0))
+    assert decider.slowdown("big", 5.0) == pytest.approx(2 / (1 / 1.04 + 1 / 2.0))
+    assert decider.slowdown("big", 10.5) == pytest.approx(2.0)
+    assert decider.slowdown("big", 15.1) == 1.0
+    # Only answers count (a drop is no evidence); a new capacity forgets the reports.
+    decider.sent("big", 15.1)
+    decider.sent("big", 15.1)
+    decider.finished("big", 15.2, "dropped", ("pod-a:8080", 9.0))
+    assert decider.slowdown("big", 15.2) == 1.0
+    decider.finished("big", 15.2, "answered", ("pod-a:8080", 2.5))
+    assert decider.slowdown("big", 15.2) == pytest.approx(2.5)
+    decider.update_table(table)  # big back to one device of 80/s
+    assert decider.slowdown("big", 15.2) == 1.0
+    # Without the correction, reports change nothing; without worker_reports, the router
+    # infers from the answers' timing as for a backend that sends none.
+    off = RoutingDecider(batching_table(FastLoopBounds(correct_capacity=False)))
+    off.sent("big", 0.0)
+    off.finished("big", 0.1, "answered", ("pod-a:8080", 3.0))
+    assert off.slowdown("big", 0.1) == 1.0
+    timing = RoutingDecider(batching_table(FastLoopBounds(worker_reports=False)))
+    timing.sent("big", 0.0)
+    timing.finished("big", 0.1, "answered", ("pod-a:8080", 3.0))
+    assert timing.slowdown("big", 0.1) == 1.0
+    assert not timing._states["big"].reports
+    now = drive(timing, "big", start_s=0.1, batches=20, batch_s=0.2)
+    assert timing.slowdown("big", now) == pytest.approx(2.0)
+
+
 def test_no_observations_behave_exactly_as_before() -> None:
     """Overloaded traffic on backends at their planned speed or faster: identical decisions with
     the correction on and off (and without a clock no correction is ever learned)."""

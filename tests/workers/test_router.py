@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 import torch
@@ -22,6 +23,7 @@ from accordion.workers.config import (
     BINARY_HEADER,
     DEADLINE_HEADER,
     OUTCOME_HEADER,
+    SLOWDOWN_HEADER,
     Backend,
     RoutingTable,
 )
@@ -297,22 +299,162 @@ async def test_answers_feed_the_capacity_correction(
 ) -> None:
     client, router, _, _ = stack
     seen: list[str] = []
+    reports: list[tuple[str, float] | None] = []
     finished = router.decider.finished
 
-    def record(name: str, now_s: float | None = None, outcome: Outcome = "answered") -> None:
+    def record(
+        name: str,
+        now_s: float | None = None,
+        outcome: Outcome = "answered",
+        report: tuple[str, float] | None = None,
+    ) -> None:
         seen.append(outcome)
-        finished(name, now_s, outcome)
+        reports.append(report)
+        finished(name, now_s, outcome, report)
 
     router.decider.finished = record  # type: ignore[method-assign]
-    await send(client, 2)
+    for _ in range(4):  # one batch each
+        await send(client, 1)
     await send(client, 1, **{DEADLINE_HEADER: "0.001"})  # dropped by the worker
     await client.post("/v2/models/classifier/infer", data=b"{oops")  # a 400: no capacity signal
-    assert seen == ["answered", "answered", "dropped", "failed"]
+    assert seen == ["answered"] * 4 + ["dropped", "failed"]
     assert router.decider.inflight("big") == 0
+    # The worker tells its speed from its third batch on (thin data before), and its name.
+    assert reports[:2] == [None, None]
+    assert reports[4:] == [None, None]
+    replica = f"{socket.gethostname()}:{worker_config().port}"  # the port it is configured on
+    for report in reports[2:4]:
+        assert report is not None
+        assert report[0] == replica
+        assert report[1] > 0
     text = await (await client.get("/metrics")).text()
     assert (
         metric(text, 'accordion_router_backend_slowdown{service="classifier",variant="big"}') == 1
     )
+
+
+async def test_a_worker_slower_than_its_profile_lowers_the_routers_capacity(
+    tmp_path: Path,
+) -> None:
+    """A worker whose profile promises far more than it runs (1 us a batch) reports it in its
+    answers, and the router counts on that much less capacity: to the correction's cap."""
+    async with AsyncExitStack() as stack:
+        worker = Worker(worker_config(profile_ms={1: 0.001, 8: 0.002}), warm_up=False)
+        server = TestServer(create_app(worker))
+        await stack.enter_async_context(server)
+        path = tmp_path / "routing.json"
+        url = str(server.make_url("")).rstrip("/")
+        table = RoutingTable(
+            service="classifier",
+            slo_ms=2000.0,
+            backends=[
+                Backend(
+                    name="big",
+                    url=url,
+                    model_name="demo-xs",
+                    weight=1.0,
+                    accuracy=0.8,
+                    capacity_qps=1000.0,
+                    max_batch_size=8,
+                    batch_latency_ms=0.002,
+                )
+            ],
+        )
+        path.write_text(table.model_dump_json())
+        router = Router(path, health_interval_s=0.1)
+        client = await stack.enter_async_context(TestClient(TestServer(create_router_app(router))))
+        for _ in range(2):
+            resp = await client.post("/v2/models/classifier/infer", json=sample_body())
+            assert resp.status == 200
+            assert SLOWDOWN_HEADER not in resp.headers
+        assert router.decider.slowdown("big") == 1.0
+        resp = await client.post("/v2/models/classifier/infer", json=sample_body())
+        assert resp.status == 200
+        assert router.decider.slowdown("big") == router.decider.max_slowdown == 4.0
+        assert router.decider.effective_capacity_qps("big") == pytest.approx(250.0)
+        text = await (await client.get("/metrics")).text()
+        gauge = 'accordion_router_backend_slowdown{service="classifier",variant="big"}'
+        assert metric(text, gauge) == 4.0
+
+
+def round_robin_proxy(upstreams: list[str]) -> web.Application:
+    """What a Kubernetes Service does for the router: each request to one address goes to the
+    next of several worker replicas (headers and bodies passed through)."""
+    turn = iter(range(1 << 30))
+    session: list[aiohttp.ClientSession] = []
+
+    async def forward(request: web.Request) -> web.Response:
+        if not session:
+            session.append(aiohttp.ClientSession())
+        url = upstreams[next(turn) % len(upstreams)] + request.path_qs
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with session[0].request(request.method, url, data=body, headers=headers) as resp:
+            data = await resp.read()
+            out = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
+            return web.Response(body=data, status=resp.status, headers=out)
+
+    async def close(_: web.Application) -> None:
+        for s in session:
+            await s.close()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    app.on_cleanup.append(close)
+    return app
+
+
+_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding"}
+
+
+async def test_several_replicas_behind_one_address_are_corrected_together(
+    tmp_path: Path,
+) -> None:
+    """Two worker replicas behind one Service address: one far slower than the profile (1 us a
+    batch), one faster (1 s a batch). The router tells their reports apart and counts on their
+    capacity together: 2 / (1 / s0 + 1 / 1), between 1.6x and 2x slower than planned."""
+    async with AsyncExitStack() as stack:
+        urls: list[str] = []
+        for profile in ({1: 0.001, 8: 0.002}, {1: 1000.0, 8: 2000.0}):
+            worker = Worker(worker_config(profile_ms=profile), warm_up=False)
+            worker.replica = f"replica-{len(urls)}"
+            server = TestServer(create_app(worker))
+            await stack.enter_async_context(server)
+            urls.append(str(server.make_url("")).rstrip("/"))
+        proxy = TestServer(round_robin_proxy(urls))
+        await stack.enter_async_context(proxy)
+        path = tmp_path / "routing.json"
+        table = RoutingTable(
+            service="classifier",
+            slo_ms=2000.0,
+            backends=[
+                Backend(
+                    name="big",
+                    url=str(proxy.make_url("")).rstrip("/"),
+                    model_name="demo-xs",
+                    weight=1.0,
+                    accuracy=0.8,
+                    capacity_qps=2000.0,  # 2 replicas
+                    max_batch_size=8,
+                    batch_latency_ms=0.002,
+                )
+            ],
+        )
+        path.write_text(table.model_dump_json())
+        router = Router(path, health_interval_s=0.1)
+        client = await stack.enter_async_context(TestClient(TestServer(create_router_app(router))))
+        for _ in range(8):  # 4 batches each: both replicas report
+            resp = await client.post("/v2/models/classifier/infer", json=sample_body())
+            assert resp.status == 200
+        reports = router.decider._states["big"].reports
+        assert set(reports) == {"replica-0", "replica-1"}
+        assert reports["replica-0"][1] > 4.0
+        assert reports["replica-1"][1] < 1.0
+        # Together: 2 / (1 / s0 + 1 / 1), the fast one counting as planned (no credit).
+        together = 2 / (1 / reports["replica-0"][1] + 1.0)
+        assert 1.6 < together < 2.0
+        assert router.decider.slowdown("big") == pytest.approx(together)
+        assert router.decider.effective_capacity_qps("big") == pytest.approx(2000 / together)
 
 
 async def test_a_backend_that_starts_late_rejoins_quickly(tmp_path: Path) -> None:

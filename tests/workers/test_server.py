@@ -13,7 +13,13 @@ import torch
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from accordion.workers.config import BINARY_HEADER, DEADLINE_HEADER, OUTCOME_HEADER, BatchingConfig
+from accordion.workers.config import (
+    BINARY_HEADER,
+    DEADLINE_HEADER,
+    OUTCOME_HEADER,
+    SLOWDOWN_HEADER,
+    BatchingConfig,
+)
 from accordion.workers.models import LoadedModel, build_demo
 from accordion.workers.server import Worker, create_app
 
@@ -282,3 +288,37 @@ async def test_bad_binary_input_gets_a_precise_400(
     assert reason in (await resp.json())["error"], case
     ok = await worker_client.post("/v2/models/demo-xs/infer", json=sample_body())
     assert ok.status == 200
+
+
+async def test_slowdown_counts_what_the_worker_adds_between_back_to_back_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The model runs 10 ms a batch but says 5 ms (its execution alone); the profile says 10 ms.
+    Batches that follow one another at once are sampled start to start (>= 10 ms: 1x the
+    profile and more), a batch after which the queue is empty by its execution (0.5x)."""
+    config = worker_config(
+        profile_ms={1: 10.0, 8: 10.0},
+        batching=BatchingConfig(policy="triton", max_batch_size=1, max_queue_delay_ms=0.0),
+    )
+    worker = Worker(config, warm_up=False)
+
+    async def run(batch: Any) -> tuple[Any, float]:
+        await asyncio.sleep(0.01)
+        return np.zeros((len(batch), 100), dtype=np.float32), 0.005
+
+    monkeypatch.setattr(worker.runner, "run", run)
+    async with TestClient(TestServer(create_app(worker))) as client:
+        loop = asyncio.get_running_loop()
+        for _ in range(4):  # one at a time: each batch ends with an empty queue
+            assert (await client.post("/v2/models/demo-xs/infer", json=sample_body())).status == 200
+        assert worker.meter is not None
+        assert worker.meter.value(loop.time()) == pytest.approx(0.5)
+        # Twelve at once: batches of one, back to back (the last ends with an empty queue).
+        answers = await asyncio.gather(
+            *(client.post("/v2/models/demo-xs/infer", json=sample_body()) for _ in range(12))
+        )
+        assert [a.status for a in answers] == [200] * 12
+        value = worker.meter.value(loop.time())
+        assert value is not None
+        assert value >= 1.0
+        assert float(answers[-1].headers[SLOWDOWN_HEADER]) >= 1.0

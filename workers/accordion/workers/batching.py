@@ -185,6 +185,50 @@ class LatencyPredictor:
         self._correction = None
 
 
+class SlowdownMeter:
+    """How many times slower than its profile a worker runs now, for the router's fast loop.
+
+    Each batch gives one sample, the time it took / the profiled execution latency at its size.
+    The driver says what "took" means: the worker passes, for a batch followed at once by the
+    next one, the time from its start to the next one's (what the worker adds per batch, taking
+    requests in and answering them, is capacity lost as much as a slower model), and otherwise
+    the execution alone (an idle spell after it is no slowness). The value is the `quantile` of
+    the last `window` samples younger than
+    `horizon_s` (the router must be right for nearly every batch), never their largest (one
+    stall moves nothing); None with fewer than `min_samples` (thin data: the plan stands).
+    """
+
+    def __init__(
+        self,
+        base_s: Callable[[int], float],
+        *,
+        window: int = 15,
+        quantile: float = 0.9,
+        min_samples: int = 3,
+        horizon_s: float = 10.0,
+    ) -> None:
+        self._base_s = base_s
+        self._samples: deque[tuple[float, float]] = deque(maxlen=max(1, window))
+        self._quantile = quantile
+        self._min_samples = max(1, min_samples)
+        self._horizon_s = horizon_s
+
+    def observe(self, batch_size: int, latency_s: float, now_s: float) -> None:
+        base = self._base_s(batch_size)
+        if batch_size >= 1 and base > 0 and latency_s > 0 and math.isfinite(latency_s):
+            self._samples.append((now_s, latency_s / base))
+
+    def value(self, now_s: float) -> float | None:
+        samples = self._samples
+        while samples and samples[0][0] < now_s - self._horizon_s:
+            samples.popleft()
+        if len(samples) < self._min_samples:
+            return None
+        ratios = sorted(r for _, r in samples)
+        rank = round(self._quantile * (len(ratios) - 1))
+        return ratios[min(rank, len(ratios) - 2)]
+
+
 class BatchingPolicy(ABC):
     """The interface every policy offers to its driver (worker loop or simulator)."""
 

@@ -18,6 +18,13 @@ DEADLINE_HEADER = "x-accordion-deadline-ms"
 """Request header carrying the remaining latency budget of a request, in milliseconds."""
 OUTCOME_HEADER = "x-accordion-outcome"
 """Response header of the worker and the router: the request's outcome (metric label)."""
+SLOWDOWN_HEADER = "x-accordion-slowdown"
+"""Response header of the worker: how many times slower than its latency profile it runs now
+(`batching.SlowdownMeter`); absent while it has run too few batches to tell. The router's fast
+loop corrects the backend's planned capacity with it."""
+REPLICA_HEADER = "x-accordion-replica"
+"""Response header of the worker: which replica answered (host:port), so that a router that
+reaches several replicas through one Service address tells their reports apart."""
 BINARY_HEADER = "Inference-Header-Content-Length"
 """KServe v2 binary tensor extension: length of the JSON header before the raw tensor bytes."""
 
@@ -115,6 +122,11 @@ class FastLoopBounds(_Model):
         True,
         description="Count on what each backend is seen to serve when it is less than planned "
         "(online correction of the planned capacity from the answers the router gets).",
+    )
+    worker_reports: bool = Field(
+        True,
+        description="Correct from the workers' own reports (x-accordion-slowdown) when they "
+        "send them; false: only from the timing of the answers.",
     )
 
 

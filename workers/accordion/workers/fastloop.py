@@ -71,6 +71,18 @@ that would have been slow (survivorship). Only backends whose planned capacity i
 (capacity x batch latency = the batch) are corrected: the answers of several replicas behind
 one address interleave and form no batches.
 
+A worker of ours says it better: every answer carries the worker's own measure of how many
+times slower than its profile it executes now (`SLOWDOWN_HEADER`, the `SlowdownMeter` of
+`accordion.workers.batching`: the 0.9 quantile over its last 15 batches of the time from a
+batch's start to the next one's when they ran back to back, else the execution, over the
+profiled latency)
+and which replica answered (`REPLICA_HEADER`). Once a backend's answers carry reports, they
+replace the inference above for that backend: the slowdown is the replicas' together (n / sum
+of 1 / s_i over the replicas heard from within `correction_horizon_s`), so a backend of several
+replicas behind one Service address is corrected too, and from the first slow batch on, without
+waiting for back-to-back groups. Backends that do not report (another server) keep the
+inference.
+
 No I/O and no clock of its own: the router (`accordion.workers.router`) and the simulator
 (`accordion.sim`) drive it with their own time, calling `choose`, `sent` and `finished` (each
 takes an optional `now_s`; without it, predictions assume the running batch has just started
@@ -124,11 +136,14 @@ class BackendState:
     """(time, cycle / planned batch latency) per measured batch, oldest first."""
     slowdown: float = 1.0
     """The current correction: the backend runs `slowdown` times slower than planned."""
+    reports: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """replica -> (time, slowdown) of its last answer that said (`SLOWDOWN_HEADER`)."""
 
     def reset_correction(self) -> None:
         self.last_answer_s = self.group_start_s = self.previous_group_s = None
         self.group_size = self.group_in_hand = self.in_hand_after_answer = 0
         self.samples.clear()
+        self.reports.clear()
         self.slowdown = 1.0
 
 
@@ -209,15 +224,23 @@ class RoutingDecider:
         state.inflight += 1
 
     def finished(
-        self, name: str, now_s: float | None = None, outcome: Outcome = "answered"
+        self,
+        name: str,
+        now_s: float | None = None,
+        outcome: Outcome = "answered",
+        report: tuple[str, float] | None = None,
     ) -> None:
         """A request sent to `name` came back: `answered` (ok or late), `dropped` (the worker
-        gave up on it or shed it) or `failed` (no answer: an error or a timeout)."""
+        gave up on it or shed it) or `failed` (no answer: an error or a timeout). `report`:
+        what the answering worker said of its own speed, (replica, slowdown), if it did."""
         state = self._states.get(name)
         if state is None or state.inflight <= 0:
             return
         if outcome == "answered" and now_s is not None:
-            self._answered(state, now_s)
+            if report is not None and self.table.fast_loop.worker_reports:
+                state.reports[report[0]] = (now_s, report[1])
+            else:
+                self._answered(state, now_s)
         state.inflight -= 1
         # Its batch ended: the next one (if any is queued) starts now.
         state.batch_started_s = now_s if state.inflight > 0 else None
@@ -300,11 +323,32 @@ class RoutingDecider:
         state = self._states[name]
         if not self.table.fast_loop.correct_capacity:
             return 1.0
+        if state.reports:
+            return self._reported(state, now_s)
         samples = state.samples
         if now_s is not None and samples and samples[0][0] < now_s - self.correction_horizon_s:
             while samples and samples[0][0] < now_s - self.correction_horizon_s:
                 samples.popleft()
             self._estimate(state)
+        return state.slowdown
+
+    def _reported(self, state: BackendState, now_s: float | None) -> float:
+        """The slowdown the backend's replicas report: their capacity together, n / sum(1 /
+        s_i) over the replicas heard from within the horizon (a replica never counts as
+        faster than planned), within `correction_tolerance` of the plan: the plan."""
+        reports = state.reports
+        if now_s is not None:
+            for replica in [
+                r for r, (t, _) in reports.items() if t < now_s - self.correction_horizon_s
+            ]:
+                del reports[replica]
+        if not reports:
+            state.slowdown = 1.0
+            return 1.0
+        value = len(reports) / sum(1.0 / max(1.0, s) for _, s in reports.values())
+        state.slowdown = (
+            1.0 if value <= 1.0 + self.correction_tolerance else min(self.max_slowdown, value)
+        )
         return state.slowdown
 
     def effective_capacity_qps(self, name: str, now_s: float | None = None) -> float | None:

@@ -40,6 +40,7 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -53,7 +54,14 @@ from prometheus_client import (
     generate_latest,
 )
 
-from accordion.workers.config import BINARY_HEADER, DEADLINE_HEADER, OUTCOME_HEADER, RoutingTable
+from accordion.workers.config import (
+    BINARY_HEADER,
+    DEADLINE_HEADER,
+    OUTCOME_HEADER,
+    REPLICA_HEADER,
+    SLOWDOWN_HEADER,
+    RoutingTable,
+)
 from accordion.workers.fastloop import RoutingDecider
 
 log = logging.getLogger(__name__)
@@ -351,6 +359,7 @@ class Router:
                 worker_outcome = resp.headers.get(OUTCOME_HEADER, "")
                 response_type = resp.headers.get("Content-Type", "application/json")
                 response_binary = resp.headers.get(BINARY_HEADER)
+                report = worker_report(resp.headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.decider.finished(name, loop.time(), "failed")
             self._publish_weights()
@@ -373,6 +382,7 @@ class Router:
             name,
             loop.time(),
             "answered" if status == 200 else "dropped" if outcome == "dropped" else "failed",
+            report if status == 200 else None,
         )
         self._publish_weights()
         m.outcomes.labels(service, name, outcome).inc()
@@ -380,6 +390,21 @@ class Router:
         if response_binary is not None:
             out_headers[BINARY_HEADER] = response_binary
         return web.Response(body=payload, status=status, headers=out_headers)
+
+
+def worker_report(headers: Mapping[str, str]) -> tuple[str, float] | None:
+    """(replica, slowdown) from a worker's answer, when it says (`SLOWDOWN_HEADER`); a value
+    that is no positive number is ignored."""
+    text = headers.get(SLOWDOWN_HEADER)
+    if text is None:
+        return None
+    try:
+        slowdown = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(slowdown) or slowdown <= 0:
+        return None
+    return headers.get(REPLICA_HEADER, ""), slowdown
 
 
 def _json_error(status: int, reason: str, outcome: str) -> web.Response:

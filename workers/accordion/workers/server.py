@@ -32,6 +32,7 @@ import contextlib
 import itertools
 import json
 import math
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +48,21 @@ from prometheus_client import (
     generate_latest,
 )
 
-from accordion.workers.batching import BatchingPolicy, Request, make_policy
-from accordion.workers.config import BINARY_HEADER, DEADLINE_HEADER, OUTCOME_HEADER, WorkerConfig
+from accordion.workers.batching import (
+    BatchingPolicy,
+    LatencyPredictor,
+    Request,
+    SlowdownMeter,
+    make_policy,
+)
+from accordion.workers.config import (
+    BINARY_HEADER,
+    DEADLINE_HEADER,
+    OUTCOME_HEADER,
+    REPLICA_HEADER,
+    SLOWDOWN_HEADER,
+    WorkerConfig,
+)
 from accordion.workers.models import LoadedModel, ModelRunner, load_model
 
 LATENCY_BUCKETS_S = (
@@ -158,6 +172,11 @@ class Worker:
         self.accuracy = config.accuracy if config.accuracy is not None else self.model.accuracy
         self._warm_up = warm_up
         self.policy: BatchingPolicy | None = None
+        self.meter: SlowdownMeter | None = None
+        self._open_cycle: tuple[float, int, float] | None = None
+        """(started, size, execution) of the last batch, while it may have a successor."""
+        self.replica = f"{socket.gethostname()}:{config.port}"
+        """This replica's name in its answers (`REPLICA_HEADER`): unique per pod and port."""
         self.ready = False
         self._ids = itertools.count()
         self._kick = asyncio.Event()
@@ -184,6 +203,7 @@ class Worker:
                     measured[b] = sorted(runs)[-2]
                 profile_s = measured
         self.policy = make_policy(self.config.batching, profile_s, self.config.slo_s)
+        self.meter = SlowdownMeter(LatencyPredictor(profile_s).base_s)
         for b in sizes:
             predicted = self.policy.predicted_latency_s(b)
             if predicted is not None:
@@ -216,9 +236,10 @@ class Worker:
                 assert isinstance(pending, _Pending)
                 if not pending.future.done():
                     pending.future.set_exception(_DroppedError(dropped.reason))
+            self._close_cycle(now, bool(decision.batch))
             if decision.batch:
                 self._batch_task = asyncio.create_task(
-                    self._execute(decision.batch, decision.predicted_latency_s)
+                    self._execute(decision.batch, decision.predicted_latency_s, now)
                 )
             self.metrics.queue_depth.labels(self.config.model_name).set(policy.queue_depth)
             timeout = None
@@ -227,7 +248,20 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout)
 
-    async def _execute(self, batch: tuple[Request, ...], predicted_s: float | None) -> None:
+    def _close_cycle(self, now_s: float, started_another: bool) -> None:
+        """The first decision after a batch that ended with requests waiting: if it starts the
+        next batch, the two ran back to back, and the time from one start to the next (the
+        execution, answering the batch, taking the arrivals in: what the worker can serve) is
+        the sample; else (the batcher waits or dropped them) the execution alone."""
+        cycle, self._open_cycle = self._open_cycle, None
+        if cycle is None or self.meter is None:
+            return
+        started_s, size, execution_s = cycle
+        self.meter.observe(size, now_s - started_s if started_another else execution_s, now_s)
+
+    async def _execute(
+        self, batch: tuple[Request, ...], predicted_s: float | None, started_s: float
+    ) -> None:
         loop = asyncio.get_running_loop()
         policy = self.policy
         assert policy is not None
@@ -244,6 +278,10 @@ class Worker:
             return
         now = loop.time()
         policy.complete(len(batch), latency_s, now)
+        if policy.queue_depth:  # the next batch may follow at once: see `_close_cycle`
+            self._open_cycle = (started_s, len(batch), latency_s)
+        elif self.meter is not None:
+            self.meter.observe(len(batch), latency_s, now)
         self.metrics.observe_batch(len(batch), latency_s, predicted_s)
         for row, request in enumerate(batch):
             pending = request.payload
@@ -252,6 +290,14 @@ class Worker:
             if not pending.future.done():
                 pending.future.set_result((output[row : row + 1], outcome))
         self._kick.set()
+
+    def report_headers(self, now_s: float) -> dict[str, str]:
+        """What every answer tells the router: this replica, and its slowdown when known."""
+        headers = {REPLICA_HEADER: self.replica}
+        slowdown = self.meter.value(now_s) if self.meter is not None else None
+        if slowdown is not None:
+            headers[SLOWDOWN_HEADER] = f"{slowdown:.4g}"  # never 0: a fast worker too
+        return headers
 
     async def submit(
         self, sample: npt.NDArray[np.generic], budget_s: float
@@ -537,6 +583,7 @@ def create_app(worker: Worker) -> web.Application:
             return _error(500, f"model execution failed: {exc}", "rejected")
         counter.labels(name, outcome).inc()
         metrics.request_latency.labels(name).observe(loop.time() - arrival)
+        headers = {OUTCOME_HEADER: outcome, **worker.report_headers(loop.time())}
         tensor: dict[str, Any] = {
             "name": output_name,
             "shape": list(output.shape),
@@ -547,14 +594,14 @@ def create_app(worker: Worker) -> web.Application:
             response["id"] = request_id
         if not binary_out:
             tensor["data"] = output.astype(np.float32).ravel().tolist()
-            return web.json_response(response, headers={OUTCOME_HEADER: outcome})
+            return web.json_response(response, headers=headers)
         data = output.astype("<f4").tobytes()
         tensor["parameters"] = {"binary_data_size": len(data)}
         header = json.dumps(response).encode()
         return web.Response(
             body=header + data,
             content_type="application/octet-stream",
-            headers={OUTCOME_HEADER: outcome, BINARY_HEADER: str(len(header))},
+            headers={**headers, BINARY_HEADER: str(len(header))},
         )
 
     async def prometheus(_: web.Request) -> web.Response:
