@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 COMPONENTS := solver workers operator
 SRC := solver/accordion workers/accordion operator/accordion accordion
 
-.PHONY: plan-demo observability check-observability install tools demo test lint types layering unit crds check-crds bench bench-solver clean images
+.PHONY: plan-demo observability check-observability install tools demo test lint types layering unit crds check-crds bench bench-solver bench-batching bench-router bench-proteus bench-operator clean images
 
 $(STAMP): pyproject.toml solver/pyproject.toml workers/pyproject.toml operator/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,7 +82,21 @@ check-observability: install
 bench-solver: install
 	$(PY) bench/solver/run.py
 
-bench: bench-solver
+# The benchmarks on real processes share this machine's cores: run them one at a time, alone.
+bench-batching: install
+	flock /tmp/accordion-heavy.lock $(PY) bench/batching/run.py
+
+bench-router: install
+	flock /tmp/accordion-heavy.lock $(PY) bench/router/run.py
+
+bench-proteus: install
+	flock /tmp/accordion-heavy.lock $(PY) bench/proteus/run.py
+	flock /tmp/accordion-heavy.lock $(PY) bench/proteus/run.py --scale 10
+
+bench-operator: install
+	flock /tmp/accordion-heavy.lock $(PY) bench/operator/bench_operator.py --sizes 10 100 1000 --loop-only 10 100 1000
+
+bench: bench-solver bench-batching bench-router bench-proteus bench-operator
 
 images:
 	docker build -f operator/Dockerfile -t accordion-operator:0.1.0 .
