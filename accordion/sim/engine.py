@@ -34,29 +34,17 @@ from accordion.sim.policy import ControlPolicy, SimView, Target
 from accordion.sim.workload import Cluster, Family, Workload
 from accordion.solver import Allocation, VariantSpec
 from accordion.workers.batching import BatchingPolicy, Decision, Request
-from accordion.workers.config import Backend, FastLoopBounds, RoutingTable
+from accordion.workers.config import (
+    Backend,
+    FastLoopBounds,
+    RoutingTable,
+    interpolate_profile,
+)
 from accordion.workers.fastloop import Outcome, RoutingDecider
 
 # Event kinds, in the order they run at the same instant.
 _COMPLETE, _READY, _RETIRE, _WAKE, _MEASURE, _REPLAN = range(6)
 _EPS = 1e-9
-
-
-def _interpolate(points: list[tuple[int, float]], batch_size: int) -> float:
-    """Latency of `batch_size`: linear between profiled sizes, proportional beyond the last."""
-    points = sorted(points)
-    lo = points[0]
-    for b, lat in points:
-        if b == batch_size:
-            return lat
-        if b > batch_size:
-            b0, l0 = lo
-            if b0 >= batch_size:
-                return lat
-            return l0 + (lat - l0) * (batch_size - b0) / (b - b0)
-        lo = (b, lat)
-    b0, l0 = points[-1]
-    return l0 * batch_size / b0
 
 
 @dataclass(frozen=True)
@@ -170,9 +158,9 @@ class Simulator:
     def exec_time_s(self, replica: Replica, batch_size: int) -> float:
         """An execution time of a batch, drawn per `SimConfig.service_time`."""
         points = replica.variant.profiles[replica.pool]
-        p50 = _interpolate([(p.batch_size, p.p50_s) for p in points], batch_size)
-        p90 = _interpolate(
-            [(p.batch_size, p.p90_s if p.p90_s is not None else p.p50_s) for p in points],
+        p50 = interpolate_profile({p.batch_size: p.p50_s for p in points}, batch_size)
+        p90 = interpolate_profile(
+            {p.batch_size: p.p90_s if p.p90_s is not None else p.p50_s for p in points},
             batch_size,
         )
         mode = self.config.service_time
@@ -241,8 +229,8 @@ class Simulator:
             for r in ready:
                 full = r.policy.predicted_latency_s(r.max_batch_size)
                 if full is None:
-                    full = _interpolate(
-                        [(p.batch_size, p.p50_s) for p in r.variant.profiles[r.pool]],
+                    full = interpolate_profile(
+                        {p.batch_size: p.p50_s for p in r.variant.profiles[r.pool]},
                         r.max_batch_size,
                     )
                 backends.append(

@@ -23,7 +23,6 @@ Usage: .venv/bin/python bench/batching/policy_sim.py  (writes bench/results/batc
 from __future__ import annotations
 
 import argparse
-import bisect
 import math
 import random
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from accordion.workers.batching import (
     make_policy,
     replay,
 )
-from accordion.workers.config import BatchingConfig
+from accordion.workers.config import BatchingConfig, interpolate_profile
 from accordion.workers.loadgen import poisson_schedule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,20 +53,8 @@ Factory = Callable[[], BatchingPolicy]
 
 
 def interpolate(profile_ms: dict[int, float]) -> Callable[[int], float]:
-    """Execution latency (s) for any batch size: linear between profiled sizes."""
-    sizes = sorted(profile_ms)
-
-    def latency_s(b: int) -> float:
-        i = bisect.bisect_left(sizes, b)
-        if i < len(sizes) and sizes[i] == b:
-            return profile_ms[b] / 1000
-        if i == 0:
-            return profile_ms[sizes[0]] / 1000
-        b0, b1 = (sizes[-2], sizes[-1]) if i == len(sizes) else (sizes[i - 1], sizes[i])
-        l0, l1 = profile_ms[b0], profile_ms[b1]
-        return (l0 + (l1 - l0) * (b - b0) / (b1 - b0)) / 1000
-
-    return latency_s
+    """Execution latency (s) for any batch size, as the worker reads its profile."""
+    return lambda b: interpolate_profile(profile_ms, b) / 1000
 
 
 def rescale_schedule(

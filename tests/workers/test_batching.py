@@ -21,7 +21,7 @@ from accordion.workers.batching import (
     make_policy,
     replay,
 )
-from accordion.workers.config import BatchingConfig
+from accordion.workers.config import BatchingConfig, interpolate_profile
 
 
 def affine(base_s: float, per_item_s: float) -> Callable[[int], float]:
@@ -281,3 +281,18 @@ def test_slowdown_meter_reports_its_quantile_after_enough_batches() -> None:
     assert meter.value(0.6) == pytest.approx(1.3)
     # Samples age out: after the horizon with no batch, there is nothing to say.
     assert meter.value(0.6 + 10.5) is None
+
+
+def test_one_profile_reading_for_batcher_router_and_simulator() -> None:
+    profile = {2: 10.0, 4: 14.0, 8: 30.0}
+    assert interpolate_profile(profile, 1) == 10.0  # below the smallest: its value
+    assert interpolate_profile(profile, 3) == pytest.approx(12.0)  # linear between
+    assert interpolate_profile(profile, 8) == 30.0
+    assert interpolate_profile(profile, 10) == pytest.approx(38.0)  # the last slope beyond
+    assert interpolate_profile({4: 8.0}, 8) == pytest.approx(16.0)  # one size: proportional
+    assert interpolate_profile({4: 8.0}, 2) == 8.0
+    assert interpolate_profile({1: 5.0, 4: 4.0}, 9) == 4.0  # a falling end is not extended
+    with pytest.raises(ValueError, match="at least one batch size"):
+        interpolate_profile({}, 1)
+    # The batcher's base curve and the router's profile reading are this function.
+    assert LatencyPredictor(profile).base_s(10) == interpolate_profile(profile, 10)

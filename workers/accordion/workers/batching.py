@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from accordion.workers.config import BatchingConfig
+from accordion.workers.config import BatchingConfig, interpolate_profile
 
 
 @dataclass(eq=False)
@@ -99,7 +99,7 @@ class LatencyPredictor:
             raise ValueError("a latency profile needs at least one batch size")
         if any(b < 1 or lat <= 0 for b, lat in profile_s.items()):
             raise ValueError("profile batch sizes must be >= 1 and latencies > 0")
-        self._profile = sorted(profile_s.items())
+        self._profile = dict(profile_s)
         self._window = window
         self._quantile = quantile
         self._min_samples = min_samples
@@ -113,23 +113,8 @@ class LatencyPredictor:
         self._tail = 1.0
 
     def base_s(self, batch_size: int) -> float:
-        """The profile's latency for `batch_size` (interpolated or extrapolated)."""
-        pts = self._profile
-        if len(pts) == 1:
-            b0, l0 = pts[0]
-            return l0 * max(1.0, batch_size / b0) if batch_size > b0 else l0
-        sizes = [b for b, _ in pts]
-        i = bisect.bisect_left(sizes, batch_size)
-        if i < len(pts) and pts[i][0] == batch_size:
-            return pts[i][1]
-        if i == 0:
-            return pts[0][1]
-        if i == len(pts):
-            (b0, l0), (b1, l1) = pts[-2], pts[-1]
-        else:
-            (b0, l0), (b1, l1) = pts[i - 1], pts[i]
-        slope = max(0.0, (l1 - l0) / (b1 - b0))
-        return l0 + slope * (batch_size - b0)
+        """The profile's latency for `batch_size` (`config.interpolate_profile`)."""
+        return interpolate_profile(self._profile, batch_size)
 
     def _own_estimate(self, batch_size: int) -> float | None:
         return self._estimates.get(batch_size)

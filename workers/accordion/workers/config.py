@@ -9,6 +9,8 @@ Units: seconds internally, milliseconds in these user-facing files (the API edge
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -39,6 +41,26 @@ def _positive_profile(value: dict[int, float]) -> dict[int, float]:
 
 
 ProfileMs = Annotated[dict[int, float], AfterValidator(_positive_profile)]
+
+
+def interpolate_profile(profile: Mapping[int, float], size: int) -> float:
+    """A latency profile's value at batch `size` (any unit): linear between profiled sizes, the
+    last slope (never negative) beyond them, the smallest size's value below it; a profile of
+    one size scales in proportion above it. The worker's batcher, the router's fast loop and
+    the simulator all read profiles through this one function."""
+    points = sorted(profile.items())
+    if not points:
+        raise ValueError("a latency profile needs at least one batch size")
+    if size <= points[0][0] or len(points) == 1:
+        b0, l0 = points[0]
+        return l0 if size <= b0 else l0 * size / b0
+    for (b0, l0), (b1, l1) in itertools.pairwise(points):
+        if size <= b1:
+            return l0 + (l1 - l0) * (size - b0) / (b1 - b0)
+    (b0, l0), (b1, l1) = points[-2], points[-1]
+    return l1 + max(0.0, (l1 - l0) / (b1 - b0)) * (size - b1)
+
+
 """Latency (ms) per batch size, as a profile gives it: batch sizes >= 1, latencies > 0."""
 
 

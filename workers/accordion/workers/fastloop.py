@@ -92,14 +92,13 @@ late), ``dropped`` (the worker gave up on it: a 503 shed or drop) or ``failed``.
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from accordion.workers.config import Backend, RoutingTable
+from accordion.workers.config import Backend, RoutingTable, interpolate_profile
 
 Outcome = Literal["answered", "dropped", "failed"]
 
@@ -145,20 +144,6 @@ class BackendState:
         self.samples.clear()
         self.reports.clear()
         self.slowdown = 1.0
-
-
-def _interpolate(profile: dict[int, float], size: int) -> float:
-    """A profile's latency at `size`: linear between profiled sizes, the last slope beyond
-    them, the smallest size's latency below it."""
-    points = sorted(profile.items())
-    if size <= points[0][0] or len(points) == 1:
-        b0, l0 = points[0]
-        return l0 if size <= b0 else l0 * size / b0
-    for (b0, l0), (b1, l1) in itertools.pairwise(points):
-        if size <= b1:
-            return l0 + (l1 - l0) * (size - b0) / (b1 - b0)
-    (b0, l0), (b1, l1) = points[-2], points[-1]
-    return l1 + max(0.0, (l1 - l0) / (b1 - b0)) * (size - b1)
 
 
 class RoutingDecider:
@@ -294,7 +279,7 @@ class RoutingDecider:
         ):
             return
         if backend.profile_ms and 2 * size >= batch:
-            planned_s = _interpolate(backend.profile_ms, size) / 1000.0
+            planned_s = interpolate_profile(backend.profile_ms, size) / 1000.0
         elif size >= batch:
             planned_s = backend.batch_latency_ms / 1000.0 * size / batch
         else:
@@ -420,11 +405,11 @@ class RoutingDecider:
             return None
         batch = max(1, backend.max_batch_size)
         slo_s = self.table.slo_s
-        latency_s = _interpolate(backend.profile_ms, batch) / 1000.0 * slowdown
+        latency_s = interpolate_profile(backend.profile_ms, batch) / 1000.0 * slowdown
         if 2 * latency_s <= slo_s:
             return None
         for size in range(batch - 1, 0, -1):
-            latency_s = _interpolate(backend.profile_ms, size) / 1000.0 * slowdown
+            latency_s = interpolate_profile(backend.profile_ms, size) / 1000.0 * slowdown
             if 2 * latency_s <= slo_s:
                 return size, latency_s
         return 1, latency_s
