@@ -186,3 +186,15 @@ def test_restart_makes_no_changes(cluster: Cluster, operator: Operator) -> None:
     cluster.create(isvc("canary", "canary", "pool-canary", 10.0))
     wait_for("the canary's worker", lambda: cluster.workers("canary"), timeout_s=60)
     assert cluster.versions(ns) == before
+
+
+def test_the_log_tells_the_passes_not_every_watch_event(
+    cluster: Cluster, operator: Operator
+) -> None:
+    ns, pool = "quiet", "pool-quiet"
+    cluster.create_pool(pool, 1)
+    cluster.create(isvc("svc", ns, pool, 10.0))
+    wait_for("the worker", lambda: cluster.workers(ns))
+    wait_for("a pass in the log", lambda: "planned " in operator.log())
+    assert "Handler 'on_service' succeeded" not in operator.log()
+    assert "Handler 'on_deployment' succeeded" not in operator.log()

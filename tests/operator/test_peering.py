@@ -46,10 +46,10 @@ def test_follower_waits_and_takes_over(
     # object exists. (A replica started second may act on what it lists before its first
     # peering event arrives; kopf's keepalive then pauses it only a while later.)
     follower = Operator(kubeconfig, tmp_path / "follower.log", {"POD_ID": "op-follower"})
-    follower.start("--peering", "accordion", "--priority", "10")
+    follower.start("--verbose", "--peering", "accordion", "--priority", "10")
     try:
         wait_for("the follower in the peering object", lambda: registered() >= 1)
-        operator.start("--peering", "accordion", "--priority", "100")
+        operator.start("--verbose", "--peering", "accordion", "--priority", "100")
         wait_for("the follower to pause", lambda: "Pausing operations" in follower.log())
         cluster.create_pool("pool-peer", 2)
         cluster.create(isvc("first", "peer", "pool-peer", 10.0))
@@ -81,13 +81,13 @@ def test_demoted_leader_stands_by_at_its_next_pass(
     )
     low = Operator(kubeconfig, tmp_path / "low.log", {"POD_ID": "op-low"})
     high = Operator(kubeconfig, tmp_path / "high.log", {"POD_ID": "op-high"})
-    low.start("--peering", "demote", "--priority", "10")
+    low.start("--verbose", "--peering", "demote", "--priority", "10")
     try:
         wait_for("the first leader", lambda: "leading: op-low leads" in low.log())
         cluster.create_pool("pool-demote", 4)
         cluster.create(isvc("first", "demote", "pool-demote", 10.0))
         wait_for("the first leader serves", lambda: cluster.workers("demote"))
-        high.start("--peering", "demote", "--priority", "100")
+        high.start("--verbose", "--peering", "demote", "--priority", "100")
         wait_for(
             "the demoted leader to stand by",
             lambda: "standing by: peers of higher priority are alive: op-high" in low.log(),

@@ -562,6 +562,11 @@ def _driver(memo: Any) -> Driver:
 async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     config = OperatorConfig.load()
     settings.posting.enabled = False
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # kopf logs "Handler '...' succeeded." at INFO for every watch event: about 7,000
+        # lines per start at 1,000 services, burying the control loop's own. Its warnings and
+        # errors still show; `kopf run --verbose` (or --debug) shows everything.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # A kopf worker per object lives until the object's events have been idle this long,
     # holding its last event's body and its queue. kopf's 5 s kept one per listed object at
