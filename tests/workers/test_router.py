@@ -333,6 +333,25 @@ async def test_answers_feed_the_capacity_correction(
     )
 
 
+def one_backend_table(directory: Path, url: str, capacity_qps: float) -> Path:
+    """A routing table with one backend, "big", planned at `capacity_qps` (2 us a batch)."""
+    path = directory / "routing.json"
+    big = Backend(
+        name="big",
+        url=url,
+        model_name="demo-xs",
+        weight=1.0,
+        accuracy=0.8,
+        capacity_qps=capacity_qps,
+        max_batch_size=8,
+        batch_latency_ms=0.002,
+    )
+    path.write_text(
+        RoutingTable(service="classifier", slo_ms=2000.0, backends=[big]).model_dump_json()
+    )
+    return path
+
+
 async def test_a_worker_slower_than_its_profile_lowers_the_routers_capacity(
     tmp_path: Path,
 ) -> None:
@@ -342,25 +361,7 @@ async def test_a_worker_slower_than_its_profile_lowers_the_routers_capacity(
         worker = Worker(worker_config(profile_ms={1: 0.001, 8: 0.002}), warm_up=False)
         server = TestServer(create_app(worker))
         await stack.enter_async_context(server)
-        path = tmp_path / "routing.json"
-        url = str(server.make_url("")).rstrip("/")
-        table = RoutingTable(
-            service="classifier",
-            slo_ms=2000.0,
-            backends=[
-                Backend(
-                    name="big",
-                    url=url,
-                    model_name="demo-xs",
-                    weight=1.0,
-                    accuracy=0.8,
-                    capacity_qps=1000.0,
-                    max_batch_size=8,
-                    batch_latency_ms=0.002,
-                )
-            ],
-        )
-        path.write_text(table.model_dump_json())
+        path = one_backend_table(tmp_path, str(server.make_url("")).rstrip("/"), 1000.0)
         router = Router(path, health_interval_s=0.1)
         client = await stack.enter_async_context(TestClient(TestServer(create_router_app(router))))
         for _ in range(2):
@@ -423,24 +424,7 @@ async def test_several_replicas_behind_one_address_are_corrected_together(
             urls.append(str(server.make_url("")).rstrip("/"))
         proxy = TestServer(round_robin_proxy(urls))
         await stack.enter_async_context(proxy)
-        path = tmp_path / "routing.json"
-        table = RoutingTable(
-            service="classifier",
-            slo_ms=2000.0,
-            backends=[
-                Backend(
-                    name="big",
-                    url=str(proxy.make_url("")).rstrip("/"),
-                    model_name="demo-xs",
-                    weight=1.0,
-                    accuracy=0.8,
-                    capacity_qps=2000.0,  # 2 replicas
-                    max_batch_size=8,
-                    batch_latency_ms=0.002,
-                )
-            ],
-        )
-        path.write_text(table.model_dump_json())
+        path = one_backend_table(tmp_path, str(proxy.make_url("")).rstrip("/"), 2000.0)  # 2 x
         router = Router(path, health_interval_s=0.1)
         client = await stack.enter_async_context(TestClient(TestServer(create_router_app(router))))
         for _ in range(8):  # 4 batches each: both replicas report
