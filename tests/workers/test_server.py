@@ -322,3 +322,26 @@ async def test_slowdown_counts_what_the_worker_adds_between_back_to_back_batches
         assert value is not None
         assert value >= 1.0
         assert float(answers[-1].headers[SLOWDOWN_HEADER]) >= 1.0
+
+
+async def test_an_answer_built_after_its_deadline_is_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch met the deadline, but the answer was built after it (the answers of a large
+    batch are built one after another): the worker counts and says "late", not "ok"."""
+    worker = Worker(worker_config(), warm_up=False)
+    async with TestClient(TestServer(create_app(worker))) as client:
+        submit = worker.submit
+
+        async def in_time_then_delayed(sample: Any, budget_s: float) -> tuple[Any, str]:
+            output, outcome = await submit(sample, budget_s)
+            await asyncio.sleep(budget_s + 0.05)  # the answer waits past the deadline
+            return output, outcome
+
+        monkeypatch.setattr(worker, "submit", in_time_then_delayed)
+        resp = await client.post(
+            "/v2/models/demo-xs/infer", json=sample_body(), headers={DEADLINE_HEADER: "200"}
+        )
+        assert resp.status == 200
+        assert resp.headers[OUTCOME_HEADER] == "late"
+        metrics = await (await client.get("/metrics")).text()
+        assert 'accordion_worker_requests_total{model="demo-xs",outcome="late"} 1.0' in metrics
+        assert 'outcome="ok"} 1.0' not in metrics

@@ -569,6 +569,7 @@ def create_app(worker: Worker) -> web.Application:
         except BadRequestError as exc:
             counter.labels(name, "rejected").inc()
             return _error(exc.status, exc.reason, "rejected")
+        deadline = arrival + budget_s
         budget_s -= loop.time() - arrival
         try:
             output, outcome = await worker.submit(sample, budget_s)
@@ -581,6 +582,11 @@ def create_app(worker: Worker) -> web.Application:
         except Exception as exc:
             counter.labels(name, "rejected").inc()
             return _error(500, f"model execution failed: {exc}", "rejected")
+        if outcome == "ok" and loop.time() > deadline:
+            # Answered in time by its batch, late by the time this answer is on its way: the
+            # answers of a large batch are built one after another (measured at ~290/s with
+            # batches of ~32: 2 ms later at the median, up to 10 ms).
+            outcome = "late"
         counter.labels(name, outcome).inc()
         metrics.request_latency.labels(name).observe(loop.time() - arrival)
         headers = {OUTCOME_HEADER: outcome, **worker.report_headers(loop.time())}
