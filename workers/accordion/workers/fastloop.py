@@ -72,16 +72,16 @@ that would have been slow (survivorship). Only backends whose planned capacity i
 one address interleave and form no batches.
 
 A worker of ours says it better: every answer carries the worker's own measure of how many
-times slower than its profile it executes now (`SLOWDOWN_HEADER`, the `SlowdownMeter` of
+times slower than its profile it serves now (`SLOWDOWN_HEADER`, the `SlowdownMeter` of
 `accordion.workers.batching`: the 0.9 quantile over its last 15 batches of the time from a
 batch's start to the next one's when they ran back to back, else the execution, over the
-profiled latency)
-and which replica answered (`REPLICA_HEADER`). Once a backend's answers carry reports, they
-replace the inference above for that backend: the slowdown is the replicas' together (n / sum
-of 1 / s_i over the replicas heard from within `correction_horizon_s`), so a backend of several
-replicas behind one Service address is corrected too, and from the first slow batch on, without
-waiting for back-to-back groups. Backends that do not report (another server) keep the
-inference.
+profiled latency) and which replica answered (`REPLICA_HEADER`). Once a backend's answers
+carry reports, they replace the inference above for that backend: the slowdown is the
+replicas' together (n / sum of 1 / s_i over the replicas heard from within
+`correction_horizon_s`), so a backend of several replicas behind one Service address is
+corrected too, without grouping answers into batches. Backends that do not report (another
+server; the simulator's replicas) keep the inference; `fast_loop.worker_reports: false` makes
+every backend use it.
 
 No I/O and no clock of its own: the router (`accordion.workers.router`) and the simulator
 (`accordion.sim`) drive it with their own time, calling `choose`, `sent` and `finished` (each
