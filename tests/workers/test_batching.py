@@ -266,7 +266,7 @@ def test_replay_times_a_known_schedule() -> None:
 
 
 def test_slowdown_meter_reports_its_quantile_after_enough_batches() -> None:
-    meter = SlowdownMeter(lambda b: 0.01 * b, window=15, quantile=0.9, min_samples=3)
+    meter = SlowdownMeter({1: 0.01, 2: 0.02}, window=15, quantile=0.9, min_samples=3)  # 10 ms x b
     meter.observe(1, 0.02, 0.0)
     meter.observe(4, 0.08, 0.1)
     assert meter.value(0.1) is None  # thin data: nothing to say

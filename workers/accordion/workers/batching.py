@@ -170,36 +170,44 @@ class LatencyPredictor:
         self._correction = None
 
 
+def robust_quantile(values: Iterable[float], quantile: float) -> float:
+    """The `quantile` of `values` by nearest rank, never their largest alone (one outlier moves
+    nothing) unless there is only one."""
+    ordered = sorted(values)
+    rank = round(quantile * (len(ordered) - 1))
+    return ordered[min(rank, max(0, len(ordered) - 2))]
+
+
 class SlowdownMeter:
     """How many times slower than its profile a worker runs now, for the router's fast loop.
 
-    Each batch gives one sample, the time it took / the profiled execution latency at its size.
-    The driver says what "took" means: the worker passes, for a batch followed at once by the
-    next one, the time from its start to the next one's (what the worker adds per batch, taking
-    requests in and answering them, is capacity lost as much as a slower model), and otherwise
-    the execution alone (an idle spell after it is no slowness). The value is the `quantile` of
-    the last `window` samples younger than
-    `horizon_s` (the router must be right for nearly every batch), never their largest (one
-    stall moves nothing); None with fewer than `min_samples` (thin data: the plan stands).
+    Each batch gives one sample, the time it took / the profiled execution latency at its size
+    (`profile_s`, read as the batcher reads it). The driver says what "took" means: the worker
+    passes, for a batch followed at once by the next one, the time from its start to the next
+    one's (what the worker adds per batch, taking requests in and answering them, is capacity
+    lost as much as a slower model), and otherwise the execution alone (an idle spell after it
+    is no slowness). The value is the `robust_quantile` of the last `window` samples younger
+    than `horizon_s` (the router must be right for nearly every batch); None with fewer than
+    `min_samples` (thin data: the plan stands).
     """
 
     def __init__(
         self,
-        base_s: Callable[[int], float],
+        profile_s: Mapping[int, float],
         *,
         window: int = 15,
         quantile: float = 0.9,
         min_samples: int = 3,
         horizon_s: float = 10.0,
     ) -> None:
-        self._base_s = base_s
+        self._profile = dict(profile_s)
         self._samples: deque[tuple[float, float]] = deque(maxlen=max(1, window))
         self._quantile = quantile
         self._min_samples = max(1, min_samples)
         self._horizon_s = horizon_s
 
     def observe(self, batch_size: int, latency_s: float, now_s: float) -> None:
-        base = self._base_s(batch_size)
+        base = interpolate_profile(self._profile, batch_size)
         if batch_size >= 1 and base > 0 and latency_s > 0 and math.isfinite(latency_s):
             self._samples.append((now_s, latency_s / base))
 
@@ -209,9 +217,7 @@ class SlowdownMeter:
             samples.popleft()
         if len(samples) < self._min_samples:
             return None
-        ratios = sorted(r for _, r in samples)
-        rank = round(self._quantile * (len(ratios) - 1))
-        return ratios[min(rank, len(ratios) - 2)]
+        return robust_quantile((r for _, r in samples), self._quantile)
 
 
 class BatchingPolicy(ABC):

@@ -98,6 +98,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+from accordion.workers.batching import robust_quantile
 from accordion.workers.config import Backend, RoutingTable, interpolate_profile
 
 Outcome = Literal["answered", "dropped", "failed"]
@@ -291,17 +292,16 @@ class RoutingDecider:
         self._estimate(state)
 
     def _estimate(self, state: BackendState) -> None:
-        ratios = [r for _, r in state.samples]
-        if len(ratios) < self.correction_min_samples:
+        if len(state.samples) < self.correction_min_samples:
             state.slowdown = 1.0
             return
-        ratios.sort()
-        # The quantile's nearest rank, never the largest sample (one outlier moves nothing).
-        rank = round(self.correction_quantile * (len(ratios) - 1))
-        value = ratios[min(rank, max(0, len(ratios) - 2))]
-        state.slowdown = (
-            1.0 if value <= 1.0 + self.correction_tolerance else min(self.max_slowdown, value)
-        )
+        ratios = (r for _, r in state.samples)
+        state.slowdown = self._bounded(robust_quantile(ratios, self.correction_quantile))
+
+    def _bounded(self, value: float) -> float:
+        """A measured slowdown as the correction: within `correction_tolerance` of the plan, the
+        plan (1); at most `max_slowdown`."""
+        return 1.0 if value <= 1.0 + self.correction_tolerance else min(self.max_slowdown, value)
 
     def slowdown(self, name: str, now_s: float | None = None) -> float:
         """How many times slower than planned `name` is seen to serve (1: as planned)."""
@@ -331,9 +331,7 @@ class RoutingDecider:
             state.slowdown = 1.0
             return 1.0
         value = len(reports) / sum(1.0 / max(1.0, s) for _, s in reports.values())
-        state.slowdown = (
-            1.0 if value <= 1.0 + self.correction_tolerance else min(self.max_slowdown, value)
-        )
+        state.slowdown = self._bounded(value)
         return state.slowdown
 
     def effective_capacity_qps(self, name: str, now_s: float | None = None) -> float | None:

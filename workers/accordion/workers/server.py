@@ -50,7 +50,6 @@ from prometheus_client import (
 
 from accordion.workers.batching import (
     BatchingPolicy,
-    LatencyPredictor,
     Request,
     SlowdownMeter,
     make_policy,
@@ -203,7 +202,7 @@ class Worker:
                     measured[b] = sorted(runs)[-2]
                 profile_s = measured
         self.policy = make_policy(self.config.batching, profile_s, self.config.slo_s)
-        self.meter = SlowdownMeter(LatencyPredictor(profile_s).base_s)
+        self.meter = SlowdownMeter(profile_s)
         for b in sizes:
             predicted = self.policy.predicted_latency_s(b)
             if predicted is not None:
