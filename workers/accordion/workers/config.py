@@ -41,6 +41,7 @@ def _positive_profile(value: dict[int, float]) -> dict[int, float]:
 
 
 ProfileMs = Annotated[dict[int, float], AfterValidator(_positive_profile)]
+"""Latency (ms) per batch size, as a profile gives it: batch sizes >= 1, latencies > 0."""
 
 
 def interpolate_profile(profile: Mapping[int, float], size: int) -> float:
@@ -59,9 +60,6 @@ def interpolate_profile(profile: Mapping[int, float], size: int) -> float:
             return l0 + (l1 - l0) * (size - b0) / (b1 - b0)
     (b0, l0), (b1, l1) = points[-2], points[-1]
     return l1 + max(0.0, (l1 - l0) / (b1 - b0)) * (size - b1)
-
-
-"""Latency (ms) per batch size, as a profile gives it: batch sizes >= 1, latencies > 0."""
 
 
 class _Model(BaseModel):

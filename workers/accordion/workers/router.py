@@ -382,7 +382,7 @@ class Router:
             name,
             loop.time(),
             "answered" if status == 200 else "dropped" if outcome == "dropped" else "failed",
-            report if status == 200 else None,
+            report,
         )
         self._publish_weights()
         m.outcomes.labels(service, name, outcome).inc()
