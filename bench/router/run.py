@@ -58,6 +58,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "accordion.workers"]
 SERVICE = "classifier"
 OUTCOMES = ("ok", "late", "dropped", "shed", "error")
+CORRECTIONS = {
+    "on": "corrected (worker reports)",
+    "answers": "corrected (answer timing)",
+    "off": "plan trusted",
+}
+"""--correction choices and their labels: the router's capacity correction from the workers'
+reports, from the timing of the answers only, or none."""
 
 
 @dataclass(frozen=True)
@@ -182,12 +189,7 @@ class RunResult:
     @property
     def mode(self) -> str:
         routing = "fast loop" if self.fast_loop else "weights only"
-        correction = {
-            "on": "corrected (worker reports)",
-            "answers": "corrected (answer timing)",
-            "off": "plan trusted",
-        }[self.correct]
-        return f"{routing}, {correction}, headroom {self.headroom:g}"
+        return f"{routing}, {CORRECTIONS[self.correct]}, headroom {self.headroom:g}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -440,12 +442,7 @@ def plot(results: list[RunResult], args: argparse.Namespace, path: Path) -> None
             )
         ax.set_xlabel("time (s)")
         ax.set_ylim(0, 1.05)
-        title = {
-            "on": "corrected (worker reports)",
-            "answers": "corrected (answer timing)",
-            "off": "plan trusted",
-        }[correct]
-        ax.set_title(f"{title}, headroom {headroom:g}", fontsize=9)
+        ax.set_title(f"{CORRECTIONS[correct]}, headroom {headroom:g}", fontsize=9)
         ax.legend(loc="lower left", fontsize=7)
     axes[0].set_ylabel("SLO attainment (1 s bins)")
     fig.suptitle(
@@ -574,9 +571,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--correction",
-        choices=["on", "answers", "off"],
+        choices=list(CORRECTIONS),
         nargs="+",
-        default=["on", "answers", "off"],
+        default=list(CORRECTIONS),
         help="the router's online capacity correction (the table's fast_loop.correct_capacity): "
         "on, from the workers' reports (fast_loop.worker_reports); answers, from the timing of "
         "the answers only; off: the plan trusted. Both routings run with each",
