@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -381,27 +382,26 @@ async def test_a_worker_slower_than_its_profile_lowers_the_routers_capacity(
 def round_robin_proxy(upstreams: list[str]) -> web.Application:
     """What a Kubernetes Service does for the router: each request to one address goes to the
     next of several worker replicas (headers and bodies passed through)."""
-    turn = iter(range(1 << 30))
-    session: list[aiohttp.ClientSession] = []
+    replicas = itertools.cycle(upstreams)
+    session = web.AppKey("session", aiohttp.ClientSession)
+
+    async def client(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as app[session]:
+            yield
 
     async def forward(request: web.Request) -> web.Response:
-        if not session:
-            session.append(aiohttp.ClientSession())
-        url = upstreams[next(turn) % len(upstreams)] + request.path_qs
+        url = next(replicas) + request.path_qs
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-        async with session[0].request(request.method, url, data=body, headers=headers) as resp:
+        upstream = request.app[session]
+        async with upstream.request(request.method, url, data=body, headers=headers) as resp:
             data = await resp.read()
             out = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
             return web.Response(body=data, status=resp.status, headers=out)
 
-    async def close(_: web.Application) -> None:
-        for s in session:
-            await s.close()
-
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
-    app.on_cleanup.append(close)
+    app.cleanup_ctx.append(client)
     return app
 
 
