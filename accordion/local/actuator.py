@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import assert_never
 
 import aiohttp
 
@@ -211,23 +212,29 @@ class ProcessActuator:
     # -- the Actuator protocol -----------------------------------------------------------------
 
     async def apply(self, step: Step) -> None:
-        if isinstance(step, EnsureWorker):
-            await self._ensure(step.spec)
-        elif isinstance(step, RemoveWorker):
-            await self._remove(step.key)
-        elif isinstance(step, ApplyRouting):
-            await self._route(step)
-        elif isinstance(step, RemoveService):
-            for key in step.workers:
-                await self._remove(key)
-            router = self.routers.pop(step.service, None)
-            if router is not None and router.proc is not None:
-                await self.stop_process(router.proc)
-            self.world.routing.pop(step.service, None)
-        elif isinstance(step, UpdateStatus):
-            self.world.status[step.service] = step.status
-        elif isinstance(step, RecordEvent):
-            self.event(step.service, step.type, step.reason, step.message)
+        match step:
+            case EnsureWorker():
+                await self._ensure(step.spec)
+            case RemoveWorker():
+                await self._remove(step.key)
+            case ApplyRouting():
+                await self._route(step)
+            case RemoveService():
+                await self._remove_service(step)
+            case UpdateStatus():
+                self.world.status[step.service] = step.status
+            case RecordEvent():
+                self.event(step.service, step.type, step.reason, step.message)
+            case _:
+                assert_never(step)
+
+    async def _remove_service(self, step: RemoveService) -> None:
+        for key in step.workers:
+            await self._remove(key)
+        router = self.routers.pop(step.service, None)
+        if router is not None and router.proc is not None:
+            await self.stop_process(router.proc)
+        self.world.routing.pop(step.service, None)
 
     async def _ensure(self, spec: WorkerSpec) -> None:
         group = self.groups.get(spec.key)

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_never
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
@@ -282,41 +282,47 @@ class KubernetesActuator:
     # -- steps ---------------------------------------------------------------------------------
 
     async def apply(self, step: Step) -> None:
-        if isinstance(step, EnsureWorker):
-            uid = self._uid(step.spec.key.service)
-            await self._deployment(worker_deployment(step.spec, uid, self.config))
-            await self._service(worker_service(step.spec.key, uid, self.config))
-        elif isinstance(step, RemoveWorker):
-            await self._remove_worker(step.key.namespace, worker_name(step.key))
-        elif isinstance(step, ApplyRouting):
-            await self._apply_routing(step)
-        elif isinstance(step, RemoveService):
-            ns, name = split_key(step.service)
-            for key in step.workers:
-                await self._remove_worker(ns, worker_name(key))
-            rname, cname = router_name(name), routing_configmap_name(name)
-            await self._delete(
-                "Deployment",
-                ns,
-                rname,
-                lambda: self.apps.delete_namespaced_deployment(rname, ns, _preload_content=False),
-            )
-            await self._delete(
-                "Service",
-                ns,
-                name,
-                lambda: self.core.delete_namespaced_service(name, ns, _preload_content=False),
-            )
-            await self._delete(
-                "ConfigMap",
-                ns,
-                cname,
-                lambda: self.core.delete_namespaced_config_map(cname, ns, _preload_content=False),
-            )
-        elif isinstance(step, UpdateStatus):
-            await self._update_status(step)
-        elif isinstance(step, RecordEvent):
-            await self._record_event(step)
+        match step:
+            case EnsureWorker():
+                uid = self._uid(step.spec.key.service)
+                await self._deployment(worker_deployment(step.spec, uid, self.config))
+                await self._service(worker_service(step.spec.key, uid, self.config))
+            case RemoveWorker():
+                await self._remove_worker(step.key.namespace, worker_name(step.key))
+            case ApplyRouting():
+                await self._apply_routing(step)
+            case RemoveService():
+                await self._remove_service(step)
+            case UpdateStatus():
+                await self._update_status(step)
+            case RecordEvent():
+                await self._record_event(step)
+            case _:
+                assert_never(step)
+
+    async def _remove_service(self, step: RemoveService) -> None:
+        ns, name = split_key(step.service)
+        for key in step.workers:
+            await self._remove_worker(ns, worker_name(key))
+        rname, cname = router_name(name), routing_configmap_name(name)
+        await self._delete(
+            "Deployment",
+            ns,
+            rname,
+            lambda: self.apps.delete_namespaced_deployment(rname, ns, _preload_content=False),
+        )
+        await self._delete(
+            "Service",
+            ns,
+            name,
+            lambda: self.core.delete_namespaced_service(name, ns, _preload_content=False),
+        )
+        await self._delete(
+            "ConfigMap",
+            ns,
+            cname,
+            lambda: self.core.delete_namespaced_config_map(cname, ns, _preload_content=False),
+        )
 
     def _uid(self, service: str) -> str | None:
         ns, name = split_key(service)

@@ -1,0 +1,270 @@
+"""What the control loop tells the user: each service's status (conditions, plan rows) and
+events for the plan changes that matter.
+
+Pure functions of a service, its plan rows and the world; `ControlLoop` calls them once per
+service whose inputs changed and emits `UpdateStatus` only when the status differs from what
+the world shows (no writes on an unchanged world).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Literal
+
+from accordion.operator.api import (
+    Condition,
+    DemandSource,
+    InferenceService,
+    InferenceServiceStatus,
+)
+from accordion.operator.control.desired import Routing, WorkerKey
+from accordion.operator.control.steps import RecordEvent, Step, UpdateStatus
+from accordion.operator.control.world import DemandView, RunningWorker, World
+from accordion.operator.planning import planned_demand_qps, status_rows
+from accordion.solver import PlanRow, ServicePlan
+
+
+def now_rfc3339(clock_s: float) -> str:
+    return datetime.fromtimestamp(clock_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(
+    previous: Mapping[str, Condition],
+    type_: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> Condition:
+    """A condition, keeping its last transition time while its status stays."""
+    status: Literal["True", "False"] = "True" if ok else "False"
+    old = previous.get(type_)
+    since = old.last_transition_time if old is not None and old.status == status else now
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+
+
+def invalid_status(
+    previous: InferenceServiceStatus | None,
+    errors: Sequence[tuple[str, str]],
+    generation: int | None,
+    now: str,
+) -> InferenceServiceStatus:
+    """Status of a service whose spec does not validate: InvalidSpec with the field paths."""
+    prev = {c.type: c for c in (previous.conditions if previous else [])}
+    details = "; ".join(f"{path or '<root>'}: {msg}" for path, msg in errors)
+    base = previous.model_copy() if previous else InferenceServiceStatus()
+    return base.model_copy(
+        update={
+            "observed_generation": generation,
+            "conditions": [
+                condition(prev, "InvalidSpec", True, "InvalidSpec", details, generation, now),
+                condition(
+                    prev, "Ready", False, "InvalidSpec", "the spec is invalid", generation, now
+                ),
+            ],
+        }
+    )
+
+
+def invalid_steps(world: World, now: str) -> list[Step]:
+    """Status steps of the services whose spec is invalid (only where the status changes)."""
+    steps: list[Step] = []
+    for key, errors in sorted(world.invalid.items()):
+        prev = world.status.get(key)
+        status = invalid_status(prev, errors, world.invalid_generation.get(key), now)
+        if status != prev:
+            steps.append(UpdateStatus(key, status))
+    return steps
+
+
+def planning_failed_steps(world: World, message: str, now_s: float) -> list[Step]:
+    """`Planned=False, reason PlanningFailed` on every service (the last good plan stays)."""
+    now = now_rfc3339(now_s)
+    steps: list[Step] = []
+    for key, svc in sorted(world.services.items()):
+        prev = world.status.get(key) or InferenceServiceStatus()
+        conds = {c.type: c for c in prev.conditions}
+        gen = svc.metadata.generation
+        conds["Planned"] = condition(conds, "Planned", False, "PlanningFailed", message, gen, now)
+        status = prev.model_copy(
+            update={"conditions": [conds[t] for t in sorted(conds)], "observed_generation": gen}
+        )
+        if status != prev:
+            steps.append(UpdateStatus(key, status))
+    steps.extend(invalid_steps(world, now))
+    return steps
+
+
+def service_status_steps(
+    key: str,
+    svc: InferenceService,
+    rows_of_plan: Sequence[PlanRow],
+    svc_workers: Mapping[WorkerKey, RunningWorker],
+    world: World,
+    demand: DemandView,
+    summary: ServicePlan | None,
+    routing: Routing,
+    now_s: float,
+    planning_error: str | None = None,
+) -> list[Step]:
+    """The service's status step (if its status changes) and the events of a plan change.
+
+    `planning_error`: the last planner call failed and `rows_of_plan` are the last good plan's
+    (Planned is then False with the reason, everything else describes what still runs)."""
+    now = now_rfc3339(now_s)
+    steps: list[Step] = []
+    gen = svc.metadata.generation
+    prev = world.status.get(key) or InferenceServiceStatus()
+    conds = {c.type: c for c in prev.conditions}
+    rows = status_rows(rows_of_plan, key)
+    ready_total = 0
+    for row in rows:
+        wk = WorkerKey(service=key, variant=row.variant, pool=row.pool)
+        running = svc_workers.get(wk)
+        row.ready_replicas = min(row.replicas, running.ready_replicas if running else 0)
+        ready_total += row.ready_replicas
+    # The routing goes out before the status in the same pass (steps are ordered).
+    all_ready = routing.final and bool(rows)
+    demand_qps = planned_demand_qps(svc, demand.qps)
+    unserved = summary.unserved_qps if summary else demand_qps
+    new: dict[str, Condition] = {}
+    if planning_error is not None:
+        new["Planned"] = condition(
+            conds, "Planned", False, "PlanningFailed", planning_error, gen, now
+        )
+    else:
+        new["Planned"] = condition(
+            conds,
+            "Planned",
+            summary is not None,
+            "Planned" if summary is not None else "NotPlanned",
+            (
+                f"{sum(r.replicas for r in rows)} replicas of {len(rows)} variant/pool "
+                f"rows for {demand_qps:.1f} req/s"
+                if summary is not None
+                else "the service is not in the plan"
+            ),
+            gen,
+            now,
+        )
+    degraded = unserved > 1e-6
+    new["Degraded"] = condition(
+        conds,
+        "Degraded",
+        degraded,
+        "Shortfall" if degraded else "AllDemandServed",
+        (
+            f"{unserved:.1f} of {demand_qps:.1f} req/s cannot be served at or above "
+            f"the accuracy floor {svc.spec.accuracy.floor:g}"
+            if degraded
+            else "all demand is planned to be served"
+        ),
+        gen,
+        now,
+    )
+    unavailable = demand.unavailable.get(key)
+    if svc.spec.demand.source is DemandSource.PROMETHEUS or unavailable:
+        new["DemandUnavailable"] = condition(
+            conds,
+            "DemandUnavailable",
+            unavailable is not None,
+            "MeasurementFailed" if unavailable else "Measured",
+            (
+                f"{unavailable}; planning for the last estimate"
+                if unavailable
+                else "demand is measured"
+            ),
+            gen,
+            now,
+        )
+    new["InvalidSpec"] = condition(
+        conds, "InvalidSpec", False, "Valid", "the spec is valid", gen, now
+    )
+    new["Ready"] = condition(
+        conds,
+        "Ready",
+        all_ready,
+        "Ready" if all_ready else ("NoReplicas" if not rows else "Progressing"),
+        (
+            f"{ready_total} replicas ready, routing in place"
+            if all_ready
+            else f"{ready_total} of {sum(r.replicas for r in rows)} replicas ready"
+        ),
+        gen,
+        now,
+    )
+    status = prev.model_copy(
+        update={
+            "observed_generation": gen,
+            "conditions": [new[t] for t in sorted(new)],
+            "demand_qps": round(demand_qps, 3),
+            "capacity_qps": round(summary.capacity_qps, 3) if summary else 0.0,
+            "served_qps": round(summary.served_qps, 3) if summary else 0.0,
+            "effective_accuracy": (
+                round(summary.effective_accuracy, 3)
+                if summary and summary.effective_accuracy is not None
+                else None
+            ),
+            "ready_replicas": ready_total,
+            "plan": rows,
+        }
+    )
+    plan_changed = [r.model_copy(update={"ready_replicas": 0}) for r in rows] != [
+        r.model_copy(update={"ready_replicas": 0}) for r in prev.plan
+    ]
+    if plan_changed:
+        status = status.model_copy(update={"last_plan_time": now})
+        steps.extend(plan_events(key, prev, status))
+    if status != prev:
+        steps.append(UpdateStatus(key, status))
+    return steps
+
+
+def plan_events(
+    service: str, prev: InferenceServiceStatus, new: InferenceServiceStatus
+) -> list[Step]:
+    """Events for the plan changes a user cares about, in words."""
+    events: list[Step] = []
+    old_acc, new_acc = prev.effective_accuracy, new.effective_accuracy
+    if old_acc is not None and new_acc is not None and abs(new_acc - old_acc) > 1e-3:
+        reason = "AccuracyScaledDown" if new_acc < old_acc else "AccuracyScaledUp"
+        events.append(
+            RecordEvent(
+                service,
+                "Normal",
+                reason,
+                f"effective accuracy {old_acc:g} -> {new_acc:g} for "
+                f"{new.demand_qps or 0:g} req/s: "
+                + ", ".join(f"{r.variant}@{r.pool} x{r.replicas}" for r in new.plan),
+            )
+        )
+    old_n, new_n = sum(r.replicas for r in prev.plan), sum(r.replicas for r in new.plan)
+    if old_n != new_n or {(r.variant, r.pool) for r in prev.plan} != {
+        (r.variant, r.pool) for r in new.plan
+    }:
+        events.append(
+            RecordEvent(
+                service,
+                "Normal",
+                "ReplicasChanged",
+                f"{old_n} -> {new_n} worker replicas: "
+                + (", ".join(f"{r.variant}@{r.pool} x{r.replicas}" for r in new.plan) or "none"),
+            )
+        )
+    was = next((c for c in prev.conditions if c.type == "Degraded"), None)
+    now = next((c for c in new.conditions if c.type == "Degraded"), None)
+    if now is not None and (was is None or was.status != now.status):
+        if now.status == "True":
+            events.append(RecordEvent(service, "Warning", "Degraded", now.message))
+        elif was is not None:
+            events.append(RecordEvent(service, "Normal", "Recovered", now.message))
+    return events

@@ -1,0 +1,65 @@
+"""The control loop's inputs: what a driver knows of the cluster (`World`) and of demand.
+
+Every driver (the kopf operator, local mode, the simulator) builds these from its own sources
+(watch caches; processes and router counters; simulated replicas) and hands them to
+`ControlLoop`. They are plain values: a driver replaces an object when it changes, never
+mutates one in place, so the loop can skip services whose inputs equal a settled pass's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from accordion.operator.api import DevicePool, InferenceService, InferenceServiceStatus
+from accordion.operator.control.desired import Routing, WorkerKey, WorkerSpec
+
+
+@dataclass(frozen=True)
+class RunningWorker:
+    """A worker group that exists: the spec it was created with, and how many replicas are ready."""
+
+    spec: WorkerSpec
+    ready_replicas: int = 0
+
+
+@dataclass(frozen=True)
+class AppliedRouting:
+    """The routing a service's router has now, and when it was applied (clock seconds)."""
+
+    routing: Routing
+    applied_at_s: float = 0.0
+
+
+@dataclass
+class World:
+    """What the driver knows of the cluster (or the machine). Keys are `namespace/name`.
+
+    `invalid` maps a service to its (field path, message) errors: such a service is not
+    planned, its running workers are left alone, and only its status is written.
+    """
+
+    services: dict[str, InferenceService] = field(default_factory=dict)
+    pools: dict[str, DevicePool] = field(default_factory=dict)
+    invalid: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    invalid_generation: dict[str, int | None] = field(default_factory=dict)
+    workers: dict[WorkerKey, RunningWorker] = field(default_factory=dict)
+    routing: dict[str, AppliedRouting] = field(default_factory=dict)
+    status: dict[str, InferenceServiceStatus] = field(default_factory=dict)
+    nodes: list[dict[str, Any]] | None = None
+    """The cluster's Nodes (API dicts) when the driver watches them: pools are then capped at
+    the devices their ready nodes offer (`pools.available_devices`). None: pools are taken at
+    their declared `spec.devices`."""
+
+
+@dataclass
+class DemandView:
+    """Smoothed demand (req/s, before headroom) per service, and measurement failures."""
+
+    qps: dict[str, float] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Services whose demand could not be measured now, with why (the last estimate is used)."""
+    burst: dict[str, float] = field(default_factory=dict)
+    """Per service, the burst headroom learned from its own arrivals (`demand.BurstLearner`):
+    how far above the smoothed estimate its short-term rate has gone lately, as a fraction.
+    Used for `spec.demand.burst.policy: Auto`; absent: nothing learned yet."""
