@@ -79,7 +79,8 @@ def test_target_below_floor_is_rejected_with_its_path() -> None:
     doc["spec"]["accuracy"] = {"floor": 80, "target": 70}
     errors = _errors(doc)
     assert (
-        errors["spec.accuracy"] == "accuracy.target must be greater than or equal to accuracy.floor"
+        errors["spec.accuracy.target"]
+        == "accuracy.target must be greater than or equal to accuracy.floor"
     )
 
 
@@ -87,7 +88,10 @@ def test_profile_without_batch_one_is_rejected() -> None:
     doc = a_service()
     doc["spec"]["variants"][1]["profiles"][0]["batches"] = [{"batchSize": 8, "p50Ms": 3.0}]
     errors = _errors(doc)
-    assert errors["spec.variants[1].profiles[0]"] == "a latency profile must include batchSize 1"
+    assert (
+        errors["spec.variants[1].profiles[0].batches"]
+        == "a latency profile must include batchSize 1"
+    )
 
 
 def test_empty_variants_rejected() -> None:
@@ -99,7 +103,7 @@ def test_empty_variants_rejected() -> None:
 def test_duplicate_variant_names_rejected() -> None:
     doc = a_service()
     doc["spec"]["variants"][1]["name"] = doc["spec"]["variants"][0]["name"]
-    assert _errors(doc)["spec"] == "variant names must be unique"
+    assert _errors(doc)["spec.variants"] == "variant names must be unique"
 
 
 def test_unknown_field_rejected_like_kubectl_strict() -> None:
@@ -115,7 +119,7 @@ def test_percentiles_must_be_ordered() -> None:
         "p50Ms": 5,
         "p90Ms": 4,
     }
-    assert "spec.variants[0].profiles[0].batches[0]" in _errors(doc)
+    assert "spec.variants[0].profiles[0].batches[0].p90Ms" in _errors(doc)
 
 
 def test_wrong_kind_and_version_are_named() -> None:

@@ -10,7 +10,16 @@ look for them (`storageUri`, the Open Inference Protocol).
 Rules that involve more than one field are written twice on purpose: as CEL
 `x-kubernetes-validations` so the API server rejects the object at admission, and as pydantic
 validators so that the CLI, local mode and the operator (which may run against a server that
-does not enforce CEL) report the same error with the same field path.
+does not enforce CEL) report the same error with the same message and field path
+(tests/operator/test_crds.py walks every CEL rule and checks that the models reject the same
+input).
+
+Every number a tenant can set is bounded (the schema's `minimum`/`maximum`, named in the field
+descriptions), so that whatever a schema-valid object says, the planner's arithmetic stays
+finite and well-scaled: demand at most `MAX_QPS` (x11 with the largest headroom) weighted by a
+priority of at most `MAX_PRIORITY`, latencies between `MIN_LATENCY_MS` and `MAX_LATENCY_MS` and
+batches of at most `MAX_BATCH_SIZE` (so one replica's capacity is at most 4096 / 1 us), pools of
+at most `MAX_DEVICES` devices at a cost of at most `MAX_COST_PER_DEVICE` each.
 """
 
 from __future__ import annotations
@@ -18,9 +27,23 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
+
+from accordion.workers.storage import (
+    STORAGE_URI_MESSAGE,
+    STORAGE_URI_PATTERN,
+    StorageUriError,
+    parse_storage_uri,
+)
 
 GROUP = "accordion.dev"
 VERSION = "v1alpha1"
@@ -29,9 +52,26 @@ API_VERSION: Final = "accordion.dev/v1alpha1"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 """RFC 1123 label: what Kubernetes accepts as a name that also becomes part of object names."""
 
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""RFC 1035 label: what Kubernetes accepts as a Service name (it starts with a letter). An
+InferenceService's name starts the names of its router and worker Services."""
+
 MAX_VARIANTS = 32
 MAX_PROFILES = 16
 MAX_BATCH_POINTS = 16
+MAX_QPS = 1e6
+"""Largest demand a service may declare or be measured at, req/s (Prometheus answers above it
+are rejected as implausible)."""
+MAX_HEADROOM = 10.0
+MAX_PRIORITY = 1000
+MIN_LATENCY_MS = 0.001
+MAX_LATENCY_MS = 600_000.0
+MAX_BATCH_SIZE = 4096
+MAX_DEVICES = 1_000_000
+MAX_COST_PER_DEVICE = 1e6
+MAX_INPUT_RANK = 8
+MAX_INPUT_DIM = 1_000_000
+MAX_ALLOWED_NAMESPACES = 256
 
 
 class ApiModel(BaseModel):
@@ -70,6 +110,12 @@ class ObjectMeta(BaseModel):
     resource_version: str | None = None
 
 
+class ServiceMeta(ObjectMeta):
+    """Metadata of an InferenceService: its name must be a DNS-1035 label (a Service name)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_1035_LABEL)]
+
+
 class Condition(ApiModel):
     """A status condition, as `metav1.Condition`."""
 
@@ -94,11 +140,11 @@ class ServiceLevelObjective(ApiModel):
     """The latency budget every request must meet, and how many requests must meet it."""
 
     latency_ms: float = Field(
-        gt=0,
-        le=600_000,
+        ge=MIN_LATENCY_MS,
+        le=MAX_LATENCY_MS,
         description=(
             "End-to-end latency budget of one request in milliseconds, queueing and batching "
-            "included. A response later than this is an SLO violation."
+            "included. A response later than this is an SLO violation. 0.001 to 600000."
         ),
     )
     objective: float = Field(
@@ -148,11 +194,13 @@ class AccuracyPolicy(ApiModel):
         ),
     )
 
-    @model_validator(mode="after")
-    def _target_above_floor(self) -> AccuracyPolicy:
-        if self.target is not None and self.target < self.floor:
+    @field_validator("target")
+    @classmethod
+    def _target_above_floor(cls, target: float | None, info: ValidationInfo) -> float | None:
+        floor = info.data.get("floor")
+        if target is not None and floor is not None and target < floor:
             raise ValueError("accuracy.target must be greater than or equal to accuracy.floor")
-        return self
+        return target
 
 
 class DemandSource(StrEnum):
@@ -177,6 +225,13 @@ class DemandSpec(ApiModel):
         }
     )
 
+    @field_validator("qps")
+    @classmethod
+    def _static_needs_qps(cls, qps: float | None, info: ValidationInfo) -> float | None:
+        if info.data.get("source") is DemandSource.STATIC and qps is None:
+            raise ValueError("demand.qps is required when demand.source is Static")
+        return qps
+
     source: DemandSource = Field(
         default=DemandSource.PROMETHEUS,
         description=(
@@ -186,21 +241,34 @@ class DemandSpec(ApiModel):
         ),
     )
     qps: float | None = Field(
-        default=None, ge=0, description="Requests per second to plan for (Static), or fallback."
+        default=None,
+        validate_default=True,  # so that a missing qps meets the Static rule
+        ge=0,
+        le=MAX_QPS,
+        description=(
+            "Requests per second to plan for (Static), or fallback. 0 to 1000000: a larger "
+            "service is several InferenceServices."
+        ),
     )
     query: str | None = Field(
         default=None,
         max_length=4096,
         description=(
             "PromQL that returns this service's request rate. Defaults to the operator's "
-            "query template over accordion_router_requests_total for this service."
+            "query template over accordion_router_requests_total for this service. It may "
+            "read only series of the service's own namespace: the operator adds the matcher "
+            'namespace="<the service\'s namespace>" to every selector that has none and '
+            "refuses (DemandUnavailable, reason QueryRejected) a query that selects another "
+            "namespace. Answers must be finite and at most 1000000 req/s."
         ),
     )
     headroom: float = Field(
         default=0.1,
         ge=0,
-        le=10,
-        description="Extra capacity planned above the estimate, as a fraction (0.1 = +10%).",
+        le=MAX_HEADROOM,
+        description=(
+            "Extra capacity planned above the estimate, as a fraction (0.1 = +10%). 0 to 10."
+        ),
     )
 
 
@@ -215,18 +283,60 @@ class ModelFormat(StrEnum):
 class ModelRef(ApiModel):
     """Where a worker finds a variant's model. Models are never fetched from a hub at run time."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.storageUri.matches('{STORAGE_URI_PATTERN}')",
+                    STORAGE_URI_MESSAGE,
+                    ".storageUri",
+                )
+            ]
+        }
+    )
+
     storage_uri: str = Field(
         min_length=1,
         max_length=2048,
         description=(
-            "Location of the model, as in KServe: a path inside the worker image or a mounted "
-            "volume (file:///models/resnet50.pt or /models/resnet50.pt), or builtin:NAME for "
-            "Accordion's demo models."
+            "Location of the model file, as in KServe: s3://BUCKET/KEY (downloaded by an init "
+            "container before the worker starts; credentials and an S3-compatible endpoint "
+            "from the operator's storage Secret, with KServe's variable names), "
+            "http(s)://HOST/PATH (downloaded likewise), pvc://CLAIM/PATH (the claim mounted "
+            "read-only, nothing copied), a path inside the worker image or a mounted volume "
+            "(file:///models/resnet50.pt or /models/resnet50.pt), or builtin:NAME for "
+            "Accordion's demo models. Other schemes (gs://, ...) are rejected."
         ),
     )
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _supported_storage(cls, uri: str) -> str:
+        try:
+            parse_storage_uri(uri)
+        except StorageUriError as exc:
+            raise ValueError(str(exc)) from None
+        return uri
+
     format: ModelFormat = Field(
         default=ModelFormat.TORCHSCRIPT,
         description="torchscript (torch.jit.save), torch-export (torch.export.save) or builtin.",
+    )
+    input_shape: list[Annotated[int, Field(ge=1, le=MAX_INPUT_DIM)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_INPUT_RANK,
+        description=(
+            "Shape of one sample, without the batch dimension (e.g. [3, 224, 224]); the "
+            "worker allocates inputs of this shape (warm-up, metadata). Needed for "
+            "torchscript files, which do not record it (without it their workers fail and the "
+            "service reports ModelLoadFailed); a torch-export file records it and builtin "
+            "models know theirs. At most 8 dimensions of 1 to 1000000."
+        ),
+    )
+    input_datatype: Literal["FP32", "FP16", "FP64", "INT64", "INT32"] = Field(
+        default="FP32",
+        description="Datatype of the input tensor, as the Open Inference Protocol names it.",
     )
 
 
@@ -250,19 +360,45 @@ class BatchLatency(ApiModel):
         }
     )
 
-    batch_size: int = Field(ge=1, le=4096, description="Number of requests in the batch.")
-    p50_ms: float = Field(gt=0, description="Median execution latency of the batch, ms.")
-    p90_ms: float | None = Field(default=None, gt=0, description="90th percentile latency, ms.")
-    p99_ms: float | None = Field(default=None, gt=0, description="99th percentile latency, ms.")
+    batch_size: int = Field(
+        ge=1, le=MAX_BATCH_SIZE, description="Number of requests in the batch, 1 to 4096."
+    )
+    p50_ms: float = Field(
+        ge=MIN_LATENCY_MS,
+        le=MAX_LATENCY_MS,
+        description="Median execution latency of the batch, ms (0.001 to 600000).",
+    )
+    p90_ms: float | None = Field(
+        default=None,
+        ge=MIN_LATENCY_MS,
+        le=MAX_LATENCY_MS,
+        description="90th percentile latency, ms (0.001 to 600000).",
+    )
+    p99_ms: float | None = Field(
+        default=None,
+        ge=MIN_LATENCY_MS,
+        le=MAX_LATENCY_MS,
+        description="99th percentile latency, ms (0.001 to 600000).",
+    )
 
-    @model_validator(mode="after")
-    def _ordered_percentiles(self) -> BatchLatency:
-        if self.p90_ms is not None and self.p90_ms < self.p50_ms:
+    @field_validator("p90_ms")
+    @classmethod
+    def _p90_above_p50(cls, p90: float | None, info: ValidationInfo) -> float | None:
+        p50 = info.data.get("p50_ms")
+        if p90 is not None and p50 is not None and p90 < p50:
             raise ValueError("p90Ms must be greater than or equal to p50Ms")
-        lower = self.p90_ms if self.p90_ms is not None else self.p50_ms
-        if self.p99_ms is not None and self.p99_ms < lower:
+        return p90
+
+    @field_validator("p99_ms")
+    @classmethod
+    def _p99_above_p90(cls, p99: float | None, info: ValidationInfo) -> float | None:
+        if "p50_ms" not in info.data or "p90_ms" not in info.data:
+            return p99  # reported on those fields
+        p90 = info.data["p90_ms"]
+        lower = p90 if p90 is not None else info.data["p50_ms"]
+        if p99 is not None and p99 < lower:
             raise ValueError("p99Ms must be greater than or equal to p90Ms and p50Ms")
-        return self
+        return p99
 
 
 class LatencyProfile(ApiModel):
@@ -296,14 +432,15 @@ class LatencyProfile(ApiModel):
         },
     )
 
-    @model_validator(mode="after")
-    def _batches_valid(self) -> LatencyProfile:
-        sizes = [b.batch_size for b in self.batches]
+    @field_validator("batches")
+    @classmethod
+    def _batches_valid(cls, batches: list[BatchLatency]) -> list[BatchLatency]:
+        sizes = [b.batch_size for b in batches]
         if 1 not in sizes:
             raise ValueError("a latency profile must include batchSize 1")
         if len(set(sizes)) != len(sizes):
             raise ValueError("batch sizes in a latency profile must be unique")
-        return self
+        return batches
 
 
 class Variant(ApiModel):
@@ -334,12 +471,13 @@ class Variant(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["pool"]},
     )
 
-    @model_validator(mode="after")
-    def _unique_pools(self) -> Variant:
-        pools = [p.pool for p in self.profiles]
+    @field_validator("profiles")
+    @classmethod
+    def _unique_pools(cls, profiles: list[LatencyProfile]) -> list[LatencyProfile]:
+        pools = [p.pool for p in profiles]
         if len(set(pools)) != len(pools):
             raise ValueError("each pool may have only one latency profile per variant")
-        return self
+        return profiles
 
 
 class InferenceServiceSpec(ApiModel):
@@ -355,10 +493,12 @@ class InferenceServiceSpec(ApiModel):
     priority: int = Field(
         default=1,
         ge=1,
-        le=1000,
+        le=MAX_PRIORITY,
         description=(
             "Weight of this service's demand when the cluster cannot serve everything: "
-            "demand of a higher-priority service is served first."
+            "demand of a higher-priority service is served first. 1 to 1000. A DevicePool "
+            "may cap it (spec.maxPriority): the service is planned at the lowest cap among "
+            "the pools it may use."
         ),
     )
     variants: list[Variant] = Field(
@@ -368,12 +508,13 @@ class InferenceServiceSpec(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
-    @model_validator(mode="after")
-    def _unique_variants(self) -> InferenceServiceSpec:
-        names = [v.name for v in self.variants]
+    @field_validator("variants")
+    @classmethod
+    def _unique_variants(cls, variants: list[Variant]) -> list[Variant]:
+        names = [v.name for v in variants]
         if len(set(names)) != len(names):
             raise ValueError("variant names must be unique")
-        return self
+        return variants
 
 
 class PlanRowStatus(ApiModel):
@@ -398,6 +539,13 @@ class InferenceServiceStatus(ApiModel):
 
     observed_generation: int | None = Field(
         default=None, description="The .metadata.generation the status reflects."
+    )
+    url: str | None = Field(
+        default=None,
+        description=(
+            "The service's endpoint in the cluster (its router, KServe v2 protocol), e.g. "
+            "http://NAME.NAMESPACE.svc.cluster.local; POST $url/v2/models/NAME/infer."
+        ),
     )
     conditions: list[Condition] = Field(
         default_factory=list,
@@ -427,7 +575,7 @@ class InferenceService(ApiModel):
 
     api_version: Literal["accordion.dev/v1alpha1"] = Field(default=API_VERSION)
     kind: Literal["InferenceService"] = "InferenceService"
-    metadata: ObjectMeta
+    metadata: ServiceMeta
     spec: InferenceServiceSpec
     status: InferenceServiceStatus | None = None
 
@@ -452,7 +600,10 @@ class Toleration(ApiModel):
         default=None, description="Taint effect to match; empty matches all."
     )
     toleration_seconds: int | None = Field(
-        default=None, description="How long a NoExecute taint is tolerated."
+        default=None,
+        ge=0,
+        le=2**31 - 1,
+        description="How long a NoExecute taint is tolerated, seconds.",
     )
 
 
@@ -478,15 +629,42 @@ class DevicePoolSpec(ApiModel):
 
     devices: int = Field(
         ge=0,
-        le=1_000_000,
-        description="How many devices of this class the planner may use (one per replica).",
+        le=MAX_DEVICES,
+        description=(
+            "How many devices of this class the planner may use (one per replica), 0 to 1000000."
+        ),
     )
     cost_per_device: float = Field(
         default=1.0,
         ge=0,
+        le=MAX_COST_PER_DEVICE,
         description=(
-            "Relative cost of one device (e.g. its hourly price). The planner releases devices "
-            "that are not worth their accuracy, cheapest plan first among equals."
+            "Relative cost of one device (e.g. its hourly price), 0 to 1000000. The planner "
+            "releases devices that are not worth their accuracy, cheapest plan first among "
+            "equals."
+        ),
+    )
+    allowed_namespaces: list[Annotated[str, Field(max_length=63, pattern=DNS_LABEL)]] | None = (
+        Field(
+            default=None,
+            max_length=MAX_ALLOWED_NAMESPACES,
+            description=(
+                "Namespaces whose InferenceServices may place workers on this pool. Unset: "
+                "every namespace. A service of another namespace keeps its other pools; its "
+                "profiles for this pool are ignored and its status says so (PoolAccess)."
+            ),
+            json_schema_extra={"x-kubernetes-list-type": "set"},
+        )
+    )
+    max_priority: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_PRIORITY,
+        description=(
+            "Highest spec.priority a service using this pool is planned with, 1 to 1000. "
+            "Priority is one number per service in the plan, so a service that may use "
+            "several pools is planned at the lowest maxPriority among them (and its status "
+            "says so, PoolAccess). Unset: no cap."
         ),
     )
     node_selector: dict[str, str] = Field(
@@ -502,6 +680,17 @@ class DevicePoolSpec(ApiModel):
     device: Literal["cpu", "cuda"] = Field(
         default="cpu", description="Torch device the workers of this pool run on."
     )
+
+    @field_validator("allowed_namespaces")
+    @classmethod
+    def _unique_namespaces(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None and len(set(names)) != len(names):
+            raise ValueError("allowedNamespaces must not repeat a namespace")
+        return names
+
+    def admits(self, namespace: str) -> bool:
+        """Whether InferenceServices of `namespace` may use this pool (`allowedNamespaces`)."""
+        return self.allowed_namespaces is None or namespace in self.allowed_namespaces
 
 
 class DevicePoolStatus(ApiModel):

@@ -118,12 +118,23 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "accordion.dev/v1alpha1"},
             "kind": {"type": "string", "description": model.__name__},
-            "metadata": {"type": "object"},
+            "metadata": _metadata_schema(props["metadata"], defs),
             "spec": structural(props["spec"], defs),
             "status": structural(props["status"], defs),
         },
     }
     return out
+
+
+def _metadata_schema(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """`metadata` of a CRD: the API server allows a schema only for `name` (and generateName).
+
+    The model's name rules (a DNS-1035 label for an InferenceService, whose name starts Service
+    names) are checked at admission that way, as the models check them.
+    """
+    name = structural(_resolve(node, defs)["properties"]["name"], defs)
+    name.pop("description", None)
+    return {"type": "object", "properties": {"name": name}}
 
 
 def _column(name: str, type_: str, path: str, description: str, **extra: Any) -> dict[str, Any]:
@@ -184,6 +195,7 @@ def crds() -> dict[str, dict[str, Any]]:
                 '.status.conditions[?(@.type=="Ready")].status',
                 "Whether the service serves its plan.",
             ),
+            _column("URL", "string", ".status.url", "The router's URL in the cluster."),
             age,
         ],
     )
