@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml solver/pyproject.toml workers/pyproject.toml operator/p
 	# torch from the CPU wheel (a looser pin pulls GBs of CUDA); see README.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q --config-settings editable_mode=compat \
-		-e ./solver -e './workers[torch]' -e './operator[run,test]' -e '.[dev]'
+		-e ./solver -e './workers[torch,storage,test]' -e './operator[run,test]' -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,7 +1,8 @@
 """Typer commands of the data plane, mounted by the root `accordion` CLI.
 
 ``profile`` (latency per batch size, printed as an InferenceService profile block), ``load``
-(open-loop load generator), ``serve`` (a worker) and ``route`` (a router). Heavy imports (torch,
+(open-loop load generator), ``serve`` (a worker), ``route`` (a router) and ``fetch`` (a worker
+pod's storage initializer: downloads its model). Heavy imports (torch, boto3,
 aiohttp apps) happen inside the commands, so `accordion --help` stays fast.
 """
 
@@ -270,3 +271,19 @@ def route(
         if exc.errno not in _BIND_ERRORS:
             raise
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+@app.command()
+def fetch(
+    storage_uri: Annotated[str, typer.Argument(help="s3://, http(s)://, pvc://, file:// or path")],
+    dest: Annotated[Path, typer.Option(help="directory to download into")] = Path("/mnt/models"),
+) -> None:
+    """Download a model before the worker starts (a worker pod's init container); print its path."""
+    from accordion.workers.fetch import FetchError
+    from accordion.workers.fetch import fetch as download
+    from accordion.workers.storage import StorageUriError
+
+    try:
+        typer.echo(download(storage_uri, dest))
+    except (StorageUriError, FetchError) as exc:
+        _fail(str(exc))
