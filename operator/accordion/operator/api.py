@@ -314,8 +314,8 @@ class ModelRef(ApiModel):
     def _supported_storage(cls, uri: str) -> str:
         try:
             parse_storage_uri(uri)
-        except StorageUriError as exc:
-            raise ValueError(str(exc)) from None
+        except StorageUriError:
+            raise ValueError(STORAGE_URI_MESSAGE) from None
         return uri
 
     format: ModelFormat = Field(
@@ -687,10 +687,6 @@ class DevicePoolSpec(ApiModel):
         if names is not None and len(set(names)) != len(names):
             raise ValueError("allowedNamespaces must not repeat a namespace")
         return names
-
-    def admits(self, namespace: str) -> bool:
-        """Whether InferenceServices of `namespace` may use this pool (`allowedNamespaces`)."""
-        return self.allowed_namespaces is None or namespace in self.allowed_namespaces
 
 
 class DevicePoolStatus(ApiModel):

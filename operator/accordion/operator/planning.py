@@ -3,14 +3,25 @@
 This is the only place where the Kubernetes-facing API (milliseconds, camelCase, pools as
 objects) meets the planner's pure model (seconds, names, numbers). The operator, the CLI and
 local mode all build their problems here, so the same manifests give the same plan everywhere.
+
+Tenancy is applied here too, because the planner knows no namespaces. A DevicePool's
+`allowedNamespaces` removes the pool from the profiles of services of other namespaces; its
+`maxPriority` caps the priority of the services that may use it. The planner has one priority
+per service (its demand's weight in the first objective), not one per (service, pool), so a
+service is planned at min(spec.priority, the lowest maxPriority among the pools it may use):
+that never lets a capped pool see a higher priority than its cap, at the price of capping the
+service on its other pools too (to keep a high priority on an uncapped pool, leave the capped
+pool out of the service's profiles). Both are reported per service (`ProblemBuild.by_service`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from accordion.operator.api import (
+    MAX_QPS,
     BatchLatency,
     DemandSource,
     DevicePool,
@@ -29,8 +40,26 @@ from accordion.solver import (
     VariantSpec,
 )
 
+
+@dataclass(frozen=True)
+class PoolAccess:
+    """Who may use a DevicePool, and at what priority: what a `ServiceSpec` depends on."""
+
+    allowed_namespaces: frozenset[str] | None = None
+    max_priority: int | None = None
+
+    @classmethod
+    def of(cls, pool: DevicePool) -> PoolAccess:
+        allowed = pool.spec.allowed_namespaces
+        return cls(None if allowed is None else frozenset(allowed), pool.spec.max_priority)
+
+    def admits(self, namespace: str) -> bool:
+        return self.allowed_namespaces is None or namespace in self.allowed_namespaces
+
+
 ServiceMemo = dict[
-    str, tuple[InferenceService, float | None, frozenset[str], ServiceSpec, list[str]]
+    str,
+    tuple[InferenceService, float | None, dict[str, PoolAccess], ServiceSpec, list[str]],
 ]
 """`to_problem`'s memo: per service key, the inputs of its `ServiceSpec` and the result."""
 
@@ -41,6 +70,9 @@ class ProblemBuild:
 
     problem: Problem
     warnings: list[str] = field(default_factory=list)
+    by_service: dict[str, list[str]] = field(default_factory=dict)
+    """The warnings that concern one service (unknown pools, pool access, priority capped),
+    by service key: what its status should say (condition PoolAccess)."""
 
 
 def profile_point(b: BatchLatency) -> ProfilePoint:
@@ -54,9 +86,15 @@ def profile_point(b: BatchLatency) -> ProfilePoint:
 
 
 def base_demand_qps(isvc: InferenceService, measured: Mapping[str, float]) -> float:
-    """Demand estimate before headroom: the measurement if any, else the spec's static qps."""
-    if isvc.key in measured:
-        return max(0.0, measured[isvc.key])
+    """Demand estimate before headroom: the measurement if any, else the spec's static qps.
+
+    A measurement is clamped into the API's bounds ([0, MAX_QPS]); one that is not a finite
+    number counts as no measurement (the demand readers reject those; this is the last guard
+    in front of the planner's arithmetic).
+    """
+    value = measured.get(isvc.key)
+    if value is not None and math.isfinite(value):
+        return min(max(0.0, value), MAX_QPS)
     if isvc.spec.demand.qps is not None:
         return isvc.spec.demand.qps
     return 0.0
@@ -83,8 +121,9 @@ def to_problem(
     not exist are left out with a warning rather than failing the whole cluster's plan.
 
     `memo` (a dict the caller keeps between calls) re-uses a service's `ServiceSpec` while the
-    service (compared by value), its measured demand and the set of pools are unchanged: at
-    a thousand services, building every spec again costs more than the rest of the problem.
+    service (compared by value), its measured demand and the pools (names and access) are
+    unchanged: at a thousand services, building every spec again costs more than the rest of
+    the problem.
 
     `available_devices` (per pool name, e.g. from `pools.available_devices` over the cluster's
     Nodes) caps a pool's `spec.devices` at what its nodes can really offer; pools not in it are
@@ -92,8 +131,9 @@ def to_problem(
     """
     measured = measured_qps or {}
     pool_list = sorted(pools, key=lambda p: p.metadata.name)
-    known = frozenset(p.metadata.name for p in pool_list)
+    known = {p.metadata.name: PoolAccess.of(p) for p in pool_list}
     warnings: list[str] = []
+    by_service: dict[str, list[str]] = {}
     specs = []
     seen: set[str] = set()
     for isvc in sorted(services, key=lambda s: s.key):
@@ -101,14 +141,15 @@ def to_problem(
         qps = measured.get(isvc.key)
         hit = memo.get(isvc.key) if memo is not None else None
         if hit is not None and hit[1] == qps and hit[2] == known and hit[0] == isvc:
-            specs.append(hit[3])
-            warnings.extend(hit[4])
-            continue
-        spec, spec_warnings = _service_spec(isvc, measured, known)
+            spec, spec_warnings = hit[3], hit[4]
+        else:
+            spec, spec_warnings = _service_spec(isvc, measured, known)
+            if memo is not None:
+                memo[isvc.key] = (isvc, qps, known, spec, spec_warnings)
         specs.append(spec)
         warnings.extend(spec_warnings)
-        if memo is not None:
-            memo[isvc.key] = (isvc, qps, known, spec, spec_warnings)
+        if spec_warnings:
+            by_service[isvc.key] = spec_warnings
     if memo is not None:
         for key in [k for k in memo if k not in seen]:
             del memo[key]
@@ -125,7 +166,7 @@ def to_problem(
         current=[a for a in current if a.pool in known],
         settings=settings or PlannerSettings(),
     )
-    return ProblemBuild(problem=problem, warnings=warnings)
+    return ProblemBuild(problem=problem, warnings=warnings, by_service=by_service)
 
 
 def _capped(pool: DevicePool, available: Mapping[str, int] | None) -> int:
@@ -136,22 +177,49 @@ def _capped(pool: DevicePool, available: Mapping[str, int] | None) -> int:
 
 
 def _service_spec(
-    isvc: InferenceService, measured: Mapping[str, float], known: frozenset[str]
+    isvc: InferenceService, measured: Mapping[str, float], known: Mapping[str, PoolAccess]
 ) -> tuple[ServiceSpec, list[str]]:
-    """One service as the planner sees it, and what was left out of it (warnings)."""
+    """One service as the planner sees it, and what was left out of it (warnings).
+
+    Profiles for pools that do not exist, or whose `allowedNamespaces` leave the service's
+    namespace out, are dropped; the priority is capped by the pools it may use (module
+    docstring).
+    """
     warnings: list[str] = []
     variants = []
+    namespace = isvc.metadata.namespace or "default"
+    refused: set[str] = set()
+    used: set[str] = set()
     for v in isvc.spec.variants:
         profiles = {}
         for prof in v.profiles:
-            if prof.pool not in known:
+            access = known.get(prof.pool)
+            if access is None:
                 warnings.append(
                     f"{isvc.key}: variant {v.name} has a profile for pool {prof.pool!r}, "
                     "which does not exist; that pool is not used for it"
                 )
                 continue
+            if not access.admits(namespace):
+                refused.add(prof.pool)
+                continue
+            used.add(prof.pool)
             profiles[prof.pool] = [profile_point(b) for b in prof.batches]
         variants.append(VariantSpec(name=v.name, accuracy=v.accuracy, profiles=profiles))
+    if refused:
+        warnings.append(
+            f"{isvc.key}: DevicePool {', '.join(sorted(refused))} does not admit namespace "
+            f"{namespace!r} (allowedNamespaces); its profiles there are not used"
+        )
+    priority = isvc.spec.priority
+    caps = {p: cap for p in used if (cap := known[p].max_priority) is not None}
+    if caps and min(caps.values()) < priority:
+        priority = min(caps.values())
+        lowest = sorted(p for p, cap in caps.items() if cap == priority)
+        warnings.append(
+            f"{isvc.key}: priority {isvc.spec.priority} is planned as {priority}, the "
+            f"maxPriority of DevicePool {', '.join(lowest)}"
+        )
     unmeasured = isvc.spec.demand.source is DemandSource.PROMETHEUS and isvc.key not in measured
     if unmeasured and isvc.spec.demand.qps is None:
         warnings.append(f"{isvc.key}: no demand measured yet and no demand.qps; planning 0")
@@ -161,7 +229,7 @@ def _service_spec(
         slo_s=isvc.spec.slo.latency_ms / 1000.0,
         accuracy_floor=isvc.spec.accuracy.floor,
         accuracy_target=isvc.spec.accuracy.target,
-        priority=isvc.spec.priority,
+        priority=priority,
         variants=variants,
     )
     return spec, warnings
