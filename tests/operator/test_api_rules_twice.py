@@ -21,6 +21,7 @@ import jsonschema
 import pytest
 
 from accordion.operator.api import InvalidResourceError, parse_resource
+from accordion.workers.storage import STORAGE_URI_PATTERN
 
 from .test_crds import _cel_rules, _holds, _walk, examples, schema_of
 
@@ -48,6 +49,10 @@ BREAKS: dict[tuple[str, str], Any] = {
         ".spec.variants[].profiles[].batches[]",
         "!has(self.p99Ms) || self.p99Ms >= (has(self.p90Ms) ? self.p90Ms : self.p50Ms)",
     ): {"batchSize": 1, "p50Ms": 5.0, "p99Ms": 4.0},
+    (
+        ".spec.variants[].model",
+        f"self.storageUri.matches('{STORAGE_URI_PATTERN}')",
+    ): {"storageUri": "gs://models/resnet50.pt", "format": "torchscript"},
 }
 
 # An item for list-type rules whose list the examples leave empty.

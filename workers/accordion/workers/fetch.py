@@ -108,9 +108,17 @@ def _fetch_s3(source: StorageUri, target: Path, environ: Mapping[str, str]) -> N
 def _nearby(client: Any, source: StorageUri) -> str:
     """A hint for a missing key: the objects next to it (a typo shows), if listing is allowed."""
     prefix = source.path.rsplit("/", 1)[0] + "/" if "/" in source.path else ""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         listed = client.list_objects_v2(Bucket=source.location, Prefix=prefix, MaxKeys=10)
-    except Exception:  # the hint is best effort; the missing object is the error
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            return f" (bucket {source.location} does not exist)"
+        return (
+            ""  # the hint is best effort (listing may be denied); the missing object is the error
+        )
+    except BotoCoreError:
         return ""
     keys = [str(o["Key"]) for o in listed.get("Contents", [])]
     where = f"s3://{source.location}/{prefix}"
