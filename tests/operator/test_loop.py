@@ -41,7 +41,13 @@ def service(name: str = "svc", qps: float = 40.0, **spec: Any) -> InferenceServi
         "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "generation": 1},
         "spec": {
             "slo": {"latencyMs": 100},
-            "demand": {"source": "Static", "qps": qps, "headroom": 0.0},
+            # The burst buffer has tests of its own: here every device is the plan's.
+            "demand": {
+                "source": "Static",
+                "qps": qps,
+                "headroom": 0.0,
+                "burst": {"policy": "Off"},
+            },
             "variants": [
                 {
                     "name": "big",
@@ -75,6 +81,10 @@ def pool(name: str = "gpu", devices: int = 1) -> DevicePool:
     )
     assert isinstance(p, DevicePool)
     return p
+
+
+NO_DRAIN = LoopSettings(drain_s=0.0)
+"""Old replicas go as soon as the final routing is in place (the drain has its own test)."""
 
 
 class Clock:
@@ -131,7 +141,7 @@ def kinds(steps: Sequence[Step]) -> list[str]:
 def env() -> tuple[World, Clock, ControlLoop, MemoryActuator]:
     clock = Clock()
     world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=1)})
-    return world, clock, ControlLoop(clock=clock), MemoryActuator(world, clock)
+    return world, clock, ControlLoop(NO_DRAIN, clock=clock), MemoryActuator(world, clock)
 
 
 async def test_create_then_ready_then_no_churn(
@@ -242,7 +252,7 @@ async def test_failed_make_step_holds_back_the_break(
 async def test_shrinking_pool_replans_and_scales_down_after_traffic_moved() -> None:
     clock = Clock()
     world = World(services={"default/svc": service(qps=120.0)}, pools={"gpu": pool(devices=4)})
-    loop, act = ControlLoop(clock=clock), MemoryActuator(world, clock)
+    loop, act = ControlLoop(NO_DRAIN, clock=clock), MemoryActuator(world, clock)
     await loop.reconcile(world, DemandView(), act)
     all_ready(world)
     await loop.reconcile(world, DemandView(), act)

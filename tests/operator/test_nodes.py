@@ -79,7 +79,8 @@ def test_pool_without_nodes_gets_no_workers_until_a_node_registers(cluster: Clus
     cluster.core.create_node(node("gpu-node-1", 2))
     workers = wait_for("a worker once a matching Ready node exists", lambda: cluster.workers(ns))
     assert set(workers) == {"big"}
-    assert workers["big"]["spec"]["replicas"] == 1
+    # The node's two devices: one for the plan, one for a spare (burst) replica.
+    assert workers["big"]["spec"]["replicas"] == 2
 
     def pool_ready() -> dict[str, Any] | None:
         status = pool_status()
@@ -88,7 +89,7 @@ def test_pool_without_nodes_gets_no_workers_until_a_node_registers(cluster: Clus
 
     status = wait_for("the pool Ready", pool_ready)
     assert status["matchingNodes"] == 1
-    assert status["allocatedDevices"] == 1
+    assert status["allocatedDevices"] == 2
 
 
 def test_node_relevance_ignores_heartbeats() -> None:

@@ -29,7 +29,9 @@ def test_create_makes_workers_router_routing_and_status(cluster: Cluster) -> Non
     workers = wait_for("a worker Deployment", lambda: cluster.workers(ns))
     assert set(workers) == {"big"}
     big = workers["big"]
-    assert big["spec"]["replicas"] == 1
+    # One replica serves the 40 req/s; the pool's other device holds a spare one for bursts
+    # (spec.demand.burst defaults to Auto, 50%), in the same worker group.
+    assert big["spec"]["replicas"] == 2
     labels = big["metadata"]["labels"]
     assert labels["accordion.dev/service"] == "svc"
     assert labels["accordion.dev/pool"] == pool
@@ -58,7 +60,9 @@ def test_create_makes_workers_router_routing_and_status(cluster: Cluster) -> Non
     assert status["effectiveAccuracy"] == 80
     assert status["demandQps"] == 40
     assert status["plan"][0]["variant"] == "big"
-    assert status["plan"][0]["readyReplicas"] == 1
+    assert status["plan"][0]["spareReplicas"] == 1
+    assert status["spareCapacityQps"] > 0
+    assert status["plan"][0]["readyReplicas"] == 2
     assert any(e["reason"] == "ReplicasChanged" for e in cluster.events(ns))
 
 

@@ -210,6 +210,54 @@ class DemandSource(StrEnum):
     PROMETHEUS = "Prometheus"
 
 
+class BurstPolicyName(StrEnum):
+    """How a service's spare (burst) capacity is sized."""
+
+    AUTO = "Auto"
+    FIXED = "Fixed"
+    OFF = "Off"
+
+
+class BurstSpec(ApiModel):
+    """Spare replicas for bursts, on devices the plan leaves idle.
+
+    The plan serves the estimate plus `demand.headroom`; devices it leaves idle then hold spare
+    replicas sized for `headroom` more (of the estimate). The router sends them nothing by
+    weight: only its fast loop does, with the requests the planned replicas cannot answer in
+    time, so a burst is absorbed at once instead of after a re-plan and a model load. Spare
+    replicas never take a device another service's plan needs.
+    """
+
+    policy: BurstPolicyName = Field(
+        default=BurstPolicyName.AUTO,
+        description=(
+            "Auto: spare capacity for the larger of `headroom` and the largest burst the "
+            "service's own arrivals showed in the last 10 minutes, at most `max`. Fixed: "
+            "`headroom` exactly. Off: no spare replicas (cost-sensitive services)."
+        ),
+    )
+    headroom: float = Field(
+        default=0.5,
+        ge=0,
+        le=10,
+        description="Spare capacity as a fraction of the estimate (0.5 = +50%). 0 to 10.",
+    )
+    max: float = Field(
+        default=2.0,
+        ge=0,
+        le=10,
+        description="Auto: the learned burst is capped at this fraction of the estimate.",
+    )
+
+    def fraction(self, learned: float | None) -> float:
+        """The spare capacity to plan, as a fraction of the estimate."""
+        if self.policy is BurstPolicyName.OFF:
+            return 0.0
+        if self.policy is BurstPolicyName.FIXED or learned is None:
+            return self.headroom
+        return max(self.headroom, min(learned, self.max))
+
+
 class DemandSpec(ApiModel):
     """Where the planner's demand estimate comes from, and how much headroom to plan for."""
 
@@ -269,6 +317,10 @@ class DemandSpec(ApiModel):
         description=(
             "Extra capacity planned above the estimate, as a fraction (0.1 = +10%). 0 to 10."
         ),
+    )
+    burst: BurstSpec = Field(
+        default_factory=BurstSpec,
+        description="Spare replicas for bursts on devices the plan leaves idle.",
     )
 
 
@@ -529,6 +581,12 @@ class PlanRowStatus(ApiModel):
     routed_qps: float = Field(ge=0, description="Demand routed to these replicas, req/s.")
     weight: float = Field(ge=0, le=1, description="Share of the service's traffic routed here.")
     accuracy: float = Field(ge=0, le=100, description="Accuracy of the variant.")
+    spare_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Of replicas, how many are spare (burst) replicas: routed to only by the "
+        "router's fast loop, when the planned replicas cannot answer in time.",
+    )
 
 
 class InferenceServiceStatus(ApiModel):
@@ -556,6 +614,11 @@ class InferenceServiceStatus(ApiModel):
         default=None, description="Demand the current plan was made for (headroom included)."
     )
     capacity_qps: float | None = Field(default=None, description="Planned capacity, req/s.")
+    spare_capacity_qps: float | None = Field(
+        default=None,
+        description="Capacity of the spare (burst) replicas beyond capacityQps, req/s "
+        "(spec.demand.burst).",
+    )
     served_qps: float | None = Field(default=None, description="Planned served demand, req/s.")
     effective_accuracy: float | None = Field(
         default=None, description="Demand-weighted accuracy of the plan."

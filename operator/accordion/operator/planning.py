@@ -253,6 +253,7 @@ def status_rows(plan: Plan | Sequence[PlanRow], service: str) -> list[PlanRowSta
             routed_qps=round(r.routed_qps, 3),
             weight=round(r.routed_qps / routed_total, 4) if routed_total > 0 else 0.0,
             accuracy=r.accuracy,
+            spare_replicas=r.spare_replicas,
         )
         for r in rows
     ]

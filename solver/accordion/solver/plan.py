@@ -26,6 +26,12 @@ class PlanRow(_Frozen):
     capacity_qps: float = Field(ge=0)
     routed_qps: float = Field(ge=0)
     accuracy: float
+    spare_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Of `replicas`, how many are spare (burst) replicas on devices the plan "
+        "left idle: in `capacity_qps`, but no load is routed to them by weight.",
+    )
 
 
 class ServicePlan(_Frozen):
@@ -42,6 +48,9 @@ class ServicePlan(_Frozen):
     floor_met: bool = Field(
         description="True when the service has an eligible variant (accuracy at or above its "
         "floor) and all of its demand is served."
+    )
+    spare_capacity_qps: float = Field(
+        default=0.0, ge=0, description="Capacity of spare (burst) replicas, beyond capacity_qps."
     )
 
 

@@ -6,49 +6,117 @@ half-lives for rising and falling demand: a rise is followed within a few second
 lost in seconds), a fall only slowly (releasing devices too early costs a re-plan and a model
 load when demand comes back). Headroom is not applied here but where the problem is built
 (`accordion.operator.planning.planned_demand_qps`), from each service's spec.
+
+Two rules use what the loop planned (`DemandTracker.plan_feedback`, after every pass):
+
+* a surge: a measured rate above the service's planned capacity by more than counting noise
+  (`SURGE_SIGMAS` standard deviations of a Poisson count at that capacity over the interval)
+  is taken at once, not smoothed in: capacity that is already short must not wait for an
+  average to catch up (the loop then plans for it at once, `ControlLoop.pass_due`);
+* a service that is short (the plan cannot serve its estimate) follows a falling rate with the
+  rise half-life too: in overload a stale estimate keeps devices on a service whose demand has
+  gone while others starve.
+
+Each estimator also learns how bursty its service is (`learned_burst`): the largest excess of a
+measured rate over the estimate just before it (less counting noise), as a fraction of that
+estimate, over the last `BURST_WINDOW_S`. `spec.demand.burst.policy: Auto` sizes the service's
+spare replicas from it.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
+
+from accordion.operator.control.timing import DEFAULT_TIMINGS
+
+SURGE_SIGMAS = 3.0
+"""How many standard deviations of counting noise a rate must exceed capacity by to be a surge."""
+BURST_WINDOW_S = 600.0
+"""How far back `learned_burst` looks."""
+
+
+def counting_noise_qps(rate_qps: float, interval_s: float) -> float:
+    """Standard deviation of a rate measured by counting Poisson arrivals over `interval_s`."""
+    return math.sqrt(max(rate_qps, 1.0) / max(interval_s, 1e-3))
 
 
 @dataclass
 class DemandEstimator:
     """Asymmetric EWMA of one service's request rate, on an injected clock (seconds)."""
 
-    rise_half_life_s: float = 2.0
-    fall_half_life_s: float = 20.0
+    rise_half_life_s: float = DEFAULT_TIMINGS.rise_half_life_s
+    fall_half_life_s: float = DEFAULT_TIMINGS.fall_half_life_s
     estimate_qps: float | None = None
     last_t_s: float | None = None
+    bursts: deque[tuple[float, float]] = field(default_factory=deque)
+    """(time, excess over the estimate as a fraction) of measurements above it."""
 
     def __post_init__(self) -> None:
         if self.rise_half_life_s <= 0 or self.fall_half_life_s <= 0:
             raise ValueError("half-lives must be positive")
 
-    def observe(self, t_s: float, rate_qps: float) -> float:
-        """Fold in a rate measured at time `t_s` (over the interval since the last one)."""
-        if rate_qps < 0 or math.isnan(rate_qps):
-            raise ValueError(f"rate must be a non-negative number, got {rate_qps}")
+    def observe(
+        self,
+        t_s: float,
+        rate_qps: float,
+        *,
+        capacity_qps: float | None = None,
+        short: bool = False,
+    ) -> float:
+        """Fold in a rate measured at time `t_s` (over the interval since the last one).
+
+        `capacity_qps`: the service's planned capacity (a surge above it is taken at once);
+        `short`: the plan cannot serve the estimate (falls are followed fast)."""
+        if not math.isfinite(rate_qps) or rate_qps < 0:
+            raise ValueError(f"rate must be a finite non-negative number, got {rate_qps}")
         if self.estimate_qps is None or self.last_t_s is None:
             self.estimate_qps, self.last_t_s = rate_qps, t_s
             return rate_qps
         dt = max(0.0, t_s - self.last_t_s)
-        half_life = self.rise_half_life_s if rate_qps > self.estimate_qps else self.fall_half_life_s
-        keep = 0.5 ** (dt / half_life)
-        self.estimate_qps = keep * self.estimate_qps + (1.0 - keep) * rate_qps
-        self.last_t_s = t_s
-        return self.estimate_qps
+        before = self.estimate_qps
+        rising = rate_qps > before
+        half_life = self.rise_half_life_s if rising or short else self.fall_half_life_s
+        keep: float = 0.5 ** (dt / half_life)
+        estimate = keep * before + (1.0 - keep) * rate_qps
+        if dt > 0:
+            excess = rate_qps - before - SURGE_SIGMAS * counting_noise_qps(before, dt)
+            if excess > 0:
+                self.bursts.append((t_s, excess / max(before, 1.0)))
+            if capacity_qps is not None and rate_qps > capacity_qps + SURGE_SIGMAS * (
+                counting_noise_qps(capacity_qps, dt)
+            ):
+                estimate = max(estimate, rate_qps)
+        while self.bursts and self.bursts[0][0] < t_s - BURST_WINDOW_S:
+            self.bursts.popleft()
+        self.estimate_qps, self.last_t_s = estimate, t_s
+        return estimate
+
+    def learned_burst(self) -> float | None:
+        """The largest recent excess over the estimate, as a fraction; None before any."""
+        if self.last_t_s is None:
+            return None
+        return max((b for _, b in self.bursts), default=0.0)
 
 
 @dataclass
 class DemandTracker:
     """Estimators for many services, keyed by `namespace/name`."""
 
-    rise_half_life_s: float = 2.0
-    fall_half_life_s: float = 20.0
+    rise_half_life_s: float = DEFAULT_TIMINGS.rise_half_life_s
+    fall_half_life_s: float = DEFAULT_TIMINGS.fall_half_life_s
     estimators: dict[str, DemandEstimator] = field(default_factory=dict)
+    capacity_qps: dict[str, float] = field(default_factory=dict)
+    """Planned capacity per service (`plan_feedback`)."""
+    short: set[str] = field(default_factory=set)
+    """Services the plan cannot serve in full (`plan_feedback`)."""
+
+    def plan_feedback(self, capacity_qps: Mapping[str, float], short: Set[str]) -> None:
+        """What the loop planned: each service's capacity, and which ones are short."""
+        self.capacity_qps = dict(capacity_qps)
+        self.short = set(short)
 
     def observe(self, service: str, t_s: float, rate_qps: float) -> float:
         """Fold in one service's measured rate; return its new estimate."""
@@ -57,7 +125,12 @@ class DemandTracker:
             est = self.estimators[service] = DemandEstimator(
                 self.rise_half_life_s, self.fall_half_life_s
             )
-        return est.observe(t_s, rate_qps)
+        return est.observe(
+            t_s,
+            rate_qps,
+            capacity_qps=self.capacity_qps.get(service),
+            short=service in self.short,
+        )
 
     def estimates(self) -> dict[str, float]:
         """Current estimate of every service seen so far."""
@@ -67,6 +140,17 @@ class DemandTracker:
             if est.estimate_qps is not None
         }
 
+    def bursts(self) -> dict[str, float]:
+        """Learned burst fraction of every service seen so far (`learned_burst`)."""
+        out = {}
+        for name, est in self.estimators.items():
+            value = est.learned_burst()
+            if value is not None:
+                out[name] = value
+        return out
+
     def forget(self, service: str) -> None:
         """Drop a deleted service's history."""
         self.estimators.pop(service, None)
+        self.capacity_qps.pop(service, None)
+        self.short.discard(service)

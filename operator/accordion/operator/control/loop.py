@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accordion.operator.api import DevicePool, InferenceService
+from accordion.operator.control.burst import main_allocation, merge_spare, spare_problem
 from accordion.operator.control.desired import (
     Routing,
     WorkerKey,
@@ -80,8 +81,10 @@ from accordion.operator.control.steps import (
     Step,
     UpdateStatus,
 )
+from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
+from accordion.operator.control.triggers import ReplanGate
 from accordion.operator.control.world import AppliedRouting, DemandView, RunningWorker, World
-from accordion.operator.planning import ServiceMemo, to_problem
+from accordion.operator.planning import ServiceMemo, base_demand_qps, to_problem
 from accordion.operator.pools import available_devices
 from accordion.solver import Allocation, Plan, PlannerSettings, PlanRow, Problem, ServicePlan
 
@@ -129,9 +132,21 @@ class LoopSettings:
     """Knobs of the loop (the planner's own knobs are `planner`)."""
 
     planner: PlannerSettings = field(default_factory=PlannerSettings)
-    drain_s: float = 0.0
+    drain_s: float = DEFAULT_TIMINGS.drain_s
     """How long a final routing must have been in place before old replicas are removed
     (routers pick a new table up with some delay)."""
+    hysteresis: float = DEFAULT_TIMINGS.hysteresis
+    """The band of each service's planned estimate (`triggers.ReplanGate`)."""
+    burst_buffer: bool = True
+    """Plan spare replicas on idle devices for services that want them (`burst`)."""
+
+    @classmethod
+    def from_timings(cls, timings: Timings, planner: PlannerSettings | None = None) -> LoopSettings:
+        return cls(
+            planner=planner or PlannerSettings(),
+            drain_s=timings.drain_s,
+            hysteresis=timings.hysteresis,
+        )
 
 
 @dataclass
@@ -214,6 +229,9 @@ class ControlLoop:
         self.decide_time_s: float = 0.0
         """Wall time of the last `decide` (planning included)."""
         self._failed_problem: Problem | None = None
+        self.gate = ReplanGate(self.settings.hysteresis)
+        self.spare_time_s: float = 0.0
+        """Wall time of the last spare-plan call."""
         self._spec_memo: ServiceMemo = {}
         self._targets_memo: dict[str, tuple[Any, dict[WorkerKey, WorkerSpec]]] = {}
         self._settled: dict[str, _Settled] = {}
@@ -225,14 +243,7 @@ class ControlLoop:
         """What the planner should avoid changing: the previous plan, or what runs at start."""
         if self.last_plan is not None:
             if self._current_memo is None or self._current_memo[0] is not self.last_plan:
-                allocations = [
-                    Allocation(
-                        service=r.service, variant=r.variant, pool=r.pool, replicas=r.replicas
-                    )
-                    for r in self.last_plan.rows
-                    if r.replicas > 0
-                ]
-                self._current_memo = (self.last_plan, allocations)
+                self._current_memo = (self.last_plan, main_allocation(self.last_plan))
             return [a for a in self._current_memo[1] if a.service in world.services]
         return [
             Allocation(service=k.service, variant=k.variant, pool=k.pool, replicas=w.spec.replicas)
@@ -252,14 +263,44 @@ class ControlLoop:
             and a.settings == b.settings
         )
 
+    def capacity_by_service(self) -> dict[str, float]:
+        """Planned capacity per service in the plan in force (spare replicas left out)."""
+        plan = self.last_plan
+        return {s.service: s.capacity_qps for s in plan.services} if plan is not None else {}
+
+    def short_services(self) -> set[str]:
+        """Services the plan in force cannot serve in full."""
+        plan = self.last_plan
+        if plan is None:
+            return set()
+        return {s.service for s in plan.services if s.unserved_qps > 1e-6 * max(1.0, s.demand_qps)}
+
+    def _measured(self, world: World, demand: DemandView) -> dict[str, float]:
+        return {k: v for k, v in demand.qps.items() if k in world.services}
+
+    def pass_due(self, world: World, demand: DemandView) -> list[str]:
+        """Services whose demand estimate left the band of their plan (`triggers`): a driver
+        runs a pass at once when this is not empty, instead of waiting for its periodic one."""
+        headroom = {k: s.spec.demand.headroom for k, s in world.services.items()}
+        return self.gate.due(self._measured(world, demand), self.capacity_by_service(), headroom)
+
     def make_plan(self, world: World, demand: DemandView) -> tuple[Plan, bool, list[str]]:
         """The plan for the whole cluster; re-uses the last one when the problem is unchanged.
 
+        Each service is planned for its estimate within the hysteresis band (`triggers`) plus
+        its headroom. When that plan is short of capacity for some service, the cluster is
+        planned again without headroom (in overload, headroom would take devices from demand
+        that is there). Devices the plan leaves idle then get spare replicas (`burst`).
+
         Raises `PlanningError` when the planner fails (the last good plan stays in force)."""
+        headroom = {k: s.spec.demand.headroom for k, s in world.services.items()}
+        estimates = self.gate.estimates(
+            self._measured(world, demand), self.capacity_by_service(), headroom
+        )
         build = to_problem(
             world.services.values(),
             world.pools.values(),
-            measured_qps=demand.qps,
+            measured_qps=estimates,
             current=self._current(world),
             settings=self.settings.planner,
             memo=self._spec_memo,
@@ -275,21 +316,70 @@ class ControlLoop:
             raise PlanningError(self.last_error)  # the same problem fails the same way
         started = time.perf_counter()
         try:
-            plan = self.planner(build.problem)
-        except Exception as exc:  # the planner must never take the operator down
-            log.exception("planning failed")
-            self._fail(build.problem, f"planning failed: {exc}")
-            raise PlanningError(self.last_error) from exc
+            plan = self._call_planner(build.problem)
+            if any(s.unserved_qps > 1e-6 * max(1.0, s.demand_qps) for s in plan.services):
+                base = {k: base_demand_qps(svc, estimates) for k, svc in world.services.items()}
+                plain = build.problem.model_copy(
+                    update={
+                        "services": [
+                            s.model_copy(update={"demand_qps": base.get(s.name, s.demand_qps)})
+                            for s in build.problem.services
+                        ]
+                    }
+                )
+                plan = self._call_planner(plain)
+        except PlanningError as exc:
+            self._fail(build.problem, str(exc))
+            raise
         finally:
             self.plan_time_s = time.perf_counter() - started
+        plan = self._with_spare(plan, build.problem, world, demand, estimates)
+        self.last_problem, self.last_plan, self.last_error = build.problem, plan, None
+        self._failed_problem = None
+        self.gate.adopt(estimates)
+        return plan, True, build.warnings
+
+    def _call_planner(self, problem: Problem) -> Plan:
+        """The planner's plan, or `PlanningError` (it raised, or found no solution)."""
+        try:
+            plan = self.planner(problem)
+        except Exception as exc:  # the planner must never take the operator down
+            log.exception("planning failed")
+            raise PlanningError(f"planning failed: {exc}") from exc
         why = _usable(plan)
         if why is not None:
             log.warning("not applying the plan: %s", why)
-            self._fail(build.problem, why)
             raise PlanningError(why)
-        self.last_problem, self.last_plan, self.last_error = build.problem, plan, None
-        self._failed_problem = None
-        return plan, True, build.warnings
+        return plan
+
+    def _with_spare(
+        self,
+        plan: Plan,
+        problem: Problem,
+        world: World,
+        demand: DemandView,
+        estimates: Mapping[str, float],
+    ) -> Plan:
+        """The plan with spare replicas on the devices it leaves idle (`burst`), if any."""
+        if not self.settings.burst_buffer:
+            return plan
+        burst: dict[str, float] = {}
+        for key, svc in world.services.items():
+            fraction = svc.spec.demand.burst.fraction(demand.burst.get(key))
+            if fraction > 0:
+                burst[key] = base_demand_qps(svc, estimates) * fraction
+        spare = spare_problem(problem, plan, burst, self.last_plan)
+        if spare is None:
+            return plan
+        started = time.perf_counter()
+        try:
+            spare_plan = self._call_planner(spare)
+        except PlanningError as exc:
+            log.warning("no spare replicas this time: %s", exc)
+            return plan
+        finally:
+            self.spare_time_s = time.perf_counter() - started
+        return merge_spare(plan, spare_plan)
 
     def _fail(self, problem: Problem, message: str) -> None:
         self.last_error, self._failed_problem = message, problem

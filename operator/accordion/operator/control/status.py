@@ -208,6 +208,7 @@ def service_status_steps(
             "conditions": [new[t] for t in sorted(new)],
             "demand_qps": round(demand_qps, 3),
             "capacity_qps": round(summary.capacity_qps, 3) if summary else 0.0,
+            "spare_capacity_qps": round(summary.spare_capacity_qps, 3) if summary else 0.0,
             "served_qps": round(summary.served_qps, 3) if summary else 0.0,
             "effective_accuracy": (
                 round(summary.effective_accuracy, 3)

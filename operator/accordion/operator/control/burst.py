@@ -1,0 +1,140 @@
+"""The burst buffer: spare replicas on the devices a plan leaves idle.
+
+Demand is measured every second and smoothed; a burst of several times the estimate arrives
+within a second, and new replicas take a re-plan and a model load (seconds to minutes) to
+serve. Devices that the plan leaves idle can hold spare replicas meanwhile: loaded, ready, and
+sent nothing by weight, so they cost no accuracy in steady state. The router's fast loop sends
+them the requests its planned backends cannot answer in time (`accordion.workers.fastloop`),
+which absorbs a burst at once; the re-plan that follows (`ControlLoop.pass_due`) then moves
+the plan itself.
+
+The spare plan is a second call of the same planner, after the main plan: the pools less what
+the main plan uses, each service's demand its estimate times its burst fraction
+(`spec.demand.burst`, learned or fixed), and a looser optimality goal (a buffer needs no 0.1%
+optimality; at scale polishing it would double the planning time). Its rows are merged into the
+main plan's as `spare_replicas` of the same (variant, pool) worker groups, or as groups of
+their own with no routed load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from accordion.solver import (
+    Allocation,
+    Plan,
+    PlannerSettings,
+    PlanRow,
+    PoolSpec,
+    Problem,
+    ServicePlan,
+    ServiceSpec,
+)
+
+SPARE_RELATIVE_GAP = 0.005
+SPARE_POLISH_S = 0.5
+
+
+def spare_settings(main: PlannerSettings) -> PlannerSettings:
+    """The spare plan's settings: the main plan's, with a looser gap and a shorter polish."""
+    return main.model_copy(
+        update={
+            "relative_gap": max(main.relative_gap, SPARE_RELATIVE_GAP),
+            "polish_time_s": min(main.polish_time_s, SPARE_POLISH_S),
+        }
+    )
+
+
+def spare_problem(
+    main_problem: Problem,
+    main_plan: Plan,
+    burst_qps: Mapping[str, float],
+    previous: Plan | None = None,
+) -> Problem | None:
+    """The spare plan's problem, or None when no service wants spare capacity or no device
+    is left. `burst_qps`: spare capacity wanted per service (req/s); `previous`: the plan in
+    force, whose spare replicas the planner should avoid moving."""
+    used: dict[str, int] = {}
+    for row in main_plan.rows:
+        used[row.pool] = used.get(row.pool, 0) + row.replicas
+    pools = [
+        PoolSpec(
+            name=p.name,
+            devices=max(0, p.devices - used.get(p.name, 0)),
+            cost_per_device=p.cost_per_device,
+        )
+        for p in main_problem.pools
+    ]
+    if not any(p.devices > 0 for p in pools):
+        return None
+    services: list[ServiceSpec] = []
+    for svc in main_problem.services:
+        want = burst_qps.get(svc.name, 0.0)
+        if want > 0:
+            services.append(svc.model_copy(update={"demand_qps": want}))
+    if not services:
+        return None
+    wanted = {s.name for s in services}
+    current = [
+        Allocation(service=r.service, variant=r.variant, pool=r.pool, replicas=r.spare_replicas)
+        for r in (previous.rows if previous is not None else [])
+        if r.spare_replicas > 0 and r.service in wanted
+    ]
+    return Problem(
+        pools=pools,
+        services=services,
+        current=current,
+        settings=spare_settings(main_problem.settings),
+    )
+
+
+def merge_spare(main: Plan, spare: Plan) -> Plan:
+    """The main plan with the spare plan's replicas added as `spare_replicas` (no routed load)."""
+    rows: dict[tuple[str, str, str], PlanRow] = {
+        (r.service, r.variant, r.pool): r for r in main.rows
+    }
+    spare_capacity: dict[str, float] = {}
+    for r in spare.rows:
+        if r.replicas <= 0:
+            continue
+        key = (r.service, r.variant, r.pool)
+        spare_capacity[r.service] = spare_capacity.get(r.service, 0.0) + r.capacity_qps
+        have = rows.get(key)
+        if have is None:
+            rows[key] = r.model_copy(update={"routed_qps": 0.0, "spare_replicas": r.replicas})
+        else:
+            n = have.replicas + r.replicas
+            rows[key] = have.model_copy(
+                update={
+                    "replicas": n,
+                    "spare_replicas": have.spare_replicas + r.replicas,
+                    "capacity_qps": n * have.capacity_qps_per_replica,
+                }
+            )
+    services: list[ServicePlan] = [
+        s.model_copy(update={"spare_capacity_qps": spare_capacity.get(s.service, 0.0)})
+        for s in main.services
+    ]
+    return main.model_copy(
+        update={
+            "rows": [rows[k] for k in sorted(rows)],
+            "services": services,
+            "stats": main.stats.model_copy(
+                update={"solve_time_s": main.stats.solve_time_s + spare.stats.solve_time_s}
+            ),
+        }
+    )
+
+
+def main_allocation(plan: Plan) -> list[Allocation]:
+    """The main plan's replicas of a merged plan (spare replicas left out)."""
+    return [
+        Allocation(
+            service=r.service,
+            variant=r.variant,
+            pool=r.pool,
+            replicas=r.replicas - r.spare_replicas,
+        )
+        for r in plan.rows
+        if r.replicas - r.spare_replicas > 0
+    ]
