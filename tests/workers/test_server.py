@@ -96,13 +96,13 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("wrong tensor name", _with(name="x"), 400, "unknown input tensor 'x'"),
     ("wrong dtype", _with(datatype="INT64"), 400, "datatype 'INT64'"),
     ("wrong shape", _with(shape=[1, 255]), 400, "has shape [1, 255]"),
-    ("batch in one request", _with(shape=[2, 256]), 400, "one sample per request"),
+    ("batch short of data", _with(shape=[2, 256]), 400, "shape [2, 256] needs 512"),
     ("shape not ints", _with(shape=["a"]), 400, "list of integers"),
     ("data size", _with(data=[0.0] * 10), 400, "has 10 elements"),
     ("data not numbers", _with(data=["x"] * 256), 400, "not FP32"),
     ("data not a list", _with(data="abc"), 400, "'data' must be a list"),
     ("NaN", _with(data=[float("nan")] * 256), 400, "NaN"),
-    ("two inputs", {"inputs": [sample_body()["inputs"][0]] * 2}, 400, "takes 1 input"),  # type: ignore[index]
+    ("two inputs", {"inputs": [sample_body()["inputs"][0]] * 2}, 400, "appears twice"),  # type: ignore[index]
     ("unknown output", {**sample_body(), "outputs": [{"name": "logits"}]}, 400, "output"),
 ]
 
@@ -260,10 +260,10 @@ async def test_binary_tensor_extension_round_trip(worker_client: Client) -> None
 
 # (case, input parameters (None: the right ones), binary bytes kept (None: all), header, reason)
 BAD_BINARY: list[tuple[str, dict[str, Any] | None, int | None, str | None, str]] = [
-    ("size mismatch", {"binary_data_size": 100}, None, None, "binary_data_size is 100"),
-    ("wrong byte count", {"binary_data_size": 8}, 8, None, "shape needs 1024"),
+    ("size mismatch", {"binary_data_size": 100}, None, None, "100 bytes of binary data"),
+    ("wrong byte count", {"binary_data_size": 8}, 8, None, "needs 1024"),
     ("size not an int", {"binary_data_size": "x"}, None, None, "non-negative integer"),
-    ("undeclared bytes", {}, None, None, "no input declares"),
+    ("undeclared bytes", {}, None, None, "neither 'data' nor"),
     ("header beyond body", None, None, "99999", "within the body"),
     ("header not a number", None, None, "abc", "byte count"),
 ]
@@ -329,14 +329,15 @@ async def test_an_answer_built_after_its_deadline_is_late(monkeypatch: pytest.Mo
     batch are built one after another): the worker counts and says "late", not "ok"."""
     worker = Worker(worker_config(), warm_up=False)
     async with TestClient(TestServer(create_app(worker))) as client:
-        submit = worker.submit
+        submit = worker._submit
 
-        async def in_time_then_delayed(sample: Any, budget_s: float) -> tuple[Any, str]:
-            output, outcome = await submit(sample, budget_s)
-            await asyncio.sleep(budget_s + 0.05)  # the answer waits past the deadline
-            return output, outcome
+        async def in_time_then_delayed(samples: Any, deadline_s: float) -> list[tuple[Any, str]]:
+            rows = await submit(samples, deadline_s)
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(deadline_s - loop.time() + 0.05)  # the answer waits past it
+            return rows
 
-        monkeypatch.setattr(worker, "submit", in_time_then_delayed)
+        monkeypatch.setattr(worker, "_submit", in_time_then_delayed)
         resp = await client.post(
             "/v2/models/demo-xs/infer", json=sample_body(), headers={DEADLINE_HEADER: "200"}
         )

@@ -110,8 +110,24 @@ class WorkerConfig(_Model):
     )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    client_header_timeout_ms: float = Field(
+        10_000.0,
+        gt=0,
+        description="A connection's time to send a whole request head; also how long an idle "
+        "keep-alive connection stays open (slow clients are closed after it).",
+    )
+    client_body_timeout_ms: float = Field(
+        30_000.0, gt=0, description="A request's time to send its body (408 after it)."
+    )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the v2 gRPC endpoint (inference.GRPCInferenceService; KServe's "
+        "is 8081); none: REST only.",
+    )
 
     @property
     def slo_s(self) -> float:

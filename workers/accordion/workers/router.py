@@ -1,10 +1,16 @@
 """The router: the single entry point of one InferenceService. No torch.
 
-Accepts ``POST /v2/models/{service}/infer`` (KServe v2), asks `RoutingDecider` (the pure fast
-loop of `accordion.workers.fastloop`) which variant backend serves the request, forwards it with
-the remaining deadline in ``x-accordion-deadline-ms``, and answers with the backend's response.
-It also serves ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{service}`` and
-``/metrics``.
+Accepts ``POST /v2/models/{service}/infer`` (KServe v2), validates it as the worker does
+(`accordion.workers.protocol`, against the model signature it reads from its backends' metadata,
+within the bounds of `accordion.workers.edge`: a malformed request is refused here with a 4xx and
+never reaches a worker nor the fast loop's accounting), asks `RoutingDecider` (the pure fast loop
+of `accordion.workers.fastloop`) which variant backend serves the request, forwards it with the
+remaining deadline in ``x-accordion-deadline-ms``, and answers with the backend's response. A
+request of N samples goes to one backend and counts N (demand, backlog). It also serves the rest
+of the v2 REST protocol (``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
+``/v2/models/{service}`` with the model's inputs and outputs, ``/v2/models/{service}/ready``:
+200 while it can serve, and the ``/versions/{v}`` forms), ``/metrics``, and with a gRPC port the
+same over gRPC (`accordion.workers.grpcserver`, forwarded to the workers over REST).
 
 Request bodies and binary responses pass through untouched: a body in KServe v2's binary tensor
 extension (a JSON header, then raw tensor bytes) goes on with its ``Inference-Header-Content-
@@ -25,7 +31,7 @@ router's first check (at startup) rejoins within a tenth of a second, not a seco
 
 Metrics (what users pay for and get): demand ``accordion_router_requests_total{service}`` (the
 signal the operator reads back), outcomes ``accordion_router_outcomes_total{service,variant,
-outcome}`` with outcome in ok, late, dropped, shed, error, and
+outcome}`` with outcome in ok, late, dropped, shed, rejected (a 4xx from the worker), error, and
 ``accordion_router_accuracy_served_total{service,variant}``, the sum of the accuracies of
 requests answered within their deadline: ``rate(accuracy_served) / rate(requests)`` is the
 effective accuracy delivered per request, ``... / rate(outcomes{outcome="ok"})`` the mean
@@ -41,7 +47,9 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -62,12 +70,32 @@ from accordion.workers.config import (
     SLOWDOWN_HEADER,
     RoutingTable,
 )
+from accordion.workers.edge import EdgeLimits, bulk_decode, edge_app, read_body
 from accordion.workers.fastloop import RoutingDecider
+from accordion.workers.grpcserver import V2Endpoint, parse_grpc, render_grpc, start_grpc
+from accordion.workers.protocol import (
+    InferenceError,
+    Signature,
+    TensorSpec,
+    binary_request,
+    decode_json,
+    decode_rest_response,
+    encode_json,
+    parse_deadline_ms,
+    parse_rest,
+    server_metadata_doc,
+    split_binary,
+)
+
+if TYPE_CHECKING:
+    from grpc import aio as grpc_aio
+
+    from accordion.workers import grpc_predict_v2_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 VARIANT_HEADER = "x-accordion-variant"
-OUTCOMES = ("ok", "late", "dropped", "shed", "error")
+OUTCOMES = ("ok", "late", "dropped", "shed", "rejected", "error")
 _BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -100,7 +128,7 @@ class RouterMetrics:
         )
         self.outcomes = Counter(
             "accordion_router_outcomes_total",
-            "Requests by outcome (ok, late, dropped, shed, error) and variant.",
+            "Requests by outcome (ok, late, dropped, shed, rejected, error) and variant.",
             ["service", "variant", "outcome"],
             registry=r,
         )
@@ -156,6 +184,29 @@ class RouterMetrics:
         )
 
 
+@dataclass
+class Routed:
+    """A routed request's answer, whatever transport it goes back on."""
+
+    status: int
+    body: bytes
+    outcome: str
+    content_type: str = "application/json"
+    binary_header_length: str | None = None
+    variant: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def reason(self) -> str:
+        """The error's reason (KServe's ``{"error": ...}``), or the body's start."""
+        try:
+            doc = decode_json(self.body)
+        except InferenceError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            return str(doc["error"])
+        return self.body[:200].decode("utf-8", "replace")
+
+
 class Router:
     """State of one router: the table file, the decider, the HTTP session, the metrics."""
 
@@ -168,6 +219,9 @@ class Router:
         recheck_s: float = 0.1,
         reload_interval_s: float = 0.5,
         max_body_bytes: int = 16 * 1024 * 1024,
+        header_timeout_s: float = 10.0,
+        body_timeout_s: float = 30.0,
+        grpc_port: int | None = None,
         seed: int = 0,
     ) -> None:
         self.table_path = table_path
@@ -187,6 +241,17 @@ class Router:
         self._failures: dict[str, int] = {}
         self.reload_interval_s = reload_interval_s
         self.max_body_bytes = max_body_bytes
+        self.limits = EdgeLimits(
+            max_body_bytes=max_body_bytes,
+            header_timeout_s=header_timeout_s,
+            body_timeout_s=body_timeout_s,
+        )
+        self.host = "127.0.0.1"
+        """Where the gRPC endpoint listens (`serve_router` sets the HTTP server's host)."""
+        self.grpc_port = grpc_port
+        """The gRPC endpoint's port (None: none); the one bound once it listens, for 0."""
+        self.signature: Signature | None = None
+        """The model's inputs and outputs, as the first backend to answer its metadata says."""
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publish_weights()
@@ -302,9 +367,12 @@ class Router:
                 await self.check_health(only_out=True)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+        # Idle connections to workers are dropped before a worker's own idle timeout (10 s by
+        # default) closes them: reusing one the worker has just closed fails the request.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=4.0)
         self._session = aiohttp.ClientSession(connector=connector)
         await self.check_health()
+        await self.known_signature()
         self._tasks = [
             asyncio.create_task(self._reload_loop(), name="accordion-router-reload"),
             asyncio.create_task(self._health_loop(), name="accordion-router-health"),
@@ -319,30 +387,98 @@ class Router:
         if self._session is not None:
             await self._session.close()
 
+    # -- the model ---------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Whether the router can serve: some backend in the plan passes its checks."""
+        return bool(self.decider.plan_weights())
+
+    def versions(self) -> list[str]:
+        return [self.table.version or "1"]
+
+    def check_model(self, name: str, version: str | None = None) -> None:
+        """InferenceError 404 unless `name` (and `version`, if given) is what this serves."""
+        if name != self.service:
+            raise InferenceError(
+                404, f"unknown model {name!r}; this router serves {self.service!r}", "error"
+            )
+        if version is not None and version not in self.versions():
+            raise InferenceError(
+                404, f"unknown version {version!r} of model {name!r}; it has {self.versions()}"
+            )
+
+    async def known_signature(self) -> Signature | None:
+        """The model's signature; asked of the backends (healthy ones first) until one says."""
+        if self.signature is not None or self._session is None:
+            return self.signature
+        backends = sorted(self.table.backends, key=lambda b: not self.decider.healthy(b.name))
+        for backend in backends:
+            url = f"{backend.url}/v2/models/{backend.served_model}"
+            try:
+                timeout = aiohttp.ClientTimeout(total=2.0)
+                async with self._session.get(url, timeout=timeout) as resp:
+                    if resp.status != 200:
+                        continue
+                    doc = decode_json(await resp.read())
+                self.signature = Signature(
+                    tuple(TensorSpec.from_json(t) for t in doc["inputs"]),
+                    tuple(TensorSpec.from_json(t) for t in doc["outputs"]),
+                )
+                break
+            except (aiohttp.ClientError, TimeoutError, InferenceError, ValueError) as exc:
+                log.info("no model metadata from %s: %s", url, exc)
+            except (KeyError, TypeError) as exc:
+                log.warning("malformed model metadata from %s: %s", url, exc)
+        return self.signature
+
+    async def metadata(self) -> dict[str, Any]:
+        """The v2 model metadata of the service: the backends' signature, the router's name."""
+        signature = await self.known_signature()
+        if signature is None:
+            raise InferenceError(
+                503, "no backend has answered its model metadata yet: inputs unknown", "error"
+            )
+        return {
+            "name": self.service,
+            "platform": "accordion-router",
+            "versions": self.versions(),
+            "inputs": [t.to_json() for t in signature.inputs],
+            "outputs": [t.to_json() for t in signature.outputs],
+            "parameters": {
+                "slo_ms": self.table.slo_ms,
+                "variants": [b.name for b in self.table.backends],
+            },
+        }
+
     # -- one request ---------------------------------------------------------------------------
-    async def infer(
+    async def route(
         self,
         body: bytes,
         budget_s: float,
         content_type: str,
         binary_header_length: str | None = None,
-    ) -> web.Response:
-        """Route one request: `body` as received, with its Content-Type and, for a binary
-        tensor extension body, its Inference-Header-Content-Length (passed on as is)."""
+        *,
+        samples: int = 1,
+        arrival_s: float | None = None,
+    ) -> Routed:
+        """Route one validated request of `samples` samples: `body` as received, with its
+        Content-Type and, for a binary tensor extension body, its
+        Inference-Header-Content-Length (passed on as is). `budget_s` counts from `arrival_s`
+        (default: now)."""
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = loop.time() if arrival_s is None else arrival_s
         service = self.service
         m = self.metrics
-        m.requests.labels(service).inc()
-        choice = self.decider.choose(budget_s, now_s=start)
+        m.requests.labels(service).inc(samples)
+        choice = self.decider.choose(budget_s - (loop.time() - start), now_s=loop.time())
         if choice.backend is None:
-            m.outcomes.labels(service, "none", "shed").inc()
-            return _json_error(503, f"shed: {choice.reason}", "shed")
+            m.outcomes.labels(service, "none", "shed").inc(samples)
+            return Routed(503, _error_body(f"shed: {choice.reason}"), "shed")
         name = choice.backend
         backend = self.decider.backend(name)
         if choice.rerouted_from is not None:
-            m.rerouted.labels(service, choice.rerouted_from, name).inc()
-        self.decider.sent(name, loop.time())
+            m.rerouted.labels(service, choice.rerouted_from, name).inc(samples)
+        for _ in range(samples):
+            self.decider.sent(name, loop.time())
         session = self._session
         assert session is not None
         remaining_ms = max(0.001, (budget_s - (loop.time() - start)) * 1000.0)
@@ -361,35 +497,44 @@ class Router:
                 response_binary = resp.headers.get(BINARY_HEADER)
                 report = worker_report(resp.headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.decider.finished(name, loop.time(), "failed")
+            for _ in range(samples):
+                self.decider.finished(name, loop.time(), "failed")
             self._publish_weights()
-            m.outcomes.labels(service, name, "error").inc()
-            return _json_error(502, f"backend {name!r} failed: {exc!r}", "error")
+            m.outcomes.labels(service, name, "error").inc(samples)
+            return Routed(502, _error_body(f"backend {name!r} failed: {exc!r}"), "error")
         except BaseException:  # cancelled (the client went away): the backlog still drains
-            self.decider.finished(name, loop.time(), "failed")
+            for _ in range(samples):
+                self.decider.finished(name, loop.time(), "failed")
             raise
         elapsed = loop.time() - start
         if status == 200:
             outcome = "ok" if elapsed <= budget_s else "late"
             m.latency.labels(service, name).observe(elapsed)
             if outcome == "ok":
-                m.accuracy_served.labels(service, name).inc(backend.accuracy)
+                m.accuracy_served.labels(service, name).inc(backend.accuracy * samples)
         elif status == 503 and worker_outcome in {"dropped", "rejected"}:
             outcome = "dropped"
+        elif 400 <= status < 500:
+            outcome = "rejected"  # the worker refused what the router let through
         else:
             outcome = "error"
-        self.decider.finished(
-            name,
-            loop.time(),
-            "answered" if status == 200 else "dropped" if outcome == "dropped" else "failed",
-            report,
-        )
+        for _ in range(samples):
+            self.decider.finished(
+                name,
+                loop.time(),
+                "answered" if status == 200 else "dropped" if outcome == "dropped" else "failed",
+                report,
+            )
         self._publish_weights()
-        m.outcomes.labels(service, name, outcome).inc()
-        out_headers = {"Content-Type": response_type, OUTCOME_HEADER: outcome, VARIANT_HEADER: name}
-        if response_binary is not None:
-            out_headers[BINARY_HEADER] = response_binary
-        return web.Response(body=payload, status=status, headers=out_headers)
+        m.outcomes.labels(service, name, outcome).inc(samples)
+        return Routed(
+            status,
+            payload,
+            outcome,
+            response_type,
+            response_binary,
+            name,
+        )
 
 
 def worker_report(headers: Mapping[str, str]) -> tuple[str, float] | None:
@@ -407,67 +552,114 @@ def worker_report(headers: Mapping[str, str]) -> tuple[str, float] | None:
     return headers.get(REPLICA_HEADER, ""), slowdown
 
 
-def _json_error(status: int, reason: str, outcome: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status, headers={OUTCOME_HEADER: outcome})
+def _error_body(reason: str) -> bytes:
+    return encode_json({"error": reason})
+
+
+class RouterEndpoint(V2Endpoint):
+    """The router behind the gRPC endpoint: requests go on to the workers over REST."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.default_budget_s = router.table.slo_s
+
+    def ready(self) -> bool:
+        return self.router.ready()
+
+    def server_metadata(self) -> dict[str, Any]:
+        return server_metadata_doc()
+
+    async def model_metadata(self, name: str, version: str) -> dict[str, Any]:
+        self.router.check_model(name, version or None)
+        return await self.router.metadata()
+
+    def model_ready(self, name: str, version: str) -> bool:
+        self.router.check_model(name, version or None)
+        return self.router.ready()
+
+    async def infer(
+        self, message: pb.ModelInferRequest, budget_s: float, arrival_s: float
+    ) -> tuple[pb.ModelInferResponse, str]:
+        router = self.router
+        router.check_model(message.model_name, message.model_version or None)
+        request = parse_grpc(message, await router.known_signature())
+        body, header_length = binary_request(request)
+        routed = await router.route(
+            body,
+            budget_s,
+            "application/octet-stream",
+            str(header_length),
+            samples=request.batch_size,
+            arrival_s=arrival_s,
+        )
+        if routed.status != 200:
+            raise InferenceError(routed.status, routed.reason(), routed.outcome)
+        response = decode_rest_response(routed.body, routed.binary_header_length)
+        response.model_name = router.service
+        return render_grpc(response, request), routed.outcome
+
+
+async def start_router_grpc(router: Router, host: str, port: int) -> grpc_aio.Server:
+    server, router.grpc_port = await start_grpc(
+        RouterEndpoint(router), host, port, router.max_body_bytes
+    )
+    return server
 
 
 ROUTER_KEY = web.AppKey("router", Router)
 
 
 def create_router_app(router: Router) -> web.Application:
-    app = web.Application(client_max_size=router.max_body_bytes)
+    app = edge_app(router.limits)
     app[ROUTER_KEY] = router
+
+    def model(request: web.Request) -> None:
+        router.check_model(request.match_info["name"], request.match_info.get("version"))
 
     async def live(_: web.Request) -> web.Response:
         return web.json_response({"live": True})
 
     async def ready(_: web.Request) -> web.Response:
-        ok = bool(router.decider.plan_weights())
+        ok = router.ready()
         return web.json_response({"ready": ok}, status=200 if ok else 503)
 
+    async def server_metadata(_: web.Request) -> web.Response:
+        return web.json_response(server_metadata_doc())
+
     async def metadata(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name != router.service:
-            return _json_error(404, f"unknown model {name!r}; this router serves "
-                               f"{router.service!r}", "error")  # fmt: skip
-        return web.json_response(
-            {
-                "name": router.service,
-                "platform": "accordion-router",
-                "versions": [router.table.version or "1"],
-                "parameters": {
-                    "slo_ms": router.table.slo_ms,
-                    "variants": [b.name for b in router.table.backends],
-                },
-            }
-        )
+        model(request)
+        return web.json_response(await router.metadata())
+
+    async def model_ready(request: web.Request) -> web.Response:
+        model(request)
+        ok = router.ready()
+        return web.json_response({"name": router.service, "ready": ok}, status=200 if ok else 503)
 
     async def infer(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name != router.service:
-            return _json_error(404, f"unknown model {name!r}; this router serves "
-                               f"{router.service!r}", "error")  # fmt: skip
-        header = request.headers.get(DEADLINE_HEADER)
-        budget_s = router.table.slo_s
-        if header is not None:
-            try:
-                budget_s = float(header) / 1000.0
-            except ValueError:
-                return _json_error(400, f"{DEADLINE_HEADER} must be a number of ms", "error")
-            if not (budget_s > 0 and math.isfinite(budget_s)):
-                return _json_error(400, f"{DEADLINE_HEADER} must be positive and finite", "error")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _json_error(
-                413, f"request body exceeds the limit of {router.max_body_bytes} bytes", "error"
-            )
-        return await router.infer(
+        arrival = asyncio.get_running_loop().time()
+        model(request)
+        budget_s = parse_deadline_ms(request.headers.get(DEADLINE_HEADER), router.table.slo_s)
+        body = await read_body(request)
+        header_length = request.headers.get(BINARY_HEADER)
+        header, binary = split_binary(body, header_length)
+        signature = await router.known_signature()
+        parsed = await bulk_decode(
+            request, header, lambda raw: parse_rest(decode_json(raw), binary, signature)
+        )
+        routed = await router.route(
             body,
             budget_s,
             request.headers.get("Content-Type") or "application/json",
-            request.headers.get(BINARY_HEADER),
+            header_length,
+            samples=parsed.batch_size,
+            arrival_s=arrival,
         )
+        headers = {"Content-Type": routed.content_type, OUTCOME_HEADER: routed.outcome}
+        if routed.variant is not None:
+            headers[VARIANT_HEADER] = routed.variant
+        if routed.binary_header_length is not None:
+            headers[BINARY_HEADER] = routed.binary_header_length
+        return web.Response(body=routed.body, status=routed.status, headers=headers)
 
     async def prometheus(_: web.Request) -> web.Response:
         router._publish_weights()
@@ -476,23 +668,41 @@ def create_router_app(router: Router) -> web.Application:
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 
+    grpc_server: list[grpc_aio.Server] = []
+
     async def on_startup(_: web.Application) -> None:
         await router.start()
+        if router.grpc_port is not None:
+            grpc_server.append(await start_router_grpc(router, router.host, router.grpc_port))
 
     async def on_cleanup(_: web.Application) -> None:
+        for server in grpc_server:
+            await server.stop(grace=1.0)
         await router.stop()
 
+    app.router.add_get("/v2", server_metadata)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
-    app.router.add_get("/v2/models/{name}", metadata)
-    app.router.add_post("/v2/models/{name}/infer", infer)
+    for path in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.router.add_get(path, metadata)
+        app.router.add_get(f"{path}/ready", model_ready)
+        app.router.add_post(f"{path}/infer", infer)
     app.router.add_get("/metrics", prometheus)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
 
 
-def serve_router(table: Path | Router, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run a router (or one on the table file `table`) until SIGINT or SIGTERM."""
+def serve_router(
+    table: Path | Router,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    grpc_port: int | None = None,
+) -> None:
+    """Run a router (or one on the table file `table`) until SIGINT or SIGTERM; with a gRPC
+    endpoint on `grpc_port` (Triton's is 8001) if given."""
     router = table if isinstance(table, Router) else Router(table)
+    router.host = host
+    if grpc_port is not None:
+        router.grpc_port = grpc_port
     web.run_app(create_router_app(router), host=host, port=port, print=None)
