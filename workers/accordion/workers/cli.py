@@ -188,8 +188,12 @@ def serve(
     max_queue_delay_ms: float = 5.0,
     max_queue: Annotated[int, typer.Option(min=1)] = 1024,
     input_shape: Annotated[str | None, typer.Option(help="one sample's shape, for files")] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(help="serve the v2 gRPC protocol on this port too (KServe's: 8081)"),
+    ] = None,
 ) -> None:
-    """Run a worker: one model variant behind the KServe v2 protocol."""
+    """Run a worker: one model variant behind the KServe v2 protocol (REST, and gRPC)."""
     if config is not None and config_json:
         raise typer.BadParameter("give either --config or --config-json, not both")
     if config_json:
@@ -231,6 +235,8 @@ def serve(
             host=host,
             port=port,
         )
+    if grpc_port is not None:
+        cfg = cfg.model_copy(update={"grpc_port": grpc_port})
     if not cfg.model.startswith("builtin:") and not Path(cfg.model).is_file():
         raise typer.BadParameter(f"model file {cfg.model} does not exist")
     _check_port(cfg.host, cfg.port)
@@ -256,8 +262,12 @@ def route(
     ],
     host: str = "127.0.0.1",
     port: int = 8000,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(help="serve the v2 gRPC protocol on this port too (Triton's: 8001)"),
+    ] = None,
 ) -> None:
-    """Run a router: one InferenceService's entry point."""
+    """Run a router: one InferenceService's entry point (v2 REST, and gRPC)."""
     from accordion.workers.router import Router, serve_router
 
     try:
@@ -266,7 +276,7 @@ def route(
         raise typer.BadParameter(str(exc)) from None
     _check_port(host, port)
     try:
-        serve_router(router, host, port)
+        serve_router(router, host, port, grpc_port)
     except OSError as exc:
         if exc.errno not in _BIND_ERRORS:
             raise

@@ -74,6 +74,7 @@ from accordion.workers.edge import EdgeLimits, bulk_decode, edge_app, read_body
 from accordion.workers.fastloop import RoutingDecider
 from accordion.workers.grpcserver import V2Endpoint, parse_grpc, render_grpc, start_grpc
 from accordion.workers.protocol import (
+    MODEL_VERSION,
     InferenceError,
     Signature,
     TensorSpec,
@@ -393,7 +394,8 @@ class Router:
         return bool(self.decider.plan_weights())
 
     def versions(self) -> list[str]:
-        return [self.table.version or "1"]
+        """One model version, stable across plans (the plan's is a parameter of the metadata)."""
+        return [MODEL_VERSION]
 
     def check_model(self, name: str, version: str | None = None) -> None:
         """InferenceError 404 unless `name` (and `version`, if given) is what this serves."""
@@ -446,6 +448,7 @@ class Router:
             "parameters": {
                 "slo_ms": self.table.slo_ms,
                 "variants": [b.name for b in self.table.backends],
+                "plan_version": self.table.version,
             },
         }
 
