@@ -391,7 +391,6 @@ def _service() -> Any:
 async def _demand_reader_reads_the_rate(api: Api, prom: Prometheus) -> None:
     demand_module = pytest.importorskip("accordion.operator.prometheus")
     config_module = pytest.importorskip("accordion.operator.config")
-    pytest.importorskip("prometheus_api_client")
     service = _service()
     # The timeout the operator is configured with by default (the chart renders the same).
     timeout_s = config_module.OperatorConfig().demand_timeout_s

@@ -133,8 +133,8 @@ def test_query_rendering_and_parsing() -> None:
     svc = parse_resource(isvc("svc", "ns", "p", 1.0, demand={"source": "Prometheus"}))
     assert isinstance(svc, InferenceService)
     assert render_query("rate{{ns={namespace!r},s={name!r}}}", svc) == "rate{ns='ns',s='svc'}"
-    svc.spec.demand.query = "my_query"
-    assert render_query("ignored", svc) == "my_query"
+    svc.spec.demand.query = 'my_query{namespace="ns"}'
+    assert render_query("ignored", svc) == 'my_query{namespace="ns"}'
     assert parse_rate([]) == 0.0
     assert parse_rate([{"value": [0, "1.5"]}, {"value": [0, "2"]}]) == 3.5
     with pytest.raises(ValueError, match="bad rate"):

@@ -71,3 +71,22 @@ fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/*
+The demand reader's credential files in the operator pod: a mounted Secret / ConfigMap (see
+deployment.yaml) wins over a path given as is. Mounted as whole volumes, not subPath, so that
+the kubelet's updates reach the files (the operator reads them again when they change).
+*/}}
+{{- define "accordion.prometheusTokenFile" -}}
+{{- with .Values.prometheus.auth.bearerTokenSecret -}}
+{{- if .name -}}/var/run/accordion/prometheus/token/{{ .key }}{{- end -}}
+{{- end -}}
+{{- if not .Values.prometheus.auth.bearerTokenSecret.name -}}{{ .Values.prometheus.auth.bearerTokenFile }}{{- end -}}
+{{- end -}}
+
+{{- define "accordion.prometheusCaFile" -}}
+{{- with .Values.prometheus.tls.caConfigMap -}}
+{{- if .name -}}/var/run/accordion/prometheus/ca/{{ .key }}{{- end -}}
+{{- end -}}
+{{- if not .Values.prometheus.tls.caConfigMap.name -}}{{ .Values.prometheus.tls.caFile }}{{- end -}}
+{{- end -}}

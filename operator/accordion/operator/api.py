@@ -304,10 +304,10 @@ class DemandSpec(ApiModel):
         description=(
             "PromQL that returns this service's request rate. Defaults to the operator's "
             "query template over accordion_router_requests_total for this service. It may "
-            "read only series of the service's own namespace: the operator adds the matcher "
-            'namespace="<the service\'s namespace>" to every selector that has none and '
-            "refuses (DemandUnavailable, reason QueryRejected) a query that selects another "
-            "namespace. Answers must be finite and at most 1000000 req/s."
+            "read only series of the service's own namespace: every selector must carry "
+            'the matcher namespace="<the service\'s namespace>", otherwise the query is not '
+            "sent and the service reports DemandUnavailable with the reason. Answers must be "
+            "finite and at most 1000000 req/s."
         ),
     )
     headroom: float = Field(

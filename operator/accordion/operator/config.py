@@ -69,6 +69,34 @@ class OperatorConfig(BaseModel):
     demand_timeout_s: float = Field(5.0, gt=0)
     demand_rise_half_life_s: float = Field(30.0, gt=0)
     demand_fall_half_life_s: float = Field(300.0, gt=0)
+    demand_max_concurrent_queries: int = Field(
+        16, ge=1, description="Prometheus queries in flight at once, all namespaces together."
+    )
+    demand_max_queries_per_namespace: int = Field(
+        2,
+        ge=1,
+        description=(
+            "Prometheus queries in flight at once for the services of one namespace: a team's"
+            " slow queries delay only that team's demand."
+        ),
+    )
+    prometheus_bearer_token_file: str | None = Field(
+        None,
+        description=(
+            "File holding a bearer token sent to Prometheus (Authorization: Bearer), read again"
+            " when it changes; e.g. the ServiceAccount token for OpenShift monitoring / Thanos."
+        ),
+    )
+    prometheus_ca_file: str | None = Field(
+        None, description="CA bundle (PEM) that signs Prometheus's certificate; unset: system CAs."
+    )
+    prometheus_cert_file: str | None = Field(
+        None, description="Client certificate (PEM) for Prometheus endpoints that require mTLS."
+    )
+    prometheus_key_file: str | None = Field(None, description="Key of prometheus_cert_file.")
+    prometheus_insecure_skip_verify: bool = Field(
+        False, description="Do not verify Prometheus's certificate (testing only)."
+    )
 
     debounce_s: float = Field(0.5, ge=0, description="Quiet time after a change before planning.")
     resync_interval_s: float = Field(30.0, gt=0, description="Re-plan at least this often.")

@@ -185,14 +185,7 @@ class Driver:
         )
         self.actuator = KubernetesActuator(self.api_client, self.config, self.cache, self.clock)
         if self.config.prometheus_url:
-            self.demand = PrometheusDemand(
-                url=self.config.prometheus_url,
-                query_template=self.config.demand_query,
-                timeout_s=self.config.demand_timeout_s,
-                rise_half_life_s=self.config.demand_rise_half_life_s,
-                fall_half_life_s=self.config.demand_fall_half_life_s,
-                clock=self.clock,
-            )
+            self.demand = PrometheusDemand.from_config(self.config, self.clock)
         self._wake = asyncio.Event()
 
     # -- inputs from kopf ----------------------------------------------------------------------
