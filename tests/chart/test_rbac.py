@@ -62,6 +62,7 @@ BUILTIN_RESOURCES = {
     "nodes": ("", "nodes"),
     "Node": ("", "nodes"),
     "namespace": ("", "namespaces"),
+    "pod_disruption_budget": ("policy", "poddisruptionbudgets"),
 }
 _CLIENT_VERB = {
     "create": "create",

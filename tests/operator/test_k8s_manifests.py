@@ -1,5 +1,10 @@
 """Every manifest the operator writes validates against the Kubernetes 1.30 schemas (strict).
 
+Also what makes its pods fit for production: models from storage (an init container that
+downloads s3:// and http(s):// models into a shared emptyDir, a read-only PVC mount for pvc://),
+a startup probe sized to model loading, pull secrets and pull policies, and a router of two
+replicas spread over nodes behind a PodDisruptionBudget.
+
 The emulator the end-to-end tests run against validates nothing, so this is where schema
 validity, the restricted pod security profile and the object names are checked.
 """
@@ -11,12 +16,17 @@ import json
 import kubernetes_validate
 import pytest
 
-from accordion.operator.control.desired import WorkerKey
+from accordion.operator.config import OperatorConfig
+from accordion.operator.control.desired import WorkerKey, WorkerSpec
 from accordion.operator.k8s import (
     ANNOTATION_SPEC,
     Manifest,
     observe_routing,
     observe_worker,
+    router_deployment,
+    router_pdb,
+    service_url,
+    worker_deployment,
     worker_name,
 )
 from accordion.workers.config import RoutingTable, WorkerConfig
@@ -103,3 +113,139 @@ def test_worker_names_are_short_unique_and_dns_labels() -> None:
     b = WorkerKey(service="ns/a", variant="b-c", pool="d")
     assert len(worker_name(long)) <= 63
     assert worker_name(a) != worker_name(b)
+
+
+# ------------------------------------------------------------------ production settings
+
+
+def _worker_deployment(uri: str, **settings: object) -> Manifest:
+    spec = WorkerSpec(
+        key=WorkerKey(service="ml/classifier", variant="small", pool="cpu"),
+        replicas=1,
+        max_batch_size=8,
+        capacity_qps_per_replica=10.0,
+        accuracy=70.0,
+        slo_ms=100.0,
+        model_uri=uri,
+    )
+    deployment = worker_deployment(spec, "uid-1", OperatorConfig.model_validate(settings))
+    kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    return deployment
+
+
+def _model_in_config(deployment: Manifest) -> str:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return WorkerConfig.model_validate_json(container["env"][0]["value"]).model
+
+
+def test_an_s3_model_is_downloaded_by_an_init_container_into_a_shared_volume() -> None:
+    deployment = _worker_deployment("s3://models/resnet/v1/resnet50.pt")
+    pod = deployment["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (worker,) = pod["containers"]
+    assert init["name"] == "storage-initializer"
+    assert init["image"] == worker["image"]
+    assert [*init["command"], *init["args"]] == [
+        "accordion-worker",
+        "fetch",
+        "s3://models/resnet/v1/resnet50.pt",
+        "--dest",
+        "/mnt/models",
+    ]
+    assert init["envFrom"] == [{"secretRef": {"name": "accordion-storage", "optional": True}}]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    shared = {m["name"]: m for m in init["volumeMounts"]}["model-store"]
+    assert shared["mountPath"] == "/mnt/models"
+    mounted = {m["name"]: m for m in worker["volumeMounts"]}["model-store"]
+    assert mounted == {"name": "model-store", "mountPath": "/mnt/models", "readOnly": True}
+    assert {"name": "model-store", "emptyDir": {}} in pod["volumes"]
+    assert _model_in_config(deployment) == "/mnt/models/resnet50.pt"
+    no_secret = _worker_deployment("https://models.example/r.pt", storage_secret_name=None)
+    (init,) = no_secret["spec"]["template"]["spec"]["initContainers"]
+    assert "envFrom" not in init
+    assert _model_in_config(no_secret) == "/mnt/models/r.pt"
+
+
+def test_a_pvc_model_is_mounted_read_only_and_a_path_needs_nothing() -> None:
+    deployment = _worker_deployment("pvc://model-store/resnet/resnet50.pt")
+    pod = deployment["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    (claim,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claim["persistentVolumeClaim"] == {"claimName": "model-store", "readOnly": True}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == claim["name"]]
+    assert mount == {"name": claim["name"], "mountPath": "/mnt/pvc/model-store", "readOnly": True}
+    assert _model_in_config(deployment) == "/mnt/pvc/model-store/resnet/resnet50.pt"
+    for uri, model in (
+        ("file:///models/r.pt", "/models/r.pt"),
+        ("builtin:demo-s", "builtin:demo-s"),
+    ):
+        local = _worker_deployment(uri)
+        assert "initContainers" not in local["spec"]["template"]["spec"]
+        assert [v["name"] for v in local["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
+        assert _model_in_config(local) == model
+
+
+@pytest.mark.parametrize("timeout_s", [30.0, 600.0, 1801.0])
+def test_the_startup_probe_covers_model_loading(timeout_s: float) -> None:
+    """Liveness does not run before the startup probe succeeds, which it may take timeout_s to."""
+    deployment = _worker_deployment("builtin:demo-s", worker_startup_timeout_s=timeout_s)
+    (worker,) = deployment["spec"]["template"]["spec"]["containers"]
+    startup = worker["startupProbe"]
+    assert startup["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    assert timeout_s <= budget < timeout_s + startup["periodSeconds"]
+
+
+def test_pull_secrets_and_policies_reach_every_pod() -> None:
+    settings = {
+        "image_pull_secrets": ["regcred", "mirror"],
+        "image_pull_policy": "Always",
+        "router_image_pull_policy": "Never",
+    }
+    config = OperatorConfig.model_validate(settings)
+    worker = _worker_deployment("s3://models/m.pt", **settings)["spec"]["template"]["spec"]
+    router = router_deployment("ml/classifier", "uid-1", config)
+    kubernetes_validate.validate(router, K8S_VERSION, strict=True)
+    router_pod = router["spec"]["template"]["spec"]
+    for pod in (worker, router_pod):
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    assert {c["imagePullPolicy"] for c in worker["containers"] + worker["initContainers"]} == {
+        "Always"
+    }
+    assert router_pod["containers"][0]["imagePullPolicy"] == "Never"
+    assert (
+        "imagePullSecrets"
+        not in router_deployment("ml/c", "u", OperatorConfig())["spec"]["template"]["spec"]
+    )
+
+
+def test_the_router_runs_two_replicas_spread_behind_a_disruption_budget() -> None:
+    config = OperatorConfig()
+    router = router_deployment("ml/classifier", "uid-1", config)
+    assert router["spec"]["replicas"] == 2
+    pod = router["spec"]["template"]["spec"]
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"] == router["spec"]["selector"]
+    assert pod["containers"][0]["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
+    pdb = router_pdb("ml/classifier", "uid-1")
+    kubernetes_validate.validate(pdb, K8S_VERSION, strict=True)
+    assert pdb["metadata"]["name"] == router["metadata"]["name"]
+    assert pdb["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert pdb["spec"]["maxUnavailable"] == 1
+    labels = router["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_service_url_is_the_router_services_cluster_address() -> None:
+    config = OperatorConfig(cluster_domain="corp.internal")
+    assert service_url("ml/classifier", config) == "http://classifier.ml.svc.corp.internal"
+    svc = next(
+        m
+        for m in example_manifests()
+        if m["kind"] == "Service"
+        and m["metadata"]["labels"]["app.kubernetes.io/component"] == "router"
+    )
+    ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+    assert service_url(f"{ns}/{name}", OperatorConfig()) == f"http://{name}.{ns}.svc.cluster.local"
+    assert svc["spec"]["ports"][0]["port"] == 80

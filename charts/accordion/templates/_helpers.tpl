@@ -39,15 +39,29 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
-{{/* image reference: registry/repository:tag (tag defaults to appVersion). Call with (list . .Values.x.image). */}}
+{{/*
+Image reference: [registry/]repository:tag (tag defaults to appVersion), or repository@digest
+when a digest is set. imageRegistry replaces the repository's registry: its first path
+component when that names a host (contains "." or ":", or is "localhost"), as Docker reads it.
+Call with (list . .Values.x.image).
+*/}}
 {{- define "accordion.image" -}}
 {{- $root := index . 0 }}
 {{- $image := index . 1 }}
 {{- $repo := $image.repository }}
-{{- if $root.Values.imageRegistry }}
-{{- $repo = printf "%s/%s" $root.Values.imageRegistry $repo }}
+{{- with $root.Values.imageRegistry }}
+{{- $parts := splitList "/" $repo }}
+{{- $first := first $parts }}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- $repo = join "/" (rest $parts) }}
 {{- end }}
+{{- $repo = printf "%s/%s" (trimSuffix "/" .) $repo }}
+{{- end }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $repo $image.digest }}
+{{- else }}
 {{- printf "%s:%s" $repo (default $root.Chart.AppVersion $image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* The restricted container security context, shared with the data plane pods. */}}

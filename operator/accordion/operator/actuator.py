@@ -43,6 +43,7 @@ from accordion.operator.k8s import (
     Manifest,
     router_deployment,
     router_name,
+    router_pdb,
     router_service,
     routing_configmap,
     routing_configmap_name,
@@ -176,6 +177,7 @@ class KubernetesActuator:
         # Typed loosely: the client's annotations want its models, we send plain manifests.
         self.apps: Any = k8s.AppsV1Api(api_client)
         self.core: Any = k8s.CoreV1Api(api_client)
+        self.policy: Any = k8s.PolicyV1Api(api_client)
         self.custom: Any = k8s.CustomObjectsApi(api_client)
         self.stats = ApiStats()
 
@@ -264,6 +266,24 @@ class KubernetesActuator:
             ),
         )
 
+    async def _pdb(self, desired: Manifest) -> None:
+        """A router's PodDisruptionBudget: created once, never changed (its spec is constant).
+        It is not watched, so after a restart the cache lacks it: a 409 means it is there."""
+        ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+        if self.cache.get("PodDisruptionBudget", ns, name) is not None:
+            return
+        try:
+            await self._call(
+                "create",
+                lambda: self.policy.create_namespaced_pod_disruption_budget(
+                    ns, desired, _preload_content=False
+                ),
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        self.cache.put("PodDisruptionBudget", desired)
+
     async def _configmap(self, desired: Manifest) -> None:
         ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
         patch_body = desired
@@ -323,6 +343,14 @@ class KubernetesActuator:
             cname,
             lambda: self.core.delete_namespaced_config_map(cname, ns, _preload_content=False),
         )
+        await self._delete(
+            "PodDisruptionBudget",
+            ns,
+            rname,
+            lambda: self.policy.delete_namespaced_pod_disruption_budget(
+                rname, ns, _preload_content=False
+            ),
+        )
 
     def _uid(self, service: str) -> str | None:
         ns, name = split_key(service)
@@ -347,6 +375,7 @@ class KubernetesActuator:
     async def _apply_routing(self, step: ApplyRouting) -> None:
         uid = step.uid or self._uid(step.service)
         await self._deployment(router_deployment(step.service, uid, self.config))
+        await self._pdb(router_pdb(step.service, uid))
         await self._service(router_service(step.service, uid, self.config))
         await self._configmap(routing_configmap(step.routing, uid, self.config, self.clock()))
 

@@ -30,6 +30,9 @@ DEFAULT_DEMAND_QUERY = (
 """PromQL template of a service's request rate; `{namespace}` and `{name}` are substituted."""
 
 
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+
+
 class OperatorConfig(BaseModel):
     """Settings of the operator process."""
 
@@ -56,9 +59,37 @@ class OperatorConfig(BaseModel):
         ]
     )
     router_port: int = Field(8080, ge=1, le=65535)
-    router_replicas: int = Field(1, ge=1)
+    router_replicas: int = Field(
+        2, ge=1, description="Router replicas per service (a PodDisruptionBudget keeps one up)."
+    )
     routing_mount_path: str = "/etc/accordion/routing"
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_policy: PullPolicy = Field(
+        "IfNotPresent", description="Pull policy of the worker image (workers and downloads)."
+    )
+    router_image_pull_policy: PullPolicy = "IfNotPresent"
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secrets (in each service's namespace) to pull images."
+    )
+    worker_startup_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description=(
+            "How long a worker may take to load and warm up its model before its liveness "
+            "probe applies (the startup probe's budget); a slower start is restarted."
+        ),
+    )
+    storage_initializer_command: list[str] = Field(
+        # `accordion-worker fetch URI --dest DIR`, from the worker image.
+        default_factory=lambda: ["accordion-worker", "fetch"]
+    )
+    storage_secret_name: str | None = Field(
+        "accordion-storage",
+        description=(
+            "Secret, in each service's namespace, whose keys become the model downloader's "
+            "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL or "
+            "S3_ENDPOINT, AWS_DEFAULT_REGION, S3_VERIFY_SSL, ...); optional in the pod."
+        ),
+    )
     cluster_domain: str = "cluster.local"
 
     prometheus_url: str | None = Field(

@@ -2,10 +2,18 @@
 
 The builders turn the control loop's abstract desired state (`WorkerSpec`, `Routing`) into
 plain manifests (dicts, as the API server takes them): per worker group a Deployment and a
-Service; per InferenceService a router Deployment, a Service named after the InferenceService
-(the user's endpoint) and the routing-table ConfigMap. They are pure so that tests validate
-every one of them against the Kubernetes schemas (`kubernetes-validate`), and so that the
-actuator can compare what it would write with what is there.
+Service; per InferenceService a router Deployment, a PodDisruptionBudget for it, a Service named
+after the InferenceService (the user's endpoint, `service_url`) and the routing-table ConfigMap.
+A worker pod gets its model as `accordion.workers.storage` says: an init container that
+downloads `s3://` and `http(s)://` models into an emptyDir (KServe's storage initializer, with
+the storage Secret's variables), a read-only mount for `pvc://`, nothing for paths in the image.
+Pods survive production: a startup probe sized to model loading keeps the liveness probe from
+killing a worker that is still loading, the router runs several replicas spread over nodes
+behind a PodDisruptionBudget, and image pull secrets reach every pod.
+
+They are pure so that tests validate every one of them against the Kubernetes schemas
+(`kubernetes-validate`), and so that the actuator can compare what it would write with what is
+there.
 
 The way back (`observe_*`) reads the objects the operator owns into the loop's `World`: a
 worker Deployment carries the `WorkerSpec` it was made from in an annotation, and the routing
@@ -17,12 +25,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 from accordion.operator.api import split_key
 from accordion.operator.config import OperatorConfig
 from accordion.operator.control.desired import Routing, WorkerKey, WorkerSpec, routing_table
 from accordion.operator.control.loop import AppliedRouting, RunningWorker
+from accordion.workers.storage import (
+    MODELS_DIR,
+    PVC_DIR,
+    StorageKind,
+    StorageUri,
+    StorageUriError,
+    parse_storage_uri,
+)
 
 Manifest = dict[str, Any]
 
@@ -37,6 +54,8 @@ MANAGED_BY = "accordion-operator"
 ROUTING_FILE = "routing.json"
 COMPONENT_WORKER = "worker"
 COMPONENT_ROUTER = "router"
+ROUTER_STARTUP_TIMEOUT_S = 60.0
+"""The router loads no model: a minute covers a slow image start on a busy node."""
 
 
 # ------------------------------------------------------------------------------------- names
@@ -62,6 +81,15 @@ def router_name(service_name: str) -> str:
 
 def routing_configmap_name(service_name: str) -> str:
     return _fit(f"{service_name}-routing")
+
+
+def service_url(service: str, config: OperatorConfig) -> str:
+    """The InferenceService's endpoint in the cluster (`status.url`): its router's Service.
+
+    KServe v2 clients send `POST {url}/v2/models/{name}/infer`; the Service listens on port 80.
+    """
+    namespace, name = split_key(service)
+    return f"http://{name}.{namespace}.svc.{config.cluster_domain}"
 
 
 def worker_url(key: WorkerKey, config: OperatorConfig) -> str:
@@ -144,13 +172,28 @@ CONTAINER_SECURITY_CONTEXT: Manifest = {
 }
 
 
-def _probe(path: str, port: str, period_s: int) -> Manifest:
+def _probe(path: str, port: str, period_s: int, failures: int = 3) -> Manifest:
     return {
         "httpGet": {"path": path, "port": port},
         "periodSeconds": period_s,
         "timeoutSeconds": 2,
-        "failureThreshold": 3,
+        "failureThreshold": failures,
     }
+
+
+STARTUP_PROBE_PERIOD_S = 5
+
+
+def startup_probe(timeout_s: float) -> Manifest:
+    """A startup probe that allows `timeout_s` to start (a worker loads and warms its model
+    before it listens): until it succeeds, the liveness probe does not run, so a slow load is
+    not killed and restarted in a loop; past `timeout_s` the container is restarted."""
+    failures = max(1, math.ceil(timeout_s / STARTUP_PROBE_PERIOD_S))
+    return _probe("/v2/health/live", "http", STARTUP_PROBE_PERIOD_S, failures)
+
+
+def _pull_secrets(config: OperatorConfig) -> list[Manifest]:
+    return [{"name": name} for name in config.image_pull_secrets]
 
 
 def _quantities(values: dict[str, int | str]) -> dict[str, str]:
@@ -165,6 +208,9 @@ def worker_deployment(spec: WorkerSpec, uid: str | None, config: OperatorConfig)
     key = spec.key
     labels = worker_labels(key)
     worker_config = spec.worker_config(host="0.0.0.0", port=config.worker_port)
+    source = _storage(spec.model_uri)
+    if source is not None and source.kind in (StorageKind.S3, StorageKind.HTTP, StorageKind.PVC):
+        worker_config = worker_config.model_copy(update={"model": source.local_path()})
     placement = spec.placement
     resources: Manifest = {}
     if placement.resources.requests:
@@ -179,6 +225,7 @@ def worker_deployment(spec: WorkerSpec, uid: str | None, config: OperatorConfig)
         "args": list(config.worker_args),
         "env": [{"name": config.worker_config_env, "value": worker_config.model_dump_json()}],
         "ports": [{"name": "http", "containerPort": config.worker_port, "protocol": "TCP"}],
+        "startupProbe": startup_probe(config.worker_startup_timeout_s),
         "readinessProbe": _probe("/v2/health/ready", "http", 2),
         "livenessProbe": _probe("/v2/health/live", "http", 10),
         "resources": resources,
@@ -191,6 +238,10 @@ def worker_deployment(spec: WorkerSpec, uid: str | None, config: OperatorConfig)
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
+    if source is not None:
+        _mount_model(pod_spec, container, source, config)
+    if config.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = _pull_secrets(config)
     if placement.node_selector:
         pod_spec["nodeSelector"] = dict(sorted(placement.node_selector.items()))
     if placement.tolerations:
@@ -218,6 +269,64 @@ def worker_deployment(spec: WorkerSpec, uid: str | None, config: OperatorConfig)
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
+
+
+def _storage(uri: str) -> StorageUri | None:
+    """The storage URI of a worker's model; None for one the API would refuse (an object
+    admitted before the rule existed): the worker then reports the path it cannot load."""
+    try:
+        return parse_storage_uri(uri)
+    except StorageUriError:
+        return None
+
+
+MODEL_VOLUME = "model-store"
+STORAGE_INITIALIZER = "storage-initializer"
+
+
+def _mount_model(
+    pod_spec: Manifest, container: Manifest, source: StorageUri, config: OperatorConfig
+) -> None:
+    """Give a worker pod its model: download it first (s3, http), or mount its claim (pvc)."""
+    if source.kind is StorageKind.PVC:
+        volume = f"pvc-{hashlib.sha256(source.location.encode()).hexdigest()[:10]}"
+        pod_spec["volumes"].append(
+            {
+                "name": volume,
+                "persistentVolumeClaim": {"claimName": source.location, "readOnly": True},
+            }
+        )
+        container["volumeMounts"].append(
+            {"name": volume, "mountPath": f"{PVC_DIR}/{source.location}", "readOnly": True}
+        )
+        return
+    if not source.downloaded:
+        return
+    pod_spec["volumes"].append({"name": MODEL_VOLUME, "emptyDir": {}})
+    container["volumeMounts"].append(
+        {"name": MODEL_VOLUME, "mountPath": MODELS_DIR, "readOnly": True}
+    )
+    init: Manifest = {
+        "name": STORAGE_INITIALIZER,
+        "image": config.worker_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": list(config.storage_initializer_command),
+        "args": [source.uri, "--dest", MODELS_DIR],
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "1Gi"},
+        },
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [
+            {"name": MODEL_VOLUME, "mountPath": MODELS_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    if config.storage_secret_name:
+        # The Secret's keys become the downloader's environment (AWS_ACCESS_KEY_ID, ...), as
+        # KServe's storage initializer reads them; optional, so public stores need none.
+        init["envFrom"] = [{"secretRef": {"name": config.storage_secret_name, "optional": True}}]
+    pod_spec["initContainers"] = [init]
 
 
 def worker_service(key: WorkerKey, uid: str | None, config: OperatorConfig) -> Manifest:
@@ -251,10 +360,11 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
     container: Manifest = {
         "name": "router",
         "image": config.router_image,
-        "imagePullPolicy": config.image_pull_policy,
+        "imagePullPolicy": config.router_image_pull_policy,
         "command": list(config.router_command),
         "args": list(config.router_args),
         "ports": [{"name": "http", "containerPort": config.router_port, "protocol": "TCP"}],
+        "startupProbe": startup_probe(ROUTER_STARTUP_TIMEOUT_S),
         "readinessProbe": _probe("/v2/health/ready", "http", 2),
         "livenessProbe": _probe("/v2/health/live", "http", 10),
         "resources": {
@@ -267,6 +377,30 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    pod_spec: Manifest = {
+        "securityContext": POD_SECURITY_CONTEXT,
+        "automountServiceAccountToken": False,
+        "containers": [container],
+        "volumes": [
+            {
+                "name": "routing",
+                "configMap": {"name": routing_configmap_name(name), "optional": True},
+            },
+            {"name": "tmp", "emptyDir": {}},
+        ],
+        # Replicas on different nodes where the cluster allows it: a node drain or failure
+        # then leaves the service an entry point.
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": _selector(labels)},
+            }
+        ],
+    }
+    if config.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = _pull_secrets(config)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -278,25 +412,21 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "securityContext": POD_SECURITY_CONTEXT,
-                    "automountServiceAccountToken": False,
-                    "containers": [container],
-                    "volumes": [
-                        {
-                            "name": "routing",
-                            "configMap": {
-                                "name": routing_configmap_name(name),
-                                "optional": True,
-                            },
-                        },
-                        {"name": "tmp", "emptyDir": {}},
-                    ],
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
+    }
+
+
+def router_pdb(service: str, uid: str | None) -> Manifest:
+    """The router's PodDisruptionBudget: a voluntary disruption (a node drain, an upgrade)
+    evicts at most one router replica at a time, so the service keeps an entry point."""
+    namespace, name = split_key(service)
+    labels = router_labels(name)
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(router_name(name), namespace, labels, (name, uid or "")),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _selector(labels)}},
     }
 
 
