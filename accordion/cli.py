@@ -57,6 +57,11 @@ def crds_command(
         return
     for path in crdgen.write(out):
         typer.echo(f"wrote {path}")
+    # The kind is InferenceService, as in KServe's: the suggested command names the resource
+    # in full, so that it never lists KServe's on a cluster that runs both.
+    typer.echo(
+        f"apply with: kubectl apply -f {out}; then: kubectl get inferenceservices.accordion.dev -A"
+    )
 
 
 def main() -> None:
