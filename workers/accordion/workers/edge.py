@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -83,6 +84,22 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(500, f"internal error: {type(exc).__name__}", "error")
 
 
+class _ProtocolLogger(logging.Logger):
+    """aiohttp's request handler logs a traceback at ERROR for every malformed HTTP message it
+    answers 400 (bad request line, header, chunk): any client could fill the logs with them.
+    Handlers' own errors never get there (`_errors` catches and logs them), so what comes here
+    is the client's fault: one DEBUG line each, on ``accordion.workers.edge.protocol``."""
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        kwargs.pop("exc_info", None)
+        text = str(msg) % args if args else str(msg)
+        self.debug("%s: %s", text, sys.exc_info()[1], **kwargs)
+
+
+_protocol_log = _ProtocolLogger("accordion.workers.edge.protocol")
+_protocol_log.parent = log
+
+
 _BULK_KEY = web.AppKey("accordion-bulk", asyncio.Semaphore)
 _LIMITS_KEY = web.AppKey("accordion-edge-limits", EdgeLimits)
 
@@ -92,7 +109,7 @@ def edge_app(limits: EdgeLimits) -> web.Application:
     app = web.Application(
         client_max_size=limits.max_body_bytes,
         middlewares=[_errors],
-        handler_args={"keepalive_timeout": limits.header_timeout_s},
+        handler_args={"keepalive_timeout": limits.header_timeout_s, "logger": _protocol_log},
     )
     app[_LIMITS_KEY] = limits
     app[_BULK_KEY] = asyncio.Semaphore(limits.bulk_concurrency)
@@ -134,6 +151,8 @@ async def read_body(request: web.Request) -> bytes:
         ) from None
     except (ConnectionError, EOFError) as exc:
         raise InferenceError(400, f"request body incomplete: {exc}") from None
+    except web.RequestPayloadError as exc:  # a body aiohttp cannot decode (Content-Encoding)
+        raise InferenceError(400, f"request body unreadable: {exc}") from None
     except web.HTTPException as exc:  # aiohttp's own refusals of a payload (bad encoding)
         raise InferenceError(exc.status if exc.status >= 400 else 400, exc.reason) from None
 

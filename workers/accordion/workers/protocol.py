@@ -252,6 +252,11 @@ def from_values(name: str, datatype: str, shape: list[int], data: Any) -> Array:
         raise _bad(f"input {name!r}: data is not {datatype}: {exc}") from None
     if array.size != count:
         raise _bad(f"input {name!r}: data has {array.size} elements; shape {shape} needs {count}")
+    if array.ndim > 1 and list(array.shape) != shape:
+        raise _bad(
+            f"input {name!r}: data is nested as {list(array.shape)}; give it flat or nested as "
+            f"its shape {shape}"
+        )
     if dtype.kind == "f":
         if not np.all(np.isfinite(array)):
             raise _bad(f"input {name!r}: data contains NaN or infinity")
