@@ -11,9 +11,7 @@ from accordion.sim.proteus import Proteus
 POLICIES: dict[str, Callable[[], ControlPolicy]] = {
     "accordion": lambda: Accordion(fast_loop=True),
     "accordion-nofast": lambda: Accordion(fast_loop=False),
-    "accordion-planner-weights": lambda: Accordion(
-        fast_loop=False, spare=False, name="accordion-planner-weights"
-    ),
+    "accordion-noburst": lambda: Accordion(burst_buffer=False, name="accordion-noburst"),
     "proteus": Proteus,
     "clipper-ha": lambda: Clipper(high_accuracy=True),
     "clipper-ht": lambda: Clipper(high_accuracy=False),

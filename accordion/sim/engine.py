@@ -1,20 +1,20 @@
-"""The discrete-event engine: arrivals, routers, replicas with batchers, re-planning.
+"""The discrete-event engine: arrivals, replicas with batchers, devices, measurement.
 
 Simulated time only; one heap of events ordered by (time, kind, sequence number), so that runs
 are deterministic for a seed. Arrivals come from the sorted workload and are merged with the
 heap (events at the same instant run first: a completion frees a device before an arrival is
-routed). Per service, a router splits arrivals over the ready replicas by the target's routing
-weights (smooth weighted round-robin: deterministic, and no burstier than the weights); with
-the fast loop on, it re-routes an arrival whose chosen replica cannot make its deadline to the
-most accurate replica that can, and sheds it when none can. Each replica runs one batching
-policy object from `accordion.workers.batching` (or a baseline's), driven by the protocol that
-module describes; execution times are drawn from the profile (`SimConfig.service_time`).
+routed). Each replica runs one batching policy object from `accordion.workers.batching` (or a
+baseline's), driven by the protocol that module describes; execution times are drawn from the
+profile (`SimConfig.service_time`).
 
-Re-planning: every second the arrivals of that second are folded into the same demand
-estimator the operator uses (`DemandTracker`); every `replan_interval_s` the policy's target is
-applied make-before-break: a new replica loads for `model_load_s` while the replica it replaces
-keeps serving on the same device slot; it then takes over and the old one drains its queue.
-Replicas removed without a replacement serve until the new plan's replicas are ready.
+The engine knows nothing of how replicas are chosen or requests routed: a `Control` does (the
+policy's `control(sim)`). Ours is `accordion.sim.driver.LoopControl`, the operator's own
+`ControlLoop` driven on simulated time; the baselines' is `accordion.sim.targets.TargetControl`
+(a target per re-plan tick, carried out make-before-break). The engine offers them replicas
+(`add_replica`, `retire`), devices (a replica holds one device of its pool from the moment it
+is scheduled until it has drained its queue; one that finds no free device waits, as a pod
+stays Pending, and gets the first device freed), scheduled calls (`call_at`), and every second
+the arrivals of that second per service (`Control.measured`).
 """
 
 from __future__ import annotations
@@ -23,53 +23,49 @@ import heapq
 import math
 import random
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, Protocol, cast
 
-from accordion.operator.control.demand import DemandTracker
 from accordion.sim.metrics import DROPPED, LATE, OK, Recorder, SecondStats, Summary
-from accordion.sim.policy import ControlPolicy, SimView, Target
+from accordion.sim.policy import ControlPolicy, SimView
 from accordion.sim.workload import Cluster, Family, Workload
-from accordion.solver import Allocation, VariantSpec
+from accordion.solver import VariantSpec
 from accordion.workers.batching import BatchingPolicy, Decision, Request
-from accordion.workers.config import (
-    Backend,
-    FastLoopBounds,
-    RoutingTable,
-    interpolate_profile,
-)
-from accordion.workers.fastloop import Outcome, RoutingDecider
+from accordion.workers.config import interpolate_profile
 
 # Event kinds, in the order they run at the same instant.
-_COMPLETE, _READY, _RETIRE, _WAKE, _MEASURE, _REPLAN = range(6)
+_COMPLETE, _READY, _RETIRE, _WAKE, _MEASURE, _CALL = range(6)
 _EPS = 1e-9
 
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Knobs of a run."""
+    """Knobs of a run (the world's physics; how a policy decides is the policy's)."""
 
     seed: int = 0
     service_time: str = "p50"
     """``p50``: constant p50 (Proteus's artifact); ``p90``: constant p90; ``dist``: drawn from
     the profile (piecewise linear through p50 at the median and p90 at the 90th percentile)."""
     model_load_s: float = 2.0
+    """From a replica getting its device to its model serving (pod start and model load)."""
     initial_window_s: float = 5.0
-    """The first plan is made for the mean rate over this window (same for every policy)."""
+    """The first plan is made for the mean rate over this window (same for every policy),
+    with its replicas ready at time 0 (a cluster already warmed up)."""
     router: str = "auto"
-    """``auto``: the policy's choice (`ControlPolicy.router`); ``decider``: the router's own
-    `RoutingDecider` (accordion.workers.fastloop), one backend per replica, fast loop per the
-    policy; ``builtin``: plain smooth weighted round-robin, no fast loop."""
-    rise_half_life_s: float = 2.0
-    fall_half_life_s: float = 20.0
+    """Baselines only: ``auto``: the policy's choice (`ControlPolicy.router`); ``decider``: the
+    router's `RoutingDecider`, one backend per replica; ``builtin``: plain smooth weighted
+    round-robin, no fast loop."""
     end_s: float | None = None
 
 
 @dataclass
 class Replica:
-    """One worker on one device: a variant, its batcher and its lifecycle."""
+    """One worker on one device: a variant, its batcher and its lifecycle.
+
+    pending (no free device yet) -> loading -> active -> retiring (draining its queue) -> gone.
+    """
 
     rid: int
     service: int
@@ -79,17 +75,64 @@ class Replica:
     capacity_qps: float
     policy: BatchingPolicy
     ready_at_s: float
-    state: str = "loading"  # loading -> active -> retiring -> gone
+    state: str = "loading"
     weight: float = 0.0
     current_weight: float = 0.0
     owns_slot: bool = True
     replaces: Replica | None = None
     replaced: bool = False
     wake_token: int = 0
+    tag: Any = None
+    """The control's own mark (the product's worker group)."""
+    meter: Any = None
+    """A `SlowdownMeter` when the replica reports its speed as our workers do."""
 
     @property
     def key(self) -> tuple[int, str, str]:
         return (self.service, self.variant.name, self.pool)
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("pending", "loading", "active")
+
+
+@dataclass
+class ControlSample:
+    """What a control reports of one service in one second, for the timeline plot."""
+
+    planned_qps: float = 0.0
+    """Capacity of the ready replicas the plan routes to by weight."""
+    spare_qps: float = 0.0
+    """Capacity of ready spare (burst) replicas."""
+    loading_qps: float = 0.0
+    """Capacity of replicas that are pending or loading."""
+    estimate_qps: float = 0.0
+
+
+class Control(Protocol):
+    """Decides which replicas run and routes every request (see the module docstring)."""
+
+    def start(self, initial_qps: dict[str, float]) -> None:
+        """Set the cluster up for `initial_qps` (replicas ready at once, `add_replica(...,
+        initial=True)`) and schedule what the control does over time (`call_at`)."""
+
+    def measured(self, arrivals: dict[str, int], interval_s: float) -> None:
+        """The arrivals of the last `interval_s` per service (every second)."""
+
+    def route(self, service: int, request: Request) -> Replica | None:
+        """The replica a request goes to, or None (shed)."""
+
+    def finished(self, replica: Replica, request: Request, outcome: str) -> None:
+        """A request sent to `replica` was ``answered`` or ``dropped``."""
+
+    def replica_changed(self, replica: Replica) -> None:
+        """A replica became active, or gone."""
+
+    def sample(self, service: str) -> ControlSample | None:
+        """The service's capacity by kind now (None: the control does not say)."""
+
+    @property
+    def planner_times_s(self) -> list[float]: ...
 
 
 @dataclass
@@ -101,6 +144,21 @@ class SimResult:
     outcome: dict[int, int] = field(default_factory=dict)
     families: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     """Per family: demand, requests served in time, their effective accuracy."""
+    timeline: dict[str, list[tuple[int, ControlSample, int]]] = field(default_factory=dict)
+    """Per family, per second: the control's capacity sample and the family's arrivals."""
+    notes: list[str] = field(default_factory=list)
+    """What the control wants said of the run (e.g. plan events)."""
+
+
+def dist_quantile(p50: float, p90: float, u: float) -> float:
+    """The inverse CDF of the ``dist`` service-time model at `u` (see `SimConfig`)."""
+    lo = max(0.5 * p50, 2 * p50 - p90)
+    hi = p90 + (p90 - p50)
+    if u < 0.5:
+        return lo + (p50 - lo) * u / 0.5
+    if u < 0.9:
+        return p50 + (p90 - p50) * (u - 0.5) / 0.4
+    return p90 + (hi - p90) * (u - 0.9) / 0.1
 
 
 class Simulator:
@@ -126,7 +184,6 @@ class Simulator:
         self.service_index = {n: i for i, n in enumerate(workload.families)}
         self.pool_devices = {p.name: p.devices for p in cluster.pools}
         self.recorder = Recorder(family_of=workload.family)
-        self.tracker = DemandTracker(self.config.rise_half_life_s, self.config.fall_half_life_s)
         self.replicas: list[Replica] = []
         self.by_service: dict[int, list[Replica]] = defaultdict(list)
         self._heap: list[tuple[float, int, int, object]] = []
@@ -134,13 +191,13 @@ class Simulator:
         self._next_rid = 0
         self._arrivals_this_second: dict[int, int] = defaultdict(int)
         self._slots_in_use = 0
+        self._slots_by_pool: dict[str, int] = defaultdict(int)
+        self._pending: dict[str, deque[Replica]] = defaultdict(deque)
         self._last_slot_change_s = 0.0
         self.now_s = 0.0
-        self._deciders: dict[int, RoutingDecider] = {}
-        self._decider_replicas: dict[int, dict[str, Replica]] = {}
-        self._routing_dirty = True
-        self._router = self.config.router if self.config.router != "auto" else policy.router
+        self.timeline: dict[str, list[tuple[int, ControlSample, int]]] = defaultdict(list)
         policy.setup(SimView(cluster=cluster, service_time=self.config.service_time))
+        self.control: Control = policy.control(self)
 
     # ---- event plumbing -------------------------------------------------------------------
 
@@ -148,10 +205,38 @@ class Simulator:
         self._seq += 1
         heapq.heappush(self._heap, (t_s, kind, self._seq, payload))
 
+    def call_at(self, t_s: float, fn: Callable[[], None]) -> None:
+        """Run `fn` at simulated time `t_s` (after completions and arrivals of that instant)."""
+        self._push(max(t_s, self.now_s), _CALL, fn)
+
     def _slots_changed(self, delta: int) -> None:
         self.recorder.device_seconds += self._slots_in_use * (self.now_s - self._last_slot_change_s)
         self._last_slot_change_s = self.now_s
         self._slots_in_use += delta
+
+    def free_devices(self, pool: str) -> int:
+        return self.pool_devices.get(pool, 0) - self._slots_by_pool[pool]
+
+    def _take_slot(self, replica: Replica) -> None:
+        replica.owns_slot = True
+        self._slots_by_pool[replica.pool] += 1
+        self._slots_changed(+1)
+
+    def _release_slot(self, replica: Replica) -> None:
+        if not replica.owns_slot:
+            return
+        replica.owns_slot = False
+        self._slots_by_pool[replica.pool] -= 1
+        self._slots_changed(-1)
+        queue = self._pending[replica.pool]
+        while queue and self.free_devices(replica.pool) > 0:
+            waiting = queue.popleft()
+            if waiting.state != "pending":
+                continue
+            self._take_slot(waiting)
+            waiting.state = "loading"
+            waiting.ready_at_s = self.now_s + self.config.model_load_s
+            self._push(waiting.ready_at_s, _READY, waiting)
 
     # ---- execution ------------------------------------------------------------------------
 
@@ -168,16 +253,7 @@ class Simulator:
             return p50
         if mode == "p90":
             return p90
-        u = self.rng.random()
-        lo = max(0.5 * p50, 2 * p50 - p90)
-        hi = p90 + (p90 - p50)
-        if u < 0.5:
-            value = lo + (p50 - lo) * u / 0.5
-        elif u < 0.9:
-            value = p50 + (p90 - p50) * (u - 0.5) / 0.4
-        else:
-            value = p90 + (hi - p90) * (u - 0.9) / 0.1
-        return value
+        return dist_quantile(p50, p90, self.rng.random())
 
     def _poke(self, replica: Replica) -> None:
         """Ask the replica's batcher what to do now, and do it."""
@@ -185,7 +261,7 @@ class Simulator:
         decision: Decision = replica.policy.decide(now)
         for d in decision.dropped:
             self.recorder.finish(d.request.request_id, d.request.arrival_s, DROPPED)
-            self._finished(d.request, "dropped")
+            self.control.finished(replica, d.request, "dropped")
         if decision.batch:
             latency = self.exec_time_s(replica, len(decision.batch))
             self._push(now + latency, _COMPLETE, (replica, decision.batch, latency))
@@ -201,104 +277,113 @@ class Simulator:
             and replica.policy.queue_depth == 0
         ):
             replica.state = "gone"
-            if replica.owns_slot:
-                replica.owns_slot = False
-                self._slots_changed(-1)
+            self._release_slot(replica)
+            self.control.replica_changed(replica)
 
     def _complete(self, replica: Replica, batch: tuple[Request, ...], latency_s: float) -> None:
         acc = replica.variant.accuracy
+        if replica.meter is not None:
+            replica.meter.observe(len(batch), latency_s, self.now_s)
         for req in batch:
             kind = OK if self.now_s <= req.deadline_s + _EPS else LATE
             self.recorder.finish(req.request_id, req.arrival_s, kind, acc)
-            self._finished(req, "answered")
+            self.control.finished(replica, req, "answered")
         replica.policy.complete(len(batch), latency_s, self.now_s)
         self._poke(replica)
 
-    # ---- routing --------------------------------------------------------------------------
+    # ---- replicas -------------------------------------------------------------------------
 
-    def _tables(self) -> None:
-        """Rebuild every service's routing table from its ready replicas (after a change)."""
-        self._routing_dirty = False
-        for s, name in enumerate(self.workload.families):
-            ready = [r for r in self.by_service[s] if r.state == "active"]
-            self._decider_replicas[s] = {f"r{r.rid}": r for r in ready}
-            if not ready:
-                continue
-            use_capacity = all(r.weight <= 0 for r in ready)
-            backends = []
-            for r in ready:
-                full = r.policy.predicted_latency_s(r.max_batch_size)
-                if full is None:
-                    full = interpolate_profile(
-                        {p.batch_size: p.p50_s for p in r.variant.profiles[r.pool]},
-                        r.max_batch_size,
-                    )
-                backends.append(
-                    Backend(
-                        name=f"r{r.rid}",
-                        url="http://sim",
-                        weight=r.capacity_qps if use_capacity else r.weight,
-                        accuracy=min(1.0, r.variant.accuracy / 100.0),
-                        capacity_qps=r.capacity_qps if r.capacity_qps > 0 else None,
-                        max_batch_size=r.max_batch_size,
-                        batch_latency_ms=full * 1000.0,
-                    )
-                )
-            table = RoutingTable(
-                service=name,
-                slo_ms=self.families[s].slo_s * 1000.0,
-                backends=backends,
-                fast_loop=FastLoopBounds(enabled=self.policy.fast_loop),
-            )
-            decider = self._deciders.get(s)
-            if decider is None:
-                self._deciders[s] = RoutingDecider(table, seed=self.config.seed * 1000 + s)
+    def add_replica(
+        self,
+        service: int,
+        variant: VariantSpec,
+        pool: str,
+        max_batch: int,
+        capacity_qps: float,
+        policy: BatchingPolicy,
+        *,
+        initial: bool = False,
+        claim_slot: bool = True,
+        tag: Any = None,
+    ) -> Replica:
+        """A new replica. `initial`: ready at once (the warmed-up cluster at time 0).
+        `claim_slot`: take a device of the pool now, or wait for one (pending); without it the
+        caller manages the device (a baseline's replacement on its predecessor's device)."""
+        replica = Replica(
+            rid=self._next_rid,
+            service=service,
+            variant=variant,
+            pool=pool,
+            max_batch_size=max_batch,
+            capacity_qps=capacity_qps,
+            policy=policy,
+            ready_at_s=self.now_s,
+            owns_slot=False,
+            tag=tag,
+        )
+        self._next_rid += 1
+        self.replicas.append(replica)
+        self.by_service[service].append(replica)
+        if not claim_slot:
+            replica.ready_at_s = self.now_s + (0.0 if initial else self.config.model_load_s)
+            return replica
+        if self.free_devices(pool) > 0:
+            self._take_slot(replica)
+            if initial:
+                replica.state = "active"
+                self.control.replica_changed(replica)
             else:
-                decider.update_table(table)
+                replica.ready_at_s = self.now_s + self.config.model_load_s
+                self._push(replica.ready_at_s, _READY, replica)
+        else:
+            replica.state = "pending"
+            self._pending[pool].append(replica)
+        return replica
 
-    def _route_decider(self, service: int, req: Request) -> Replica | None:
-        if self._routing_dirty:
-            self._tables()
-        replicas = self._decider_replicas.get(service)
-        if not replicas:
-            return None
-        decider = self._deciders[service]
-        choice = decider.choose(req.deadline_s - self.now_s, self.now_s)
-        if choice.backend is None:
-            return None
-        decider.sent(choice.backend, self.now_s)
-        req.payload = (service, choice.backend)
-        return replicas[choice.backend]
+    def schedule_ready(self, replica: Replica, at_s: float) -> None:
+        """(Baselines) make a replica created without a device claim active at `at_s`."""
+        self._push(at_s, _READY, replica)
 
-    def _finished(self, req: Request, outcome: Outcome) -> None:
-        """Tell the router a request it sent was answered or dropped (its capacity correction
-        learns from both, as the router process does)."""
-        if isinstance(req.payload, tuple):
-            service, name = req.payload
-            decider = self._deciders.get(service)
-            if decider is not None:
-                decider.finished(name, self.now_s, outcome)
+    def schedule_retire(self, replica: Replica, at_s: float) -> None:
+        self._push(at_s, _RETIRE, replica)
 
-    def _route(self, service: int, req: Request) -> Replica | None:
-        if self._router == "decider":
-            return self._route_decider(service, req)
-        # Plain weighted routing (the baselines'): smooth weighted round-robin, no fast loop.
-        ready = [r for r in self.by_service[service] if r.state == "active"]
-        if not ready:
-            return None
-        weighted = [r for r in ready if r.weight > 0]
-        pool = weighted or ready
-        total = 0.0
-        best: Replica | None = None
-        for r in pool:
-            w = r.weight if weighted else r.capacity_qps
-            r.current_weight += w
-            total += w
-            if best is None or r.current_weight > best.current_weight:
-                best = r
-        assert best is not None
-        best.current_weight -= total
-        return best
+    def _ready(self, replica: Replica) -> None:
+        if replica.state != "loading":
+            return
+        replica.state = "active"
+        old = replica.replaces
+        if old is not None:
+            # (Baselines) the device moves to the new replica; the old one drains on it.
+            if old.owns_slot:
+                old.owns_slot = False
+                self._slots_by_pool[old.pool] -= 1
+                self._slots_changed(-1)
+            self._take_slot(replica)
+            replica.replaces = None
+            self.retire(old)
+        self.control.replica_changed(replica)
+
+    def retire(self, replica: Replica) -> None:
+        """Stop sending to a replica; it drains its queue, then releases its device."""
+        if replica.state == "gone":
+            return
+        if replica.state in ("pending", "loading"):
+            replica.state = "gone"
+            self._release_slot(replica)
+            if replica.replaces is not None:
+                replica.replaces.replaced = False
+                replica.replaces = None
+            self.control.replica_changed(replica)
+            return
+        replica.state = "retiring"
+        replica.weight = 0.0
+        self._maybe_gone(replica)
+
+    def enqueue(self, replica: Replica, request: Request) -> None:
+        replica.policy.enqueue(request, self.now_s)
+        self._poke(replica)
+
+    # ---- arrivals and measurement ---------------------------------------------------------
 
     def _arrive(self, rid: int) -> None:
         w = self.workload
@@ -306,172 +391,27 @@ class Simulator:
         req = Request(rid, w.arrival_s[rid], w.deadline_s[rid])
         self.recorder.arrival(rid, req.arrival_s)
         self._arrivals_this_second[service] += 1
-        replica = self._route(service, req)
+        replica = self.control.route(service, req)
         if replica is None:
             self.recorder.finish(rid, req.arrival_s, DROPPED)
             return
-        replica.policy.enqueue(req, self.now_s)
-        self._poke(replica)
-
-    # ---- control --------------------------------------------------------------------------
-
-    def current_allocation(self) -> list[Allocation]:
-        counts: dict[tuple[int, str, str], int] = defaultdict(int)
-        for r in self.replicas:
-            if r.state in ("loading", "active") and not r.replaced:
-                counts[r.key] += 1
-        return [
-            Allocation(service=self.workload.families[s], variant=v, pool=p, replicas=n)
-            for (s, v, p), n in sorted(counts.items())
-        ]
-
-    def _new_replica(
-        self,
-        service: int,
-        variant: VariantSpec,
-        pool: str,
-        max_batch: int,
-        cap: float,
-        ready_s: float,
-    ) -> Replica:
-        fam = self.families[service]
-        replica = Replica(
-            rid=self._next_rid,
-            service=service,
-            variant=variant,
-            pool=pool,
-            max_batch_size=max_batch,
-            capacity_qps=cap,
-            policy=self.policy.batcher(fam, variant, pool, max_batch),
-            ready_at_s=ready_s,
-        )
-        self._next_rid += 1
-        self.replicas.append(replica)
-        self.by_service[service].append(replica)
-        return replica
-
-    def _apply(self, target: Target, initial: bool) -> None:
-        """Carry a target out make-before-break (see the module docstring)."""
-        self._routing_dirty = True
-        self.recorder.planner_times_s.append(target.planner_time_s)
-        ready_s = self.now_s if initial else self.now_s + self.config.model_load_s
-        desired: dict[tuple[int, str, str], tuple[int, int, float, float]] = {}
-        for row in target.rows:
-            s = self.service_index.get(row.service)
-            if s is None or row.replicas <= 0:
-                continue
-            desired[(s, row.variant, row.pool)] = (
-                row.replicas,
-                row.max_batch_size,
-                row.routed_qps,
-                row.capacity_qps_per_replica,
-            )
-        live: dict[tuple[int, str, str], list[Replica]] = defaultdict(list)
-        for r in self.replicas:
-            if r.state in ("loading", "active") and not r.replaced:
-                live[r.key].append(r)
-        removals: dict[str, list[Replica]] = defaultdict(list)
-        additions: dict[str, list[tuple[int, str, int, float]]] = defaultdict(list)
-        for key in sorted(set(live) | set(desired)):
-            have = live.get(key, [])
-            want = desired.get(key, (0, 1, 0.0, 0.0))[0]
-            if len(have) > want:
-                # Remove loading ones first, then the least loaded.
-                order = sorted(
-                    have, key=lambda r: (r.state != "loading", r.policy.queue_depth, r.rid)
-                )
-                removals[key[2]].extend(order[: len(have) - want])
-            elif len(have) < want:
-                _, mb, _, cap = desired[key]
-                for _ in range(want - len(have)):
-                    additions[key[2]].append((key[0], key[1], mb, cap))
-        used: dict[str, int] = defaultdict(int)
-        for r in self.replicas:
-            if r.owns_slot and r.state != "gone":
-                used[r.pool] += 1
-        for pool in sorted(set(removals) | set(additions)):
-            free = self.pool_devices.get(pool, 0) - used[pool]
-            outgoing = list(removals.get(pool, []))
-            for service, vname, mb, cap in additions.get(pool, []):
-                variant = self.families[service].variant(vname)
-                if free > 0:
-                    free -= 1
-                    new = self._new_replica(service, variant, pool, mb, cap, ready_s)
-                    self._slots_changed(+1)
-                elif outgoing:
-                    old = outgoing.pop(0)
-                    old.replaced = True
-                    new = self._new_replica(service, variant, pool, mb, cap, ready_s)
-                    new.owns_slot = False
-                    new.replaces = old
-                else:
-                    continue  # no device: the target over-asks this pool
-                if initial:
-                    self._ready(new)
-                else:
-                    self._push(ready_s, _READY, new)
-            for old in outgoing:
-                old.replaced = True
-                if initial or old.state == "loading":
-                    self._retire(old)
-                else:
-                    self._push(ready_s, _RETIRE, old)
-        # Routing weights of the replicas that stay and of the new ones.
-        counts: dict[tuple[int, str, str], int] = defaultdict(int)
-        for r in self.replicas:
-            if r.state in ("loading", "active") and not r.replaced:
-                counts[r.key] += 1
-        for r in self.replicas:
-            if r.state in ("loading", "active") and not r.replaced and r.key in desired:
-                routed = desired[r.key][2]
-                r.weight = routed / max(1, counts[r.key])
-
-    def _ready(self, replica: Replica) -> None:
-        if replica.state != "loading":
-            return
-        self._routing_dirty = True
-        replica.state = "active"
-        old = replica.replaces
-        if old is not None:
-            # The slot moves to the new replica; the old one drains on it meanwhile.
-            if old.owns_slot:
-                old.owns_slot = False
-            else:
-                self._slots_changed(+1)
-            replica.owns_slot = True
-            replica.replaces = None
-            self._retire(old)
-
-    def _retire(self, replica: Replica) -> None:
-        if replica.state == "gone":
-            return
-        self._routing_dirty = True
-        if replica.state == "loading":
-            replica.state = "gone"
-            if replica.owns_slot:
-                replica.owns_slot = False
-                self._slots_changed(-1)
-            if replica.replaces is not None:
-                replica.replaces.replaced = False
-                replica.replaces = None
-            return
-        replica.state = "retiring"
-        replica.weight = 0.0
-        self._maybe_gone(replica)
+        self.enqueue(replica, req)
 
     def _measure(self) -> None:
         sec = round(self.now_s) - 1
         st = self.recorder.second(sec)
         st.capacity_qps = sum(r.capacity_qps for r in self.replicas if r.state == "active")
         st.devices = float(self._slots_in_use)
-        for s, name in enumerate(self.workload.families):
-            self.tracker.observe(name, self.now_s, float(self._arrivals_this_second.get(s, 0)))
+        counts = {
+            name: self._arrivals_this_second.get(s, 0)
+            for s, name in enumerate(self.workload.families)
+        }
         self._arrivals_this_second.clear()
-
-    def _replan(self) -> None:
-        estimates = self.tracker.estimates()
-        target = self.policy.target(self.now_s, estimates, self.current_allocation())
-        self._apply(target, initial=False)
+        for name, n in counts.items():
+            sample = self.control.sample(name)
+            if sample is not None:
+                self.timeline[name].append((sec, sample, n))
+        self.control.measured(counts, 1.0)
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -484,23 +424,19 @@ class Simulator:
         for s, name in enumerate(w.families):
             n = sum(1 for a, f in zip(w.arrival_s, w.family, strict=True) if f == s and a < window)
             initial[name] = n / window
-        self._apply(self.policy.target(0.0, initial, []), initial=True)
-        for name, qps in initial.items():
-            self.tracker.observe(name, 0.0, qps)
+        self.control.start(initial)
         t = 1.0
         while t <= end_s + 1.0:
             self._push(t, _MEASURE, None)
             t += 1.0
-        t = self.policy.replan_interval_s
-        while t <= end_s:
-            self._push(t, _REPLAN, None)
-            t += self.policy.replan_interval_s
         i, n = 0, len(w)
         last_report = -1
         while True:
             next_arrival = w.arrival_s[i] if i < n else math.inf
             if self._heap and self._heap[0][0] <= next_arrival:
                 t_s, kind, _, payload = heapq.heappop(self._heap)
+                if kind == _CALL and t_s > end_s + 1.0 and i >= n:
+                    continue  # the control's timers after the end of the trace
                 self.now_s = t_s
                 self._dispatch(kind, payload)
             elif i < n:
@@ -515,6 +451,7 @@ class Simulator:
         self._slots_changed(0)
         if len(self.recorder.outcome) != n:
             raise AssertionError(f"{n - len(self.recorder.outcome)} requests never ended")
+        self.recorder.planner_times_s = list(self.control.planner_times_s)
         wall = time.perf_counter() - started
         return SimResult(
             summary=self.recorder.summary(self.policy.name, wall),
@@ -528,6 +465,8 @@ class Simulator:
                 )
                 for f, name in enumerate(w.families)
             },
+            timeline=dict(self.timeline),
+            notes=list(getattr(self.control, "notes", [])),
         )
 
     def _dispatch(self, kind: int, payload: object) -> None:
@@ -543,11 +482,11 @@ class Simulator:
             self._ready(payload)
         elif kind == _RETIRE:
             assert isinstance(payload, Replica)
-            self._retire(payload)
+            self.retire(payload)
         elif kind == _MEASURE:
             self._measure()
-        elif kind == _REPLAN:
-            self._replan()
+        elif kind == _CALL:
+            cast(Callable[[], None], payload)()
 
 
 def simulate(

@@ -1,17 +1,12 @@
 """Ours and the baselines that share our planner: hardware-only and Clipper-HA/HT, and INFaaS.
 
-* `Accordion` (ours): the operator's planner (`accordion.solver.planner.plan`) on the demand
-  estimate plus headroom, `SloBatcher` in every replica, the router pods' `RoutingDecider`
-  (`accordion.workers.fastloop`, fast loop on or off).
-  By default (`spare=True`) it plans twice: the estimate plus a small routing headroom at the
-  best accuracy, then the burst headroom on the devices left over as spare replicas; routing
-  weights fill the most accurate replicas first and only the router's fast loop sends overflow
-  to the spare ones. With `spare=False` it is one plan for estimate plus headroom, routed by
-  the planner's shares.
-  The headroom is the InferenceService's `demand.headroom`; the default here is 0.5, not the
-  API's 0.1: Twitter-derived traces burst far above their 2-second EWMA between re-plans, and
-  the planner otherwise releases the devices that would absorb the bursts.
-* `HardwareOnly`: the same planner and batcher, but each service keeps one fixed variant (the
+* `Accordion` (ours): the product itself. The operator's `ControlLoop` with its default
+  timings and planner settings drives the run (`accordion.sim.driver.LoopControl`): the same
+  problem building, hysteresis, burst buffer, desired state, make-before-break, routing tables
+  and router (`RoutingDecider`) as a cluster runs; every worker runs the worker's batcher.
+  Variants of ours switch a product feature off as a user can (the router's fast loop:
+  `fast_loop=False`; spare replicas: `burst_buffer=False`, as `spec.demand.burst.policy: Off`).
+* `HardwareOnly`: our planner and batcher, but each service keeps one fixed variant (the
   most accurate one that fits the SLO on some pool): hardware scaling without accuracy scaling.
 * `Clipper` (HA: most accurate fixed variant; HT: least accurate): Clipper's AIMD batching on
   replicas scaled to demand by the same planner (Clipper itself does not place replicas; giving
@@ -21,19 +16,23 @@
   device: no cost; else switch a replica to a faster variant: the accuracy lost); when capacity
   exceeds demand, first release replicas, then upgrade to more accurate variants while the
   capacity still covers demand. Triton's dynamic batcher in every replica (no deadline drops).
+
+The planner baselines re-plan every `replan_interval_s` (5 s) for the estimate plus a 50%
+headroom (a large margin makes them stronger on bursty traces), from the same demand estimator
+at the same default timings.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from typing import TYPE_CHECKING
 
+from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.sim.policy import ControlPolicy, SimView, Target, TargetRow, profile_s
-from accordion.sim.workload import Cluster, Family
+from accordion.sim.workload import Family
 from accordion.solver import (
     Allocation,
     PlannerSettings,
-    PoolSpec,
     Problem,
     ServiceSpec,
     VariantSpec,
@@ -48,8 +47,8 @@ from accordion.workers.batching import (
     TritonDynamicBatcher,
 )
 
-SPARE_RELATIVE_GAP = 0.005
-SPARE_POLISH_S = 0.5
+if TYPE_CHECKING:
+    from accordion.sim.engine import Control, Simulator
 
 _Key = tuple[str, str, str]
 _Choice = tuple[float, float, _Key, _Key | None]
@@ -107,61 +106,65 @@ def fits(variant: VariantSpec, slo_s: float, percentile: str, utilization: float
     )
 
 
-def accuracy_first_routing(
-    rows: list[TargetRow], demand_qps: dict[str, float], headroom: float
-) -> list[TargetRow]:
-    """Routing weights for the *expected* demand, most accurate replicas first.
-
-    The planner sizes replicas for the estimate plus the (large) planned headroom, and its
-    routed shares spread that inflated demand over every replica, the less accurate ones too.
-    With the router's fast loop on, overflow finds the spare replicas anyway, so the weights
-    can fill the most accurate replicas up to their capacity with the estimate (plus a small
-    routing headroom) and leave the rest as spare capacity.
-    """
-    by_service: dict[str, list[TargetRow]] = {}
-    for r in rows:
-        by_service.setdefault(r.service, []).append(r)
-    out: list[TargetRow] = []
-    for service, group in sorted(by_service.items()):
-        remaining = demand_qps.get(service, 0.0) * (1.0 + headroom)
-        ordered = sorted(group, key=lambda r: (-r.accuracy, r.variant, r.pool))
-        for r in ordered:
-            routed = min(remaining, r.capacity_qps_per_replica * r.replicas)
-            remaining -= routed
-            out.append(dataclasses.replace(r, routed_qps=routed))
-    return out
-
-
 class Accordion(ControlPolicy):
-    """Ours: planner + SloBatcher + the router's `RoutingDecider`, fast loop on or off.
+    """Ours: the product's control loop drives the run (see the module docstring)."""
 
-    `router="builtin"` routes with plain weighted round-robin instead (see `SimConfig.router`).
-    """
+    router = "decider"
 
     def __init__(
         self,
         *,
         fast_loop: bool = True,
+        burst_buffer: bool = True,
+        timings: Timings = DEFAULT_TIMINGS,
+        planner: PlannerSettings | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.fast_loop = fast_loop
+        self.burst_buffer = burst_buffer
+        self.timings = timings
+        self.planner = planner
+        self.name = name or ("accordion" if fast_loop else "accordion-nofast")
+
+    def control(self, sim: Simulator) -> Control:
+        from accordion.sim.driver import LoopControl
+
+        return LoopControl(
+            sim,
+            timings=self.timings,
+            planner=self.planner,
+            fast_loop=self.fast_loop,
+            burst_buffer=self.burst_buffer,
+        )
+
+    def target(
+        self, now_s: float, demand_qps: dict[str, float], current: list[Allocation]
+    ) -> Target:
+        raise TypeError("Accordion decides through the operator's ControlLoop (control())")
+
+    def batcher(
+        self, family: Family, variant: VariantSpec, pool: str, max_batch_size: int
+    ) -> BatchingPolicy:
+        raise TypeError("Accordion's workers build their batcher from their WorkerConfig")
+
+
+class PlannerBaseline(ControlPolicy):
+    """A baseline that plans with our planner (`plan_target`) every `replan_interval_s`."""
+
+    def __init__(
+        self,
+        *,
         replan_interval_s: float = 5.0,
         headroom: float = 0.5,
         utilization: float = 0.9,
         settings: PlannerSettings | None = None,
-        accuracy_first: bool = True,
-        routing_headroom: float = 0.1,
-        spare: bool = True,
-        router: str = "decider",
-        name: str | None = None,
+        name: str = "planner-baseline",
     ) -> None:
-        self.fast_loop = fast_loop
         self.replan_interval_s = replan_interval_s
         self.headroom = headroom
         self.utilization = utilization
         self._settings = settings
-        self.accuracy_first = accuracy_first
-        self.spare = spare
-        self.router = router
-        self.routing_headroom = routing_headroom
-        self.name = name or ("accordion" if fast_loop else "accordion-nofast")
+        self.name = name
 
     def settings(self) -> PlannerSettings:
         if self._settings is not None:
@@ -172,74 +175,14 @@ class Accordion(ControlPolicy):
             time_limit_s=5.0,
         )
 
-    def spare_settings(self) -> PlannerSettings:
-        """The spare plan's settings: a burst buffer needs no 0.1% optimality.
-
-        A 0.5% gap (and at most 0.5 s of MILP polishing) instead of the main plan's: on the
-        10x cluster, polishing the spare plan to 0.1% took the planner past 1 s per re-plan
-        (SCIP polishing a rounded LP that missed the gap); at 0.5% the rounding is accepted.
-        A 1% gap cost violations at 1x (0.17% instead of 0.07% on zipf-p50).
-        """
-        main = self.settings()
-        return main.model_copy(
-            update={
-                "relative_gap": max(main.relative_gap, SPARE_RELATIVE_GAP),
-                "polish_time_s": min(main.polish_time_s, SPARE_POLISH_S),
-            }
-        )
-
     def variants(self) -> dict[str, tuple[VariantSpec, ...]] | None:
         return None
 
     def target(
         self, now_s: float, demand_qps: dict[str, float], current: list[Allocation]
     ) -> Target:
-        if self.spare:
-            return self._target_with_spare(demand_qps, current)
-        target = plan_target(
+        return plan_target(
             self.view, demand_qps, current, self.settings(), self.headroom, self.variants()
-        )
-        if self.fast_loop and self.accuracy_first:
-            target.rows = accuracy_first_routing(target.rows, demand_qps, self.routing_headroom)
-        return target
-
-    def _target_with_spare(self, demand_qps: dict[str, float], current: list[Allocation]) -> Target:
-        """Plan for the estimate (small headroom) at the best accuracy, then plan the burst
-        headroom on the devices left over, as spare replicas only the fast loop routes to."""
-        main = plan_target(
-            self.view, demand_qps, current, self.settings(), self.routing_headroom, self.variants()
-        )
-        used: dict[str, int] = {}
-        for r in main.rows:
-            used[r.pool] = used.get(r.pool, 0) + r.replicas
-        left = [
-            PoolSpec(
-                name=p.name,
-                devices=max(0, p.devices - used.get(p.name, 0)),
-                cost_per_device=p.cost_per_device,
-            )
-            for p in self.view.cluster.pools
-        ]
-        spare_view = SimView(
-            cluster=Cluster(pools=tuple(left), families=self.view.cluster.families),
-            service_time=self.view.service_time,
-        )
-        burst = {k: v * self.headroom for k, v in demand_qps.items()}
-        extra = plan_target(spare_view, burst, [], self.spare_settings(), 0.0, self.variants())
-        rows = accuracy_first_routing(main.rows, demand_qps, self.routing_headroom)
-        merged: dict[tuple[str, str, str], TargetRow] = {
-            (r.service, r.variant, r.pool): r for r in rows
-        }
-        for r in extra.rows:
-            key = (r.service, r.variant, r.pool)
-            if key in merged:
-                m = merged[key]
-                merged[key] = dataclasses.replace(m, replicas=m.replicas + r.replicas)
-            else:
-                merged[key] = dataclasses.replace(r, routed_qps=0.0)
-        return Target(
-            rows=[merged[k] for k in sorted(merged)],
-            planner_time_s=main.planner_time_s + extra.planner_time_s,
         )
 
     def batcher(
@@ -249,19 +192,13 @@ class Accordion(ControlPolicy):
         return SloBatcher(max_batch_size, predictor)
 
 
-class HardwareOnly(Accordion):
+class HardwareOnly(PlannerBaseline):
     """One fixed variant per service (the most accurate that fits), replicas scaled to demand."""
 
     most_accurate = True
 
     def __init__(self, *, name: str = "hardware-only", **kwargs: object) -> None:
-        super().__init__(
-            name=name,
-            fast_loop=False,
-            spare=False,
-            router="builtin",
-            **kwargs,  # type: ignore[arg-type]
-        )
+        super().__init__(name=name, **kwargs)  # type: ignore[arg-type]
 
     def variants(self) -> dict[str, tuple[VariantSpec, ...]]:
         out: dict[str, tuple[VariantSpec, ...]] = {}

@@ -1,20 +1,25 @@
 """The interface between the simulator and a control policy (ours, Proteus, the baselines).
 
-A control policy answers two questions: which replicas should run, with what routing weights
-(`ControlPolicy.target`, called at start and every `replan_interval_s`), and which batching
-policy object each new replica runs (`ControlPolicy.batcher`). The simulator carries targets
-out make-before-break and drives the batchers; it knows nothing of how targets are made.
+A baseline control policy answers two questions: which replicas should run, with what routing
+weights (`ControlPolicy.target`, called at start and every `replan_interval_s`), and which
+batching policy object each new replica runs (`ControlPolicy.batcher`); `targets.TargetControl`
+carries targets out make-before-break. Ours overrides `control` instead: the operator's own
+control loop drives the run (`accordion.sim.driver`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from accordion.sim.workload import Cluster, Family
 from accordion.solver import Allocation, VariantSpec
 from accordion.solver.problem import Percentile
 from accordion.workers.batching import BatchingPolicy
+
+if TYPE_CHECKING:
+    from accordion.sim.engine import Control, Simulator
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,12 @@ class ControlPolicy(ABC):
     def setup(self, view: SimView) -> None:
         """Called once before the run."""
         self.view = view
+
+    def control(self, sim: Simulator) -> Control:
+        """What drives the run: by default a target per re-plan tick (`targets.TargetControl`)."""
+        from accordion.sim.targets import TargetControl
+
+        return TargetControl(sim, self)
 
     @abstractmethod
     def target(

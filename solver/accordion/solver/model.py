@@ -12,6 +12,23 @@ Each stage optimizes one objective term, then keeps it (as good as the incumbent
 constraint for the next. Weights cannot express this order safely: a tiny loss in served QPS may
 buy a large accuracy gain, with no bound on the ratio. The same class builds the LP relaxation
 (n continuous, GLOP) and the MILP (n integer, SCIP), optionally with n confined to bounds.
+
+The stages (`STAGES`), in order:
+
+1. served: priority-weighted served QPS, with a fair-share floor: the first `fair_share` of
+   every service's demand counts `FAIR_WEIGHT` times (v[s] >= u[s] - (1 - fair_share) *
+   demand[s] is the unserved part of that floor), so that in overload no service whose demand
+   could be served in part is left with nothing while others get all of theirs;
+2. accuracy: demand-weighted accuracy, capped at each service's target; kept within
+   `accuracy_tolerance` (relative) for the next stages;
+3. additions: new replicas against what runs (sum of max(0, n - current)): within that
+   tolerance, a re-plan moves as few replicas as it can (each move costs a model load, and on
+   a full pool a device that serves nothing meanwhile);
+4. cost: device cost (hardware scaling down);
+5. change: |n - current| overall (no flapping between equal plans).
+
+Every number is finite and bounded by the `Problem`'s validation; the slack a stage keeps is
+relative to its value, with a floor that lets no service's demand be traded away.
 """
 
 from __future__ import annotations
@@ -56,6 +73,16 @@ class StageResult:
 LP_MIN_TIME_S = 5.0
 """An LP solve gets at least this long even past the planner's deadline."""
 
+STAGES = ("served", "accuracy", "additions", "cost", "change")
+MAXIMIZE = (True, True, False, False, False)
+FAIR_WEIGHT = 1000.0
+"""How much more the fair-share floor of a service's demand counts than the rest of it."""
+KEEP_RELATIVE = 1e-9
+KEEP_ABSOLUTE = 1e-7
+"""The slack a kept stage gets (its value times KEEP_RELATIVE, plus KEEP_ABSOLUTE): the
+solvers' tolerances, and no more: 1e-6 of a 1e6 req/s cluster would let a 0.5 req/s service
+be dropped by a later stage."""
+
 Terms = tuple[list[pywraplp.Variable], list[float], float]
 """A linear expression: variables, their coefficients, and a constant."""
 
@@ -91,10 +118,12 @@ class StagedModel:
         by_service: dict[int, list[pywraplp.Variable]] = defaultdict(list)
         for k, o in enumerate(opts):
             demand = problem.services[o.service].demand_qps
+            devices = problem.pools[o.pool].devices
             # More replicas than it takes to serve the whole demand alone never help (or than
             # run now: keeping free devices busy is no worse and changes nothing).
-            need = max(math.ceil(demand / o.capacity_qps), current.get(k, 0))
-            lb, ub = 0, min(problem.pools[o.pool].devices, need)
+            alone = demand / o.capacity_qps
+            need = max(devices if alone >= devices else math.ceil(alone), current.get(k, 0))
+            lb, ub = 0, min(devices, need)
             if bounds is not None:
                 lb, ub = max(lb, bounds[k][0]), min(ub, bounds[k][1])
                 lb = min(lb, ub)
@@ -111,11 +140,16 @@ class StagedModel:
             if sum(v.ub() for v in ns) > problem.pools[p].devices:
                 self._add(ns, [1.0] * len(ns), -inf, problem.pools[p].devices)
         self.u: list[pywraplp.Variable] = []
+        self.v: list[pywraplp.Variable] = []
+        share = problem.settings.fair_share
         for s, svc in enumerate(problem.services):
             u = solver.NumVar(0, svc.demand_qps, f"u{s}")
             routed = by_service.get(s, [])
             self._add([*routed, u], [1.0] * (len(routed) + 1), svc.demand_qps, svc.demand_qps)
             self.u.append(u)
+            v = solver.NumVar(0, share * svc.demand_qps, f"v{s}")
+            self._add([v, u], [1.0, -1.0], -(1.0 - share) * svc.demand_qps, inf)  # v >= u - ..
+            self.v.append(v)
 
     def _add(
         self, variables: list[pywraplp.Variable], coefs: list[float], lb: float, ub: float
@@ -128,22 +162,24 @@ class StagedModel:
         self,
         deadline: float,
         hint: Solution | None,
-        count: int = 4,
+        count: int = len(STAGES),
         served_gap: float | None = None,
     ) -> tuple[Solution, StageResult]:
         """Solve the first `count` stages in order; stop early when one finds nothing in time.
 
         `served_gap` overrides the relative MIP gap of the first (served) stage.
         """
-        stages = [
-            (self.served_terms(), True),
-            (self.accuracy_terms(), True),
-            (self.cost_terms(), False),
-            (self.change_terms(self.current), False),
-        ][:count]
+        terms = [
+            self.served_terms(),
+            self.accuracy_terms(),
+            self.addition_terms(self.current),
+            self.cost_terms(),
+            self.change_terms(self.current),
+        ]
+        stages = list(zip(terms, MAXIMIZE, strict=True))[:count]
         result = StageResult(values=[], bounds=[], statuses=[])
         best = hint
-        for i, (terms, maximize) in enumerate(stages):
+        for i, (stage_terms, maximize) in enumerate(stages):
             if not self.opts:
                 result.values.append(0.0)
                 result.bounds.append(0.0)
@@ -155,7 +191,7 @@ class StagedModel:
             # Share what time is left evenly among the stages still to run.
             now = time.perf_counter()
             stage_deadline = now + (deadline - now) / (len(stages) - i)
-            outcome = self.solve(terms, maximize, stage_deadline, best, gap)
+            outcome = self.solve(stage_terms, maximize, stage_deadline, best, gap)
             if outcome is None:
                 result.statuses.append("NOT_SOLVED")
                 break
@@ -165,16 +201,20 @@ class StagedModel:
             result.statuses.append(status)
             best = self.solution()
             if i + 1 < len(stages):
-                self.keep(terms, value, maximize)
+                tolerance = self.problem.settings.accuracy_tolerance if i == 1 else 0.0
+                self.keep(stage_terms, value, maximize, tolerance)
         if best is None:
             best = Solution(n=[0.0] * len(self.opts), r=[0.0] * len(self.opts))
         return best, result
 
     def served_terms(self) -> Terms:
-        """Priority-weighted served QPS: sum priority * (demand - u)."""
+        """Priority-weighted served QPS, the fair-share floor counted `FAIR_WEIGHT` times:
+        sum priority * (demand - u - FAIR_WEIGHT * v)."""
         services = self.problem.services
         constant = sum(svc.priority * svc.demand_qps for svc in services)
-        return list(self.u), [-float(svc.priority) for svc in services], constant
+        coefs = [-float(svc.priority) for svc in services]
+        coefs += [-FAIR_WEIGHT * svc.priority for svc in services]
+        return [*self.u, *self.v], coefs, constant
 
     def accuracy_terms(self) -> Terms:
         return list(self.r), [o.value for o in self.opts], 0.0
@@ -182,6 +222,20 @@ class StagedModel:
     def cost_terms(self) -> Terms:
         pools = self.problem.pools
         return list(self.n), [pools[o.pool].cost_per_device for o in self.opts], 0.0
+
+    def addition_terms(self, current: dict[int, int]) -> Terms:
+        """New replicas: sum of max(0, n - current), one auxiliary variable per running option."""
+        variables: list[pywraplp.Variable] = []
+        inf = self.solver.infinity()
+        for k, n in enumerate(self.n):
+            running = current.get(k, 0)
+            if running == 0:
+                variables.append(n)
+                continue
+            a = self.solver.NumVar(0, inf, f"a{k}")
+            self._add([a, n], [1.0, -1.0], -running, inf)  # a >= n - running
+            variables.append(a)
+        return variables, [1.0] * len(variables), 0.0
 
     def change_terms(self, current: dict[int, int]) -> Terms:
         """Sum of |n - current| over options, with one auxiliary variable per running option."""
@@ -236,10 +290,11 @@ class StagedModel:
         bound = objective.BestBound() if self.integer else value
         return value, bound, _STATUS[status]
 
-    def keep(self, terms: Terms, value: float, maximize: bool) -> None:
-        """Constrain a finished stage's objective to stay as good as its incumbent."""
+    def keep(self, terms: Terms, value: float, maximize: bool, tolerance: float = 0.0) -> None:
+        """Constrain a finished stage's objective to stay as good as its incumbent, less the
+        solvers' tolerance (`KEEP_RELATIVE`, `KEEP_ABSOLUTE`) or `tolerance` (relative)."""
         variables, coefs, constant = terms
-        slack = 1e-6 * max(1.0, abs(value))
+        slack = max(tolerance, KEEP_RELATIVE) * abs(value) + KEEP_ABSOLUTE
         inf = self.solver.infinity()
         if maximize:
             self._add(variables, coefs, value - slack - constant, inf)

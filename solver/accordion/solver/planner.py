@@ -4,7 +4,7 @@ Solving the MILP from scratch is slow at thousands of devices (seconds to minute
 relaxation is nearly integral there: replicas are many per option and rounding moves each by
 at most one. So the planner
 
-1. solves the four stages as an LP (GLOP, milliseconds), which also bounds the optimum: the
+1. solves the stages as an LP (GLOP, milliseconds), which also bounds the optimum: the
    reported gap of the served and accuracy stages is measured against it;
 2. rounds the LP's replica counts (`rounding`), routes load within them and releases what the
    routing leaves idle (a second LP);
@@ -24,7 +24,7 @@ from collections import defaultdict
 
 from accordion.solver.capacity import Option, options
 from accordion.solver.diving import dive
-from accordion.solver.model import Solution, StagedModel, StageResult
+from accordion.solver.model import MAXIMIZE, STAGES, Solution, StagedModel, StageResult
 from accordion.solver.plan import Exclusion, Plan, PlanRow, ServicePlan, SolverStats
 from accordion.solver.problem import Problem
 from accordion.solver.rounding import round_replicas
@@ -67,6 +67,9 @@ def plan(problem: Problem) -> Plan:
 
     relaxed = StagedModel(problem, opts, current, integer=False)
     lp, lp_result = relaxed.run_stages(deadline, None)
+    if opts and (not lp_result.statuses or lp_result.statuses[0] == "NOT_SOLVED"):
+        # Without the served stage there is no plan: say so; never a plan of zeros.
+        return _no_solution(problem, opts, excluded, lp_result, started)
     rounded = round_replicas(problem, opts, lp.n, current)
     best, result = _routed(problem, opts, current, rounded, deadline)
     gap = _gap(lp_result, result)
@@ -76,7 +79,9 @@ def plan(problem: Problem) -> Plan:
     if current and _fits(problem, opts, running):
         # Re-plans are mostly small changes: what runs now wins every tie within the gap goal.
         candidate, candidate_result = _routed(problem, opts, current, running, deadline)
-        if len(candidate_result.values) == 4 and not _better(result, candidate_result, tolerance):
+        if len(candidate_result.values) == len(STAGES) and not _better(
+            result, candidate_result, tolerance
+        ):
             best, result = candidate, candidate_result
             gap = _gap(lp_result, result)
     if gap > problem.settings.relative_gap:
@@ -84,14 +89,18 @@ def plan(problem: Problem) -> Plan:
         # them over many services and rounding down strands the rest: fill greedily instead.
         greedy = round_replicas(problem, opts, [0.0] * len(opts), current)
         candidate, candidate_result = _routed(problem, opts, current, greedy, deadline)
-        if len(candidate_result.values) == 4 and _better(candidate_result, result, tolerance):
+        if len(candidate_result.values) == len(STAGES) and _better(
+            candidate_result, result, tolerance
+        ):
             best, result = candidate, candidate_result
             gap = _gap(lp_result, result)
     if gap > problem.settings.relative_gap and not small:
         dived = dive(problem, opts, current, lp.n, deadline)
         if dived is not None:
             candidate, candidate_result = _routed(problem, opts, current, dived, deadline)
-            if len(candidate_result.values) == 4 and _better(candidate_result, result, tolerance):
+            if len(candidate_result.values) == len(STAGES) and _better(
+                candidate_result, result, tolerance
+            ):
                 best, result = candidate, candidate_result
                 gap = _gap(lp_result, result)
     # Small problems are polished unless the rounding is provably optimal: the MILP is cheap
@@ -115,7 +124,9 @@ def plan(problem: Problem) -> Plan:
         if polished_result.values:  # at least the served stage finished in time
             n = [round(v) for v in polished.n]
             candidate, candidate_result = _routed(problem, opts, current, n, deadline)
-            if len(candidate_result.values) == 4 and _better(candidate_result, result, tolerance):
+            if len(candidate_result.values) == len(STAGES) and _better(
+                candidate_result, result, tolerance
+            ):
                 best, result = candidate, candidate_result
             if bounds is None:
                 # The full MILP's bounds hold for the whole problem: use the tighter ones.
@@ -123,6 +134,42 @@ def plan(problem: Problem) -> Plan:
                     lp_result.bounds[stage] = min(lp_result.bounds[stage], bound)
             gap = _gap(lp_result, result)
     return _assemble(problem, opts, excluded, best, current, orphaned, result, gap, started)
+
+
+def _no_solution(
+    problem: Problem,
+    opts: list[Option],
+    excluded: list[Exclusion],
+    result: StageResult,
+    started: float,
+) -> Plan:
+    """The plan of a solve whose first stage failed: no rows, status NO_SOLUTION."""
+    return Plan(
+        rows=[],
+        services=[
+            ServicePlan(
+                service=svc.name,
+                demand_qps=svc.demand_qps,
+                served_qps=0.0,
+                unserved_qps=svc.demand_qps,
+                capacity_qps=0.0,
+                effective_accuracy=None,
+                floor_met=False,
+            )
+            for svc in sorted(problem.services, key=lambda s: s.name)
+        ],
+        excluded=sorted(excluded, key=lambda e: (e.service, e.variant, e.pool)),
+        stats=SolverStats(
+            status="NO_SOLUTION",
+            solver="ortools-glop+scip",
+            solve_time_s=time.perf_counter() - started,
+            served_qps=0.0,
+            accuracy_term=0.0,
+            cost=0.0,
+            change=0,
+            gap=1.0,
+        ),
+    )
 
 
 def _fits(problem: Problem, opts: list[Option], replicas: list[int]) -> bool:
@@ -161,7 +208,7 @@ def _better(a: StageResult, b: StageResult, tolerance: float) -> bool:
     Values within `tolerance` (relative) of each other tie: a candidate that serves 0.1% more
     by dropping accuracy 15 points does not win when the gap goal is 0.5%.
     """
-    signs = (1.0, 1.0, -1.0, -1.0)
+    signs = tuple(1.0 if m else -1.0 for m in MAXIMIZE)
     for sign, x, y in zip(signs, a.values, b.values, strict=False):
         tol = max(tolerance, 1e-6) * max(1.0, abs(x), abs(y))
         if sign * (x - y) > tol:
@@ -227,7 +274,7 @@ def _overall_status(statuses: list[str], gap: float, relative_gap: float) -> str
     ran out of time, NO_SOLUTION when the first did."""
     if not statuses or statuses[0] == "NOT_SOLVED":
         return "NO_SOLUTION"
-    if len(statuses) < 4 or "NOT_SOLVED" in statuses:
+    if len(statuses) < len(STAGES) or "NOT_SOLVED" in statuses:
         return "PARTIAL"
     return "OPTIMAL" if gap <= relative_gap + 1e-9 else "FEASIBLE"
 

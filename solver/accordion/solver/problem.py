@@ -121,6 +121,20 @@ class PlannerSettings(_Frozen):
         description="How long the MILP may polish a rounded LP solution that misses "
         "relative_gap; the plan keeps the best solution found. Within time_limit_s.",
     )
+    accuracy_tolerance: float = Field(
+        default=0.0005,
+        ge=0,
+        le=0.1,
+        description="How much of the accuracy term (relative) a re-plan may give up to add "
+        "fewer new replicas (each one costs a model load).",
+    )
+    fair_share: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="The first fair_share of every service's demand is served before the rest "
+        "of anyone's (in overload no service that could be served in part gets nothing).",
+    )
 
 
 class Problem(_Frozen):

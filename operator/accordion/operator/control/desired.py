@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from accordion.operator.api import (
     DevicePool,
     InferenceService,
+    InputDatatype,
     ModelFormat,
     ResourceRequirements,
     Toleration,
@@ -92,6 +93,9 @@ class WorkerSpec(_Frozen):
     slo_ms: float = Field(gt=0)
     model_uri: str
     model_format: ModelFormat = ModelFormat.TORCHSCRIPT
+    input_shape: tuple[int, ...] | None = None
+    """One sample's shape (`model.inputShape`): a TorchScript file does not record it."""
+    input_datatype: InputDatatype = "FP32"
     profile_ms: dict[int, float] = Field(default_factory=dict)
     placement: Placement = Field(default_factory=Placement)
 
@@ -104,6 +108,8 @@ class WorkerSpec(_Frozen):
         return WorkerConfig(
             model_name=self.key.variant,
             model=model,
+            input_shape=None if self.input_shape is None else list(self.input_shape),
+            input_datatype=self.input_datatype,
             device="cuda" if self.placement.device == "cuda" else "cpu",
             slo_ms=self.slo_ms,
             accuracy=round(self.accuracy / 100.0, 6),
@@ -220,6 +226,10 @@ def worker_specs(
             slo_ms=svc.spec.slo.latency_ms,
             model_uri=variant.model.storage_uri,
             model_format=variant.model.format,
+            input_shape=(
+                None if variant.model.input_shape is None else tuple(variant.model.input_shape)
+            ),
+            input_datatype=variant.model.input_datatype,
             profile_ms=_profile_ms(svc, row.variant, row.pool),
             placement=Placement.of(pool),
         )

@@ -92,6 +92,9 @@ log = logging.getLogger(__name__)
 
 Planner = Callable[[Problem], Plan]
 
+ROOM_REQUEUE_S = 0.5
+"""After freeing devices for new replicas (`ControlLoop._make_room`), pass again this soon."""
+
 __all__ = [
     "Actuator",
     "AppliedRouting",
@@ -230,6 +233,8 @@ class ControlLoop:
         """Wall time of the last `decide` (planning included)."""
         self._failed_problem: Problem | None = None
         self.gate = ReplanGate(self.settings.hysteresis)
+        self.previous_plan: Plan | None = None
+        """The plan that was in force before `last_plan` (what runs may still be its)."""
         self.spare_time_s: float = 0.0
         """Wall time of the last spare-plan call."""
         self._spec_memo: ServiceMemo = {}
@@ -334,6 +339,7 @@ class ControlLoop:
         finally:
             self.plan_time_s = time.perf_counter() - started
         plan = self._with_spare(plan, build.problem, world, demand, estimates)
+        self.previous_plan = self.last_plan
         self.last_problem, self.last_plan, self.last_error = build.problem, plan, None
         self._failed_problem = None
         self.gate.adopt(estimates)
@@ -465,11 +471,17 @@ class ControlLoop:
             for old in [k for k in memo_of if k not in world.services]:
                 del memo_of[old]
 
+        room = self._make_room(world, targets, outcomes, summaries)
+        if room:
+            # The pool is smaller than old plus new replicas: some old ones go now; pass again
+            # soon, to route by the capacity that remains.
+            requeue = min(requeue, ROOM_REQUEUE_S) if requeue is not None else ROOM_REQUEUE_S
         # Steps in the order of the module docstring: make (every service), routing and break
         # (per service), removal of services that are gone, then status and events.
         steps: list[Step] = [s for o in outcomes.values() for s in o.make]
         for o in outcomes.values():
             steps.extend(o.route)
+        steps.extend(room)
         gone = sorted({k.service for k in world.workers} | set(world.routing))
         for svc_key in gone:
             if svc_key in world.services or svc_key in world.invalid:
@@ -489,6 +501,132 @@ class ControlLoop:
             warnings=warnings,
             error=error,
         )
+
+    def _pool_devices(self, world: World) -> dict[str, int]:
+        problem = self.last_problem
+        if problem is not None:
+            return {p.name: p.devices for p in problem.pools}
+        return {name: p.spec.devices for name, p in world.pools.items()}
+
+    def _make_room(
+        self,
+        world: World,
+        targets: Mapping[WorkerKey, WorkerSpec],
+        outcomes: Mapping[str, _ServiceOutcome],
+        summaries: Mapping[str, ServicePlan],
+    ) -> list[Step]:
+        """Break steps that free the devices new replicas need, now (see `ROOM_REQUEUE_S`).
+
+        Make before break keeps the old replicas until the new ones are ready; but a new
+        replica needs a device of its own (Kubernetes schedules one pod per GPU), so where a
+        pool has fewer free devices than the plan's new replicas need, they would wait for the
+        old ones, and the old ones for them. The plan fits its pool, so the old replicas it no
+        longer wants free enough devices. They go in this order, as many as the new replicas
+        need: replicas that are not ready, spare (burst) replicas, replicas whose service keeps
+        enough ready capacity for its planned demand without them (least accurate first); and
+        last, replicas whose service needs them, but only one per pool at a time, only while
+        nothing else in the pool is starting, and never a service's last ready one (a rolling
+        update that loses one replica's capacity for one model load, not a whole pool's or a
+        whole service's)."""
+        devices = self._pool_devices(world)
+        before = self.previous_plan
+        spare_before = {
+            WorkerKey(service=r.service, variant=r.variant, pool=r.pool): r.spare_replicas
+            for r in (before.rows if before is not None else [])
+            if r.spare_replicas > 0
+        }
+        committed: dict[WorkerKey, int] = {k: w.spec.replicas for k, w in world.workers.items()}
+        pool_running: dict[str, int] = {}
+        pool_unready: dict[str, int] = {}
+        ready_capacity: dict[str, float] = {}
+        for key, worker in world.workers.items():
+            pool_running[key.pool] = pool_running.get(key.pool, 0) + worker.spec.replicas
+            pool_unready[key.pool] = pool_unready.get(key.pool, 0) + max(
+                0, worker.spec.replicas - worker.ready_replicas
+            )
+            ready_capacity[key.service] = ready_capacity.get(key.service, 0.0) + (
+                worker.ready_replicas * worker.spec.capacity_qps_per_replica
+            )
+        # Replicas that have a device and are starting: not ready, and not waiting for one.
+        starting = {
+            pool
+            for pool, n in pool_unready.items()
+            if n - max(0, pool_running[pool] - devices.get(pool, 0)) > 0
+        }
+        breaking: set[WorkerKey] = set()
+        for o in outcomes.values():
+            for step in o.make:
+                if isinstance(step, EnsureWorker):
+                    key = step.spec.key
+                    committed[key] = max(committed.get(key, 0), step.spec.replicas)
+            for step in o.route:
+                if isinstance(step, RemoveWorker):
+                    breaking.add(step.key)
+                    committed[step.key] = 0
+                elif isinstance(step, EnsureWorker):
+                    breaking.add(step.spec.key)
+                    committed[step.spec.key] = step.spec.replicas
+        # Replicas asked of each pool after this pass's steps: above its devices, the rest
+        # wait for a device (Pending) until old ones go.
+        asked: dict[str, int] = {}
+        for key, n in committed.items():
+            asked[key.pool] = asked.get(key.pool, 0) + n
+        steps: list[Step] = []
+        for pool, n_asked in sorted(asked.items()):
+            deficit = n_asked - devices.get(pool, 0)
+            if deficit <= 0:
+                continue
+            candidates: list[tuple[int, float, str, WorkerKey, int]] = []
+            for key, worker in world.workers.items():
+                if key.pool != pool or key in breaking:
+                    continue
+                target = targets.get(key)
+                surplus = worker.spec.replicas - (target.replicas if target else 0)
+                if surplus <= 0:
+                    continue
+                unready = min(surplus, worker.spec.replicas - worker.ready_replicas)
+                spare = min(surplus - unready, spare_before.get(key, 0))
+                routed = surplus - unready - spare
+                for rank, n in ((0, unready), (1, spare), (2, routed)):
+                    if n > 0:
+                        candidates.append((rank, worker.spec.accuracy, key.service, key, n))
+            candidates.sort(key=lambda c: (c[0], c[1], c[2], c[3].sort_key()))
+            release: dict[WorkerKey, int] = {}
+            needed_one = False
+            for rank, _, service, key, n in candidates:
+                if deficit <= 0:
+                    break
+                per_replica = world.workers[key].spec.capacity_qps_per_replica
+                take = min(n, deficit)
+                if rank > 0:
+                    # Ready replicas go only while their service keeps enough ready capacity
+                    # for its planned demand; else one, as the pool's rolling step.
+                    summary = summaries.get(service)
+                    wanted = summary.demand_qps if summary is not None else 0.0
+                    left = ready_capacity.get(service, 0.0) - wanted
+                    harmless = int(left // per_replica) if per_replica > 0 else take
+                    take = min(take, max(0, harmless))
+                    keeps = ready_capacity.get(service, 0.0) - per_replica > 1e-9
+                    if take <= 0 and not needed_one and pool not in starting and keeps:
+                        take, needed_one = 1, True
+                if take <= 0:
+                    continue
+                release[key] = release.get(key, 0) + take
+                ready_capacity[service] = ready_capacity.get(service, 0.0) - take * per_replica
+                deficit -= take
+            for key in sorted(release, key=WorkerKey.sort_key):
+                running = world.workers[key].spec
+                left = running.replicas - release[key]
+                if left <= 0 and key not in targets:
+                    steps.append(RemoveWorker(key))
+                else:
+                    steps.append(
+                        EnsureWorker(
+                            running.with_replicas(max(0, left)), exists=True, stage="break"
+                        )
+                    )
+                self._settled.pop(key.service, None)
+        return steps
 
     def _targets(
         self,

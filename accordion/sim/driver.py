@@ -1,0 +1,421 @@
+"""The simulator as the third driver of the operator's `ControlLoop` (after kopf and local mode).
+
+What a user's cluster runs, on simulated time: each model family is an `InferenceService`
+(built by `family_service` as a user would write it: the profile a user would measure on that
+hardware, the API's defaults for headroom and the burst buffer), each pool a `DevicePool`. The
+loop is the operator's, with its default timings (`control.timing.DEFAULT_TIMINGS`) and planner
+settings; only the world and the actuator are simulated:
+
+* demand: every second the arrivals of each service are folded into the same `DemandTracker`
+  the other drivers use, fed back with the plan's capacity (surges, fast falls while short);
+* passes: when demand leaves a service's band (`ControlLoop.pass_due`, debounced and at most
+  every `min_pass_interval_s`), when a replica becomes ready or goes (the operator's watch on
+  Deployments), after the drain the loop asks for, and every `resync_interval_s`;
+* `SimActuator` carries the steps out as Kubernetes would: a worker group is a Deployment of
+  replicas, each needs a device of its pool (without a free one it waits, as a pod stays
+  Pending) and loads for `model_load_s`; scaling down removes pending, then loading, then the
+  least loaded replicas; a removed replica drains its queue before its device is free;
+* routing: the router's own `RoutingDecider` per service, fed the tables `desired.routing_table`
+  builds (one backend per worker group, as the router sees a Kubernetes Service), picked up
+  `ROUTER_RELOAD_S` after the loop applies them (the router re-reads its table file that often);
+  behind a backend, requests go round-robin to the group's ready replicas (kube-proxy), and each
+  replica runs the worker's batcher (`batching.make_policy` on the worker's configuration) and
+  reports its speed as the worker does (`SlowdownMeter`).
+
+Decisions that exist only here would make simulator results describe a system no user runs, so
+there are none: everything above that decides is the product's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, assert_never
+
+from accordion.operator.api import DevicePool, InferenceService, parse_resource
+from accordion.operator.control.demand import DemandTracker
+from accordion.operator.control.desired import WorkerKey, WorkerSpec, routing_table
+from accordion.operator.control.loop import (
+    AppliedRouting,
+    ApplyRouting,
+    ControlLoop,
+    DemandView,
+    EnsureWorker,
+    LoopSettings,
+    RecordEvent,
+    RemoveService,
+    RemoveWorker,
+    RunningWorker,
+    Step,
+    UpdateStatus,
+    World,
+)
+from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
+from accordion.sim.engine import ControlSample, Replica, dist_quantile
+from accordion.sim.workload import Family
+from accordion.solver import PlannerSettings, PoolSpec, VariantSpec
+from accordion.workers.batching import Request, SlowdownMeter, make_policy
+from accordion.workers.fastloop import RoutingDecider
+
+if TYPE_CHECKING:
+    from accordion.sim.engine import Simulator
+
+NAMESPACE = "sim"
+ROUTER_RELOAD_S = 0.5
+"""The router re-reads its routing table this often (`accordion.workers.router`)."""
+
+
+def dns_label(name: str) -> str:
+    """A name as a DNS-1035 label (what the API accepts for object and variant names)."""
+    label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    if not label or not label[0].isalpha():
+        label = "v-" + label
+    return label[:63].rstrip("-")
+
+
+def measured_profile_ms(
+    variant: VariantSpec, pool: str, service_time: str
+) -> list[dict[str, float]]:
+    """The profile a user would measure for `variant` on `pool`, in the API's form: the
+    percentiles of the service times the simulator draws (`SimConfig.service_time`)."""
+    out = []
+    for p in variant.profiles[pool]:
+        p50 = p.p50_s * 1000.0
+        p90 = (p.p90_s if p.p90_s is not None else p.p50_s) * 1000.0
+        if service_time == "p50":
+            p90 = p99 = p50
+        elif service_time == "p90":
+            p50 = p99 = p90
+        else:
+            p99 = dist_quantile(p50, p90, 0.99)
+        out.append({"batchSize": p.batch_size, "p50Ms": p50, "p90Ms": p90, "p99Ms": p99})
+    return out
+
+
+def family_service(fam: Family, service_time: str, initial_qps: float) -> InferenceService:
+    """A model family as the InferenceService a user would apply (API defaults elsewhere)."""
+    obj: dict[str, Any] = {
+        "apiVersion": "accordion.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": dns_label(fam.name), "namespace": NAMESPACE, "generation": 1},
+        "spec": {
+            "slo": {"latencyMs": fam.slo_s * 1000.0},
+            # Measured demand; demand.qps is the estimate until the first measurement.
+            "demand": {"source": "Prometheus", "qps": round(initial_qps, 6)},
+            "variants": [
+                {
+                    "name": dns_label(v.name),
+                    "accuracy": v.accuracy,
+                    "model": {"storageUri": f"/models/{dns_label(v.name)}.pt"},
+                    "profiles": [
+                        {"pool": pool, "batches": measured_profile_ms(v, pool, service_time)}
+                        for pool in sorted(v.profiles)
+                    ],
+                }
+                for v in fam.variants
+            ],
+        },
+    }
+    svc = parse_resource(obj, f"family {fam.name}")
+    assert isinstance(svc, InferenceService)
+    return svc
+
+
+def pool_object(pool: PoolSpec) -> DevicePool:
+    obj = {
+        "apiVersion": "accordion.dev/v1alpha1",
+        "kind": "DevicePool",
+        "metadata": {"name": pool.name},
+        "spec": {"devices": pool.devices, "costPerDevice": pool.cost_per_device},
+    }
+    parsed = parse_resource(obj, f"pool {pool.name}")
+    assert isinstance(parsed, DevicePool)
+    return parsed
+
+
+@dataclass
+class Group:
+    """A worker group (a Deployment): its spec and its replicas."""
+
+    key: WorkerKey
+    spec: WorkerSpec
+    replicas: list[Replica] = field(default_factory=list)
+    cursor: int = 0
+
+    def live(self) -> list[Replica]:
+        return [r for r in self.replicas if r.live]
+
+    def active(self) -> list[Replica]:
+        return [r for r in self.replicas if r.state == "active"]
+
+
+class SimActuator:
+    """Carries the loop's steps out on the simulated cluster (see the module docstring)."""
+
+    def __init__(self, control: LoopControl) -> None:
+        self.control = control
+
+    async def apply(self, step: Step) -> None:
+        c = self.control
+        match step:
+            case EnsureWorker():
+                c.ensure(step.spec)
+            case RemoveWorker():
+                c.remove(step.key)
+            case ApplyRouting():
+                c.apply_routing(step)
+            case RemoveService():
+                for key in step.workers:
+                    c.remove(key)
+                c.world.routing.pop(step.service, None)
+            case UpdateStatus():
+                c.world.status[step.service] = step.status
+            case RecordEvent():
+                c.notes.append(f"{c.sim.now_s:7.1f} s {step.service} {step.reason}: {step.message}")
+            case _:
+                assert_never(step)
+
+
+class LoopControl:
+    """The engine's `Control` for ours: the operator's `ControlLoop` on simulated time."""
+
+    def __init__(
+        self,
+        sim: Simulator,
+        *,
+        timings: Timings = DEFAULT_TIMINGS,
+        planner: PlannerSettings | None = None,
+        fast_loop: bool = True,
+        burst_buffer: bool = True,
+        services: Callable[[Family, str, float], InferenceService] = family_service,
+    ) -> None:
+        self.sim = sim
+        self.timings = timings
+        self.fast_loop = fast_loop
+        self._services = services
+        settings = LoopSettings.from_timings(timings, planner)
+        if not burst_buffer:
+            settings = LoopSettings(
+                planner=settings.planner,
+                drain_s=settings.drain_s,
+                hysteresis=settings.hysteresis,
+                burst_buffer=False,
+            )
+        self.loop = ControlLoop(settings, clock=lambda: sim.now_s)
+        self.tracker = DemandTracker(timings.rise_half_life_s, timings.fall_half_life_s)
+        self.world = World(pools={p.name: pool_object(p) for p in sim.cluster.pools})
+        self.actuator = SimActuator(self)
+        self.groups: dict[WorkerKey, Group] = {}
+        self.deciders: dict[str, RoutingDecider] = {}
+        self.backends: dict[str, dict[str, WorkerKey]] = {}
+        self.key_of: dict[int, str] = {}
+        self.variant_of: dict[tuple[str, str], VariantSpec] = {}
+        self.notes: list[str] = []
+        self.passes = 0
+        self._planner_times: list[float] = []
+        self._pass_at: float | None = None
+        self._last_pass_s = -1e9
+        self._initial = True
+        self._aio = asyncio.new_event_loop()
+        self._view = DemandView()
+
+    @property
+    def planner_times_s(self) -> list[float]:
+        return self._planner_times
+
+    # ---- the Control protocol -----------------------------------------------------------
+
+    def start(self, initial_qps: dict[str, float]) -> None:
+        sim = self.sim
+        for s, fam in enumerate(sim.families):
+            svc = self._services(fam, sim.config.service_time, initial_qps.get(fam.name, 0.0))
+            self.world.services[svc.key] = svc
+            self.key_of[s] = svc.key
+            for v in fam.variants:
+                self.variant_of[(svc.key, dns_label(v.name))] = v
+        # The warmed-up cluster: the first plan's replicas are ready at time 0, and the
+        # second pass routes to them.
+        self._pass()
+        self._pass()
+        self._initial = False
+        t = self.timings.resync_interval_s
+        end = sim.config.end_s if sim.config.end_s is not None else sim.workload.duration_s
+        while t <= end:
+            sim.call_at(t, lambda: self._request(0.0))
+            t += self.timings.resync_interval_s
+
+    def measured(self, arrivals: dict[str, int], interval_s: float) -> None:
+        now = self.sim.now_s
+        for s, key in self.key_of.items():
+            n = arrivals.get(self.sim.workload.families[s], 0)
+            self.tracker.observe(key, now, n / interval_s)
+        self._view = DemandView(qps=self.tracker.estimates(), burst=self.tracker.bursts())
+        if self.loop.pass_due(self.world, self._view):
+            wait = max(
+                self.timings.debounce_s,
+                self._last_pass_s + self.timings.min_pass_interval_s - now,
+            )
+            self._request(wait)
+
+    def route(self, service: int, request: Request) -> Replica | None:
+        now = self.sim.now_s
+        key = self.key_of[service]
+        decider = self.deciders.get(key)
+        if decider is None:
+            return None  # no routing table: the router answers 503
+        choice = decider.choose(request.deadline_s - now, now)
+        if choice.backend is None:
+            return None
+        decider.sent(choice.backend, now)
+        group = self.groups.get(self.backends[key][choice.backend])
+        active = group.active() if group is not None else []
+        if group is None or not active:
+            decider.finished(choice.backend, now, "failed")  # no endpoint behind the Service
+            return None
+        replica = active[group.cursor % len(active)]
+        group.cursor += 1
+        request.payload = (key, choice.backend)
+        return replica
+
+    def finished(self, replica: Replica, request: Request, outcome: str) -> None:
+        if not isinstance(request.payload, tuple):
+            return
+        key, backend = request.payload
+        decider = self.deciders.get(key)
+        if decider is None:
+            return
+        now = self.sim.now_s
+        if outcome == "answered":
+            value = replica.meter.value(now) if replica.meter is not None else None
+            report = (f"r{replica.rid}", value) if value is not None else None
+            decider.finished(backend, now, "answered", report)
+        else:
+            decider.finished(backend, now, "dropped")
+
+    def replica_changed(self, replica: Replica) -> None:
+        if not self._initial:
+            self._request(self.timings.debounce_s)  # the Deployment's readiness changed
+
+    def sample(self, service: str) -> ControlSample | None:
+        key = f"{NAMESPACE}/{dns_label(service)}"
+        plan = self.loop.last_plan
+        spare_of = {
+            (r.variant, r.pool): r.spare_replicas
+            for r in (plan.rows if plan is not None else [])
+            if r.service == key
+        }
+        out = ControlSample(estimate_qps=self._view.qps.get(key, 0.0))
+        for gkey, group in self.groups.items():
+            if gkey.service != key:
+                continue
+            cap = group.spec.capacity_qps_per_replica
+            ready = len(group.active())
+            spare = min(ready, spare_of.get((gkey.variant, gkey.pool), 0))
+            out.planned_qps += (ready - spare) * cap
+            out.spare_qps += spare * cap
+            out.loading_qps += (len(group.live()) - ready) * cap
+        return out
+
+    # ---- passes ---------------------------------------------------------------------------
+
+    def _request(self, after_s: float) -> None:
+        at = self.sim.now_s + max(0.0, after_s)
+        if self._pass_at is not None and self._pass_at <= at + 1e-9:
+            return
+        self._pass_at = at
+        self.sim.call_at(at, self._scheduled)
+
+    def _scheduled(self) -> None:
+        if self._pass_at is None or self._pass_at > self.sim.now_s + 1e-9:
+            return  # superseded by an earlier pass
+        self._pass_at = None
+        self._pass()
+
+    def _pass(self) -> None:
+        """One pass of the loop, as the operator runs it."""
+        self._last_pass_s = self.sim.now_s
+        self.passes += 1
+        self.world.workers = {
+            key: RunningWorker(spec=g.spec, ready_replicas=len(g.active()))
+            for key, g in self.groups.items()
+        }
+        result = self._aio.run_until_complete(
+            self.loop.reconcile(self.world, self._view, self.actuator)
+        )
+        decision = result.decision
+        if decision.planned:
+            self._planner_times.append(self.loop.plan_time_s + self.loop.spare_time_s)
+        self.tracker.plan_feedback(self.loop.capacity_by_service(), self.loop.short_services())
+        if decision.requeue_after_s is not None:
+            self._request(decision.requeue_after_s)
+
+    # ---- the actuator's work ----------------------------------------------------------------
+
+    def ensure(self, spec: WorkerSpec) -> None:
+        group = self.groups.get(spec.key)
+        if group is None:
+            group = self.groups[spec.key] = Group(spec.key, spec)
+        group.spec = spec
+        live = group.live()
+        if spec.replicas > len(live):
+            for _ in range(spec.replicas - len(live)):
+                group.replicas.append(self._new_replica(spec))
+        elif spec.replicas < len(live):
+            order = {"pending": 0, "loading": 1, "active": 2}
+            surplus = sorted(live, key=lambda r: (order[r.state], r.policy.queue_depth, -r.rid))[
+                : len(live) - spec.replicas
+            ]
+            for r in surplus:
+                self.sim.retire(r)
+        group.replicas = [r for r in group.replicas if r.state != "gone"]
+
+    def _new_replica(self, spec: WorkerSpec) -> Replica:
+        config = spec.worker_config()
+        service = next(s for s, k in self.key_of.items() if k == spec.key.service)
+        variant = self.variant_of[(spec.key.service, spec.key.variant)]
+        replica = self.sim.add_replica(
+            service,
+            variant,
+            spec.key.pool,
+            spec.max_batch_size,
+            spec.capacity_qps_per_replica,
+            make_policy(config.batching, config.profile_s, config.slo_s),
+            initial=self._initial,
+            tag=spec.key,
+        )
+        replica.meter = SlowdownMeter(config.profile_s)
+        return replica
+
+    def remove(self, key: WorkerKey) -> None:
+        group = self.groups.pop(key, None)
+        if group is None:
+            return
+        for r in group.live():
+            self.sim.retire(r)
+
+    def apply_routing(self, step: ApplyRouting) -> None:
+        self.world.routing[step.service] = AppliedRouting(step.routing, self.sim.now_s)
+        table = routing_table(step.routing, lambda k: f"http://{k.backend_name}.sim")
+        backends = {r.key.backend_name: r.key for r in step.routing.routes}
+        if table is not None:
+            table = table.model_copy(
+                update={"fast_loop": table.fast_loop.model_copy(update={"enabled": self.fast_loop})}
+            )
+        delay = 0.0 if self._initial else ROUTER_RELOAD_S
+
+        def load() -> None:
+            self.backends[step.service] = {**self.backends.get(step.service, {}), **backends}
+            if table is None:
+                self.deciders.pop(step.service, None)
+            elif step.service in self.deciders:
+                self.deciders[step.service].update_table(table)
+            else:
+                seed = self.sim.config.seed * 1000 + len(self.deciders)
+                self.deciders[step.service] = RoutingDecider(table, seed=seed)
+
+        if delay <= 0:
+            load()
+        else:
+            self.sim.call_at(self.sim.now_s + delay, load)
