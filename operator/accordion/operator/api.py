@@ -332,6 +332,10 @@ class ModelFormat(StrEnum):
     BUILTIN = "builtin"
 
 
+InputDatatype = Literal["FP32", "FP16", "FP64", "INT64", "INT32"]
+"""Input tensor datatypes a worker accepts, as the Open Inference Protocol names them."""
+
+
 class ModelRef(ApiModel):
     """Where a worker finds a variant's model. Models are never fetched from a hub at run time."""
 
@@ -386,7 +390,7 @@ class ModelRef(ApiModel):
             "models know theirs. At most 8 dimensions of 1 to 1000000."
         ),
     )
-    input_datatype: Literal["FP32", "FP16", "FP64", "INT64", "INT32"] = Field(
+    input_datatype: InputDatatype = Field(
         default="FP32",
         description="Datatype of the input tensor, as the Open Inference Protocol names it.",
     )

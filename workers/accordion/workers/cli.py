@@ -24,10 +24,15 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str) -> NoReturn:
-    """Exit with status 1 and a one-line message on stderr (no traceback)."""
+MODEL_LOAD_FAILED = 65
+"""Exit status of `serve` when the model cannot be loaded (sysexits' EX_DATAERR): the operator
+tells this from a crash and reports it on the InferenceService instead of restarting blindly."""
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """Exit with status `code` and a one-line message on stderr (no traceback)."""
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 _BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
@@ -238,14 +243,14 @@ def serve(
     if grpc_port is not None:
         cfg = cfg.model_copy(update={"grpc_port": grpc_port})
     if not cfg.model.startswith("builtin:") and not Path(cfg.model).is_file():
-        raise typer.BadParameter(f"model file {cfg.model} does not exist")
+        _fail(f"cannot load model: model file {cfg.model} does not exist", MODEL_LOAD_FAILED)
     _check_port(cfg.host, cfg.port)
     from accordion.workers.server import serve as run_worker  # imports torch: after the checks
 
     try:
         run_worker(cfg)
     except (FileNotFoundError, ValueError) as exc:  # the model cannot be loaded as configured
-        _fail(f"cannot load model {cfg.model!r}: {exc}")
+        _fail(f"cannot load model {cfg.model!r}: {exc}", MODEL_LOAD_FAILED)
     except OSError as exc:
         if exc.errno not in _BIND_ERRORS:
             raise

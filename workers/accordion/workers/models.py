@@ -16,7 +16,9 @@ CUDA warms up every batch size, stages inputs in pinned memory and copies withou
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +82,10 @@ def build_demo(name: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+class ModelLoadError(ValueError):
+    """The model file cannot be loaded as configured: not a model, or no input shape."""
+
+
 @dataclass
 class LoadedModel:
     """A module and the signature of one sample (no batch dimension)."""
@@ -104,15 +110,30 @@ def load_model(
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
     if not input_shape:
-        raise ValueError("a model file needs input_shape (one sample, no batch dimension)")
+        raise ModelLoadError("a model file needs input_shape (one sample, no batch dimension)")
+    if not zipfile.is_zipfile(path):  # both formats are zip archives
+        raise ModelLoadError(
+            f"{path} is not a TorchScript or torch.export model: not a zip archive"
+        )
     module: torch.nn.Module
-    if path.suffix == ".pt2":
-        module = torch.export.load(str(path)).module()
-    else:
-        try:
-            module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
-        except RuntimeError:
+    # torch.export logs its own traceback before it raises; the error below says it in one line.
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.CRITICAL)
+    try:
+        if path.suffix == ".pt2":
             module = torch.export.load(str(path)).module()
+        else:
+            try:
+                module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+            except RuntimeError:
+                module = torch.export.load(str(path)).module()
+    except Exception as exc:  # torch raises RuntimeError, zipfile.BadZipFile, pickle errors ...
+        raise ModelLoadError(
+            f"{path} is not a TorchScript or torch.export model: {type(exc).__name__}: {exc}"[:500]
+        ) from exc
+    finally:
+        export_log.setLevel(level)
     if hasattr(module, "eval") and not isinstance(module, torch.fx.GraphModule):
         module.eval()
     return LoadedModel(module, tuple(input_shape), datatype)
