@@ -166,8 +166,8 @@ def test_generated_bodies_never_get_a_5xx(
             return  # a header that is not latin-1 cannot even be sent
         answer = server.answer(built)
         assert answer.status < 500, (server.kind, answer.status, answer.body[:300])
-        if answer.status != 200:
-            assert json.loads(answer.body)["error"]
+        if answer.status != 200 and answer.headers.get("content-type") == "application/json":
+            assert json.loads(answer.body)["error"]  # (a header the HTTP parser refuses: text)
 
 
 # -- slow clients and floods ----------------------------------------------------------------

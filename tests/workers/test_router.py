@@ -26,6 +26,7 @@ from accordion.workers.config import (
     OUTCOME_HEADER,
     SLOWDOWN_HEADER,
     Backend,
+    BatchingConfig,
     RoutingTable,
 )
 from accordion.workers.fastloop import Outcome
@@ -75,7 +76,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[Client, Router, Path, dic
     async with AsyncExitStack() as stack:
         urls: dict[str, str] = {}
         for name in ("big", "small"):
-            server = TestServer(create_app(Worker(worker_config(), warm_up=False)))
+            # A 50 ms safety margin: the worker drops a request with less than ~51 ms left, one
+            # the router (which takes well under that) forwards: see test_router_edges.
+            config = worker_config(
+                batching=BatchingConfig(max_batch_size=8, max_queue=64, margin_ms=50.0)
+            )
+            server = TestServer(create_app(Worker(config, warm_up=False)))
             await stack.enter_async_context(server)
             urls[name] = str(server.make_url("")).rstrip("/")
         path = tmp_path / "routing.json"
@@ -179,11 +185,11 @@ async def test_router_edges(stack: tuple[Client, Router, Path, dict[str, str]]) 
     resp = await client.post("/v2/models/classifier/infer", data=b"{oops")
     assert resp.status == 400
     assert "malformed JSON" in (await resp.json())["error"]
-    # A deadline already past at the router is shed there; one the worker cannot meet (2 ms:
-    # its profile says 1 ms a batch, plus its 2 ms margin) is dropped by the worker.
+    # A deadline already past at the router is shed there; one the worker cannot meet (30 ms:
+    # its profile says 1 ms a batch, plus its 50 ms margin) is dropped by the worker.
     results = await send(client, 1, **{DEADLINE_HEADER: "0.001"})
     assert (results[0][0], results[0][2]) == (503, "shed")
-    results = await send(client, 1, **{DEADLINE_HEADER: "2"})
+    results = await send(client, 1, **{DEADLINE_HEADER: "30"})
     assert (results[0][0], results[0][2]) == (503, "dropped")
 
 
@@ -318,7 +324,7 @@ async def test_answers_feed_the_capacity_correction(
     router.decider.finished = record  # type: ignore[method-assign]
     for _ in range(4):  # one batch each
         await send(client, 1)
-    await send(client, 1, **{DEADLINE_HEADER: "2"})  # dropped by the worker (test_router_edges)
+    await send(client, 1, **{DEADLINE_HEADER: "30"})  # dropped by the worker (test_router_edges)
     # A 400 is refused by the router itself: it never reaches a backend nor the fast loop.
     await client.post("/v2/models/classifier/infer", data=b"{oops")
     assert seen == ["answered"] * 4 + ["dropped"]
