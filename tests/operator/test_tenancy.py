@@ -90,13 +90,13 @@ def test_without_allowed_namespaces_every_namespace_may_use_the_pool() -> None:
 
 
 def test_max_priority_caps_a_claimed_priority_on_a_shared_pool() -> None:
-    # One device, two services that each need it whole (48 req/s at 20 ms batches of 1 is
-    # over one replica's capacity of 45). Uncapped, priority 1000 takes it; capped at 1 on the
-    # pool, the team with priority 5 keeps it.
+    # One device, which only one of the two services can have. Uncapped, priority 1000 takes
+    # it; capped at 1 on the pool, both are planned at priority 1 and the device serves the
+    # larger demand (a's 40 req/s against b's 39), as if b had claimed nothing.
     uncapped = pool("shared", 1)
     capped = pool("shared", 1, maxPriority=1)
     a = service("a", "team-a", ["shared"], 40, 5)
-    b = service("b", "team-b", ["shared"], 40, 1000)
+    b = service("b", "team-b", ["shared"], 39, 1000)
     assert set(replicas_by_pool([a, b], [uncapped])) == {"team-b/b"}
     assert set(replicas_by_pool([a, b], [capped])) == {"team-a/a"}
 

@@ -47,6 +47,7 @@ the problem changed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -84,7 +85,7 @@ from accordion.operator.control.steps import (
 from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.operator.control.triggers import ReplanGate
 from accordion.operator.control.world import AppliedRouting, DemandView, RunningWorker, World
-from accordion.operator.planning import ServiceMemo, base_demand_qps, to_problem
+from accordion.operator.planning import ProblemBuild, ServiceMemo, base_demand_qps, to_problem
 from accordion.operator.pools import available_devices
 from accordion.solver import Allocation, Plan, PlannerSettings, PlanRow, Problem, ServicePlan
 
@@ -299,10 +300,33 @@ class ControlLoop:
 
         Raises `PlanningError` when the planner fails (the last good plan stays in force)."""
         headroom = {k: s.spec.demand.headroom for k, s in world.services.items()}
-        estimates = self.gate.estimates(
-            self._measured(world, demand), self.capacity_by_service(), headroom
-        )
-        build = to_problem(
+        measured, capacity = self._measured(world, demand), self.capacity_by_service()
+        estimates = self.gate.estimates(measured, capacity, headroom)
+        build = self._build(world, estimates)
+        if self.last_plan is not None and self._same(self.last_problem, build.problem):
+            return self.last_plan, False, build.warnings
+        # A new plan: every service gets at least its current estimate (`ReplanGate`).
+        estimates = self.gate.estimates(measured, capacity, headroom, replanning=True)
+        build = self._build(world, estimates)
+        if self.last_error is not None and self._same(self._failed_problem, build.problem):
+            raise PlanningError(self.last_error)  # the same problem fails the same way
+        started = time.perf_counter()
+        try:
+            plan = self._full_plan(build.problem, world, estimates)
+        except PlanningError as exc:
+            self._fail(build.problem, str(exc))
+            raise
+        finally:
+            self.plan_time_s = time.perf_counter() - started
+        plan = self._with_spare(plan, build.problem, world, demand, estimates)
+        self.previous_plan = self.last_plan
+        self.last_problem, self.last_plan, self.last_error = build.problem, plan, None
+        self._failed_problem = None
+        self.gate.adopt(estimates)
+        return plan, True, build.warnings
+
+    def _build(self, world: World, estimates: Mapping[str, float]) -> ProblemBuild:
+        return to_problem(
             world.services.values(),
             world.pools.values(),
             measured_qps=estimates,
@@ -315,35 +339,22 @@ class ControlLoop:
                 else available_devices(world.pools.values(), world.nodes)
             ),
         )
-        if self.last_plan is not None and self._same(self.last_problem, build.problem):
-            return self.last_plan, False, build.warnings
-        if self.last_error is not None and self._same(self._failed_problem, build.problem):
-            raise PlanningError(self.last_error)  # the same problem fails the same way
-        started = time.perf_counter()
-        try:
-            plan = self._call_planner(build.problem)
-            if any(s.unserved_qps > 1e-6 * max(1.0, s.demand_qps) for s in plan.services):
-                base = {k: base_demand_qps(svc, estimates) for k, svc in world.services.items()}
-                plain = build.problem.model_copy(
-                    update={
-                        "services": [
-                            s.model_copy(update={"demand_qps": base.get(s.name, s.demand_qps)})
-                            for s in build.problem.services
-                        ]
-                    }
-                )
-                plan = self._call_planner(plain)
-        except PlanningError as exc:
-            self._fail(build.problem, str(exc))
-            raise
-        finally:
-            self.plan_time_s = time.perf_counter() - started
-        plan = self._with_spare(plan, build.problem, world, demand, estimates)
-        self.previous_plan = self.last_plan
-        self.last_problem, self.last_plan, self.last_error = build.problem, plan, None
-        self._failed_problem = None
-        self.gate.adopt(estimates)
-        return plan, True, build.warnings
+
+    def _full_plan(self, problem: Problem, world: World, estimates: Mapping[str, float]) -> Plan:
+        """The whole cluster's plan; without headroom when that is short (overload)."""
+        plan = self._call_planner(problem)
+        if any(s.unserved_qps > 1e-6 * max(1.0, s.demand_qps) for s in plan.services):
+            base = {k: base_demand_qps(svc, estimates) for k, svc in world.services.items()}
+            plain = problem.model_copy(
+                update={
+                    "services": [
+                        s.model_copy(update={"demand_qps": base.get(s.name, s.demand_qps)})
+                        for s in problem.services
+                    ]
+                }
+            )
+            plan = self._call_planner(plain)
+        return plan
 
     def _call_planner(self, problem: Problem) -> Plan:
         """The planner's plan, or `PlanningError` (it raised, or found no solution)."""
@@ -424,18 +435,41 @@ class ControlLoop:
         for row in plan.rows:
             if row.replicas > 0:
                 rows_by.setdefault(row.service, []).append(row)
+        summaries = {s.service: s for s in plan.services}
+        targets: dict[WorkerKey, WorkerSpec] = {}
+        for svc_key, svc in sorted(world.services.items()):
+            targets.update(
+                self._targets(svc_key, svc, tuple(rows_by.get(svc_key, ())), world.pools)
+            )
+        # Devices for new replicas in full pools: old replicas that go now (`_make_room`). The
+        # rest of the pass sees the world without them, so that routing follows the capacity
+        # that remains.
+        release = self._make_room(world, targets, summaries)
+        room: dict[str, list[Step]] = {}
+        if release:
+            workers = dict(world.workers)
+            for key, n in sorted(release.items(), key=lambda kv: kv[0].sort_key()):
+                have = world.workers[key]
+                left = have.spec.replicas - n
+                if left <= 0 and key not in targets:
+                    room.setdefault(key.service, []).append(RemoveWorker(key))
+                    del workers[key]
+                    continue
+                spec = have.spec.with_replicas(max(0, left))
+                room.setdefault(key.service, []).append(
+                    EnsureWorker(spec, exists=True, stage="break")
+                )
+                workers[key] = RunningWorker(spec, min(have.ready_replicas, spec.replicas))
+            world = dataclasses.replace(world, workers=workers)
         running_by: dict[str, dict[WorkerKey, RunningWorker]] = {}
         for key, worker in world.workers.items():
             running_by.setdefault(key.service, {})[key] = worker
-        summaries = {s.service: s for s in plan.services}
 
-        targets: dict[WorkerKey, WorkerSpec] = {}
         outcomes: dict[str, _ServiceOutcome] = {}
-        requeue: float | None = None
+        requeue: float | None = ROOM_REQUEUE_S if room else None
         for svc_key, svc in sorted(world.services.items()):
             rows = tuple(rows_by.get(svc_key, ()))
             svc_targets = self._targets(svc_key, svc, rows, world.pools)
-            targets.update(svc_targets)
             inputs = (
                 svc,
                 rows,
@@ -454,7 +488,9 @@ class ControlLoop:
                 continue
             outcome = self._decide_service(
                 svc_key, svc, rows, svc_targets, inputs[3], world, demand, summaries, now_s, error
-            )
+            )  # The room's breaks go out after the service's routing (which no longer counts them).
+            outcome.route.extend(room.get(svc_key, []))
+
             outcomes[svc_key] = outcome
             if outcome.requeue_after_s is not None:
                 requeue = (
@@ -471,23 +507,17 @@ class ControlLoop:
             for old in [k for k in memo_of if k not in world.services]:
                 del memo_of[old]
 
-        room = self._make_room(world, targets, outcomes, summaries)
-        if room:
-            # The pool is smaller than old plus new replicas: some old ones go now; pass again
-            # soon, to route by the capacity that remains.
-            requeue = min(requeue, ROOM_REQUEUE_S) if requeue is not None else ROOM_REQUEUE_S
         # Steps in the order of the module docstring: make (every service), routing and break
         # (per service), removal of services that are gone, then status and events.
         steps: list[Step] = [s for o in outcomes.values() for s in o.make]
         for o in outcomes.values():
             steps.extend(o.route)
-        steps.extend(room)
         gone = sorted({k.service for k in world.workers} | set(world.routing))
         for svc_key in gone:
             if svc_key in world.services or svc_key in world.invalid:
                 continue
-            workers = tuple(sorted(running_by.get(svc_key, {}), key=WorkerKey.sort_key))
-            steps.append(RemoveService(svc_key, workers))
+            owned = tuple(sorted(running_by.get(svc_key, {}), key=WorkerKey.sort_key))
+            steps.append(RemoveService(svc_key, owned))
         for o in outcomes.values():
             steps.extend(o.status)
         steps.extend(invalid_steps(world, now_rfc3339(now_s)))
@@ -512,22 +542,22 @@ class ControlLoop:
         self,
         world: World,
         targets: Mapping[WorkerKey, WorkerSpec],
-        outcomes: Mapping[str, _ServiceOutcome],
         summaries: Mapping[str, ServicePlan],
-    ) -> list[Step]:
-        """Break steps that free the devices new replicas need, now (see `ROOM_REQUEUE_S`).
+    ) -> dict[WorkerKey, int]:
+        """How many replicas of which old worker groups go now, to free the devices that new
+        replicas need (see `ROOM_REQUEUE_S`).
 
         Make before break keeps the old replicas until the new ones are ready; but a new
         replica needs a device of its own (Kubernetes schedules one pod per GPU), so where a
         pool has fewer free devices than the plan's new replicas need, they would wait for the
         old ones, and the old ones for them. The plan fits its pool, so the old replicas it no
         longer wants free enough devices. They go in this order, as many as the new replicas
-        need: replicas that are not ready, spare (burst) replicas, replicas whose service keeps
-        enough ready capacity for its planned demand without them (least accurate first); and
-        last, replicas whose service needs them, but only one per pool at a time, only while
-        nothing else in the pool is starting, and never a service's last ready one (a rolling
-        update that loses one replica's capacity for one model load, not a whole pool's or a
-        whole service's)."""
+        need: replicas that are not ready, spare (burst) replicas and replicas whose service
+        keeps enough ready capacity for its planned demand without them (least accurate
+        first); and last, replicas whose service needs them, but only one per pool at a time,
+        only while nothing else in the pool is starting, and never a service's last ready one
+        (a rolling update that loses one replica's capacity for one model load, not a whole
+        pool's or a whole service's)."""
         devices = self._pool_devices(world)
         before = self.previous_plan
         spare_before = {
@@ -535,11 +565,13 @@ class ControlLoop:
             for r in (before.rows if before is not None else [])
             if r.spare_replicas > 0
         }
-        committed: dict[WorkerKey, int] = {k: w.spec.replicas for k, w in world.workers.items()}
+        asked: dict[str, int] = {}
         pool_running: dict[str, int] = {}
         pool_unready: dict[str, int] = {}
         ready_capacity: dict[str, float] = {}
         for key, worker in world.workers.items():
+            want = targets[key].replicas if key in targets else 0
+            asked[key.pool] = asked.get(key.pool, 0) + max(want, worker.spec.replicas)
             pool_running[key.pool] = pool_running.get(key.pool, 0) + worker.spec.replicas
             pool_unready[key.pool] = pool_unready.get(key.pool, 0) + max(
                 0, worker.spec.replicas - worker.ready_replicas
@@ -547,38 +579,29 @@ class ControlLoop:
             ready_capacity[key.service] = ready_capacity.get(key.service, 0.0) + (
                 worker.ready_replicas * worker.spec.capacity_qps_per_replica
             )
+        waiting = dict(pool_unready)
+        for key, spec in targets.items():
+            have = world.workers.get(key)
+            grow = spec.replicas - (have.spec.replicas if have else 0)
+            if have is None:
+                asked[key.pool] = asked.get(key.pool, 0) + spec.replicas
+            if grow > 0:
+                waiting[key.pool] = waiting.get(key.pool, 0) + grow
         # Replicas that have a device and are starting: not ready, and not waiting for one.
         starting = {
             pool
             for pool, n in pool_unready.items()
             if n - max(0, pool_running[pool] - devices.get(pool, 0)) > 0
         }
-        breaking: set[WorkerKey] = set()
-        for o in outcomes.values():
-            for step in o.make:
-                if isinstance(step, EnsureWorker):
-                    key = step.spec.key
-                    committed[key] = max(committed.get(key, 0), step.spec.replicas)
-            for step in o.route:
-                if isinstance(step, RemoveWorker):
-                    breaking.add(step.key)
-                    committed[step.key] = 0
-                elif isinstance(step, EnsureWorker):
-                    breaking.add(step.spec.key)
-                    committed[step.spec.key] = step.spec.replicas
-        # Replicas asked of each pool after this pass's steps: above its devices, the rest
-        # wait for a device (Pending) until old ones go.
-        asked: dict[str, int] = {}
-        for key, n in committed.items():
-            asked[key.pool] = asked.get(key.pool, 0) + n
-        steps: list[Step] = []
+        release: dict[WorkerKey, int] = {}
         for pool, n_asked in sorted(asked.items()):
-            deficit = n_asked - devices.get(pool, 0)
+            # Only replicas that wait for a device need one freed (every ready one has one).
+            deficit = min(n_asked - devices.get(pool, 0), waiting.get(pool, 0))
             if deficit <= 0:
                 continue
             candidates: list[tuple[int, float, str, WorkerKey, int]] = []
             for key, worker in world.workers.items():
-                if key.pool != pool or key in breaking:
+                if key.pool != pool:
                     continue
                 target = targets.get(key)
                 surplus = worker.spec.replicas - (target.replicas if target else 0)
@@ -591,8 +614,7 @@ class ControlLoop:
                     if n > 0:
                         candidates.append((rank, worker.spec.accuracy, key.service, key, n))
             candidates.sort(key=lambda c: (c[0], c[1], c[2], c[3].sort_key()))
-            release: dict[WorkerKey, int] = {}
-            needed_one = False
+            rolled = False
             for rank, _, service, key, n in candidates:
                 if deficit <= 0:
                     break
@@ -607,26 +629,14 @@ class ControlLoop:
                     harmless = int(left // per_replica) if per_replica > 0 else take
                     take = min(take, max(0, harmless))
                     keeps = ready_capacity.get(service, 0.0) - per_replica > 1e-9
-                    if take <= 0 and not needed_one and pool not in starting and keeps:
-                        take, needed_one = 1, True
+                    if take <= 0 and not rolled and pool not in starting and keeps:
+                        take, rolled = 1, True
                 if take <= 0:
                     continue
                 release[key] = release.get(key, 0) + take
                 ready_capacity[service] = ready_capacity.get(service, 0.0) - take * per_replica
                 deficit -= take
-            for key in sorted(release, key=WorkerKey.sort_key):
-                running = world.workers[key].spec
-                left = running.replicas - release[key]
-                if left <= 0 and key not in targets:
-                    steps.append(RemoveWorker(key))
-                else:
-                    steps.append(
-                        EnsureWorker(
-                            running.with_replicas(max(0, left)), exists=True, stage="break"
-                        )
-                    )
-                self._settled.pop(key.service, None)
-        return steps
+        return release
 
     def _targets(
         self,

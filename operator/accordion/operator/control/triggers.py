@@ -45,16 +45,24 @@ class ReplanGate:
         measured: Mapping[str, float],
         capacity: Mapping[str, float],
         headroom: Mapping[str, float],
+        *,
+        replanning: bool = False,
     ) -> dict[str, float]:
         """What to plan for: per service its planned estimate while the estimate is inside the
-        band, else the estimate. Services without a plan yet get their estimate."""
+        band, else the estimate; services without a plan yet get their estimate.
+
+        `replanning`: a new plan is being made anyway (some service left its band, or the
+        world changed): a service inside its band is then planned for the larger of its
+        planned estimate and its estimate. The band keeps a plan in force, but a new plan
+        made for an estimate older than the demand would give away capacity the service is
+        using now."""
         out: dict[str, float] = {}
         for svc, estimate in measured.items():
             planned = self.planned.get(svc)
             if planned is not None and self.inside(
                 estimate, planned, capacity.get(svc, 0.0), headroom.get(svc, 0.0)
             ):
-                out[svc] = planned
+                out[svc] = max(planned, estimate) if replanning else planned
             else:
                 out[svc] = estimate
         return out
