@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 COMPONENTS := solver workers operator
 SRC := solver/accordion workers/accordion operator/accordion accordion
 
-.PHONY: plan-demo observability check-observability install tools demo test lint types layering unit crds check-crds bench bench-solver bench-batching bench-router bench-proteus bench-operator clean images
+.PHONY: plan-demo observability check-observability install tools demo test lint types layering unit crds check-crds bench bench-solver bench-batching bench-router bench-proteus bench-operator clean images images-test
 
 $(STAMP): pyproject.toml solver/pyproject.toml workers/pyproject.toml operator/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,8 +48,8 @@ plan-demo: install
 	$(BIN)/accordion plan -f examples/cluster.yaml -f examples/services.yaml \
 		-d default/image-classifier=900 -d default/sentiment=400
 
-## The whole suite: lint, types, layering, CRDs in sync, tests.
-test: install tools lint types layering check-crds check-observability unit
+## The whole suite: lint, types, layering, CRDs in sync, tests, and the images built and run.
+test: install tools lint types layering check-crds check-observability unit images-test
 
 lint: install
 	$(BIN)/ruff check .
@@ -98,9 +98,15 @@ bench-operator: install
 
 bench: bench-solver bench-batching bench-router bench-proteus bench-operator
 
+## The two images, accordion-operator and accordion-worker: Docker where an engine answers,
+## else buildah (installed with apt-get when missing, as root).
 images:
-	docker build -f operator/Dockerfile -t accordion-operator:0.1.0 .
-	docker build -f workers/Dockerfile -t accordion-worker:0.1.0 .
+	bash .ci/images build
+
+## CI: both images built with buildah from a Debian base, each entrypoint run (--help, and a
+## worker serving a builtin model answers one v2 request). Not part of pytest.
+images-test:
+	bash .ci/images test
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,8 +1,11 @@
-"""The images cannot be built here; check what the Dockerfiles promise by reading them.
+"""What the Dockerfiles promise, read from them (fast, in pytest).
 
-Multi-stage, the final stage runs as a non-root numeric user, each image installs only its own
-component (the operator image never installs torch; the worker image no solver or operator),
-and the chart's default images are the ones `make images` builds (by name).
+The images themselves are built and run in CI by `make images-test` (.ci/images: buildah from a
+Debian base, each entrypoint run, a worker answering a v2 request), outside pytest. Here:
+multi-stage, the final stage runs as a non-root numeric user, each image installs only its own
+component (the operator image never installs torch; the worker image no solver or operator,
+but boto3 for its storage initializer), and the chart's default images are the ones `make
+images` builds (by name); `make test` runs the image test.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def test_worker_image_has_no_control_plane() -> None:
     text = DOCKERFILES["workers"].read_text()
     assert "COPY solver/" not in text
     assert "COPY operator/" not in text
-    assert "./workers[torch]" in text
+    assert "./workers[torch,storage]" in text  # storage: boto3 for `accordion-worker fetch`
 
 
 def test_chart_defaults_name_the_built_images() -> None:
@@ -62,3 +65,14 @@ def test_chart_defaults_name_the_built_images() -> None:
     assert values["operator"]["image"]["repository"].endswith("/accordion-operator")
     assert values["workers"]["image"]["repository"].endswith("/accordion-worker")
     assert values["router"]["image"]["repository"] == values["workers"]["image"]["repository"]
+
+
+def test_make_test_builds_and_runs_the_images() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    test_target = next(line for line in makefile.splitlines() if line.startswith("test:"))
+    assert "images-test" in test_target.split()
+    assert "bash .ci/images test" in makefile
+    script = (REPO / ".ci" / "images").read_text()
+    for dockerfile in ("operator/Dockerfile", "workers/Dockerfile"):
+        assert f"-f {dockerfile}" in script
+    assert "--build-arg PYTHON_IMAGE=" in script
