@@ -194,11 +194,7 @@ def test_s3_model_served_by_the_operators_deployment(
     model_path = Path(json.loads(env[config.worker_config_env])["model"])
     assert model_path.read_bytes() == data
     assert model_path.is_relative_to(pod.root)
-    if json.loads(env[config.worker_config_env]).get("input_shape") is None:
-        pytest.xfail(
-            "WorkerSpec (control/desired.py) does not carry spec.variants[].model.inputShape "
-            "into the WorkerConfig yet: a worker cannot load a TorchScript file without it"
-        )
+    assert json.loads(env[config.worker_config_env])["input_shape"] == [FEATURES]
 
     proc = subprocess.Popen(
         pod.command(worker), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
