@@ -12,10 +12,12 @@ Both servers build their aiohttp application through `edge_app`, so they bound t
 * **Size**: ``client_max_size`` and a ``Content-Length`` check refuse a body over
   `max_body_bytes` before it is read (413), decompressed bodies included.
 * **Bulk bodies**: bodies over `bulk_body_bytes` (or of unknown length) are read and decoded
-  `bulk_concurrency` at a time. Their bytes wait in the kernel meanwhile (TCP backpressure), so a
-  flood of 16 MB bodies holds at most `bulk_concurrency` of them in memory and keeps the event
-  loop free for the small requests of everyone else most of the time. Decoding runs on the loop:
-  orjson parses about 350 MB/s and holds the GIL throughout, so a thread would not free the loop.
+  `bulk_concurrency` at a time, and each slot then rests three times the loop's CPU time its
+  body took: bulk bodies get at most a quarter of the event loop however many clients send
+  them. Their bytes wait in the kernel meanwhile (TCP backpressure), so a flood of 16 MB bodies
+  holds at most `bulk_concurrency` of them in memory, and the loop stays for the small requests
+  of everyone else. Decoding runs on the loop: orjson parses about 350 MB/s and holds the GIL
+  throughout, so a thread would not free the loop.
 * **Content types**: bodies that are forms in parts (``multipart/*``) are refused with 415;
   JSON, the binary extension's ``application/octet-stream``, a missing type, and the types
   command-line clients send by default (curl's ``application/x-www-form-urlencoded``) are read
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,6 +54,10 @@ class EdgeLimits:
     body_timeout_s: float = 30.0
     bulk_body_bytes: int = 1024 * 1024
     bulk_concurrency: int = 2
+    bulk_pause_factor: float = 3.0
+    """After a bulk body, its slot rests 3x the loop's CPU time it took: at most 1/4 of the loop
+    goes to bulk bodies."""
+    bulk_pause_max_s: float = 1.0
 
 
 def error_response(status: int, reason: str, outcome: str = "rejected") -> web.Response:
@@ -125,8 +132,13 @@ def check_content_type(request: web.Request) -> None:
         )
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request body within the edge's size and time bounds (413, 408)."""
+async def read_decoded(request: web.Request, decode: Callable[[bytes], T]) -> T:
+    """`decode` of the request body, read within the edge's size and time bounds (413, 408).
+
+    A bulk body (over `bulk_body_bytes`, or of unknown length) is read and decoded in one of
+    `bulk_concurrency` slots, and its slot is held afterwards for `bulk_pause_factor` times the
+    event loop's CPU time it took: bulk bodies get at most a quarter of the loop (by default)
+    however many clients send them, the rest stays for everyone else's requests."""
     limits = request.app[_LIMITS_KEY]
     check_content_type(request)
     length = request.content_length
@@ -135,12 +147,21 @@ async def read_body(request: web.Request) -> bytes:
             413,
             f"request body of {length} bytes exceeds the limit of {limits.max_body_bytes} bytes",
         )
+    if length is not None and length <= limits.bulk_body_bytes:
+        return decode(await _read(request, limits))
+    async with request.app[_BULK_KEY]:
+        cpu_s = time.thread_time()
+        try:
+            return decode(await _read(request, limits))
+        finally:
+            pause_s = (time.thread_time() - cpu_s) * limits.bulk_pause_factor
+            await asyncio.sleep(min(pause_s, limits.bulk_pause_max_s))
+
+
+async def _read(request: web.Request, limits: EdgeLimits) -> bytes:
     try:
         async with asyncio.timeout(limits.body_timeout_s):
-            if length is not None and length <= limits.bulk_body_bytes:
-                return await request.read()
-            async with request.app[_BULK_KEY]:
-                return await request.read()
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise InferenceError(
             413, f"request body exceeds the limit of {limits.max_body_bytes} bytes"
@@ -155,12 +176,3 @@ async def read_body(request: web.Request) -> bytes:
         raise InferenceError(400, f"request body unreadable: {exc}") from None
     except web.HTTPException as exc:  # aiohttp's own refusals of a payload (bad encoding)
         raise InferenceError(exc.status if exc.status >= 400 else 400, exc.reason) from None
-
-
-async def bulk_decode(request: web.Request, raw: bytes, decode: Callable[[bytes], T]) -> T:
-    """`decode(raw)` on the loop; a bulk body waits for its turn (see the module docstring)."""
-    limits = request.app[_LIMITS_KEY]
-    if len(raw) <= limits.bulk_body_bytes:
-        return decode(raw)
-    async with request.app[_BULK_KEY]:
-        return decode(raw)

@@ -70,12 +70,13 @@ from accordion.workers.config import (
     SLOWDOWN_HEADER,
     RoutingTable,
 )
-from accordion.workers.edge import EdgeLimits, bulk_decode, edge_app, read_body
+from accordion.workers.edge import EdgeLimits, edge_app, read_decoded
 from accordion.workers.fastloop import RoutingDecider
 from accordion.workers.grpcserver import V2Endpoint, parse_grpc, render_grpc, start_grpc
 from accordion.workers.protocol import (
     MODEL_VERSION,
     InferenceError,
+    InferRequest,
     Signature,
     TensorSpec,
     binary_request,
@@ -642,13 +643,14 @@ def create_router_app(router: Router) -> web.Application:
         arrival = asyncio.get_running_loop().time()
         model(request)
         budget_s = parse_deadline_ms(request.headers.get(DEADLINE_HEADER), router.table.slo_s)
-        body = await read_body(request)
         header_length = request.headers.get(BINARY_HEADER)
-        header, binary = split_binary(body, header_length)
         signature = await router.known_signature()
-        parsed = await bulk_decode(
-            request, header, lambda raw: parse_rest(decode_json(raw), binary, signature)
-        )
+
+        def decode(raw: bytes) -> tuple[bytes, InferRequest]:
+            header, binary = split_binary(raw, header_length)
+            return raw, parse_rest(decode_json(header), binary, signature)
+
+        body, parsed = await read_decoded(request, decode)
         routed = await router.route(
             body,
             budget_s,

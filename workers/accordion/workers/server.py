@@ -67,7 +67,7 @@ from accordion.workers.config import (
     SLOWDOWN_HEADER,
     WorkerConfig,
 )
-from accordion.workers.edge import EdgeLimits, bulk_decode, edge_app, error_response, read_body
+from accordion.workers.edge import EdgeLimits, edge_app, error_response, read_decoded
 from accordion.workers.grpcserver import V2Endpoint, parse_grpc, render_grpc
 from accordion.workers.models import LoadedModel, ModelRunner, load_model
 from accordion.workers.protocol import (
@@ -519,10 +519,13 @@ def create_app(worker: Worker) -> web.Application:
         try:
             model_or_404(request)
             budget_s = parse_deadline_ms(request.headers.get(DEADLINE_HEADER), config.slo_s)
-            raw = await read_body(request)
-            header, binary = split_binary(raw, request.headers.get(BINARY_HEADER))
-            body = await bulk_decode(request, header, decode_json)
-            parsed = parse_rest(body, binary, worker.signature)
+            header_length = request.headers.get(BINARY_HEADER)
+
+            def decode(raw: bytes) -> InferRequest:
+                header, binary = split_binary(raw, header_length)
+                return parse_rest(decode_json(header), binary, worker.signature)
+
+            parsed = await read_decoded(request, decode)
         except InferenceError as exc:
             metrics.requests.labels(name, "rejected").inc()
             return error_response(exc.status, exc.reason, exc.outcome)
@@ -530,14 +533,14 @@ def create_app(worker: Worker) -> web.Application:
             response, outcome = await worker.infer(parsed, budget_s, arrival)
         except InferenceError as exc:
             return error_response(exc.status, exc.reason, exc.outcome)
-        payload, header_length = render_rest(response, parsed)
+        payload, json_length = render_rest(response, parsed)
         headers = {
             OUTCOME_HEADER: outcome,
             **worker.report_headers(asyncio.get_running_loop().time()),
         }
-        if header_length is None:
+        if json_length is None:
             return web.Response(body=payload, content_type="application/json", headers=headers)
-        headers[BINARY_HEADER] = str(header_length)
+        headers[BINARY_HEADER] = str(json_length)
         return web.Response(body=payload, content_type="application/octet-stream", headers=headers)
 
     async def prometheus(_: web.Request) -> web.Response:
