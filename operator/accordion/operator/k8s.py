@@ -26,12 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from accordion.operator.api import split_key
 from accordion.operator.config import OperatorConfig
 from accordion.operator.control.desired import Routing, WorkerKey, WorkerSpec, routing_table
 from accordion.operator.control.loop import AppliedRouting, RunningWorker
+from accordion.workers.config import MODEL_LOAD_FAILED_EXIT
 from accordion.workers.storage import (
     MODELS_DIR,
     PVC_DIR,
@@ -231,6 +233,9 @@ def worker_deployment(spec: WorkerSpec, uid: str | None, config: OperatorConfig)
         "resources": resources,
         "securityContext": CONTAINER_SECURITY_CONTEXT,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        # The worker's last line says why it stopped (a model that cannot load): it becomes the
+        # container's termination message, which `observe_worker_failure` reads back.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec: Manifest = {
         "securityContext": POD_SECURITY_CONTEXT,
@@ -509,6 +514,66 @@ def observe_worker(deployment: Manifest) -> RunningWorker | None:
     status = deployment.get("status") or {}
     ready = int(status.get("readyReplicas") or 0)
     return RunningWorker(spec=spec, ready_replicas=min(ready, spec.replicas))
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """Why a worker pod does not run: what its status says, for a condition and an event."""
+
+    reason: str
+    """ModelLoadFailed (the worker exited MODEL_LOAD_FAILED_EXIT), ModelDownloadFailed (the
+    storage initializer failed), or the kubelet's reason (CrashLoopBackOff, ErrImagePull...)."""
+    message: str
+    restarts: int = 0
+
+
+_WAITING_FAILURES = {
+    "CrashLoopBackOff",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "CreateContainerConfigError",
+    "InvalidImageName",
+}
+
+
+def observe_worker_failure(pod: Manifest) -> WorkerFailure | None:
+    """The failure of a worker pod (its containers' states), or None while it runs or starts.
+
+    A model that cannot be loaded is told apart from other crashes by the worker's exit status;
+    its message is the worker's last log line (`terminationMessagePolicy:
+    FallbackToLogsOnError`). The kubelet already backs restarts off (CrashLoopBackOff); this is
+    what the InferenceService's status should say meanwhile, instead of nothing.
+    """
+    status = pod.get("status") or {}
+    for init in status.get("initContainerStatuses") or []:
+        term = (init.get("state") or {}).get("terminated") or (init.get("lastState") or {}).get(
+            "terminated"
+        )
+        if term and term.get("exitCode"):
+            return WorkerFailure(
+                "ModelDownloadFailed",
+                _last_line(term.get("message")) or f"{init.get('name')} exited {term['exitCode']}",
+                int(init.get("restartCount") or 0),
+            )
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") != "worker":
+            continue
+        state, last = cs.get("state") or {}, cs.get("lastState") or {}
+        term = state.get("terminated") or last.get("terminated")
+        waiting = state.get("waiting") or {}
+        restarts = int(cs.get("restartCount") or 0)
+        if term and term.get("exitCode") == MODEL_LOAD_FAILED_EXIT:
+            message = _last_line(term.get("message")) or "the model cannot be loaded"
+            return WorkerFailure("ModelLoadFailed", message, restarts)
+        if waiting.get("reason") in _WAITING_FAILURES:
+            detail = _last_line((term or {}).get("message")) or waiting.get("message") or ""
+            return WorkerFailure(str(waiting["reason"]), detail, restarts)
+    return None
+
+
+def _last_line(text: Any) -> str:
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
 
 
 def observe_routing(configmap: Manifest) -> AppliedRouting | None:

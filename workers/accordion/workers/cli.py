@@ -17,16 +17,20 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from accordion.workers.config import BatchingConfig, PolicyName, WorkerConfig
+from accordion.workers.config import (
+    MODEL_LOAD_FAILED_EXIT,
+    BatchingConfig,
+    PolicyName,
+    WorkerConfig,
+)
 
 app = typer.Typer(
     help="Data plane: workers, router, profiler, load generator.", no_args_is_help=True
 )
 
 
-MODEL_LOAD_FAILED = 65
-"""Exit status of `serve` when the model cannot be loaded (sysexits' EX_DATAERR): the operator
-tells this from a crash and reports it on the InferenceService instead of restarting blindly."""
+MODEL_LOAD_FAILED = MODEL_LOAD_FAILED_EXIT
+"""Exit status of `serve` when the model cannot be loaded: the operator tells it from a crash."""
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

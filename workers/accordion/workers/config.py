@@ -29,6 +29,9 @@ REPLICA_HEADER = "x-accordion-replica"
 reaches several replicas through one Service address tells their reports apart."""
 BINARY_HEADER = "Inference-Header-Content-Length"
 """KServe v2 binary tensor extension: length of the JSON header before the raw tensor bytes."""
+MODEL_LOAD_FAILED_EXIT = 65
+"""Exit status of `accordion-worker serve` when its model cannot be loaded (sysexits'
+EX_DATAERR); the operator reads it from the pod and reports ModelLoadFailed."""
 
 PolicyName = Literal["slo", "none", "triton", "clipper"]
 
