@@ -91,6 +91,18 @@ def _serve(config_json: str) -> subprocess.Popen[str]:
     )
 
 
+def _wait_ready(proc: subprocess.Popen[str], port: int) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, "the worker never became ready"
+            time.sleep(0.2)  # polling readiness with a deadline
+
+
 @pytest.fixture(scope="module")
 def torchscript_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny.pt"
@@ -107,15 +119,7 @@ def test_the_api_input_shape_reaches_an_operator_built_worker(torchscript_model:
     assert config["input_shape"] == [2, 3, 4]
     proc = _serve(json.dumps(config))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the worker never became ready"
-                time.sleep(0.2)  # polling readiness with a deadline
+        _wait_ready(proc, port)
         body = {
             "inputs": [
                 {"name": "input", "shape": [1, 2, 3, 4], "datatype": "FP32", "data": [0.5] * 24}
@@ -130,6 +134,35 @@ def test_the_api_input_shape_reaches_an_operator_built_worker(torchscript_model:
             answer = json.loads(resp.read())
         (output,) = answer["outputs"]
         assert output["shape"][-1] == 5
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny.pt2"
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 3 * 4, 5)).eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(module, (torch.zeros(2, 2, 3, 4),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def test_a_torch_export_file_carries_its_input_shape(exported_model: Path) -> None:
+    from accordion.workers.models import load_model
+
+    loaded = load_model(str(exported_model))  # no input_shape given
+    assert loaded.input_shape == (2, 3, 4)
+    port = _free_port()
+    config = _worker_config_json(
+        {"storageUri": str(exported_model), "format": "torch-export"}, port
+    )
+    assert json.loads(config)["input_shape"] is None
+    proc = _serve(config)
+    try:
+        _wait_ready(proc, port)
     finally:
         proc.terminate()
         proc.communicate(timeout=30)

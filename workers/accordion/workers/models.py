@@ -16,6 +16,7 @@ CUDA warms up every batch size, stages inputs in pinned memory and copies withou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zipfile
@@ -109,34 +110,54 @@ def load_model(
     path = Path(ref)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
-    if not input_shape:
-        raise ModelLoadError("a model file needs input_shape (one sample, no batch dimension)")
     if not zipfile.is_zipfile(path):  # both formats are zip archives
         raise ModelLoadError(
             f"{path} is not a TorchScript or torch.export model: not a zip archive"
         )
-    module: torch.nn.Module
+    module: torch.nn.Module | None = None
+    shape = tuple(input_shape) if input_shape else None
     # torch.export logs its own traceback before it raises; the error below says it in one line.
     export_log = logging.getLogger("torch.export")
     level = export_log.level
     export_log.setLevel(logging.CRITICAL)
     try:
-        if path.suffix == ".pt2":
-            module = torch.export.load(str(path)).module()
-        else:
-            try:
+        if path.suffix != ".pt2":
+            with contextlib.suppress(RuntimeError):  # not TorchScript: try torch.export
                 module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
-            except RuntimeError:
-                module = torch.export.load(str(path)).module()
+        if path.suffix == ".pt2" or module is None:
+            program = torch.export.load(str(path))
+            module = program.module()
+            shape = shape or _exported_sample_shape(program)
     except Exception as exc:  # torch raises RuntimeError, zipfile.BadZipFile, pickle errors ...
         raise ModelLoadError(
             f"{path} is not a TorchScript or torch.export model: {type(exc).__name__}: {exc}"[:500]
         ) from exc
     finally:
         export_log.setLevel(level)
+    if not shape:
+        raise ModelLoadError(
+            "a model file needs input_shape (one sample, no batch dimension): TorchScript "
+            "files do not record it"
+        )
     if hasattr(module, "eval") and not isinstance(module, torch.fx.GraphModule):
         module.eval()
-    return LoadedModel(module, tuple(input_shape), datatype)
+    return LoadedModel(module, shape, datatype)
+
+
+def _exported_sample_shape(program: torch.export.ExportedProgram) -> tuple[int, ...] | None:
+    """One sample's shape as a torch.export program records it: its first input, less the
+    batch dimension (None when that shape is symbolic beyond the batch dimension)."""
+    inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in inputs:
+            shape = getattr(node.meta.get("val"), "shape", None)
+            if shape is None or len(shape) < 2:
+                return None
+            try:
+                return tuple(int(d) for d in shape[1:])
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 class ModelRunner:
