@@ -240,6 +240,8 @@ class LoopControl:
         self._pass()
         self._pass()
         self._initial = False
+        self._counted = [0] * len(sim.families)
+        sim.call_at(self.timings.demand_interval_s, self._measure)
         t = self.timings.resync_interval_s
         end = sim.config.end_s if sim.config.end_s is not None else sim.workload.duration_s
         while t <= end:
@@ -247,17 +249,21 @@ class LoopControl:
             t += self.timings.resync_interval_s
 
     def measured(self, arrivals: dict[str, int], interval_s: float) -> None:
-        now = self.sim.now_s
+        """(The engine's per-second tally; this control measures at its own interval.)"""
+
+    def _measure(self) -> None:
+        """Every `demand_interval_s`: each router's request counter, as a rate."""
+        now, interval = self.sim.now_s, self.timings.demand_interval_s
+        self.sim.call_at(now + interval, self._measure)
+        totals = self.sim.arrivals_total
         for s, key in self.key_of.items():
-            n = arrivals.get(self.sim.workload.families[s], 0)
-            self.tracker.observe(key, now, n / interval_s)
+            self.tracker.observe(key, now, (totals[s] - self._counted[s]) / interval)
+            self._counted[s] = totals[s]
         self._view = DemandView(qps=self.tracker.estimates(), burst=self.tracker.bursts())
         if self.loop.pass_due(self.world, self._view):
-            wait = max(
-                self.timings.debounce_s,
-                self._last_pass_s + self.timings.min_pass_interval_s - now,
-            )
-            self._request(wait)
+            # Demand passes wait for no quiet time (debounce is for bursts of watch events),
+            # only for the shortest interval between passes.
+            self._request(self._last_pass_s + self.timings.min_pass_interval_s - now)
 
     def route(self, service: int, request: Request) -> Replica | None:
         now = self.sim.now_s

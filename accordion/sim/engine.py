@@ -190,6 +190,8 @@ class Simulator:
         self._seq = 0
         self._next_rid = 0
         self._arrivals_this_second: dict[int, int] = defaultdict(int)
+        self.arrivals_total: list[int] = [0] * len(workload.families)
+        """Arrivals per service since the start (a router's request counter)."""
         self._slots_in_use = 0
         self._slots_by_pool: dict[str, int] = defaultdict(int)
         self._pending: dict[str, deque[Replica]] = defaultdict(deque)
@@ -391,6 +393,7 @@ class Simulator:
         req = Request(rid, w.arrival_s[rid], w.deadline_s[rid])
         self.recorder.arrival(rid, req.arrival_s)
         self._arrivals_this_second[service] += 1
+        self.arrivals_total[service] += 1
         replica = self.control.route(service, req)
         if replica is None:
             self.recorder.finish(rid, req.arrival_s, DROPPED)

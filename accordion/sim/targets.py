@@ -2,12 +2,13 @@
 
 A baseline policy (Proteus, Clipper, INFaaS, hardware-only) answers `ControlPolicy.target` at
 start and every `replan_interval_s` with the replicas it wants and their routing weights, from
-the demand estimate (the same `DemandTracker` as ours, at the default timings). A new replica
-loads for `model_load_s` on the device of the replica it replaces while that one keeps serving
-(a favourable assumption: with one model per device, as Kubernetes schedules GPUs, the old one
-would have to go first; ours is held to that rule, `accordion.sim.driver`); it then takes
-over and the old one drains its queue. Replicas removed without a replacement serve until the
-new plan's replicas are ready.
+the demand estimate (the same `DemandTracker` as ours, at the default timings). Devices are
+exclusive, as Kubernetes schedules GPUs (one pod per device) and as ours is held to
+(`accordion.sim.driver`): a new replica takes a free device of its pool and loads for
+`model_load_s`; where the target replaces a replica and no device is free, the old replica
+goes at once (it drains its queue) and the new one loads on its device after it (break before
+make: these policies have no control loop that could do better). Replicas removed without a
+replacement serve until the new plan's replicas are ready.
 
 Routing: plain smooth weighted round-robin per service over the ready replicas (the baselines'
 systems have no router of ours), or, with ``router="decider"``, our router's `RoutingDecider`
@@ -158,13 +159,12 @@ class TargetControl:
                     free -= 1
                     sim.add_replica(service, variant, pool, mb, cap, batcher, initial=initial)
                 elif outgoing:
+                    # One model per device: the old replica goes (it drains its queue), the
+                    # new one waits for its device, then loads.
                     old = outgoing.pop(0)
                     old.replaced = True
-                    new = sim.add_replica(
-                        service, variant, pool, mb, cap, batcher, claim_slot=False
-                    )
-                    new.replaces = old
-                    sim.schedule_ready(new, ready_s)
+                    sim.retire(old)
+                    sim.add_replica(service, variant, pool, mb, cap, batcher, initial=initial)
                 # else: no device, the target over-asks this pool
             for old in outgoing:
                 old.replaced = True

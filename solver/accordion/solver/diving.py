@@ -50,7 +50,7 @@ def dive(
         model = StagedModel(
             problem, opts, current, integer=False, bounds=list(zip(lower, upper, strict=True))
         )
-        solution, result = model.run_stages(deadline, None, count=2)
+        solution, result = model.run_stages(deadline, None, count=3)
         if len(result.values) < 2:
             return None
         n = solution.n

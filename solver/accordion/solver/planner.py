@@ -120,7 +120,9 @@ def plan(problem: Problem) -> Plan:
             # accuracy.
             served_gap = 1.0
         polish_deadline = min(deadline, time.perf_counter() + problem.settings.polish_time_s)
-        polished, polished_result = milp.run_stages(polish_deadline, best, 2, served_gap)
+        # Served, accuracy and additions: the routing below can only take replicas away, so
+        # the MILP must already prefer the solution that moves fewest (of equal accuracy).
+        polished, polished_result = milp.run_stages(polish_deadline, best, 3, served_gap)
         if polished_result.values:  # at least the served stage finished in time
             n = [round(v) for v in polished.n]
             candidate, candidate_result = _routed(problem, opts, current, n, deadline)

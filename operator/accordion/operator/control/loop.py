@@ -594,6 +594,7 @@ class ControlLoop:
             if n - max(0, pool_running[pool] - devices.get(pool, 0)) > 0
         }
         release: dict[WorkerKey, int] = {}
+        rolled_services: set[str] = set()
         for pool, n_asked in sorted(asked.items()):
             # Only replicas that wait for a device need one freed (every ready one has one).
             deficit = min(n_asked - devices.get(pool, 0), waiting.get(pool, 0))
@@ -629,8 +630,15 @@ class ControlLoop:
                     harmless = int(left // per_replica) if per_replica > 0 else take
                     take = min(take, max(0, harmless))
                     keeps = ready_capacity.get(service, 0.0) - per_replica > 1e-9
-                    if take <= 0 and not rolled and pool not in starting and keeps:
+                    if (
+                        take <= 0
+                        and keeps
+                        and not rolled
+                        and pool not in starting
+                        and service not in rolled_services
+                    ):
                         take, rolled = 1, True
+                        rolled_services.add(service)
                 if take <= 0:
                     continue
                 release[key] = release.get(key, 0) + take
