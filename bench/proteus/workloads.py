@@ -16,6 +16,7 @@ are plain text anyone can read, plot or change. The files are committed next to 
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 from accordion.sim.oracle import oracle_bound
@@ -54,9 +55,7 @@ def bursty_lines(mix: dict[str, float]) -> list[str]:
     level.append(BASE_QPS)
     # Piecewise linear between the edges: flat, 1-s ramps up and down.
     for name, share in sorted(mix.items()):
-        for (t0, t1), (q0, q1) in zip(
-            zip(edges, edges[1:], strict=False), zip(level, level[1:], strict=False), strict=True
-        ):
+        for (t0, t1), (q0, q1) in zip(pairwise(edges), pairwise(level), strict=True):
             if t1 > t0:
                 lines.append(f"{name},{t0:g},{t1:g},{q0 * share:.3f},{q1 * share:.3f}")
     return lines
