@@ -17,10 +17,10 @@ reacts to a spec change of its own.
 Last run (this machine, bench/results/hostile-specs.md): 2,000 generated clusters (3,336
 hostile services), 0 planning errors, 0 changes to the neighbour's workers or routing (1,118
 rewrote only its status: while another tenant is short, every service is re-planned without
-headroom). On the emulator, 25 hostile services changed the neighbour's workers once: the
-planner's stage tolerances are relative to the whole cluster, so a huge tenant on another pool
-costs the neighbour accuracy (xfail strict, with the planner-only reduction below, until the
-planner is fixed).
+headroom). On the emulator, 26 hostile services: tenancy held, the neighbour kept routing and
+reacted in 0.16 s (0.11 s alone), but its workers changed once: the planner's stage
+tolerances are relative to the whole cluster, so a huge tenant on another pool costs the
+neighbour accuracy (the planner-only reduction below is xfail strict until that is fixed).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from accordion.operator.control.loop import (
     UpdateStatus,
     World,
 )
+from accordion.operator.k8s import LABEL_POOL
 from accordion.solver import PoolSpec, Problem, ProfilePoint, ServiceSpec, VariantSpec, plan
 
 from .conftest import Cluster, Operator, wait_for
@@ -316,16 +317,15 @@ def _neighbour_objects(cluster: Cluster) -> dict[str, str]:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "planner (lead's part of issue 15): the accuracy stage's tolerance is relative to the "
-        "whole cluster's accuracy term, so next to tenants routing 1e6 req/s a later stage "
-        "trades the neighbour's big x2 (accuracy 80) for small x1 (70) on its own reserved "
-        "pool; see test_a_huge_tenant_on_another_pool_costs_the_neighbour_nothing"
-    ),
-)
 def test_hostile_specs_on_the_emulator(cluster: Cluster, operator: Operator) -> None:
+    """The real operator: tenancy holds (no hostile worker on the reserved pool), every
+    hostile service is processed, and the neighbour keeps serving and reacting.
+
+    Whether its workers stay exactly as they were is counted, not asserted: the planner's
+    stage tolerances are relative to the whole cluster, so depending on the order and timing
+    of the passes a huge tenant can cost the neighbour accuracy (seen: big x2 -> big x1 +
+    small x1 in some runs, none in others). That bug is asserted, deterministically, by
+    `test_a_huge_tenant_on_another_pool_costs_the_neighbour_nothing` (xfail strict)."""
     _create_pools(cluster)
     body = healthy_service().model_dump(by_alias=True, exclude_none=True, mode="json")
     for k in ("uid", "generation"):
@@ -358,6 +358,10 @@ def test_hostile_specs_on_the_emulator(cluster: Cluster, operator: Operator) -> 
         examples.append(doc)
 
     collect()
+    # And one that would take the reserved pool if tenancy did not hold: priority 1000, a
+    # feasible profile there, more demand than the whole cluster serves.
+    greedy = hostile_doc("greedy", "team-x", ["reserved", "shared"])
+    examples.insert(0, greedy)
     touched: list[str] = []
     for i, doc in enumerate(examples):
         doc["metadata"]["name"] = f"h{i}-{doc['metadata']['name']}"[:63].rstrip("-")
@@ -368,19 +372,47 @@ def test_hostile_specs_on_the_emulator(cluster: Cluster, operator: Operator) -> 
             f"the operator to process {ns}/{name}",
             lambda ns=ns, name=name: cluster.conditions(ns, name),  # type: ignore[misc]
         )
-        if _neighbour_objects(cluster) != neighbour and not touched:
-            touched.append(f"after {i + 1} hostile services, {ns}/{name}: {doc}")
+        if _neighbour_objects(cluster) != neighbour:
+            touched.append(f"after {i + 1} hostile services, {ns}/{name}")
             neighbour = _neighbour_objects(cluster)  # count each later change on its own
-        elif _neighbour_objects(cluster) != neighbour:
-            touched.append(f"{ns}/{name}")
-            neighbour = _neighbour_objects(cluster)
+        # The neighbour always routes all of its traffic somewhere.
+        assert sum(cluster.weights(HEALTHY_NS, "steady").values()) == pytest.approx(1.0)
+    # Tenancy in the real operator: nothing of another namespace runs on the reserved pool.
+    for ns in HOSTILE_NS:
+        for d in cluster.deployments(ns):
+            assert d["metadata"]["labels"].get(LABEL_POOL) != "reserved", d
+    assert any(cluster.deployments(ns) for ns in HOSTILE_NS), "no hostile service was planned"
     with_hostile_s = _reaction_s(cluster, 64.0)
     print(
         f"neighbour: status follows a spec change in {alone_s:.2f} s alone, "
         f"{with_hostile_s:.2f} s next to {len(examples)} hostile services; "
-        f"its objects changed {len(touched)} times"
+        f"its objects changed {len(touched)} times: {touched}"
     )
-    assert touched == [], "\n".join(touched)
+    assert with_hostile_s < 10 * max(alone_s, 0.5), "the neighbour's reaction slowed down"
+
+
+def hostile_doc(name: str, ns: str, pools_: list[str]) -> dict[str, Any]:
+    """A schema-valid service that wants every device it may get, at the highest priority."""
+    return {
+        "apiVersion": "accordion.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "slo": {"latencyMs": 100},
+            "demand": {"source": "Static", "qps": 1e6, "headroom": 10},
+            "priority": 1000,
+            "variants": [
+                {
+                    "name": "v",
+                    "accuracy": 99,
+                    "model": {"storageUri": "/models/v.pt", "inputShape": [8]},
+                    "profiles": [
+                        {"pool": p, "batches": [{"batchSize": 1, "p50Ms": 20}]} for p in pools_
+                    ],
+                }
+            ],
+        },
+    }
 
 
 def _reaction_s(cluster: Cluster, qps: float) -> float:
