@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from accordion.operator.control.timing import DEFAULT_TIMINGS
+
 if TYPE_CHECKING:  # the runtime (aiohttp, the operator's loop) loads only when `up` runs
     from accordion.local.actuator import Event
     from accordion.local.runtime import RuntimeSettings
@@ -67,17 +69,19 @@ def up_command(
         Path | None,
         typer.Option(help="Where logs, routing tables, timeline.jsonl and state.json go."),
     ] = None,
-    interval_s: Annotated[float, typer.Option(min=0.1, help="Control loop period.")] = 1.0,
+    interval_s: Annotated[
+        float, typer.Option(min=0.1, help="Control loop period (demand measured this often).")
+    ] = DEFAULT_TIMINGS.demand_interval_s,
     duration_s: Annotated[
         float | None, typer.Option(min=1, help="Stop after this long (default: until Ctrl-C).")
     ] = None,
     view: Annotated[bool, typer.Option(help="Live terminal view (else log lines).")] = True,
     fall_half_life_s: Annotated[
         float, typer.Option(min=0.1, help="Demand estimator: half-life of a fall.")
-    ] = 20.0,
+    ] = DEFAULT_TIMINGS.fall_half_life_s,
     rise_half_life_s: Annotated[
         float, typer.Option(min=0.1, help="Demand estimator: half-life of a rise.")
-    ] = 2.0,
+    ] = DEFAULT_TIMINGS.rise_half_life_s,
 ) -> None:
     """Run the InferenceServices of some manifests on this machine: a router and worker
     processes per service on loopback, real torch models on the CPU, planned and re-planned

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from accordion.local.actuator import HOST, Event, ProcessActuator, port_in_use, 
 from accordion.operator.api import DevicePool, InferenceService
 from accordion.operator.control.demand import DemandTracker
 from accordion.operator.control.loop import ControlLoop, DemandView, RunningWorker, World
+from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.operator.manifests import ManifestError, load
 
 log = logging.getLogger(__name__)
@@ -253,12 +255,24 @@ class ServiceStats:
 
 @dataclass
 class RuntimeSettings:
+    """Local mode's knobs; the loop's timings default to the operator's and the simulator's
+    (`control.timing.DEFAULT_TIMINGS`)."""
+
     base_port: int = 8000
-    interval_s: float = 1.0
-    rise_half_life_s: float = 2.0
-    fall_half_life_s: float = 20.0
+    interval_s: float = DEFAULT_TIMINGS.demand_interval_s
+    rise_half_life_s: float = DEFAULT_TIMINGS.rise_half_life_s
+    fall_half_life_s: float = DEFAULT_TIMINGS.fall_half_life_s
     p99_window_s: float = 5.0
-    drain_s: float = 1.0
+    drain_s: float = DEFAULT_TIMINGS.drain_s
+
+    def timings(self) -> Timings:
+        return dataclasses.replace(
+            DEFAULT_TIMINGS,
+            demand_interval_s=self.interval_s,
+            rise_half_life_s=self.rise_half_life_s,
+            fall_half_life_s=self.fall_half_life_s,
+            drain_s=self.drain_s,
+        )
 
 
 class LocalRuntime:
@@ -284,7 +298,7 @@ class LocalRuntime:
         self.world = World(
             services={s.key: s for s in services}, pools={p.metadata.name: p for p in pools}
         )
-        self.loop = ControlLoop(LoopSettings(drain_s=self.settings.drain_s))
+        self.loop = ControlLoop(LoopSettings.from_timings(self.settings.timings()))
         self.tracker = DemandTracker(self.settings.rise_half_life_s, self.settings.fall_half_life_s)
         self.demand = DemandView()
         self.events: list[Event] = []
@@ -363,7 +377,9 @@ class LocalRuntime:
             key: RunningWorker(spec=group.spec, ready_replicas=group.ready_count())
             for key, group in self.actuator.groups.items()
         }
+        self.demand.burst = self.tracker.bursts()
         result = await self.loop.reconcile(self.world, self.demand, self.actuator)
+        self.tracker.plan_feedback(self.loop.capacity_by_service(), self.loop.short_services())
         if result.decision.planned:
             self.last_plan_s = self.loop.plan_time_s
         for step, exc in result.failed:

@@ -267,7 +267,8 @@ async def test_shrinking_pool_replans_and_scales_down_after_traffic_moved() -> N
     # The pool has no free device for small: one big replica goes at once (a rolling step,
     # after the routing that no longer counts it); the other two serve until small is ready.
     assert kinds(steps[1:]) == ["ApplyRouting", "EnsureWorker"]
-    assert isinstance(steps[2], EnsureWorker) and steps[2].stage == "break"
+    assert isinstance(steps[2], EnsureWorker)
+    assert steps[2].stage == "break"
     assert world.workers[key("big")].spec.replicas == 2
     all_ready(world)
     res = await loop.reconcile(world, DemandView(), act)
@@ -315,7 +316,8 @@ async def test_planner_failure_is_reported_not_raised(
 
     loop = ControlLoop(planner=broken, clock=clock)
     res = await loop.reconcile(world, DemandView(), act)
-    assert res.decision.error is not None and "solver crashed" in res.decision.error
+    assert res.decision.error is not None
+    assert "solver crashed" in res.decision.error
     conds = {c.type: c for c in world.status["default/svc"].conditions}
     assert conds["Planned"].status == "False"
     assert "solver crashed" in conds["Planned"].message

@@ -22,6 +22,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.solver import PlannerSettings
 
 DEFAULT_DEMAND_QUERY = (
@@ -96,10 +97,10 @@ class OperatorConfig(BaseModel):
         None, description="Base URL of Prometheus; unset: every service uses its static demand."
     )
     demand_query: str = DEFAULT_DEMAND_QUERY
-    demand_interval_s: float = Field(15.0, gt=0)
+    demand_interval_s: float = Field(15.0, gt=0, description="How often Prometheus is asked.")
     demand_timeout_s: float = Field(5.0, gt=0)
-    demand_rise_half_life_s: float = Field(30.0, gt=0)
-    demand_fall_half_life_s: float = Field(300.0, gt=0)
+    demand_rise_half_life_s: float = Field(DEFAULT_TIMINGS.rise_half_life_s, gt=0)
+    demand_fall_half_life_s: float = Field(DEFAULT_TIMINGS.fall_half_life_s, gt=0)
     demand_max_concurrent_queries: int = Field(
         16, ge=1, description="Prometheus queries in flight at once, all namespaces together."
     )
@@ -129,13 +130,41 @@ class OperatorConfig(BaseModel):
         False, description="Do not verify Prometheus's certificate (testing only)."
     )
 
-    debounce_s: float = Field(0.5, ge=0, description="Quiet time after a change before planning.")
-    resync_interval_s: float = Field(30.0, gt=0, description="Re-plan at least this often.")
+    debounce_s: float = Field(
+        DEFAULT_TIMINGS.debounce_s, ge=0, description="Quiet time after a change before planning."
+    )
+    resync_interval_s: float = Field(
+        DEFAULT_TIMINGS.resync_interval_s, gt=0, description="Re-plan at least this often."
+    )
+    min_pass_interval_s: float = Field(
+        DEFAULT_TIMINGS.min_pass_interval_s,
+        ge=0,
+        description="Passes that demand calls for (a service left its band) at most this often.",
+    )
     drain_s: float = Field(5.0, ge=0, description="Wait after the final routing before removal.")
+    hysteresis: float = Field(
+        DEFAULT_TIMINGS.hysteresis,
+        ge=0,
+        lt=1,
+        description="A plan follows a falling estimate once it is this fraction below it.",
+    )
     api_retries: int = Field(5, ge=0, description="Retries of a conflicting or failed API call.")
     api_retry_backoff_s: float = Field(0.2, ge=0)
 
     planner: PlannerSettings = Field(default_factory=PlannerSettings)
+
+    def timings(self) -> Timings:
+        """The control loop's timings as configured (defaults: `DEFAULT_TIMINGS`, shared with
+        local mode and the simulator)."""
+        return Timings(
+            rise_half_life_s=self.demand_rise_half_life_s,
+            fall_half_life_s=self.demand_fall_half_life_s,
+            resync_interval_s=self.resync_interval_s,
+            debounce_s=self.debounce_s,
+            min_pass_interval_s=self.min_pass_interval_s,
+            drain_s=self.drain_s,
+            hysteresis=self.hysteresis,
+        )
 
     watch_nodes: bool = Field(
         True,

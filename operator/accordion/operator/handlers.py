@@ -4,7 +4,8 @@ kopf event handlers feed an `ObjectCache` (InferenceServices, DevicePools, and t
 Services and ConfigMaps the operator owns) and wake the `Driver`. The driver waits for a quiet
 moment (`debounce_s`), builds the loop's `World` from the cache, and runs one pass of the
 control loop for the whole cluster (the planner is global: services share pools) with the
-`KubernetesActuator`. It also re-plans every `resync_interval_s` (a kopf timer), after a drain
+`KubernetesActuator`. It also re-plans every `resync_interval_s` (the driver's own wait, read
+from the configuration, not at import), after a drain
 delay the loop asks for, and when a Prometheus demand estimate changes.
 
 With `watch_nodes` (the default) the driver also watches Nodes: the loop caps each DevicePool
@@ -42,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -85,8 +85,9 @@ _T = TypeVar("_T")
 
 GROUP, VERSION = "accordion.dev", "v1alpha1"
 KIND_ISVC, KIND_POOL = "InferenceService", "DevicePool"
-RESYNC_INTERVAL_S = float(os.environ.get("ACCORDION_RESYNC_INTERVAL_S") or 30.0)
 OWNED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+TOUCH_INTERVAL_S = 10.0
+"""How often a kopf timer tells the driver that this operator is active (`touch`)."""
 LIST_PAGE = 500
 """Objects per page when the driver lists a kind (`sync`)."""
 KOPF_WORKER_IDLE_S = 0.5
@@ -180,7 +181,7 @@ class Driver:
 
     def __post_init__(self) -> None:
         self.loop = ControlLoop(
-            LoopSettings(planner=self.config.planner, drain_s=self.config.drain_s),
+            LoopSettings.from_timings(self.config.timings(), self.config.planner),
             clock=self.clock,
         )
         self.actuator = KubernetesActuator(self.api_client, self.config, self.cache, self.clock)
@@ -192,7 +193,7 @@ class Driver:
 
     def touch(self) -> None:
         """A kopf handler ran: this operator is active (not a paused follower)."""
-        self._active_until = time.monotonic() + 3 * max(RESYNC_INTERVAL_S, 1.0)
+        self._active_until = time.monotonic() + 3 * max(self.config.resync_interval_s, 1.0)
 
     def active(self) -> bool:
         """Whether this operator acts now, as far as known without asking the API server."""
@@ -481,6 +482,11 @@ class Driver:
             world, demand, self.actuator, concurrency=self.concurrency
         )
         self.metrics.record(world, demand, result, self.loop.plan_time_s)
+        if self.demand is not None:
+            # Surges are judged against the plan's capacity, falls are fast while short.
+            self.demand.tracker.plan_feedback(
+                self.loop.capacity_by_service(), self.loop.short_services()
+            )
         await self.write_pool_statuses(world)
         self.passes += 1
         self.last_result = result
@@ -505,7 +511,8 @@ class Driver:
         """Wait for changes (debounced) or the resync interval, and reconcile; forever."""
         requeue: float | None = None
         while True:
-            timeout = RESYNC_INTERVAL_S if requeue is None else min(requeue, RESYNC_INTERVAL_S)
+            resync = self.config.resync_interval_s
+            timeout = resync if requeue is None else min(requeue, resync)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             if not await self.leads():
@@ -532,11 +539,13 @@ class Driver:
                 requeue = min(requeue or 1.0, 1.0)
 
     async def poll_demand(self) -> None:
-        """Ask Prometheus every `demand_interval_s`; wake the loop when an estimate changed."""
+        """Ask Prometheus every `demand_interval_s`; wake the loop when a service's estimate
+        left the band of its plan (`ControlLoop.pass_due`)."""
         while self.demand is not None:
             if self.active():
-                services = list(self.world().services.values())
-                if await self.demand.poll(services):
+                world = self.world()
+                await self.demand.poll(list(world.services.values()))
+                if self.loop.pass_due(world, self.demand_view()):
                     self._wake.set()
             await asyncio.sleep(self.config.demand_interval_s)
 
@@ -613,9 +622,11 @@ async def on_pool(event: Any, memo: Any, **_: Any) -> None:
     _driver(memo).observe(KIND_POOL, event.get("type"), event["object"])
 
 
-@kopf.timer(GROUP, VERSION, "devicepools", interval=RESYNC_INTERVAL_S, idle=0)
-async def resync(memo: Any, **_: Any) -> None:
-    _driver(memo).trigger()
+@kopf.timer(GROUP, VERSION, "devicepools", interval=TOUCH_INTERVAL_S, idle=0)
+async def touch(memo: Any, **_: Any) -> None:
+    """Tell the driver this operator is active (kopf runs no timers in a paused follower):
+    the leadership fallback without a peering identity (`Driver.active`)."""
+    _driver(memo).touch()
 
 
 def _watching_nodes() -> bool:

@@ -341,7 +341,8 @@ class ControlLoop:
         )
 
     def _full_plan(self, problem: Problem, world: World, estimates: Mapping[str, float]) -> Plan:
-        """The whole cluster's plan; without headroom when that is short (overload)."""
+        """The whole cluster's plan; without headroom and utilization margin when that is
+        short (overload)."""
         plan = self._call_planner(problem)
         if any(s.unserved_qps > 1e-6 * max(1.0, s.demand_qps) for s in plan.services):
             base = {k: base_demand_qps(svc, estimates) for k, svc in world.services.items()}
@@ -350,7 +351,11 @@ class ControlLoop:
                     "services": [
                         s.model_copy(update={"demand_qps": base.get(s.name, s.demand_qps)})
                         for s in problem.services
-                    ]
+                    ],
+                    # The utilization margin is headroom too: in overload every device runs
+                    # at the rate its profile allows (the batchers drop what cannot be in
+                    # time, the routers shed what the capacity cannot take).
+                    "settings": problem.settings.model_copy(update={"utilization": 1.0}),
                 }
             )
             plan = self._call_planner(plain)

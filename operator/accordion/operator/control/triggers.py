@@ -37,7 +37,7 @@ class ReplanGate:
     def inside(self, estimate: float, planned: float, capacity: float, headroom: float) -> bool:
         """Whether `estimate` is within the band of a plan made for `planned`."""
         low = planned * (1.0 - self.hysteresis)
-        high = max(planned * (1.0 + self.hysteresis / 3.0), capacity / (1.0 + headroom))
+        high = max(planned * (1.0 + self.hysteresis), capacity / (1.0 + headroom))
         return low <= estimate <= high
 
     def estimates(
