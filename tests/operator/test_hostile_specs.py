@@ -196,6 +196,16 @@ STATS = {
 }
 
 
+UTILIZATION_BUG = (
+    "loop (lead's part of issue 15, since 5b9a595/e1900aa): when any service is short, "
+    "_full_plan re-plans every service at utilization 1.0, so the neighbour's worker specs "
+    "change (45 -> 50 req/s per replica) and its Deployment is rewritten (a rolling restart "
+    "in a cluster) because of another tenant; minimal input in "
+    "test_one_unservable_tenant_does_not_rewrite_the_neighbour"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=UTILIZATION_BUG)
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -243,9 +253,37 @@ def test_hostile_specs_never_touch_the_healthy_neighbour(
 def test_report_the_fuzz_counts() -> None:
     """Prints the counts of the run above (pytest -s), for bench/results/hostile-specs.md."""
     print(f"hostile-spec fuzz: {STATS}")
-    if STATS["clusters"]:
-        assert STATS["planning_errors"] == 0
-        assert STATS["neighbour_effects"] == 0
+    if STATS["clusters"] < EXAMPLES:
+        pytest.skip(f"the fuzz stopped after {STATS['clusters']} clusters (a failing example)")
+    assert STATS["planning_errors"] == 0
+    assert STATS["neighbour_effects"] == 0
+
+
+@pytest.mark.xfail(strict=True, reason=UTILIZATION_BUG)
+def test_one_unservable_tenant_does_not_rewrite_the_neighbour() -> None:
+    """The fuzz's shrunk example: one service of another namespace, 1e6 req/s, whose only
+    profile is for the neighbour's reserved pool (refused by allowedNamespaces): it cannot be
+    served at all, and that must cost the neighbour nothing."""
+    doc = {
+        "apiVersion": "accordion.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "a", "namespace": "team-x"},
+        "spec": {
+            "slo": {"latencyMs": 100},
+            "demand": {"source": "Static", "headroom": 0.0, "qps": 1e6},
+            "variants": [
+                {
+                    "name": "a",
+                    "accuracy": 50,
+                    "model": {"storageUri": "/models/m.pt", "inputShape": [1]},
+                    "profiles": [{"pool": "reserved", "batches": [{"batchSize": 1, "p50Ms": 1}]}],
+                }
+            ],
+        },
+    }
+    decision, _ = _decide([_parse(doc)], {})
+    assert decision.error is None
+    assert [s for s in decision.steps if s.service == HEALTHY and s.phase != "status"] == []
 
 
 @pytest.mark.xfail(
