@@ -298,7 +298,10 @@ class LocalRuntime:
         self.world = World(
             services={s.key: s for s in services}, pools={p.metadata.name: p for p in pools}
         )
-        self.loop = ControlLoop(LoopSettings.from_timings(self.settings.timings()))
+        self.loop = ControlLoop(
+            LoopSettings.from_timings(self.settings.timings()),
+            url_for=lambda service: f"http://{HOST}:{ports[service]}" if service in ports else None,
+        )
         self.tracker = DemandTracker(self.settings.rise_half_life_s, self.settings.fall_half_life_s)
         self.demand = DemandView()
         self.events: list[Event] = []

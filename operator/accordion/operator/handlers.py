@@ -74,7 +74,13 @@ from accordion.operator.control.loop import (
     RunningWorker,
     World,
 )
-from accordion.operator.k8s import MANAGED_BY, Manifest, observe_routing, observe_worker
+from accordion.operator.k8s import (
+    MANAGED_BY,
+    Manifest,
+    observe_routing,
+    observe_worker,
+    service_url,
+)
 from accordion.operator.metrics import OperatorMetrics, serve_from_env
 from accordion.operator.peering import Leadership
 from accordion.operator.pools import pool_capacity
@@ -183,6 +189,7 @@ class Driver:
         self.loop = ControlLoop(
             LoopSettings.from_timings(self.config.timings(), self.config.planner),
             clock=self.clock,
+            url_for=lambda service: service_url(service, self.config),
         )
         self.actuator = KubernetesActuator(self.api_client, self.config, self.cache, self.clock)
         if self.config.prometheus_url:

@@ -70,6 +70,7 @@ from accordion.operator.control.status import (
     now_rfc3339,
     planning_failed_steps,
     service_status_steps,
+    shortfall_reason,
 )
 from accordion.operator.control.steps import (
     Actuator,
@@ -219,10 +220,13 @@ class ControlLoop:
         settings: LoopSettings | None = None,
         planner: Planner = default_planner,
         clock: Callable[[], float] = time.time,
+        url_for: Callable[[str], str | None] = lambda service: None,
     ) -> None:
         self.settings = settings or LoopSettings()
         self.planner = planner
         self.clock = clock
+        self.url_for = url_for
+        """A service's endpoint (`status.url`): the router's Service, or its local port."""
         self.last_problem: Problem | None = None
         self.last_plan: Plan | None = None
         """The last good plan (the one in force)."""
@@ -234,6 +238,8 @@ class ControlLoop:
         """Wall time of the last `decide` (planning included)."""
         self._failed_problem: Problem | None = None
         self.gate = ReplanGate(self.settings.hysteresis)
+        self.overload = False
+        """The plan in force was made without headroom and margin: the cluster is short."""
         self.previous_plan: Plan | None = None
         """The plan that was in force before `last_plan` (what runs may still be its)."""
         self.spare_time_s: float = 0.0
@@ -344,7 +350,8 @@ class ControlLoop:
         """The whole cluster's plan; without headroom and utilization margin when that is
         short (overload)."""
         plan = self._call_planner(problem)
-        if any(s.unserved_qps > 1e-6 * max(1.0, s.demand_qps) for s in plan.services):
+        self.overload = any(s.unserved_qps > 1e-6 * max(1.0, s.demand_qps) for s in plan.services)
+        if self.overload:
             base = {k: base_demand_qps(svc, estimates) for k, svc in world.services.items()}
             plain = problem.model_copy(
                 update={
@@ -732,8 +739,18 @@ class ControlLoop:
             routing,
             now_s,
             planning_error=error,
+            url=self.url_for(svc_key),
+            shortfall=self._shortfall(svc_key, svc, summaries.get(svc_key)),
         )
         return out
+
+    def _shortfall(self, key: str, svc: InferenceService, summary: ServicePlan | None) -> str:
+        plan = self.last_plan
+        if plan is None or summary is None or summary.unserved_qps <= 1e-6:
+            return ""
+        problem = self.last_problem
+        devices = {p.name: p.devices for p in problem.pools} if problem is not None else {}
+        return shortfall_reason(svc, key, plan, devices, self.overload)
 
     @staticmethod
     def _break(

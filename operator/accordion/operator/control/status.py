@@ -22,7 +22,7 @@ from accordion.operator.control.desired import Routing, WorkerKey
 from accordion.operator.control.steps import RecordEvent, Step, UpdateStatus
 from accordion.operator.control.world import DemandView, RunningWorker, World
 from accordion.operator.planning import planned_demand_qps, status_rows
-from accordion.solver import PlanRow, ServicePlan
+from accordion.solver import Plan, PlanRow, ServicePlan
 
 
 def now_rfc3339(clock_s: float) -> str:
@@ -115,11 +115,15 @@ def service_status_steps(
     routing: Routing,
     now_s: float,
     planning_error: str | None = None,
+    url: str | None = None,
+    shortfall: str | None = None,
 ) -> list[Step]:
     """The service's status step (if its status changes) and the events of a plan change.
 
     `planning_error`: the last planner call failed and `rows_of_plan` are the last good plan's
-    (Planned is then False with the reason, everything else describes what still runs)."""
+    (Planned is then False with the reason, everything else describes what still runs).
+    `url`: the service's endpoint (`status.url`), as the driver knows it; `shortfall`: why
+    the plan cannot serve all of its demand (`shortfall_reason`)."""
     now = now_rfc3339(now_s)
     steps: list[Step] = []
     gen = svc.metadata.generation
@@ -165,6 +169,7 @@ def service_status_steps(
         (
             f"{unserved:.1f} of {demand_qps:.1f} req/s cannot be served at or above "
             f"the accuracy floor {svc.spec.accuracy.floor:g}"
+            + (f": {shortfall}" if shortfall else "")
             if degraded
             else "all demand is planned to be served"
         ),
@@ -217,6 +222,7 @@ def service_status_steps(
             ),
             "ready_replicas": ready_total,
             "plan": rows,
+            "url": url,
         }
     )
     plan_changed = [r.model_copy(update={"ready_replicas": 0}) for r in rows] != [
@@ -269,3 +275,44 @@ def plan_events(
         elif was is not None:
             events.append(RecordEvent(service, "Normal", "Recovered", now.message))
     return events
+
+
+def shortfall_reason(
+    svc: InferenceService, key: str, plan: Plan, devices: Mapping[str, int], overload: bool
+) -> str:
+    """Why a service is short, in words: no variant at or above its floor meets its SLO, or the
+    pools it can use are full (and in overload: planned without headroom or margin)."""
+    excluded = [e for e in plan.excluded if e.service == key]
+    floor = svc.spec.accuracy.floor
+    usable = {
+        (v.name, p.pool)
+        for v in svc.spec.variants
+        if v.accuracy >= floor
+        for p in v.profiles
+        if p.pool in devices
+    } - {(e.variant, e.pool) for e in excluded}
+    if not usable:
+        why = "; ".join(f"{e.variant}@{e.pool}: {e.reason}" for e in excluded[:3])
+        return "no variant at or above the floor can meet the SLO on any pool" + (
+            f" ({why})" if why else ""
+        )
+    used: dict[str, int] = {}
+    for row in plan.rows:
+        used[row.pool] = used.get(row.pool, 0) + row.replicas - row.spare_replicas
+    pools = sorted({pool for _, pool in usable})
+    full = [p for p in pools if used.get(p, 0) >= devices[p]]
+    parts = []
+    if full:
+        parts.append(
+            "every device of "
+            + ", ".join(f"{p} ({used.get(p, 0)}/{devices[p]})" for p in full)
+            + " is planned"
+        )
+    if len(full) < len(pools):
+        parts.append(
+            "the planner serves other services' demand there first (fair share, priority, "
+            "then the most requests per device)"
+        )
+    if overload:
+        parts.append("planned without headroom or utilization margin (overload)")
+    return "; ".join(parts)
