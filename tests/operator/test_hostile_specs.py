@@ -205,7 +205,6 @@ UTILIZATION_BUG = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=UTILIZATION_BUG)
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -259,7 +258,6 @@ def test_report_the_fuzz_counts() -> None:
     assert STATS["neighbour_effects"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=UTILIZATION_BUG)
 def test_one_unservable_tenant_does_not_rewrite_the_neighbour() -> None:
     """The fuzz's shrunk example: one service of another namespace, 1e6 req/s, whose only
     profile is for the neighbour's reserved pool (refused by allowedNamespaces): it cannot be
@@ -286,14 +284,6 @@ def test_one_unservable_tenant_does_not_rewrite_the_neighbour() -> None:
     assert [s for s in decision.steps if s.service == HEALTHY and s.phase != "status"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "planner (lead's part of issue 15): stage tolerances are relative to the whole "
-        "cluster's objective, so a 1e5 req/s tenant on another pool lets the cost stage trade "
-        "the neighbour's accuracy 80 -> 70 for one device"
-    ),
-)
 @pytest.mark.parametrize("huge_qps", [1e5, 1e6])
 def test_a_huge_tenant_on_another_pool_costs_the_neighbour_nothing(huge_qps: float) -> None:
     """The minimal input the emulator run led to (found there, reduced by hand)."""

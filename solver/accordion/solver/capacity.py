@@ -54,9 +54,10 @@ def options(problem: Problem) -> tuple[list[Option], list[Exclusion]]:
         cap = svc.accuracy_target if svc.accuracy_target is not None else 100.0
         for var in sorted(svc.variants, key=lambda v: v.name):
             for pool_name, points in sorted(var.profiles.items()):
-                fit = batch_capacity(
-                    points, svc.slo_s, settings.latency_percentile, settings.utilization
+                utilization = (
+                    svc.utilization if svc.utilization is not None else (settings.utilization)
                 )
+                fit = batch_capacity(points, svc.slo_s, settings.latency_percentile, utilization)
                 if fit is None:
                     lat = points[0].latency_s(settings.latency_percentile)
                     excluded.append(

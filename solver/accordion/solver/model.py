@@ -19,8 +19,8 @@ The stages (`STAGES`), in order:
    every service's demand counts `FAIR_WEIGHT` times (v[s] >= u[s] - (1 - fair_share) *
    demand[s] is the unserved part of that floor), so that in overload no service whose demand
    could be served in part is left with nothing while others get all of theirs;
-2. accuracy: demand-weighted accuracy, capped at each service's target; kept within
-   `accuracy_tolerance` (relative) for the next stages;
+2. accuracy: demand-weighted accuracy, capped at each service's target; each service's part
+   kept within `accuracy_tolerance` (relative to that service's part) for the next stages;
 3. additions: new replicas against what runs (sum of max(0, n - current)): within that
    tolerance, a re-plan moves as few replicas as it can (each move costs a model load, and on
    a full pool a device that serves nothing meanwhile);
@@ -201,8 +201,10 @@ class StagedModel:
             result.statuses.append(status)
             best = self.solution()
             if i + 1 < len(stages):
-                tolerance = self.problem.settings.accuracy_tolerance if i == 1 else 0.0
-                self.keep(stage_terms, value, maximize, tolerance)
+                if i == 1:
+                    self.keep_accuracy_per_service(best)
+                else:
+                    self.keep(stage_terms, value, maximize)
         if best is None:
             best = Solution(n=[0.0] * len(self.opts), r=[0.0] * len(self.opts))
         return best, result
@@ -300,6 +302,21 @@ class StagedModel:
             self._add(variables, coefs, value - slack - constant, inf)
         else:
             self._add(variables, coefs, -inf, value + slack - constant)
+
+    def keep_accuracy_per_service(self, found: Solution) -> None:
+        """Keep every service's accuracy term within `accuracy_tolerance` of the accuracy
+        stage's solution (one constraint per service, not one for the whole cluster: a
+        tolerance relative to the cluster would let a huge tenant's term hide another
+        service's whole accuracy)."""
+        tolerance = self.problem.settings.accuracy_tolerance
+        by_service: dict[int, list[int]] = defaultdict(list)
+        for k, o in enumerate(self.opts):
+            by_service[o.service].append(k)
+        inf = self.solver.infinity()
+        for ks in by_service.values():
+            value = sum(found.r[k] * self.opts[k].value for k in ks)
+            slack = max(tolerance, KEEP_RELATIVE) * abs(value) + KEEP_ABSOLUTE
+            self._add([self.r[k] for k in ks], [self.opts[k].value for k in ks], value - slack, inf)
 
     def solution(self) -> Solution:
         return Solution(

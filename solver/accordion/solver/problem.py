@@ -78,6 +78,13 @@ class ServiceSpec(_Frozen):
     accuracy_target: float | None = Field(default=None, ge=0, le=100)
     priority: int = Field(default=1, ge=1)
     variants: list[VariantSpec] = Field(min_length=1)
+    utilization: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="This service's utilization margin, instead of the settings' (a service "
+        "that the cluster cannot serve in full is planned at 1.0: no margin in overload).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ServiceSpec:

@@ -347,22 +347,28 @@ class ControlLoop:
         )
 
     def _full_plan(self, problem: Problem, world: World, estimates: Mapping[str, float]) -> Plan:
-        """The whole cluster's plan; without headroom and utilization margin when that is
-        short (overload)."""
+        """The whole cluster's plan. When it is short for some services, they are planned
+        again without their headroom and utilization margin (in overload, headroom and margin
+        are devices taken from demand that is there). Services that are served in full keep
+        theirs: one tenant's overload never rewrites another's workers."""
         plan = self._call_planner(problem)
-        self.overload = any(s.unserved_qps > 1e-6 * max(1.0, s.demand_qps) for s in plan.services)
-        if self.overload:
+        short = {s.service for s in plan.services if s.unserved_qps > 1e-6 * max(1.0, s.demand_qps)}
+        self.overload = bool(short)
+        if short:
             base = {k: base_demand_qps(svc, estimates) for k, svc in world.services.items()}
             plain = problem.model_copy(
                 update={
                     "services": [
-                        s.model_copy(update={"demand_qps": base.get(s.name, s.demand_qps)})
+                        s.model_copy(
+                            update={
+                                "demand_qps": base.get(s.name, s.demand_qps),
+                                "utilization": 1.0,
+                            }
+                        )
+                        if s.name in short
+                        else s
                         for s in problem.services
-                    ],
-                    # The utilization margin is headroom too: in overload every device runs
-                    # at the rate its profile allows (the batchers drop what cannot be in
-                    # time, the routers shed what the capacity cannot take).
-                    "settings": problem.settings.model_copy(update={"utilization": 1.0}),
+                    ]
                 }
             )
             plan = self._call_planner(plain)
