@@ -19,6 +19,7 @@ import typer
 
 from accordion.workers.config import (
     MODEL_LOAD_FAILED_EXIT,
+    REPORT_URL_ENV,
     BatchingConfig,
     PolicyName,
     WorkerConfig,
@@ -275,12 +276,33 @@ def route(
         int | None,
         typer.Option(help="serve the v2 gRPC protocol on this port too (Triton's: 8001)"),
     ] = None,
+    report_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar=REPORT_URL_ENV,
+            help="report arrivals and the table in use to the operator at this URL "
+            "(its answers may carry newer tables)",
+        ),
+    ] = None,
+    report_interval: Annotated[
+        float, typer.Option(min=0.05, help="seconds between reports (the demand interval)")
+    ] = 1.0,
+    report_heartbeat: Annotated[
+        float, typer.Option(min=0.0, help="longest silence, seconds, while the rate is steady")
+    ] = 10.0,
 ) -> None:
     """Run a router: one InferenceService's entry point (v2 REST, and gRPC)."""
+    from accordion.workers.reporting import ReportPolicy
     from accordion.workers.router import Router, serve_router
 
+    if report_url is not None and not report_url.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"--report-url must be an http(s) URL, not {report_url!r}")
     try:
-        router = Router(table)
+        router = Router(
+            table,
+            report_url=report_url or None,
+            report_policy=ReportPolicy(report_interval, report_heartbeat),
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     _check_port(host, port)

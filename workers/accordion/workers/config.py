@@ -196,13 +196,31 @@ class Backend(_Model):
 
 
 class RoutingTable(_Model):
-    """The router's file (mounted from a ConfigMap): backends, plan weights, fast-loop bounds."""
+    """The router's file (mounted from a ConfigMap): backends, plan weights, fast-loop bounds.
+
+    A router also receives tables in the operator's answers to its reports (`RouterReport`):
+    of two tables, the one with the higher `revision` wins, wherever it came from (file or
+    answer); at equal revisions the file is taken (hand-written tables all have revision 0,
+    and a file edit still takes effect)."""
 
     service: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    namespace: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description="The InferenceService's namespace (reports name the service namespace/name"
+        "); absent in tables written before reports existed.",
+    )
     slo_ms: float = Field(gt=0)
     backends: list[Backend] = Field(min_length=1)
     fast_loop: FastLoopBounds = Field(default_factory=FastLoopBounds)
-    version: str = ""
+    version: str = Field("", description="Identity of the table's content (the plan's digest).")
+    revision: int = Field(
+        0,
+        ge=0,
+        description="Order of tables: the operator's apply time in milliseconds since the epoch "
+        "(it never goes back for a service); 0 for hand-written tables.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RoutingTable:
@@ -217,6 +235,17 @@ class RoutingTable(_Model):
     def slo_s(self) -> float:
         return self.slo_ms / 1000.0
 
+    def planned_capacity_qps(self) -> float | None:
+        """The planned capacity of the backends with a weight (spare ones left out); None when
+        one of them has no capacity (a hand-written table)."""
+        total = 0.0
+        for b in self.backends:
+            if b.weight > 0:
+                if b.capacity_qps is None:
+                    return None
+                total += b.capacity_qps
+        return total
+
     @classmethod
     def load(cls, path: Path) -> RoutingTable:
         """Parse a routing table file (JSON, or YAML when PyYAML is installed)."""
@@ -226,3 +255,75 @@ class RoutingTable(_Model):
 
             return cls.model_validate(yaml.safe_load(text))
         return cls.model_validate_json(text)
+
+
+# ------------------------------------------------------------------------------- reports
+
+REPORT_PATH = "/v1/reports"
+"""Where the operator takes routers' reports (`RouterReport`, POST, JSON)."""
+REPORT_URL_ENV = "ACCORDION_REPORT_URL"
+"""Environment variable of the router: the operator's report URL (`--report-url`)."""
+
+
+class _Wire(BaseModel):
+    """A report message: unknown fields are ignored, so that routers and operators of
+    neighbouring releases still understand each other (the table inside stays strict)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class RouterReport(_Wire):
+    """What a router tells the operator every report interval (`accordion.workers.reporting`):
+    its arrivals and the routing table it has. The operator sums the arrival rates of a
+    service's live routers into its demand and answers with a newer table if it has one."""
+
+    service: str = Field(
+        min_length=3,
+        max_length=317,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[A-Za-z0-9_.\-]+$",
+        description="namespace/name of the InferenceService.",
+    )
+    router: str = Field(min_length=1, max_length=253, description="The router's pod name.")
+    instance: str = Field(
+        min_length=1, max_length=64, description="Changes when the router process restarts."
+    )
+    requests_total: int = Field(
+        ge=0,
+        description="Requests that arrived since the router started, a batch counting its "
+        "samples (accordion_router_requests_total).",
+    )
+    window_requests: int = Field(ge=0, description="Of those, arrivals in the last window.")
+    window_s: float = Field(
+        ge=0,
+        le=3600,
+        description="Length of that window (the router's clock): its rate is "
+        "window_requests / window_s.",
+    )
+    table_version: str = Field("", max_length=128)
+    table_revision: int = Field(0, ge=0)
+    table_error: str | None = Field(
+        None, max_length=1000, description="Why the last table offered to it was refused."
+    )
+    stopping: bool = Field(False, description="The router is shutting down: forget it now.")
+
+    @property
+    def rate_qps(self) -> float | None:
+        """The arrival rate over the window; None for an empty window."""
+        return self.window_requests / self.window_s if self.window_s > 0 else None
+
+
+class ReportAnswer(_Wire):
+    """The operator's answer to a report."""
+
+    table: RoutingTable | None = Field(
+        None, description="A newer routing table for the router's service, when it has one."
+    )
+    heartbeat_s: float = Field(
+        10.0,
+        ge=0,
+        description="Longest the router may go without reporting while its rate is steady; "
+        "0 while the operator waits for it (a routing change in progress).",
+    )
+    routers: int = Field(
+        1, ge=1, description="Live routers of the service: each sees about 1/routers of it."
+    )

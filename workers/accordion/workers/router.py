@@ -20,9 +20,13 @@ Every answer also feeds the decider's online capacity correction (`RoutingDecide
 with the outcome: answered, dropped by the worker, or failed), so that a backend serving less
 than its plan gets less before it drops.
 
-Two background tasks: one re-reads the routing table file (mounted from a ConfigMap) when its
-content changes: requests in flight keep the backend they were sent to, new ones follow the
-new weights, and an invalid file is reported and ignored; the other polls every backend's
+Two background tasks (three with reports): one re-reads the routing table file (mounted from a
+ConfigMap) when its content changes: requests in flight keep the backend they were sent to, new
+ones follow the new weights, and an invalid file is reported and ignored; with a report URL
+(`--report-url`, `ACCORDION_REPORT_URL`) one reports the router's arrivals and table to the
+operator (`accordion.workers.reporting`), whose answer may carry a newer table, adopted at once
+with the same validation as the file's (of the file's table and the operator's, the higher
+`RoutingTable.revision` wins); the other polls every backend's
 ``/v2/health/ready`` and takes failing ones out of the split (at once when nothing listens,
 after `unhealthy_after` failed checks in a row otherwise, so that a worker slow to answer
 during a burst keeps its traffic). A backend out of the split is checked again every
@@ -88,6 +92,7 @@ from accordion.workers.protocol import (
     server_metadata_doc,
     split_binary,
 )
+from accordion.workers.reporting import Reporter, ReportPolicy
 
 if TYPE_CHECKING:
     from grpc import aio as grpc_aio
@@ -225,6 +230,8 @@ class Router:
         body_timeout_s: float = 30.0,
         grpc_port: int | None = None,
         seed: int = 0,
+        report_url: str | None = None,
+        report_policy: ReportPolicy | None = None,
     ) -> None:
         self.table_path = table_path
         try:
@@ -256,6 +263,17 @@ class Router:
         """The model's inputs and outputs, as the first backend to answer its metadata says."""
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.arrivals = 0
+        """Requests that arrived (a batch counts its samples): what reports carry."""
+        self.reporter: Reporter | None = None
+        if report_url:
+            self.reporter = Reporter(
+                report_url,
+                table=lambda: self.table,
+                requests_total=lambda: self.arrivals,
+                adopt=self.adopt,
+                policy=report_policy,
+            )
         self._publish_weights()
 
     @property
@@ -287,14 +305,46 @@ class Router:
         return table
 
     def reload(self) -> bool:
-        """Adopt the table file's content if it changed and is valid."""
+        """Adopt the table file's content if it changed, is valid, and is not older (by
+        revision) than the table the router has (the operator may have sent a newer one)."""
         table = self._read_table()
         if table is None:
             return False
+        if table.revision < self.table.revision:
+            log.debug(
+                "routing table file %s has revision %d, older than the %d in use: kept for now",
+                self.table_path,
+                table.revision,
+                self.table.revision,
+            )
+            return False
+        self._use(table)
+        return True
+
+    def adopt(self, table: RoutingTable) -> str | None:
+        """Adopt a table the operator sent if it is newer (by revision) than the one in use;
+        why it was refused, or None. The file's rules apply: a valid `RoutingTable` (the
+        answer was parsed as one) of this router's service."""
+        if table.service != self.service or (
+            table.namespace is not None
+            and self.table.namespace is not None
+            and table.namespace != self.table.namespace
+        ):
+            reason = (
+                f"a routing table for {table.namespace or '?'}/{table.service}, but this router "
+                f"serves {self.table.namespace or '?'}/{self.service}"
+            )
+            log.warning("refused a routing table from the operator: %s", reason)
+            self.metrics.reloads.labels(self.service, "invalid").inc()
+            return reason
+        if table.revision > self.table.revision:
+            self._use(table)
+        return None
+
+    def _use(self, table: RoutingTable) -> None:
         self.decider.update_table(table)
         self.metrics.reloads.labels(self.service, "ok").inc()
         self._publish_weights()
-        return True
 
     def _publish_weights(self) -> None:
         plan = self.decider.plan_weights()
@@ -379,8 +429,12 @@ class Router:
             asyncio.create_task(self._reload_loop(), name="accordion-router-reload"),
             asyncio.create_task(self._health_loop(), name="accordion-router-health"),
         ]
+        if self.reporter is not None:
+            self.reporter.start()
 
     async def stop(self) -> None:
+        if self.reporter is not None:
+            await self.reporter.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -473,6 +527,7 @@ class Router:
         service = self.service
         m = self.metrics
         m.requests.labels(service).inc(samples)
+        self.arrivals += samples
         choice = self.decider.choose(budget_s - (loop.time() - start), now_s=loop.time())
         if choice.backend is None:
             m.outcomes.labels(service, "none", "shed").inc(samples)
