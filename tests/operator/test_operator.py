@@ -202,3 +202,51 @@ def test_the_log_tells_the_passes_not_every_watch_event(
     wait_for("a pass in the log", lambda: "planned " in operator.log())
     assert "Handler 'on_service' succeeded" not in operator.log()
     assert "Handler 'on_deployment' succeeded" not in operator.log()
+
+
+def test_a_worker_that_cannot_load_its_model_is_told_in_status(cluster: Cluster) -> None:
+    """The kubelet reports the worker's exit (status 65: the model cannot be loaded) and its
+    last log line; the operator watches its worker pods and says so on the service."""
+    from accordion.operator.control.desired import WorkerKey
+    from accordion.operator.k8s import worker_labels
+    from accordion.workers.config import MODEL_LOAD_FAILED_EXIT
+
+    ns, pool = "badmodel", "pool-badmodel"
+    cluster.create_pool(pool, 1)
+    cluster.create(isvc("svc", ns, pool, 40.0))
+    wait_for("a worker Deployment", lambda: cluster.workers(ns))
+    key = WorkerKey(service=f"{ns}/svc", variant="big", pool=pool)
+    terminated = {
+        "exitCode": MODEL_LOAD_FAILED_EXIT,
+        "message": "accordion-worker: cannot load /models/big.pt: not a TorchScript archive",
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "svc-big-x1", "namespace": ns, "labels": worker_labels(key)},
+        "spec": {"containers": [{"name": "worker", "image": "accordion-worker"}]},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "image": "accordion-worker",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": terminated},
+                }
+            ]
+        },
+    }
+    cluster.core.create_namespaced_pod(ns, pod)
+    conds = wait_for(
+        "ModelsLoaded=False",
+        lambda: (
+            (c := cluster.conditions(ns, "svc")).get("ModelsLoaded", {}).get("status") == "False"
+            and c
+        ),
+    )
+    assert conds["ModelsLoaded"]["reason"] == "ModelLoadFailed"
+    assert "not a TorchScript archive" in conds["ModelsLoaded"]["message"]
+    assert any(e["reason"] == "ModelLoadFailed" for e in cluster.events(ns))

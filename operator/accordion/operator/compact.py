@@ -70,10 +70,37 @@ def node_essentials(node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+POD_METADATA = ("name", "namespace", "labels", "resourceVersion", "uid", "deletionTimestamp")
+POD_CONTAINER = ("name", "state", "lastState", "restartCount")
+
+
+def pod_essentials(pod: dict[str, Any]) -> dict[str, Any]:
+    """What of a worker Pod the operator reads (`k8s.observe_worker_failure`): its identity
+    and labels, and its containers' states (not its spec, which the Deployment holds)."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    slim: dict[str, Any] = {}
+    for field in ("initContainerStatuses", "containerStatuses"):
+        if field in status:
+            slim[field] = [
+                {k: c[k] for k in POD_CONTAINER if k in c}
+                for c in status.get(field) or []
+                if isinstance(c, dict)
+            ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {k: meta[k] for k in POD_METADATA if k in meta},
+        "status": slim,
+    }
+
+
 def compact(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     """The copy of a watched object the driver keeps (see the module's description)."""
     if kind == "Node":
         return dict(_interned(node_essentials(obj)))
+    if kind == "Pod":
+        return dict(_interned(pod_essentials(obj)))
     meta = obj.get("metadata")
     if isinstance(meta, dict) and "managedFields" in meta:
         obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}

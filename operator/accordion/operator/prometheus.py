@@ -265,7 +265,9 @@ class PrometheusDemand:
         """Query every Prometheus-sourced service; True when a published estimate changed."""
         changed = False
         now = self.clock()
-        wanted = {s.key: s for s in services if s.spec.demand.source is DemandSource.PROMETHEUS}
+        # Prometheus-sourced, and Router-sourced ones whose routers do not report (the driver
+        # passes those only, `reports.RouterDemand.prometheus_services`).
+        wanted = {s.key: s for s in services if s.spec.demand.source is not DemandSource.STATIC}
         for key in list(self.published) + list(self.unavailable):
             if key not in wanted:
                 self.published.pop(key, None)
@@ -321,4 +323,8 @@ class PrometheusDemand:
         return changed
 
     def view(self) -> DemandView:
-        return DemandView(qps=dict(self.published), unavailable=dict(self.unavailable))
+        return DemandView(
+            qps=dict(self.published),
+            unavailable=dict(self.unavailable),
+            rejected={k for k, why in self.unavailable.items() if "query rejected" in why},
+        )

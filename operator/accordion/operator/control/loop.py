@@ -238,6 +238,8 @@ class ControlLoop:
         """Wall time of the last `decide` (planning included)."""
         self._failed_problem: Problem | None = None
         self.gate = ReplanGate(self.settings.hysteresis)
+        self.notices: dict[str, list[str]] = {}
+        """What planning left out, per service (`planning.ProblemBuild.by_service`)."""
         self.overload = False
         """The plan in force was made without headroom and margin: the cluster is short."""
         self.previous_plan: Plan | None = None
@@ -309,6 +311,7 @@ class ControlLoop:
         measured, capacity = self._measured(world, demand), self.capacity_by_service()
         estimates = self.gate.estimates(measured, capacity, headroom)
         build = self._build(world, estimates)
+        self.notices = build.by_service
         if self.last_plan is not None and self._same(self.last_problem, build.problem):
             return self.last_plan, False, build.warnings
         # A new plan: every service gets at least its current estimate (`ReplanGate`).
@@ -499,6 +502,14 @@ class ControlLoop:
                 demand.unavailable.get(svc_key),
                 summaries.get(svc_key),
                 error,
+                tuple(self.notices.get(svc_key, ())),
+                tuple(
+                    sorted(
+                        (k.sort_key(), f)
+                        for k, f in world.worker_failures.items()
+                        if k.service == svc_key
+                    )
+                ),
             )
             memo = self._settled.get(svc_key)
             if memo is not None and memo.inputs == inputs:
@@ -747,6 +758,7 @@ class ControlLoop:
             planning_error=error,
             url=self.url_for(svc_key),
             shortfall=self._shortfall(svc_key, svc, summaries.get(svc_key)),
+            notices=self.notices.get(svc_key, ()),
         )
         return out
 

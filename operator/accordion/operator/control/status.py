@@ -117,19 +117,33 @@ def service_status_steps(
     planning_error: str | None = None,
     url: str | None = None,
     shortfall: str | None = None,
+    notices: Sequence[str] = (),
 ) -> list[Step]:
     """The service's status step (if its status changes) and the events of a plan change.
 
     `planning_error`: the last planner call failed and `rows_of_plan` are the last good plan's
     (Planned is then False with the reason, everything else describes what still runs).
     `url`: the service's endpoint (`status.url`), as the driver knows it; `shortfall`: why
-    the plan cannot serve all of its demand (`shortfall_reason`)."""
+    the plan cannot serve all of its demand (`shortfall_reason`); `notices`: what planning
+    left out of the service (`planning.ProblemBuild.by_service`: pools its namespace may not
+    use, priorities capped by a pool, profiles for pools that do not exist), shown as the
+    PoolAccess condition. Failing worker pods (`World.worker_failures`) show as ModelsLoaded
+    False, with a Warning event when it turns."""
     now = now_rfc3339(now_s)
     steps: list[Step] = []
     gen = svc.metadata.generation
     prev = world.status.get(key) or InferenceServiceStatus()
     conds = {c.type: c for c in prev.conditions}
     rows = status_rows(rows_of_plan, key)
+    prefix = f"{key}: "
+    pool_notices = [
+        n.removeprefix(prefix) for n in notices if "pool" in n.lower()
+    ]  # tenancy (allowedNamespaces, maxPriority) and profiles for pools that do not exist
+    failures = sorted(
+        (wk.backend_name, reason, message)
+        for wk, (reason, message) in world.worker_failures.items()
+        if wk.service == key
+    )
     ready_total = 0
     for row in rows:
         wk = WorkerKey(service=key, variant=row.variant, pool=row.pool)
@@ -182,7 +196,9 @@ def service_status_steps(
             conds,
             "DemandUnavailable",
             unavailable is not None,
-            "MeasurementFailed" if unavailable else "Measured",
+            ("QueryRejected" if key in demand.rejected else "MeasurementFailed")
+            if unavailable
+            else "Measured",
             (
                 f"{unavailable}; planning for the last estimate"
                 if unavailable
@@ -194,6 +210,34 @@ def service_status_steps(
     new["InvalidSpec"] = condition(
         conds, "InvalidSpec", False, "Valid", "the spec is valid", gen, now
     )
+    if pool_notices or "PoolAccess" in conds:
+        new["PoolAccess"] = condition(
+            conds,
+            "PoolAccess",
+            not pool_notices,
+            "Restricted" if pool_notices else "Allowed",
+            "; ".join(pool_notices) if pool_notices else "every pool in the profiles is used",
+            gen,
+            now,
+        )
+    if failures or "ModelsLoaded" in conds:
+        reasons = sorted({reason for _, reason, _ in failures})
+        new["ModelsLoaded"] = condition(
+            conds,
+            "ModelsLoaded",
+            not failures,
+            (reasons[0] if len(reasons) == 1 else "WorkersFailing") if failures else "Loaded",
+            "; ".join(f"{backend}: {reason}: {message}" for backend, reason, message in failures)
+            if failures
+            else "every worker runs",
+            gen,
+            now,
+        )
+        was = conds.get("ModelsLoaded")
+        if failures and (was is None or was.status != "False"):
+            steps.append(
+                RecordEvent(key, "Warning", new["ModelsLoaded"].reason, new["ModelsLoaded"].message)
+            )
     new["Ready"] = condition(
         conds,
         "Ready",

@@ -46,6 +46,9 @@ class World:
     workers: dict[WorkerKey, RunningWorker] = field(default_factory=dict)
     routing: dict[str, AppliedRouting] = field(default_factory=dict)
     status: dict[str, InferenceServiceStatus] = field(default_factory=dict)
+    worker_failures: dict[WorkerKey, tuple[str, str]] = field(default_factory=dict)
+    """Worker groups whose pods fail (reason, message): a model that cannot be loaded or
+    downloaded, a crash loop, an image that cannot be pulled (the driver reads the pods)."""
     nodes: list[dict[str, Any]] | None = None
     """The cluster's Nodes (API dicts) when the driver watches them: pools are then capped at
     the devices their ready nodes offer (`pools.available_devices`). None: pools are taken at
@@ -59,6 +62,9 @@ class DemandView:
     qps: dict[str, float] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     """Services whose demand could not be measured now, with why (the last estimate is used)."""
+    rejected: set[str] = field(default_factory=set)
+    """Of those, the services whose demand query was refused and never sent (it reads series
+    outside the service's namespace, or is not valid PromQL)."""
     burst: dict[str, float] = field(default_factory=dict)
     """Per service, the burst headroom learned from its own arrivals (`demand.BurstLearner`):
     how far above the smoothed estimate its short-term rate has gone lately, as a fraction.
