@@ -467,3 +467,43 @@ async def test_settled_services_are_skipped_and_changes_still_seen() -> None:
         await loop.reconcile(world, DemandView(), act)
     assert len(calls) == 2
     assert loop.decide(world, DemandView()).steps == []
+
+
+@pytest.mark.parametrize("failure", ["raises", "no solution"])
+async def test_a_failed_solve_keeps_the_last_plan(failure: str) -> None:
+    """No worker is touched when the planner fails: the last good plan stays in force (and the
+    same failing problem is not solved again every pass); Planned says why."""
+    clock = Clock()
+    world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=2)})
+    healthy = True
+
+    def planner(problem: Problem) -> Plan:
+        result = default_planner(problem)
+        if healthy:
+            return result
+        if failure == "raises":
+            raise RuntimeError("solver crashed")
+        stats = result.stats.model_copy(update={"status": "NO_SOLUTION"})
+        return result.model_copy(update={"rows": [], "stats": stats})
+
+    loop, act = ControlLoop(NO_DRAIN, planner=planner, clock=clock), MemoryActuator(world, clock)
+    await loop.reconcile(world, DemandView(), act)
+    all_ready(world)
+    await loop.reconcile(world, DemandView(), act)
+    before = dict(world.workers)
+    routing = world.routing["default/svc"].routing
+    healthy = False
+    res = await loop.reconcile(world, DemandView(qps={"default/svc": 150.0}), act)
+    assert res.decision.error is not None
+    assert [s for s in res.applied if not isinstance(s, UpdateStatus | RecordEvent)] == []
+    assert world.workers == before
+    assert world.routing["default/svc"].routing == routing
+    conds = {c.type: c for c in world.status["default/svc"].conditions}
+    assert (conds["Planned"].status, conds["Planned"].reason) == ("False", "PlanningFailed")
+    again = await loop.reconcile(world, DemandView(qps={"default/svc": 150.0}), act)
+    assert again.applied == []
+    healthy = True
+    res = await loop.reconcile(world, DemandView(qps={"default/svc": 151.0}), act)
+    assert res.decision.error is None
+    conds = {c.type: c for c in world.status["default/svc"].conditions}
+    assert conds["Planned"].status == "True"
