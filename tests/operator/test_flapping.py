@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from itertools import pairwise
 from pathlib import Path
 
 from accordion.operator.control.demand import DemandTracker
@@ -59,7 +60,7 @@ def flips(
         all_ready(world)
         tracker.plan_feedback(loop.capacity_by_service(), loop.short_services())
         variants.append(frozenset(k.variant for k in world.workers))
-    return sum(1 for a, b in zip(variants, variants[1:], strict=False) if a != b)
+    return sum(1 for a, b in pairwise(variants) if a != b)
 
 
 def test_a_steady_load_at_the_boundary_does_not_flip_the_plan() -> None:
