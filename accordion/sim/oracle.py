@@ -23,6 +23,8 @@ class OracleSecond:
     demand: int
     served: float
     accuracy: float | None
+    served_by_family: tuple[float, ...] = ()
+    """Served requests per family (workload family index) in this second."""
 
 
 @dataclass(frozen=True)
@@ -81,5 +83,8 @@ def oracle_bound(cluster: Cluster, workload: Workload, percentile: str = "p50") 
         solver.Solve()
         total = sum(x.solution_value() for x in r)
         acc = solver.Objective().Value() / total if total > 0 else None
-        out.append(OracleSecond(sec, sum(demand.values()), total, acc))
+        by_family = [0.0] * len(workload.families)
+        for k, o in enumerate(opts):
+            by_family[o[0]] += r[k].solution_value()
+        out.append(OracleSecond(sec, sum(demand.values()), total, acc, tuple(by_family)))
     return OracleBound(out)

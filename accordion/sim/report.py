@@ -129,3 +129,47 @@ def plot(path: Path, results: Sequence[SimResult], title: str, smooth_s: int = 5
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_capacity(path: Path, result: SimResult, title: str) -> None:
+    """Per family: demand, the estimate, and the capacity of ready replicas the plan routes to,
+    of ready spare (burst) replicas, and of replicas pending or loading (the control's
+    `ControlSample`s), stacked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = sorted(result.timeline)
+    cols = 3
+    rows = max(1, (len(families) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 2.8 * rows), sharex=True, squeeze=False)
+    for ax, fam in zip(axes.flat, families, strict=False):
+        line = result.timeline[fam]
+        xs = [sec for sec, _, _ in line]
+        planned = [s.planned_qps for _, s, _ in line]
+        spare = [s.spare_qps for _, s, _ in line]
+        loading = [s.loading_qps for _, s, _ in line]
+        ax.stackplot(
+            xs,
+            planned,
+            spare,
+            loading,
+            labels=["planned", "spare", "loading"],
+            colors=["#4c72b0", "#a1c9f4", "#f5b041"],
+            alpha=0.8,
+        )
+        ax.plot(xs, [n for _, _, n in line], color="black", linewidth=0.8, label="arrivals")
+        ax.plot(
+            xs, [s.estimate_qps for _, s, _ in line], color="red", linewidth=0.8, label="estimate"
+        )
+        peak = max([n for _, _, n in line] + [1])
+        ax.set_ylim(0, 2.5 * peak)
+        ax.set_title(fam, fontsize=9)
+    for ax in axes.flat[len(families) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
