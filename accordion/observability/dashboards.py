@@ -324,8 +324,9 @@ def services_dashboard() -> dict[str, Any]:
             lay,
             "timeseries",
             "Demand against planned capacity",
-            "Requests arriving at the router, the smoothed demand the operator plans for, and "
-            "the capacity of the plan.",
+            "Requests arriving at the router, the smoothed demand the operator plans for, the "
+            "capacity of the plan, and on top of it the spare (burst) replicas' capacity, which "
+            "only the router's fast loop sends to (spec.demand.burst).",
             [
                 Query(
                     f"sum by ({BY}) (rate({sel('accordion_router_requests_total')}[{RATE}]))",
@@ -338,6 +339,12 @@ def services_dashboard() -> dict[str, Any]:
                 Query(
                     f"max by ({BY}) ({sel('accordion_service_capacity_requests_per_second')})",
                     "{{service}} capacity",
+                ),
+                Query(
+                    f"max by ({BY}) ({sel('accordion_service_capacity_requests_per_second')})"
+                    f" + max by ({BY}) "
+                    f"({sel('accordion_service_spare_capacity_requests_per_second')})",
+                    "{{service}} capacity with spare replicas",
                 ),
             ],
             unit="reqps",

@@ -121,6 +121,12 @@ OPERATOR_METRICS = (
         help="Capacity of the plan.",
     ),
     _m(
+        "accordion_service_spare_capacity_requests_per_second",
+        "gauge",
+        *_SVC,
+        help="Capacity of the spare (burst) replicas beyond the plan's (spec.demand.burst).",
+    ),
+    _m(
         "accordion_service_replicas",
         "gauge",
         *_SVC,

@@ -87,6 +87,7 @@ class OperatorStandIn:
         f["accordion_service_planned_accuracy"].labels(**svc).set(0.75)
         f["accordion_service_demand_requests_per_second"].labels(**svc).set(40.0)
         f["accordion_service_capacity_requests_per_second"].labels(**svc).set(10.0)
+        f["accordion_service_spare_capacity_requests_per_second"].labels(**svc).set(5.0)
         for variant in VARIANTS:
             for state in ("planned", "ready"):
                 f["accordion_service_replicas"].labels(

@@ -82,6 +82,10 @@ DEMAND = _Family(
     "Smoothed demand the planner plans for (before headroom).",
 )
 CAPACITY = _Family("accordion_service_capacity_requests_per_second", "Capacity of the plan.")
+SPARE_CAPACITY = _Family(
+    "accordion_service_spare_capacity_requests_per_second",
+    "Capacity of the spare (burst) replicas beyond the plan's (spec.demand.burst).",
+)
 REPLICAS = _Family(
     "accordion_service_replicas",
     "Worker replicas per variant and pool; state is planned or ready.",
@@ -101,6 +105,7 @@ _PER_SERVICE = (
     PLANNED_ACCURACY,
     DEMAND,
     CAPACITY,
+    SPARE_CAPACITY,
     REPLICAS,
     CONDITION,
 )
@@ -174,6 +179,7 @@ class OperatorMetrics:
             for svc in decision.plan.services:
                 labels = split_key(svc.service)
                 put(CAPACITY, labels, svc.capacity_qps)
+                put(SPARE_CAPACITY, labels, svc.spare_capacity_qps)
                 if svc.effective_accuracy is not None:
                     put(PLANNED_ACCURACY, labels, svc.effective_accuracy / 100.0)
             self._count_changes(decision.plan.rows)
