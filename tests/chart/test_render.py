@@ -225,7 +225,7 @@ def test_operator_pod_is_locked_down() -> None:
     assert "add" not in sc["capabilities"]
     assert sc["seccompProfile"]["type"] == "RuntimeDefault"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["port"] == "health"
+    assert container["readinessProbe"]["httpGet"]["port"] == "reports"  # /readyz: leading
     assert container["resources"]["requests"]
     # kopf peering: one active replica; Recreate avoids two operators during an upgrade.
     assert deployment["spec"]["strategy"]["type"] == "Recreate"

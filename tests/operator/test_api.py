@@ -56,7 +56,7 @@ def test_defaults_are_applied() -> None:
     del doc["spec"]["accuracy"]
     isvc = parse_resource(doc)
     assert isinstance(isvc, InferenceService)
-    assert isvc.spec.demand.source == "Prometheus"
+    assert isvc.spec.demand.source == "Router"
     assert isvc.spec.demand.headroom == pytest.approx(0.1)
     assert isvc.spec.accuracy.floor == 0
     assert isvc.spec.priority == 1

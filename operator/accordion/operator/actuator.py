@@ -14,6 +14,7 @@ event loop never blocks on the network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -39,6 +40,7 @@ from accordion.operator.control.loop import (
     UpdateStatus,
 )
 from accordion.operator.k8s import (
+    ANNOTATION_APPLIED_AT,
     ROUTING_FILE,
     Manifest,
     router_deployment,
@@ -377,7 +379,15 @@ class KubernetesActuator:
         await self._deployment(router_deployment(step.service, uid, self.config))
         await self._pdb(router_pdb(step.service, uid))
         await self._service(router_service(step.service, uid, self.config))
-        await self._configmap(routing_configmap(step.routing, uid, self.config, self.clock()))
+        # The apply time is the table's revision (routers take the higher one): it never goes
+        # back for a service, even on an operator whose clock is behind its predecessor's.
+        applied_at = self.clock()
+        ns, name = split_key(step.service)
+        have = self.cache.get("ConfigMap", ns, routing_configmap_name(name))
+        before = ((have or {}).get("metadata") or {}).get("annotations") or {}
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            applied_at = max(applied_at, float(before[ANNOTATION_APPLIED_AT]) + 0.001)
+        await self._configmap(routing_configmap(step.routing, uid, self.config, applied_at))
 
     async def _update_status(self, step: UpdateStatus) -> None:
         ns, name = split_key(step.service)

@@ -208,6 +208,7 @@ class DemandSource(StrEnum):
 
     STATIC = "Static"
     PROMETHEUS = "Prometheus"
+    ROUTER = "Router"
 
 
 class BurstPolicyName(StrEnum):
@@ -281,11 +282,13 @@ class DemandSpec(ApiModel):
         return qps
 
     source: DemandSource = Field(
-        default=DemandSource.PROMETHEUS,
+        default=DemandSource.ROUTER,
         description=(
-            "Static: plan for demand.qps. Prometheus: measure the rate of requests at the "
-            "service's router (demand.query), smoothed; demand.qps, when set, is the estimate "
-            "used until the first measurement and while Prometheus is unreachable."
+            "Router: the arrivals the service's routers report to the operator every second, "
+            "smoothed (Prometheus's rate of accordion_router_requests_total while no router "
+            "reports, if the operator has a Prometheus). Prometheus: demand.query; without a "
+            "query, the same as Router. Static: plan for demand.qps. demand.qps, when set, is "
+            "the estimate used until the first measurement and while none can be made."
         ),
     )
     qps: float | None = Field(

@@ -9,7 +9,10 @@ plane release needs no operator release.
 The worker's configuration (`accordion.workers.config.WorkerConfig`) is passed as JSON in the
 environment variable named by `worker_config_env` (the default command writes it to a file for
 `accordion-worker serve --config`); the router (`accordion-worker route --table`) reads the
-routing table mounted from the service's ConfigMap at `routing_mount_path/routing.json`.
+routing table mounted from the service's ConfigMap at `routing_mount_path/routing.json`, and
+with `report_url` reports its arrivals to the operator's report server (`report_port`,
+`accordion.operator.reports`), whose answers carry newer tables before the kubelet syncs the
+file.
 """
 
 from __future__ import annotations
@@ -130,6 +133,46 @@ class OperatorConfig(BaseModel):
         False, description="Do not verify Prometheus's certificate (testing only)."
     )
 
+    report_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of the operator's report server (POST /v1/reports from the routers, GET "
+            "/readyz: 200 while this operator leads); 0: any free port; unset: no server."
+        ),
+    )
+    report_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description=(
+            "URL every router reports to (its --report-url): the report Service in front of the "
+            "leading operator, e.g. http://accordion-reports.accordion-system.svc:8082/v1/"
+            "reports; unset: routers do not report (demand then comes from Prometheus)."
+        ),
+    )
+    report_interval_s: float = Field(
+        DEFAULT_TIMINGS.demand_interval_s,
+        gt=0,
+        description="How often routers report, and the operator folds their rates into demand.",
+    )
+    report_heartbeat_s: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "Longest silence of a router whose rate is steady; one silent for this plus two "
+            "intervals is no longer counted (a router that stops says so at once)."
+        ),
+    )
+    report_confirm_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        description=(
+            "How long the drain waits for every live router to confirm a new routing table "
+            "before it counts from the ConfigMap write instead (the kubelet's sync bound)."
+        ),
+    )
+
     debounce_s: float = Field(
         DEFAULT_TIMINGS.debounce_s, ge=0, description="Quiet time after a change before planning."
     )
@@ -196,6 +239,8 @@ class OperatorConfig(BaseModel):
             "ACCORDION_DRAIN_S": "drain_s",
             "ACCORDION_DEMAND_INTERVAL_S": "demand_interval_s",
             "ACCORDION_WATCH_NODES": "watch_nodes",
+            "ACCORDION_REPORT_PORT": "report_port",
+            "ACCORDION_REPORT_URL": "report_url",
         }
         for var, name in overrides.items():
             if env.get(var):

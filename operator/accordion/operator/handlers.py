@@ -6,7 +6,14 @@ moment (`debounce_s`), builds the loop's `World` from the cache, and runs one pa
 control loop for the whole cluster (the planner is global: services share pools) with the
 `KubernetesActuator`. It also re-plans every `resync_interval_s` (the driver's own wait, read
 from the configuration, not at import), after a drain
-delay the loop asks for, and when a Prometheus demand estimate changes.
+delay the loop asks for, and when a demand estimate leaves its plan's band.
+
+Demand: with `report_port` the driver serves the routers' reports (`reports`: every router
+posts its arrivals about once a second; each second the driver folds each service's summed
+rate into its estimate and wakes the loop when one leaves its band; the answers carry newer
+routing tables, and the drain counts from the routers' confirmation of a table); Prometheus
+(`prometheus_url`) measures custom `demand.query`s, and report-sourced services while none of
+their routers reports.
 
 With `watch_nodes` (the default) the driver also watches Nodes: the loop caps each DevicePool
 at the devices its ready, schedulable nodes offer (`pools`), a Node wakes the loop only when
@@ -65,6 +72,7 @@ from accordion.operator.api import (
 )
 from accordion.operator.compact import ListPage
 from accordion.operator.config import OperatorConfig
+from accordion.operator.control.demand import DemandTracker
 from accordion.operator.control.loop import (
     AppliedRouting,
     ControlLoop,
@@ -75,16 +83,24 @@ from accordion.operator.control.loop import (
     World,
 )
 from accordion.operator.k8s import (
+    COMPONENT_WORKER,
+    LABEL_COMPONENT,
     MANAGED_BY,
+    ROUTING_FILE,
     Manifest,
     observe_routing,
     observe_worker,
+    observe_worker_failure,
+    routing_configmap_name,
     service_url,
+    worker_failure_of,
 )
 from accordion.operator.metrics import OperatorMetrics, serve_from_env
 from accordion.operator.peering import Leadership
 from accordion.operator.pools import pool_capacity
 from accordion.operator.prometheus import PrometheusDemand
+from accordion.operator.reports import ReportServer, RouterDemand, ServiceRouting
+from accordion.workers.config import RoutingTable
 
 log = logging.getLogger("accordion.operator")
 _T = TypeVar("_T")
@@ -140,6 +156,8 @@ def _significant(kind: str, obj: dict[str, Any]) -> Any:
         )
     if kind == "Node":
         return node_significant(obj)
+    if kind == "Pod":
+        return (observe_worker_failure(obj), meta.get("deletionTimestamp"))
     return (obj.get("data"), meta.get("annotations"), meta.get("deletionTimestamp"))
 
 
@@ -173,6 +191,7 @@ class Driver:
     loop: ControlLoop = field(init=False)
     actuator: KubernetesActuator = field(init=False)
     demand: PrometheusDemand | None = field(init=False, default=None)
+    reports: RouterDemand | None = field(init=False, default=None)
     synced: bool = False
     passes: int = 0
     last_result: ReconcileResult | None = None
@@ -194,6 +213,18 @@ class Driver:
         self.actuator = KubernetesActuator(self.api_client, self.config, self.cache, self.clock)
         if self.config.prometheus_url:
             self.demand = PrometheusDemand.from_config(self.config, self.clock)
+        if self.config.report_port is not None:
+            self.reports = RouterDemand(
+                self.service_routing,
+                self.clock,
+                interval_s=self.config.report_interval_s,
+                heartbeat_s=self.config.report_heartbeat_s,
+                confirm_timeout_s=self.config.report_confirm_timeout_s,
+                tracker=DemandTracker(
+                    self.config.demand_rise_half_life_s, self.config.demand_fall_half_life_s
+                ),
+            )
+        self._tables: dict[str, tuple[Any, ServiceRouting]] = {}
         self._wake = asyncio.Event()
 
     # -- inputs from kopf ----------------------------------------------------------------------
@@ -292,6 +323,14 @@ class Driver:
                 "ConfigMap",
                 lambda token: core.list_config_map_for_all_namespaces(
                     label_selector=selector, _continue=token, **page
+                ),
+            ),
+            (
+                "Pod",
+                lambda token: core.list_pod_for_all_namespaces(
+                    label_selector=f"{selector},{LABEL_COMPONENT}={COMPONENT_WORKER}",
+                    _continue=token,
+                    **page,
                 ),
             ),
         ]
@@ -418,12 +457,45 @@ class Driver:
             applied = self._routing(obj)
             if applied is not None:
                 world.routing[applied.routing.service] = applied
+        for obj in self.cache.of_kind("Pod"):
+            failing = worker_failure_of(obj)
+            if failing is not None and failing[0] not in world.worker_failures:
+                world.worker_failures[failing[0]] = failing[1]
         for gone in self._parsed.keys() - self._touched:
             del self._parsed[gone]
         return world
 
-    def demand_view(self) -> DemandView:
-        return self.demand.view() if self.demand is not None else DemandView()
+    def demand_view(self, world: World | None = None) -> DemandView:
+        """Prometheus's view, merged with the routers' reports (`reports.RouterDemand.view`)."""
+        view = self.demand.view() if self.demand is not None else DemandView()
+        if self.reports is not None:
+            view = self.reports.view((world or self.world()).services, view)
+        return view
+
+    def service_routing(self, service: str) -> ServiceRouting | None:
+        """For the reports: the routing table last applied for `service` (from its routing
+        ConfigMap, parsed again only when the ConfigMap changed); None if there is no such
+        InferenceService."""
+        ns, _, name = service.partition("/")
+        if self.cache.get(KIND_ISVC, ns, name) is None:
+            return None
+        cm = self.cache.get("ConfigMap", ns, routing_configmap_name(name)) or {}
+        version = (
+            (cm.get("data") or {}).get(ROUTING_FILE),
+            (cm.get("metadata") or {}).get("annotations"),
+        )
+        hit = self._tables.get(service)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        table: RoutingTable | None = None
+        if version[0]:
+            try:
+                table = RoutingTable.model_validate_json(version[0])
+            except ValueError as exc:
+                log.warning("unreadable routing table of %s: %s", service, exc)
+        found = ServiceRouting(table, observe_routing(cm) if cm else None)
+        self._tables[service] = (version, found)
+        return found
 
     def pool_statuses(self, world: World) -> dict[str, Manifest]:
         """Each pool's status (matching nodes, devices the last plan uses, `NodesMissing` and
@@ -484,16 +556,22 @@ class Driver:
         if not self.synced:
             await self.listing_done()
             await self.sync()
-        world, demand = self.world(), self.demand_view()
+        world = self.world()
+        if self.reports is not None:
+            # The drain counts from the routers' confirmation of a table (`reports`).
+            world.routing = self.reports.confirmed(world.routing)
+        demand = self.demand_view(world)
         result = await self.loop.reconcile(
             world, demand, self.actuator, concurrency=self.concurrency
         )
         self.metrics.record(world, demand, result, self.loop.plan_time_s)
-        if self.demand is not None:
-            # Surges are judged against the plan's capacity, falls are fast while short.
-            self.demand.tracker.plan_feedback(
-                self.loop.capacity_by_service(), self.loop.short_services()
-            )
+        # Surges are judged against the plan's capacity, falls are fast while short.
+        for tracker in (
+            self.demand.tracker if self.demand is not None else None,
+            self.reports.tracker if self.reports is not None else None,
+        ):
+            if tracker is not None:
+                tracker.plan_feedback(self.loop.capacity_by_service(), self.loop.short_services())
         await self.write_pool_statuses(world)
         self.passes += 1
         self.last_result = result
@@ -551,10 +629,23 @@ class Driver:
         while self.demand is not None:
             if self.active():
                 world = self.world()
-                await self.demand.poll(list(world.services.values()))
-                if self.loop.pass_due(world, self.demand_view()):
+                services = list(world.services.values())
+                if self.reports is not None:
+                    services = self.reports.prometheus_services(services)
+                await self.demand.poll(services)
+                if self.loop.pass_due(world, self.demand_view(world)):
                     self._wake.set()
             await asyncio.sleep(self.config.demand_interval_s)
+
+    def fold_reports(self) -> None:
+        """Fold each service's reported rate into its estimate (every report interval, sooner
+        on a surge: `RouterDemand.run`); wake the loop when a service's estimate left the band
+        of its plan (`ControlLoop.pass_due`)."""
+        if self.reports is not None and self.active():
+            world = self.world()
+            self.reports.fold(world.services)
+            if self.loop.pass_due(world, self.demand_view(world)):
+                self._wake.set()
 
 
 # ------------------------------------------------------------------------------------- kopf
@@ -608,6 +699,20 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     memo["tasks"] = [asyncio.create_task(driver.run(), name="accordion-control-loop")]
     if driver.demand is not None:
         memo["tasks"].append(asyncio.create_task(driver.poll_demand(), name="accordion-demand"))
+    if driver.reports is not None and config.report_port is not None:
+        server = ReportServer(driver.reports, driver.active)
+        try:
+            port = await server.start(None, config.report_port)
+        except OSError as exc:
+            log.error("cannot serve reports on port %s: %s", config.report_port, exc)
+        else:
+            log.info("taking routers' reports on port %d", port)
+            memo["report_server"] = server
+            memo["tasks"].append(
+                asyncio.create_task(
+                    driver.reports.run(driver.fold_reports), name="accordion-reports"
+                )
+            )
 
 
 @kopf.on.cleanup()
@@ -617,6 +722,9 @@ async def cleanup(memo: Any, **_: Any) -> None:
     for task in memo.get("tasks", []):
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+    server = memo.get("report_server")
+    if isinstance(server, ReportServer):
+        await server.stop()
 
 
 @kopf.on.event(GROUP, VERSION, "inferenceservices")
@@ -660,6 +768,12 @@ async def on_deployment(event: Any, memo: Any, **_: Any) -> None:
 @kopf.on.event("", "v1", "services", labels=OWNED)
 async def on_k8s_service(event: Any, memo: Any, **_: Any) -> None:
     _driver(memo).observe("Service", event.get("type"), event["object"])
+
+
+@kopf.on.event("", "v1", "pods", labels={**OWNED, LABEL_COMPONENT: COMPONENT_WORKER})
+async def on_worker_pod(event: Any, memo: Any, **_: Any) -> None:
+    """Worker pods: a model that cannot be loaded or downloaded, a crash loop (ModelsLoaded)."""
+    _driver(memo).observe("Pod", event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", "configmaps", labels=OWNED)

@@ -55,6 +55,7 @@ ANNOTATION_APPLIED_AT = f"{GROUP}/applied-at"
 MANAGED_BY = "accordion-operator"
 ROUTING_FILE = "routing.json"
 COMPONENT_WORKER = "worker"
+LABEL_COMPONENT = "app.kubernetes.io/component"
 COMPONENT_ROUTER = "router"
 ROUTER_STARTUP_TIMEOUT_S = 60.0
 """The router loads no model: a minute covers a slow image start on a busy node."""
@@ -134,7 +135,7 @@ def worker_labels(key: WorkerKey) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "accordion-worker",
         "app.kubernetes.io/instance": worker_name(key),
-        "app.kubernetes.io/component": COMPONENT_WORKER,
+        LABEL_COMPONENT: COMPONENT_WORKER,
         "app.kubernetes.io/part-of": "accordion",
         "app.kubernetes.io/managed-by": MANAGED_BY,
         LABEL_SERVICE: key.service_name,
@@ -362,12 +363,27 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
     """The router of one InferenceService: the single entry point that splits traffic."""
     namespace, name = split_key(service)
     labels = router_labels(name)
+    args = list(config.router_args)
+    if config.report_url:
+        args += [
+            *("--report-url", config.report_url),
+            *("--report-interval", f"{config.report_interval_s:g}"),
+            *("--report-heartbeat", f"{config.report_heartbeat_s:g}"),
+        ]
     container: Manifest = {
         "name": "router",
         "image": config.router_image,
         "imagePullPolicy": config.router_image_pull_policy,
         "command": list(config.router_command),
-        "args": list(config.router_args),
+        "args": args,
+        # Its identity in reports (`accordion.workers.reporting`).
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+        ],
         "ports": [{"name": "http", "containerPort": config.router_port, "protocol": "TCP"}],
         "startupProbe": startup_probe(ROUTER_STARTUP_TIMEOUT_S),
         "readinessProbe": _probe("/v2/health/ready", "http", 2),
@@ -456,9 +472,17 @@ def router_service(service: str, uid: str | None, config: OperatorConfig) -> Man
 def routing_configmap(
     routing: Routing, uid: str | None, config: OperatorConfig, applied_at_s: float
 ) -> Manifest:
-    """The routing table of one service (the router's file) and the loop's view of it."""
+    """The routing table of one service (the router's file) and the loop's view of it.
+
+    The table names its namespace and carries its revision, the apply time in milliseconds
+    (`RoutingTable.revision`): a router takes the newer of its file and the table the
+    operator's answer to its report carries (`reports`)."""
     namespace, name = routing.service.split("/", 1)
     table = routing_table(routing, lambda k: worker_url(k, config))
+    if table is not None:
+        table = table.model_copy(
+            update={"namespace": namespace, "revision": table_revision(applied_at_s)}
+        )
     data = {ROUTING_FILE: table.model_dump_json(indent=1)} if table is not None else {}
     labels = router_labels(name)
     labels["app.kubernetes.io/component"] = "routing-table"
@@ -477,6 +501,11 @@ def routing_configmap(
         ),
         "data": data,
     }
+
+
+def table_revision(applied_at_s: float) -> int:
+    """A routing table's revision: its apply time in milliseconds since the epoch."""
+    return max(0, round(applied_at_s * 1000.0))
 
 
 # ------------------------------------------------------------------------- the way back
@@ -593,3 +622,22 @@ def observe_routing(configmap: Manifest) -> AppliedRouting | None:
 
 def routing_from_json(raw: str) -> Routing:
     return Routing.model_validate(json.loads(raw))
+
+
+def worker_failure_of(pod: Manifest) -> tuple[WorkerKey, tuple[str, str]] | None:
+    """The worker group of a failing worker pod and its failure (reason, message), or None."""
+    failure = observe_worker_failure(pod)
+    if failure is None:
+        return None
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    try:
+        key = WorkerKey(
+            service=f"{meta.get('namespace') or 'default'}/{labels[LABEL_SERVICE]}",
+            variant=labels[LABEL_VARIANT],
+            pool=labels[LABEL_POOL],
+        )
+    except (KeyError, ValueError):
+        return None
+    message = failure.message + (f" ({failure.restarts} restarts)" if failure.restarts else "")
+    return key, (failure.reason, message)

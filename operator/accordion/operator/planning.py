@@ -220,7 +220,7 @@ def _service_spec(
             f"{isvc.key}: priority {isvc.spec.priority} is planned as {priority}, the "
             f"maxPriority of DevicePool {', '.join(lowest)}"
         )
-    unmeasured = isvc.spec.demand.source is DemandSource.PROMETHEUS and isvc.key not in measured
+    unmeasured = isvc.spec.demand.source is not DemandSource.STATIC and isvc.key not in measured
     if unmeasured and isvc.spec.demand.qps is None:
         warnings.append(f"{isvc.key}: no demand measured yet and no demand.qps; planning 0")
     spec = ServiceSpec(

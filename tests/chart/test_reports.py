@@ -1,0 +1,79 @@
+"""The report channel from values to pods: the chart's reports Service and the operator's
+readiness on /readyz, the settings the operator reads (`report_port`, `report_url`, ...), the
+router pods the operator builds with them (`--report-url` and their identity), and the router
+CLI that accepts that command line. Off: no Service, readiness on kopf's /healthz, no flags.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import by_kind, objects
+from .test_images_and_pods import data_plane, operator_pod, settings
+
+
+def test_reports_reach_the_leader_through_its_service() -> None:
+    objs = objects()
+    services = {s["metadata"]["name"]: s for s in by_kind(objs, "Service")}
+    reports = services["accordion-reports"]
+    (port,) = reports["spec"]["ports"]
+    assert port["port"] == 8082
+    assert port["targetPort"] == "reports"
+    pod = operator_pod()
+    (container,) = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["reports"] == 8082
+    # Ready only while leading: the Service's only endpoint is the leader.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "reports"}
+    (deployment,) = by_kind(objs, "Deployment")
+    assert reports["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+    config = settings()
+    assert config.report_port == 8082
+    assert (
+        config.report_url
+        == "http://accordion-reports.accordion-system.svc.cluster.local:8082/v1/reports"
+    )
+    assert (config.report_interval_s, config.report_heartbeat_s) == (1.0, 10.0)
+    assert config.report_confirm_timeout_s == 60.0
+
+    _, router = data_plane()
+    (container,) = router["containers"]
+    args = container["args"]
+    assert args[args.index("--report-url") + 1] == config.report_url
+    assert args[args.index("--report-interval") + 1] == "1"
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+
+    # The router's CLI takes that command line.
+    typer_testing = pytest.importorskip("typer.testing")
+    cli = pytest.importorskip("accordion.workers.cli")
+    result = typer_testing.CliRunner().invoke(cli.app, [*container["command"][1:], *args, "--help"])
+    assert result.exit_code == 0, result.output
+
+
+def test_values_reach_the_settings_and_reports_can_be_off() -> None:
+    sets = (
+        "operator.ports.reports=9443",
+        "operator.reports.intervalSeconds=2",
+        "operator.reports.heartbeatSeconds=30",
+    )
+    config = settings(*sets)
+    assert config.report_port == 9443
+    assert config.report_url is not None
+    assert config.report_url.endswith(":9443/v1/reports")
+    assert (config.report_interval_s, config.report_heartbeat_s) == (2.0, 30.0)
+    args = data_plane(*sets)[1]["containers"][0]["args"]
+    assert args[args.index("--report-interval") + 1] == "2"
+
+    off = "operator.reports.enabled=false"
+    assert "accordion-reports" not in {
+        s["metadata"]["name"] for s in by_kind(objects(off), "Service")
+    }
+    (container,) = operator_pod(off)["containers"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert "reports" not in {p["name"] for p in container["ports"]}
+    config = settings(off)
+    assert config.report_port is None
+    assert config.report_url is None
+    assert "--report-url" not in data_plane(off)[1]["containers"][0]["args"]
