@@ -18,8 +18,8 @@ Two rules use what the loop planned (`DemandTracker.plan_feedback`, after every 
   gone while others starve.
 
 Each estimator also learns how bursty its service is (`learned_burst`): the largest excess of a
-measured rate over the estimate just before it (less counting noise), as a fraction of that
-estimate, over the last `BURST_WINDOW_S`. `spec.demand.burst.policy: Auto` sizes the service's
+measured rate over the lowest estimate of the `BURST_BASELINE_S` before it (less counting
+noise), as a fraction of that estimate, over the last `BURST_WINDOW_S`. `spec.demand.burst.policy: Auto` sizes the service's
 spare replicas from it.
 """
 
@@ -36,6 +36,8 @@ SURGE_SIGMAS = 3.0
 """How many standard deviations of counting noise a rate must exceed capacity by to be a surge."""
 BURST_WINDOW_S = 600.0
 """How far back `learned_burst` looks."""
+BURST_BASELINE_S = 10.0
+"""A burst's excess is measured against the lowest estimate of this long before it."""
 
 
 def counting_noise_qps(rate_qps: float, interval_s: float) -> float:
@@ -53,6 +55,8 @@ class DemandEstimator:
     last_t_s: float | None = None
     bursts: deque[tuple[float, float]] = field(default_factory=deque)
     """(time, excess over the estimate as a fraction) of measurements above it."""
+    recent: deque[tuple[float, float]] = field(default_factory=deque)
+    """(time, estimate) of the last `BURST_BASELINE_S`."""
 
     def __post_init__(self) -> None:
         if self.rise_half_life_s <= 0 or self.fall_half_life_s <= 0:
@@ -77,14 +81,21 @@ class DemandEstimator:
             return rate_qps
         dt = max(0.0, t_s - self.last_t_s)
         before = self.estimate_qps
+        # A burst is measured against where demand stood before it began (the lowest estimate
+        # of the last BURST_BASELINE_S): once a surge has moved the estimate, the rest of the
+        # burst would otherwise look like no burst at all.
+        while self.recent and self.recent[0][0] < t_s - BURST_BASELINE_S:
+            self.recent.popleft()
+        baseline = min([before, *(e for _, e in self.recent)])
+        self.recent.append((t_s, before))
         rising = rate_qps > before
         half_life = self.rise_half_life_s if rising or short else self.fall_half_life_s
         keep: float = 0.5 ** (dt / half_life)
         estimate = keep * before + (1.0 - keep) * rate_qps
         if dt > 0:
-            excess = rate_qps - before - SURGE_SIGMAS * counting_noise_qps(before, dt)
+            excess = rate_qps - baseline - SURGE_SIGMAS * counting_noise_qps(baseline, dt)
             if excess > 0:
-                self.bursts.append((t_s, excess / max(before, 1.0)))
+                self.bursts.append((t_s, excess / max(baseline, 1.0)))
             if capacity_qps is not None and rate_qps > capacity_qps + SURGE_SIGMAS * (
                 counting_noise_qps(capacity_qps, dt)
             ):
