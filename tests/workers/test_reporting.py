@@ -139,6 +139,30 @@ def test_the_first_window_after_a_quiet_spell_is_not_diluted() -> None:
     assert window.rate_qps == 700.0
 
 
+def test_a_heartbeat_carries_the_average_since_the_last_report() -> None:
+    clock = Clock()
+    policy = ReportPolicy(clock=clock)
+    total = 0
+    windows = []
+    for rate in [100, 95, 105, 98, 102, 96, 104, 99, 101, 100, 100]:
+        clock.t += 1.0
+        total += rate
+        window = policy.close_window(total, VERSION, None)
+        windows.append(window)
+        if window.reason is not None:
+            policy.delivered(window, VERSION, ReportAnswer())
+    assert [w.reason for w in windows] == ["first"] + [None] * 9 + ["heartbeat"]
+    # The ten seconds since the first report, not the last one alone: 1,000 over 10 s.
+    assert windows[-1] == Window(1000, 10.0, "heartbeat")
+
+
+def test_counting_noise_is_not_a_burst() -> None:
+    clock = Clock()
+    policy = ReportPolicy(clock=clock)
+    # 5 req/s planned: 8 in a second is within noise (2 sigma = 4.5), 12 is beyond it.
+    assert steady(policy, clock, [5, 8, 12], capacity=5.0) == ["first", None, "over-capacity"]
+
+
 def test_policy_bounds() -> None:
     with pytest.raises(ValueError, match="interval_s"):
         ReportPolicy(interval_s=0.0)

@@ -17,16 +17,19 @@ that a thousand services at a steady load do not cost the operator two thousand 
 second:
 
 * its rate moved less than `min_change` (10%) from the rate it last reported, or less than
-  `NOISE_SIGMAS` standard deviations of a Poisson count at that rate (at low rates counting
-  noise alone moves a one-second rate by more than 10%);
+  `NOISE_SIGMAS` standard deviations of the counting noise of the two rates (at low rates
+  Poisson noise alone moves a one-second rate by more than 10%);
 * its last report was acknowledged less than a heartbeat ago (`heartbeat_s`; the operator may
   shorten it, down to every interval while it waits for this router to take a new table);
-* its arrivals, times the number of routers of the service, are within the table's planned
-  capacity (arrivals beyond capacity are reported every interval: that is a burst);
+* its arrivals are within its share of the table's planned capacity (the capacity over the
+  number of routers of the service), give or take counting noise (arrivals beyond it are
+  reported every interval: that is a burst);
 * its table is the one it last reported, and the last report did not fail.
 
-A report carries the rate of the last window (not of the time since the last report), so the
-first report after a quiet spell shows the new rate undiluted.
+A report for a moved rate carries the last window only, so the first report after a quiet spell
+shows the new rate undiluted; any other report (a heartbeat, a new table) carries the arrivals
+since the last acknowledged report, a long average that is a better base for the next
+comparison than a one-second sample.
 
 `Reporter` is the HTTP part: a background task of the router that posts the report (JSON,
 `RouterReport`) and hands a table in the answer (`ReportAnswer`) to the router, which validates
@@ -97,6 +100,8 @@ class ReportPolicy:
         self._window_start_total = 0
         self._reported_rate: float | None = None
         self._reported_s: float | None = None
+        self._reported_window_s = 1.0
+        self._reported_total = 0
         self._reported_table: tuple[str, int] | None = None
         self._failed = False
         self.operator_heartbeat_s: float | None = None
@@ -107,38 +112,54 @@ class ReportPolicy:
     def close_window(
         self, requests_total: int, table: tuple[str, int], capacity_qps: float | None
     ) -> Window:
-        """Close the window at `requests_total` arrivals; say whether to report it.
+        """Close the window at `requests_total` arrivals; say whether to report it, and what.
 
         `table`: (version, revision) of the table the router has; `capacity_qps`: its planned
-        capacity for the whole service (`RoutingTable.planned_capacity_qps`)."""
+        capacity for the whole service (`RoutingTable.planned_capacity_qps`). A report for a
+        moved rate carries the last window alone (undiluted); any other report carries the
+        arrivals since the last acknowledged one (a long average: less counting noise)."""
         now = self.clock()
         seconds = max(0.0, now - self._window_start_s)
         requests = max(0, requests_total - self._window_start_total)
         self._window_start_s, self._window_start_total = now, requests_total
-        window = Window(requests, seconds, None)
-        return Window(requests, seconds, self._reason(now, window, table, capacity_qps))
-
-    def _reason(
-        self, now: float, window: Window, table: tuple[str, int], capacity_qps: float | None
-    ) -> str | None:
+        last = Window(requests, seconds, None)
         if self._reported_s is None or self._reported_rate is None:
-            return "first"
+            return Window(requests, seconds, "first")
+        moved = self._moved(last, capacity_qps)
+        reason = moved
         if self._failed:
-            return "retry"
-        if table != self._reported_table:
-            return "table"
-        heartbeat = self.heartbeat_s
-        if self.operator_heartbeat_s is not None:
-            heartbeat = min(heartbeat, self.operator_heartbeat_s)
-        # Windows close every interval: report at the last close before the heartbeat is due.
-        if now - self._reported_s >= heartbeat - self.interval_s / 2:
-            return "heartbeat"
+            reason = "retry"
+        elif table != self._reported_table:
+            reason = "table"
+        elif moved is None and now - self._reported_s >= self._heartbeat() - self.interval_s / 2:
+            # Windows close every interval: the last close before the heartbeat is due.
+            reason = "heartbeat"
+        if reason is None or moved is not None:
+            return Window(requests, seconds, reason)
+        return Window(max(0, requests_total - self._reported_total), now - self._reported_s, reason)
+
+    def _heartbeat(self) -> float:
+        if self.operator_heartbeat_s is None:
+            return self.heartbeat_s
+        return min(self.heartbeat_s, self.operator_heartbeat_s)
+
+    def _moved(self, window: Window, capacity_qps: float | None) -> str | None:
+        """Why `window`'s rate is news to the operator: beyond capacity, or moved."""
+        assert self._reported_rate is not None
         rate = window.rate_qps
-        if capacity_qps is not None and rate * self.routers > capacity_qps:
-            return "over-capacity"
+        if capacity_qps is not None:
+            # This router's share of the capacity, plus counting noise: 2 sigma here is a
+            # little more sensitive than the operator's surge rule (3 sigma over all routers).
+            share = capacity_qps / self.routers
+            noise = NOISE_SIGMAS * math.sqrt(max(share, 1.0) / max(window.seconds, 1e-3))
+            if rate > share + noise:
+                return "over-capacity"
         before = self._reported_rate
-        noise = NOISE_SIGMAS * math.sqrt(max(before, 1.0) / max(window.seconds, 1e-3))
-        if abs(rate - before) > max(self.min_change * before, noise):
+        # Counting noise of both rates: the reported one over its window, this one over its.
+        variance = max(before, 1.0) * (
+            1.0 / max(window.seconds, 1e-3) + 1.0 / max(self._reported_window_s, 1e-3)
+        )
+        if abs(rate - before) > max(self.min_change * before, NOISE_SIGMAS * math.sqrt(variance)):
             return "rate"
         return None
 
@@ -146,6 +167,8 @@ class ReportPolicy:
         """The report of `window` was acknowledged with `answer`."""
         self._reported_s = self.clock()
         self._reported_rate = window.rate_qps
+        self._reported_window_s = window.seconds
+        self._reported_total = self._window_start_total
         self._reported_table = table
         self._failed = False
         self.operator_heartbeat_s = answer.heartbeat_s
