@@ -207,6 +207,7 @@ TIMING_VARIANTS: dict[str, Timings] = {
     "operator before (30 s / 300 s half-lives)": dataclasses.replace(
         DEFAULT_TIMINGS, rise_half_life_s=30.0, fall_half_life_s=300.0
     ),
+    "slower falls (120 s)": dataclasses.replace(DEFAULT_TIMINGS, fall_half_life_s=120.0),
     "measure every 0.5 s": dataclasses.replace(
         DEFAULT_TIMINGS, demand_interval_s=0.5, min_pass_interval_s=0.5
     ),
