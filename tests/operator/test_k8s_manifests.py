@@ -249,3 +249,32 @@ def test_service_url_is_the_router_services_cluster_address() -> None:
     ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
     assert service_url(f"{ns}/{name}", OperatorConfig()) == f"http://{name}.{ns}.svc.cluster.local"
     assert svc["spec"]["ports"][0]["port"] == 80
+
+
+def test_workers_and_routers_serve_grpc_beside_http() -> None:
+    """KServe v2 over gRPC on both (ports named grpc, appProtocol on the Services); the
+    worker's configuration and the router's arguments name the same ports."""
+    from accordion.operator.k8s import router_deployment, router_service, worker_service
+
+    config = OperatorConfig()
+    spec = WorkerSpec(
+        key=WorkerKey(service="ns/svc", variant="v", pool="gpu"),
+        replicas=1,
+        max_batch_size=8,
+        capacity_qps_per_replica=10.0,
+        accuracy=70.0,
+        slo_ms=100.0,
+        model_uri="/models/v.pt",
+    )
+    worker = worker_deployment(spec, "uid", config)["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "grpc", "containerPort": 8081, "protocol": "TCP"} in worker["ports"]
+    assert json.loads(worker["env"][0]["value"])["grpc_port"] == 8081
+    ports = worker_service(spec.key, "uid", config)["spec"]["ports"]
+    assert {p["name"]: p.get("appProtocol") for p in ports} == {"http": None, "grpc": "grpc"}
+    router = router_deployment("ns/svc", "uid", config)["spec"]["template"]["spec"]
+    args = router["containers"][0]["args"]
+    assert args[args.index("--grpc-port") + 1] == "8001"
+    endpoint = router_service("ns/svc", "uid", config)["spec"]["ports"]
+    assert {(p["name"], p["port"]) for p in endpoint} == {("http", 80), ("grpc", 8001)}
+    none = OperatorConfig(worker_grpc_port=None, router_grpc_port=None)
+    assert [p["name"] for p in worker_service(spec.key, "uid", none)["spec"]["ports"]] == ["http"]

@@ -63,6 +63,15 @@ class OperatorConfig(BaseModel):
         ]
     )
     router_port: int = Field(8080, ge=1, le=65535)
+    worker_grpc_port: int | None = Field(
+        8081, ge=1, le=65535, description="The workers' gRPC port (KServe v2); unset: none."
+    )
+    router_grpc_port: int | None = Field(
+        8001,
+        ge=1,
+        le=65535,
+        description="The routers' gRPC port, also on the service's endpoint; unset: none.",
+    )
     router_replicas: int = Field(
         2, ge=1, description="Router replicas per service (a PodDisruptionBudget keeps one up)."
     )

@@ -210,7 +210,9 @@ def worker_deployment(spec: WorkerSpec, uid: str | None, config: OperatorConfig)
     """The Deployment of a worker group: one variant on one pool, `spec.replicas` pods."""
     key = spec.key
     labels = worker_labels(key)
-    worker_config = spec.worker_config(host="0.0.0.0", port=config.worker_port)
+    worker_config = spec.worker_config(host="0.0.0.0", port=config.worker_port).model_copy(
+        update={"grpc_port": config.worker_grpc_port}
+    )
     source = _storage(spec.model_uri)
     if source is not None and source.kind in (StorageKind.S3, StorageKind.HTTP, StorageKind.PVC):
         worker_config = worker_config.model_copy(update={"model": source.local_path()})
@@ -227,7 +229,7 @@ def worker_deployment(spec: WorkerSpec, uid: str | None, config: OperatorConfig)
         "command": list(config.worker_command),
         "args": list(config.worker_args),
         "env": [{"name": config.worker_config_env, "value": worker_config.model_dump_json()}],
-        "ports": [{"name": "http", "containerPort": config.worker_port, "protocol": "TCP"}],
+        "ports": _ports(config.worker_port, config.worker_grpc_port),
         "startupProbe": startup_probe(config.worker_startup_timeout_s),
         "readinessProbe": _probe("/v2/health/ready", "http", 2),
         "livenessProbe": _probe("/v2/health/live", "http", 10),
@@ -344,16 +346,34 @@ def worker_service(key: WorkerKey, uid: str | None, config: OperatorConfig) -> M
         "spec": {
             "type": "ClusterIP",
             "selector": _selector(labels),
-            "ports": [
-                {
-                    "name": "http",
-                    "port": config.worker_port,
-                    "targetPort": "http",
-                    "protocol": "TCP",
-                }
-            ],
+            "ports": _service_ports(
+                (config.worker_port, "http"),
+                (config.worker_grpc_port, "grpc") if config.worker_grpc_port else None,
+            ),
         },
     }
+
+
+def _ports(http: int, grpc: int | None) -> list[Manifest]:
+    """A container's ports: http, and grpc when set."""
+    ports: list[Manifest] = [{"name": "http", "containerPort": http, "protocol": "TCP"}]
+    if grpc:
+        ports.append({"name": "grpc", "containerPort": grpc, "protocol": "TCP"})
+    return ports
+
+
+def _service_ports(*ports: tuple[int, str] | None) -> list[Manifest]:
+    """A Service's ports by (port, container port name); gRPC ones say so (appProtocol)."""
+    out: list[Manifest] = []
+    for entry in ports:
+        if entry is None:
+            continue
+        port, name = entry
+        item: Manifest = {"name": name, "port": port, "targetPort": name, "protocol": "TCP"}
+        if name == "grpc":
+            item["appProtocol"] = "grpc"
+        out.append(item)
+    return out
 
 
 # ------------------------------------------------------------------------------------ router
@@ -364,6 +384,8 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
     namespace, name = split_key(service)
     labels = router_labels(name)
     args = list(config.router_args)
+    if config.router_grpc_port:
+        args += ["--grpc-port", str(config.router_grpc_port)]
     if config.report_url:
         args += [
             *("--report-url", config.report_url),
@@ -384,7 +406,7 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
         ],
-        "ports": [{"name": "http", "containerPort": config.router_port, "protocol": "TCP"}],
+        "ports": _ports(config.router_port, config.router_grpc_port),
         "startupProbe": startup_probe(ROUTER_STARTUP_TIMEOUT_S),
         "readinessProbe": _probe("/v2/health/ready", "http", 2),
         "livenessProbe": _probe("/v2/health/live", "http", 10),
@@ -462,9 +484,10 @@ def router_service(service: str, uid: str | None, config: OperatorConfig) -> Man
         "spec": {
             "type": "ClusterIP",
             "selector": _selector(labels),
-            "ports": [
-                {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
-            ],
+            "ports": _service_ports(
+                (80, "http"),
+                (config.router_grpc_port, "grpc") if config.router_grpc_port else None,
+            ),
         },
     }
 

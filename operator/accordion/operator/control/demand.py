@@ -19,8 +19,8 @@ Two rules use what the loop planned (`DemandTracker.plan_feedback`, after every 
 
 Each estimator also learns how bursty its service is (`learned_burst`): the largest excess of a
 measured rate over the lowest estimate of the `BURST_BASELINE_S` before it (less counting
-noise), as a fraction of that estimate, over the last `BURST_WINDOW_S`. `spec.demand.burst.policy: Auto` sizes the service's
-spare replicas from it.
+noise), as a fraction of that estimate, over the last `BURST_WINDOW_S`.
+`spec.demand.burst.policy: Auto` sizes the service's spare replicas from it.
 """
 
 from __future__ import annotations
