@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from accordion.operator.api import InferenceService
 from accordion.operator.config import OperatorConfig
@@ -26,12 +27,14 @@ from accordion.operator.control.loop import (
 )
 from accordion.operator.k8s import ROUTING_FILE, routing_configmap
 from accordion.operator.reports import (
+    MAX_BODY_BYTES,
     ReportBook,
+    ReportServer,
     RouterDemand,
     ServiceRouting,
     UnknownServiceError,
 )
-from accordion.workers.config import Backend, RouterReport, RoutingTable
+from accordion.workers.config import REPORT_PATH, Backend, RouterReport, RoutingTable
 
 from .test_loop import Clock, MemoryActuator, all_ready, pool, service
 
@@ -272,3 +275,27 @@ def test_reports_are_validated_at_the_edge() -> None:
         RouterReport.model_validate({"service": "no-namespace", "window_s": 1, **fields})
     with pytest.raises(ValueError, match="requests_total"):
         report("r1", 1, -5)
+
+
+async def test_only_the_leader_takes_reports_and_is_ready() -> None:
+    clock = Clock()
+    demand = receiver(clock)
+    leading = False
+    server = ReportServer(demand, lambda: leading)
+    body = report("r1", 10, 10).model_dump_json()
+    async with TestClient(TestServer(server.app())) as client:
+        assert (await client.get("/readyz")).status == 503
+        resp = await client.post(REPORT_PATH, data=body)
+        assert resp.status == 503
+        assert (await resp.json())["error"] == "this operator is not the leader"
+        assert demand.book.routers == {}  # a follower keeps nothing
+        leading = True
+        assert (await client.get("/readyz")).status == 200
+        resp = await client.post(REPORT_PATH, data=body)
+        assert resp.status == 200
+        assert (await resp.json())["routers"] == 1
+        resp = await client.post(REPORT_PATH, data=b"x" * (MAX_BODY_BYTES + 1))
+        assert resp.status == 413
+        resp = await client.post(REPORT_PATH, data=b"{not json")
+        assert resp.status == 400
+        assert "invalid report" in (await resp.json())["error"]
