@@ -227,22 +227,17 @@ class StagedModel:
 
     def addition_terms(self, current: dict[int, int]) -> Terms:
         """New replicas: sum of max(0, n - current), one auxiliary variable per running option."""
-        variables: list[pywraplp.Variable] = []
-        inf = self.solver.infinity()
-        for k, n in enumerate(self.n):
-            running = current.get(k, 0)
-            if running == 0:
-                variables.append(n)
-                continue
-            a = self.solver.NumVar(0, inf, f"a{k}")
-            self._add([a, n], [1.0, -1.0], -running, inf)  # a >= n - running
-            variables.append(a)
-        return variables, [1.0] * len(variables), 0.0
+        return self._distance_terms(current, removals=False)
 
     def change_terms(self, current: dict[int, int]) -> Terms:
         """Sum of |n - current| over options, with one auxiliary variable per running option."""
+        return self._distance_terms(current, removals=True)
+
+    def _distance_terms(self, current: dict[int, int], *, removals: bool) -> Terms:
+        """Sum over options of how far n is above `current` (and below it, with `removals`):
+        an option that runs nothing counts n itself; a running one gets a variable d with
+        d >= n - running (and d >= running - n)."""
         variables: list[pywraplp.Variable] = []
-        constant = 0.0
         inf = self.solver.infinity()
         for k, n in enumerate(self.n):
             running = current.get(k, 0)
@@ -251,9 +246,10 @@ class StagedModel:
                 continue
             d = self.solver.NumVar(0, inf, f"d{k}")
             self._add([d, n], [1.0, -1.0], -running, inf)  # d >= n - running
-            self._add([d, n], [1.0, 1.0], running, inf)  # d >= running - n
+            if removals:
+                self._add([d, n], [1.0, 1.0], running, inf)  # d >= running - n
             variables.append(d)
-        return variables, [1.0] * len(variables), constant
+        return variables, [1.0] * len(variables), 0.0
 
     def solve(
         self,
