@@ -236,6 +236,8 @@ class RouterDemand:
         if self._surging(report.service, now):
             self._surge.set()
         if report.table_error and (report.service, report.table_error) not in self._warned:
+            if len(self._warned) >= 10_000:
+                self._warned.clear()  # bounded: say it again rather than grow without end
             self._warned.add((report.service, report.table_error))
             log.warning(
                 "router %s of %s refused its routing table: %s",
