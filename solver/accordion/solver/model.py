@@ -131,7 +131,10 @@ class StagedModel:
             r = solver.NumVar(0, min(demand, ub * o.capacity_qps), f"r{k}")
             capacity = solver.Constraint(-inf, 0.0)  # r - capacity * n <= 0
             capacity.SetCoefficient(r, 1.0)
-            capacity.SetCoefficient(n, -o.capacity_qps)
+            # A replica never serves more than its service's whole demand: the coefficient is
+            # capped there (the same constraint, given r <= demand), which keeps it within the
+            # demand's bounds (1e6 req/s) when a profile claims billions of requests per second.
+            capacity.SetCoefficient(n, -min(o.capacity_qps, max(demand, 1.0)))
             self.n.append(n)
             self.r.append(r)
             by_pool[o.pool].append(n)

@@ -132,7 +132,7 @@ def plan(problem: Problem) -> Plan:
                 best, result = candidate, candidate_result
             if bounds is None:
                 # The full MILP's bounds hold for the whole problem: use the tighter ones.
-                for stage, bound in enumerate(polished_result.bounds[:2]):
+                for stage, bound in enumerate(polished_result.bounds[: len(lp_result.bounds)][:2]):
                     lp_result.bounds[stage] = min(lp_result.bounds[stage], bound)
             gap = _gap(lp_result, result)
     return _assemble(problem, opts, excluded, best, current, orphaned, result, gap, started)
