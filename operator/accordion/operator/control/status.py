@@ -191,7 +191,7 @@ def service_status_steps(
         now,
     )
     unavailable = demand.unavailable.get(key)
-    if svc.spec.demand.source is DemandSource.PROMETHEUS or unavailable:
+    if svc.spec.demand.source is not DemandSource.STATIC or unavailable:
         new["DemandUnavailable"] = condition(
             conds,
             "DemandUnavailable",
