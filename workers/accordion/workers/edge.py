@@ -11,13 +11,17 @@ Both servers build their aiohttp application through `edge_app`, so they bound t
   every runner gets it); a body has `body_timeout_s` to arrive (408).
 * **Size**: ``client_max_size`` and a ``Content-Length`` check refuse a body over
   `max_body_bytes` before it is read (413), decompressed bodies included.
-* **Bulk bodies**: bodies over `bulk_body_bytes` (or of unknown length) are read and decoded
-  `bulk_concurrency` at a time, and each slot then rests three times the loop's CPU time its
-  body took: bulk bodies get at most a quarter of the event loop however many clients send
-  them. Their bytes wait in the kernel meanwhile (TCP backpressure), so a flood of 16 MB bodies
-  holds at most `bulk_concurrency` of them in memory, and the loop stays for the small requests
-  of everyone else. Decoding runs on the loop: orjson parses about 350 MB/s and holds the GIL
-  throughout, so a thread would not free the loop.
+* **Bulk bodies**: a body over `bulk_body_bytes` (by its ``Content-Length``; of unknown length;
+  or growing beyond it as it is decompressed) is never parsed on the event loop: it goes, chunk
+  by chunk as it arrives, to one of `bulk_concurrency` decoder processes
+  (`accordion.workers.decoding`), which validate it with the same code as small bodies and send
+  back the tensors (a worker) or the sample count (a router). Each decoder then rests
+  `bulk_pause_factor` times the CPU time the body took, and runs at a lower CPU priority, so
+  bulk bodies get a bounded share of the CPU and yield to small requests. While every decoder
+  is busy or resting, further bulk bodies wait in the kernel (TCP backpressure): a flood of
+  16 MB bodies holds none in the server's memory (a router keeps the one it forwards), and the
+  loop stays for the small requests of everyone else. Small bodies are decoded on the loop
+  (orjson, about 3 ms a MiB): cheaper than the trip to a process.
 * **Content types**: bodies that are forms in parts (``multipart/*``) are refused with 415;
   JSON, the binary extension's ``application/octet-stream``, a missing type, and the types
   command-line clients send by default (curl's ``application/x-www-form-urlencoded``) are read
@@ -27,21 +31,27 @@ Both servers build their aiohttp application through `edge_app`, so they bound t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
-from accordion.workers.config import OUTCOME_HEADER
-from accordion.workers.protocol import InferenceError, encode_json
+from accordion.workers.config import BINARY_HEADER, OUTCOME_HEADER
+from accordion.workers.decoding import Decoded, DecoderPool
+from accordion.workers.protocol import (
+    InferenceError,
+    InferRequest,
+    Signature,
+    encode_json,
+    parse_rest_body,
+)
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -55,8 +65,8 @@ class EdgeLimits:
     bulk_body_bytes: int = 1024 * 1024
     bulk_concurrency: int = 2
     bulk_pause_factor: float = 3.0
-    """After a bulk body, its slot rests 3x the loop's CPU time it took: at most 1/4 of the loop
-    goes to bulk bodies."""
+    """After a bulk body, its decoder rests 3x the CPU time it took: each decoder works at most
+    a quarter of the time."""
     bulk_pause_max_s: float = 1.0
 
 
@@ -107,7 +117,8 @@ _protocol_log = _ProtocolLogger("accordion.workers.edge.protocol")
 _protocol_log.parent = log
 
 
-_BULK_KEY = web.AppKey("accordion-bulk", asyncio.Semaphore)
+DECODERS_KEY = web.AppKey("accordion-decoders", DecoderPool)
+"""The application's bulk body decoders (started at the first bulk body, stopped with it)."""
 _LIMITS_KEY = web.AppKey("accordion-edge-limits", EdgeLimits)
 
 
@@ -119,7 +130,17 @@ def edge_app(limits: EdgeLimits) -> web.Application:
         handler_args={"keepalive_timeout": limits.header_timeout_s, "logger": _protocol_log},
     )
     app[_LIMITS_KEY] = limits
-    app[_BULK_KEY] = asyncio.Semaphore(limits.bulk_concurrency)
+    app[DECODERS_KEY] = DecoderPool(
+        limits.bulk_concurrency,
+        pause_factor=limits.bulk_pause_factor,
+        pause_max_s=limits.bulk_pause_max_s,
+        reply_timeout_s=limits.body_timeout_s,
+    )
+
+    async def stop_decoders(app: web.Application) -> None:
+        await app[DECODERS_KEY].stop()
+
+    app.on_cleanup.append(stop_decoders)
     return app
 
 
@@ -132,13 +153,27 @@ def check_content_type(request: web.Request) -> None:
         )
 
 
-async def read_decoded(request: web.Request, decode: Callable[[bytes], T]) -> T:
-    """`decode` of the request body, read within the edge's size and time bounds (413, 408).
+async def read_request(request: web.Request, signature: Signature | None) -> InferRequest:
+    """The validated v2 infer request of `request`'s body (what a worker serves), read within the
+    edge's bounds: 415, 413, 408, and the 400s of `protocol.parse_rest_body`."""
+    decoded = await _read_infer(request, signature, forward=False)
+    assert decoded.request is not None
+    return decoded.request
 
-    A bulk body (over `bulk_body_bytes`, or of unknown length) is read and decoded in one of
-    `bulk_concurrency` slots, and its slot is held afterwards for `bulk_pause_factor` times the
-    event loop's CPU time it took: bulk bodies get at most a quarter of the loop (by default)
-    however many clients send them, the rest stays for everyone else's requests."""
+
+async def read_forward(request: web.Request, signature: Signature | None) -> tuple[bytes, int]:
+    """(body, sample count) of a valid v2 infer body (what a router forwards), refused as
+    `read_request` refuses it."""
+    decoded = await _read_infer(request, signature, forward=True)
+    assert decoded.body is not None
+    return decoded.body, decoded.samples
+
+
+async def _read_infer(
+    request: web.Request, signature: Signature | None, *, forward: bool
+) -> Decoded:
+    """Small bodies (a known length up to `bulk_body_bytes`, and no larger once decompressed)
+    are read and decoded here; the others stream to a decoder process as they arrive."""
     limits = request.app[_LIMITS_KEY]
     check_content_type(request)
     length = request.content_length
@@ -147,21 +182,82 @@ async def read_decoded(request: web.Request, decode: Callable[[bytes], T]) -> T:
             413,
             f"request body of {length} bytes exceeds the limit of {limits.max_body_bytes} bytes",
         )
+    header_length = request.headers.get(BINARY_HEADER)
+    body = _Body(request, limits)
+    first: list[bytes] = []
     if length is not None and length <= limits.bulk_body_bytes:
-        return decode(await _read(request, limits))
-    async with request.app[_BULK_KEY]:
-        cpu_s = time.thread_time()
+        first, ended = await body.take(limits.bulk_body_bytes)
+        if ended:
+            raw = b"".join(first)
+            parsed = parse_rest_body(raw, header_length, signature)
+            return Decoded(parsed.batch_size, parsed, raw if forward else None)
+    kept: list[bytes] | None = [] if forward else None
+    decoded = await request.app[DECODERS_KEY].decode(
+        body.chunks(first, kept), header_length, signature, arrays=not forward
+    )
+    if kept is None:
+        return decoded
+    return Decoded(decoded.samples, decoded.request, b"".join(kept))
+
+
+class _Body:
+    """A request body's chunks as they arrive, within the size limit (413) and the time limit
+    (408: `body_timeout_s` of waiting for the client in all)."""
+
+    def __init__(self, request: web.Request, limits: EdgeLimits) -> None:
+        self.request = request
+        self.limits = limits
+        self.size = 0
+        self.wait_left_s = limits.body_timeout_s
+
+    async def next(self) -> bytes:
+        """The next chunk; b"" at the end."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            return decode(await _read(request, limits))
+            with _refusals(self.limits):
+                async with asyncio.timeout(self.wait_left_s):
+                    chunk = await self.request.content.readany()
         finally:
-            pause_s = (time.thread_time() - cpu_s) * limits.bulk_pause_factor
-            await asyncio.sleep(min(pause_s, limits.bulk_pause_max_s))
+            self.wait_left_s -= loop.time() - started
+        self.size += len(chunk)
+        if self.size > self.limits.max_body_bytes:
+            raise InferenceError(
+                413, f"request body exceeds the limit of {self.limits.max_body_bytes} bytes"
+            )
+        return chunk
+
+    async def take(self, limit: int) -> tuple[list[bytes], bool]:
+        """Chunks until the end or just beyond `limit` bytes; (chunks, whether it ended)."""
+        chunks: list[bytes] = []
+        taken = 0
+        while taken <= limit:
+            chunk = await self.next()
+            if not chunk:
+                return chunks, True
+            chunks.append(chunk)
+            taken += len(chunk)
+        return chunks, False
+
+    async def chunks(
+        self, first: list[bytes], kept: list[bytes] | None
+    ) -> AsyncGenerator[bytes, None]:
+        """`first`, then the rest of the body; each also appended to `kept` if given."""
+        for chunk in first:
+            if kept is not None:
+                kept.append(chunk)
+            yield chunk
+        while chunk := await self.next():
+            if kept is not None:
+                kept.append(chunk)
+            yield chunk
 
 
-async def _read(request: web.Request, limits: EdgeLimits) -> bytes:
+@contextlib.contextmanager
+def _refusals(limits: EdgeLimits) -> Iterator[None]:
+    """What reading a body can raise, as the client's answer."""
     try:
-        async with asyncio.timeout(limits.body_timeout_s):
-            return await request.read()
+        yield
     except web.HTTPRequestEntityTooLarge:
         raise InferenceError(
             413, f"request body exceeds the limit of {limits.max_body_bytes} bytes"

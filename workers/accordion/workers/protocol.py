@@ -366,6 +366,17 @@ def parse_rest(body: Any, binary: bytes, signature: Signature | None) -> InferRe
     return request
 
 
+def parse_rest_body(
+    raw: bytes, header_length: str | None, signature: Signature | None
+) -> InferRequest:
+    """A REST infer body as received (JSON, or a JSON header and binary data split by its
+    ``Inference-Header-Content-Length``) validated into a request: the one path of every REST
+    body, whether the server decodes it or a decoder process does (`accordion.workers.decoding`,
+    for bulk bodies), so both give the same checks and the same messages."""
+    header, binary = split_binary(raw, header_length)
+    return parse_rest(decode_json(header), binary, signature)
+
+
 def check_outputs(request: InferRequest, signature: Signature | None) -> None:
     if signature is None or request.outputs is None:
         return

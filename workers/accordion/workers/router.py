@@ -74,13 +74,12 @@ from accordion.workers.config import (
     SLOWDOWN_HEADER,
     RoutingTable,
 )
-from accordion.workers.edge import EdgeLimits, edge_app, read_decoded
+from accordion.workers.edge import EdgeLimits, edge_app, read_forward
 from accordion.workers.fastloop import RoutingDecider
 from accordion.workers.grpcserver import V2Endpoint, parse_grpc, render_grpc, start_grpc
 from accordion.workers.protocol import (
     MODEL_VERSION,
     InferenceError,
-    InferRequest,
     Signature,
     TensorSpec,
     binary_request,
@@ -88,9 +87,7 @@ from accordion.workers.protocol import (
     decode_rest_response,
     encode_json,
     parse_deadline_ms,
-    parse_rest,
     server_metadata_doc,
-    split_binary,
 )
 from accordion.workers.reporting import Reporter, ReportPolicy
 
@@ -700,18 +697,13 @@ def create_router_app(router: Router) -> web.Application:
         budget_s = parse_deadline_ms(request.headers.get(DEADLINE_HEADER), router.table.slo_s)
         header_length = request.headers.get(BINARY_HEADER)
         signature = await router.known_signature()
-
-        def decode(raw: bytes) -> tuple[bytes, InferRequest]:
-            header, binary = split_binary(raw, header_length)
-            return raw, parse_rest(decode_json(header), binary, signature)
-
-        body, parsed = await read_decoded(request, decode)
+        body, samples = await read_forward(request, signature)
         routed = await router.route(
             body,
             budget_s,
             request.headers.get("Content-Type") or "application/json",
             header_length,
-            samples=parsed.batch_size,
+            samples=samples,
             arrival_s=arrival,
         )
         headers = {"Content-Type": routed.content_type, OUTCOME_HEADER: routed.outcome}

@@ -67,7 +67,7 @@ from accordion.workers.config import (
     SLOWDOWN_HEADER,
     WorkerConfig,
 )
-from accordion.workers.edge import EdgeLimits, edge_app, error_response, read_decoded
+from accordion.workers.edge import EdgeLimits, edge_app, error_response, read_request
 from accordion.workers.grpcserver import V2Endpoint, parse_grpc, render_grpc
 from accordion.workers.models import LoadedModel, ModelRunner, load_model
 from accordion.workers.protocol import (
@@ -77,12 +77,9 @@ from accordion.workers.protocol import (
     InferResponse,
     Signature,
     TensorSpec,
-    decode_json,
     parse_deadline_ms,
-    parse_rest,
     render_rest,
     server_metadata_doc,
-    split_binary,
 )
 
 if TYPE_CHECKING:
@@ -519,13 +516,7 @@ def create_app(worker: Worker) -> web.Application:
         try:
             model_or_404(request)
             budget_s = parse_deadline_ms(request.headers.get(DEADLINE_HEADER), config.slo_s)
-            header_length = request.headers.get(BINARY_HEADER)
-
-            def decode(raw: bytes) -> InferRequest:
-                header, binary = split_binary(raw, header_length)
-                return parse_rest(decode_json(header), binary, worker.signature)
-
-            parsed = await read_decoded(request, decode)
+            parsed = await read_request(request, worker.signature)
         except InferenceError as exc:
             metrics.requests.labels(name, "rejected").inc()
             return error_response(exc.status, exc.reason, exc.outcome)
