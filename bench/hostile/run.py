@@ -14,9 +14,14 @@ those answered 200 within the SLO. Meanwhile an attacker process runs one of:
   never finish it, reopened when the server closes them.
 
 ``--before REV`` measures the workers of git revision REV too (extracted with git archive and
-put first on PYTHONPATH), so the table shows the old code and the new side by side.
+put first on PYTHONPATH), so the table shows the old code and the new side by side; ``--rounds``
+repeats every row (the machine is shared: one round says little). Each row also gives the
+canary's latency distribution (answered requests) and the CPU the servers (with any child
+processes) and the attacker used during the canary's window, in cores. ``--attacker-cpus 1``
+pins the attacker to CPU 1 and the servers and canary to the others (``taskset``-like, with
+``os.sched_setaffinity``): what the servers keep when the flood cannot take their cores.
 
-    python bench/hostile/run.py --before bc07a14 --out bench/results/hostile.md
+    python bench/hostile/run.py --before bc07a14 --rounds 3 --out bench/results/hostile.md
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -35,7 +41,8 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -65,9 +72,28 @@ def wait_ready(url: str, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"{url} not ready")
 
 
+def cpu_seconds(sessions: Sequence[int]) -> float:
+    """CPU time (user + system) of every live process in the given sessions (a server started
+    with ``start_new_session`` and whatever it started) or with those pids."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            # fields[0] is the state (field 3); session is field 6, utime/stime 14 and 15.
+            if int(fields[3]) in sessions or int(entry.name) in sessions:
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 @contextlib.contextmanager
-def stack(code: Path | None, tmp: Path) -> Iterator[dict[str, tuple[int, str]]]:
-    """A worker and a router in front of it; (port, model name) of each."""
+def stack(
+    code: Path | None, tmp: Path, cpus: set[int] | None = None
+) -> Iterator[dict[str, tuple[int, str]]]:
+    """A worker and a router in front of it; (port, model name) of each, and their pids
+    under "pids" (as port)."""
     env = dict(os.environ)
     if code is not None:
         env["PYTHONPATH"] = f"{code}:{env.get('PYTHONPATH', '')}"
@@ -104,10 +130,17 @@ def stack(code: Path | None, tmp: Path) -> Iterator[dict[str, tuple[int, str]]]:
             start_new_session=True,
         ),
     ]  # fmt: skip
+    if cpus is not None:
+        for proc in procs:
+            os.sched_setaffinity(proc.pid, cpus)  # children started later inherit it
     try:
         wait_ready(f"http://127.0.0.1:{wport}")
         wait_ready(f"http://127.0.0.1:{rport}")
-        yield {"worker": (wport, "demo-xs"), "router": (rport, SERVICE)}
+        yield {
+            "worker": (wport, "demo-xs"),
+            "router": (rport, SERVICE),
+            "pids": (procs[0].pid, str(procs[1].pid)),
+        }
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -174,32 +207,34 @@ def slowloris(port: int, model: str, connections: int = 600) -> None:
         time.sleep(0.5)
 
 
-ATTACKS = {"none": None, "flood": flood, "slowloris": slowloris}
+ATTACK = Callable[[int, str], None]
+ATTACKS: dict[str, ATTACK | None] = {"none": None, "flood": flood, "slowloris": slowloris}
 
 
 # -- the canary -----------------------------------------------------------------------------
 
 
-async def canary(port: int, model: str, seconds: float) -> tuple[int, int]:
-    """(requests, answered 200 within the SLO)."""
+async def canary(port: int, model: str, seconds: float) -> list[float | None]:
+    """Each request's latency in seconds if answered 200, else None."""
     body = json.dumps(
         {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [0.5] * 256}]}
     ).encode()
     url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
     headers = {"Content-Type": "application/json", "x-accordion-deadline-ms": str(SLO_MS)}
-    ok = 0
+    latencies: list[float | None] = []
 
     async def one(session: aiohttp.ClientSession) -> None:
-        nonlocal ok
         start = time.monotonic()
+        latency = None
         try:
             timeout = aiohttp.ClientTimeout(total=5)
             async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
                 await resp.read()
-                if resp.status == 200 and time.monotonic() - start <= SLO_MS / 1000:
-                    ok += 1
+                if resp.status == 200:
+                    latency = time.monotonic() - start
         except (aiohttp.ClientError, TimeoutError):
             pass
+        latencies.append(latency)
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         tasks = []
@@ -210,21 +245,71 @@ async def canary(port: int, model: str, seconds: float) -> tuple[int, int]:
             n += 1
             await asyncio.sleep(max(0.0, start + n * CANARY_INTERVAL_S - now))
         await asyncio.gather(*tasks)
-    return n, ok
+    return latencies
 
 
-def scenario(code: Path | None, target: str, attack: str, seconds: float) -> tuple[int, int]:
-    with tempfile.TemporaryDirectory() as tmp, stack(code, Path(tmp)) as ports:
+@dataclass
+class Row:
+    code: str
+    target: str
+    attack: str
+    latencies: list[float | None]
+    server_cores: float
+    """CPU the worker and router (and their children) used during the canary, in cores."""
+    attacker_cores: float
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def within(self) -> int:
+        return sum(1 for t in self.latencies if t is not None and t <= SLO_MS / 1000)
+
+
+def _pinned(fn: ATTACK, cpus: set[int] | None, port: int, model: str) -> None:
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+    fn(port, model)
+
+
+def scenario(
+    code: Path | None,
+    target: str,
+    attack: str,
+    seconds: float,
+    attacker_cpus: set[int] | None = None,
+) -> Row:
+    others = None
+    if attacker_cpus is not None:
+        others = set(range(os.cpu_count() or 1)) - attacker_cpus
+    with tempfile.TemporaryDirectory() as tmp, stack(code, Path(tmp), others) as ports:
         port, model = ports[target]
+        sessions = [ports["pids"][0], int(ports["pids"][1])]
         attacker = None
         fn = ATTACKS[attack]
         if fn is not None:
-            attacker = multiprocessing.Process(target=fn, args=(port, model), daemon=True)
+            attacker = multiprocessing.Process(
+                target=_pinned, args=(fn, attacker_cpus, port, model), daemon=True
+            )
             attacker.start()
             time.sleep(2.0)  # the attack in full swing before the canary starts
+        saved = os.sched_getaffinity(0)
         try:
-            return asyncio.run(canary(port, model, seconds))
+            if others is not None:
+                os.sched_setaffinity(0, others)
+            servers0 = cpu_seconds(sessions)
+            attacker0 = cpu_seconds([attacker.pid]) if attacker and attacker.pid else 0.0
+            start = time.monotonic()
+            latencies = asyncio.run(canary(port, model, seconds))
+            wall = time.monotonic() - start
+            servers = (cpu_seconds(sessions) - servers0) / wall
+            attacking = 0.0
+            if attacker is not None and attacker.pid:
+                attacking = (cpu_seconds([attacker.pid]) - attacker0) / wall
+            return Row("", target, attack, latencies, servers, attacking)
         finally:
+            os.sched_setaffinity(0, saved)
             if attacker is not None:
                 attacker.kill()
                 attacker.join()
@@ -240,23 +325,58 @@ def extract(rev: str, into: Path) -> Path:
     return into / "workers"
 
 
+def quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def describe(rows: Sequence[Row]) -> str:
+    """One table line's figures for `rows` (one row, or every round of one row)."""
+    answered = [t for r in rows for t in r.latencies if t is not None] or [math.nan]
+    n = sum(r.requests for r in rows)
+    ok = sum(r.within for r in rows)
+    p50, p99 = quantile(answered, 0.5), quantile(answered, 0.99)
+    servers = sum(r.server_cores for r in rows) / len(rows)
+    attacker = sum(r.attacker_cores for r in rows) / len(rows)
+    return (
+        f"{n} | {ok} | {ok / n:.1%} | {p50 * 1000:.1f} | {p99 * 1000:.1f} | "
+        f"{max(answered) * 1000:.0f} | {servers:.2f} | {attacker:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--before", help="git revision of the old workers to measure too")
+    parser.add_argument("--targets", default="worker,router")
+    parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument(
+        "--attacker-cpus", help="pin the attacker to these CPUs (e.g. 1), the rest to the others"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/hostile.md")
     args = parser.parse_args()
-    rows = []
+    pin = None
+    if args.attacker_cpus:
+        pin = {int(c) for c in args.attacker_cpus.split(",")}
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         codes: dict[str, Path | None] = {"this code": None}
         if args.before:
             codes = {f"before ({args.before})": extract(args.before, Path(tmp)), **codes}
-        for label, code in codes.items():
-            for target in ("worker", "router"):
-                for attack in ATTACKS:
-                    n, ok = scenario(code, target, attack, args.seconds)
-                    rows.append((label, target, attack, n, ok))
-                    print(f"{label:>22} {target:>6} {attack:>9}: {ok}/{n} = {ok / n:.1%}")
+        for round_ in range(1, args.rounds + 1):
+            for label, code in codes.items():
+                for target in args.targets.split(","):
+                    for attack in args.attacks.split(","):
+                        row = scenario(code, target, attack, args.seconds, pin)
+                        row.code = label
+                        rows.append(row)
+                        print(f"round {round_} {label:>22} {target:>6} {attack:>9}: "
+                              f"{describe([row])}", flush=True)  # fmt: skip
+    header = (
+        "| code | server | attack | round | canary requests | within SLO | attainment | "
+        "p50 ms | p99 ms | max ms | server cores | attacker cores |"
+    )
     lines = [
         "# Valid traffic under hostile traffic (bench/hostile/run.py)",
         "",
@@ -265,12 +385,21 @@ def main() -> None:
         "`serve --model builtin:demo-xs --slo-ms 100` (defaults otherwise); router: `route` in "
         "front of it. Flood: 4 connections of 16 MB JSON bodies back to back; slowloris: 600 "
         "connections that never finish their request head. One process each, fresh per row, "
-        "on this 2-core machine, all rows in one run.",
+        f"on this {os.cpu_count()}-core machine (shared), {args.rounds} round(s)"
+        + (f", the attacker pinned to CPU {args.attacker_cpus}" if pin else "")
+        + ". Latencies of the requests answered 200; cores: CPU seconds per second during the "
+        "canary's window (servers: worker, router and their child processes).",
         "",
-        "| code | server | attack | canary requests | within SLO | attainment |",
-        "|---|---|---|---:|---:|---:|",
+        header,
+        "|---|---|---|---|" + "---:|" * 8,
     ]
-    lines += [f"| {c} | {t} | {a} | {n} | {ok} | {ok / n:.1%} |" for c, t, a, n, ok in rows]
+    keys = list(dict.fromkeys((r.code, r.target, r.attack) for r in rows))
+    for key in keys:
+        same = [r for r in rows if (r.code, r.target, r.attack) == key]
+        for round_, row in enumerate(same, 1):
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {round_} | {describe([row])} |")
+        if len(same) > 1:
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | all | {describe(same)} |")
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
