@@ -19,7 +19,10 @@ repeats every row (the machine is shared: one round says little). Each row also 
 canary's latency distribution (answered requests) and the CPU the servers (with any child
 processes) and the attacker used during the canary's window, in cores. ``--attacker-cpus 1``
 pins the attacker to CPU 1 and the servers and canary to the others (``taskset``-like, with
-``os.sched_setaffinity``): what the servers keep when the flood cannot take their cores.
+``os.sched_setaffinity``): what the servers keep when the flood cannot take their cores;
+``--busy N`` runs N processes that spin meanwhile: a node whose cores other work wants too. The
+flood's answers per second (each body refused with a 400) show what the server still does for
+the attacker.
 
     python bench/hostile/run.py --before bc07a14 --rounds 3 --out bench/results/hostile.md
 """
@@ -44,6 +47,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -150,8 +154,11 @@ def stack(
 
 # -- attackers (each in a process of its own) -----------------------------------------------
 
+Counter = Any
+"""A ``multiprocessing.Value("q")``: the answers an attacker got."""
 
-def flood(port: int, model: str, stop: threading.Event | None = None) -> None:
+
+def flood(port: int, model: str, answered: Counter) -> None:
     body = json.dumps(
         {
             "inputs": [
@@ -177,6 +184,8 @@ def flood(port: int, model: str, stop: threading.Event | None = None) -> None:
                 s.sendall(head + body)
                 while s.recv(65536):
                     pass
+                with answered.get_lock():
+                    answered.value += 1
 
     threads = [threading.Thread(target=one, daemon=True) for _ in range(4)]
     for thread in threads:
@@ -184,7 +193,7 @@ def flood(port: int, model: str, stop: threading.Event | None = None) -> None:
     threading.Event().wait()
 
 
-def slowloris(port: int, model: str, connections: int = 600) -> None:
+def slowloris(port: int, model: str, answered: Counter, connections: int = 600) -> None:
     head = f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\n".encode()
     socks: list[socket.socket | None] = [None] * connections
     line = 0
@@ -207,7 +216,7 @@ def slowloris(port: int, model: str, connections: int = 600) -> None:
         time.sleep(0.5)
 
 
-ATTACK = Callable[[int, str], None]
+ATTACK = Callable[[int, str, Counter], None]
 ATTACKS: dict[str, ATTACK | None] = {"none": None, "flood": flood, "slowloris": slowloris}
 
 
@@ -257,6 +266,8 @@ class Row:
     server_cores: float
     """CPU the worker and router (and their children) used during the canary, in cores."""
     attacker_cores: float
+    attack_answers_per_s: float
+    """Flood bodies the server answered (refused with a 400) per second."""
 
     @property
     def requests(self) -> int:
@@ -267,10 +278,15 @@ class Row:
         return sum(1 for t in self.latencies if t is not None and t <= SLO_MS / 1000)
 
 
-def _pinned(fn: ATTACK, cpus: set[int] | None, port: int, model: str) -> None:
+def _pinned(fn: ATTACK, cpus: set[int] | None, port: int, model: str, answered: Counter) -> None:
     if cpus is not None:
         os.sched_setaffinity(0, cpus)
-    fn(port, model)
+    fn(port, model, answered)
+
+
+def _spin() -> None:
+    while True:
+        pass
 
 
 def scenario(
@@ -279,6 +295,21 @@ def scenario(
     attack: str,
     seconds: float,
     attacker_cpus: set[int] | None = None,
+    busy: int = 0,
+) -> Row:
+    spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(busy)]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        return _scenario(code, target, attack, seconds, attacker_cpus)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.join()
+
+
+def _scenario(
+    code: Path | None, target: str, attack: str, seconds: float, attacker_cpus: set[int] | None
 ) -> Row:
     others = None
     if attacker_cpus is not None:
@@ -287,10 +318,11 @@ def scenario(
         port, model = ports[target]
         sessions = [ports["pids"][0], int(ports["pids"][1])]
         attacker = None
+        answered = multiprocessing.Value("q", 0)
         fn = ATTACKS[attack]
         if fn is not None:
             attacker = multiprocessing.Process(
-                target=_pinned, args=(fn, attacker_cpus, port, model), daemon=True
+                target=_pinned, args=(fn, attacker_cpus, port, model, answered), daemon=True
             )
             attacker.start()
             time.sleep(2.0)  # the attack in full swing before the canary starts
@@ -300,6 +332,7 @@ def scenario(
                 os.sched_setaffinity(0, others)
             servers0 = cpu_seconds(sessions)
             attacker0 = cpu_seconds([attacker.pid]) if attacker and attacker.pid else 0.0
+            answered0 = answered.value
             start = time.monotonic()
             latencies = asyncio.run(canary(port, model, seconds))
             wall = time.monotonic() - start
@@ -307,7 +340,8 @@ def scenario(
             attacking = 0.0
             if attacker is not None and attacker.pid:
                 attacking = (cpu_seconds([attacker.pid]) - attacker0) / wall
-            return Row("", target, attack, latencies, servers, attacking)
+            answers = (answered.value - answered0) / wall
+            return Row("", target, attack, latencies, servers, attacking, answers)
         finally:
             os.sched_setaffinity(0, saved)
             if attacker is not None:
@@ -338,9 +372,10 @@ def describe(rows: Sequence[Row]) -> str:
     p50, p99 = quantile(answered, 0.5), quantile(answered, 0.99)
     servers = sum(r.server_cores for r in rows) / len(rows)
     attacker = sum(r.attacker_cores for r in rows) / len(rows)
+    answers = sum(r.attack_answers_per_s for r in rows) / len(rows)
     return (
         f"{n} | {ok} | {ok / n:.1%} | {p50 * 1000:.1f} | {p99 * 1000:.1f} | "
-        f"{max(answered) * 1000:.0f} | {servers:.2f} | {attacker:.2f}"
+        f"{max(answered) * 1000:.0f} | {servers:.2f} | {attacker:.2f} | {answers:.1f}"
     )
 
 
@@ -353,6 +388,9 @@ def main() -> None:
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument(
         "--attacker-cpus", help="pin the attacker to these CPUs (e.g. 1), the rest to the others"
+    )
+    parser.add_argument(
+        "--busy", type=int, default=0, help="processes that spin meanwhile (other work on the node)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/hostile.md")
     args = parser.parse_args()
@@ -368,14 +406,14 @@ def main() -> None:
             for label, code in codes.items():
                 for target in args.targets.split(","):
                     for attack in args.attacks.split(","):
-                        row = scenario(code, target, attack, args.seconds, pin)
+                        row = scenario(code, target, attack, args.seconds, pin, args.busy)
                         row.code = label
                         rows.append(row)
                         print(f"round {round_} {label:>22} {target:>6} {attack:>9}: "
                               f"{describe([row])}", flush=True)  # fmt: skip
     header = (
         "| code | server | attack | round | canary requests | within SLO | attainment | "
-        "p50 ms | p99 ms | max ms | server cores | attacker cores |"
+        "p50 ms | p99 ms | max ms | server cores | attacker cores | attack answers/s |"
     )
     lines = [
         "# Valid traffic under hostile traffic (bench/hostile/run.py)",
@@ -387,11 +425,12 @@ def main() -> None:
         "connections that never finish their request head. One process each, fresh per row, "
         f"on this {os.cpu_count()}-core machine (shared), {args.rounds} round(s)"
         + (f", the attacker pinned to CPU {args.attacker_cpus}" if pin else "")
+        + (f", {args.busy} processes spinning meanwhile (other work)" if args.busy else "")
         + ". Latencies of the requests answered 200; cores: CPU seconds per second during the "
         "canary's window (servers: worker, router and their child processes).",
         "",
         header,
-        "|---|---|---|---|" + "---:|" * 8,
+        "|---|---|---|---|" + "---:|" * 9,
     ]
     keys = list(dict.fromkeys((r.code, r.target, r.attack) for r in rows))
     for key in keys:

@@ -9,8 +9,8 @@ Both servers build their aiohttp application through `edge_app`, so they bound t
   head, and an idle keep-alive connection is closed after as long (aiohttp's keep-alive timer,
   which it also arms when a connection opens; here per application through ``handler_args``, so
   every runner gets it); a body has `body_timeout_s` to arrive (408).
-* **Size**: ``client_max_size`` and a ``Content-Length`` check refuse a body over
-  `max_body_bytes` before it is read (413), decompressed bodies included.
+* **Size**: a ``Content-Length`` over `max_body_bytes` is refused before the body is read
+  (413), and so is a body whose bytes, counted as they arrive (decompressed), go beyond it.
 * **Bulk bodies**: a body over `bulk_body_bytes` (by its ``Content-Length``; of unknown length;
   or growing beyond it as it is decompressed) is never parsed on the event loop: it goes, chunk
   by chunk as it arrives, to one of `bulk_concurrency` decoder processes
@@ -19,7 +19,7 @@ Both servers build their aiohttp application through `edge_app`, so they bound t
   `bulk_pause_factor` times the CPU time the body took, and runs at a lower CPU priority, so
   bulk bodies get a bounded share of the CPU and yield to small requests. While every decoder
   is busy or resting, further bulk bodies wait in the kernel (TCP backpressure): a flood of
-  16 MB bodies holds none in the server's memory (a router keeps the one it forwards), and the
+  16 MB bodies holds none in the server's memory (a router keeps those it forwards), and the
   loop stays for the small requests of everyone else. Small bodies are decoded on the loop
   (orjson, about 3 ms a MiB): cheaper than the trip to a process.
 * **Content types**: bodies that are forms in parts (``multipart/*``) are refused with 415;
