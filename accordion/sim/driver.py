@@ -211,6 +211,7 @@ class LoopControl:
         self.deciders: dict[str, RoutingDecider] = {}
         self.backends: dict[str, dict[str, WorkerKey]] = {}
         self.key_of: dict[int, str] = {}
+        self.index_of: dict[str, int] = {}
         self.variant_of: dict[tuple[str, str], VariantSpec] = {}
         self.notes: list[str] = []
         self.passes = 0
@@ -233,6 +234,7 @@ class LoopControl:
             svc = self._services(fam, sim.config.service_time, initial_qps.get(fam.name, 0.0))
             self.world.services[svc.key] = svc
             self.key_of[s] = svc.key
+            self.index_of[svc.key] = s
             for v in fam.variants:
                 self.variant_of[(svc.key, dns_label(v.name))] = v
         # The warmed-up cluster: the first plan's replicas are ready at time 0, and the
@@ -379,7 +381,7 @@ class LoopControl:
 
     def _new_replica(self, spec: WorkerSpec) -> Replica:
         config = spec.worker_config()
-        service = next(s for s, k in self.key_of.items() if k == spec.key.service)
+        service = self.index_of[spec.key.service]
         variant = self.variant_of[(spec.key.service, spec.key.variant)]
         replica = self.sim.add_replica(
             service,
@@ -412,7 +414,7 @@ class LoopControl:
         delay = 0.0 if self._initial else ROUTER_RELOAD_S
 
         def load() -> None:
-            self.backends[step.service] = {**self.backends.get(step.service, {}), **backends}
+            self.backends[step.service] = backends
             if table is None:
                 self.deciders.pop(step.service, None)
             elif step.service in self.deciders:

@@ -79,7 +79,6 @@ class Replica:
     weight: float = 0.0
     current_weight: float = 0.0
     owns_slot: bool = True
-    replaces: Replica | None = None
     replaced: bool = False
     wake_token: int = 0
     tag: Any = None
@@ -305,12 +304,10 @@ class Simulator:
         policy: BatchingPolicy,
         *,
         initial: bool = False,
-        claim_slot: bool = True,
         tag: Any = None,
     ) -> Replica:
-        """A new replica. `initial`: ready at once (the warmed-up cluster at time 0).
-        `claim_slot`: take a device of the pool now, or wait for one (pending); without it the
-        caller manages the device (a baseline's replacement on its predecessor's device)."""
+        """A new replica on a free device of its pool, or waiting for one (pending).
+        `initial`: ready at once (the warmed-up cluster at time 0)."""
         replica = Replica(
             rid=self._next_rid,
             service=service,
@@ -326,9 +323,6 @@ class Simulator:
         self._next_rid += 1
         self.replicas.append(replica)
         self.by_service[service].append(replica)
-        if not claim_slot:
-            replica.ready_at_s = self.now_s + (0.0 if initial else self.config.model_load_s)
-            return replica
         if self.free_devices(pool) > 0:
             self._take_slot(replica)
             if initial:
@@ -342,10 +336,6 @@ class Simulator:
             self._pending[pool].append(replica)
         return replica
 
-    def schedule_ready(self, replica: Replica, at_s: float) -> None:
-        """(Baselines) make a replica created without a device claim active at `at_s`."""
-        self._push(at_s, _READY, replica)
-
     def schedule_retire(self, replica: Replica, at_s: float) -> None:
         self._push(at_s, _RETIRE, replica)
 
@@ -353,16 +343,6 @@ class Simulator:
         if replica.state != "loading":
             return
         replica.state = "active"
-        old = replica.replaces
-        if old is not None:
-            # (Baselines) the device moves to the new replica; the old one drains on it.
-            if old.owns_slot:
-                old.owns_slot = False
-                self._slots_by_pool[old.pool] -= 1
-                self._slots_changed(-1)
-            self._take_slot(replica)
-            replica.replaces = None
-            self.retire(old)
         self.control.replica_changed(replica)
 
     def retire(self, replica: Replica) -> None:
@@ -372,9 +352,6 @@ class Simulator:
         if replica.state in ("pending", "loading"):
             replica.state = "gone"
             self._release_slot(replica)
-            if replica.replaces is not None:
-                replica.replaces.replaced = False
-                replica.replaces = None
             self.control.replica_changed(replica)
             return
         replica.state = "retiring"

@@ -201,6 +201,11 @@ class _Settled:
     routing: Routing
 
 
+def _short(plan: Plan) -> set[str]:
+    """The services a plan cannot serve in full."""
+    return {s.service for s in plan.services if s.unserved_qps > 1e-6 * max(1.0, s.demand_qps)}
+
+
 def _usable(plan: Plan) -> str | None:
     """Why a plan must not be applied, or None when it may."""
     if plan.stats.status == "NO_SOLUTION":
@@ -287,7 +292,7 @@ class ControlLoop:
         plan = self.last_plan
         if plan is None:
             return set()
-        return {s.service for s in plan.services if s.unserved_qps > 1e-6 * max(1.0, s.demand_qps)}
+        return _short(plan)
 
     def _measured(self, world: World, demand: DemandView) -> dict[str, float]:
         return {k: v for k, v in demand.qps.items() if k in world.services}
@@ -355,7 +360,7 @@ class ControlLoop:
         are devices taken from demand that is there). Services that are served in full keep
         theirs: one tenant's overload never rewrites another's workers."""
         plan = self._call_planner(problem)
-        short = {s.service for s in plan.services if s.unserved_qps > 1e-6 * max(1.0, s.demand_qps)}
+        short = _short(plan)
         self.overload = bool(short)
         if short:
             base = {k: base_demand_qps(svc, estimates) for k, svc in world.services.items()}
