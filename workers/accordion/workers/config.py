@@ -34,6 +34,7 @@ MODEL_LOAD_FAILED_EXIT = 65
 EX_DATAERR); the operator reads it from the pod and reports ModelLoadFailed."""
 
 PolicyName = Literal["slo", "none", "triton", "clipper"]
+BatchingMode = Literal["request", "cellular", "node"]
 
 
 def _positive_profile(value: dict[int, float]) -> dict[int, float]:
@@ -88,6 +89,21 @@ class BatchingConfig(_Model):
     predictor_quantile: float = Field(0.75, gt=0, le=1)
     max_queue: int = Field(
         1024, ge=1, description="Admission bound: beyond it, requests are shed with 503."
+    )
+    mode: BatchingMode = Field(
+        "request",
+        description="Granularity of batching: whole requests (`policy` forms the batches), "
+        "'cellular' (per step of a recurrent or decoder cell: requests join and leave the "
+        "running batch; accordion.workers.cellular) or 'node' (per stage of a feed-forward "
+        "model, late requests catch up and merge; accordion.workers.lazy).",
+    )
+    max_inflight: int | None = Field(
+        None,
+        ge=1,
+        description="cellular: most requests holding state at once (default: max_batch_size).",
+    )
+    max_state_mb: float | None = Field(
+        None, gt=0, description="cellular: most state (hidden states, KV caches) held at once."
     )
 
 

@@ -28,6 +28,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from accordion.workers.seqmodels import STAGED_BUILTINS
+from accordion.workers.staged import StagedModel
+
 BUILTIN_PREFIX = "builtin:"
 
 
@@ -95,6 +98,8 @@ class LoadedModel:
     input_shape: tuple[int, ...]
     datatype: str
     accuracy: float | None = None
+    staged: StagedModel | None = None
+    """The model as stages (`accordion.workers.staged`), for built-in staged models."""
 
 
 def load_model(
@@ -103,6 +108,11 @@ def load_model(
     """Load `builtin:NAME` or a TorchScript / torch.export file from a local path."""
     if ref.startswith(BUILTIN_PREFIX):
         name = ref[len(BUILTIN_PREFIX) :]
+        if name in STAGED_BUILTINS:  # gru-seq, decoder-tiny, cnn-deep (seqmodels)
+            staged = STAGED_BUILTINS[name]()
+            built = getattr(staged, "module", None)
+            assert isinstance(built, torch.nn.Module)
+            return LoadedModel(built, staged.input_shape, staged.datatype, staged=staged)
         spec = DEMO_FAMILY.get(name)
         if spec is None:
             raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(DEMO_FAMILY)}")

@@ -81,6 +81,7 @@ from accordion.workers.protocol import (
     render_rest,
     server_metadata_doc,
 )
+from accordion.workers.stagedworker import StagedEngine, start_engine
 
 if TYPE_CHECKING:
     from grpc import aio as grpc_aio
@@ -192,6 +193,9 @@ class Worker:
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._batch_task: asyncio.Task[None] | None = None
+        self.engine: StagedEngine | None = None
+        """Staged execution (`batching.mode` cellular or node, or a ragged model): it serves
+        requests instead of the request batcher (`accordion.workers.stagedworker`)."""
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _batch_sizes(self) -> list[int]:
@@ -200,6 +204,12 @@ class Worker:
         return sorted({*sizes, cap})
 
     async def start(self) -> None:
+        if self.config.batching.mode != "request" or (
+            self.model.staged is not None and self.model.staged.ragged
+        ):
+            self.engine = await start_engine(self)
+            self.ready = True
+            return
         profile_s = self.config.profile_s
         sizes = self._batch_sizes()
         if self._warm_up or not profile_s:
@@ -223,6 +233,8 @@ class Worker:
 
     async def stop(self) -> None:
         self.ready = False
+        if self.engine is not None:
+            await self.engine.stop()
         for task in (self._task, self._batch_task):
             if task is not None:
                 task.cancel()
@@ -323,6 +335,7 @@ class Worker:
                 "slo_ms": self.config.slo_ms,
                 "max_batch_size": self.config.batching.max_batch_size,
                 "policy": self.config.batching.policy,
+                "mode": self.config.batching.mode,
                 "accuracy": self.accuracy,
             },
         }
@@ -377,6 +390,8 @@ class Worker:
     async def _submit(
         self, samples: npt.NDArray[np.generic], deadline_s: float
     ) -> list[tuple[npt.NDArray[np.generic], str]]:
+        if self.engine is not None:
+            return await self.engine.submit(samples, deadline_s)
         policy = self.policy
         if policy is None:
             raise InferenceError(503, "model is not ready")

@@ -1,0 +1,251 @@
+"""Staged execution (cellular, node-level, request-level) with the real torch models.
+
+Every mode is held to the plain computation of each request alone (``nn.GRU`` over the whole
+sequence, the decoder without a KV cache, the CNN whole); the schedulers' behaviour (joins and
+leaves, memory bound, EDF, lazy merging, drops) is checked on simulated time with
+`replay_staged`, the driver the worker's engine mirrors, and end to end through a worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from accordion.workers.batching import LatencyPredictor, SloBatcher, TritonDynamicBatcher
+from accordion.workers.cellular import CellularScheduler
+from accordion.workers.lazy import NodeScheduler
+from accordion.workers.seqmodels import DecoderStaged, GruStaged, cnn_staged
+from accordion.workers.staged import (
+    Job,
+    RequestLevelScheduler,
+    StagedModel,
+    StageLatency,
+    StageScheduler,
+    StepDecision,
+    replay_staged,
+)
+
+STEP_S = 0.001
+
+
+def flat(stages: int = 1, step_s: float = STEP_S) -> StageLatency:
+    """A profile where a step costs `step_s` at batch 1 and 10% more per extra request."""
+    return StageLatency([{1: step_s, 32: step_s * 4.1}] * stages)
+
+
+def cost(step_s: float = STEP_S) -> Callable[[int, int], float]:
+    return lambda _stage, size: step_s * (1 + 0.1 * (size - 1))
+
+
+def jobs_for(
+    model: StagedModel, samples: list[Any], arrivals: list[float], budget_s: float = 10.0
+) -> list[Job]:
+    return [
+        Job(i, t, t + budget_s, model.steps(s), model.state_bytes(s), payload=[model.begin(s)])
+        for i, (s, t) in enumerate(zip(samples, arrivals, strict=True))
+    ]
+
+
+def execute(
+    scheduler: StageScheduler,
+    model: StagedModel,
+    samples: list[Any],
+    arrivals: list[float],
+    budget_s: float = 10.0,
+) -> tuple[dict[int, np.ndarray[Any, Any]], list[StepDecision], Any]:
+    """Replay with the real model: every stage the scheduler starts runs on the states of its
+    jobs, batched; the answers of the jobs that finish."""
+    jobs = jobs_for(model, samples, arrivals, budget_s)
+    steps: list[StepDecision] = []
+    answers: dict[int, np.ndarray[Any, Any]] = {}
+
+    def on_step(decision: StepDecision, now_s: float) -> None:
+        steps.append(decision)
+        with torch.inference_mode():
+            states = model.run(decision.stage, [j.payload[0] for j in decision.run])
+            for job, state in zip(decision.run, states, strict=True):
+                job.payload[0] = state
+                if job.done + 1 == job.steps:
+                    answers[job.request_id] = model.finish(state)
+
+    outcome = replay_staged(scheduler, jobs, cost(), on_step=on_step)
+    return answers, steps, outcome
+
+
+def request_level(stages: int = 1, slo: bool = True) -> RequestLevelScheduler:
+    if slo:
+        return RequestLevelScheduler(SloBatcher(8, LatencyPredictor({1: 0.05, 8: 0.1})), stages)
+    return RequestLevelScheduler(TritonDynamicBatcher(8, 0.002), stages)
+
+
+SCHEDULERS: dict[str, Callable[[StagedModel], StageScheduler]] = {
+    "cellular": lambda m: CellularScheduler(flat(), max_batch_size=8),
+    "request-slo": lambda m: request_level(m.stages),
+    "request-triton": lambda m: request_level(m.stages, slo=False),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(SCHEDULERS))
+@pytest.mark.parametrize("build", [GruStaged, DecoderStaged], ids=["gru", "decoder"])
+def test_sequence_outputs_equal_running_each_alone(
+    mode: str, build: Callable[[], StagedModel]
+) -> None:
+    model = build()
+    rng = np.random.default_rng(1)
+    lengths = [int(n) for n in rng.integers(3, 30, size=12)]
+    samples = [model.example(n, seed=i) for i, n in enumerate(lengths)]
+    arrivals = sorted(float(t) for t in rng.uniform(0, 0.05, size=12))
+    answers, steps, outcome = execute(SCHEDULERS[mode](model), model, samples, arrivals)
+    assert outcome.ok == 12
+    assert len(answers) == 12
+    assert max(len(s.run) for s in steps) > 1  # they were batched
+    for i, sample in enumerate(samples):
+        expected = model.alone(sample)
+        if isinstance(model, DecoderStaged):
+            assert np.array_equal(answers[i], expected), i  # the same tokens generated
+        else:
+            assert np.allclose(answers[i], expected, atol=1e-5), i
+
+
+@pytest.mark.parametrize("mode", ["node", "request-slo", "request-triton"])
+def test_cnn_outputs_equal_running_each_alone(mode: str) -> None:
+    model = cnn_staged()
+    scheduler: StageScheduler = (
+        NodeScheduler(flat(model.stages), model.stages, max_batch_size=8)
+        if mode == "node"
+        else request_level(model.stages, slo=mode == "request-slo")
+    )
+    samples = [model.example(0, seed=i) for i in range(6)]
+    arrivals = [0.0, 0.0005, 0.0031, 0.004, 0.0042, 0.02]
+    answers, steps, outcome = execute(scheduler, model, samples, arrivals)
+    assert outcome.ok == 6
+    assert max(len(s.run) for s in steps) > 1
+    for i, sample in enumerate(samples):
+        assert np.allclose(answers[i], model.alone(sample), atol=1e-5), i
+
+
+def test_cellular_requests_join_the_running_batch_and_leave_it() -> None:
+    model = GruStaged()
+    samples = [model.example(n, seed=i) for i, n in enumerate([40, 5, 20])]
+    arrivals = [0.0, 0.010, 0.012]  # the first is 10 steps in when the others arrive
+    _answers, steps, outcome = execute(
+        CellularScheduler(flat(), max_batch_size=8), model, samples, arrivals
+    )
+    assert outcome.ok == 3
+    members = [{j.request_id for j in s.run} for s in steps]
+    assert members[0] == {0}
+    assert {0, 1} in members  # 1 joined while 0 was mid-sequence
+    assert {0, 1, 2} in members
+    first_with_2 = next(k for k, m in enumerate(members) if 2 in m)
+    assert 1 not in members[-1]
+    assert members[-1] == {0}
+    assert outcome.finish_order == [1, 2, 0]
+    assert first_with_2 < 40  # nobody waited for 0's 40 steps
+
+
+def test_request_level_batches_never_take_anyone_mid_way() -> None:
+    model = GruStaged()
+    samples = [model.example(n, seed=i) for i, n in enumerate([40, 5, 20])]
+    _, steps, outcome = execute(request_level(), model, samples, [0.0, 0.010, 0.012])
+    members = [{j.request_id for j in s.run} for s in steps]
+    assert outcome.ok == 3
+    assert all(m == {0} for m in members[:40])  # 0 ran alone to its end
+    assert {1, 2} in members[40:]
+
+
+def test_cellular_memory_bound_holds_and_everyone_is_served() -> None:
+    model = DecoderStaged()
+    rng = np.random.default_rng(3)
+    samples = [model.example(int(n), seed=i) for i, n in enumerate(rng.integers(4, 40, 30))]
+    per_request = max(model.state_bytes(s) for s in samples)
+    bound = int(2.5 * per_request)
+    jobs = jobs_for(model, samples, [0.0] * 30, budget_s=100.0)
+    scheduler = CellularScheduler(flat(), max_batch_size=16, max_state_bytes=bound)
+    outcome = replay_staged(scheduler, jobs, cost())
+    assert outcome.ok == 30
+    assert 0 < outcome.peak_state_bytes <= bound
+    assert outcome.peak_inflight >= 2  # the bound, not a batch of one, limited it
+    unbounded = replay_staged(
+        CellularScheduler(flat(), max_batch_size=16, max_inflight=5),
+        jobs_for(model, samples, [0.0] * 30, budget_s=100.0),
+        cost(),
+    )
+    assert unbounded.peak_inflight == 5
+    assert unbounded.ok == 30
+
+
+def test_cellular_admits_earliest_deadline_first() -> None:
+    budgets = [0.9, 0.3, 0.7, 0.1, 0.5]
+    jobs = [Job(i, 0.0, b, steps=10) for i, b in enumerate(budgets)]
+    outcome = replay_staged(
+        CellularScheduler(flat(), max_batch_size=1, max_inflight=1), jobs, cost()
+    )
+    assert outcome.ok == 5
+    assert outcome.finish_order == [3, 1, 4, 2, 0]
+
+
+def test_cellular_join_never_makes_a_request_in_flight_late() -> None:
+    # 0 has just enough slack for its steps at batch 1; 1 joining would make 0 late.
+    jobs = [Job(0, 0.0, 0.0205, steps=20), Job(1, 0.001, 1.0, steps=5)]
+    outcome = replay_staged(CellularScheduler(flat(), max_batch_size=8), jobs, cost())
+    assert outcome.ok == 2  # 0 made its deadline
+    assert outcome.stage_sizes[:10] == [1] * 10  # 1 did not join while 0 had no slack for it
+    assert 2 in outcome.stage_sizes  # it joined once 0's remaining steps left room
+
+
+def test_cellular_drops_a_request_that_cannot_make_it_even_alone() -> None:
+    jobs = [Job(0, 0.0, 0.005, steps=50), Job(1, 0.0, 1.0, steps=5)]
+    outcome = replay_staged(CellularScheduler(flat(), max_batch_size=8), jobs, cost())
+    assert outcome.dropped == 1
+    assert outcome.ok == 1
+
+
+def cheap_batches(_stage: int, size: int) -> float:
+    return STEP_S  # a stage costs the same whatever the batch: merging halves the work
+
+
+def test_node_level_late_request_catches_up_and_merges() -> None:
+    stages = 10
+    latency = StageLatency([{1: STEP_S, 8: STEP_S}] * stages)
+    scheduler = NodeScheduler(latency, stages, max_batch_size=8)
+    jobs = [Job(0, 0.0, 1.0, stages), Job(1, 0.0035, 1.0, stages)]  # 1 arrives at stage 4
+    seen: list[tuple[int, frozenset[int]]] = []
+    outcome = replay_staged(
+        scheduler,
+        jobs,
+        cheap_batches,
+        on_step=lambda d, _: seen.append((d.stage, frozenset(j.request_id for j in d.run))),
+    )
+    assert outcome.ok == 2
+    assert scheduler.merges == 4
+    assert seen[4:8] == [(k, frozenset({1})) for k in range(4)]  # 1 caught up alone
+    assert seen[8:] == [(k, frozenset({0, 1})) for k in range(4, 10)]  # then they merged
+    assert len(seen) == 14  # 20 stage runs apart
+
+
+def test_node_level_does_not_merge_when_it_would_cost_a_deadline() -> None:
+    stages = 10
+    latency = StageLatency([{1: STEP_S, 8: STEP_S}] * stages)
+    scheduler = NodeScheduler(latency, stages, max_batch_size=8)
+    jobs = [Job(0, 0.0, 0.0105, stages), Job(1, 0.0035, 1.0, stages)]  # 0 has no slack
+    seen: list[frozenset[int]] = []
+    outcome = replay_staged(
+        scheduler,
+        jobs,
+        cheap_batches,
+        on_step=lambda d, _: seen.append(frozenset(j.request_id for j in d.run)),
+    )
+    assert outcome.ok == 2
+    assert scheduler.merges == 0
+    assert seen == [frozenset({0})] * 10 + [frozenset({1})] * 10
+
+
+def test_node_level_runs_the_earliest_deadline_group_first() -> None:
+    stages = 4
+    scheduler = NodeScheduler(flat(stages), stages, max_batch_size=1)
+    jobs = [Job(i, 0.0, b, stages) for i, b in enumerate([0.9, 0.2, 0.5])]
+    outcome = replay_staged(scheduler, jobs, cost())
+    assert outcome.finish_order == [1, 2, 0]

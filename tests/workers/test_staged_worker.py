@@ -1,0 +1,97 @@
+"""Staged execution inside the worker: `batching.mode` cellular and node over real HTTP
+(KServe v2), answers equal to each request computed alone."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from accordion.workers.config import BatchingConfig
+from accordion.workers.seqmodels import DecoderStaged, GruStaged, cnn_staged
+from accordion.workers.server import Worker, create_app
+from accordion.workers.staged import StagedModel
+
+from .conftest import worker_config
+
+
+def body(sample: np.ndarray[Any, Any], datatype: str) -> dict[str, object]:
+    return {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [1, *sample.shape],
+                "datatype": datatype,
+                "data": sample.reshape(-1).tolist(),
+            }
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "reference"),
+    [
+        ("gru-seq", "cellular", GruStaged),
+        ("decoder-tiny", "cellular", DecoderStaged),
+        ("gru-seq", "request", GruStaged),
+        ("cnn-deep", "node", cnn_staged),
+    ],
+)
+async def test_worker_serves_staged_modes(
+    name: str, mode: str, reference: type[StagedModel]
+) -> None:
+    model = reference()
+    config = worker_config(
+        model_name=name,
+        model=f"builtin:{name}",
+        profile_ms={},
+        batching=BatchingConfig(max_batch_size=4, max_queue=64, mode=mode),
+    )
+    worker = Worker(config, warm_up=False)
+    lengths = [3, 17, 8, 30, 5, 12]
+    samples = [model.example(n, seed=i) for i, n in enumerate(lengths)]
+    async with TestClient(TestServer(create_app(worker))) as client:
+        assert worker.engine is not None
+        meta = await (await client.get(f"/v2/models/{name}")).json()
+        assert meta["parameters"]["mode"] == mode
+        responses = await asyncio.gather(
+            *(
+                client.post(f"/v2/models/{name}/infer", json=body(s, model.datatype))
+                for s in samples
+            )
+        )
+        for sample, response in zip(samples, responses, strict=True):
+            assert response.status == 200, await response.text()
+            assert response.headers["x-accordion-outcome"] == "ok"
+            out = (await response.json())["outputs"][0]
+            got = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])[0]
+            assert np.allclose(got, model.alone(sample), atol=1e-4)
+        metrics = await (await client.get("/metrics")).text()
+        assert f'accordion_worker_requests_total{{model="{name}",outcome="ok"}} 6.0' in metrics
+
+
+async def test_worker_refuses_a_malformed_sequence_with_a_reason() -> None:
+    config = worker_config(
+        model_name="decoder-tiny",
+        model="builtin:decoder-tiny",
+        profile_ms={},
+        batching=BatchingConfig(max_batch_size=2, mode="cellular"),
+    )
+    async with TestClient(TestServer(create_app(Worker(config, warm_up=False)))) as client:
+        no_room = np.asarray([5, 7, 9], dtype=np.int64)  # nothing to generate
+        response = await client.post("/v2/models/decoder-tiny/infer", json=body(no_room, "INT64"))
+        assert response.status == 400
+        assert "one 0 per token to generate" in (await response.json())["error"]
+        ok = np.asarray([5, 7, 0, 0], dtype=np.int64)
+        response = await client.post("/v2/models/decoder-tiny/infer", json=body(ok, "INT64"))
+        assert response.status == 200
+
+
+def test_cellular_mode_needs_a_cell_model() -> None:
+    from accordion.workers.stagedworker import make_scheduler
+
+    with pytest.raises(ValueError, match="cellular needs a cell model"):
+        make_scheduler(BatchingConfig(mode="cellular"), cnn_staged(), [{1: 0.001}] * 10, slo_s=0.1)

@@ -1,0 +1,368 @@
+"""Real torch models built in code that run as stages (`accordion.workers.staged`).
+
+Three built-in models, weights fixed by a seed (every process builds the same), for the tests,
+the benchmark (bench/cellular) and users who want to try the modes:
+
+* ``builtin:gru-seq``: a GRU sequence classifier. One request is a sequence ``[L, 64]`` of any
+  length L; the answer is the class scores ``[10]`` of the last hidden state. Its stage is the
+  GRU cell: one step consumes one element of every running request (cellular batching).
+* ``builtin:decoder-tiny``: a decoder-only transformer (2 layers, width 128, vocabulary 256)
+  that generates greedily with a KV cache. One request is INT64 tokens ``[T]``: the prompt
+  (tokens > 0) followed by one 0 per token to generate, so input and output lengths both vary;
+  the answer is the generated tokens ``[n]`` (as FP32, the worker's output type). Its stage is
+  one decoding step: every running request feeds one token (the next prompt token, or the one
+  it generated last) and its own KV cache grows by one position.
+* ``builtin:cnn-deep``: a deep CNN ``[3, 32, 32] -> [10]`` as an ``nn.Sequential`` of 10
+  blocks, the stages of node-level batching (LazyBatching).
+
+Each comes with `StagedModel`: the per-request state, the batched step, and a reference that
+runs one request alone the plain way (``nn.GRU`` over the whole sequence; the decoder without a
+cache, recomputing the full causal forward for every token; the CNN whole). The tests hold
+every batching mode to that reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from accordion.workers.staged import StagedModel
+
+GRU_FEATURES, GRU_HIDDEN, GRU_CLASSES = 64, 512, 10
+VOCAB, WIDTH, HEADS, LAYERS, CONTEXT = 256, 128, 4, 2, 512
+CNN_CHANNELS, CNN_BLOCKS = 32, 8
+
+
+def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        module = build().eval()
+        module.requires_grad_(False)  # inference only: no autograd graph behind any output
+        return module
+    finally:
+        torch.random.set_rng_state(state)
+
+
+# ------------------------------------------------------------------------------ GRU
+
+
+class GruClassifier(nn.Module):
+    """``nn.GRU`` over a sequence, a linear head on the last hidden state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(GRU_FEATURES, GRU_HIDDEN, batch_first=True)
+        self.head = nn.Linear(GRU_HIDDEN, GRU_CLASSES)
+
+    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
+        _, hidden = self.gru(sequence)
+        out: torch.Tensor = self.head(hidden[-1])
+        return out
+
+
+@dataclass
+class _GruState:
+    sequence: torch.Tensor  # [L, F]
+    hidden: torch.Tensor  # [H]
+    position: int = 0
+
+
+class GruStaged(StagedModel):
+    """The GRU classifier as one cell: a step advances every request by one element."""
+
+    stages = 1
+    ragged = True
+
+    def __init__(self, seed: int = 0) -> None:
+        module = _seeded(seed, GruClassifier)
+        assert isinstance(module, GruClassifier)
+        self.module = module
+        gru = module.gru
+        self.cell = nn.GRUCell(GRU_FEATURES, GRU_HIDDEN).eval().requires_grad_(False)
+        with torch.no_grad():  # the same weights as the layer: one model, two executions
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(self.cell, name).copy_(getattr(gru, f"{name}_l0"))
+        self.input_shape = (-1, GRU_FEATURES)
+        self.datatype = "FP32"
+
+    def steps(self, sample: npt.NDArray[np.generic]) -> int:
+        if sample.ndim != 2 or sample.shape[1] != GRU_FEATURES or sample.shape[0] < 1:
+            raise ValueError(f"a gru-seq request is a sequence [L >= 1, {GRU_FEATURES}]")
+        return int(sample.shape[0])
+
+    def state_bytes(self, sample: npt.NDArray[np.generic]) -> int:
+        return 4 * (GRU_HIDDEN + int(sample.size))
+
+    def begin(self, sample: npt.NDArray[np.generic]) -> Any:
+        seq = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
+        return _GruState(seq, torch.zeros(GRU_HIDDEN))
+
+    def run(self, stage: int, states: Sequence[Any]) -> list[Any]:
+        x = torch.stack([s.sequence[s.position] for s in states])
+        h = torch.stack([s.hidden for s in states])
+        new = self.cell(x, h)
+        for s, row in zip(states, new.unbind(0), strict=True):
+            s.hidden = row
+            s.position += 1
+        return list(states)
+
+    def finish(self, state: Any) -> npt.NDArray[np.generic]:
+        out: torch.Tensor = self.module.head(state.hidden)
+        return out.numpy()
+
+    def alone(self, sample: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        seq = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
+        out: torch.Tensor = self.module(seq.unsqueeze(0))[0]
+        return out.numpy()
+
+    def example(self, steps: int, seed: int = 0) -> npt.NDArray[np.generic]:
+        rng = np.random.default_rng(seed)
+        return rng.standard_normal((steps, GRU_FEATURES)).astype(np.float32)
+
+
+# -------------------------------------------------------------------------- decoder
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(WIDTH)
+        self.qkv = nn.Linear(WIDTH, 3 * WIDTH)
+        self.proj = nn.Linear(WIDTH, WIDTH)
+        self.ln2 = nn.LayerNorm(WIDTH)
+        self.mlp = nn.Sequential(
+            nn.Linear(WIDTH, 4 * WIDTH), nn.GELU(), nn.Linear(4 * WIDTH, WIDTH)
+        )
+
+
+class TinyDecoder(nn.Module):
+    """A GPT-style decoder: token and position embeddings, pre-norm blocks, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(VOCAB, WIDTH)
+        self.positions = nn.Embedding(CONTEXT, WIDTH)
+        self.blocks = nn.ModuleList(_Block() for _ in range(LAYERS))
+        self.ln = nn.LayerNorm(WIDTH)
+        self.head = nn.Linear(WIDTH, VOCAB)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits of every position of `tokens` [T] (causal, no cache): the reference."""
+        t = tokens.shape[0]
+        x = self.tokens(tokens) + self.positions(torch.arange(t))
+        for block in self.blocks:
+            assert isinstance(block, _Block)
+            q, k, v = _heads(block.qkv(block.ln1(x)).unsqueeze(0))
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + block.proj(attn.transpose(1, 2).reshape(1, t, WIDTH)[0])
+            x = x + block.mlp(block.ln2(x))
+        out: torch.Tensor = self.head(self.ln(x))
+        return out
+
+
+def _heads(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[b, T, 3W] -> q, k, v as [b, heads, T, W/heads]."""
+    b, t, _ = qkv.shape
+    parts = qkv.view(b, t, 3, HEADS, WIDTH // HEADS).permute(2, 0, 3, 1, 4)
+    return parts[0], parts[1], parts[2]
+
+
+@dataclass
+class _DecoderState:
+    prompt: list[int]
+    generate: int
+    cache: torch.Tensor  # [LAYERS, 2, capacity, WIDTH]: this request's keys and values
+    position: int = 0
+    next_token: int = 0
+    generated: list[int] | None = None
+
+
+class DecoderStaged(StagedModel):
+    """The decoder as one cell: a step feeds one token of every running request, its KV cache
+    grows by one position; a request's steps are prompt + generated - 1."""
+
+    stages = 1
+    ragged = True
+
+    def __init__(self, seed: int = 0) -> None:
+        module = _seeded(seed, TinyDecoder)
+        assert isinstance(module, TinyDecoder)
+        self.module = module
+        self.input_shape = (-1,)
+        self.datatype = "INT64"
+
+    @staticmethod
+    def _split(sample: npt.NDArray[np.generic]) -> tuple[list[int], int]:
+        tokens = [int(t) for t in np.asarray(sample).reshape(-1)]
+        generate = 0
+        while tokens and tokens[-1] == 0:
+            tokens.pop()
+            generate += 1
+        if not tokens or generate < 1 or any(t <= 0 or t >= VOCAB for t in tokens):
+            raise ValueError(
+                f"a decoder-tiny request is a prompt of tokens in 1..{VOCAB - 1} followed by "
+                "one 0 per token to generate (at least one)"
+            )
+        if len(tokens) + generate > CONTEXT:
+            raise ValueError(f"prompt + tokens to generate exceed the context of {CONTEXT}")
+        return tokens, generate
+
+    def steps(self, sample: npt.NDArray[np.generic]) -> int:
+        prompt, generate = self._split(sample)
+        return len(prompt) + generate - 1
+
+    def state_bytes(self, sample: npt.NDArray[np.generic]) -> int:
+        prompt, generate = self._split(sample)
+        return 4 * LAYERS * 2 * (len(prompt) + generate) * WIDTH
+
+    def begin(self, sample: npt.NDArray[np.generic]) -> Any:
+        prompt, generate = self._split(sample)
+        cache = torch.zeros(LAYERS, 2, len(prompt) + generate, WIDTH)
+        return _DecoderState(prompt, generate, cache, next_token=prompt[0], generated=[])
+
+    def run(self, stage: int, states: Sequence[Any]) -> list[Any]:
+        m = self.module
+        b = len(states)
+        positions = torch.tensor([s.position for s in states])
+        x = m.tokens(torch.tensor([s.next_token for s in states])) + m.positions(positions)
+        lengths = positions + 1
+        longest = int(lengths.max())
+        mask = (torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)).view(b, 1, 1, longest)
+        for layer, block in enumerate(m.blocks):
+            assert isinstance(block, _Block)
+            q, k, v = block.qkv(block.ln1(x)).split(WIDTH, dim=1)
+            for i, s in enumerate(states):  # this request's cache gets its new key and value
+                s.cache[layer, 0, s.position] = k[i]
+                s.cache[layer, 1, s.position] = v[i]
+            keys = torch.zeros(b, longest, WIDTH)
+            values = torch.zeros(b, longest, WIDTH)
+            for i, s in enumerate(states):
+                keys[i, : s.position + 1] = s.cache[layer, 0, : s.position + 1]
+                values[i, : s.position + 1] = s.cache[layer, 1, : s.position + 1]
+            hd = WIDTH // HEADS
+            qh = q.view(b, 1, HEADS, hd).transpose(1, 2)
+            kh = keys.view(b, longest, HEADS, hd).transpose(1, 2)
+            vh = values.view(b, longest, HEADS, hd).transpose(1, 2)
+            attn = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+            x = x + block.proj(attn.transpose(1, 2).reshape(b, WIDTH))
+            x = x + block.mlp(block.ln2(x))
+        chosen = m.head(m.ln(x)).argmax(dim=1)
+        for s, token in zip(states, chosen.tolist(), strict=True):
+            s.position += 1
+            if s.position < len(s.prompt):
+                s.next_token = s.prompt[s.position]
+            else:
+                s.next_token = int(token)
+                s.generated.append(int(token))
+        return list(states)
+
+    def finish(self, state: Any) -> npt.NDArray[np.generic]:
+        return np.asarray(state.generated, dtype=np.float32)
+
+    def alone(self, sample: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        prompt, generate = self._split(sample)
+        tokens = list(prompt)
+        for _ in range(generate):
+            logits = self.module(torch.tensor(tokens))
+            tokens.append(int(logits[-1].argmax()))
+        return np.asarray(tokens[len(prompt) :], dtype=np.float32)
+
+    def example(self, steps: int, seed: int = 0) -> npt.NDArray[np.generic]:
+        """A prompt of about half the steps, then the rest to generate."""
+        rng = np.random.default_rng(seed)
+        prompt = max(1, (steps + 1) // 2)
+        generate = max(1, steps + 1 - prompt)
+        return np.concatenate([rng.integers(1, VOCAB, prompt), np.zeros(generate, np.int64)])
+
+
+# ------------------------------------------------------------------------------ CNN
+
+
+def build_cnn() -> nn.Sequential:
+    """A deep CNN as 10 blocks (stem, 8 residual-free conv blocks, head)."""
+    c = CNN_CHANNELS
+
+    def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU()
+        )
+
+    blocks: list[nn.Module] = [block(3, c, 1)]
+    for i in range(CNN_BLOCKS):
+        stride = 2 if i in (2, 5) else 1
+        cin = c * (2 if i > 2 else 1) * (2 if i > 5 else 1)
+        cout = c * (2 if i >= 2 else 1) * (2 if i >= 5 else 1)
+        blocks.append(block(cin, cout, stride))
+    blocks.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * c, 10)))
+    return nn.Sequential(*blocks)
+
+
+class SequentialStaged(StagedModel):
+    """Any ``nn.Sequential`` (or a scripted one) as stages: its children, in order.
+
+    A request's state between stages is its activation ``[1, ...]``; a stage runs the states
+    of the requests it batches stacked along the batch dimension, then splits them again."""
+
+    ragged = False
+
+    def __init__(self, module: nn.Module, input_shape: tuple[int, ...], datatype: str) -> None:
+        self.module = module
+        self.children = list(module.children())
+        if not self.children:
+            raise ValueError("a staged model needs a module with child modules (its stages)")
+        self.stages = len(self.children)
+        self.input_shape = input_shape
+        self.datatype = datatype
+
+    def steps(self, sample: npt.NDArray[np.generic]) -> int:
+        return self.stages
+
+    def state_bytes(self, sample: npt.NDArray[np.generic]) -> int:
+        return int(sample.nbytes)
+
+    def begin(self, sample: npt.NDArray[np.generic]) -> Any:
+        return torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)).unsqueeze(0)
+
+    def run(self, stage: int, states: Sequence[Any]) -> list[Any]:
+        out: torch.Tensor = self.children[stage](torch.cat(list(states)))
+        return list(torch.split(out, 1))
+
+    def finish(self, state: Any) -> npt.NDArray[np.generic]:
+        out: npt.NDArray[np.generic] = state[0].numpy()
+        return out
+
+    def alone(self, sample: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)).unsqueeze(0)
+        out: torch.Tensor = self.module(x)[0]
+        return out.numpy()
+
+    def example(self, steps: int, seed: int = 0) -> npt.NDArray[np.generic]:
+        rng = np.random.default_rng(seed)
+        return rng.standard_normal(self.input_shape).astype(np.float32)
+
+
+def cnn_staged(seed: int = 0) -> SequentialStaged:
+    module = _seeded(seed, build_cnn)
+    return SequentialStaged(module, (3, 32, 32), "FP32")
+
+
+STAGED_BUILTINS: dict[str, Callable[[], StagedModel]] = {
+    "gru-seq": GruStaged,
+    "decoder-tiny": DecoderStaged,
+    "cnn-deep": cnn_staged,
+}
+"""Built-in staged models by name (``builtin:NAME``)."""
+
+
+def staged_model(module: nn.Module, input_shape: tuple[int, ...], datatype: str) -> StagedModel:
+    """A loaded model (``nn.Sequential``, scripted or exported module) as stages: its top-level
+    children."""
+    return SequentialStaged(module, input_shape, datatype)

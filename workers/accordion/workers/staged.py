@@ -1,0 +1,325 @@
+"""Staged execution: a model runs as a sequence of stages, and batches form per stage.
+
+A request-level batcher (`accordion.workers.batching`) hands the device whole requests: a batch
+runs the whole model, and a request that arrives just after it started waits for all of it.
+Here a model is a `StagedModel`: its stages (an ``nn.Sequential``'s children, a scripted or
+exported model's top-level blocks) or its cell (the step of a recurrent or decoder model, run
+once per element of a request, with per-request state: a hidden state, a KV cache). A
+`StageScheduler` decides at every stage boundary which requests run the next stage together,
+so new requests enter at stage boundaries and finished ones leave. Schedulers:
+
+* `accordion.workers.cellular.CellularScheduler` (BatchMaker's cellular batching): requests join
+  and leave the running batch at every step of the cell, memory bounded;
+* `accordion.workers.lazy.NodeScheduler` (LazyBatching): a late request runs the early stages
+  alone and merges into the batch in flight when it catches up, when that keeps every deadline;
+* `RequestLevelScheduler`: the request-level baseline on the same machinery (a batch formed by
+  a request batcher, our `SloBatcher` or Triton's, runs until its last member finishes and
+  nobody joins it), for models whose requests cannot be stacked (sequences of any length).
+
+Like the batching policies, schedulers are pure objects with the clock passed in, driven by
+the same protocol (enqueue / decide / complete): `replay_staged` drives them on simulated time
+(tests, bench), `accordion.workers.stagedworker.StagedEngine` on real time inside the worker.
+This module imports no torch: the models implement `StagedModel` in
+`accordion.workers.seqmodels`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from accordion.workers.batching import BatchingPolicy, LatencyPredictor, ReplayOutcome, Request
+
+
+class StagedModel(ABC):
+    """A model as stages, and how one request's state moves through them.
+
+    `stages` is the number of distinct stages (1 for a cell that every step reruns); a request
+    takes `steps(sample)` steps: the stages in order, or as many cell steps as its length."""
+
+    stages: int = 1
+    ragged: bool = False
+    """Requests cannot be stacked into one tensor (sequences of different lengths)."""
+    nominal_steps: int = 64
+    """Steps of a typical request, for profiling a cell."""
+    input_shape: tuple[int, ...] = ()
+    datatype: str = "FP32"
+
+    @abstractmethod
+    def steps(self, sample: npt.NDArray[np.generic]) -> int:
+        """How many steps `sample` takes; ValueError with a reason for a malformed sample."""
+
+    @abstractmethod
+    def state_bytes(self, sample: npt.NDArray[np.generic]) -> int:
+        """The largest state the request holds while in flight."""
+
+    @abstractmethod
+    def begin(self, sample: npt.NDArray[np.generic]) -> Any:
+        """The request's state before its first step (cheap: no model computation)."""
+
+    @abstractmethod
+    def run(self, stage: int, states: Sequence[Any]) -> list[Any]:
+        """Run `stage` once for all `states` together, batched; their states after it."""
+
+    @abstractmethod
+    def finish(self, state: Any) -> npt.NDArray[np.generic]:
+        """The answer of a request whose last step has run."""
+
+    @abstractmethod
+    def alone(self, sample: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        """The answer computed the plain way, the request alone (the reference of the tests)."""
+
+    @abstractmethod
+    def example(self, steps: int, seed: int = 0) -> npt.NDArray[np.generic]:
+        """A valid sample of about `steps` steps."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One request in staged execution: `done` of its `steps` have run; `payload` is the
+    driver's (state, answer channel), opaque to the scheduler."""
+
+    request_id: int
+    arrival_s: float
+    deadline_s: float
+    steps: int
+    state_bytes: int = 0
+    done: int = 0
+    payload: Any = None
+
+    @property
+    def remaining(self) -> int:
+        return self.steps - self.done
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    """Run `stage` for the jobs of `run` together now (none: wait); drop `dropped` (with a
+    reason); call again at `wake_at_s` at the latest (None: on the next arrival or completion)."""
+
+    run: tuple[Job, ...] = ()
+    stage: int = 0
+    dropped: tuple[tuple[Job, str], ...] = ()
+    wake_at_s: float | None = None
+    predicted_latency_s: float | None = None
+
+
+class StageLatency:
+    """Predicted latency of each stage per batch size: one `LatencyPredictor` per stage (the
+    profile, corrected online from observed steps, as the request batcher's)."""
+
+    def __init__(self, profiles_s: Sequence[Mapping[int, float]], *, margin_s: float = 0.0):
+        if not profiles_s:
+            raise ValueError("a staged model needs a latency profile per stage")
+        self.predictors = [LatencyPredictor(p) for p in profiles_s]
+        self.margin_s = margin_s
+
+    def step_s(self, stage: int, size: int) -> float:
+        return self.predictors[stage % len(self.predictors)].predict_s(max(1, size))
+
+    def safe_s(self, stage: int, size: int) -> float:
+        """The prediction with its recent tail, plus the margin: what deadlines are fit with."""
+        p = self.predictors[stage % len(self.predictors)]
+        return p.safe_s(max(1, size)) + self.margin_s / max(1, len(self.predictors))
+
+    def span_s(self, first: int, last: int, size: int) -> float:
+        """Safe latency of stages `first` .. `last - 1` at batch `size` (cells: steps)."""
+        return sum(self.safe_s(k, size) for k in range(first, last))
+
+    def observe(self, stage: int, size: int, latency_s: float) -> None:
+        self.predictors[stage % len(self.predictors)].observe(size, latency_s)
+
+
+class StageScheduler(ABC):
+    """The protocol every staged scheduler offers its driver (see the module docstring):
+    ``enqueue`` each arrival; ``decide`` after every event; ``complete`` when the stage it
+    started has run, which returns the jobs that finished with it (they leave)."""
+
+    name = "staged"
+
+    def __init__(self) -> None:
+        self.busy = False
+        self._running: tuple[Job, ...] = ()
+        self._stage = 0
+
+    @abstractmethod
+    def enqueue(self, job: Job, now_s: float) -> None: ...
+
+    @abstractmethod
+    def decide(self, now_s: float) -> StepDecision: ...
+
+    @property
+    @abstractmethod
+    def queue_depth(self) -> int:
+        """Jobs waiting to start."""
+
+    @property
+    @abstractmethod
+    def inflight(self) -> tuple[Job, ...]:
+        """Jobs started and not finished (they hold state)."""
+
+    def _start(self, run: tuple[Job, ...], stage: int) -> None:
+        self.busy = True
+        self._running = run
+        self._stage = stage
+
+    def complete(self, latency_s: float, now_s: float) -> list[Job]:
+        """The stage started last ran in `latency_s`: its jobs advance one step."""
+        self.busy = False
+        run, self._running = self._running, ()
+        for job in run:
+            job.done += 1
+        self._observe(self._stage, len(run), latency_s)
+        finished = [j for j in run if j.remaining <= 0]
+        self._leave(finished, now_s)
+        return finished
+
+    @abstractmethod
+    def _observe(self, stage: int, size: int, latency_s: float) -> None:
+        """Record a stage's observed latency (the online correction)."""
+
+    @abstractmethod
+    def _leave(self, jobs: list[Job], now_s: float) -> None:
+        """Forget jobs that finished (or failed)."""
+
+    def abort(self, now_s: float) -> tuple[Job, ...]:
+        """The stage started last failed: its jobs leave unanswered by the model."""
+        self.busy = False
+        run, self._running = self._running, ()
+        self._leave(list(run), now_s)
+        return run
+
+
+class RequestLevelScheduler(StageScheduler):
+    """The request-level baseline: a `BatchingPolicy` (SloBatcher, Triton's...) forms a batch
+    of whole requests; the batch runs step after step until its last member finishes; nobody
+    joins it meanwhile. Members that finish early leave and are answered at once (kinder to the
+    baseline than padding them to the longest). The policy sees the batch as one execution."""
+
+    def __init__(self, policy: BatchingPolicy, stages: int = 1) -> None:
+        super().__init__()
+        self.policy = policy
+        self.stages = stages
+        self.name = f"request-{policy.name}"
+        self._batch: list[Job] = []
+        self._batch_size = 0
+        self._batch_latency_s = 0.0
+
+    def enqueue(self, job: Job, now_s: float) -> None:
+        self.policy.enqueue(Request(job.request_id, job.arrival_s, job.deadline_s, job), now_s)
+
+    @property
+    def queue_depth(self) -> int:
+        return self.policy.queue_depth
+
+    @property
+    def inflight(self) -> tuple[Job, ...]:
+        return tuple(self._batch)
+
+    def decide(self, now_s: float) -> StepDecision:
+        if self.busy:
+            return StepDecision()
+        dropped: tuple[tuple[Job, str], ...] = ()
+        if not self._batch:
+            decision = self.policy.decide(now_s)
+            dropped = tuple((cast(Job, d.request.payload), d.reason) for d in decision.dropped)
+            if not decision.batch:
+                return StepDecision(dropped=dropped, wake_at_s=decision.wake_at_s)
+            self._batch = [cast(Job, r.payload) for r in decision.batch]
+            self._batch_size, self._batch_latency_s = len(self._batch), 0.0
+        run = tuple(self._batch)  # all members start together: they are at the same stage
+        stage = run[0].done % self.stages
+        self._start(run, stage)
+        return StepDecision(run=run, stage=stage, dropped=dropped)
+
+    def _observe(self, stage: int, size: int, latency_s: float) -> None:
+        self._batch_latency_s += latency_s
+
+    def _leave(self, jobs: list[Job], now_s: float) -> None:
+        gone = set(map(id, jobs))
+        self._batch = [j for j in self._batch if id(j) not in gone]
+        if not self._batch and self._batch_size:
+            self.policy.complete(self._batch_size, self._batch_latency_s, now_s)
+            self._batch_size = 0
+
+
+def hopeless(jobs: Iterable[Job], start_s: float, latency: StageLatency) -> list[Job]:
+    """Jobs that would miss their deadline even running alone from `start_s` on."""
+    return [j for j in jobs if start_s + latency.span_s(j.done, j.steps, 1) > j.deadline_s]
+
+
+@dataclass
+class StagedOutcome(ReplayOutcome):
+    """What `replay_staged` saw: `ReplayOutcome` plus the peaks of jobs in flight and of their
+    state bytes, and the order in which jobs finished (request ids)."""
+
+    peak_inflight: int = 0
+    peak_state_bytes: int = 0
+    finish_order: list[int] = field(default_factory=list)
+    stage_sizes: list[int] = field(default_factory=list)
+
+
+def replay_staged(
+    scheduler: StageScheduler,
+    jobs: Iterable[Job],
+    latency_s: Callable[[int, int], float],
+    *,
+    on_step: Callable[[StepDecision, float], None] | None = None,
+) -> StagedOutcome:
+    """Drive `scheduler` on simulated time as the worker drives it on real time.
+
+    `jobs` in arrival order; `latency_s(stage, batch_size)` is each stage's execution time.
+    Pure: no I/O, no wall clock. A job finishing at its deadline counts as within it."""
+    out = StagedOutcome()
+    pending = list(jobs)
+    i, now = 0, 0.0
+    running: tuple[StepDecision, float] | None = None  # decision, end
+    wake: float | None = None
+    while i < len(pending) or running is not None or scheduler.queue_depth or scheduler.inflight:
+        candidates = [pending[i].arrival_s] if i < len(pending) else []
+        if running is not None:
+            candidates.append(running[1])
+        if wake is not None:
+            candidates.append(max(wake, now))
+        if not candidates:
+            break  # the scheduler holds jobs without asking to be woken
+        now = min(candidates)
+        if running is not None and running[1] <= now:
+            decision, end = running
+            for job in scheduler.complete(latency_s(decision.stage, len(decision.run)), now):
+                out.response_s.append(end - job.arrival_s)
+                out.finish_order.append(job.request_id)
+                if end <= job.deadline_s + 1e-12:
+                    out.ok += 1
+                else:
+                    out.late += 1
+            running = None
+        while i < len(pending) and pending[i].arrival_s <= now:
+            scheduler.enqueue(pending[i], now)
+            i += 1
+        decision = scheduler.decide(now)
+        for _job, reason in decision.dropped:
+            out.dropped += 1
+            out.reasons.append(reason)
+        wake = decision.wake_at_s
+        inflight = scheduler.inflight
+        out.peak_inflight = max(out.peak_inflight, len(inflight))
+        out.peak_state_bytes = max(out.peak_state_bytes, sum(j.state_bytes for j in inflight))
+        if decision.run:
+            if running is not None:
+                raise RuntimeError("scheduler started a stage while the device was busy")
+            if on_step is not None:
+                on_step(decision, now)
+            out.stage_sizes.append(len(decision.run))
+            running = (decision, now + latency_s(decision.stage, len(decision.run)))
+            wake = None
+    stranded = len(pending) - out.total
+    if stranded:
+        out.dropped += stranded
+        out.reasons += ["left in the queue: the scheduler never served it"] * stranded
+    return out
