@@ -79,14 +79,55 @@ def profile(
     input_shape: Annotated[
         str | None, typer.Option(help="one sample's shape for files: 3,224,224")
     ] = None,
+    stages: Annotated[
+        bool,
+        typer.Option(
+            "--stages", help="per stage / per cell step (batching modes node and cellular)"
+        ),
+    ] = False,
+    lengths: Annotated[
+        str | None,
+        typer.Option(
+            help="with --stages, a cell model: the workload's request lengths in steps "
+            "(comma-separated, or @FILE of one per line) for the equivalent request profile"
+        ),
+    ] = None,
 ) -> None:
-    """Measure latency percentiles per batch size and print the variant's profile block."""
+    """Measure latency percentiles per batch size and print the variant's profile block.
+
+    With --stages: the latency of every stage (or of the cell's step) per batch size, as
+    comments, and the per-request profile the planner uses for that batching mode: the stages
+    summed (node), or the step profile at the workload's length distribution (cellular; see
+    `profiler.equivalent_request_profile`)."""
     from rich.progress import Progress
 
     from accordion.workers.profiler import profile_model, profile_yaml
 
     sizes = _sizes(batch_sizes)
     shape = _sizes(input_shape) if input_shape else None
+    if stages or lengths:
+        from accordion.workers.profiler import (
+            equivalent_request_profile,
+            profile_stages_of,
+            stages_comment,
+            summed_stage_profile,
+        )
+
+        per_stage, cell = profile_stages_of(
+            model, sizes, torch_threads=threads, repeats=max(3, repeats // 6), input_shape=shape
+        )
+        if cell:
+            text = lengths or ""
+            if text.startswith("@"):
+                text = ",".join(Path(text[1:]).read_text().split())
+            steps = _sizes(text) if text else None
+            if steps is None:
+                _fail("a cell model needs --lengths: the workload's request lengths in steps")
+            request = equivalent_request_profile(per_stage[0], steps)
+        else:
+            request = summed_stage_profile(per_stage)
+        typer.echo(stages_comment(per_stage, cell) + profile_yaml(request, pool), nl=False)
+        return
     with Progress(transient=True) as progress:
         task = progress.add_task(f"profiling {model}", total=len(sizes))
         results = profile_model(

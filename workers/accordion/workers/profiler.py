@@ -67,3 +67,93 @@ def profile_yaml(profiles: list[BatchProfile], pool: str) -> str:
             f"p99Ms: {p.p99_ms}}}"
         )
     return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------- staged models
+
+
+def profile_stages_of(
+    model: str,
+    batch_sizes: list[int],
+    *,
+    torch_threads: int = 1,
+    repeats: int = 5,
+    input_shape: list[int] | None = None,
+) -> tuple[list[list[BatchProfile]], bool]:
+    """Latency percentiles of every stage of `model` per batch size (of its cell's step, for
+    recurrent and decoder models: one list), and whether it is a cell. Measured by
+    `accordion.workers.stagedworker.profile_stages`, the function the worker starts from."""
+    import torch
+
+    from accordion.workers.models import load_model
+    from accordion.workers.seqmodels import staged_model
+    from accordion.workers.stagedworker import profile_stages
+
+    torch.set_num_threads(torch_threads)
+    loaded = load_model(model, input_shape)
+    staged = loaded.staged or staged_model(loaded.module, loaded.input_shape, loaded.datatype)
+    measured = profile_stages(staged, sorted(set(batch_sizes)), repeats=repeats)
+    stages = [[summarize(b, runs) for b, runs in sorted(st.items())] for st in measured]
+    return stages, staged.stages == 1 and staged.ragged
+
+
+def equivalent_request_profile(
+    step: list[BatchProfile], lengths: list[int], tail_quantile: float = 0.99
+) -> list[BatchProfile]:
+    """The per-request profile the planner understands, for a cell batched per step
+    (cellular mode), at the workload's length distribution (`lengths`, in steps).
+
+    With b requests in flight, a step takes s(b), a request of n steps takes n s(b) once it
+    joined, and it joins within one step. The planner counts b / L(b) requests per second and
+    keeps 2 L(b) within the SLO (a request waits for the batch before it, then rides in the
+    next). With L(b) = max(mean(n) s(b), (n_tail + 1) s(b) / 2), n_tail the `tail_quantile`
+    of the lengths:
+
+    * 2 L(b) <= SLO holds exactly when the tail-length request, joining one step late, meets
+      the SLO with b in flight (and twice the mean length does: always true of a tail);
+    * b / L(b) is at most the true throughput b / (mean(n) s(b)), less by the factor
+      (n_tail + 1) / (2 mean(n)) where the tail term dominates: conservative, never optimistic.
+
+    Each percentile column is converted with its own step percentile."""
+    if not lengths or min(lengths) < 1:
+        raise ValueError("lengths are request lengths in steps, at least one, each >= 1")
+    mean = float(np.mean(lengths))
+    tail = float(np.quantile(np.asarray(lengths, dtype=float), tail_quantile))
+    factor = max(mean, (tail + 1.0) / 2.0)
+    return [
+        BatchProfile(
+            p.batch_size,
+            round(p.p50_ms * factor, 3),
+            round(p.p90_ms * factor, 3),
+            round(p.p99_ms * factor, 3),
+        )
+        for p in step
+    ]
+
+
+def summed_stage_profile(stages: list[list[BatchProfile]]) -> list[BatchProfile]:
+    """The per-request profile of a model run as stages (node-level mode): a batch runs every
+    stage once, so its latency is the sum of its stages' at that batch size (percentiles
+    summed: an upper bound of the sum's percentile)."""
+    sizes = [p.batch_size for p in stages[0]]
+    out = []
+    for k, b in enumerate(sizes):
+        out.append(
+            BatchProfile(
+                b,
+                round(sum(st[k].p50_ms for st in stages), 3),
+                round(sum(st[k].p90_ms for st in stages), 3),
+                round(sum(st[k].p99_ms for st in stages), 3),
+            )
+        )
+    return out
+
+
+def stages_comment(stages: list[list[BatchProfile]], cell: bool) -> str:
+    """The per-stage (or per-step) table as YAML comments, printed above the profile block."""
+    what = "step of the cell" if cell else "stage"
+    lines = [f"# latency per {what} and batch size (p50/p99 ms):"]
+    for k, st in enumerate(stages):
+        cells = ", ".join(f"{p.batch_size}: {p.p50_ms}/{p.p99_ms}" for p in st)
+        lines.append(f"#   {'step' if cell else f'stage {k}'}: {cells}")
+    return "\n".join(lines) + "\n"
