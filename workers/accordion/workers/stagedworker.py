@@ -295,12 +295,18 @@ async def start_engine(worker: Worker) -> StagedEngine:
     scheduler = make_scheduler(
         config.batching, staged, profiles, config.slo_s, config.profile_s or None
     )
+    metrics = worker.metrics
+
+    def observe(size: int, latency_s: float, predicted_s: float | None) -> None:
+        metrics.observe_batch(size, latency_s, predicted_s)
+        metrics.queue_depth.labels(config.model_name).set(scheduler.queue_depth)
+
     engine = StagedEngine(
         staged,
         scheduler,
         torch_threads=threads,
         max_queue=config.batching.max_queue,
-        on_stage=lambda size, lat, pred: worker.metrics.observe_batch(size, lat, pred),
+        on_stage=observe,
     )
     await engine.start()
     return engine
