@@ -273,10 +273,58 @@ def sustainable(
     return lo, runs
 
 
+def sequences(
+    model: str,
+    bodies: Bodies,
+    slo: float,
+    grid: list[tuple[int, float]],
+    duration: float,
+    log: Callable[[str], None],
+    start: float,
+) -> dict[str, object]:
+    """Cellular against the request-level baselines (SloBatcher; Triton at each `grid`
+    setting) on one sequence model: sustainable rates, then p99 at the best baseline's."""
+    configs: list[tuple[str, BatchingConfig]] = [
+        ("cellular (ours)", BatchingConfig(mode="cellular", max_batch_size=32)),
+        ("request-level SloBatcher", BatchingConfig(max_batch_size=32)),
+    ]
+    for mb, delay in grid:
+        configs.append(
+            (
+                f"request-level Triton (max batch {mb}, delay {delay:g} ms)",
+                BatchingConfig(policy="triton", max_batch_size=mb, max_queue_delay_ms=delay),
+            )
+        )
+    seq: dict[str, dict[str, object]] = {}
+    for label, batching in configs:
+        log(f"  {label}")
+        with worker(model, slo, batching) as url:
+            measure(url, bodies, poisson, start / 2, 2.0, slo)  # warm-up
+            rate, runs = sustainable(url, bodies, poisson, start, duration, slo, log)
+        seq[label] = {"rate": rate, "runs": runs, "batching": batching.model_dump()}
+    baselines = {k: float(v["rate"]) for k, v in seq.items() if not k.startswith("cellular")}  # type: ignore[arg-type]
+    best = max(baselines, key=baselines.__getitem__)
+    equal_rate = baselines[best]
+    log(f"  p99 at the best baseline's sustainable rate ({equal_rate:.1f}/s)")
+    for label in dict.fromkeys(("cellular (ours)", "request-level SloBatcher", best)):
+        batching = next(b for lab, b in configs if lab == label)
+        with worker(model, slo, batching) as url:
+            measure(url, bodies, poisson, start / 2, 2.0, slo)
+            reps = [
+                measure(url, bodies, poisson, equal_rate, duration, slo, seed=s) for s in (11, 12)
+            ]
+        p99 = p99_ms([x for r in reps for x in r.latencies_s])
+        att = sum(r.ok for r in reps) / sum(r.sent for r in reps)
+        seq[label]["equal_rate_p99_ms"] = p99
+        seq[label]["equal_rate_attainment"] = att
+        log(f"    {label}: p99 {p99:.0f} ms, attainment {att:.4f}")
+    return {"best_baseline": best, "equal_rate": equal_rate, "configs": seq}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--part", choices=["all", "seq", "cnn"], default="all")
+    parser.add_argument("--part", choices=["all", "seq", "dec", "cnn"], default="all")
     args = parser.parse_args()
     duration = 4.0 if args.quick else 6.0
     lines: list[str] = []
@@ -293,58 +341,34 @@ def main() -> None:
         gru = GruStaged()
         lengths = gru_lengths(400, seed=7)
         bodies = [binary_body(gru.example(n, seed=i), "FP32") for i, n in enumerate(lengths)]
-        slo = 500.0
-        configs: list[tuple[str, BatchingConfig]] = [
-            ("cellular (ours)", BatchingConfig(mode="cellular", max_batch_size=32)),
-            ("request-level SloBatcher", BatchingConfig(max_batch_size=32)),
-        ]
-        triton_grid = (
+        grid = (
             [(8, 5.0), (16, 20.0), (32, 50.0)]
             if args.quick
             else [(8, 5.0), (16, 20.0), (32, 20.0), (32, 50.0)]
         )
-        for mb, delay in triton_grid:
-            configs.append(
-                (
-                    f"request-level Triton (max batch {mb}, delay {delay:g} ms)",
-                    BatchingConfig(policy="triton", max_batch_size=mb, max_queue_delay_ms=delay),
-                )
-            )
-        seq: dict[str, dict[str, object]] = {}
         log(
             f"gru-seq, lengths lognormal median 48 (mean {np.mean(lengths):.1f}, p99 "
-            f"{np.percentile(lengths, 99):.0f}), SLO {slo:g} ms"
+            f"{np.percentile(lengths, 99):.0f}), SLO 500 ms"
         )
-        for label, batching in configs:
-            log(f"  {label}")
-            with worker("builtin:gru-seq", slo, batching) as url:
-                measure(url, bodies, poisson, 20, 2.0, slo)  # warm-up
-                rate, runs = sustainable(url, bodies, poisson, 40.0, duration, slo, log)
-            seq[label] = {"rate": rate, "runs": runs, "batching": batching.model_dump()}
-        baselines = {k: v for k, v in seq.items() if not k.startswith("cellular")}
-        best = max(baselines, key=lambda k: float(baselines[k]["rate"]))  # type: ignore[arg-type]
-        equal_rate = float(seq[best]["rate"])  # type: ignore[arg-type]
-        log(f"  p99 at the best baseline's sustainable rate ({equal_rate:.1f}/s)")
-        for label in ("cellular (ours)", "request-level SloBatcher", best):
-            batching = next(b for lab, b in configs if lab == label)
-            with worker("builtin:gru-seq", slo, batching) as url:
-                measure(url, bodies, poisson, 20, 2.0, slo)
-                reps = [
-                    measure(url, bodies, poisson, equal_rate, duration, slo, seed=s)
-                    for s in (11, 12)
-                ]
-            lat = [x for r in reps for x in r.latencies_s]
-            p99 = p99_ms(lat)
-            att = sum(r.ok for r in reps) / sum(r.sent for r in reps)
-            seq[label]["equal_rate_p99_ms"] = p99
-            seq[label]["equal_rate_attainment"] = att
-            log(f"    {label}: p99 {p99:.0f} ms, attainment {att:.4f}")
-        results["sequences"] = {
-            "best_baseline": best,
-            "equal_rate": equal_rate,
-            "configs": seq,
-            "mean_length": float(np.mean(lengths)),
-        }
+        results["sequences"] = sequences(
+            "builtin:gru-seq", bodies, 500.0, grid, duration, log, 40.0
+        ) | {"mean_length": float(np.mean(lengths))}
+    if args.part in ("all", "dec"):
+        rng = np.random.default_rng(9)
+        prompts = np.clip(np.round(rng.lognormal(np.log(16), 0.6, 300)), 1, 128).astype(int)
+        outputs = np.clip(np.round(rng.lognormal(np.log(32), 0.8, 300)), 1, 256).astype(int)
+        bodies = [
+            binary_body(np.concatenate([rng.integers(1, 256, p), np.zeros(o, np.int64)]), "INT64")
+            for p, o in zip(prompts, outputs, strict=True)
+        ]
+        steps = prompts + outputs - 1
+        log(
+            f"decoder-tiny, prompts lognormal median 16, outputs median 32 (steps: mean "
+            f"{np.mean(steps):.1f}, p99 {np.percentile(steps, 99):.0f}), SLO 2000 ms"
+        )
+        results["decoder"] = sequences(
+            "builtin:decoder-tiny", bodies, 2000.0, [(32, 50.0)], duration, log, 10.0
+        ) | {"mean_length": float(np.mean(steps))}
 
     # ------------------------------------------------------------------------ CNN
     if args.part in ("all", "cnn"):
