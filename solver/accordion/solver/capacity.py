@@ -28,6 +28,14 @@ class Option:
     value: float
     """Accuracy as the objective counts it: capped at the service's target."""
 
+    def devices(self) -> tuple[int, ...]:
+        """The pool of every device one replica takes (a pipeline takes several)."""
+        return (self.pool,)
+
+    def pipeline_id(self) -> str | None:
+        """The pipeline's id (`pipelines`); None for a whole variant."""
+        return None
+
 
 def batch_capacity(
     points: list[ProfilePoint], slo_s: float, percentile: Percentile, utilization: float

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from ortools.linear_solver import pywraplp
 
+from accordion.solver.bounds import replica_caps
 from accordion.solver.capacity import Option
 from accordion.solver.problem import Problem
 
@@ -151,7 +152,7 @@ class StagedModel:
             # run now: keeping free devices busy is no worse and changes nothing).
             alone = demand / o.capacity_qps
             need = max(devices if alone >= devices else math.ceil(alone), current.get(k, 0))
-            lb, ub = 0, min(devices, need)
+            lb, ub = 0, min(devices, need, problem.services[o.service].max_replicas or devices)
             if bounds is not None:
                 lb, ub = max(lb, bounds[k][0]), min(ub, bounds[k][1])
                 lb = min(lb, ub)
@@ -167,6 +168,8 @@ class StagedModel:
         for p, ns in sorted(by_pool.items()):
             if sum(v.ub() for v in ns) > problem.pools[p].devices:
                 self._add(ns, [1.0] * len(ns), -inf, problem.pools[p].devices)
+        for ks, cap in replica_caps(problem, opts).values():  # maxReplicas (`bounds`)
+            self._add([self.n[k] for k in ks], [1.0] * len(ks), -inf, cap)
         self.u: list[pywraplp.Variable] = []
         self.v: list[pywraplp.Variable] = []
         share = problem.settings.fair_share

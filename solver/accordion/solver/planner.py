@@ -22,6 +22,7 @@ import math
 import time
 from collections import defaultdict
 
+from accordion.solver.bounds import apply_bounds
 from accordion.solver.capacity import Option, options
 from accordion.solver.diving import dive
 from accordion.solver.model import MAXIMIZE, STAGES, Solution, StagedModel, StageResult
@@ -135,6 +136,9 @@ def plan(problem: Problem) -> Plan:
                 for stage, bound in enumerate(polished_result.bounds[: len(lp_result.bounds)][:2]):
                     lp_result.bounds[stage] = min(lp_result.bounds[stage], bound)
             gap = _gap(lp_result, result)
+    best.n = [
+        float(v) for v in apply_bounds(problem, opts, [round(v) for v in best.n], best.r, current)
+    ]
     return _assemble(problem, opts, excluded, best, current, orphaned, result, gap, started)
 
 

@@ -85,6 +85,15 @@ class ServiceSpec(_Frozen):
         description="This service's utilization margin, instead of the settings' (a service "
         "that the cluster cannot serve in full is planned at 1.0: no margin in overload).",
     )
+    min_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Fewest replicas the plan gives the service, as far as free devices allow "
+        "(`accordion.solver.bounds`).",
+    )
+    max_replicas: int | None = Field(
+        default=None, ge=1, description="Most replicas the plan gives the service."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ServiceSpec:
@@ -97,6 +106,10 @@ class ServiceSpec(_Frozen):
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
             raise ValueError(f"variants: duplicate variant names {dups}")
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas: {self.max_replicas} is below min_replicas {self.min_replicas}"
+            )
         return self
 
 

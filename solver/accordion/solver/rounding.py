@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 
+from accordion.solver.bounds import under_cap
 from accordion.solver.capacity import Option
 from accordion.solver.problem import Problem
 
@@ -48,6 +49,8 @@ def round_replicas(
         stale, k = heapq.heappop(heap)
         o = opts[k]
         if free[o.pool] <= 0 or deficit[o.service] <= 1e-9:
+            continue
+        if not under_cap(problem, opts, n, o.service):  # maxReplicas (`bounds`)
             continue
         fresh = _negate(key(k))
         if fresh != stale:
