@@ -368,11 +368,9 @@ class LocalRuntime:
             if previous is None or restarted:
                 continue  # first scrape, or the router restarted: no rate yet
             rates = tick_rates(counters, previous[1], max(1e-3, now - previous[0]))
-            estimate = self.tracker.observe(service, now, rates.demand_qps)
-            # The spec's demand.qps is the estimate before the first measurement; locally it
-            # is also a floor, so an idle service keeps a worker (the API has no minReplicas).
-            floor = self.world.services[service].spec.demand.qps or 0.0
-            self.demand.qps[service] = max(estimate, floor)
+            # An idle service keeps spec.minReplicas workers (default 1), or none after
+            # scaleToZeroIdleSeconds with minReplicas 0: the loop decides, as in a cluster.
+            self.demand.qps[service] = self.tracker.observe(service, now, rates.demand_qps)
             self.demand.unavailable.pop(service, None)
             measured[service] = (rates, counters, previous[1])
 
@@ -381,6 +379,7 @@ class LocalRuntime:
             for key, group in self.actuator.groups.items()
         }
         self.demand.burst = self.tracker.bursts()
+        self.demand.last_arrival_s = self.tracker.last_arrivals()
         result = await self.loop.reconcile(self.world, self.demand, self.actuator)
         self.tracker.plan_feedback(self.loop.capacity_by_service(), self.loop.short_services())
         if result.decision.planned:

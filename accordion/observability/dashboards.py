@@ -494,6 +494,90 @@ def services_dashboard() -> dict[str, Any]:
             thresholds=[(None, "green"), (1.5, "orange"), (3, "red")],
         )
     )
+    p.append(lay.row("Scale to zero and cost"))
+    cold = "accordion_router_cold_start_seconds"
+    p.append(
+        _panel(
+            lay,
+            "timeseries",
+            "Cold starts",
+            "Mean cold start over the last hour (from the first request the router's activator "
+            "held at zero ready replicas to the first ready one), and requests it holds now.",
+            [
+                Query(
+                    f"sum by ({BY}) (increase({sel(cold + '_sum')}[1h])) / "
+                    f"sum by ({BY}) (increase({sel(cold + '_count')}[1h]))",
+                    "{{service}} mean cold start",
+                ),
+                Query(
+                    f"sum by ({BY}) ({sel('accordion_router_activator_queued')})",
+                    "{{service}} held now",
+                ),
+            ],
+            unit="s",
+            min_=0,
+        )
+    )
+    p.append(
+        _panel(
+            lay,
+            "timeseries",
+            "Activator outcomes",
+            "Requests held while no replica was ready: released to a replica, or refused "
+            "because their deadline could not be met after the expected cold start, the queue "
+            "was full, or the deadline passed while they waited.",
+            [
+                Query(
+                    srate(f"{BY}, result", "accordion_router_activator_requests_total"),
+                    "{{service}} {{result}}",
+                )
+            ],
+            unit="reqps",
+            min_=0,
+        )
+    )
+    p.append(
+        _panel(
+            lay,
+            "timeseries",
+            "Devices held and cost per hour",
+            "Devices the service's workers hold (device-seconds per second, per pool; starting "
+            "and spare replicas included), and their cost per hour (costPerDevice per "
+            "device-hour).",
+            [
+                Query(
+                    srate(f"{BY}, pool", "accordion_service_device_seconds_total"),
+                    "{{service}} devices on {{pool}}",
+                ),
+                Query(
+                    f"3600 * {srate(BY, 'accordion_service_cost_total')}",
+                    "{{service}} cost per hour",
+                ),
+            ],
+            min_=0,
+        )
+    )
+    p.append(
+        _panel(
+            lay,
+            "timeseries",
+            "Cost per 1,000 requests",
+            "Over the last hour: cost / arrivals at the router x 1000; and since the operator "
+            "began counting (status.costPer1kRequests).",
+            [
+                Query(
+                    f"1000 * sum by ({BY}) (increase({sel('accordion_service_cost_total')}[1h]))"
+                    f" / sum by ({BY}) (increase({sel('accordion_router_requests_total')}[1h]))",
+                    "{{service}} last hour",
+                ),
+                Query(
+                    f"max by ({BY}) ({sel('accordion_service_cost_per_1k_requests')})",
+                    "{{service}} since counting began",
+                ),
+            ],
+            min_=0,
+        )
+    )
     return _dashboard(
         "accordion-services",
         "Accordion / Services",

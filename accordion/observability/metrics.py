@@ -57,6 +57,9 @@ ROUTER_METRICS = (
     _m("accordion_router_backend_healthy", "gauge", "service", "variant"),
     _m("accordion_router_backend_slowdown", "gauge", "service", "variant"),
     _m("accordion_router_table_reloads_total", "counter", "service", "result"),
+    _m("accordion_router_cold_start_seconds", "histogram", "service"),
+    _m("accordion_router_activator_queued", "gauge", "service"),
+    _m("accordion_router_activator_requests_total", "counter", "service", "result"),
 )
 
 WORKER_METRICS = (
@@ -142,12 +145,39 @@ OPERATOR_METRICS = (
         "condition",
         help="1 when the condition (Ready, Degraded, DemandUnavailable, ...) is True, else 0.",
     ),
+    _m(
+        "accordion_service_device_seconds_total",
+        "counter",
+        *_SVC,
+        "pool",
+        help="Device-seconds the service's workers held (replicas x time), per pool.",
+    ),
+    _m(
+        "accordion_service_cost_total",
+        "counter",
+        *_SVC,
+        help="Cost of those device-seconds: device-hours x the pool's costPerDevice.",
+    ),
+    _m(
+        "accordion_service_cost_per_1k_requests",
+        "gauge",
+        *_SVC,
+        help="Cost per 1,000 requests since the operator began counting (status).",
+    ),
 )
 
 # Series that exist only after an event (a reroute, a table reload, a shed request): a query
 # over them may rightly return nothing on a healthy system.
 EVENT_DRIVEN = frozenset(
-    {"accordion_router_rerouted_total", "accordion_router_table_reloads_total"}
+    {
+        "accordion_router_rerouted_total",
+        "accordion_router_table_reloads_total",
+        "accordion_router_cold_start_seconds_bucket",
+        "accordion_router_cold_start_seconds_sum",
+        "accordion_router_cold_start_seconds_count",
+        "accordion_router_activator_queued",
+        "accordion_router_activator_requests_total",
+    }
 )
 
 

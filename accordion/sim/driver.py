@@ -261,7 +261,11 @@ class LoopControl:
         for s, key in self.key_of.items():
             self.tracker.observe(key, now, (totals[s] - self._counted[s]) / interval)
             self._counted[s] = totals[s]
-        self._view = DemandView(qps=self.tracker.estimates(), burst=self.tracker.bursts())
+        self._view = DemandView(
+            qps=self.tracker.estimates(),
+            burst=self.tracker.bursts(),
+            last_arrival_s=self.tracker.last_arrivals(),
+        )
         if self.loop.pass_due(self.world, self._view):
             # Demand passes wait for no quiet time (debounce is for bursts of watch events),
             # only for the shortest interval between passes.

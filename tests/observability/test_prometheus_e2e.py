@@ -93,6 +93,9 @@ class OperatorStandIn:
                 f["accordion_service_replicas"].labels(
                     **svc, variant=variant, pool=POOL, state=state
                 ).set(1)
+        f["accordion_service_device_seconds_total"].labels(**svc, pool=POOL).inc(7200.0)
+        f["accordion_service_cost_total"].labels(**svc).inc(2.0)
+        f["accordion_service_cost_per_1k_requests"].labels(**svc).set(0.5)
         for condition, value in (("Ready", 1), ("Degraded", 1), ("DemandUnavailable", 1)):
             f["accordion_service_condition"].labels(**svc, condition=condition).set(value)
         # The last successful pass was long ago.

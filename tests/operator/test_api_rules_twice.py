@@ -63,6 +63,16 @@ def _example(kind: str) -> dict[str, Any]:
     return copy.deepcopy(next(d for d in examples() if d["kind"] == kind))
 
 
+# minReplicas <= maxReplicas is a rule of the whole spec: the counterexample is the example's
+# spec with the two crossed.
+BREAKS[
+    (
+        ".spec",
+        "!has(self.maxReplicas) || !has(self.minReplicas) || self.maxReplicas >= self.minReplicas",
+    )
+] = {**_example("InferenceService")["spec"], "minReplicas": 3, "maxReplicas": 2}
+
+
 def _place(doc: dict[str, Any], path: str, value: Any) -> str:
     """Put `value` at the first place `path` (`.spec.variants[].profiles[]`) exists in `doc`.
 

@@ -542,6 +542,19 @@ class Variant(ApiModel):
 class InferenceServiceSpec(ApiModel):
     """Desired state of an InferenceService: one model family under one latency SLO."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.maxReplicas) || !has(self.minReplicas) "
+                    "|| self.maxReplicas >= self.minReplicas",
+                    "maxReplicas must be greater than or equal to minReplicas",
+                    ".maxReplicas",
+                )
+            ]
+        }
+    )
+
     slo: ServiceLevelObjective = Field(description="Latency budget of every request.")
     accuracy: AccuracyPolicy = Field(
         default_factory=AccuracyPolicy, description="Bounds of accuracy scaling."
@@ -560,6 +573,39 @@ class InferenceServiceSpec(ApiModel):
             "the pools it may use."
         ),
     )
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=MAX_DEVICES,
+        description=(
+            "Fewest worker replicas (devices) the service keeps, whatever its demand, as "
+            "KServe's minReplicas (default 1). 0 lets the service scale to zero after "
+            "scaleToZeroIdleSeconds without requests; its router then holds the requests "
+            "that arrive (the activator) until a replica is ready. Met as far as the pools "
+            "have free devices: replicas that serve demand are never taken for it. 0 to "
+            "1000000."
+        ),
+    )
+    max_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DEVICES,
+        description=(
+            "Most worker replicas (devices) the service may take, spare (burst) replicas "
+            "included, as KServe's maxReplicas; demand beyond their capacity is served at "
+            "lower accuracy or reported as a shortfall. Unset: as many as the pools allow."
+        ),
+    )
+    scale_to_zero_idle_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        le=86_400,
+        description=(
+            "With minReplicas 0: how long the service must have received no request before "
+            "its last replica is released (Knative's stable window plus retention period, "
+            "as one number). Ignored when minReplicas is 1 or more. 1 to 86400."
+        ),
+    )
     variants: list[Variant] = Field(
         min_length=1,
         max_length=MAX_VARIANTS,
@@ -574,6 +620,19 @@ class InferenceServiceSpec(ApiModel):
         if len(set(names)) != len(names):
             raise ValueError("variant names must be unique")
         return variants
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _max_above_min(cls, max_replicas: int | None, info: ValidationInfo) -> int | None:
+        low = info.data.get("min_replicas")
+        if max_replicas is not None and low is not None and max_replicas < low:
+            raise ValueError("maxReplicas must be greater than or equal to minReplicas")
+        return max_replicas
+
+    def replica_floor(self, idle: bool) -> int:
+        """Fewest replicas to plan: minReplicas, and one while a scale-to-zero service is not
+        idle (it has demand, or had some within scaleToZeroIdleSeconds)."""
+        return self.min_replicas if self.min_replicas > 0 or idle else 1
 
 
 class PlanRowStatus(ApiModel):
@@ -632,6 +691,36 @@ class InferenceServiceStatus(ApiModel):
     )
     ready_replicas: int | None = Field(default=None, description="Worker replicas ready.")
     plan: list[PlanRowStatus] = Field(default_factory=list, description="The current plan rows.")
+    scaled_to_zero: bool | None = Field(
+        default=None,
+        description="True while the service runs no replica (minReplicas 0, idle).",
+    )
+    cold_start_seconds: float | None = Field(
+        default=None,
+        description=(
+            "The last cold start its routers measured: from the first request held at zero "
+            "ready replicas to the first ready one, seconds."
+        ),
+    )
+    device_seconds: float | None = Field(
+        default=None,
+        description=(
+            "Device-seconds the service's workers have held (replicas x time, starting and "
+            "spare replicas included), since the operator began counting."
+        ),
+    )
+    cost: float | None = Field(
+        default=None,
+        description=(
+            "Cost of those device-seconds: device-hours x the pools' costPerDevice (read as "
+            "a price per device-hour)."
+        ),
+    )
+    cost_per_1k_requests: float | None = Field(
+        default=None,
+        alias="costPer1kRequests",
+        description="cost per 1,000 requests that arrived over the same time.",
+    )
     last_plan_time: str | None = Field(default=None, description="When the plan last changed.")
 
 

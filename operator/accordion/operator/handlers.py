@@ -564,7 +564,7 @@ class Driver:
         result = await self.loop.reconcile(
             world, demand, self.actuator, concurrency=self.concurrency
         )
-        self.metrics.record(world, demand, result, self.loop.plan_time_s)
+        self.metrics.record(world, demand, result, self.loop.plan_time_s, self.loop.cost.totals)
         # Surges are judged against the plan's capacity, falls are fast while short.
         for tracker in (
             self.demand.tracker if self.demand is not None else None,

@@ -13,14 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from accordion.operator.api import split_key
+from accordion.operator.control.cost import ServiceCost
 from accordion.operator.control.loop import (
     DemandView,
     ReconcileResult,
@@ -140,6 +141,54 @@ class _PerServiceCollector(Collector):
 PER_SERVICE = _PerServiceCollector()
 REGISTRY.register(PER_SERVICE)
 
+DEVICE_SECONDS = "accordion_service_device_seconds_total"
+COST = "accordion_service_cost_total"
+COST_PER_1K = "accordion_service_cost_per_1k_requests"
+
+
+class _CostCollector(Collector):
+    """What each service costs (`control.cost.CostMeter`), as of the last pass: counters of
+    device-seconds (per pool) and cost, and the cost per 1,000 requests."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, ServiceCost] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families({}))
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self.totals)
+
+    @staticmethod
+    def _families(totals: Mapping[str, ServiceCost]) -> list[Metric]:
+        held = CounterMetricFamily(
+            DEVICE_SECONDS,
+            "Device-seconds the service's workers held (replicas x time), per pool.",
+            labels=(*_SVC, "pool"),
+        )
+        cost = CounterMetricFamily(
+            COST,
+            "Cost of those device-seconds: device-hours x the pool's costPerDevice.",
+            labels=_SVC,
+        )
+        per_1k = GaugeMetricFamily(
+            COST_PER_1K,
+            "Cost per 1,000 requests since the operator began counting (status).",
+            labels=_SVC,
+        )
+        for key, total in sorted(totals.items()):
+            labels = split_key(key)
+            for pool, seconds in sorted(total.device_seconds_by_pool.items()):
+                held.add_metric((*labels, pool), seconds)
+            cost.add_metric(labels, total.cost)
+            if total.cost_per_1k_requests is not None:
+                per_1k.add_metric(labels, total.cost_per_1k_requests)
+        return [held, cost, per_1k]
+
+
+COSTS = _CostCollector()
+REGISTRY.register(COSTS)
+
 
 class OperatorMetrics:
     """Keeps the registry in step with the control loop's passes."""
@@ -152,9 +201,19 @@ class OperatorMetrics:
         RECONCILES.labels("error").inc()
 
     def record(
-        self, world: World, demand: DemandView, result: ReconcileResult, plan_time_s: float
+        self,
+        world: World,
+        demand: DemandView,
+        result: ReconcileResult,
+        plan_time_s: float,
+        cost: Mapping[str, ServiceCost] | None = None,
     ) -> None:
-        """Fold one pass of the loop into the metrics."""
+        """Fold one pass of the loop into the metrics; `cost`: the loop's cost meter totals."""
+        if cost is not None:
+            COSTS.totals = {
+                k: ServiceCost(v.device_seconds, v.cost, v.requests, dict(v.device_seconds_by_pool))
+                for k, v in cost.items()
+            }
         decision = result.decision
         RECONCILES.labels("error" if result.failed or decision.error else "ok").inc()
         if not result.failed and decision.error is None:

@@ -231,6 +231,10 @@ def _service_spec(
         accuracy_target=isvc.spec.accuracy.target,
         priority=priority,
         variants=variants,
+        # A scale-to-zero service is planned at one replica until the loop finds it idle
+        # (`control.idle`).
+        min_replicas=isvc.spec.replica_floor(idle=False),
+        max_replicas=isvc.spec.max_replicas,
     )
     return spec, warnings
 

@@ -327,4 +327,5 @@ class PrometheusDemand:
             qps=dict(self.published),
             unavailable=dict(self.unavailable),
             rejected={k for k, why in self.unavailable.items() if "query rejected" in why},
+            last_arrival_s=self.tracker.last_arrivals(),
         )

@@ -90,6 +90,8 @@ class RouterState:
     version_since_s: float
     """When it first reported `version` (its confirmation of that table)."""
     table_error: str | None = None
+    cold_start_s: float | None = None
+    """The last cold start it measured (its activator)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class ReportBook:
             revision=report.table_revision,
             version_since_s=prev.version_since_s if prev is not None and same_table else now_s,
             table_error=report.table_error,
+            cold_start_s=report.cold_start_s,
         )
 
     def live(self, service: str, now_s: float) -> dict[str, RouterState]:
@@ -162,6 +165,15 @@ class ReportBook:
         """The service's arrival rate: the sum over its live routers; None without any."""
         rates = [s.rate_qps for s in self.live(service, now_s).values() if s.rate_qps is not None]
         return sum(rates) if rates else None
+
+    def cold_start_s(self, service: str) -> float | None:
+        """The longest of the last cold starts its routers measured; None: none yet."""
+        values = [
+            s.cold_start_s
+            for s in (self.routers.get(service) or {}).values()
+            if s.cold_start_s is not None
+        ]
+        return max(values) if values else None
 
     def confirmation(self, service: str, version: str, now_s: float) -> Confirmation:
         live = self.live(service, now_s)
@@ -265,6 +277,8 @@ class RouterDemand:
         rate = self.book.rate_qps(service, now_s)
         if capacity is None or rate is None:
             return False
+        if capacity <= 0 and rate > 0:
+            return True  # requests at zero replicas (scale to zero): start one at once
         base = max(capacity, self.published.get(service, 0.0))
         return rate > base + SURGE_SIGMAS * counting_noise_qps(base, self.interval_s)
 
@@ -334,8 +348,11 @@ class RouterDemand:
             qps=dict(prometheus.qps),
             unavailable=dict(prometheus.unavailable),
             burst=dict(prometheus.burst),
+            last_arrival_s=dict(prometheus.last_arrival_s),
+            cold_start_s=dict(prometheus.cold_start_s),
         )
         bursts = self.tracker.bursts()
+        arrivals = self.tracker.last_arrivals()
         now = self.clock()
         for key, svc in services.items():
             if not takes_reports(svc) or key not in self.published:
@@ -346,7 +363,12 @@ class RouterDemand:
                 out.qps[key] = self.published[key]
                 if key in bursts:
                     out.burst[key] = bursts[key]
+                if key in arrivals:
+                    out.last_arrival_s[key] = arrivals[key]
                 out.unavailable.pop(key, None)
+            cold_start = self.book.cold_start_s(key)
+            if cold_start is not None:
+                out.cold_start_s[key] = cold_start
             if not live and not measured_elsewhere:
                 out.unavailable[key] = (
                     f"no report from the routers of {key} for more than {self.book.stale_s:g} s"

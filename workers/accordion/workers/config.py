@@ -321,6 +321,13 @@ class RouterReport(_Wire):
         None, max_length=1000, description="Why the last table offered to it was refused."
     )
     stopping: bool = Field(False, description="The router is shutting down: forget it now.")
+    cold_start_s: float | None = Field(
+        None,
+        ge=0,
+        le=86_400,
+        description="The last cold start the router measured (`activator`): from the first "
+        "request it held at zero ready replicas to the first ready one, seconds.",
+    )
 
     @property
     def rate_qps(self) -> float | None:

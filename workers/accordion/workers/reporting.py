@@ -108,6 +108,9 @@ class ReportPolicy:
         """The heartbeat the operator's last answer asked for (None: none yet)."""
         self.routers = 1
         """Live routers of the service, as the operator's last answer said."""
+        self.urgent = False
+        """A request arrived while no replica is ready (`Reporter.wake`): report the next
+        window whatever the quiet rule says, so the operator starts one at once."""
 
     def close_window(
         self, requests_total: int, table: tuple[str, int], capacity_qps: float | None
@@ -123,6 +126,9 @@ class ReportPolicy:
         requests = max(0, requests_total - self._window_start_total)
         self._window_start_s, self._window_start_total = now, requests_total
         last = Window(requests, seconds, None)
+        if self.urgent:
+            self.urgent = False
+            return Window(requests, seconds, "cold-start")
         if self._reported_s is None or self._reported_rate is None:
             return Window(requests, seconds, "first")
         moved = self._moved(last, capacity_qps)
@@ -200,8 +206,10 @@ class Reporter:
         policy: ReportPolicy | None = None,
         router: str | None = None,
         namespace: str | None = None,
+        cold_start_s: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.url = url
+        self._cold_start_s = cold_start_s
         self.policy = policy or ReportPolicy()
         self._table = table
         self._requests_total = requests_total
@@ -217,6 +225,7 @@ class Reporter:
         self.reachable: bool | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Task[str | None] | None = None
         self._warned_no_namespace = False
 
     def service_key(self) -> str | None:
@@ -251,6 +260,7 @@ class Reporter:
             table_revision=table.revision,
             table_error=self.table_error,
             stopping=stopping,
+            cold_start_s=self._cold_start_s(),
         )
 
     async def post(self, report: RouterReport) -> ReportAnswer:
@@ -296,6 +306,14 @@ class Reporter:
             self.table_error = self._adopt(answer.table)
         return window.reason
 
+    def wake(self) -> None:
+        """Report now, whatever the quiet rule says: a request waits at zero ready replicas
+        (`accordion.workers.activator`), and the operator must start one. One at a time."""
+        if self._task is None or (self._wake is not None and not self._wake.done()):
+            return
+        self.policy.urgent = True
+        self._wake = asyncio.create_task(self.step(), name="accordion-router-wake")
+
     async def run(self) -> None:
         """Report every interval until cancelled (a failure never stops it)."""
         loop = asyncio.get_running_loop()
@@ -315,10 +333,11 @@ class Reporter:
 
     async def stop(self) -> None:
         """Stop reporting; tell the operator this router is going (best effort)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._wake):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.reachable:
             window = self.policy.close_window(self._requests_total(), ("", 0), None)
             report = self.report(window, stopping=True)

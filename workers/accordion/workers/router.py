@@ -66,6 +66,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from accordion.workers.activator import DEFAULT_MAX_QUEUED, Activator
 from accordion.workers.config import (
     BINARY_HEADER,
     DEADLINE_HEADER,
@@ -101,6 +102,7 @@ log = logging.getLogger(__name__)
 VARIANT_HEADER = "x-accordion-variant"
 OUTCOMES = ("ok", "late", "dropped", "shed", "rejected", "error")
 _BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_COLD_START_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 
 def parse_table(path: Path, raw: bytes) -> RoutingTable:
@@ -186,6 +188,27 @@ class RouterMetrics:
             ["service", "result"],
             registry=r,
         )
+        self.cold_start = Histogram(
+            "accordion_router_cold_start_seconds",
+            "Cold starts: from the first request held at zero ready replicas to the first "
+            "ready one (the activator).",
+            ["service"],
+            buckets=_COLD_START_BUCKETS_S,
+            registry=r,
+        )
+        self.activator_queued = Gauge(
+            "accordion_router_activator_queued",
+            "Samples held by the activator now, waiting for a ready replica.",
+            ["service"],
+            registry=r,
+        )
+        self.activator_requests = Counter(
+            "accordion_router_activator_requests_total",
+            "Requests the activator held, by result (released, rejected-deadline, "
+            "rejected-full, expired).",
+            ["service", "result"],
+            registry=r,
+        )
 
 
 @dataclass
@@ -229,6 +252,7 @@ class Router:
         seed: int = 0,
         report_url: str | None = None,
         report_policy: ReportPolicy | None = None,
+        max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
         self.table_path = table_path
         try:
@@ -263,6 +287,12 @@ class Router:
         self.arrivals = 0
         """Requests that arrived (a batch counts its samples): what reports carry."""
         self.reporter: Reporter | None = None
+        self.activator = Activator(
+            max_queued=max_queued,
+            on_hold=self._wake_reporter,
+            on_cold_start=lambda s: self.metrics.cold_start.labels(self.service).observe(s),
+        )
+        """Holds requests while no backend is ready (`accordion.workers.activator`)."""
         if report_url:
             self.reporter = Reporter(
                 report_url,
@@ -270,6 +300,7 @@ class Router:
                 requests_total=lambda: self.arrivals,
                 adopt=self.adopt,
                 policy=report_policy,
+                cold_start_s=lambda: self.activator.last_s,
             )
         self._publish_weights()
 
@@ -342,6 +373,21 @@ class Router:
         self.decider.update_table(table)
         self.metrics.reloads.labels(self.service, "ok").inc()
         self._publish_weights()
+        self._activate()
+
+    def _activate(self) -> None:
+        """Release the activator's held requests once some backend is ready."""
+        if self.ready():
+            self.activator.ready()
+
+    def _wake_reporter(self) -> None:
+        if self.reporter is not None:
+            self.reporter.wake()
+
+    def own_latency_s(self) -> float:
+        """The least a request takes on a ready backend (its batch latency, by the table)."""
+        latencies = [b.batch_latency_ms for b in self.table.backends if b.batch_latency_ms]
+        return min(latencies) / 1000.0 if latencies else 0.0
 
     def _publish_weights(self) -> None:
         plan = self.decider.plan_weights()
@@ -403,6 +449,7 @@ class Router:
         if backends:
             await asyncio.gather(*(probe(b.name, b.url) for b in backends))
             self._publish_weights()
+            self._activate()
 
     async def _health_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -444,6 +491,13 @@ class Router:
     def ready(self) -> bool:
         """Whether the router can serve: some backend in the plan passes its checks."""
         return bool(self.decider.plan_weights())
+
+    def accepting(self) -> bool:
+        """Whether the router takes requests: it routes them, or holds them until a backend is
+        ready (the activator). The server's readiness (its pod's readinessProbe): a router at
+        zero replicas must stay in its Service's endpoints, or the request that would start a
+        replica never reaches it. The model's readiness stays `ready`."""
+        return self._session is not None
 
     def versions(self) -> list[str]:
         """One model version, stable across plans (the plan's is a parameter of the metadata)."""
@@ -525,6 +579,17 @@ class Router:
         m = self.metrics
         m.requests.labels(service).inc(samples)
         self.arrivals += samples
+        if not self.ready():
+            # No ready replica (scaled to zero, or all restarting): the activator holds it.
+            m.activator_queued.labels(service).inc(samples)
+            try:
+                held = await self.activator.hold(start + budget_s, samples, self.own_latency_s())
+            finally:
+                m.activator_queued.labels(service).dec(samples)
+            m.activator_requests.labels(service, held.result).inc()
+            if held.reason is not None:
+                m.outcomes.labels(service, "none", "shed").inc(samples)
+                return Routed(503, _error_body(held.reason), "shed")
         choice = self.decider.choose(budget_s - (loop.time() - start), now_s=loop.time())
         if choice.backend is None:
             m.outcomes.labels(service, "none", "shed").inc(samples)
@@ -620,7 +685,7 @@ class RouterEndpoint(V2Endpoint):
         self.default_budget_s = router.table.slo_s
 
     def ready(self) -> bool:
-        return self.router.ready()
+        return self.router.accepting()
 
     def server_metadata(self) -> dict[str, Any]:
         return server_metadata_doc()
@@ -676,7 +741,7 @@ def create_router_app(router: Router) -> web.Application:
         return web.json_response({"live": True})
 
     async def ready(_: web.Request) -> web.Response:
-        ok = router.ready()
+        ok = router.accepting()
         return web.json_response({"ready": ok}, status=200 if ok else 503)
 
     async def server_metadata(_: web.Request) -> web.Response:

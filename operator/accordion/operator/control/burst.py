@@ -68,10 +68,18 @@ def spare_problem(
     if not any(p.devices > 0 for p in pools):
         return None
     services: list[ServiceSpec] = []
+    planned: dict[str, int] = {}
+    for row in main_plan.rows:
+        planned[row.service] = planned.get(row.service, 0) + row.replicas
     for svc in main_problem.services:
         want = burst_qps.get(svc.name, 0.0)
-        if want > 0:
-            services.append(svc.model_copy(update={"demand_qps": want}))
+        # Spare replicas count against maxReplicas; the floor is the main plan's (met there).
+        cap = svc.max_replicas
+        left = None if cap is None else cap - planned.get(svc.name, 0)
+        if want > 0 and (left is None or left > 0):
+            services.append(
+                svc.model_copy(update={"demand_qps": want, "min_replicas": 0, "max_replicas": left})
+            )
     if not services:
         return None
     wanted = {s.name for s in services}

@@ -57,6 +57,8 @@ class DemandEstimator:
     """(time, excess over the estimate as a fraction) of measurements above it."""
     recent: deque[tuple[float, float]] = field(default_factory=deque)
     """(time, estimate) of the last `BURST_BASELINE_S`."""
+    last_arrival_s: float | None = None
+    """When a measured rate last was above zero (scale to zero waits for idleness)."""
 
     def __post_init__(self) -> None:
         if self.rise_half_life_s <= 0 or self.fall_half_life_s <= 0:
@@ -76,6 +78,8 @@ class DemandEstimator:
         `short`: the plan cannot serve the estimate (falls are followed fast)."""
         if not math.isfinite(rate_qps) or rate_qps < 0:
             raise ValueError(f"rate must be a finite non-negative number, got {rate_qps}")
+        if rate_qps > 0:
+            self.last_arrival_s = t_s
         if self.estimate_qps is None or self.last_t_s is None:
             self.estimate_qps, self.last_t_s = rate_qps, t_s
             return rate_qps
@@ -149,6 +153,14 @@ class DemandTracker:
             name: est.estimate_qps
             for name, est in self.estimators.items()
             if est.estimate_qps is not None
+        }
+
+    def last_arrivals(self) -> dict[str, float]:
+        """When each service last had arrivals (services that never had any left out)."""
+        return {
+            name: est.last_arrival_s
+            for name, est in self.estimators.items()
+            if est.last_arrival_s is not None
         }
 
     def bursts(self) -> dict[str, float]:

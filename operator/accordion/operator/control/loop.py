@@ -56,6 +56,7 @@ from typing import Any
 
 from accordion.operator.api import DevicePool, InferenceService
 from accordion.operator.control.burst import main_allocation, merge_spare, spare_problem
+from accordion.operator.control.cost import CostMeter
 from accordion.operator.control.desired import (
     Routing,
     WorkerKey,
@@ -63,6 +64,7 @@ from accordion.operator.control.desired import (
     service_routing,
     worker_specs,
 )
+from accordion.operator.control.idle import IdleTracker, idle_demand, idle_problem
 from accordion.operator.control.runner import run_steps
 from accordion.operator.control.status import (
     invalid_status,
@@ -255,6 +257,11 @@ class ControlLoop:
         self._targets_memo: dict[str, tuple[Any, dict[WorkerKey, WorkerSpec]]] = {}
         self._settled: dict[str, _Settled] = {}
         self._current_memo: tuple[Plan, list[Allocation]] | None = None
+        self.idle = IdleTracker()
+        """Which `minReplicas: 0` services are idle (scale to zero, `idle`)."""
+        self._planned_idle: frozenset[str] = frozenset()
+        self.cost = CostMeter()
+        """Device-seconds, cost and cost per 1,000 requests per service (`cost`)."""
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -295,13 +302,17 @@ class ControlLoop:
         return _short(plan)
 
     def _measured(self, world: World, demand: DemandView) -> dict[str, float]:
-        return {k: v for k, v in demand.qps.items() if k in world.services}
+        measured = {k: v for k, v in demand.qps.items() if k in world.services}
+        idle = self.idle.update(world.services, measured, demand.last_arrival_s, self.clock())
+        return idle_demand(measured, idle)
 
     def pass_due(self, world: World, demand: DemandView) -> list[str]:
         """Services whose demand estimate left the band of their plan (`triggers`): a driver
         runs a pass at once when this is not empty, instead of waiting for its periodic one."""
         headroom = {k: s.spec.demand.headroom for k, s in world.services.items()}
-        return self.gate.due(self._measured(world, demand), self.capacity_by_service(), headroom)
+        due = self.gate.due(self._measured(world, demand), self.capacity_by_service(), headroom)
+        # A service that went idle, or has a request again, is planned at once (scale to zero).
+        return sorted({*due, *(self.idle.idle_now ^ self._planned_idle)})
 
     def make_plan(self, world: World, demand: DemandView) -> tuple[Plan, bool, list[str]]:
         """The plan for the whole cluster; re-uses the last one when the problem is unchanged.
@@ -317,6 +328,7 @@ class ControlLoop:
         estimates = self.gate.estimates(measured, capacity, headroom)
         build = self._build(world, estimates)
         self.notices = build.by_service
+        self._planned_idle = self.idle.idle_now
         if self.last_plan is not None and self._same(self.last_problem, build.problem):
             return self.last_plan, False, build.warnings
         # A new plan: every service gets at least its current estimate (`ReplanGate`).
@@ -340,7 +352,7 @@ class ControlLoop:
         return plan, True, build.warnings
 
     def _build(self, world: World, estimates: Mapping[str, float]) -> ProblemBuild:
-        return to_problem(
+        build = to_problem(
             world.services.values(),
             world.pools.values(),
             measured_qps=estimates,
@@ -353,6 +365,8 @@ class ControlLoop:
                 else available_devices(world.pools.values(), world.nodes)
             ),
         )
+        build.problem = idle_problem(build.problem, self.idle.idle_now)
+        return build
 
     def _full_plan(self, problem: Problem, world: World, estimates: Mapping[str, float]) -> Plan:
         """The whole cluster's plan. When it is short for some services, they are planned
@@ -439,6 +453,7 @@ class ControlLoop:
 
     def _decide(self, world: World, demand: DemandView) -> Decision:
         now_s = self.clock()
+        self.cost.observe(world, demand, now_s)
         error: str | None = None
         warnings: list[str] = []
         try:
@@ -515,6 +530,8 @@ class ControlLoop:
                         if k.service == svc_key
                     )
                 ),
+                self.cost.published.get(svc_key),
+                demand.cold_start_s.get(svc_key),
             )
             memo = self._settled.get(svc_key)
             if memo is not None and memo.inputs == inputs:
@@ -764,6 +781,7 @@ class ControlLoop:
             url=self.url_for(svc_key),
             shortfall=self._shortfall(svc_key, svc, summaries.get(svc_key)),
             notices=self.notices.get(svc_key, ()),
+            cost=self.cost.published.get(svc_key),
         )
         return out
 

@@ -18,6 +18,7 @@ from accordion.operator.api import (
     InferenceService,
     InferenceServiceStatus,
 )
+from accordion.operator.control.cost import CostSnapshot
 from accordion.operator.control.desired import Routing, WorkerKey
 from accordion.operator.control.steps import RecordEvent, Step, UpdateStatus
 from accordion.operator.control.world import DemandView, RunningWorker, World
@@ -118,6 +119,7 @@ def service_status_steps(
     url: str | None = None,
     shortfall: str | None = None,
     notices: Sequence[str] = (),
+    cost: CostSnapshot | None = None,
 ) -> list[Step]:
     """The service's status step (if its status changes) and the events of a plan change.
 
@@ -128,7 +130,9 @@ def service_status_steps(
     left out of the service (`planning.ProblemBuild.by_service`: pools its namespace may not
     use, priorities capped by a pool, profiles for pools that do not exist), shown as the
     PoolAccess condition. Failing worker pods (`World.worker_failures`) show as ModelsLoaded
-    False, with a Warning event when it turns."""
+    False, with a Warning event when it turns. `cost`: the service's cost figures
+    (`control.cost`). A `minReplicas: 0` service that runs no replica is Ready (ScaledToZero):
+    its router holds requests while one starts."""
     now = now_rfc3339(now_s)
     steps: list[Step] = []
     gen = svc.metadata.generation
@@ -152,6 +156,7 @@ def service_status_steps(
         ready_total += row.ready_replicas
     # The routing goes out before the status in the same pass (steps are ordered).
     all_ready = routing.final and bool(rows)
+    scaled_to_zero = svc.spec.min_replicas == 0 and not rows and not svc_workers
     demand_qps = planned_demand_qps(svc, demand.qps)
     unserved = summary.unserved_qps if summary else demand_qps
     new: dict[str, Condition] = {}
@@ -241,11 +246,17 @@ def service_status_steps(
     new["Ready"] = condition(
         conds,
         "Ready",
-        all_ready,
-        "Ready" if all_ready else ("NoReplicas" if not rows else "Progressing"),
+        all_ready or scaled_to_zero,
+        "Ready"
+        if all_ready
+        else "ScaledToZero"
+        if scaled_to_zero
+        else ("NoReplicas" if not rows else "Progressing"),
         (
             f"{ready_total} replicas ready, routing in place"
             if all_ready
+            else "no replica (idle, minReplicas 0): the router holds requests while one starts"
+            if scaled_to_zero
             else f"{ready_total} of {sum(r.replicas for r in rows)} replicas ready"
         ),
         gen,
@@ -267,8 +278,22 @@ def service_status_steps(
             "ready_replicas": ready_total,
             "plan": rows,
             "url": url,
+            "scaled_to_zero": scaled_to_zero if svc.spec.min_replicas == 0 else None,
+            "cold_start_seconds": (
+                round(demand.cold_start_s[key], 3)
+                if key in demand.cold_start_s
+                else prev.cold_start_seconds
+            ),
         }
     )
+    if cost is not None:
+        status = status.model_copy(
+            update={
+                "device_seconds": cost.device_seconds,
+                "cost": cost.cost,
+                "cost_per_1k_requests": cost.cost_per_1k_requests,
+            }
+        )
     plan_changed = [r.model_copy(update={"ready_replicas": 0}) for r in rows] != [
         r.model_copy(update={"ready_replicas": 0}) for r in prev.plan
     ]

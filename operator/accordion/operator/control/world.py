@@ -69,3 +69,9 @@ class DemandView:
     """Per service, the burst headroom learned from its own arrivals (`demand.BurstLearner`):
     how far above the smoothed estimate its short-term rate has gone lately, as a fraction.
     Used for `spec.demand.burst.policy: Auto`; absent: nothing learned yet."""
+    last_arrival_s: dict[str, float] = field(default_factory=dict)
+    """Per service, when a measurement last showed arrivals (the loop's clock): scale to zero
+    (`idle`) releases the last replica of a `minReplicas: 0` service only after
+    `scaleToZeroIdleSeconds` without any. Absent: not known."""
+    cold_start_s: dict[str, float] = field(default_factory=dict)
+    """Per service, the last cold start its routers measured (status.coldStartSeconds)."""
