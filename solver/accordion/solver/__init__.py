@@ -7,6 +7,7 @@ from accordion.solver.plan import Exclusion, Plan, PlanRow, ServicePlan, SolverS
 from accordion.solver.planner import plan
 from accordion.solver.problem import (
     Allocation,
+    Burstiness,
     PlannerSettings,
     PoolSpec,
     Problem,
@@ -17,6 +18,7 @@ from accordion.solver.problem import (
 
 __all__ = [
     "Allocation",
+    "Burstiness",
     "Exclusion",
     "Plan",
     "PlanRow",

@@ -4,7 +4,9 @@ A request that arrives just after a batch was dispatched waits for that batch to
 rides in the next one: its worst-case latency is twice the batch latency. So the planner caps
 each (variant, pool) at the largest profiled batch b with 2 * latency(b) <= SLO, and counts on
 b / latency(b) requests per second per replica, derated by the utilization margin. Pairs that
-miss the SLO even at batch 1 cannot be used at all and are reported as exclusions.
+miss the SLO even at batch 1 cannot be used at all and are reported as exclusions. When the
+service's arrival burstiness is measured, the capacity is instead the batching model's largest
+rate that keeps the percentile within the SLO (`queueing`); the margin stays the fallback.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accordion.solver.plan import Exclusion
-from accordion.solver.problem import Percentile, Problem, ProfilePoint
+from accordion.solver.problem import Percentile, Problem, ProfilePoint, ServiceSpec
+from accordion.solver.queueing import max_rate_qps
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,16 @@ def batch_capacity(
     return best
 
 
+def modelled_capacity(
+    points: list[ProfilePoint], fit: tuple[int, float], svc: ServiceSpec, percentile: Percentile
+) -> tuple[int, float]:
+    """`fit` with its capacity from the batching model (`queueing`) at the service's measured
+    burstiness instead of the utilization margin; `fit` itself when the model has no answer."""
+    assert svc.burstiness is not None
+    rate = max_rate_qps(points, fit[0], svc.slo_s, percentile, svc.burstiness)
+    return fit if rate is None else (fit[0], rate)
+
+
 def options(problem: Problem) -> tuple[list[Option], list[Exclusion]]:
     """Usable options of every eligible variant (accuracy at or above the floor), and exclusions.
 
@@ -83,6 +96,8 @@ def options(problem: Problem) -> tuple[list[Option], list[Exclusion]]:
                     continue
                 if problem.pools[pool_index[pool_name]].devices == 0:
                     continue
+                if svc.utilization is None and svc.burstiness is not None:
+                    fit = modelled_capacity(points, fit, svc, settings.latency_percentile)
                 usable.append(
                     Option(
                         service=s,

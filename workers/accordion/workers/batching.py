@@ -100,6 +100,7 @@ class LatencyPredictor:
         if any(b < 1 or lat <= 0 for b, lat in profile_s.items()):
             raise ValueError("profile batch sizes must be >= 1 and latencies > 0")
         self._profile = dict(profile_s)
+        self._base: dict[int, float] = {}
         self._window = window
         self._quantile = quantile
         self._min_samples = min_samples
@@ -114,7 +115,10 @@ class LatencyPredictor:
 
     def base_s(self, batch_size: int) -> float:
         """The profile's latency for `batch_size` (`config.interpolate_profile`)."""
-        return interpolate_profile(self._profile, batch_size)
+        base = self._base.get(batch_size)
+        if base is None:  # the profile never changes: each size is interpolated once
+            base = self._base[batch_size] = interpolate_profile(self._profile, batch_size)
+        return base
 
     def _own_estimate(self, batch_size: int) -> float | None:
         return self._estimates.get(batch_size)

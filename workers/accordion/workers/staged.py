@@ -129,6 +129,8 @@ class StageLatency:
 
     def span_s(self, first: int, last: int, size: int) -> float:
         """Safe latency of stages `first` .. `last - 1` at batch `size` (cells: steps)."""
+        if len(self.predictors) == 1:  # a cell: every step is the same stage
+            return max(0, last - first) * self.safe_s(0, size)
         return sum(self.safe_s(k, size) for k in range(first, last))
 
     def observe(self, stage: int, size: int, latency_s: float) -> None:
@@ -250,7 +252,16 @@ class RequestLevelScheduler(StageScheduler):
 
 def hopeless(jobs: Iterable[Job], start_s: float, latency: StageLatency) -> list[Job]:
     """Jobs that would miss their deadline even running alone from `start_s` on."""
-    return [j for j in jobs if start_s + latency.span_s(j.done, j.steps, 1) > j.deadline_s]
+    alone = [latency.safe_s(k, 1) for k in range(len(latency.predictors))]
+    if len(alone) == 1:  # a cell: every step costs the same
+        return [j for j in jobs if start_s + j.remaining * alone[0] > j.deadline_s]
+    suffix = [sum(alone[k:]) for k in range(len(alone))] + [0.0]
+    last = len(alone)
+    return [
+        j
+        for j in jobs
+        if start_s + suffix[min(j.done, last)] - suffix[min(j.steps, last)] > j.deadline_s
+    ]
 
 
 @dataclass

@@ -1,0 +1,311 @@
+"""An analytic model of the SLO batcher: the largest arrival rate that keeps a latency
+percentile within the SLO, under Poisson or bursty arrivals (after BATCH, SC'20).
+
+Why: the planner used to count on `b / latency(b)` requests per second per replica, derated by a
+fixed utilization margin (0.9). That margin is too tight for smooth traffic (a replica could take
+more) and too loose for bursty traffic (its tail goes past the SLO). This model says, for one
+replica of a (variant, pool) with batch cap B, how late the chosen percentile of requests is at a
+given arrival rate and burstiness, so the planner can count on exactly what keeps the SLO.
+
+What it models (`accordion.workers.batching.SloBatcher` with its defaults, lazy off): whenever
+the device is free and requests wait, the batcher dispatches at once the earliest-deadline
+prefix of the queue, up to B; requests of one service share a budget, so EDF is FIFO. Under
+Poisson arrivals at rate lambda this is a bulk-service queue, solved exactly as an embedded
+Markov chain on the queue length left at each batch's completion (`_Chain`): from n waiting, a
+batch of min(max(n, 1), B) runs for its mean execution time, during which Poisson arrivals join.
+A request's latency is then the rest of the batch running when it arrives, the full batches of
+B ahead of it, and its own batch's execution, drawn from the profile's p50/p90/p99 (the tail of
+execution latency is most of a lightly loaded p99). The size of its own batch is its place in
+it plus the mean arrivals behind it until it starts, at most B.
+
+Burstiness: the router measures the index of dispersion D of its arrival counts in windows of
+`window_s` (0.1 s). For a Poisson stream D = 1; a stream whose rate itself varies, slowly
+compared to a batch, has D = 1 + lambda * window * cv2, where cv2 is the squared coefficient of
+variation of its rate. The model takes cv2 from the measurement and treats arrivals as Poisson
+at a rate that is lognormal around lambda with that cv2 (a quasi-static MMPP: the queue settles
+within each rate level, which holds when bursts last many batches). A percentile is taken over
+requests, so each rate level weighs by its rate. Splitting a stream among replicas keeps the
+modulation, so cv2 holds per replica as well (`Burstiness.rate_cv2`).
+
+Cost: the Poisson part, P(latency <= SLO) at a grid of rates, is computed once per (profile,
+B, SLO, percentile) and cached (`_attainment_table`, a few ms per rate); the planner's question
+for a given cv2 is then a bisection over table lookups, microseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+from accordion.solver.problem import Burstiness, Percentile, ProfilePoint
+
+QUANTILE: dict[Percentile, float] = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+"""The share of requests a percentile SLO asks to be within it."""
+RATE_GRID = 24
+"""Rates at which the Poisson attainment is tabulated, dense towards the device's throughput."""
+PHASE_NODES = 16
+"""Gauss-Hermite nodes over the lognormal rate of a bursty stream."""
+_U_NODES = 8
+"""Points of arrival within a running batch (midpoints; latency is linear in them)."""
+
+Array = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Execution latency of a batch of each size 1..B: its mean, and a four-point distribution
+    from the profile's percentiles (p50, p90, p99; missing ones taken as the lower one)."""
+
+    mean_s: Array
+    """Index b - 1: mean execution time of a batch of b."""
+    values_s: Array
+    """Shape (B, 4): the distribution's points per batch size."""
+    probs: Array
+    """Shape (4,): their probabilities."""
+
+    @property
+    def cap(self) -> int:
+        return int(self.mean_s.shape[0])
+
+    @staticmethod
+    def of(points: tuple[tuple[int, float, float, float], ...], cap: int) -> Execution:
+        """From profile points (batch size, p50, p90, p99 in seconds), interpolated linearly in
+        the batch size (extrapolated with the last slope, as the worker does)."""
+        sizes = np.array([p[0] for p in points], dtype=float)
+        b = np.arange(1, cap + 1, dtype=float)
+
+        def curve(col: int) -> Array:
+            ys = np.array([p[col] for p in points], dtype=float)
+            out = np.interp(b, sizes, ys)
+            if len(sizes) >= 2 and cap > sizes[-1]:
+                slope = (ys[-1] - ys[-2]) / (sizes[-1] - sizes[-2])
+                out = np.where(b > sizes[-1], ys[-1] + slope * (b - sizes[-1]), out)
+            return np.maximum.accumulate(np.maximum(out, 1e-9))
+
+        p50, p90, p99 = curve(1), curve(2), curve(3)
+        p90 = np.maximum(p90, p50)
+        p99 = np.maximum(p99, p90)
+        values = np.stack([p50, (p50 + p90) / 2, (p90 + p99) / 2, p99], axis=1)
+        probs = np.array([0.5, 0.4, 0.09, 0.01])
+        return Execution(mean_s=values @ probs, values_s=values, probs=probs)
+
+
+def profile_key(points: list[ProfilePoint]) -> tuple[tuple[int, float, float, float], ...]:
+    """A profile as a hashable tuple (batch size, p50, p90, p99 in seconds)."""
+    out = []
+    for p in sorted(points, key=lambda q: q.batch_size):
+        p90 = p.p90_s if p.p90_s is not None else p.p50_s
+        p99 = p.p99_s if p.p99_s is not None else p90
+        out.append((p.batch_size, p.p50_s, p90, p99))
+    return tuple(out)
+
+
+def _poisson_pmf(mean: float, size: int) -> Array:
+    """P(k) for k = 0..size-1 of a Poisson variable; the tail beyond goes to the last entry."""
+    k = np.arange(size, dtype=float)
+    if mean <= 0:
+        point: Array = np.zeros(size)
+        point[0] = 1.0
+        return point
+    log_factorial = np.concatenate([[0.0], np.cumsum(np.log(k[1:]))])
+    out: Array = np.exp(k * math.log(mean) - mean - log_factorial)
+    out[-1] += max(0.0, 1.0 - float(out.sum()))
+    return out
+
+
+class _Chain:
+    """The queue length at batch completions of the SLO batcher under Poisson(rate) arrivals,
+    with `states` - 1 as the largest length kept (more is lumped there: latencies that long are
+    late anyway); see the module docstring."""
+
+    def __init__(self, ex: Execution, rate: float, states: int) -> None:
+        cap = ex.cap
+        n = np.arange(states)
+        self.batch = np.minimum(np.maximum(n, 1), cap)
+        self.left = np.maximum(n - cap, 0)
+        trans = np.zeros((states, states))
+        pmfs = {b: _poisson_pmf(rate * float(ex.mean_s[b - 1]), states) for b in range(1, cap + 1)}
+        for i in range(states):
+            pmf = pmfs[int(self.batch[i])]
+            q = int(self.left[i])
+            trans[i, q:] = pmf[: states - q]
+            trans[i, -1] += float(pmf[states - q :].sum())
+        self.pi = _stationary(trans)
+
+
+def _stationary(trans: Array) -> Array:
+    """The stationary distribution of a transition matrix by state reduction (Grassmann,
+    Taksar and Heyman): stable without subtractions, and element-wise numpy only (a dense solve
+    goes through LAPACK's threads, many times slower on a busy machine)."""
+    a = trans.copy()
+    states = a.shape[0]
+    for n in range(states - 1, 0, -1):
+        leaving = float(a[n, :n].sum())
+        if leaving <= 0:
+            continue
+        a[:n, n] /= leaving
+        a[:n, :n] += np.outer(a[:n, n], a[n, :n])
+    pi = np.zeros(states)
+    pi[0] = 1.0
+    for n in range(1, states):
+        pi[n] = float(pi[:n] @ a[:n, n])
+    pi = np.clip(pi, 0.0, None)
+    return pi / float(pi.sum())
+
+
+def _latency_cdf(ex: Execution, rate: float, xs: Array) -> Array:
+    """P(latency <= x) for each x of `xs`, under Poisson(rate) arrivals (module docstring)."""
+    cap = ex.cap
+    mean = ex.mean_s
+    full_s = float(mean[cap - 1])
+    if rate <= 0:
+        return _exec_cdf(ex, np.array([0]), np.array([1.0]), np.zeros(1), xs)
+    if rate * full_s >= cap:
+        return np.zeros_like(xs)
+    horizon = float(np.max(xs))
+    # Queue lengths beyond this many full batches ahead are later than every x asked about.
+    ahead = math.ceil(horizon / full_s) + 2
+    states = cap * (ahead + 1) + 8
+    chain = _Chain(ex, rate, states)
+    pi = chain.pi
+    t_size = states + cap
+    # Arrivals that find the device idle: a batch of one, at once.
+    weights = [np.array([pi[0]])]
+    delays = [np.zeros(1)]
+    ahead_counts = [np.zeros(1, dtype=int)]
+    # Arrivals while a batch of b runs: spread over the batch at `_U_NODES` midpoints.
+    u_frac = (np.arange(_U_NODES) + 0.5) / _U_NODES
+    k = np.arange(t_size, dtype=float)
+    log_factorial = np.concatenate([[0.0], np.cumsum(np.log(k[1:]))])
+    for b in range(1, cap + 1):
+        mask = chain.batch == b
+        if not mask.any():
+            continue
+        s = float(mean[b - 1])
+        # Requests ahead of a newcomer: what this batch left behind (nothing below a full
+        # batch) plus the Poisson arrivals before it, at each point u of the batch.
+        u = u_frac * s
+        means = rate * u
+        arrived = np.exp(
+            k[None, :] * np.log(means)[:, None] - means[:, None] - log_factorial[None, :]
+        )
+        left_pmf = np.bincount(chain.left[mask], weights=pi[mask], minlength=t_size)[:t_size]
+        if b < cap:
+            t_pmf = arrived * float(left_pmf.sum())
+        else:
+            t_pmf = np.stack([np.convolve(left_pmf, row)[:t_size] for row in arrived])
+        w = t_pmf * (rate * s / _U_NODES)
+        rows, cols = np.nonzero(w > 1e-12)
+        weights.append(w[rows, cols])
+        delays.append(s - u[rows])
+        ahead_counts.append(cols)
+    w_all = np.concatenate(weights)
+    rest = np.concatenate(delays)
+    t = np.concatenate(ahead_counts)
+    full_batches = t // cap
+    place = t % cap + 1
+    wait = rest + full_batches * full_s
+    # Its own batch: its place plus the mean arrivals behind it until it starts, at most B.
+    own = np.minimum(cap, place + np.ceil(rate * wait).astype(int))
+    cdf = _exec_cdf(ex, own, w_all, wait, xs)
+    return cdf / float(w_all.sum())
+
+
+def _exec_cdf(ex: Execution, own: npt.NDArray[np.int_], w: Array, wait: Array, xs: Array) -> Array:
+    """Sum over requests of weight * P(wait + execution of a batch of `own` <= x), per x."""
+    out = np.zeros(len(xs))
+    for j, p in enumerate(ex.probs):
+        total = wait + ex.values_s[own - 1, j]
+        order = np.argsort(total)
+        cum = np.concatenate([[0.0], np.cumsum(w[order])])
+        idx = np.searchsorted(total[order], xs, side="right")
+        out += p * cum[idx]
+    return out
+
+
+def _lognormal_phases(cv2: float) -> tuple[Array, Array]:
+    """Rate multipliers (mean 1) and their probabilities for a rate with squared coefficient
+    of variation `cv2`."""
+    if cv2 <= 1e-9:
+        return np.ones(1), np.ones(1)
+    sigma = math.sqrt(math.log1p(cv2))
+    z, w = np.polynomial.hermite_e.hermegauss(PHASE_NODES)
+    return np.exp(sigma * z - sigma * sigma / 2), w / w.sum()
+
+
+@lru_cache(maxsize=4096)
+def _attainment_table(
+    profile: tuple[tuple[int, float, float, float], ...], cap: int, slo_s: float
+) -> tuple[Array, Array]:
+    """(rates, P(latency <= slo_s) at each) for Poisson arrivals, from 0 to the throughput."""
+    ex = Execution.of(profile, cap)
+    top = cap / float(ex.mean_s[cap - 1])
+    grid = 1.0 - (1.0 - np.linspace(0.0, 1.0, RATE_GRID)) ** 2
+    rates = grid * top
+    xs = np.array([slo_s])
+    values = np.array([float(_latency_cdf(ex, float(r), xs)[0]) for r in rates])
+    values[-1] = 0.0
+    return rates, np.minimum.accumulate(values)
+
+
+def attainment(
+    profile: tuple[tuple[int, float, float, float], ...],
+    cap: int,
+    slo_s: float,
+    rate_qps: float,
+    cv2: float,
+) -> float:
+    """The share of requests answered within `slo_s` at `rate_qps` with rate variability cv2."""
+    rates, values = _attainment_table(profile, cap, slo_s)
+    g, p = _lognormal_phases(cv2)
+    at = np.interp(rate_qps * g, rates, values, right=0.0)
+    return float((p * g * at).sum() / (p * g).sum())
+
+
+def max_rate_qps(
+    points: list[ProfilePoint],
+    cap: int,
+    slo_s: float,
+    percentile: Percentile,
+    burstiness: Burstiness,
+) -> float | None:
+    """The largest arrival rate per replica at which `percentile` of the requests stay within
+    `slo_s`, with batch cap `cap` and the measured `burstiness`; None when no rate does (not
+    even a lone request: the planner's rule excludes such pairs first)."""
+    profile = profile_key(points)
+    q = QUANTILE[percentile]
+    cv2 = burstiness.rate_cv2
+    rates, _ = _attainment_table(profile, cap, slo_s)
+    lo, hi = 0.0, float(rates[-1])
+    if attainment(profile, cap, slo_s, lo, cv2) < q:
+        return None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if attainment(profile, cap, slo_s, mid, cv2) >= q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-4 * hi:
+            break
+    return lo if lo > 0 else None
+
+
+def latency_quantile_s(
+    points: list[ProfilePoint], cap: int, rate_qps: float, cv2: float, quantile: float
+) -> float:
+    """The model's `quantile` of request latency at `rate_qps` (validation and benchmarks;
+    the planner asks `max_rate_qps`). Infinite when the device cannot keep up."""
+    ex = Execution.of(profile_key(points), cap)
+    g, p = _lognormal_phases(cv2)
+    top = float(ex.values_s[cap - 1, -1])
+    xs = np.linspace(0.0, top * 12, 1200)
+    cdf = np.zeros_like(xs)
+    for gi, pi in zip(g, p, strict=True):
+        cdf += pi * gi * _latency_cdf(ex, rate_qps * float(gi), xs)
+    cdf /= float((p * g).sum())
+    idx = int(np.searchsorted(cdf, quantile, side="left"))
+    return float(xs[idx]) if idx < len(xs) else math.inf
