@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from accordion.operator.control.desired import routing_table
 from accordion.operator.control.loop import ControlLoop, DemandView, LoopSettings, World
 
 from .test_loop import Clock, MemoryActuator, all_ready, pool, service
@@ -85,6 +86,12 @@ async def test_scale_to_zero_after_the_idle_period_and_back_on_a_request() -> No
     assert replicas(world) == 0
     assert world.status[KEY].scaled_to_zero is True
     assert conditions(world)["Ready"] == ("True", "ScaledToZero")
+    # The router keeps a standby table (its last backend, no capacity): it can (re)start.
+    standby = world.routing[KEY].routing
+    assert [(r.weight, r.capacity_qps) for r in standby.routes] == [(1.0, 0.0)]
+    table = routing_table(standby, lambda k: f"http://{k.variant}")
+    assert table is not None
+    assert table.planned_capacity_qps() is None
 
     # A request (the router's immediate report): a replica is planned at once.
     clock.t += 600

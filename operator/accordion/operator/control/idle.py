@@ -15,7 +15,11 @@ never a reason to release the last replica.
 
 An idle service is planned for zero demand with no floor (`idle_problem`): the planner then
 gives it no replica, the loop removes its workers (make before break, as for any shrink), and
-its status says `scaledToZero`.
+its status says `scaledToZero`. Its router keeps a *standby* table meanwhile
+(`standby_routing`): the backends it last had, at no capacity. A router needs a table to start
+(a pod restarted while the service is at zero would otherwise fail, and no request could reach
+the activator to start a replica); with it, held requests go to the first of those backends
+that answers its health check, or on with the table of the plan that starts a replica.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from accordion.operator.api import InferenceService
+from accordion.operator.control.desired import Routing
+from accordion.operator.control.world import AppliedRouting
 from accordion.solver import Problem
 
 
@@ -81,3 +87,16 @@ def idle_problem(problem: Problem, idle: frozenset[str]) -> Problem:
             ]
         }
     )
+
+
+def standby_routing(
+    service: InferenceService, routing: Routing, applied: AppliedRouting | None
+) -> Routing:
+    """`routing`, or for a `minReplicas: 0` service left without routes, the routes of the
+    routing in place at no capacity (see the module docstring)."""
+    if routing.routes or service.spec.min_replicas > 0 or applied is None:
+        return routing
+    routes = [r.model_copy(update={"capacity_qps": 0.0}) for r in applied.routing.routes]
+    if not any(r.weight > 0 for r in routes):
+        return routing
+    return routing.model_copy(update={"routes": routes})

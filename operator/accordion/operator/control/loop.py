@@ -64,7 +64,12 @@ from accordion.operator.control.desired import (
     service_routing,
     worker_specs,
 )
-from accordion.operator.control.idle import IdleTracker, idle_demand, idle_problem
+from accordion.operator.control.idle import (
+    IdleTracker,
+    idle_demand,
+    idle_problem,
+    standby_routing,
+)
 from accordion.operator.control.runner import run_steps
 from accordion.operator.control.status import (
     invalid_status,
@@ -747,8 +752,9 @@ class ControlLoop:
         routing = service_routing(
             svc_key, svc.spec.slo.latency_ms, rows, svc_targets, svc_running, ready
         )
-        out.routing = routing
         applied = world.routing.get(svc_key)
+        routing = standby_routing(svc, routing, applied)
+        out.routing = routing
         in_place = applied is not None and applied.routing == routing
         if not in_place:
             out.route.append(ApplyRouting(svc_key, routing, svc.metadata.uid))
