@@ -17,6 +17,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from accordion.workers.activator import DEFAULT_MAX_QUEUED
 from accordion.workers.config import (
     MODEL_LOAD_FAILED_EXIT,
     REPORT_URL_ENV,
@@ -331,6 +332,13 @@ def route(
     report_heartbeat: Annotated[
         float, typer.Option(min=0.0, help="longest silence, seconds, while the rate is steady")
     ] = 10.0,
+    max_queued: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="samples the activator holds at most while no replica is ready (scale to zero)",
+        ),
+    ] = DEFAULT_MAX_QUEUED,
 ) -> None:
     """Run a router: one InferenceService's entry point (v2 REST, and gRPC)."""
     from accordion.workers.reporting import ReportPolicy
@@ -343,6 +351,7 @@ def route(
             table,
             report_url=report_url or None,
             report_policy=ReportPolicy(report_interval, report_heartbeat),
+            max_queued=max_queued,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
