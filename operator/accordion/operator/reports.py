@@ -21,6 +21,9 @@ What the operator does with them:
   would churn otherwise). A report that shows its service's rate above the planned capacity
   (and above the estimate) by more than counting noise folds at once instead (`run`, at most
   every quarter interval): a burst reaches the loop half an interval sooner on average.
+* **Burstiness** (`RouterDemand.bursty`). The routers' indices of dispersion are combined
+  per service and published when they move (`control.burstiness`) into `DemandView.burstiness`:
+  the planner then sizes replicas with its batching model instead of the utilization margin.
 * **Precedence** (`RouterDemand.view`). Static services: their `demand.qps`, never reports.
   Prometheus services with their own `demand.query`: Prometheus only (the query may measure
   something else than router arrivals). `Router` services, and Prometheus services without a
@@ -63,8 +66,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from accordion.operator.api import DemandSource, InferenceService
+from accordion.operator.control.burstiness import BurstinessBook, combine
 from accordion.operator.control.demand import SURGE_SIGMAS, DemandTracker, counting_noise_qps
 from accordion.operator.control.loop import AppliedRouting, DemandView
+from accordion.solver import Burstiness
 from accordion.workers.config import REPORT_PATH, ReportAnswer, RouterReport, RoutingTable
 
 log = logging.getLogger(__name__)
@@ -90,6 +95,8 @@ class RouterState:
     version_since_s: float
     """When it first reported `version` (its confirmation of that table)."""
     table_error: str | None = None
+    dispersion: tuple[float, float] | None = None
+    """Its arrivals' index of dispersion and rate (`accordion.workers.dispersion`)."""
     cold_start_s: float | None = None
     """The last cold start it measured (its activator)."""
 
@@ -150,6 +157,7 @@ class ReportBook:
             revision=report.table_revision,
             version_since_s=prev.version_since_s if prev is not None and same_table else now_s,
             table_error=report.table_error,
+            dispersion=_dispersion(report),
             cold_start_s=report.cold_start_s,
         )
 
@@ -174,6 +182,11 @@ class ReportBook:
             if s.cold_start_s is not None
         ]
         return max(values) if values else None
+
+    def burstiness(self, service: str, now_s: float) -> Burstiness | None:
+        """The service's burstiness from its live routers (`control.burstiness.combine`)."""
+        live = self.live(service, now_s).values()
+        return combine(s.dispersion for s in live if s.dispersion is not None)
 
     def confirmation(self, service: str, version: str, now_s: float) -> Confirmation:
         live = self.live(service, now_s)
@@ -229,6 +242,7 @@ class RouterDemand:
     tracker: DemandTracker = field(default_factory=DemandTracker)
     book: ReportBook = field(init=False)
     published: dict[str, float] = field(default_factory=dict)
+    bursty: BurstinessBook = field(default_factory=BurstinessBook)
     _warned: set[tuple[str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -309,6 +323,7 @@ class RouterDemand:
             if key not in services or not takes_reports(services[key]):
                 self.published.pop(key)
                 self.tracker.forget(key)
+                self.bursty.forget(key)
                 changed = True
         for key, svc in services.items():
             if not takes_reports(svc):
@@ -317,6 +332,7 @@ class RouterDemand:
             if rate is None:
                 continue
             estimate = self.tracker.observe(key, now, rate)
+            changed |= self.bursty.observe(key, self.book.burstiness(key, now))
             old = self.published.get(key)
             if old is None or abs(estimate - old) > MIN_CHANGE * max(old, 1.0):
                 self.published[key] = round(estimate, 3)
@@ -348,6 +364,7 @@ class RouterDemand:
             qps=dict(prometheus.qps),
             unavailable=dict(prometheus.unavailable),
             burst=dict(prometheus.burst),
+            burstiness=dict(prometheus.burstiness),
             last_arrival_s=dict(prometheus.last_arrival_s),
             cold_start_s=dict(prometheus.cold_start_s),
         )
@@ -363,6 +380,8 @@ class RouterDemand:
                 out.qps[key] = self.published[key]
                 if key in bursts:
                     out.burst[key] = bursts[key]
+                if key in self.bursty.published:
+                    out.burstiness[key] = self.bursty.published[key]
                 if key in arrivals:
                     out.last_arrival_s[key] = arrivals[key]
                 out.unavailable.pop(key, None)
@@ -472,6 +491,14 @@ class ReportServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def _dispersion(report: RouterReport) -> tuple[float, float] | None:
+    """A report's (index of dispersion, rate), when it carries a usable one."""
+    d, rate = report.arrival_dispersion, report.dispersion_rate_qps
+    if d is None or rate is None or not (math.isfinite(d) and math.isfinite(rate)):
+        return None
+    return d, rate
 
 
 def _error(status: int, reason: str) -> web.Response:

@@ -328,6 +328,16 @@ class RouterReport(_Wire):
         description="The last cold start the router measured (`activator`): from the first "
         "request it held at zero ready replicas to the first ready one, seconds.",
     )
+    arrival_dispersion: float | None = Field(
+        None,
+        ge=0,
+        le=1e6,
+        description="Index of dispersion (variance / mean) of the router's arrival counts per "
+        "0.1 s over the last 60 s (`dispersion`): 1 for Poisson arrivals, more when bursty.",
+    )
+    dispersion_rate_qps: float | None = Field(
+        None, ge=0, le=1e7, description="The arrival rate over that same window."
+    )
 
     @property
     def rate_qps(self) -> float | None:

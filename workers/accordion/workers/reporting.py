@@ -31,6 +31,11 @@ shows the new rate undiluted; any other report (a heartbeat, a new table) carrie
 since the last acknowledged report, a long average that is a better base for the next
 comparison than a one-second sample.
 
+Every report also carries the burstiness of the arrivals when known: the index of dispersion of
+the counts per 0.1 s over the last 60 s (`dispersion.DispersionMeter`, fed by `Reporter.sample`
+every bin), for the planner's batching model; an operator that does not know the fields
+ignores them.
+
 `Reporter` is the HTTP part: a background task of the router that posts the report (JSON,
 `RouterReport`) and hands a table in the answer (`ReportAnswer`) to the router, which validates
 it as it validates its file. Failures are logged at debug level (a change between reachable and
@@ -53,6 +58,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from accordion.workers.config import ReportAnswer, RouterReport, RoutingTable
+from accordion.workers.dispersion import DispersionMeter
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +233,9 @@ class Reporter:
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Task[str | None] | None = None
         self._warned_no_namespace = False
+        self.dispersion = DispersionMeter()
+        """Burstiness of the arrivals, sampled every bin by `sample` (reported with them)."""
+        self._sampler: asyncio.Task[None] | None = None
 
     def service_key(self) -> str | None:
         """namespace/name of the service, from the table (or POD_NAMESPACE); None if unknown."""
@@ -249,6 +258,7 @@ class Reporter:
         if service is None:
             return None
         table = self._table()
+        burstiness = self.dispersion.value()
         return RouterReport(
             service=service,
             router=self.router,
@@ -260,6 +270,8 @@ class Reporter:
             table_revision=table.revision,
             table_error=self.table_error,
             stopping=stopping,
+            arrival_dispersion=None if burstiness is None else round(burstiness[0], 4),
+            dispersion_rate_qps=None if burstiness is None else round(burstiness[1], 4),
             cold_start_s=self._cold_start_s(),
         )
 
@@ -328,11 +340,30 @@ class Reporter:
             except Exception:  # never let one bad report stop the later ones
                 log.exception("reporting to %s failed", self.url)
 
+    async def sample(self) -> None:
+        """Read the arrivals counter into `dispersion` once per bin, until cancelled."""
+        loop = asyncio.get_running_loop()
+        bin_s = self.dispersion.bin_s
+        last = self._requests_total()
+        next_s = loop.time()
+        self.dispersion.add(next_s, 0)
+        while True:
+            next_s += bin_s
+            await asyncio.sleep(max(0.0, next_s - loop.time()))
+            total = self._requests_total()
+            self.dispersion.add(max(next_s, loop.time() - bin_s / 2), total - last)
+            last = total
+
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="accordion-router-report")
+        self._sampler = asyncio.create_task(self.sample(), name="accordion-router-dispersion")
 
     async def stop(self) -> None:
         """Stop reporting; tell the operator this router is going (best effort)."""
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         for task in (self._task, self._wake):
             if task is not None:
                 task.cancel()

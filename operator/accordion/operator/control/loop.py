@@ -56,6 +56,7 @@ from typing import Any
 
 from accordion.operator.api import DevicePool, InferenceService
 from accordion.operator.control.burst import main_allocation, merge_spare, spare_problem
+from accordion.operator.control.burstiness import with_burstiness
 from accordion.operator.control.cost import CostMeter
 from accordion.operator.control.desired import (
     Routing,
@@ -331,14 +332,14 @@ class ControlLoop:
         headroom = {k: s.spec.demand.headroom for k, s in world.services.items()}
         measured, capacity = self._measured(world, demand), self.capacity_by_service()
         estimates = self.gate.estimates(measured, capacity, headroom)
-        build = self._build(world, estimates)
+        build = self._build(world, estimates, demand)
         self.notices = build.by_service
         self._planned_idle = self.idle.idle_now
         if self.last_plan is not None and self._same(self.last_problem, build.problem):
             return self.last_plan, False, build.warnings
         # A new plan: every service gets at least its current estimate (`ReplanGate`).
         estimates = self.gate.estimates(measured, capacity, headroom, replanning=True)
-        build = self._build(world, estimates)
+        build = self._build(world, estimates, demand)
         if self.last_error is not None and self._same(self._failed_problem, build.problem):
             raise PlanningError(self.last_error)  # the same problem fails the same way
         started = time.perf_counter()
@@ -356,7 +357,9 @@ class ControlLoop:
         self.gate.adopt(estimates)
         return plan, True, build.warnings
 
-    def _build(self, world: World, estimates: Mapping[str, float]) -> ProblemBuild:
+    def _build(
+        self, world: World, estimates: Mapping[str, float], demand: DemandView
+    ) -> ProblemBuild:
         build = to_problem(
             world.services.values(),
             world.pools.values(),
@@ -371,6 +374,8 @@ class ControlLoop:
             ),
         )
         build.problem = idle_problem(build.problem, self.idle.idle_now)
+        # Measured burstiness: capacity from the batching model (`burstiness`).
+        build.problem = with_burstiness(build.problem, demand.burstiness)
         return build
 
     def _full_plan(self, problem: Problem, world: World, estimates: Mapping[str, float]) -> Plan:

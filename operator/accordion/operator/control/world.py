@@ -13,6 +13,7 @@ from typing import Any
 
 from accordion.operator.api import DevicePool, InferenceService, InferenceServiceStatus
 from accordion.operator.control.desired import Routing, WorkerKey, WorkerSpec
+from accordion.solver import Burstiness
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class DemandView:
     """Per service, the burst headroom learned from its own arrivals (`demand.BurstLearner`):
     how far above the smoothed estimate its short-term rate has gone lately, as a fraction.
     Used for `spec.demand.burst.policy: Auto`; absent: nothing learned yet."""
+    burstiness: dict[str, Burstiness] = field(default_factory=dict)
+    """Per service, its arrivals' burstiness as published by `burstiness.BurstinessBook`;
+    absent: not measured (the planner keeps its utilization margin)."""
     last_arrival_s: dict[str, float] = field(default_factory=dict)
     """Per service, when a measurement last showed arrivals (the loop's clock): scale to zero
     (`idle`) releases the last replica of a `minReplicas: 0` service only after

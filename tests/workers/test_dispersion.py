@@ -1,0 +1,147 @@
+"""The router's burstiness meter (`dispersion`) and its report (`reporting.Reporter`)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from accordion.workers.config import Backend, RouterReport, RoutingTable
+from accordion.workers.dispersion import DispersionMeter
+from accordion.workers.reporting import Reporter, Window
+
+TABLE = RoutingTable(
+    service="svc",
+    namespace="ns",
+    slo_ms=100.0,
+    backends=[
+        Backend(name="b", url="http://127.0.0.1:1", model_name="m", weight=1.0, accuracy=0.8)
+    ],
+)
+
+
+def poisson(rate: float, seconds: float, seed: int = 1) -> list[float]:
+    rng = random.Random(seed)
+    t, out = 0.0, list[float]()
+    while True:
+        t += rng.expovariate(rate)
+        if t >= seconds:
+            return out
+        out.append(t)
+
+
+def on_off(rate: float, seconds: float, seed: int = 2) -> list[float]:
+    """Bursts: 4x the rate for a quarter of each second, nothing the rest of it."""
+    return [a for a in poisson(4 * rate, seconds, seed) if a % 1.0 < 0.25]
+
+
+def measure(times: list[float]) -> tuple[float, float]:
+    meter = DispersionMeter()
+    meter.add(0.0, 0)
+    for t in times:
+        meter.add(t)
+    meter.add(times[-1] + 0.2, 0)  # close the last bin
+    value = meter.value()
+    assert value is not None
+    return value
+
+
+def test_poisson_arrivals_have_an_index_of_one_and_their_rate() -> None:
+    dispersion, rate = measure(poisson(200.0, 60.0))
+    assert dispersion == pytest.approx(1.0, abs=0.15)
+    assert rate == pytest.approx(200.0, rel=0.05)
+
+
+def test_bursts_raise_the_index() -> None:
+    dispersion, rate = measure(on_off(200.0, 60.0))
+    # 4x for a quarter second: counts per 0.1 s are 0 or ~80 around a block mean of ~20.
+    assert dispersion > 20
+    assert rate == pytest.approx(200.0, rel=0.1)
+
+
+def test_a_step_of_the_rate_is_not_a_burst() -> None:
+    # 40 -> 400 req/s: the control loop follows it; only the variation within 5 s blocks counts.
+    times = poisson(40.0, 30.0, seed=3) + [30.0 + t for t in poisson(400.0, 30.0, seed=4)]
+    dispersion, _ = measure(times)
+    assert dispersion < 1.5
+
+
+def test_no_value_before_ten_seconds_of_bins_or_without_arrivals() -> None:
+    meter = DispersionMeter()
+    for t in poisson(100.0, 5.0):
+        meter.add(t)
+    assert meter.value() is None
+    idle = DispersionMeter()
+    idle.add(0.0, 0)
+    idle.add(30.0, 0)
+    assert idle.value() is None
+
+
+def test_a_sampler_that_reads_a_counter_every_bin_measures_the_same() -> None:
+    times = on_off(100.0, 40.0)
+    by_arrival = measure(times)
+    sampled = DispersionMeter()
+    total, i, tick = 0, 0, 0.0
+    sampled.add(0.0, 0)
+    while tick < 40.2:
+        tick += 0.1
+        last = total
+        while i < len(times) and times[i] < tick:
+            i += 1
+            total += 1
+        # A little late, as an event loop is.
+        sampled.add(tick + 0.003, total - last)
+    value = sampled.value()
+    assert value is not None
+    assert value[0] == pytest.approx(by_arrival[0], rel=0.05)
+
+
+def test_the_report_carries_the_dispersion_and_stays_readable_without_it() -> None:
+    table = TABLE
+    reporter = Reporter(
+        "http://127.0.0.1:1/v1/reports",
+        table=lambda: table,
+        requests_total=lambda: 0,
+        adopt=lambda _: None,
+    )
+    window = Window(10, 1.0, "first")
+    quiet = reporter.report(window)
+    assert quiet is not None
+    assert quiet.arrival_dispersion is None
+    body = quiet.model_dump_json(exclude_defaults=True)
+    assert "dispersion" not in body  # an older operator sees the report it knows
+    reporter.dispersion.add(0.0, 0)
+    for t in on_off(100.0, 20.0):
+        reporter.dispersion.add(t)
+    reporter.dispersion.add(20.2, 0)
+    report = reporter.report(window)
+    assert report is not None
+    assert report.arrival_dispersion is not None
+    assert report.arrival_dispersion > 5
+    assert report.dispersion_rate_qps == pytest.approx(100.0, rel=0.15)
+    again = RouterReport.model_validate_json(report.model_dump_json(exclude_defaults=True))
+    assert again.arrival_dispersion == report.arrival_dispersion
+
+
+async def test_the_reporter_samples_its_counter_every_bin() -> None:
+    table = TABLE
+    count = [0]
+    reporter = Reporter(
+        "http://127.0.0.1:1/v1/reports",
+        table=lambda: table,
+        requests_total=lambda: count[0],
+        adopt=lambda _: None,
+    )
+    sampler = asyncio.create_task(reporter.sample())
+    try:
+        for _ in range(12):
+            count[0] += 5
+            await asyncio.sleep(0.1)
+    finally:
+        sampler.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sampler
+    bins = list(reporter.dispersion._bins)
+    assert len(bins) >= 8
+    assert sum(bins) >= 40
