@@ -60,8 +60,8 @@ async def test_max_replicas_caps_the_plan() -> None:
 
 async def test_scale_to_zero_after_the_idle_period_and_back_on_a_request() -> None:
     clock = Clock()
-    spec = {"minReplicas": 0, "scaleToZeroIdleSeconds": 60, "demand": ROUTER}
-    world = World(services={KEY: service(**spec)}, pools={"gpu": pool(devices=2)})
+    svc = service(minReplicas=0, scaleToZeroIdleSeconds=60, demand=ROUTER)
+    world = World(services={KEY: svc}, pools={"gpu": pool(devices=2)})
     loop = ControlLoop(LoopSettings(drain_s=0.0), clock=clock)
     act = MemoryActuator(world, clock)
 
