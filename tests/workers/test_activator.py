@@ -249,3 +249,50 @@ def test_a_held_request_makes_the_next_window_a_report() -> None:
     window = policy.close_window(total, version, None)
     assert (window.reason, window.requests) == ("cold-start", 1)
     assert not policy.urgent  # once
+
+
+def test_grpc_refusal_at_zero_replicas_is_unavailable_with_the_reason(tmp_path: Path) -> None:
+    """Over gRPC, a request the activator cannot hold (`--max-queued 0`) is UNAVAILABLE, with
+    the activator's reason, as KServe's and Triton's clients expect of a 503."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient  # type: ignore[import-untyped]
+    from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+
+    rport, rgrpc = free_port(), free_port()
+    table = tmp_path / "routing.json"
+    table.write_text(
+        RoutingTable(
+            service=SERVICE,
+            slo_ms=2000.0,
+            backends=[
+                Backend(
+                    name="a",
+                    url=f"http://127.0.0.1:{free_port()}",
+                    model_name="demo-xs",
+                    weight=1.0,
+                    accuracy=0.8,
+                )
+            ],
+        ).model_dump_json()
+    )
+    router = start(
+        [
+            *("route", "--table", str(table), "--port", str(rport)),
+            *("--grpc-port", str(rgrpc), "--max-queued", "0"),
+        ]
+    )
+    try:
+        wait_ready(router, f"http://127.0.0.1:{rport}")
+        client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{rgrpc}")
+        assert client.is_server_ready()
+        assert not client.is_model_ready(SERVICE)
+        tensor = grpcclient.InferInput("input", [1, 256], "FP32")
+        tensor.set_data_from_numpy(np.full((1, 256), 0.5, dtype=np.float32))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer(SERVICE, [tensor], client_timeout=30)
+        assert info.value.status() == "StatusCode.UNAVAILABLE"
+        assert "cold start: no replica is ready and 0 samples wait already" in str(
+            info.value.message()
+        )
+    finally:
+        kill(router)
