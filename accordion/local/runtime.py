@@ -123,6 +123,9 @@ class RouterCounters:
     accuracy_served: float = 0.0
     latency_buckets: dict[float, float] = field(default_factory=dict)
     per_variant_ok: dict[str, float] = field(default_factory=dict)
+    cold_start_sum_s: float = 0.0
+    cold_starts: float = 0.0
+    """The activator's cold starts (`accordion_router_cold_start_seconds`): sum and count."""
     source: int = 0
     """The pid of the router scraped: a restarted router counts from zero again."""
 
@@ -141,6 +144,10 @@ def parse_router_metrics(text: str) -> RouterCounters:
                     out.per_variant_ok[v] = out.per_variant_ok.get(v, 0.0) + s.value
             elif s.name == "accordion_router_accuracy_served_total":
                 out.accuracy_served += s.value
+            elif s.name == "accordion_router_cold_start_seconds_sum":
+                out.cold_start_sum_s += s.value
+            elif s.name == "accordion_router_cold_start_seconds_count":
+                out.cold_starts += s.value
             elif s.name == "accordion_router_request_latency_seconds_bucket":
                 le = float(s.labels["le"])
                 out.latency_buckets[le] = out.latency_buckets.get(le, 0.0) + s.value
@@ -372,6 +379,10 @@ class LocalRuntime:
             # scaleToZeroIdleSeconds with minReplicas 0: the loop decides, as in a cluster.
             self.demand.qps[service] = self.tracker.observe(service, now, rates.demand_qps)
             self.demand.unavailable.pop(service, None)
+            if counters.cold_starts > previous[1].cold_starts:  # the last one (status)
+                self.demand.cold_start_s[service] = (
+                    counters.cold_start_sum_s - previous[1].cold_start_sum_s
+                ) / (counters.cold_starts - previous[1].cold_starts)
             measured[service] = (rates, counters, previous[1])
 
         self.world.workers = {

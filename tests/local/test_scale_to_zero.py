@@ -90,4 +90,13 @@ def test_idle_service_scales_to_zero_and_a_request_brings_it_back(
         assert resp.status == 200
     own_s = time.monotonic() - started
     assert first_s <= cold_start_s + own_s + 0.5, (first_s, cold_start_s, own_s)
+
+    def svc_status() -> dict[str, Any]:
+        return dict(read_state(run_dir)["status"]["default/classifier"])
+
+    wait_for(
+        lambda: svc_status().get("coldStartSeconds") is not None, 30, "status.coldStartSeconds"
+    )
+    assert svc_status()["coldStartSeconds"] == pytest.approx(cold_start_s, abs=1e-3)
+    assert svc_status()["scaledToZero"] is False
     print(f"local scale from zero: cold start {cold_start_s:.2f} s, first answer {first_s:.2f} s")
