@@ -145,3 +145,18 @@ async def test_device_seconds_and_cost_per_1k_requests() -> None:
     clock.t += 10
     await fresh.reconcile(world, demand, act)
     assert fresh.cost.totals[KEY].device_seconds == pytest.approx(120.0)
+
+
+async def test_a_static_service_with_declared_demand_is_never_idle() -> None:
+    clock = Clock()
+    world = World(
+        services={KEY: service(qps=5.0, minReplicas=0, scaleToZeroIdleSeconds=1)},
+        pools={"gpu": pool(devices=2)},
+    )
+    loop = ControlLoop(LoopSettings(drain_s=0.0), clock=clock)
+    act = MemoryActuator(world, clock)
+    await settle(loop, world, DemandView(), act)
+    clock.t += 3600
+    await settle(loop, world, DemandView(), act)
+    assert replicas(world) == 1
+    assert world.status[KEY].scaled_to_zero is False

@@ -11,7 +11,8 @@ The last arrival of each service comes from the demand tracker every driver feed
 (`DemandView.last_arrival_s`, on the loop's clock). A service counts as active from the first
 time the loop sees it (Knative's initial scale of 1). A driver that cannot tell arrivals
 (no entry for the service) keeps it active while its estimate is above zero: an unknown is
-never a reason to release the last replica.
+never a reason to release the last replica. A `Static` service with a `demand.qps` above zero is
+never idle: its demand is declared, not measured.
 
 An idle service is planned for zero demand with no floor (`idle_problem`): the planner then
 gives it no replica, the loop removes its workers (make before break, as for any shrink), and
@@ -27,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from accordion.operator.api import InferenceService
+from accordion.operator.api import DemandSource, InferenceService
 from accordion.operator.control.desired import Routing
 from accordion.operator.control.world import AppliedRouting
 from accordion.solver import Problem
@@ -55,6 +56,9 @@ class IdleTracker:
                 self.first_seen_s.pop(key, None)
                 continue
             seen = self.first_seen_s.setdefault(key, now_s)
+            demand = svc.spec.demand
+            if demand.source is DemandSource.STATIC and (demand.qps or 0.0) > 0:
+                continue  # declared demand, not measured: never idle
             last = last_arrival_s.get(key)
             if last is None and qps.get(key, 0.0) > 0:
                 continue  # arrivals unknown, demand there: active
