@@ -86,3 +86,10 @@ def test_min_above_max_is_refused() -> None:
             min_replicas=2,
             max_replicas=1,
         )
+
+
+def test_the_largest_floor_the_api_allows_is_met() -> None:
+    """minReplicas at its bound (1,000,000) on as many devices (added in bulk, not one by one)."""
+    huge = _service("huge", 0.0, min_replicas=1_000_000)
+    result = plan(_problem([huge], {"gpu": (1_000_000, 1.0)}))
+    assert _replicas(result, "huge") == 1_000_000

@@ -21,7 +21,7 @@ kept wherever capacity allows.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from accordion.solver.capacity import Option
@@ -80,8 +80,11 @@ def apply_bounds(
         cap = svc.max_replicas
         floor = svc.min_replicas if cap is None else min(svc.min_replicas, cap)
         ks = by_service[s]
-        while sum(n[k] for k in ks) < floor:
-            fitting = [k for k in ks if all(free[p] > 0 for p in opts[k].devices())]
+        missing = floor - sum(n[k] for k in ks)
+        while missing > 0:
+            # Replicas of each option that still fit on its pools' free devices.
+            room = {k: min(free[p] // c for p, c in Counter(opts[k].devices()).items()) for k in ks}
+            fitting = [k for k in ks if room[k] > 0]
             if not fitting:
                 break
             k = min(
@@ -93,7 +96,9 @@ def apply_bounds(
                     k,
                 ),
             )
-            n[k] += 1
+            take = min(missing, room[k])
+            n[k] += take
+            missing -= take
             for p in opts[k].devices():
-                free[p] -= 1
+                free[p] -= take
     return n
