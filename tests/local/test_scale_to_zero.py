@@ -21,20 +21,12 @@ import pytest
 
 from accordion.local.demo import read_state, wait_ready
 from tests.local.conftest import UpFactory
+from tests.local.test_e2e import wait_for
 from tests.workers.conftest import sample_body
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="local mode runs processes"
 )
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 def workers(run_dir: Path) -> list[dict[str, Any]]:
