@@ -74,7 +74,7 @@ class CellularScheduler(StageScheduler):
         """Safe time one request waits per step with `inflight` requests in flight (more than
         a batch take turns, earliest deadline first: at worst, every turn)."""
         size = min(inflight, self.max_batch_size)
-        return self.latency.safe_s(0, size) * math.ceil(inflight / self.max_batch_size)
+        return self.latency.step_s(0, size) * math.ceil(inflight / self.max_batch_size)
 
     def _drop_waiting(self, start_s: float, reason: str) -> list[tuple[Job, str]]:
         doomed = set(map(id, hopeless((j for _, _, j in self._waiting), start_s, self.latency)))
@@ -115,9 +115,14 @@ class CellularScheduler(StageScheduler):
     def _admit(self, now_s: float) -> None:
         """Waiting requests join, earliest deadline first, within the memory bound and while
         every deadline still holds at the larger batch (see the module docstring)."""
-        # The tightest time per step a request in flight can afford.
+        # The tightest time per step a request in flight can afford (the margin kept aside).
+        margin_s = self.latency.margin_s
         tightest = min(
-            ((j.deadline_s - now_s) / j.remaining for j in self._active if j.remaining > 0),
+            (
+                (j.deadline_s - now_s - margin_s) / j.remaining
+                for j in self._active
+                if j.remaining > 0
+            ),
             default=math.inf,
         )
         used = self.state_bytes
@@ -134,7 +139,7 @@ class CellularScheduler(StageScheduler):
             if step > tightest:  # it would make a request in flight late: nobody joins now
                 kept += self._waiting[k:]
                 break
-            own = (job.deadline_s - now_s) / max(1, job.remaining)
+            own = (job.deadline_s - now_s - margin_s) / max(1, job.remaining)
             if step > own:  # it would be late itself at this batch size: it waits
                 kept.append(entry)
                 continue

@@ -111,15 +111,16 @@ class NodeScheduler(StageScheduler):
             if size > self.max_batch_size:
                 continue
             lat = self.latency
-            catch_s = lat.span_s(behind[0], ahead[0], len(behind[1]))
-            merged_s = lat.span_s(ahead[0], self.stages, size)
-            apart_s = lat.span_s(ahead[0], self.stages, len(ahead[1])) + lat.span_s(
-                behind[0], self.stages, len(behind[1])
+            n_t, n_a = len(behind[1]), len(ahead[1])
+            catch_s = lat.span_s(behind[0], ahead[0], n_t, margin=False)
+            merged_s = lat.span_s(ahead[0], self.stages, size, margin=False)
+            apart_s = lat.span_s(ahead[0], self.stages, n_a, margin=False) + lat.span_s(
+                behind[0], self.stages, n_t, margin=False
             )
             if catch_s + merged_s >= apart_s:
                 continue  # merging costs more device time than running them apart
             end = now_s + catch_s + merged_s
-            if any(j.deadline_s < end for j in (*ahead[1], *behind[1])):
+            if any(j.deadline_s < end + lat.margin_s for j in (*ahead[1], *behind[1])):
                 continue
             others = sorted(
                 (g for k, g in enumerate(groups) if k not in (t, t - 1)),
@@ -127,8 +128,8 @@ class NodeScheduler(StageScheduler):
             )
             feasible = True
             for stage, members in others:
-                end += lat.span_s(stage, self.stages, len(members))
-                if members[0].deadline_s < end:
+                end += lat.span_s(stage, self.stages, len(members), margin=False)
+                if members[0].deadline_s < end + lat.margin_s:
                     feasible = False
                     break
             if feasible:

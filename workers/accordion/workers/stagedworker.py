@@ -58,7 +58,7 @@ def make_scheduler(
     if config.mode == "cellular":
         if model.stages != 1:
             raise ValueError("batching mode cellular needs a cell model (gru-seq, decoder-tiny)")
-        latency = StageLatency(stage_profiles_s, margin_s=margin_s / model.nominal_steps)
+        latency = StageLatency(stage_profiles_s, margin_s=margin_s)
         max_bytes = None if config.max_state_mb is None else int(config.max_state_mb * 2**20)
         return CellularScheduler(
             latency,
