@@ -76,6 +76,7 @@ class FakeRouter:
         self.rate_qps = 0.0
         self.version, self.revision = "", 0
         self.total = 0
+        self.cold_start_s: float | None = None
         self.answers: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -94,6 +95,7 @@ class FakeRouter:
                 "window_s": 0.5,
                 "table_version": self.version,
                 "table_revision": self.revision,
+                **({} if self.cold_start_s is None else {"cold_start_s": self.cold_start_s}),
             },
         )
         if status == 200:
