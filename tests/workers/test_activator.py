@@ -296,3 +296,23 @@ def test_grpc_refusal_at_zero_replicas_is_unavailable_with_the_reason(tmp_path: 
         )
     finally:
         kill(router)
+
+
+async def test_a_cold_start_nobody_waits_for_is_not_measured() -> None:
+    """A request that expired long ago does not make a replica that comes an hour later a
+    one-hour cold start (which would refuse every later request at once)."""
+    now = [1000.0]
+    activator = Activator(clock=lambda: now[0])
+    expired = await activator.hold(now[0] + 0.01, 1, 0.0)
+    assert expired.result == "expired"
+    now[0] += 3600
+    activator.ready()
+    assert activator.last_s is None
+    assert activator.began_s is None
+    # The next request starts a cold start of its own, measured from it.
+    waiting = asyncio.create_task(activator.hold(now[0] + 60, 1, 0.0))
+    await asyncio.sleep(0.01)
+    now[0] += 2.0
+    activator.ready()
+    assert (await waiting).result == "released"
+    assert activator.last_s == 2.0

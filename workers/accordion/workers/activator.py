@@ -39,6 +39,10 @@ WAKE_INTERVAL_S = 0.25
 """How often, at most, held requests ask for an immediate report."""
 SMOOTHING = 0.5
 """Weight of the newest cold start in the expected one (an EWMA: the last few count)."""
+STALE_S = 60.0
+"""A cold start nobody has waited for this long (its requests expired, none came since) is
+forgotten: the next request starts a new one, and a replica that comes later is no measurement
+(a replica that arrives hours later, after a pool freed up, is not what a request waits)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class Activator:
         """The last cold start measured."""
         self._event = asyncio.Event()
         self._woke_s = -math.inf
+        self._last_hold_s = -math.inf
 
     def now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
@@ -90,8 +95,9 @@ class Activator:
     async def hold(self, deadline_s: float, samples: int, own_latency_s: float) -> Hold:
         """Wait until a backend is ready (`ready`) or `deadline_s` minus `own_latency_s`."""
         now = self.now()
-        if self.began_s is None:
+        if self.began_s is None or self._stale(now):
             self.began_s = now
+        self._last_hold_s = now
         if now - self._woke_s >= WAKE_INTERVAL_S:
             self._woke_s = now
             self.on_hold()
@@ -124,14 +130,22 @@ class Activator:
             )
         finally:
             self.queued -= samples
+            self._last_hold_s = self.now()
         return Hold(None, self.now() - now, "released")
+
+    def _stale(self, now_s: float) -> bool:
+        """Nobody waits for the cold start in progress, nor has for `STALE_S`."""
+        return self.queued == 0 and now_s - self._last_hold_s > STALE_S
 
     def ready(self) -> None:
         """A backend is ready: end the cold start (measured) and release every held request."""
         if self.began_s is None:
             return
-        seconds = max(0.0, self.now() - self.began_s)
+        now = self.now()
+        seconds = max(0.0, now - self.began_s)
         self.began_s = None
+        if self._stale(now):
+            return
         self.last_s = seconds
         self.expected_s = (
             seconds
