@@ -11,6 +11,7 @@ less than the MILP search at thousands of devices.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from accordion.solver.capacity import Option
 from accordion.solver.model import StagedModel
@@ -30,20 +31,22 @@ def dive(
     """Integral replica counts found by diving from `n_lp`, or None when out of time."""
     n = list(n_lp)
     lower = [0] * len(opts)
-    upper = [problem.pools[o.pool].devices for o in opts]
+    takes = [Counter(o.devices()) for o in opts]  # a pipeline replica takes several pools
+    upper = [min(problem.pools[p].devices // c for p, c in t.items()) for t in takes]
     for _ in range(max_rounds):
         fractional = [k for k, v in enumerate(n) if abs(v - round(v)) > _EPS]
         if not fractional:
             return [round(v) for v in n]
         fractional.sort(key=lambda k: (-(n[k] - math.floor(n[k])), k))
         used = [0] * len(problem.pools)
-        for k, o in enumerate(opts):
-            used[o.pool] += max(lower[k], math.floor(n[k] + _EPS))
+        for k in range(len(opts)):
+            for p, c in takes[k].items():
+                used[p] += c * max(lower[k], math.floor(n[k] + _EPS))
         for k in fractional[: max(1, len(fractional) // 4)]:
-            pool = opts[k].pool
             up = math.ceil(n[k])
-            if used[pool] - math.floor(n[k]) + up <= problem.pools[pool].devices:
-                used[pool] += 1
+            if all(used[p] + c <= problem.pools[p].devices for p, c in takes[k].items()):
+                for p, c in takes[k].items():
+                    used[p] += c
                 lower[k] = upper[k] = up
             else:
                 lower[k] = upper[k] = math.floor(n[k])

@@ -4,7 +4,7 @@ Devices of one pool are interchangeable, so the model counts replicas per (servi
 pool) instead of placing each device (Proteus's formulation): n[o] replicas and r[o] routed QPS
 for every usable option o, and u[s] unserved QPS per service.
 
-    pools       sum_{o on p} n[o] <= devices[p]
+    pools       sum_{o on p} takes[o, p] * n[o] <= devices[p]   (a pipeline takes several pools)
     capacity    r[o] <= capacity[o] * n[o]
     demand      sum_{o of s} r[o] + u[s] = demand[s]
 
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from ortools.linear_solver import pywraplp
@@ -143,11 +143,13 @@ class StagedModel:
         inf = solver.infinity()
         self.n: list[pywraplp.Variable] = []
         self.r: list[pywraplp.Variable] = []
-        by_pool: dict[int, list[pywraplp.Variable]] = defaultdict(list)
+        by_pool: dict[int, list[tuple[pywraplp.Variable, float]]] = defaultdict(list)
         by_service: dict[int, list[pywraplp.Variable]] = defaultdict(list)
         for k, o in enumerate(opts):
             demand = problem.services[o.service].demand_qps
-            devices = problem.pools[o.pool].devices
+            # A replica takes one device of each entry of devices() (a pipeline: several pools).
+            takes = Counter(o.devices())
+            devices = min(problem.pools[p].devices // c for p, c in takes.items())
             # More replicas than it takes to serve the whole demand alone never help (or than
             # run now: keeping free devices busy is no worse and changes nothing).
             alone = demand / o.capacity_qps
@@ -163,11 +165,13 @@ class StagedModel:
             capacity.SetCoefficient(n, -capacity_coefficient(o.capacity_qps, demand))
             self.n.append(n)
             self.r.append(r)
-            by_pool[o.pool].append(n)
+            for p, c in takes.items():
+                by_pool[p].append((n, float(c)))
             by_service[o.service].append(r)
-        for p, ns in sorted(by_pool.items()):
-            if sum(v.ub() for v in ns) > problem.pools[p].devices:
-                self._add(ns, [1.0] * len(ns), -inf, problem.pools[p].devices)
+        for p, uses in sorted(by_pool.items()):
+            if sum(v.ub() * c for v, c in uses) > problem.pools[p].devices:
+                devices = problem.pools[p].devices
+                self._add([v for v, _ in uses], [c for _, c in uses], -inf, devices)
         for ks, cap in replica_caps(problem, opts).values():  # maxReplicas (`bounds`)
             self._add([self.n[k] for k in ks], [1.0] * len(ks), -inf, cap)
         self.u: list[pywraplp.Variable] = []
@@ -254,7 +258,8 @@ class StagedModel:
 
     def cost_terms(self) -> Terms:
         pools = self.problem.pools
-        return list(self.n), [pools[o.pool].cost_per_device for o in self.opts], 0.0
+        costs = [sum(pools[p].cost_per_device for p in o.devices()) for o in self.opts]
+        return list(self.n), costs, 0.0
 
     def addition_terms(self, current: dict[int, int]) -> Terms:
         """New replicas: sum of max(0, n - current), one auxiliary variable per running option."""

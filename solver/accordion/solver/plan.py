@@ -14,6 +14,19 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class PlanStage(_Frozen):
+    """One stage of a pipeline row: parts `first`..`last` of the variant's model on a pool."""
+
+    pool: str
+    first: str
+    last: str
+    replicas: int = Field(ge=0, description="Devices of the pool this stage takes in all.")
+    devices_per_replica: int = Field(ge=1)
+    max_batch_size: int = Field(ge=1)
+    latency_s: float = Field(ge=0, description="Latency of a batch of max_batch_size.")
+    output_bytes: int = Field(ge=0, description="Per request, handed to the next stage.")
+
+
 class PlanRow(_Frozen):
     """Replicas of one variant on one pool, their batch-size cap and the load routed to them."""
 
@@ -31,6 +44,14 @@ class PlanRow(_Frozen):
         ge=0,
         description="Of `replicas`, how many are spare (burst) replicas on devices the plan "
         "left idle: in `capacity_qps`, but no load is routed to them by weight.",
+    )
+    pipeline: str | None = Field(
+        default=None,
+        description="For a pipeline (the variant cut into stages on several pools), its id; "
+        "`pool` is then its first stage's pool. None for a whole variant.",
+    )
+    stages: list[PlanStage] = Field(
+        default_factory=list, description="A pipeline's stages in order; empty otherwise."
     )
 
 

@@ -26,9 +26,9 @@ from accordion.solver.bounds import apply_bounds
 from accordion.solver.capacity import Option, options
 from accordion.solver.diving import dive
 from accordion.solver.model import MAXIMIZE, STAGES, Solution, StagedModel, StageResult
+from accordion.solver.pipelines import pipeline_options, plan_stages
 from accordion.solver.plan import Exclusion, Plan, PlanRow, ServicePlan, SolverStats
 from accordion.solver.problem import Problem
-from accordion.solver.relabel import keep_in_place
 from accordion.solver.rounding import round_replicas
 
 FULL_MILP_MAX_OPTIONS = 400
@@ -42,13 +42,18 @@ SMALL_GAP = 1e-6
 def _current_by_option(problem: Problem, opts: list[Option]) -> tuple[dict[int, int], int]:
     """Running replicas per option index, and replicas of runs no option covers any more."""
     index = {
-        (problem.services[o.service].name, o.variant, problem.pools[o.pool].name): k
+        (
+            problem.services[o.service].name,
+            o.variant,
+            problem.pools[o.pool].name,
+            o.pipeline_id(),
+        ): k
         for k, o in enumerate(opts)
     }
     current: dict[int, int] = defaultdict(int)
     orphaned = 0
     for alloc in problem.current:
-        k = index.get((alloc.service, alloc.variant, alloc.pool))
+        k = index.get((alloc.service, alloc.variant, alloc.pool, alloc.pipeline))
         if k is None:
             orphaned += alloc.replicas
         else:
@@ -65,6 +70,7 @@ def plan(problem: Problem) -> Plan:
     started = time.perf_counter()
     deadline = started + problem.settings.time_limit_s
     opts, excluded = options(problem)
+    opts += pipeline_options(problem)  # variants that list their model's parts (`pipelines`)
     current, orphaned = _current_by_option(problem, opts)
 
     relaxed = StagedModel(problem, opts, current, integer=False)
@@ -137,15 +143,6 @@ def plan(problem: Problem) -> Plan:
                 for stage, bound in enumerate(polished_result.bounds[: len(lp_result.bounds)][:2]):
                     lp_result.bounds[stage] = min(lp_result.bounds[stage], bound)
             gap = _gap(lp_result, result)
-    if current:
-        # Interchangeable pools: what runs stays where it runs (`relabel`).
-        moved = keep_in_place(problem, opts, [round(v) for v in best.n], current)
-        if moved != [round(v) for v in best.n]:
-            candidate, candidate_result = _routed(problem, opts, current, moved, deadline)
-            if len(candidate_result.values) == len(STAGES) and not _better(
-                result, candidate_result, tolerance
-            ):
-                best, result = candidate, candidate_result
     best.n = [
         float(v) for v in apply_bounds(problem, opts, [round(v) for v in best.n], best.r, current)
     ]
@@ -192,7 +189,8 @@ def _fits(problem: Problem, opts: list[Option], replicas: list[int]) -> bool:
     """Whether `replicas` stay within every pool's devices."""
     used = [0] * len(problem.pools)
     for o, n in zip(opts, replicas, strict=True):
-        used[o.pool] += n
+        for p in o.devices():
+            used[p] += n
     return all(u <= pool.devices for u, pool in zip(used, problem.pools, strict=True))
 
 
@@ -326,7 +324,7 @@ def _assemble(
         capacity[o.service] += n * o.capacity_qps
         weighted[o.service] += routed * o.accuracy
         capped += routed * o.value
-        cost += n * problem.pools[o.pool].cost_per_device
+        cost += n * sum(problem.pools[p].cost_per_device for p in o.devices())
         rows.append(
             PlanRow(
                 service=svc.name,
@@ -338,6 +336,8 @@ def _assemble(
                 capacity_qps=n * o.capacity_qps,
                 routed_qps=routed,
                 accuracy=o.accuracy,
+                pipeline=o.pipeline_id(),
+                stages=plan_stages(problem, o, n),
             )
         )
     eligible = {o.service for o in opts}
@@ -368,7 +368,7 @@ def _assemble(
         gap=gap,
     )
     return Plan(
-        rows=sorted(rows, key=lambda r: (r.service, r.variant, r.pool)),
+        rows=sorted(rows, key=lambda r: (r.service, r.variant, r.pool, r.pipeline or "")),
         services=sorted(services, key=lambda s: s.service),
         excluded=sorted(excluded, key=lambda e: (e.service, e.variant, e.pool)),
         stats=stats,

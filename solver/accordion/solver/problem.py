@@ -36,28 +36,58 @@ class ProfilePoint(_Frozen):
         return self.p50_s
 
 
+def _well_formed(profiles: dict[str, list[ProfilePoint]]) -> dict[str, list[ProfilePoint]]:
+    """Profiles per pool sorted by batch size; duplicate sizes or no batch 1 are refused."""
+    for pool, points in profiles.items():
+        sizes = [p.batch_size for p in points]
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"profiles.{pool}: duplicate batch sizes {sorted(sizes)}")
+        if 1 not in sizes:
+            raise ValueError(f"profiles.{pool}: the profile must contain batch size 1")
+    ordered = sorted(profiles.items())
+    return {pool: sorted(points, key=lambda p: p.batch_size) for pool, points in ordered}
+
+
+class StageSpec(_Frozen):
+    """One consecutive part of a variant's model, from one candidate cut point to the next.
+
+    A variant's `stages` in order make up its whole model; the planner may cut it between any
+    two of them into a pipeline whose stages run on different pools (`pipelines`).
+    """
+
+    name: str = Field(min_length=1)
+    profiles: dict[str, list[ProfilePoint]] = Field(default_factory=dict)
+    output_bytes: int = Field(
+        default=0, ge=0, description="Size of the tensor this part hands on, per request."
+    )
+
+    _profiles_well_formed = field_validator("profiles")(_well_formed)
+
+
 class VariantSpec(_Frozen):
     """One variant of a model family: its accuracy and its latency profile on each pool."""
 
     name: str = Field(min_length=1)
     accuracy: float = Field(ge=0, le=100)
     profiles: dict[str, list[ProfilePoint]] = Field(default_factory=dict)
+    stages: list[StageSpec] = Field(
+        default_factory=list,
+        description="The model's parts between candidate cut points, in order, with their "
+        "profiles per pool: the planner may also serve the variant as a pipeline of them. "
+        "Empty (the default): whole variants only.",
+    )
 
-    @field_validator("profiles")
+    _profiles_well_formed = field_validator("profiles")(_well_formed)
+
+    @field_validator("stages")
     @classmethod
-    def _profiles_well_formed(
-        cls, profiles: dict[str, list[ProfilePoint]]
-    ) -> dict[str, list[ProfilePoint]]:
-        for pool, points in profiles.items():
-            sizes = [p.batch_size for p in points]
-            if len(set(sizes)) != len(sizes):
-                raise ValueError(f"profiles.{pool}: duplicate batch sizes {sorted(sizes)}")
-            if 1 not in sizes:
-                raise ValueError(f"profiles.{pool}: the profile must contain batch size 1")
-        return {
-            pool: sorted(points, key=lambda p: p.batch_size)
-            for pool, points in sorted(profiles.items())
-        }
+    def _stages_distinct(cls, stages: list[StageSpec]) -> list[StageSpec]:
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stages: duplicate stage names {names}")
+        if len(stages) == 1:
+            raise ValueError("stages: a model cut into parts has at least 2")
+        return stages
 
 
 class PoolSpec(_Frozen):
@@ -66,22 +96,6 @@ class PoolSpec(_Frozen):
     name: str = Field(min_length=1)
     devices: int = Field(ge=0)
     cost_per_device: float = Field(default=1.0, ge=0)
-
-
-class Burstiness(_Frozen):
-    """How bursty a service's arrivals are, as its routers measure them: the index of
-    dispersion (variance / mean) of arrival counts in windows of `window_s`, at `rate_qps`.
-    Poisson arrivals have 1; `accordion.solver.queueing` sizes replicas from it."""
-
-    dispersion: float = Field(ge=0, le=1e6)
-    window_s: float = Field(default=0.1, gt=0, le=60)
-    rate_qps: float = Field(gt=0, le=1e7)
-
-    @property
-    def rate_cv2(self) -> float:
-        """Squared coefficient of variation of the arrival rate (D = 1 + rate * window * cv2
-        for a Poisson stream whose rate varies slowly); 0 for Poisson or smoother."""
-        return max(0.0, self.dispersion - 1.0) / (self.rate_qps * self.window_s)
 
 
 class ServiceSpec(_Frozen):
@@ -100,11 +114,6 @@ class ServiceSpec(_Frozen):
         le=1,
         description="This service's utilization margin, instead of the settings' (a service "
         "that the cluster cannot serve in full is planned at 1.0: no margin in overload).",
-    )
-    burstiness: Burstiness | None = Field(
-        default=None,
-        description="Measured arrival burstiness: capacity then comes from the batching model "
-        "(`queueing`) instead of the utilization margin; None: the margin.",
     )
     min_replicas: int = Field(
         default=0,
@@ -141,6 +150,9 @@ class Allocation(_Frozen):
     variant: str
     pool: str
     replicas: int = Field(ge=0)
+    pipeline: str | None = Field(
+        default=None, description="The pipeline these replicas form (its plan row's id)."
+    )
 
 
 class PlannerSettings(_Frozen):
@@ -176,6 +188,23 @@ class PlannerSettings(_Frozen):
         description="The first fair_share of every service's demand is served before the rest "
         "of anyone's (in overload no service that could be served in part gets nothing).",
     )
+    pipeline_max_stages: int = Field(
+        default=2,
+        ge=1,
+        le=4,
+        description="Most stages a pipeline option may have (variants with `stages` only); "
+        "1: whole variants only.",
+    )
+    transfer_bytes_per_s: float = Field(
+        default=1.25e9,
+        gt=0,
+        description="Bandwidth between two pipeline stages (10 Gb/s).",
+    )
+    transfer_overhead_s: float = Field(
+        default=0.0005,
+        ge=0,
+        description="Fixed cost of handing one batch to the next pipeline stage.",
+    )
 
 
 class Problem(_Frozen):
@@ -203,6 +232,11 @@ class Problem(_Frozen):
                     if pool not in known:
                         raise ValueError(
                             f"services[{i}].variants[{j}].profiles.{pool}: unknown pool"
+                        )
+                for k, stage in enumerate(var.stages):
+                    for pool in sorted(set(stage.profiles) - known):
+                        raise ValueError(
+                            f"services[{i}].variants[{j}].stages[{k}].profiles.{pool}: unknown pool"
                         )
         variants = {(s.name, v.name) for s in self.services for v in s.variants}
         for k, alloc in enumerate(self.current):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 
 from accordion.solver.bounds import under_cap
 from accordion.solver.capacity import Option
@@ -24,13 +25,14 @@ def round_replicas(
     free = [pool.devices for pool in problem.pools]
     deficit = [svc.demand_qps for svc in problem.services]
     for k, o in enumerate(opts):
-        free[o.pool] -= n[k]
+        for p in o.devices():  # a pipeline replica takes devices of several pools
+            free[p] -= n[k]
         deficit[o.service] -= n[k] * o.capacity_qps
 
     def key(k: int) -> tuple[float, float, float, bool, float, int]:
         o = opts[k]
-        served = min(o.capacity_qps, deficit[o.service])
-        cost = problem.pools[o.pool].cost_per_device
+        served = min(o.capacity_qps, deficit[o.service]) / len(o.devices())  # per device
+        cost = sum(problem.pools[p].cost_per_device for p in o.devices())
         priority = problem.services[o.service].priority
         return (
             priority * served,
@@ -48,7 +50,7 @@ def round_replicas(
     while heap:
         stale, k = heapq.heappop(heap)
         o = opts[k]
-        if free[o.pool] <= 0 or deficit[o.service] <= 1e-9:
+        if deficit[o.service] <= 1e-9 or any(free[p] < c for p, c in Counter(o.devices()).items()):
             continue
         if not under_cap(problem, opts, n, o.service):  # maxReplicas (`bounds`)
             continue
@@ -57,7 +59,8 @@ def round_replicas(
             heapq.heappush(heap, (fresh, k))
             continue
         n[k] += 1
-        free[o.pool] -= 1
+        for p in o.devices():
+            free[p] -= 1
         deficit[o.service] -= o.capacity_qps
         heapq.heappush(heap, (_negate(key(k)), k))
     return n

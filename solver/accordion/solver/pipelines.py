@@ -1,0 +1,275 @@
+"""Pipeline options: a variant cut into stages that run on different pools (PPipe).
+
+Many layers run about as fast on a low-class device as on a high-class one, and a low-class
+device is idle when no whole variant fits the SLO on it. A pipeline option runs the first
+parts of a variant's model on one pool and the rest on another: the low-class pool takes a
+share of every request's work, so each high-class device serves more requests at the same
+accuracy. The planner chooses pipeline options next to whole variants, in the same
+lexicographic plan; a replica of a pipeline option takes devices in several pools
+(`Option.devices`), which is all the optimization model needs to know.
+
+A variant offers pipelines only when its spec lists the parts of its model between candidate
+cut points (`VariantSpec.stages`, each with a profile per pool and the size of the tensor it
+hands on). A stage that runs parts i..j of the model takes the sum of their profiled latencies
+(an upper bound: each part was timed with its own call overhead). Per stage s, for its batch
+cap b_s:
+
+    latency     sum_s 2 * latency_s(b_s) + sum_s transfer_s(b_s) <= SLO
+    capacity    min_s devices_s * b_s / latency_s(b_s) * utilization
+
+Twice the batch latency per stage is the same worst case as a whole variant's (`capacity`):
+a request may wait for the batch in progress, then ride in the next. A transfer hands a batch
+to the next stage: `transfer_overhead_s` plus its bytes over `transfer_bytes_per_s`, and caps
+the sending stage's rate at that bandwidth too. Devices per stage balance the stages: the
+fastest stage gets one device, each other one just under or just over as many as it takes to
+keep up with it (at most `MAX_STAGE_DEVICES`). Of all the candidates of a variant, only those
+that no other beats on every pool's devices per request per second are kept: the model stays
+small (tens of options per variant, not thousands).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from accordion.solver.capacity import Option
+from accordion.solver.plan import PlanStage
+from accordion.solver.problem import PlannerSettings, Problem, ServiceSpec, StageSpec, VariantSpec
+
+MAX_STAGE_DEVICES = 8
+"""The most devices one stage of one pipeline replica may take."""
+
+
+@dataclass(frozen=True)
+class PipelineStage:
+    """One stage of a pipeline option: parts first..last of the model on `devices` of `pool`."""
+
+    pool: int
+    first: str
+    last: str
+    devices: int
+    max_batch_size: int
+    latency_s: float
+    """Latency of a batch of max_batch_size at the planner's percentile."""
+    output_bytes: int
+    """Per request, handed to the next stage (0 for the last)."""
+
+
+@dataclass(frozen=True)
+class PipelineOption(Option):
+    """A variant served as a pipeline of stages on different pools."""
+
+    stages: tuple[PipelineStage, ...] = ()
+    name: str = ""
+    latency_s: float = 0.0
+    """Worst-case end-to-end latency: twice every stage's batch latency plus the transfers."""
+
+    def devices(self) -> tuple[int, ...]:
+        return tuple(st.pool for st in self.stages for _ in range(st.devices))
+
+    def pipeline_id(self) -> str | None:
+        return self.name
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Parts first..last of a model on one pool: latency per batch size, bytes handed on."""
+
+    pool: int
+    first: str
+    last: str
+    latency_s: dict[int, float]
+    output_bytes: int
+
+
+def pipeline_options(problem: Problem) -> list[PipelineOption]:
+    """Pipeline options of every eligible variant that lists its model's parts, in a
+    deterministic order (service, variant, then the order candidates were found)."""
+    settings = problem.settings
+    if settings.pipeline_max_stages < 2:
+        return []
+    out: list[PipelineOption] = []
+    for s, svc in enumerate(problem.services):
+        for var in sorted(svc.variants, key=lambda v: v.name):
+            if len(var.stages) >= 2 and var.accuracy >= svc.accuracy_floor:
+                out.extend(_variant_options(problem, s, svc, var))
+    return out
+
+
+def _variant_options(
+    problem: Problem, s: int, svc: ServiceSpec, var: VariantSpec
+) -> list[PipelineOption]:
+    settings = problem.settings
+    usable = {i for i, pool in enumerate(problem.pools) if pool.devices > 0}
+    utilization = svc.utilization if svc.utilization is not None else settings.utilization
+    parts = var.stages
+    candidates: list[PipelineOption] = []
+    max_stages = min(settings.pipeline_max_stages, len(parts))
+    for count in range(2, max_stages + 1):
+        for cuts in itertools.combinations(range(1, len(parts)), count - 1):
+            bounds = list(zip((0, *cuts), (*cuts, len(parts)), strict=True))
+            choices = [
+                [
+                    seg
+                    for pool in sorted(usable)
+                    if (seg := _segment(parts[a:b], pool, problem.pools[pool].name, settings))
+                    is not None
+                ]
+                for a, b in bounds
+            ]
+            for segments in itertools.product(*choices):
+                # Neighbours on one pool are one stage cut elsewhere (or not at all).
+                if any(x.pool == y.pool for x, y in itertools.pairwise(segments)):
+                    continue
+                # Pruned per assignment first: the global pass compares far fewer.
+                candidates.extend(
+                    _undominated(_fits(problem, s, svc, var, list(segments), utilization))
+                )
+    return _undominated(candidates)
+
+
+def _segment(
+    parts: list[StageSpec], pool: int, pool_name: str, settings: PlannerSettings
+) -> _Segment | None:
+    """The parts' summed latency per batch size profiled for all of them, on one pool."""
+    if any(pool_name not in p.profiles for p in parts):
+        return None
+    sizes = set.intersection(*({pt.batch_size for pt in p.profiles[pool_name]} for p in parts))
+    latency = {
+        b: sum(
+            pt.latency_s(settings.latency_percentile)
+            for p in parts
+            for pt in p.profiles[pool_name]
+            if pt.batch_size == b
+        )
+        for b in sorted(sizes)
+    }
+    return _Segment(pool, parts[0].name, parts[-1].name, latency, parts[-1].output_bytes)
+
+
+def _fits(
+    problem: Problem,
+    s: int,
+    svc: ServiceSpec,
+    var: VariantSpec,
+    segments: list[_Segment],
+    utilization: float,
+) -> list[PipelineOption]:
+    """Candidates of one assignment of stages to pools: per batch caps that keep the SLO, the
+    devices per stage that balance them."""
+    settings = problem.settings
+    cap = svc.accuracy_target if svc.accuracy_target is not None else 100.0
+    last = len(segments) - 1
+    out: list[PipelineOption] = []
+    for batches in itertools.product(*(sorted(seg.latency_s) for seg in segments)):
+        latency = 0.0
+        rates: list[float] = []
+        for i, (seg, b) in enumerate(zip(segments, batches, strict=True)):
+            run_s = seg.latency_s[b]
+            latency += 2 * run_s
+            rate = b / run_s
+            if i < last and seg.output_bytes > 0:
+                latency += settings.transfer_overhead_s + b * seg.output_bytes / (
+                    settings.transfer_bytes_per_s
+                )
+                rate = min(rate, settings.transfer_bytes_per_s / seg.output_bytes)
+            elif i < last:
+                latency += settings.transfer_overhead_s
+            rates.append(rate * utilization)
+        if latency > svc.slo_s:
+            continue
+        fastest = max(rates)
+        spreads = [
+            sorted({_clip(math.floor(fastest / r)), _clip(math.ceil(fastest / r))}) for r in rates
+        ]
+        for devices in itertools.product(*spreads):
+            capacity = min(d * r for d, r in zip(devices, rates, strict=True))
+            stages = tuple(
+                PipelineStage(
+                    pool=seg.pool,
+                    first=seg.first,
+                    last=seg.last,
+                    devices=d,
+                    max_batch_size=b,
+                    latency_s=seg.latency_s[b],
+                    output_bytes=seg.output_bytes if i < last else 0,
+                )
+                for i, (seg, b, d) in enumerate(zip(segments, batches, devices, strict=True))
+            )
+            out.append(
+                PipelineOption(
+                    service=s,
+                    variant=var.name,
+                    pool=segments[0].pool,
+                    max_batch_size=batches[0],
+                    capacity_qps=capacity,
+                    accuracy=var.accuracy,
+                    value=min(var.accuracy, cap),
+                    stages=stages,
+                    name=_name(problem, stages),
+                    latency_s=latency,
+                )
+            )
+    return out
+
+
+def _clip(devices: int) -> int:
+    return min(MAX_STAGE_DEVICES, max(1, devices))
+
+
+def _name(problem: Problem, stages: tuple[PipelineStage, ...]) -> str:
+    """The pipeline's id: `first..last@pool*devices` per stage, joined by `>`."""
+    return ">".join(
+        f"{st.first}..{st.last}@{problem.pools[st.pool].name}*{st.devices}" for st in stages
+    )
+
+
+def _usage(o: PipelineOption) -> dict[int, float]:
+    """Devices per request per second, per pool."""
+    used: dict[int, float] = {}
+    for st in o.stages:
+        used[st.pool] = used.get(st.pool, 0.0) + st.devices / o.capacity_qps
+    return used
+
+
+def _undominated(candidates: list[PipelineOption]) -> list[PipelineOption]:
+    """The candidates no other one beats: as few or fewer devices of every pool per request per
+    second, and fewer of one (or, all equal, a lower worst-case latency); first found wins ties."""
+    usages = [_usage(o) for o in candidates]
+    kept: list[PipelineOption] = []
+    for i, (o, u) in enumerate(zip(candidates, usages, strict=True)):
+        dominated = False
+        for j, (other, v) in enumerate(zip(candidates, usages, strict=True)):
+            if i == j or not set(v) <= set(u):
+                continue
+            if all(v.get(p, 0.0) <= u[p] * (1 + 1e-9) for p in u):
+                strictly = any(v.get(p, 0.0) < u[p] * (1 - 1e-9) for p in u)
+                equal_better = other.latency_s < o.latency_s or (
+                    other.latency_s == o.latency_s and j < i
+                )
+                if strictly or equal_better:
+                    dominated = True
+                    break
+        if not dominated:
+            kept.append(o)
+    return kept
+
+
+def plan_stages(problem: Problem, o: Option, replicas: int) -> list[PlanStage]:
+    """A plan row's stages for `replicas` of option `o` (none for a whole variant)."""
+    if not isinstance(o, PipelineOption):
+        return []
+    return [
+        PlanStage(
+            pool=problem.pools[st.pool].name,
+            first=st.first,
+            last=st.last,
+            replicas=st.devices * replicas,
+            devices_per_replica=st.devices,
+            max_batch_size=st.max_batch_size,
+            latency_s=st.latency_s,
+            output_bytes=st.output_bytes,
+        )
+        for st in o.stages
+    ]
