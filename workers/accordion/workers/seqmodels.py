@@ -102,7 +102,7 @@ class GruStaged(StagedModel):
         return 4 * (GRU_HIDDEN + int(sample.size))
 
     def begin(self, sample: npt.NDArray[np.generic]) -> Any:
-        seq = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
+        seq = torch.from_numpy(np.array(sample, dtype=np.float32))
         return _GruState(seq, torch.zeros(GRU_HIDDEN))
 
     def run(self, stage: int, states: Sequence[Any]) -> list[Any]:
@@ -119,7 +119,7 @@ class GruStaged(StagedModel):
         return out.numpy()
 
     def alone(self, sample: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-        seq = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
+        seq = torch.from_numpy(np.array(sample, dtype=np.float32))
         out: torch.Tensor = self.module(seq.unsqueeze(0))[0]
         return out.numpy()
 
@@ -329,7 +329,7 @@ class SequentialStaged(StagedModel):
         return int(sample.nbytes)
 
     def begin(self, sample: npt.NDArray[np.generic]) -> Any:
-        return torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)).unsqueeze(0)
+        return torch.from_numpy(np.array(sample, dtype=np.float32)).unsqueeze(0)
 
     def run(self, stage: int, states: Sequence[Any]) -> list[Any]:
         out: torch.Tensor = self.children[stage](torch.cat(list(states)))
@@ -340,7 +340,7 @@ class SequentialStaged(StagedModel):
         return out
 
     def alone(self, sample: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-        x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)).unsqueeze(0)
+        x = torch.from_numpy(np.array(sample, dtype=np.float32)).unsqueeze(0)
         out: torch.Tensor = self.module(x)[0]
         return out.numpy()
 

@@ -123,7 +123,13 @@ class StageLatency:
     def __init__(self, profiles_s: Sequence[Mapping[int, float]], *, margin_s: float = 0.0):
         if not profiles_s:
             raise ValueError("a staged model needs a latency profile per stage")
-        self.predictors = [LatencyPredictor(p) for p in profiles_s]
+        # The median of a long window per size: a step takes ~1 ms and the machine's stalls
+        # (10-400 ms, measured) would otherwise drive the high quantile of a rarely seen
+        # size up (each stall clipped to 4x the prediction, again and again) until no join
+        # fits any deadline.
+        self.predictors = [
+            LatencyPredictor(p, window=256, quantile=0.5, min_samples=16) for p in profiles_s
+        ]
         self.margin_s = margin_s
 
     def step_s(self, stage: int, size: int) -> float:
