@@ -99,10 +99,31 @@ class SolverStats(_Frozen):
     gap: float = Field(description="Relative gap of the accuracy stage against its LP bound.")
 
 
+class SlicePlacement(_Frozen):
+    """One MIG instance of a GPU's layout: its profile and the memory slice it starts at."""
+
+    profile: str
+    start: int = Field(ge=0)
+
+
+class GpuLayout(_Frozen):
+    """The MIG layout the plan gives one GPU of a MIG pool (see `mig`)."""
+
+    pool: str
+    gpu: int = Field(ge=0, description="The GPU's index in its pool.")
+    layout: str = Field(description="The layout's name, e.g. 1x3g.40gb_2x2g.20gb.")
+    slices: list[SlicePlacement]
+
+
 class Plan(_Frozen):
     """A complete plan: rows, per-service summaries, excluded pairs, and solver statistics."""
 
     rows: list[PlanRow] = Field(default_factory=list)
+    layouts: list[GpuLayout] = Field(
+        default_factory=list,
+        description="MIG pools only: the layout of every GPU the plan partitions; the rows "
+        "of its slices name the sub-pool `<pool>/<profile>`.",
+    )
     services: list[ServicePlan] = Field(default_factory=list)
     excluded: list[Exclusion] = Field(default_factory=list)
     stats: SolverStats

@@ -25,6 +25,7 @@ from collections import defaultdict
 from accordion.solver.bounds import apply_bounds
 from accordion.solver.capacity import Option, options
 from accordion.solver.diving import dive
+from accordion.solver.migplan import has_mig, plan_with_layouts
 from accordion.solver.model import MAXIMIZE, STAGES, Solution, StagedModel, StageResult
 from accordion.solver.pipelines import pipeline_options, plan_stages
 from accordion.solver.plan import Exclusion, Plan, PlanRow, ServicePlan, SolverStats
@@ -67,6 +68,14 @@ def plan(problem: Problem) -> Plan:
     Pure and deterministic. Never raises on infeasible demand: the shortfall is reported per
     service. Invalid input is rejected earlier, when the `Problem` is built.
     """
+    if has_mig(problem):
+        # MIG pools: each GPU's layout is chosen first, jointly (`migplan`).
+        return plan_with_layouts(problem, _plan_pools)
+    return _plan_pools(problem)
+
+
+def _plan_pools(problem: Problem) -> Plan:
+    """`plan` for a problem whose pools are all of fixed size (no MIG pool)."""
     started = time.perf_counter()
     deadline = started + problem.settings.time_limit_s
     opts, excluded = options(problem)

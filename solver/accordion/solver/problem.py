@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from accordion.solver.mig import GPU_MODELS, MigSpec, slice_pool
+
 Percentile = Literal["p50", "p90", "p99"]
 
 
@@ -96,6 +98,17 @@ class PoolSpec(_Frozen):
     name: str = Field(min_length=1)
     devices: int = Field(ge=0)
     cost_per_device: float = Field(default=1.0, ge=0)
+    mig: MigSpec | None = Field(
+        default=None,
+        description="MIG-capable GPUs: the planner splits each into a layout of slices, and "
+        "profiles name a slice sub-pool, `<pool>/<profile>` (see `mig`).",
+    )
+
+    @model_validator(mode="after")
+    def _mig_current_fits(self) -> PoolSpec:
+        if self.mig is not None and len(self.mig.current) > self.devices:
+            raise ValueError(f"mig.current: {len(self.mig.current)} GPUs, more than {self.devices}")
+        return self
 
 
 class ServiceSpec(_Frozen):
@@ -225,7 +238,13 @@ class Problem(_Frozen):
         dups = sorted({n for n in svc_names if svc_names.count(n) > 1})
         if dups:
             raise ValueError(f"services: duplicate service names {dups}")
-        known = set(pool_names)
+        # A MIG pool is used through its slice sub-pools only (`mig.slice_pool`).
+        known = {p.name for p in self.pools if p.mig is None} | {
+            slice_pool(p.name, profile)
+            for p in self.pools
+            if p.mig is not None
+            for profile in GPU_MODELS[p.mig.gpu_model]
+        }
         for i, svc in enumerate(self.services):
             for j, var in enumerate(svc.variants):
                 for pool in var.profiles:

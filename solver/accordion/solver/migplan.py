@@ -1,0 +1,268 @@
+"""MIG pools in the planner: every GPU's layout is chosen jointly with variants and routing.
+
+A MIG pool's slices exist only once its GPUs are split, and how they are split is a decision
+as much as which variant runs where: a small model wastes a whole GPU, a large one may miss its
+SLO on a small slice. So the planner expands a MIG pool of G GPUs into slice sub-pools
+`<pool>/<profile>` (`mig.slice_pool`), the pools the variants' profiles name, and adds one
+integer variable per allowed layout l, m[l] = how many GPUs take layout l:
+
+    gpus        sum_l m[l] <= G
+    slices      sum_{o on <pool>/<profile>} n[o] <= sum_l count_l(profile) * m[l]
+
+on top of the usual model (`model`). That MILP is solved for the planner's first two stages
+(served, then accuracy: the layouts serve what the whole-GPU plan serves, and more), then
+relabels as few GPUs as it can (relabelling drains a GPU), then uses as few GPUs as it can.
+
+With the layout counts fixed, each sub-pool is an ordinary pool of fixed size, and the ordinary
+planner plans the whole problem (rounding, polishing, additions, cost, change): its plan is at
+least as good on served and accuracy as the layout MILP's, whose replicas fit those sub-pools.
+There, a slice costs its pool's cost_per_device times compute slices / 7; the plan's cost
+counts every GPU given a layout at its full cost. Finally each GPU gets its layout, GPUs that
+keep theirs first, and a placement of its slices that obeys the published rules (`mig`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ortools.linear_solver import pywraplp
+
+from accordion.solver.capacity import options
+from accordion.solver.mig import (
+    COMPUTE_SLICES,
+    GPU_MODELS,
+    Layout,
+    MigSpec,
+    layout_name,
+    layout_of,
+    place,
+    slice_pool,
+)
+from accordion.solver.model import StagedModel
+from accordion.solver.plan import GpuLayout, Plan, SlicePlacement
+from accordion.solver.problem import PoolSpec, Problem
+
+LAYOUT_TIME_SHARE = 0.5
+"""Of the planner's time limit, the share the layout MILP may take; the rest plans replicas."""
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One MIG pool of the problem: its GPUs, allowed layouts and slice sub-pools."""
+
+    pool: PoolSpec
+    mig: MigSpec
+    layouts: tuple[Layout, ...]
+    current: tuple[int, ...]
+    """GPUs per allowed layout now."""
+
+
+def has_mig(problem: Problem) -> bool:
+    """Whether any pool of `problem` is a MIG pool."""
+    return any(pool.mig is not None for pool in problem.pools)
+
+
+def _groups(problem: Problem) -> list[_Group]:
+    groups: list[_Group] = []
+    for pool in problem.pools:
+        if pool.mig is None:
+            continue
+        layouts = pool.mig.allowed()
+        now = [layout_of(c) for c in pool.mig.current]
+        groups.append(
+            _Group(
+                pool, pool.mig, layouts, tuple(sum(1 for c in now if c == lay) for lay in layouts)
+            )
+        )
+    return groups
+
+
+def expand(problem: Problem, counts: list[list[int]] | None = None) -> Problem:
+    """`problem` with every MIG pool replaced by its slice sub-pools, one per profile.
+
+    A sub-pool has as many devices as the layouts give: `counts[g][l]` GPUs of MIG pool g take
+    its allowed layout l; without `counts`, as many as any one allowed layout has on every GPU.
+    """
+    pools: list[PoolSpec] = []
+    g = 0
+    for pool in problem.pools:
+        if pool.mig is None:
+            pools.append(pool)
+            continue
+        layouts = pool.mig.allowed()
+        for name, profile in GPU_MODELS[pool.mig.gpu_model].items():
+            per_layout = [dict(layout).get(name, 0) for layout in layouts]
+            if counts is None:
+                devices = pool.devices * max(per_layout, default=0)
+            else:
+                devices = sum(n * m for n, m in zip(per_layout, counts[g], strict=True))
+            pools.append(
+                PoolSpec(
+                    name=slice_pool(pool.name, name),
+                    devices=devices,
+                    cost_per_device=pool.cost_per_device * profile.compute_slices / COMPUTE_SLICES,
+                )
+            )
+        g += 1
+    return Problem(
+        pools=pools, services=problem.services, current=problem.current, settings=problem.settings
+    )
+
+
+def choose_layouts(problem: Problem, deadline: float) -> list[list[int]] | None:
+    """GPUs per allowed layout of every MIG pool, from the joint MILP; None when its served
+    stage finds nothing in time."""
+    groups = _groups(problem)
+    expanded = expand(problem)
+    opts, _ = options(expanded)
+    model = StagedModel(expanded, opts, {}, integer=True)
+    solver = model.solver
+    inf = solver.infinity()
+    pool_index = {pool.name: p for p, pool in enumerate(expanded.pools)}
+    # A replica takes one device of each pool in devices() (a pipeline: several).
+    by_pool: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for k, o in enumerate(opts):
+        for p, c in Counter(o.devices()).items():
+            by_pool[p].append((k, c))
+    m: list[list[pywraplp.Variable]] = []
+    relabels: list[pywraplp.Variable] = []
+    gpu_cost: tuple[list[pywraplp.Variable], list[float]] = ([], [])
+    mig_pools: set[int] = set()
+    for g, group in enumerate(groups):
+        ms = [solver.IntVar(0, group.pool.devices, f"m{g}_{i}") for i in range(len(group.layouts))]
+        m.append(ms)
+        gpus = solver.Constraint(-inf, group.pool.devices)
+        for var in ms:
+            gpus.SetCoefficient(var, 1.0)
+            gpu_cost[0].append(var)
+            gpu_cost[1].append(group.pool.cost_per_device)
+        for name in GPU_MODELS[group.mig.gpu_model]:
+            p = pool_index[slice_pool(group.pool.name, name)]
+            mig_pools.add(p)
+            slices = solver.Constraint(-inf, 0.0)  # sum n - sum count * m <= 0
+            for k, c in by_pool.get(p, []):
+                slices.SetCoefficient(model.n[k], float(c))
+            for var, layout in zip(ms, group.layouts, strict=True):
+                slices.SetCoefficient(var, -float(dict(layout).get(name, 0)))
+        for i, var in enumerate(ms):
+            d = solver.NumVar(0, inf, f"relabel{g}_{i}")  # d >= m - current
+            keep = solver.Constraint(-float(group.current[i]), inf)
+            keep.SetCoefficient(d, 1.0)
+            keep.SetCoefficient(var, -1.0)
+            relabels.append(d)
+    for k, o in enumerate(opts):
+        whole = sum(expanded.pools[p].cost_per_device for p in o.devices() if p not in mig_pools)
+        if whole > 0:
+            gpu_cost[0].append(model.n[k])
+            gpu_cost[1].append(whole)
+    stages = [
+        (model.served_terms(), True),
+        (model.accuracy_terms(), True),
+        ((relabels, [1.0] * len(relabels), 0.0), False),
+        ((gpu_cost[0], gpu_cost[1], 0.0), False),
+    ]
+    chosen: list[list[int]] | None = None
+    for i, (terms, maximize) in enumerate(stages):
+        now = time.perf_counter()
+        outcome = model.solve(
+            terms,
+            maximize,
+            now + (deadline - now) / (len(stages) - i),
+            None,
+            problem.settings.relative_gap,
+        )
+        if outcome is None:
+            break
+        chosen = [[round(var.solution_value()) for var in ms] for ms in m]
+        if i == 1:
+            model.keep_accuracy_per_service(model.solution())
+        elif i + 1 < len(stages):
+            model.keep(terms, outcome[0], maximize)
+    return chosen
+
+
+def assign(group_pool: PoolSpec, layouts: tuple[Layout, ...], counts: list[int]) -> list[GpuLayout]:
+    """Give each GPU of a MIG pool its layout: GPUs whose layout is still chosen keep it,
+    unpartitioned GPUs take the new ones before GPUs that must be relabelled."""
+    assert group_pool.mig is not None
+    mig = group_pool.mig
+    left = {layout: n for layout, n in zip(layouts, counts, strict=True) if n > 0}
+    now = [layout_of(c) for c in mig.current]
+    now += [()] * (group_pool.devices - len(now))
+    given: dict[int, Layout] = {}
+    for gpu, layout in enumerate(now):
+        if left.get(layout, 0) > 0:
+            given[gpu] = layout
+            left[layout] -= 1
+    pending = [layout for layout in sorted(left, key=layout_name) for _ in range(left[layout])]
+    order = sorted(
+        (gpu for gpu in range(len(now)) if gpu not in given), key=lambda g: (now[g] != (), g)
+    )
+    for gpu, layout in zip(order, pending, strict=False):
+        given[gpu] = layout
+    out: list[GpuLayout] = []
+    for gpu, layout in sorted(given.items()):
+        placements = place(mig.gpu_model, layout)
+        assert placements is not None  # allowed layouts are valid (MigSpec)
+        out.append(
+            GpuLayout(
+                pool=group_pool.name,
+                gpu=gpu,
+                layout=layout_name(layout),
+                slices=[SlicePlacement(profile=p.profile, start=p.start) for p in placements],
+            )
+        )
+    return out
+
+
+def plan_with_layouts(problem: Problem, plan_fixed: Callable[[Problem], Plan]) -> Plan:
+    """Plan a problem with MIG pools: layouts first (`choose_layouts`), then the ordinary
+    planner `plan_fixed` on the sub-pools those layouts give."""
+    started = time.perf_counter()
+    limit = problem.settings.time_limit_s
+    groups = _groups(problem)
+    counts = choose_layouts(problem, started + LAYOUT_TIME_SHARE * limit)
+    if counts is None:
+        # No layout solution in time: keep the layouts the GPUs have (their slices still run).
+        counts = [list(group.current) for group in groups]
+    remaining = max(limit - (time.perf_counter() - started), LAYOUT_TIME_SHARE * limit)
+    fixed = expand(problem, counts).model_copy(
+        update={
+            "settings": problem.settings.model_copy(
+                update={
+                    "time_limit_s": remaining,
+                    "polish_time_s": min(problem.settings.polish_time_s, remaining),
+                }
+            )
+        }
+    )
+    planned = plan_fixed(fixed)
+    layouts = [
+        gpu
+        for group, n in zip(groups, counts, strict=True)
+        for gpu in assign(group.pool, group.layouts, n)
+    ]
+    # The plan's cost: whole GPUs given a layout, instead of the slices the rows take.
+    slice_cost = {pool.name: pool.cost_per_device for pool in fixed.pools} | {
+        pool.name: 0.0 for pool in problem.pools
+    }
+    taken = sum(
+        stage.replicas * slice_cost[stage.pool] for row in planned.rows for stage in row.stages
+    ) + sum(row.replicas * slice_cost[row.pool] for row in planned.rows if not row.stages)
+    cost = (
+        planned.stats.cost
+        - taken
+        + sum(
+            group.pool.cost_per_device
+            for group in groups
+            for gpu in layouts
+            if gpu.pool == group.pool.name
+        )
+    )
+    stats = planned.stats.model_copy(
+        update={"cost": cost, "solve_time_s": time.perf_counter() - started}
+    )
+    return planned.model_copy(update={"layouts": layouts, "stats": stats})
