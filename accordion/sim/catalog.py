@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from accordion.sim.knative import Knative
 from accordion.sim.policies import Accordion, Clipper, HardwareOnly, InfaasGreedy
 from accordion.sim.policy import ControlPolicy
 from accordion.sim.proteus import Proteus
@@ -17,6 +18,7 @@ POLICIES: dict[str, Callable[[], ControlPolicy]] = {
     "clipper-ht": lambda: Clipper(high_accuracy=False),
     "infaas": InfaasGreedy,
     "hardware-only": HardwareOnly,
+    "knative": Knative,
 }
 
 

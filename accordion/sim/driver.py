@@ -8,6 +8,9 @@ settings; only the world and the actuator are simulated:
 
 * demand: every second the arrivals of each service are folded into the same `DemandTracker`
   the other drivers use, fed back with the plan's capacity (surges, fast falls while short);
+* burstiness: each router's `DispersionMeter` counts its service's arrivals, published by the
+  operator's rule (`control.burstiness`) into the demand view, so the planner's batching model
+  sizes the replicas as in a cluster (`batching_model=False`: the fixed margin, a baseline);
 * passes: when demand leaves a service's band (`ControlLoop.pass_due`, debounced and at most
   every `min_pass_interval_s`), when a replica becomes ready or goes (the operator's watch on
   Deployments), after the drain the loop asks for, and every `resync_interval_s`;
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, assert_never
 
 from accordion.operator.api import DevicePool, InferenceService, parse_resource
+from accordion.operator.control.burstiness import BurstinessBook, combine
 from accordion.operator.control.demand import DemandTracker
 from accordion.operator.control.desired import WorkerKey, WorkerSpec, routing_table
 from accordion.operator.control.loop import (
@@ -55,8 +59,9 @@ from accordion.operator.control.loop import (
 from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.sim.engine import ControlSample, Replica, dist_quantile
 from accordion.sim.workload import Family
-from accordion.solver import PlannerSettings, PoolSpec, VariantSpec
+from accordion.solver import Burstiness, PlannerSettings, PoolSpec, VariantSpec
 from accordion.workers.batching import Request, SlowdownMeter, make_policy
+from accordion.workers.dispersion import DispersionMeter
 from accordion.workers.fastloop import RoutingDecider
 
 if TYPE_CHECKING:
@@ -190,8 +195,12 @@ class LoopControl:
         fast_loop: bool = True,
         burst_buffer: bool = True,
         services: Callable[[Family, str, float], InferenceService] = family_service,
+        batching_model: bool = True,
     ) -> None:
         self.sim = sim
+        self.batching_model = batching_model
+        """False: the routers' burstiness is not measured, the planner keeps its utilization
+        margin (the product before the batching model; a baseline)."""
         self.timings = timings
         self.fast_loop = fast_loop
         self._services = services
@@ -221,6 +230,9 @@ class LoopControl:
         self._initial = True
         self._aio = asyncio.new_event_loop()
         self._view = DemandView()
+        self.meters: dict[str, DispersionMeter] = {}
+        """Per service, its router's `DispersionMeter` (fed every arrival)."""
+        self.bursty = BurstinessBook()
 
     @property
     def planner_times_s(self) -> list[float]:
@@ -265,15 +277,26 @@ class LoopControl:
             qps=self.tracker.estimates(),
             burst=self.tracker.bursts(),
             last_arrival_s=self.tracker.last_arrivals(),
+            burstiness=self._burstiness(),
         )
         if self.loop.pass_due(self.world, self._view):
             # Demand passes wait for no quiet time (debounce is for bursts of watch events),
             # only for the shortest interval between passes.
             self._request(self._last_pass_s + self.timings.min_pass_interval_s - now)
 
+    def _burstiness(self) -> dict[str, Burstiness]:
+        """Each router's dispersion meter, published by the operator's rule (`burstiness`)."""
+        if not self.batching_model:
+            return {}
+        for key, meter in self.meters.items():
+            value = meter.value()
+            self.bursty.observe(key, combine([value] if value is not None else []))
+        return dict(self.bursty.published)
+
     def route(self, service: int, request: Request) -> Replica | None:
         now = self.sim.now_s
         key = self.key_of[service]
+        self.meters.setdefault(key, DispersionMeter()).add(now)
         decider = self.deciders.get(key)
         if decider is None:
             return None  # no routing table: the router answers 503

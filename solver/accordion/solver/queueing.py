@@ -22,10 +22,10 @@ Burstiness: the router measures the index of dispersion D of its arrival counts 
 `window_s` (0.1 s). For a Poisson stream D = 1; a stream whose rate itself varies, slowly
 compared to a batch, has D = 1 + lambda * window * cv2, where cv2 is the squared coefficient of
 variation of its rate. The model takes cv2 from the measurement and treats arrivals as Poisson
-at a rate that is lognormal around lambda with that cv2 (a quasi-static MMPP: the queue settles
-within each rate level, which holds when bursts last many batches). A percentile is taken over
-requests, so each rate level weighs by its rate. Splitting a stream among replicas keeps the
-modulation, so cv2 holds per replica as well (`Burstiness.rate_cv2`).
+at a rate that is gamma-distributed around lambda with that cv2 (a quasi-static MMPP: the queue
+settles within each rate level, which holds when bursts last many batches). A percentile is
+taken over requests, so each rate level weighs by its rate. Splitting a stream among replicas
+keeps the modulation, so cv2 holds per replica as well (`Burstiness.rate_cv2`).
 
 Cost: the Poisson part, P(latency <= SLO) at a grid of rates, is computed once per (profile,
 B, SLO, percentile) and cached (`_attainment_table`, a few ms per rate); the planner's question
@@ -40,15 +40,20 @@ from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import threadpool_limits
 
 from accordion.solver.problem import Burstiness, Percentile, ProfilePoint
 
 QUANTILE: dict[Percentile, float] = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 """The share of requests a percentile SLO asks to be within it."""
-RATE_GRID = 24
+RATE_GRID = 16
 """Rates at which the Poisson attainment is tabulated, dense towards the device's throughput."""
-PHASE_NODES = 16
-"""Gauss-Hermite nodes over the lognormal rate of a bursty stream."""
+PHASE_NODES = 200
+"""Points of the gamma-distributed rate of a bursty stream (table lookups: cheap)."""
+MAX_STATES = 160
+"""Queue lengths the chain keeps (see `_latency_cdf`)."""
+QUANTILE_PHASE_NODES = 48
+"""... for `latency_quantile_s`, which solves the queue at each (validation only)."""
 _U_NODES = 8
 """Points of arrival within a running batch (midpoints; latency is linear in them)."""
 
@@ -117,6 +122,12 @@ def _poisson_pmf(mean: float, size: int) -> Array:
     return out
 
 
+def _one_blas_thread() -> threadpool_limits:
+    """The chain's solves are a few hundred states: BLAS threads only contend (many times
+    slower on a busy machine), so they run on one."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 class _Chain:
     """The queue length at batch completions of the SLO batcher under Poisson(rate) arrivals,
     with `states` - 1 as the largest length kept (more is lumped there: latencies that long are
@@ -138,22 +149,14 @@ class _Chain:
 
 
 def _stationary(trans: Array) -> Array:
-    """The stationary distribution of a transition matrix by state reduction (Grassmann,
-    Taksar and Heyman): stable without subtractions, and element-wise numpy only (a dense solve
-    goes through LAPACK's threads, many times slower on a busy machine)."""
-    a = trans.copy()
-    states = a.shape[0]
-    for n in range(states - 1, 0, -1):
-        leaving = float(a[n, :n].sum())
-        if leaving <= 0:
-            continue
-        a[:n, n] /= leaving
-        a[:n, :n] += np.outer(a[:n, n], a[n, :n])
-    pi = np.zeros(states)
-    pi[0] = 1.0
-    for n in range(1, states):
-        pi[n] = float(pi[:n] @ a[:n, n])
-    pi = np.clip(pi, 0.0, None)
+    """The stationary distribution of a transition matrix: pi (P - I) = 0, sum pi = 1, by one
+    LU solve."""
+    states = trans.shape[0]
+    a = trans.T - np.eye(states)
+    a[-1, :] = 1.0
+    rhs = np.zeros(states)
+    rhs[-1] = 1.0
+    pi: Array = np.clip(np.linalg.solve(a, rhs), 0.0, None)  # callers: `_one_blas_thread`
     return pi / float(pi.sum())
 
 
@@ -169,7 +172,9 @@ def _latency_cdf(ex: Execution, rate: float, xs: Array) -> Array:
     horizon = float(np.max(xs))
     # Queue lengths beyond this many full batches ahead are later than every x asked about.
     ahead = math.ceil(horizon / full_s) + 2
-    states = cap * (ahead + 1) + 8
+    # At most `MAX_STATES` (cost grows with their cube): a longer queue counts as late, which
+    # is conservative only where the SLO is many full batches long, near the throughput.
+    states = min(cap * (ahead + 1) + 8, max(MAX_STATES, 3 * cap))
     chain = _Chain(ex, rate, states)
     pi = chain.pi
     t_size = states + cap
@@ -227,14 +232,21 @@ def _exec_cdf(ex: Execution, own: npt.NDArray[np.int_], w: Array, wait: Array, x
     return out
 
 
-def _lognormal_phases(cv2: float) -> tuple[Array, Array]:
+def _rate_phases(cv2: float, nodes: int = PHASE_NODES) -> tuple[Array, Array]:
     """Rate multipliers (mean 1) and their probabilities for a rate with squared coefficient
-    of variation `cv2`."""
+    of variation `cv2`: a gamma distribution (shape 1 / cv2), on `nodes` equal bins up to 12
+    standard deviations above the mean. Gamma rather than lognormal: bursts are bounded, and
+    a lognormal's tail at a large cv2 (an on/off stream) asks for capacity no burst needs."""
     if cv2 <= 1e-9:
         return np.ones(1), np.ones(1)
-    sigma = math.sqrt(math.log1p(cv2))
-    z, w = np.polynomial.hermite_e.hermegauss(PHASE_NODES)
-    return np.exp(sigma * z - sigma * sigma / 2), w / w.sum()
+    shape = 1.0 / cv2
+    edges = np.linspace(0.0, 1.0 + 12.0 * math.sqrt(cv2), nodes + 1)
+    g = (edges[:-1] + edges[1:]) / 2
+    log_density = (shape - 1.0) * np.log(g) - shape * g
+    p = np.exp(log_density - float(log_density.max()))
+    keep = p > 1e-12 * float(p.sum())
+    g, p = g[keep], p[keep]
+    return g / float((p * g).sum() / p.sum()), p / float(p.sum())
 
 
 @lru_cache(maxsize=4096)
@@ -247,7 +259,8 @@ def _attainment_table(
     grid = 1.0 - (1.0 - np.linspace(0.0, 1.0, RATE_GRID)) ** 2
     rates = grid * top
     xs = np.array([slo_s])
-    values = np.array([float(_latency_cdf(ex, float(r), xs)[0]) for r in rates])
+    with _one_blas_thread():
+        values = np.array([float(_latency_cdf(ex, float(r), xs)[0]) for r in rates])
     values[-1] = 0.0
     return rates, np.minimum.accumulate(values)
 
@@ -261,7 +274,7 @@ def attainment(
 ) -> float:
     """The share of requests answered within `slo_s` at `rate_qps` with rate variability cv2."""
     rates, values = _attainment_table(profile, cap, slo_s)
-    g, p = _lognormal_phases(cv2)
+    g, p = _rate_phases(cv2)
     at = np.interp(rate_qps * g, rates, values, right=0.0)
     return float((p * g * at).sum() / (p * g).sum())
 
@@ -300,12 +313,13 @@ def latency_quantile_s(
     """The model's `quantile` of request latency at `rate_qps` (validation and benchmarks;
     the planner asks `max_rate_qps`). Infinite when the device cannot keep up."""
     ex = Execution.of(profile_key(points), cap)
-    g, p = _lognormal_phases(cv2)
+    g, p = _rate_phases(cv2, QUANTILE_PHASE_NODES)
     top = float(ex.values_s[cap - 1, -1])
     xs = np.linspace(0.0, top * 12, 1200)
     cdf = np.zeros_like(xs)
-    for gi, pi in zip(g, p, strict=True):
-        cdf += pi * gi * _latency_cdf(ex, rate_qps * float(gi), xs)
+    with _one_blas_thread():
+        for gi, pi in zip(g, p, strict=True):
+            cdf += pi * gi * _latency_cdf(ex, rate_qps * float(gi), xs)
     cdf /= float((p * g).sum())
     idx = int(np.searchsorted(cdf, quantile, side="left"))
     return float(xs[idx]) if idx < len(xs) else math.inf
