@@ -1,0 +1,110 @@
+"""Render bench/results/serverless.md from the runs' JSON (worker_model.py, sparse_trace.py).
+
+Equal SLO attainment: each baseline's knob was swept; its device-seconds are interpolated
+linearly, between the two sweep points that bracket ours' attainment, at ours' attainment. A
+baseline whose sweep never reaches it is reported at its best attainment, marked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def at_attainment(rows: list[dict[str, Any]], target: float) -> tuple[float, str]:
+    """Device-seconds of a swept baseline at `target` attainment, and how it was found."""
+    pts = sorted((r["attainment"], r["device_seconds"], r["policy"]) for r in rows)
+    for (a0, d0, p0), (a1, d1, p1) in itertools.pairwise(pts):
+        if a0 <= target <= a1:
+            if a1 == a0:
+                return min(d0, d1), f"{p0} / {p1}"
+            w = (target - a0) / (a1 - a0)
+            return d0 + w * (d1 - d0), f"between {p0} and {p1}"
+    above = [(d, p) for a, d, p in pts if a >= target]
+    if above:
+        d, p = min(above)
+        return d, f"{p} (every sweep point is above ours' attainment: the cheapest)"
+    a, d, p = pts[-1]
+    return d, f"{p}: NEVER reaches ours' attainment (best {a:.4%})"
+
+
+def model_table(data: dict[str, Any]) -> list[str]:
+    out = [
+        "| arrivals | rate (req/s) | dispersion | cv2 | worker p99 (ms) | simulator p99 (ms) "
+        "| model p99 (ms) | model vs worker | model vs simulator |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["rows"]:
+        pred = r["predicted_p99_ms"]
+        out.append(
+            f"| {r['arrivals']} | {r['rate_qps']:.0f} | {r['dispersion']:.2f} | {r['cv2']:.3f} "
+            f"| {r['measured_p99_ms']:.1f} | {r['simulated_p99_ms']:.1f} "
+            f"| {'inf' if pred is None else f'{pred:.1f}'} "
+            f"| {r['error_vs_worker']:+.1%} | {r['error_vs_simulator']:+.1%} |"
+        )
+    return out
+
+
+def trace_table(data: dict[str, Any]) -> list[str]:
+    rows = data["rows"]
+    ours = next(r for r in rows if r["policy"] == "ours")
+    out = [
+        "| policy | attainment | device-seconds | late | dropped | re-plans | accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['policy']} | {r['attainment']:.4%} | {r['device_seconds']:.0f} "
+            f"| {r['late']} | {r['dropped']} | {r['replans']} | {r['accuracy']:.2f} |"
+        )
+    out += ["", f"At ours' attainment ({ours['attainment']:.4%}):", ""]
+    out += ["| baseline | device-seconds | ours saves | how |", "|---|---:|---:|---|"]
+    for prefix in ("margin", "knative"):
+        swept = [r for r in rows if r["policy"].startswith(prefix + "-")]
+        if not swept:
+            continue
+        d, how = at_attainment(swept, ours["attainment"])
+        saving = 1 - ours["device_seconds"] / d
+        out.append(f"| {prefix} | {d:.0f} | {saving:+.1%} | {how} |")
+    return out
+
+
+def main() -> None:
+    lines = ["# Serverless mode: the batching model and device-seconds (issue 17)", ""]
+    model = RESULTS / "serverless_model.json"
+    if model.exists():
+        data = json.loads(model.read_text())
+        lines += [
+            "## The batching model's predicted p99 against a real worker and the simulator",
+            "",
+            f"`bench/serverless/worker_model.py`: `{data['model']}` on CPU, batch cap "
+            f"{data['cap']}; profile (batch, p50/p90/p99 ms) "
+            + ", ".join(
+                f"{b}: {p50:.1f}/{p90:.1f}/{p99:.1f}" for b, p50, p90, p99 in data["profile_ms"]
+            )
+            + ".",
+            "",
+            *model_table(data),
+            "",
+        ]
+    trace = RESULTS / "serverless_trace.json"
+    if trace.exists():
+        data = json.loads(trace.read_text())
+        lines += [
+            "## Device-seconds at equal SLO attainment on a sparse, diurnal trace",
+            "",
+            f"`bench/serverless/sparse_trace.py`, {data['duration_s']:.0f} simulated seconds, "
+            "cold starts included.",
+            "",
+            *trace_table(data),
+            "",
+        ]
+    (RESULTS / "serverless.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The batching model's predicted p99 against a real worker and against the simulator.
+
+For each arrival pattern (Poisson, and bursty: a Poisson stream whose rate is held for 0.5 s
+phases at gamma-distributed levels around the mean) and each of 3+ rates:
+
+* **real worker**: an ``accordion-worker serve`` process (torch on CPU, ``builtin:demo-xl``, the
+  SLO batcher with its defaults, batch cap `CAP`) on loopback, driven open-loop by the load
+  generator (`loadgen.run_load`) with that schedule; measured p99 of the answered requests'
+  latency (the client's view: HTTP and decoding included);
+* **simulator**: the same batcher replayed on simulated time (`batching.replay`, as the
+  simulator's replicas run it) with execution times drawn from the same profile
+  (`engine.dist_quantile`), the same schedule;
+* **model**: `queueing.latency_quantile_s` from the profile ``accordion profile`` measured at the
+  start of the run, at the schedule's rate and the burstiness the router's own meter
+  (`dispersion.DispersionMeter`) reads from the schedule.
+
+Run: ``flock /tmp/accordion-heavy.lock .venv/bin/python bench/serverless/worker_model.py``
+(writes bench/results/serverless_model.json, read by report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from accordion.sim.engine import dist_quantile
+from accordion.solver import ProfilePoint
+from accordion.solver.queueing import latency_quantile_s
+from accordion.workers.batching import LatencyPredictor, Request, SloBatcher, replay
+from accordion.workers.dispersion import BIN_S, DispersionMeter
+from accordion.workers.loadgen import build_body, poisson_schedule, run_load
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+WORKER = [sys.executable, "-m", "accordion.workers"]
+MODEL = "demo-xl"
+CAP = 8
+SIZES = (1, 2, 4, 8)
+PHASE_S = 0.5
+BURST_CV2 = 0.1
+
+
+def bursty_schedule(rate: float, cv2: float, duration_s: float, seed: int) -> list[float]:
+    """Poisson at a gamma-distributed rate (mean `rate`, squared CV `cv2`) held for phases of
+    `PHASE_S`."""
+    rng = random.Random(seed)
+    shape = 1.0 / cv2
+    t, out = 0.0, []
+    while t < duration_s:
+        level = rate * rng.gammavariate(shape, 1.0 / shape)
+        end = min(duration_s, t + PHASE_S)
+        while level > 0:
+            t += rng.expovariate(level)
+            if t >= end:
+                break
+            out.append(t)
+        t = end
+    return out
+
+
+def burstiness(schedule: list[float]) -> tuple[float, float]:
+    """(index of dispersion, rate) of a schedule, as the router's meter reads it; cv2."""
+    meter = DispersionMeter()
+    meter.add(0.0, 0)
+    for t in schedule:
+        meter.add(t)
+    meter.add(schedule[-1] + 2 * BIN_S, 0)
+    value = meter.value()
+    assert value is not None
+    dispersion, rate = value
+    return dispersion, max(0.0, dispersion - 1.0) / (rate * BIN_S)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def profile() -> list[ProfilePoint]:
+    """`accordion profile` of the model (the block a user pastes into the variant)."""
+    sizes = ",".join(str(b) for b in SIZES)
+    out = subprocess.run(
+        [*WORKER, "profile", "--model", f"builtin:{MODEL}", "--batch-sizes", sizes],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    block = yaml.safe_load(out[out.index("profiles:") :])
+    return [
+        ProfilePoint(
+            batch_size=b["batchSize"],
+            p50_s=b["p50Ms"] / 1000.0,
+            p90_s=b["p90Ms"] / 1000.0,
+            p99_s=b["p99Ms"] / 1000.0,
+        )
+        for b in block["profiles"][0]["batches"]
+    ]
+
+
+def simulated_p99(points: list[ProfilePoint], schedule: list[float], seed: int) -> float:
+    rng = random.Random(seed)
+    sizes = [p.batch_size for p in points]
+
+    def execution_s(b: int) -> float:
+        p50 = float(np.interp(b, sizes, [p.p50_s for p in points]))
+        p90 = float(np.interp(b, sizes, [p.p90_s or p.p50_s for p in points]))
+        return dist_quantile(p50, p90, rng.random())
+
+    requests = [Request(i, a, a + 10.0) for i, a in enumerate(schedule)]
+    predictor = LatencyPredictor({p.batch_size: p.p50_s for p in points})
+    out = replay(SloBatcher(CAP, predictor), requests, execution_s)
+    return float(np.percentile(out.response_s, 99))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration-s", type=float, default=40.0)
+    parser.add_argument(
+        "--poisson", default="0.3,0.55,0.75", help="rates, as fractions of cap / p50(cap)"
+    )
+    parser.add_argument("--bursty", default="0.25,0.45,0.6", help="the same, bursty")
+    parser.add_argument("--out", type=Path, default=RESULTS / "serverless_model.json")
+    args = parser.parse_args()
+    points = profile()
+    print("profile", [(p.batch_size, p.p50_s, p.p90_s, p.p99_s) for p in points], flush=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    worker = subprocess.Popen(
+        [
+            *WORKER,
+            *("serve", "--model", f"builtin:{MODEL}", "--port", str(port)),
+            *("--slo-ms", "10000", "--max-batch-size", str(CAP), "--threads", "1"),
+        ],
+        start_new_session=True,
+    )
+    rows: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        body = build_body("input", "FP32", [256])
+        # Rates as fractions of the throughput the profile measured on this machine now.
+        top = CAP / next(p.p50_s for p in points if p.batch_size == CAP)
+        cases = [("poisson", top * float(r)) for r in args.poisson.split(",")] + [
+            ("bursty", top * float(r)) for r in args.bursty.split(",")
+        ]
+        # Warm-up: the batcher's online correction learns the machine's speed.
+        asyncio.run(
+            run_load(url, MODEL, poisson_schedule(100.0, 5.0, 99), slo_ms=10000.0, body=body)
+        )
+        for k, (kind, rate) in enumerate(cases):
+            seed = 10 + k
+            if kind == "poisson":
+                schedule = poisson_schedule(rate, args.duration_s, seed)
+            else:
+                schedule = bursty_schedule(rate, BURST_CV2, args.duration_s, seed)
+            dispersion, cv2 = burstiness(schedule)
+            offered = len(schedule) / args.duration_s
+            report = asyncio.run(run_load(url, MODEL, schedule, slo_ms=10000.0, body=body))
+            measured = report.percentile_ms(99)
+            predicted = latency_quantile_s(points, CAP, offered, cv2, 0.99) * 1000.0
+            simulated = simulated_p99(points, schedule, seed) * 1000.0
+            row = {
+                "arrivals": kind,
+                "rate_qps": round(offered, 1),
+                "dispersion": round(dispersion, 3),
+                "cv2": round(cv2, 4),
+                "measured_p99_ms": round(measured, 2),
+                "simulated_p99_ms": round(simulated, 2),
+                "predicted_p99_ms": round(predicted, 2) if math.isfinite(predicted) else None,
+                "error_vs_worker": round(predicted / measured - 1, 4),
+                "error_vs_simulator": round(predicted / simulated - 1, 4),
+                "failed": report.failed,
+                "sent": report.sent,
+            }
+            rows.append(row)
+            print(row, flush=True)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    args.out.write_text(
+        json.dumps(
+            {
+                "model": MODEL,
+                "cap": CAP,
+                "profile_ms": [
+                    [p.batch_size, p.p50_s * 1e3, (p.p90_s or 0) * 1e3, (p.p99_s or 0) * 1e3]
+                    for p in points
+                ],
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
