@@ -51,11 +51,19 @@ spec:
 
 
 def write_manifest(
-    directory: Path, *, devices: int = 1, qps: float = 5.0, xl_uri: str = "builtin:demo-xl"
+    directory: Path,
+    *,
+    devices: int = 1,
+    qps: float = 5.0,
+    xl_uri: str = "builtin:demo-xl",
+    min_replicas: int = 1,
 ) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     text = POOL.replace("DEVICES", str(devices)) + "---\n"
     text += SERVICE.replace("QPS", str(qps)).replace("XL_URI", xl_uri)
+    text = text.replace(
+        "  slo: {latencyMs: 100}", f"  slo: {{latencyMs: 100}}\n  minReplicas: {min_replicas}"
+    )
     (directory / "classifier.yaml").write_text(text)
     return directory
 

@@ -106,8 +106,8 @@ def test_accuracy_scales_down_past_capacity_and_back_up_within_the_slo(
 def test_dead_worker_and_dead_router_are_noticed_and_replaced(
     manifests: Callable[..., Path], up: UpFactory
 ) -> None:
-    # 30 req/s planned with 100% headroom is past one demo-xl replica: two share a port.
-    proc, run_dir = up(manifests(devices=2, qps=30), "--interval-s", "0.5")
+    # Two demo-xl replicas (minReplicas 2: the load below is lighter than that), on one port.
+    proc, run_dir = up(manifests(devices=2, qps=30, min_replicas=2), "--interval-s", "0.5")
     url, model = wait_ready(proc, run_dir, timeout_s=60)
 
     def xl() -> dict[str, Any]:

@@ -62,13 +62,17 @@ def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[st
         return exc.code, dict(exc.headers), exc.read()
 
 
-def wait_ready(proc: subprocess.Popen[str], url: str, timeout_s: float = 30.0) -> None:
+def wait_ready(
+    proc: subprocess.Popen[str], url: str, timeout_s: float = 30.0, path: str = "/v2/health/ready"
+) -> None:
+    """Wait until `url` answers 200 at `path` (a router is server-ready once it takes requests,
+    which it holds until a backend is ready: wait for its model's readiness to have one)."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if proc.poll() is not None:
             pytest.fail(f"{proc.args!r} exited with {proc.returncode}: {proc.communicate()[1]}")
         try:
-            if http("GET", f"{url}/v2/health/ready")[0] == 200:
+            if http("GET", f"{url}{path}")[0] == 200:
                 return
         except OSError:
             pass

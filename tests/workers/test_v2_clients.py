@@ -56,7 +56,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Endp
     )
     try:
         wait_ready(worker, worker_url)
-        wait_ready(router, f"http://127.0.0.1:{rport}")
+        wait_ready(router, f"http://127.0.0.1:{rport}", path=f"/v2/models/{SERVICE}/ready")
         yield {
             "worker": Endpoint("worker", MODEL, f"127.0.0.1:{wport}", f"127.0.0.1:{wgrpc}"),
             "router": Endpoint("router", SERVICE, f"127.0.0.1:{rport}", f"127.0.0.1:{rgrpc}"),
