@@ -38,6 +38,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
+from accordion.solver.mig import MigSpec
 from accordion.workers.storage import (
     STORAGE_URI_MESSAGE,
     STORAGE_URI_PATTERN,
@@ -72,6 +73,10 @@ MAX_COST_PER_DEVICE = 1e6
 MAX_INPUT_RANK = 8
 MAX_INPUT_DIM = 1_000_000
 MAX_ALLOWED_NAMESPACES = 256
+MAX_MIG_LAYOUTS = 64
+
+POOL_OR_SLICE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[1-7]g\.[0-9]{1,3}gb)?$"
+"""A DevicePool name, or a MIG slice of one: `<pool>/<profile>` (`accordion.solver.mig`)."""
 
 
 class ApiModel(BaseModel):
@@ -477,9 +482,12 @@ class LatencyProfile(ApiModel):
 
     pool: str = Field(
         min_length=1,
-        max_length=63,
-        pattern=DNS_LABEL,
-        description="Name of the DevicePool this profile was measured on.",
+        max_length=63 + len("/7g.141gb"),
+        pattern=POOL_OR_SLICE,
+        description=(
+            "Name of the DevicePool this profile was measured on; on a MIG pool, the slice "
+            "profile it was measured on: `<pool>/<profile>`, e.g. a100/1g.10gb."
+        ),
     )
     batches: list[BatchLatency] = Field(
         min_length=1,
@@ -783,6 +791,41 @@ class ResourceRequirements(ApiModel):
     )
 
 
+class MigPoolSpec(ApiModel):
+    """MIG-capable GPUs: the model, and the layouts the planner may split each GPU into."""
+
+    gpu_model: Literal["A100-40GB", "A100-80GB", "H100-80GB"] = Field(
+        description="GPU model; its MIG profiles and placement rules are NVIDIA's "
+        "(accordion.solver.mig)."
+    )
+    layouts: (
+        list[Annotated[dict[str, Annotated[int, Field(ge=0, le=7)]], Field(max_length=6)]] | None
+    ) = Field(
+        default=None,
+        max_length=MAX_MIG_LAYOUTS,
+        description=(
+            "Layouts the planner may give a GPU, each as MIG profile -> instances, the MIG "
+            "manager's mig-devices format, e.g. {3g.40gb: 1, 2g.20gb: 2}; each must obey the "
+            "model's placement rules. Unset: any valid layout."
+        ),
+    )
+
+    @field_validator("layouts")
+    @classmethod
+    def _layouts_valid(
+        cls, layouts: list[dict[str, int]] | None, info: ValidationInfo
+    ) -> list[dict[str, int]] | None:
+        model = info.data.get("gpu_model")
+        if layouts is not None and model is not None:
+            try:
+                MigSpec(gpu_model=model, layouts=layouts)
+            except ValidationError as exc:
+                raise ValueError(
+                    str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+                ) from None
+        return layouts
+
+
 class DevicePoolSpec(ApiModel):
     """A class of identical devices the planner may place workers on."""
 
@@ -838,6 +881,15 @@ class DevicePoolSpec(ApiModel):
     )
     device: Literal["cpu", "cuda"] = Field(
         default="cpu", description="Torch device the workers of this pool run on."
+    )
+    mig: MigPoolSpec | None = Field(
+        default=None,
+        description=(
+            "MIG-capable GPUs (devices counts GPUs): the planner chooses each GPU's layout "
+            "with the variants on its slices, which profiles name `<pool>/<profile>`. The "
+            "planner and the simulator use it; the operator does not apply layouts yet "
+            "(issue 20): it plans the pool as whole GPUs, without its slice profiles."
+        ),
     )
 
     @field_validator("allowed_namespaces")
