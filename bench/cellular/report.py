@@ -25,9 +25,12 @@ def render(results: dict[str, Any]) -> str:
         "configuration (`accordion.workers serve`, KServe v2 binary tensors over HTTP, one torch "
         "thread, `OMP_NUM_THREADS=1`), the same open-loop load from the benchmark process, on "
         "this machine's 2 shared cores (other agents' jobs ran beside it: the figures are "
-        "noisy). Sustainable rate: the highest mean rate with >= 99% of requests answered "
-        "within the SLO at the client (a geometric bracket x1.5, then 3 bisections; each "
-        "measurement 6 s of load); a refused request counts as a miss.",
+        "noisy). All configurations of a workload run at once and are measured on a ladder of "
+        "Poisson (or bursty) rates, interleaved rate by rate so that the background load hits "
+        "all alike; a configuration leaves the ladder after two failures in a row. Sustainable "
+        "rate: the highest rate measured with >= 99% of requests answered within the SLO at "
+        "the client (each measurement 6 s of load); a refused or dropped request counts as a "
+        "miss.",
         "",
     ]
     seq = results.get("sequences")

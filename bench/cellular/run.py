@@ -12,9 +12,12 @@ HTTP, KServe v2 binary tensors, one torch thread), the same open-loop load from 
   (two-state Markov-modulated Poisson: 3x the mean rate 20% of the time) arrivals:
   ``mode: node`` (LazyBatching) against the request-level SloBatcher (the product's default).
 
-Per configuration: the sustainable rate (the highest mean rate with >= 99% of requests answered
-within the SLO at the client: a geometric bracket, then bisection), and p99 latency at a common
-rate (the best baseline's sustainable rate). Results: bench/results/cellular.md.
+All configurations of a workload run at once (one idle worker process each) and are measured
+on a ladder of rates, interleaved rate by rate so the machine's background load hits all alike;
+a configuration leaves the ladder after two failures in a row. Per configuration: the
+sustainable rate (the highest rate measured with >= 99% of requests answered within the SLO at
+the client), and p99 latency at the best baseline's sustainable rate (same measurement).
+Results: bench/results/cellular.md (bench/cellular/report.py renders it from cellular.json).
 
 Usage: flock /tmp/accordion-heavy.lock .venv/bin/python bench/cellular/run.py [--quick]
 """
@@ -47,6 +50,9 @@ from accordion.workers.config import BINARY_HEADER, DEADLINE_HEADER, BatchingCon
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 TARGET = 0.99
+SEQ_RATES = [20.0, 30.0, 40.0, 55.0, 70.0, 90.0, 115.0, 145.0, 180.0, 220.0]
+DEC_RATES = [5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 55.0, 70.0]
+CNN_RATES = [20.0, 40.0, 60.0, 80.0, 100.0, 130.0, 160.0, 200.0]
 
 
 def free_port() -> int:
@@ -232,45 +238,39 @@ def measure(
     return asyncio.run(load(url, bodies, arrivals(rate, duration_s, seed), slo_ms))
 
 
-def sustainable(
-    url: str,
+def ladder(
+    model: str,
+    configs: list[tuple[str, BatchingConfig]],
     bodies: Bodies,
     arrivals: Arrivals,
-    start: float,
-    duration_s: float,
-    slo_ms: float,
+    rates: list[float],
+    slo: float,
+    duration: float,
     log: Callable[[str], None],
-) -> tuple[float, list[Run]]:
-    """Highest rate with >= 99% within the SLO: a geometric bracket, then 3 bisections."""
-    runs = []
-    good, bad = 0.0, None
-    rate = start
-    for _ in range(8):
-        rep = measure(url, bodies, arrivals, rate, duration_s, slo_ms)
-        runs.append((rate, rep.attainment, rep.p99_ms()))
-        log(f"    {rate:7.1f}/s  attainment {rep.attainment:.4f}  p99 {rep.p99_ms():.0f} ms")
-        if rep.attainment >= TARGET:
-            good = rate
-            rate *= 1.5
-        else:
-            bad = rate
-            break
-    if bad is None:
-        return good, runs
-    if good == 0.0:
-        lo, hi = 0.0, bad
-    else:
-        lo, hi = good, bad
-    for _ in range(3):
-        mid = (lo + hi) / 2 if lo > 0 else hi / 2
-        rep = measure(url, bodies, arrivals, mid, duration_s, slo_ms)
-        runs.append((mid, rep.attainment, rep.p99_ms()))
-        log(f"    {mid:7.1f}/s  attainment {rep.attainment:.4f}  p99 {rep.p99_ms():.0f} ms")
-        if rep.attainment >= TARGET:
-            lo = mid
-        else:
-            hi = mid
-    return lo, runs
+) -> dict[str, list[Run]]:
+    """Every configuration's worker started at once; then rate after rate, each measured
+    once per configuration, interleaved (the machine's background load hits all alike); a
+    configuration stops after two failures (< 99% within the SLO) in a row."""
+    with contextlib.ExitStack() as stack:
+        urls = {label: stack.enter_context(worker(model, slo, b)) for label, b in configs}
+        for url in urls.values():
+            measure(url, bodies, poisson, rates[0] / 2, 2.0, slo)  # warm-up
+        failures = dict.fromkeys(urls, 0)
+        table: dict[str, list[Run]] = {label: [] for label in urls}
+        for rate in rates:
+            for label, url in urls.items():
+                if failures[label] >= 2:
+                    continue
+                rep = measure(url, bodies, arrivals, rate, duration, slo)
+                table[label].append((rate, rep.attainment, rep.p99_ms()))
+                failures[label] = 0 if rep.attainment >= TARGET else failures[label] + 1
+                log(f"    {rate:6.1f}/s  {label}: {rep.attainment:.4f}, p99 {rep.p99_ms():.0f} ms")
+    return table
+
+
+def sustainable(runs: list[Run]) -> float:
+    """The highest rate measured with >= 99% within the SLO (0 when none)."""
+    return max((rate for rate, att, _ in runs if att >= TARGET), default=0.0)
 
 
 def sequences(
@@ -280,10 +280,10 @@ def sequences(
     grid: list[tuple[int, float]],
     duration: float,
     log: Callable[[str], None],
-    start: float,
+    rates: list[float],
 ) -> dict[str, object]:
     """Cellular against the request-level baselines (SloBatcher; Triton at each `grid`
-    setting) on one sequence model: sustainable rates, then p99 at the best baseline's."""
+    setting) on one sequence model: sustainable rates, and p99 at the best baseline's."""
     configs: list[tuple[str, BatchingConfig]] = [
         ("cellular (ours)", BatchingConfig(mode="cellular", max_batch_size=32)),
         ("request-level SloBatcher", BatchingConfig(max_batch_size=32)),
@@ -295,29 +295,17 @@ def sequences(
                 BatchingConfig(policy="triton", max_batch_size=mb, max_queue_delay_ms=delay),
             )
         )
-    seq: dict[str, dict[str, object]] = {}
-    for label, batching in configs:
-        log(f"  {label}")
-        with worker(model, slo, batching) as url:
-            measure(url, bodies, poisson, start / 2, 2.0, slo)  # warm-up
-            rate, runs = sustainable(url, bodies, poisson, start, duration, slo, log)
-        seq[label] = {"rate": rate, "runs": runs, "batching": batching.model_dump()}
-    baselines = {k: float(v["rate"]) for k, v in seq.items() if not k.startswith("cellular")}  # type: ignore[arg-type]
+    table = ladder(model, configs, bodies, poisson, rates, slo, duration, log)
+    seq: dict[str, dict[str, object]] = {
+        label: {"rate": sustainable(table[label]), "runs": table[label]} for label, _ in configs
+    }
+    baselines = {k: sustainable(table[k]) for k in table if not k.startswith("cellular")}
     best = max(baselines, key=baselines.__getitem__)
     equal_rate = baselines[best]
-    log(f"  p99 at the best baseline's sustainable rate ({equal_rate:.1f}/s)")
-    for label in dict.fromkeys(("cellular (ours)", "request-level SloBatcher", best)):
-        batching = next(b for lab, b in configs if lab == label)
-        with worker(model, slo, batching) as url:
-            measure(url, bodies, poisson, start / 2, 2.0, slo)
-            reps = [
-                measure(url, bodies, poisson, equal_rate, duration, slo, seed=s) for s in (11, 12)
-            ]
-        p99 = p99_ms([x for r in reps for x in r.latencies_s])
-        att = sum(r.ok for r in reps) / sum(r.sent for r in reps)
-        seq[label]["equal_rate_p99_ms"] = p99
-        seq[label]["equal_rate_attainment"] = att
-        log(f"    {label}: p99 {p99:.0f} ms, attainment {att:.4f}")
+    for label, runs in table.items():
+        there = [(att, p99) for rate, att, p99 in runs if rate == equal_rate]
+        if there:
+            seq[label]["equal_rate_attainment"], seq[label]["equal_rate_p99_ms"] = there[0]
     return {"best_baseline": best, "equal_rate": equal_rate, "configs": seq}
 
 
@@ -351,7 +339,7 @@ def main() -> None:
             f"{np.percentile(lengths, 99):.0f}), SLO 500 ms"
         )
         results["sequences"] = sequences(
-            "builtin:gru-seq", bodies, 500.0, grid, duration, log, 40.0
+            "builtin:gru-seq", bodies, 500.0, grid, duration, log, SEQ_RATES
         ) | {"mean_length": float(np.mean(lengths))}
     if args.part == "dec":  # a second sequence workload, run on its own (--part dec)
         rng = np.random.default_rng(9)
@@ -367,7 +355,7 @@ def main() -> None:
             f"{np.mean(steps):.1f}, p99 {np.percentile(steps, 99):.0f}), SLO 2000 ms"
         )
         results["decoder"] = sequences(
-            "builtin:decoder-tiny", bodies, 2000.0, [(32, 50.0)], duration, log, 10.0
+            "builtin:decoder-tiny", bodies, 2000.0, [(32, 50.0)], duration, log, DEC_RATES
         ) | {"mean_length": float(np.mean(steps))}
 
     # ------------------------------------------------------------------------ CNN
@@ -383,24 +371,17 @@ def main() -> None:
         ]
         out: dict[str, object] = {}
         for name, arrivals in (("Poisson", poisson), ("bursty", bursty)):
-            per: dict[str, dict[str, object]] = {}
             log(f"cnn-deep, {name} arrivals, SLO {slo:g} ms")
-            for label, batching in cnn_configs:
-                log(f"  {label}")
-                with worker("builtin:cnn-deep", slo, batching) as url:
-                    measure(url, bodies, poisson, 20, 2.0, slo)
-                    rate, runs = sustainable(url, bodies, arrivals, 40.0, duration, slo, log)
-                per[label] = {"rate": rate, "runs": runs}
-            base_rate = float(per["request-level SloBatcher"]["rate"])  # type: ignore[arg-type]
-            with worker("builtin:cnn-deep", slo, cnn_configs[0][1]) as url:
-                measure(url, bodies, poisson, 20, 2.0, slo)
-                reps = [
-                    measure(url, bodies, arrivals, base_rate, duration, slo, seed=s)
-                    for s in (11, 12)
-                ]
-            att = sum(r.ok for r in reps) / sum(r.sent for r in reps)
-            per["node-level (ours)"]["attainment_at_baseline_rate"] = att
-            log(f"  node-level at the request-level rate {base_rate:.1f}/s: attainment {att:.4f}")
+            table = ladder(
+                "builtin:cnn-deep", cnn_configs, bodies, arrivals, CNN_RATES, slo, duration, log
+            )
+            base_rate = sustainable(table["request-level SloBatcher"])
+            per: dict[str, dict[str, object]] = {
+                label: {"rate": sustainable(runs), "runs": runs} for label, runs in table.items()
+            }
+            there = [att for rate, att, _ in table["node-level (ours)"] if rate == base_rate]
+            if there:
+                per["node-level (ours)"]["attainment_at_baseline_rate"] = there[0]
             out[name] = per
         results["cnn"] = out
     RESULTS.mkdir(exist_ok=True)

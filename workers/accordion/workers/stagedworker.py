@@ -116,9 +116,10 @@ def profile_stages(
 
 
 def stage_profile_s(
-    measured: list[dict[int, list[float]]], quantile: float = 0.75
+    measured: list[dict[int, list[float]]], quantile: float = 0.5
 ) -> list[dict[int, float]]:
-    """One latency per stage and batch size from `profile_stages`' runs (a high quantile)."""
+    """One latency per stage and batch size from `profile_stages`' runs: their median (a stall
+    of the machine during the measurement must not become the prediction)."""
     return [
         {b: sorted(runs)[min(len(runs) - 1, int(quantile * len(runs)))] for b, runs in st.items()}
         for st in measured
@@ -320,7 +321,7 @@ async def start_engine(worker: Worker) -> StagedEngine:
 
     def measure() -> list[dict[int, list[float]]]:
         torch.set_num_threads(threads)
-        return profile_stages(staged, sizes, repeats=2)
+        return profile_stages(staged, sizes, repeats=4)
 
     profiles = stage_profile_s(await loop.run_in_executor(None, measure))
     scheduler = make_scheduler(
