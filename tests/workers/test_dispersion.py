@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import random
 
 import pytest
 
 from accordion.workers.config import Backend, RouterReport, RoutingTable
 from accordion.workers.dispersion import DispersionMeter
+from accordion.workers.loadgen import poisson_schedule
 from accordion.workers.reporting import Reporter, Window
 
 TABLE = RoutingTable(
@@ -22,13 +22,7 @@ TABLE = RoutingTable(
 
 
 def poisson(rate: float, seconds: float, seed: int = 1) -> list[float]:
-    rng = random.Random(seed)
-    t, out = 0.0, list[float]()
-    while True:
-        t += rng.expovariate(rate)
-        if t >= seconds:
-            return out
-        out.append(t)
+    return poisson_schedule(rate, seconds, seed)
 
 
 def on_off(rate: float, seconds: float, seed: int = 2) -> list[float]:
