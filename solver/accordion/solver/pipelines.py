@@ -29,6 +29,7 @@ small (tens of options per variant, not thousands).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ from accordion.solver.problem import PlannerSettings, Problem, ServiceSpec, Stag
 
 MAX_STAGE_DEVICES = 8
 """The most devices one stage of one pipeline replica may take."""
+NEAR = 0.05
+"""Candidates within this (relative) of each other's devices per request per second are one."""
+PER_POOL_SET = 2
+"""The most pipeline options of one variant that use one set of pools (`_fewest`)."""
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,16 @@ def pipeline_options(problem: Problem) -> list[PipelineOption]:
     if settings.pipeline_max_stages < 2:
         return []
     out: list[PipelineOption] = []
+    # Services often share a variant's spec (copies of one model family): its candidates
+    # depend on the spec, the SLO, the margin and the target only.
+    cache: dict[tuple[int, float, float | None, float | None], list[PipelineOption]] = {}
     for s, svc in enumerate(problem.services):
         for var in sorted(svc.variants, key=lambda v: v.name):
             if len(var.stages) >= 2 and var.accuracy >= svc.accuracy_floor:
-                out.extend(_variant_options(problem, s, svc, var))
+                key = (id(var), svc.slo_s, svc.utilization, svc.accuracy_target)
+                if key not in cache:
+                    cache[key] = _variant_options(problem, s, svc, var)
+                out.extend(dataclasses.replace(o, service=s) for o in cache[key])
     return out
 
 
@@ -106,18 +117,19 @@ def _variant_options(
     parts = var.stages
     candidates: list[PipelineOption] = []
     max_stages = min(settings.pipeline_max_stages, len(parts))
+    segments_of: dict[tuple[int, int], list[_Segment]] = {}  # parts a..b-1, on every pool
+    for a in range(len(parts)):
+        for b in range(a + 1, len(parts) + 1):
+            segments_of[a, b] = [
+                seg
+                for pool in sorted(usable)
+                if (seg := _segment(parts[a:b], pool, problem.pools[pool].name, settings))
+                is not None
+            ]
     for count in range(2, max_stages + 1):
         for cuts in itertools.combinations(range(1, len(parts)), count - 1):
             bounds = list(zip((0, *cuts), (*cuts, len(parts)), strict=True))
-            choices = [
-                [
-                    seg
-                    for pool in sorted(usable)
-                    if (seg := _segment(parts[a:b], pool, problem.pools[pool].name, settings))
-                    is not None
-                ]
-                for a, b in bounds
-            ]
+            choices = [segments_of[a, b] for a, b in bounds]
             for segments in itertools.product(*choices):
                 # Neighbours on one pool are one stage cut elsewhere (or not at all).
                 if any(x.pool == y.pool for x, y in itertools.pairwise(segments)):
@@ -126,7 +138,7 @@ def _variant_options(
                 candidates.extend(
                     _undominated(_fits(problem, s, svc, var, list(segments), utilization))
                 )
-    return _undominated(candidates)
+    return _fewest(problem, _undominated(candidates))
 
 
 def _segment(
@@ -234,26 +246,43 @@ def _usage(o: PipelineOption) -> dict[int, float]:
 
 
 def _undominated(candidates: list[PipelineOption]) -> list[PipelineOption]:
-    """The candidates no other one beats: as few or fewer devices of every pool per request per
-    second, and fewer of one (or, all equal, a lower worst-case latency); first found wins ties."""
+    """The candidates no other one beats: within `NEAR` as few devices of every pool per
+    request per second. Of candidates that near, the one with the fewest devices per request
+    per second in all wins (then the lower worst-case latency, then the first found): options
+    a few percent apart only make the model bigger."""
     usages = [_usage(o) for o in candidates]
+    keys = [
+        (sum(u.values()), o.latency_s, i)
+        for i, (o, u) in enumerate(zip(candidates, usages, strict=True))
+    ]
     kept: list[PipelineOption] = []
     for i, (o, u) in enumerate(zip(candidates, usages, strict=True)):
-        dominated = False
-        for j, (other, v) in enumerate(zip(candidates, usages, strict=True)):
-            if i == j or not set(v) <= set(u):
-                continue
-            if all(v.get(p, 0.0) <= u[p] * (1 + 1e-9) for p in u):
-                strictly = any(v.get(p, 0.0) < u[p] * (1 - 1e-9) for p in u)
-                equal_better = other.latency_s < o.latency_s or (
-                    other.latency_s == o.latency_s and j < i
-                )
-                if strictly or equal_better:
-                    dominated = True
-                    break
+        dominated = any(
+            j != i
+            and keys[j] < keys[i]
+            and set(v) <= set(u)
+            and all(v.get(p, 0.0) <= u[p] * (1 + NEAR) for p in u)
+            for j, v in enumerate(usages)
+        )
         if not dominated:
             kept.append(o)
     return kept
+
+
+def _fewest(problem: Problem, candidates: list[PipelineOption]) -> list[PipelineOption]:
+    """At most `PER_POOL_SET` candidates per set of pools used: those that take the smallest
+    share of the pools per request per second (sum over pools of devices per request per second
+    over the pool's devices: the scarce pool's devices count most), then the lowest device
+    cost, then the lowest latency. Every option costs the planner time on every re-plan, at
+    thousands of devices mostly in the LP dives."""
+    groups: dict[frozenset[int], list[tuple[float, float, float, int]]] = {}
+    for i, o in enumerate(candidates):
+        usage = _usage(o)
+        share = sum(u / max(problem.pools[p].devices, 1) for p, u in usage.items())
+        cost = sum(u * problem.pools[p].cost_per_device for p, u in usage.items())
+        groups.setdefault(frozenset(usage), []).append((share, cost, o.latency_s, i))
+    keep = sorted(entry[-1] for group in groups.values() for entry in sorted(group)[:PER_POOL_SET])
+    return [candidates[i] for i in keep]
 
 
 def plan_stages(problem: Problem, o: Option, replicas: int) -> list[PlanStage]:

@@ -93,6 +93,14 @@ def profile(
             "(comma-separated, or @FILE of one per line) for the equivalent request profile"
         ),
     ] = None,
+    split: Annotated[
+        bool,
+        typer.Option(
+            "--split",
+            help="cut the model at every top-level part: each part's latency and output size "
+            "(a variant's `stages`, for pipelines across pools)",
+        ),
+    ] = False,
 ) -> None:
     """Measure latency percentiles per batch size and print the variant's profile block.
 
@@ -106,6 +114,17 @@ def profile(
 
     sizes = _sizes(batch_sizes)
     shape = _sizes(input_shape) if input_shape else None
+    if split:  # pipelines (`splitting`)
+        from accordion.workers.splitting import SplitError, profile_split_of
+
+        try:
+            text = profile_split_of(
+                model, sizes, pool, repeats=repeats, torch_threads=threads, input_shape=shape
+            )
+        except SplitError as exc:
+            _fail(f"{model}: {exc}")
+        typer.echo(text, nl=False)
+        return
     if stages or lengths:
         from accordion.workers.profiler import (
             equivalent_request_profile,

@@ -107,6 +107,22 @@ class BatchingConfig(_Model):
     )
 
 
+class PipelineStageConfig(_Model):
+    """This worker serves one stage of a pipeline: parts `first`..`last` (top-level children)
+    of its model, and hands its output to the next stage (`accordion.workers.pipeline`)."""
+
+    first: str = Field(min_length=1, description="The first part of the model this stage runs.")
+    last: str = Field(min_length=1, description="The last part of the model this stage runs.")
+    next_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="The next stage's v2 infer URL (http://HOST:PORT/v2/models/NAME/infer); "
+        "none: the last stage, which answers the client.",
+    )
+    next_input_name: str = Field("input", description="The next stage's input tensor.")
+    next_output_name: str = Field("output", description="The output its answer carries.")
+
+
 class WorkerConfig(_Model):
     """One worker process: one model variant on one device."""
 
@@ -128,6 +144,9 @@ class WorkerConfig(_Model):
         default_factory=dict, description="Latency per batch size (ms), e.g. p99 from a profile."
     )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    pipeline: PipelineStageConfig | None = Field(
+        None, description="One stage of a pipeline (PPipe); none: the whole model."
+    )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     client_header_timeout_ms: float = Field(
         10_000.0,

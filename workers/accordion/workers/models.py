@@ -29,6 +29,7 @@ import numpy.typing as npt
 import torch
 
 from accordion.workers.seqmodels import STAGED_BUILTINS
+from accordion.workers.splitting import SPLIT_BUILTINS, build_resnet_like
 from accordion.workers.staged import StagedModel
 
 BUILTIN_PREFIX = "builtin:"
@@ -113,6 +114,9 @@ def load_model(
             built = getattr(staged, "module", None)
             assert isinstance(built, torch.nn.Module)
             return LoadedModel(built, staged.input_shape, staged.datatype, staged=staged)
+        if name in SPLIT_BUILTINS:  # resnet-like, resnet-like-s: cut into pipelines
+            module, shape = build_resnet_like(name)
+            return LoadedModel(module, shape, "FP32")
         spec = DEMO_FAMILY.get(name)
         if spec is None:
             raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(DEMO_FAMILY)}")

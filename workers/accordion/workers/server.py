@@ -70,6 +70,7 @@ from accordion.workers.config import (
 from accordion.workers.edge import EdgeLimits, edge_app, error_response, read_request
 from accordion.workers.grpcserver import V2Endpoint, parse_grpc, render_grpc
 from accordion.workers.models import LoadedModel, ModelRunner, load_model
+from accordion.workers.pipeline import NextStage, stage_model
 from accordion.workers.protocol import (
     MODEL_VERSION,
     InferenceError,
@@ -176,6 +177,11 @@ class Worker:
     ) -> None:
         self.config = config
         self.model = model or load_model(config.model, config.input_shape, config.input_datatype)
+        self.next_stage: NextStage | None = None
+        if config.pipeline is not None:  # one stage of a pipeline (`pipeline`)
+            self.model = stage_model(self.model, config.pipeline)
+            if config.pipeline.next_url is not None:
+                self.next_stage = NextStage(config.pipeline)
         self.runner = ModelRunner(self.model, config.device, config.torch_threads)
         self.metrics = WorkerMetrics(config.model_name)
         self.accuracy = config.accuracy if config.accuracy is not None else self.model.accuracy
@@ -242,6 +248,8 @@ class Worker:
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.next_stage is not None:
+            await self.next_stage.close()
         self.runner.close()
 
     # -- the batching loop -------------------------------------------------------------------
@@ -382,6 +390,10 @@ class Worker:
         counter.labels(name, outcome).inc(n)
         self.metrics.request_latency.labels(name).observe(loop.time() - arrival_s)
         output = np.concatenate([row for row, _ in rows]).astype(np.float32, copy=False)
+        if self.next_stage is not None:  # hand the rest of the work on (`pipeline`)
+            remaining_s = arrival_s + budget_s - loop.time()
+            handed = await self.next_stage.forward(output, remaining_s, request.id)
+            output = handed.astype(np.float32, copy=False)
         response = InferResponse(
             name, MODEL_VERSION, {self.config.output_name: output}, id=request.id
         )
