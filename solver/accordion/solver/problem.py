@@ -111,6 +111,22 @@ class PoolSpec(_Frozen):
         return self
 
 
+class Burstiness(_Frozen):
+    """How bursty a service's arrivals are, as its routers measure them: the index of
+    dispersion (variance / mean) of arrival counts in windows of `window_s`, at `rate_qps`.
+    Poisson arrivals have 1; `accordion.solver.queueing` sizes replicas from it."""
+
+    dispersion: float = Field(ge=0, le=1e6)
+    window_s: float = Field(default=0.1, gt=0, le=60)
+    rate_qps: float = Field(gt=0, le=1e7)
+
+    @property
+    def rate_cv2(self) -> float:
+        """Squared coefficient of variation of the arrival rate (D = 1 + rate * window * cv2
+        for a Poisson stream whose rate varies slowly); 0 for Poisson or smoother."""
+        return max(0.0, self.dispersion - 1.0) / (self.rate_qps * self.window_s)
+
+
 class ServiceSpec(_Frozen):
     """One model family served behind one endpoint, with its SLO and accuracy bounds."""
 
@@ -127,6 +143,11 @@ class ServiceSpec(_Frozen):
         le=1,
         description="This service's utilization margin, instead of the settings' (a service "
         "that the cluster cannot serve in full is planned at 1.0: no margin in overload).",
+    )
+    burstiness: Burstiness | None = Field(
+        default=None,
+        description="Measured arrival burstiness: capacity then comes from the batching model "
+        "(`queueing`) instead of the utilization margin; None: the margin.",
     )
     min_replicas: int = Field(
         default=0,
