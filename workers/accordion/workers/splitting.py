@@ -175,24 +175,29 @@ def profile_parts(
     produce; and the whole model, for the overhead of cutting (`whole_profile`)."""
     torch.set_num_threads(torch_threads)
     parts = parts_of(module, input_shape)
-    times: dict[str, dict[int, list[float]]] = {n: {} for n, _ in parts}
+    sizes = sorted(set(batch_sizes))
+    times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in sizes} for n, _ in parts}
     shapes: dict[str, tuple[int, ...]] = {}
     nbytes: dict[str, int] = {}
     torch.manual_seed(0)
+    inputs: dict[tuple[str, int], torch.Tensor] = {}
     with torch.inference_mode():
-        for b in sorted(set(batch_sizes)):
+        for b in sizes:  # every part's input, and a warm-up
             x = torch.randn(b, *input_shape)
             for name, part in parts:
-                part(x)  # warm-up
-                runs = []
-                for _ in range(repeats):
-                    started = time.perf_counter()
-                    y = part(x)
-                    runs.append(time.perf_counter() - started)
-                times[name][b] = runs
+                inputs[name, b] = x
+                y = part(x)
                 shapes[name] = tuple(y.shape[1:])
                 nbytes[name] = int(y[0].numel() * y.element_size())
                 x = y
+        # Rounds over every (batch size, part): interference on a shared machine (bursty over
+        # seconds) spreads over all of them instead of skewing one part's share.
+        for _ in range(repeats):
+            for b in sizes:
+                for name, part in parts:
+                    started = time.perf_counter()
+                    part(inputs[name, b])
+                    times[name][b].append(time.perf_counter() - started)
     return [
         PartProfile(
             name=name,
@@ -214,19 +219,19 @@ def whole_profile(
 ) -> list[BatchProfile]:
     """The whole model's latency per batch size, timed the same way as its parts."""
     torch.set_num_threads(torch_threads)
-    out = []
+    sizes = sorted(set(batch_sizes))
     torch.manual_seed(0)
+    inputs = {b: torch.randn(b, *input_shape) for b in sizes}
+    runs: dict[int, list[float]] = {b: [] for b in sizes}
     with torch.inference_mode():
-        for b in sorted(set(batch_sizes)):
-            x = torch.randn(b, *input_shape)
-            module(x)
-            runs = []
-            for _ in range(repeats):
+        for b in sizes:
+            module(inputs[b])  # warm-up
+        for _ in range(repeats):  # in rounds, as `profile_parts`
+            for b in sizes:
                 started = time.perf_counter()
-                module(x)
-                runs.append(time.perf_counter() - started)
-            out.append(summarize(b, runs))
-    return out
+                module(inputs[b])
+                runs[b].append(time.perf_counter() - started)
+    return [summarize(b, runs[b]) for b in sizes]
 
 
 def stages_yaml(parts: list[PartProfile], pool: str) -> str:
