@@ -77,8 +77,10 @@ def plan(problem: Problem) -> Plan:
 def _plan_pools(problem: Problem) -> Plan:
     """`plan` for a problem whose pools are all of fixed size (no MIG pool)."""
     started = time.perf_counter()
-    deadline = started + problem.settings.time_limit_s
     opts, excluded = options(problem)
+    # The time limit is the solver's: the batching model's tables (`queueing`), built once per
+    # (profile, batch cap, SLO), may take seconds the first time.
+    deadline = time.perf_counter() + problem.settings.time_limit_s
     opts += pipeline_options(problem)  # variants that list their model's parts (`pipelines`)
     current, orphaned = _current_by_option(problem, opts)
 
