@@ -69,9 +69,15 @@ class PipelineOption(Option):
     name: str = ""
     latency_s: float = 0.0
     """Worst-case end-to-end latency: twice every stage's batch latency plus the transfers."""
+    _devices: tuple[int, ...] = dataclasses.field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        # The model asks for every option's devices many times a plan: computed once.
+        devices = tuple(st.pool for st in self.stages for _ in range(st.devices))
+        object.__setattr__(self, "_devices", devices)
 
     def devices(self) -> tuple[int, ...]:
-        return tuple(st.pool for st in self.stages for _ in range(st.devices))
+        return self._devices
 
     def pipeline_id(self) -> str | None:
         return self.name
