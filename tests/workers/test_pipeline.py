@@ -229,3 +229,33 @@ def test_accordion_profile_split_prints_the_stages_block() -> None:
         assert profile["pool"] == "gpu-small"
         assert [b["batchSize"] for b in profile["batches"]] == [1, 2]
     assert "whole model p50 ms / parts summed" in done.stdout
+
+
+async def test_a_stage_batches_against_its_share_of_the_deadline(
+    capture: tuple[TestClient[web.Request, web.Application], list[float]],
+) -> None:
+    """A first stage that must leave 900 ms to the stages after it drops a request with 800 ms
+    left at once (it cannot make its share even alone), and serves one with 2 s."""
+    client, seen = capture
+    config = worker_config(
+        model_name="stage1",
+        model=MODEL,
+        profile_ms={1: 5.0},
+        pipeline={
+            "first": "stem",
+            "last": "layer2",
+            "next_url": str(client.make_url("/v2/models/next/infer")),
+            "downstream_ms": 900.0,
+        },
+    )
+    worker = Worker(config, warm_up=False)
+    async with TestClient(TestServer(create_app(worker))) as front:
+        url = "/v2/models/stage1/infer"
+        short = await front.post(url, data=_body(_sample()), headers={DEADLINE_HEADER: "800"})
+        assert short.status == 503
+        assert "dropped" in await short.text()
+        assert seen == []
+        long = await front.post(url, data=_body(_sample()), headers={DEADLINE_HEADER: "2000"})
+        assert long.status == 200
+        assert len(seen) == 1
+        assert seen[0] > 900.0

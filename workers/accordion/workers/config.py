@@ -121,6 +121,13 @@ class PipelineStageConfig(_Model):
     )
     next_input_name: str = Field("input", description="The next stage's input tensor.")
     next_output_name: str = Field("output", description="The output its answer carries.")
+    downstream_ms: float = Field(
+        0.0,
+        ge=0,
+        description="The later stages' share of a request's budget (their batch latency and "
+        "the hand-over): this stage batches against the deadline less it, so that it leaves "
+        "them their time (the planner's stage latencies).",
+    )
 
 
 class WorkerConfig(_Model):

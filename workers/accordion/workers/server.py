@@ -178,7 +178,10 @@ class Worker:
         self.config = config
         self.model = model or load_model(config.model, config.input_shape, config.input_datatype)
         self.next_stage: NextStage | None = None
+        self._downstream_s = 0.0
+        """A pipeline stage batches against the deadline less the later stages' share."""
         if config.pipeline is not None:  # one stage of a pipeline (`pipeline`)
+            self._downstream_s = config.pipeline.downstream_ms / 1000.0
             self.model = stage_model(self.model, config.pipeline)
             if config.pipeline.next_url is not None:
                 self.next_stage = NextStage(config.pipeline)
@@ -378,7 +381,7 @@ class Worker:
                     f"a batch of {n} samples exceeds this worker's queue bound of "
                     f"{self.config.batching.max_queue}; send at most that many per request",
                 )
-            rows = await self._submit(samples, arrival_s + budget_s)
+            rows = await self._submit(samples, arrival_s + budget_s - self._downstream_s)
         except InferenceError as exc:
             counter.labels(name, exc.outcome).inc(n)
             raise
