@@ -73,13 +73,43 @@ def trace_table(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def sim_model_table(data: dict[str, Any]) -> list[str]:
+    out = [
+        "| arrivals | cv2 (set / measured) | rate (req/s) | of throughput | simulator p99 (ms) "
+        "| model p99 (ms) | model vs simulator |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["rows"]:
+        out.append(
+            f"| {r['arrivals']} | {r['cv2']:g} / {r['measured_cv2']:.3f} | {r['rate_qps']:.0f} "
+            f"| {r['utilization']:.0%} | {r['simulated_p99_ms']:.1f} | {r['predicted_p99_ms']:.1f} "
+            f"| {r['error']:+.1%} |"
+        )
+    return out
+
+
 def main() -> None:
     lines = ["# Serverless mode: the batching model and device-seconds (issue 17)", ""]
+    notes = Path(__file__).with_name("NOTES.md")
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
+    sim_model = RESULTS / "serverless_sim_model.json"
+    if sim_model.exists():
+        data = json.loads(sim_model.read_text())
+        lines += [
+            "## The batching model's predicted p99 against the simulator",
+            "",
+            "`bench/serverless/sim_model.py`: the SLO batcher as each simulated replica runs it, "
+            f"batch cap {data['cap']}, demo-xl's CPU profile, 4 x 50,000 requests per row.",
+            "",
+            *sim_model_table(data),
+            "",
+        ]
     model = RESULTS / "serverless_model.json"
     if model.exists():
         data = json.loads(model.read_text())
         lines += [
-            "## The batching model's predicted p99 against a real worker and the simulator",
+            "## The batching model's predicted p99 against a real worker",
             "",
             f"`bench/serverless/worker_model.py`: `{data['model']}` on CPU, batch cap "
             f"{data['cap']}; profile (batch, p50/p90/p99 ms) "
@@ -103,6 +133,9 @@ def main() -> None:
             *trace_table(data),
             "",
         ]
+    cost = Path(__file__).with_name("planner_cost.md")
+    if cost.exists():
+        lines += ["## What the model costs the planner", "", cost.read_text().strip(), ""]
     (RESULTS / "serverless.md").write_text("\n".join(lines) + "\n")
 
 

@@ -232,6 +232,7 @@ def _exec_cdf(ex: Execution, own: npt.NDArray[np.int_], w: Array, wait: Array, x
     return out
 
 
+@lru_cache(maxsize=1024)
 def _rate_phases(cv2: float, nodes: int = PHASE_NODES) -> tuple[Array, Array]:
     """Rate multipliers (mean 1) and their probabilities for a rate with squared coefficient
     of variation `cv2`: a gamma distribution (shape 1 / cv2), on `nodes` equal bins up to 12
@@ -289,21 +290,36 @@ def max_rate_qps(
     """The largest arrival rate per replica at which `percentile` of the requests stay within
     `slo_s`, with batch cap `cap` and the measured `burstiness`; None when no rate does (not
     even a lone request: the planner's rule excludes such pairs first)."""
-    profile = profile_key(points)
-    q = QUANTILE[percentile]
-    cv2 = burstiness.rate_cv2
-    rates, _ = _attainment_table(profile, cap, slo_s)
+    return _max_rate(profile_key(points), cap, slo_s, QUANTILE[percentile], burstiness.rate_cv2)
+
+
+@lru_cache(maxsize=65536)
+def _max_rate(
+    profile: tuple[tuple[int, float, float, float], ...],
+    cap: int,
+    slo_s: float,
+    q: float,
+    cv2: float,
+) -> float | None:
+    """`max_rate_qps`, memoized: the loop re-plans every few seconds with the same inputs (a
+    burstiness is republished only when it moves, `control.burstiness`)."""
+    rates, values = _attainment_table(profile, cap, slo_s)
+    g, p = _rate_phases(cv2)
+    weight = p * g
+    total = float(weight.sum())
+
+    def attained(rate: float) -> float:
+        return float((weight * np.interp(rate * g, rates, values, right=0.0)).sum()) / total
+
     lo, hi = 0.0, float(rates[-1])
-    if attainment(profile, cap, slo_s, lo, cv2) < q:
+    if attained(lo) < q:
         return None
-    for _ in range(40):
+    while hi - lo > 1e-4 * hi:
         mid = (lo + hi) / 2
-        if attainment(profile, cap, slo_s, mid, cv2) >= q:
+        if attained(mid) >= q:
             lo = mid
         else:
             hi = mid
-        if hi - lo <= 1e-4 * hi:
-            break
     return lo if lo > 0 else None
 
 
