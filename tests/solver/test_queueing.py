@@ -86,7 +86,9 @@ def measured(rate: float, cv2: float, seeds: int = 4) -> tuple[float, float]:
     return float(np.percentile(values, 99)), float(np.mean(values <= SLO_S))
 
 
-@pytest.mark.parametrize(("rate", "cv2"), [(300, 0.0), (500, 0.0), (650, 0.0), (200, 0.1), (300, 0.1)])
+@pytest.mark.parametrize(
+    ("rate", "cv2"), [(300, 0.0), (500, 0.0), (650, 0.0), (200, 0.1), (300, 0.1)]
+)
 def test_predicted_p99_within_10_percent_of_the_replayed_batcher(rate: float, cv2: float) -> None:
     predicted = latency_quantile_s(POINTS, CAP, rate, cv2, 0.99)
     p99, _ = measured(rate, cv2)
