@@ -1,0 +1,116 @@
+"""The pipelines bench's queueing check, and the planner's pipeline capacity through it.
+
+The bench credits a plan only with what its queueing check serves within the SLO: the check
+must see a stage that cannot keep up, and a pipeline planned at its capacity must keep the SLO.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from accordion.solver import Plan, PlanRow, ProfilePoint, SolverStats, VariantSpec, plan
+from accordion.solver.plan import PlanStage
+from accordion.solver.problem import StageSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.pipelines import run
+
+SIZES = (1, 2, 4, 8)
+
+
+def _profile(batch1_s: float, growth: float) -> list[ProfilePoint]:
+    return [ProfilePoint(batch_size=b, p50_s=batch1_s * (1 + growth * (b - 1))) for b in SIZES]
+
+
+def _variant() -> VariantSpec:
+    """A model of 200 ms on a CPU (whole, it misses the SLO there) and 20 ms (+20% a request)
+    on a GPU; its head is a fifth of it."""
+    parts = [
+        StageSpec(
+            name=name,
+            output_bytes=100_000,
+            profiles={"cpu": _profile(0.2 * f, 1.0), "gpu-pascal": _profile(0.02 * f, 0.2)},
+        )
+        for name, f in (("head", 0.2), ("tail", 0.8))
+    ]
+    return VariantSpec(
+        name="v",
+        accuracy=90,
+        profiles={"cpu": _profile(0.2, 1.0), "gpu-pascal": _profile(0.02, 0.2)},
+        stages=parts,
+    )
+
+
+def _row(routed_qps: float, cpu_devices: int) -> PlanRow:
+    return PlanRow(
+        service="s",
+        variant="v",
+        pool="cpu",
+        replicas=1,
+        max_batch_size=1,
+        capacity_qps_per_replica=0.0,
+        capacity_qps=0.0,
+        routed_qps=routed_qps,
+        accuracy=90,
+        pipeline="x",
+        stages=[
+            PlanStage(
+                pool="cpu",
+                first="head",
+                last="head",
+                replicas=cpu_devices,
+                devices_per_replica=cpu_devices,
+                max_batch_size=1,
+                latency_s=0.04,
+                output_bytes=100_000,
+            ),
+            PlanStage(
+                pool="gpu-pascal",
+                first="tail",
+                last="tail",
+                replicas=1,
+                devices_per_replica=1,
+                max_batch_size=8,
+                latency_s=0.01 * 2.4,
+                output_bytes=0,
+            ),
+        ],
+    )
+
+
+def _plan(*rows: PlanRow) -> Plan:
+    stats = SolverStats(
+        status="OPTIMAL",
+        solver="test",
+        solve_time_s=0.0,
+        served_qps=0.0,
+        accuracy_term=0.0,
+        cost=0.0,
+        change=0,
+        gap=0.0,
+    )
+    return Plan(rows=list(rows), stats=stats)
+
+
+def test_the_check_sees_a_stage_that_cannot_keep_up() -> None:
+    # One CPU does the head at 25 req/s: at 12 req/s nearly everything is in time, at 75 req/s
+    # (three times what it can do) at most its 25 req/s are.
+    easy = run.queueing_check(_plan(_row(12.0, 1)), _variant(), 120.0)
+    assert easy.within_slo / easy.arrivals > 0.97
+    hard = run.queueing_check(_plan(_row(75.0, 1)), _variant(), 120.0)
+    assert hard.within_slo / 120.0 <= 25.0 * 1.02
+    # Five CPUs keep up with 75 req/s.
+    wide = run.queueing_check(_plan(_row(75.0, 5)), _variant(), 120.0)
+    assert wide.within_slo / wide.arrivals > 0.97
+    assert wide.busy_s_by_pool["cpu"] > 0
+
+
+def test_pipelines_planned_at_capacity_keep_the_slo() -> None:
+    # The bench's cluster, demand beyond what it can serve: every planned row runs at its
+    # capacity (times the default 0.9 margin), and the check serves nearly all of it in time.
+    result = plan(run.problem(_variant(), 10_000.0, stages=2))
+    assert any(r.pipeline for r in result.rows)
+    check = run.queueing_check(result, _variant(), 60.0)
+    assert check.within_slo / check.arrivals > 0.95
