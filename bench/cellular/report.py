@@ -17,6 +17,22 @@ def fmt(x: float) -> str:
     return "inf (misses)" if math.isinf(x) else f"{x:.0f}"
 
 
+def ladder_table(configs: dict[str, Any]) -> list[str]:
+    """Attainment (and p99) of every configuration at every rate of the ladder."""
+    rates = sorted({r for c in configs.values() for r, _, _ in c["runs"]})
+    lines = [
+        "| rate (req/s) | " + " | ".join(configs) + " |",
+        "|---:|" + "---:|" * len(configs),
+    ]
+    for rate in rates:
+        cells = []
+        for c in configs.values():
+            there = [(a, p) for r, a, p in c["runs"] if r == rate]
+            cells.append(f"{100 * there[0][0]:.1f}% / {fmt(there[0][1])}" if there else "")
+        lines.append(f"| {rate:g} | " + " | ".join(cells) + " |")
+    return ["Attainment / p99 (ms) per rate:", "", *lines, ""]
+
+
 def render(results: dict[str, Any]) -> str:
     lines = [
         "# Batching inside the model: cellular and node-level vs request-level (live)",
@@ -58,7 +74,9 @@ def render(results: dict[str, Any]) -> str:
                 f"{'' if att is None else f'{100 * att:.2f}%'} |"
             )
         ratio = cell["rate"] / configs[best]["rate"] if configs[best]["rate"] else math.inf
-        p99_ratio = configs[best]["equal_rate_p99_ms"] / cell["equal_rate_p99_ms"]
+        p99_ratio = configs[best].get("equal_rate_p99_ms", math.nan) / cell.get(
+            "equal_rate_p99_ms", math.nan
+        )
         goal_rate = "met" if ratio >= 1.5 else "MISSED"
         goal_p99 = "met" if p99_ratio >= 2 else "MISSED"
         lines += [
@@ -67,6 +85,7 @@ def render(results: dict[str, Any]) -> str:
             f"rate (goal >= 1.5x: {goal_rate}); p99 at equal rate **{p99_ratio:.2f}x** lower "
             f"(goal >= 2x: {goal_p99}).",
             "",
+            *ladder_table(configs),
         ]
     cnn = results.get("cnn")
     if cnn:
@@ -85,6 +104,8 @@ def render(results: dict[str, Any]) -> str:
                     f"{'' if att is None else f'{100 * att:.2f}%'} |"
                 )
         lines.append("")
+        for arrivals, per in cnn.items():
+            lines += [f"{arrivals}:", "", *ladder_table(per)]
     lines += [
         "Per-rate measurements (attainment, p99) are in `cellular.log`; the same schedulers on "
         "simulated time, on profiles measured on this machine, in `cellular-sim.md`.",
