@@ -133,7 +133,7 @@ def main() -> None:
             *trace_table(data),
             "",
         ]
-    cost = Path(__file__).with_name("planner_cost.md")
+    cost = RESULTS / "serverless_planner_cost.md"
     if cost.exists():
         lines += ["## What the model costs the planner", "", cost.read_text().strip(), ""]
     (RESULTS / "serverless.md").write_text("\n".join(lines) + "\n")
