@@ -34,7 +34,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from accordion.solver.capacity import Option
+from accordion.solver.capacity import Option, batch_capacity
 from accordion.solver.plan import PlanStage
 from accordion.solver.problem import PlannerSettings, Problem, ServiceSpec, StageSpec, VariantSpec
 
@@ -144,7 +144,20 @@ def _variant_options(
                 candidates.extend(
                     _undominated(_fits(problem, s, svc, var, list(segments), utilization))
                 )
-    return _fewest(problem, _undominated(candidates))
+    # A pipeline that takes as much or more of every pool per request per second as the whole
+    # variant on one of its pools serves nothing that whole replicas cannot serve better.
+    whole: list[dict[int, float]] = []
+    for pool, points in var.profiles.items():
+        index = next(i for i, p in enumerate(problem.pools) if p.name == pool)
+        fit = batch_capacity(points, svc.slo_s, settings.latency_percentile, utilization)
+        if fit is not None and index in usable:
+            whole.append({index: 1.0 / fit[1]})
+    useful = []
+    for o in _undominated(candidates):
+        usage = _usage(o)
+        if not any(all(usage.get(p, 0.0) >= w * (1 - 1e-9) for p, w in pw.items()) for pw in whole):
+            useful.append(o)
+    return _fewest(problem, useful)
 
 
 def _segment(
