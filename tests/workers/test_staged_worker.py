@@ -95,3 +95,52 @@ def test_cellular_mode_needs_a_cell_model() -> None:
 
     with pytest.raises(ValueError, match="cellular needs a cell model"):
         make_scheduler(BatchingConfig(mode="cellular"), cnn_staged(), [{1: 0.001}] * 10, slo_s=0.1)
+
+
+def test_serve_command_selects_the_batching_mode() -> None:
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "accordion.workers",
+            "serve",
+            "--model",
+            "builtin:gru-seq",
+            "--batching",
+            "cellular",
+            "--max-batch-size",
+            "4",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/v2/models/gru-seq"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            try:
+                with urllib.request.urlopen(f"{url}/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "worker did not become ready"
+            time.sleep(0.2)
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            assert json.load(resp)["parameters"]["mode"] == "cellular"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -22,6 +22,7 @@ from accordion.workers.config import (
     MODEL_LOAD_FAILED_EXIT,
     REPORT_URL_ENV,
     BatchingConfig,
+    BatchingMode,
     PolicyName,
     WorkerConfig,
 )
@@ -258,6 +259,13 @@ def serve(
     max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
     max_queue_delay_ms: float = 5.0,
     max_queue: Annotated[int, typer.Option(min=1)] = 1024,
+    batching: Annotated[
+        str,
+        typer.Option(
+            help="batching granularity: request, cellular (recurrent / decoder cells) or node "
+            "(stages of a feed-forward model)"
+        ),
+    ] = "request",
     input_shape: Annotated[str | None, typer.Option(help="one sample's shape, for files")] = None,
     grpc_port: Annotated[
         int | None,
@@ -287,6 +295,9 @@ def serve(
         if policy not in ("slo", "none", "triton", "clipper"):
             raise typer.BadParameter("--policy is one of slo, none, triton, clipper")
         chosen: PolicyName = policy  # type: ignore[assignment]
+        if batching not in ("request", "cellular", "node"):
+            raise typer.BadParameter("--batching is one of request, cellular, node")
+        mode: BatchingMode = batching  # type: ignore[assignment]
         served = name or (
             model.removeprefix("builtin:") if model.startswith("builtin:") else Path(model).stem
         )
@@ -302,6 +313,7 @@ def serve(
                 max_batch_size=max_batch_size,
                 max_queue_delay_ms=max_queue_delay_ms,
                 max_queue=max_queue,
+                mode=mode,
             ),
             host=host,
             port=port,
