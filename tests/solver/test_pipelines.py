@@ -231,3 +231,22 @@ def test_plans_with_pipelines_stay_within_every_pool(
     whole = plan(_problem(demand, cpus, gpus, max_stages=1))
     # Pipelines are options besides whole variants: never less served.
     assert svc.served_qps >= whole.services[0].served_qps * (1 - 1e-3) - 1e-6
+
+
+def test_no_pipeline_that_whole_replicas_beat() -> None:
+    # The GPU runs the whole model at batch 8 in 19 ms (421 req/s); a pipeline's head on 8
+    # CPUs feeds one GPU at 160 req/s at most: more of every pool per request than the GPU.
+    fast_gpu = VariantSpec(
+        name="big",
+        accuracy=80,
+        profiles={"cpu": _profile(*CPU), "gpu": _profile(0.005, 0.4)},
+        stages=[
+            StageSpec(
+                name=f"part{i}",
+                profiles={"cpu": _profile(0.05, 1.0), "gpu": _profile(0.0025, 0.4)},
+            )
+            for i in range(2)
+        ],
+    )
+    assert pipeline_options(_problem(400, variant=fast_gpu)) == []
+    assert pipeline_options(_problem(400))  # the default model's pipelines do pay
