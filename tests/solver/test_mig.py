@@ -350,3 +350,19 @@ def test_fewest_gpus_when_demand_is_small() -> None:
     assert sum(s.served_qps for s in result.services) == pytest.approx(120)
     assert len(result.layouts) == 1
     assert result.stats.cost == pytest.approx(1.0)
+
+
+def test_among_equal_layouts_the_current_one_stays() -> None:
+    """Any layout with a 1g.10gb slice serves one small service: the GPU keeps the one it has
+    (relabelling drains it), whichever that is."""
+    small = _small_and_large(None).services[0]
+    for current in ({"4g.40gb": 1, "1g.10gb": 3}, {"3g.40gb": 1, "1g.10gb": 4}, {"1g.10gb": 7}):
+        mig = MigSpec(gpu_model="A100-80GB", current=[current])
+        result = plan(
+            Problem(
+                pools=[PoolSpec(name="a100", devices=1, mig=mig)],
+                services=[small],
+                settings=_SETTINGS,
+            )
+        )
+        assert [g.layout for g in result.layouts] == [layout_name(layout_of(current))]
