@@ -19,6 +19,7 @@ from accordion.operator.api import (
     InvalidResourceError,
     parse_resource,
 )
+from accordion.operator.planning import to_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,3 +105,18 @@ def test_the_crd_schema_carries_the_same_shapes() -> None:
     assert re.fullmatch(pattern.group(1), "a100/1g.10gb")
     assert re.fullmatch(pattern.group(1), "a100")
     assert not re.fullmatch(pattern.group(1), "a100/1g")
+
+
+def test_the_operator_says_it_does_not_plan_slices_yet() -> None:
+    pool = parse_resource(_pool({"gpuModel": "A100-80GB"}))
+    isvc = parse_resource(_service("a100/1g.10gb"))
+    other = parse_resource(_service("b200/1g.10gb"))
+    assert isinstance(pool, DevicePool)
+    assert isinstance(isvc, InferenceService)
+    assert isinstance(other, InferenceService)
+    other.metadata.name = "other"
+    build = to_problem([isvc, other], [pool])
+    by_service = build.by_service
+    assert "a MIG slice, which the operator does not plan yet" in by_service["default/small"][0]
+    assert "which does not exist" in by_service["default/other"][0]
+    assert build.problem.pools[0].devices == 4

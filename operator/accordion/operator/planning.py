@@ -195,9 +195,16 @@ def _service_spec(
         for prof in v.profiles:
             access = known.get(prof.pool)
             if access is None:
+                pool, slash, _ = prof.pool.partition("/")
+                what = (
+                    "a MIG slice, which the operator does not plan yet (MIG layouts are not "
+                    "applied: the pool is planned as whole GPUs)"
+                    if slash and pool in known
+                    else "which does not exist"
+                )
                 warnings.append(
                     f"{isvc.key}: variant {v.name} has a profile for pool {prof.pool!r}, "
-                    "which does not exist; that pool is not used for it"
+                    f"{what}; that pool is not used for it"
                 )
                 continue
             if not access.admits(namespace):
