@@ -9,8 +9,9 @@ settings; only the world and the actuator are simulated:
 * demand: every second the arrivals of each service are folded into the same `DemandTracker`
   the other drivers use, fed back with the plan's capacity (surges, fast falls while short);
 * burstiness: each router's `DispersionMeter` counts its service's arrivals, published by the
-  operator's rule (`control.burstiness`) into the demand view, so the planner's batching model
-  sizes the replicas as in a cluster (`batching_model=False`: the fixed margin, a baseline);
+  operator's rule (`control.burstiness`) into the demand view, so a service that asks for the
+  planner's batching model (`batching_model=True`: `spec.demand.capacityModel: Batching`) is
+  sized as in a cluster; by default the utilization margin, as the API's default;
 * passes: when demand leaves a service's band (`ControlLoop.pass_due`, debounced and at most
   every `min_pass_interval_s`), when a replica becomes ready or goes (the operator's watch on
   Deployments), after the drain the loop asks for, and every `resync_interval_s`;
@@ -37,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, assert_never
 
-from accordion.operator.api import DevicePool, InferenceService, parse_resource
+from accordion.operator.api import CapacityModelName, DevicePool, InferenceService, parse_resource
 from accordion.operator.control.burstiness import BurstinessBook, combine
 from accordion.operator.control.demand import DemandTracker
 from accordion.operator.control.desired import WorkerKey, WorkerSpec, routing_table
@@ -195,12 +196,13 @@ class LoopControl:
         fast_loop: bool = True,
         burst_buffer: bool = True,
         services: Callable[[Family, str, float], InferenceService] = family_service,
-        batching_model: bool = True,
+        batching_model: bool = False,
     ) -> None:
         self.sim = sim
         self.batching_model = batching_model
-        """False: the routers' burstiness is not measured, the planner keeps its utilization
-        margin (the product before the batching model; a baseline)."""
+        """True: the families' InferenceServices ask for the batching model
+        (`spec.demand.capacityModel: Batching`); False: the API's default, the planner's
+        utilization margin. The routers measure burstiness either way, as in a cluster."""
         self.timings = timings
         self.fast_loop = fast_loop
         self._services = services
@@ -244,6 +246,8 @@ class LoopControl:
         sim = self.sim
         for s, fam in enumerate(sim.families):
             svc = self._services(fam, sim.config.service_time, initial_qps.get(fam.name, 0.0))
+            if self.batching_model:
+                svc.spec.demand.capacity_model = CapacityModelName.BATCHING
             self.world.services[svc.key] = svc
             self.key_of[s] = svc.key
             self.index_of[svc.key] = s
@@ -286,8 +290,6 @@ class LoopControl:
 
     def _burstiness(self) -> dict[str, Burstiness]:
         """Each router's dispersion meter, published by the operator's rule (`burstiness`)."""
-        if not self.batching_model:
-            return {}
         for key, meter in self.meters.items():
             value = meter.value()
             self.bursty.observe(key, combine([value] if value is not None else []))

@@ -4,6 +4,7 @@ from there into the planner's `ServiceSpec` (capacity from the batching model)."
 
 from __future__ import annotations
 
+from accordion.operator.api import CapacityModelName
 from accordion.operator.control.burstiness import BurstinessBook, combine, with_burstiness
 from accordion.operator.control.loop import ControlLoop, DemandView, World
 from accordion.operator.reports import RouterDemand, ServiceRouting
@@ -63,10 +64,9 @@ def test_the_loop_plans_capacity_from_the_model_when_burstiness_is_known() -> No
             "profiles": [{"pool": "gpu", "batches": batches}],
         }
     ]
-    world = World(
-        services={"default/svc": service(qps=100.0, variants=variants)},
-        pools={"gpu": pool(devices=8)},
-    )
+    isvc = service(qps=100.0, variants=variants)
+    isvc.spec.demand.capacity_model = CapacityModelName.BATCHING
+    world = World(services={"default/svc": isvc}, pools={"gpu": pool(devices=8)})
 
     def capacity(burstiness: dict[str, Burstiness]) -> float:
         loop = ControlLoop(clock=Clock())
@@ -85,3 +85,10 @@ def test_the_loop_plans_capacity_from_the_model_when_burstiness_is_known() -> No
     problem = loop._build(world, {}, DemandView(burstiness=published)).problem
     assert problem.services[0].burstiness == published["default/svc"]
     assert with_burstiness(problem, {}) is problem
+    # The API's default (Margin): the measured burstiness does not change the capacity.
+    isvc.spec.demand.capacity_model = CapacityModelName.MARGIN
+    assert capacity({"default/svc": Burstiness(dispersion=4.0, rate_qps=100.0)}) == margin
+    assert (
+        loop._build(world, {}, DemandView(burstiness=published)).problem.services[0].burstiness
+        is None
+    )

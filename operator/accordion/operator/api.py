@@ -224,6 +224,13 @@ class BurstPolicyName(StrEnum):
     OFF = "Off"
 
 
+class CapacityModelName(StrEnum):
+    """How the planner sizes a replica's capacity from its latency profile."""
+
+    MARGIN = "Margin"
+    BATCHING = "Batching"
+
+
 class BurstSpec(ApiModel):
     """Spare replicas for bursts, on devices the plan leaves idle.
 
@@ -329,6 +336,18 @@ class DemandSpec(ApiModel):
     burst: BurstSpec = Field(
         default_factory=BurstSpec,
         description="Spare replicas for bursts on devices the plan leaves idle.",
+    )
+    capacity_model: CapacityModelName = Field(
+        default=CapacityModelName.MARGIN,
+        description=(
+            "Margin: a replica is planned at the planner's utilization margin of the "
+            "throughput its largest SLO-safe batch gives. Batching: at the largest arrival "
+            "rate at which the SLO batcher keeps the service's latency percentile within "
+            "the SLO under the burstiness its routers measure (the margin until one is "
+            "measured). Batching sizes for bursts of every length as if they lasted: on the "
+            "Proteus traces it cost accuracy and violations (bench/results/serverless.md, "
+            "proteus.md), so it is opt-in."
+        ),
     )
 
 

@@ -30,6 +30,7 @@ from accordion.solver.model import MAXIMIZE, STAGES, Solution, StagedModel, Stag
 from accordion.solver.pipelines import pipeline_options, plan_stages
 from accordion.solver.plan import Exclusion, Plan, PlanRow, ServicePlan, SolverStats
 from accordion.solver.problem import Problem
+from accordion.solver.relabel import keep_in_place
 from accordion.solver.rounding import round_replicas
 
 FULL_MILP_MAX_OPTIONS = 400
@@ -154,6 +155,15 @@ def _plan_pools(problem: Problem) -> Plan:
                 for stage, bound in enumerate(polished_result.bounds[: len(lp_result.bounds)][:2]):
                     lp_result.bounds[stage] = min(lp_result.bounds[stage], bound)
             gap = _gap(lp_result, result)
+    if current:
+        # Interchangeable pools: what runs stays where it runs (`relabel`).
+        moved = keep_in_place(problem, opts, [round(v) for v in best.n], current)
+        if moved != [round(v) for v in best.n]:
+            candidate, candidate_result = _routed(problem, opts, current, moved, deadline)
+            if len(candidate_result.values) == len(STAGES) and not _better(
+                result, candidate_result, tolerance
+            ):
+                best, result = candidate, candidate_result
     best.n = [
         float(v) for v in apply_bounds(problem, opts, [round(v) for v in best.n], best.r, current)
     ]

@@ -54,7 +54,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from accordion.operator.api import DevicePool, InferenceService
+from accordion.operator.api import CapacityModelName, DevicePool, InferenceService
 from accordion.operator.control.burst import main_allocation, merge_spare, spare_problem
 from accordion.operator.control.burstiness import with_burstiness
 from accordion.operator.control.cost import CostMeter
@@ -374,8 +374,15 @@ class ControlLoop:
             ),
         )
         build.problem = idle_problem(build.problem, self.idle.idle_now)
-        # Measured burstiness: capacity from the batching model (`burstiness`).
-        build.problem = with_burstiness(build.problem, demand.burstiness)
+        # Measured burstiness: capacity from the batching model (`burstiness`), for the
+        # services that ask for it (spec.demand.capacityModel: Batching).
+        batching = {
+            k: b
+            for k, b in demand.burstiness.items()
+            if k in world.services
+            and world.services[k].spec.demand.capacity_model is CapacityModelName.BATCHING
+        }
+        build.problem = with_burstiness(build.problem, batching)
         return build
 
     def _full_plan(self, problem: Problem, world: World, estimates: Mapping[str, float]) -> Plan:
