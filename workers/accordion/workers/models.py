@@ -115,8 +115,8 @@ def load_model(
             assert isinstance(built, torch.nn.Module)
             return LoadedModel(built, staged.input_shape, staged.datatype, staged=staged)
         if name in SPLIT_BUILTINS:  # resnet-like, resnet-like-s: cut into pipelines
-            module, shape = build_resnet_like(name)
-            return LoadedModel(module, shape, "FP32")
+            resnet, resnet_shape = build_resnet_like(name)
+            return LoadedModel(resnet, resnet_shape, "FP32")
         spec = DEMO_FAMILY.get(name)
         if spec is None:
             raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(DEMO_FAMILY)}")
