@@ -122,7 +122,6 @@ def free_port() -> int:
 def worker_process(
     batching: BatchingConfig, model: Path, profile_ms: dict[int, float]
 ) -> Iterator[tuple[str, int]]:
-    port = free_port()
     config = WorkerConfig(
         model_name="bench",
         model=str(model),
@@ -130,8 +129,16 @@ def worker_process(
         slo_ms=SLO_MS,
         profile_ms=profile_ms,
         batching=batching,
-        port=port,
+        port=free_port(),
     )
+    with serve_worker(config) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serve_worker(config: WorkerConfig) -> Iterator[tuple[str, int]]:
+    """`accordion.workers serve` with `config` (one torch thread), until it is ready: its URL
+    and pid. Stopped (terminate, then kill after 10 s) on exit."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         f.write(config.model_dump_json())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -141,7 +148,7 @@ def worker_process(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{config.port}"
     try:
         deadline = time.monotonic() + 180
         while True:

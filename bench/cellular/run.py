@@ -28,14 +28,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from accordion.workers.config import BINARY_HEADER, DEADLINE_HEADER, BatchingConfig, WorkerConfig
+from bench.batching.run import free_port, serve_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -55,51 +51,13 @@ DEC_RATES = [5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 55.0, 70.0]
 CNN_RATES = [20.0, 40.0, 60.0, 80.0, 100.0, 130.0, 160.0, 200.0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def worker(model: str, slo_ms: float, batching: BatchingConfig) -> Iterator[str]:
-    port = free_port()
     config = WorkerConfig(
-        model_name="bench", model=model, slo_ms=slo_ms, batching=batching, port=port
+        model_name="bench", model=model, slo_ms=slo_ms, batching=batching, port=free_port()
     )
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        f.write(config.model_dump_json())
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "accordion.workers", "serve", "--config", f.name],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"worker exited: {err}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as resp,
-            ):
-                if resp.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("worker did not become ready")
-            time.sleep(0.2)
+    with serve_worker(config) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        os.unlink(f.name)
 
 
 def binary_body(sample: np.ndarray, datatype: str) -> tuple[bytes, int]:
