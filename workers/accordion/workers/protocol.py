@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +81,30 @@ class InferenceError(Exception):
         self.status = status
         self.reason = reason
         self.outcome = outcome
+
+
+class DroppedError(Exception):
+    """A queued sample the batcher gave up on (its deadline cannot be met): the reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_T = TypeVar("_T")
+
+
+def answered_rows(results: Sequence[_T | BaseException]) -> list[_T]:
+    """The answers of one request's samples (`asyncio.gather(..., return_exceptions=True)`),
+    or the request's error: 503 when a sample was dropped, 500 when the model failed."""
+    rows: list[_T] = []
+    for result in results:
+        if isinstance(result, DroppedError):
+            raise InferenceError(503, f"dropped: {result.reason}", "dropped")
+        if isinstance(result, BaseException):
+            raise InferenceError(500, f"model execution failed: {result}", "error")
+        rows.append(result)
+    return rows
 
 
 def decode_json(raw: bytes) -> Any:

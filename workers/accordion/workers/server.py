@@ -73,11 +73,13 @@ from accordion.workers.models import LoadedModel, ModelRunner, load_model
 from accordion.workers.pipeline import NextStage, stage_model
 from accordion.workers.protocol import (
     MODEL_VERSION,
+    DroppedError,
     InferenceError,
     InferRequest,
     InferResponse,
     Signature,
     TensorSpec,
+    answered_rows,
     parse_deadline_ms,
     render_rest,
     server_metadata_doc,
@@ -268,7 +270,7 @@ class Worker:
                 pending = dropped.request.payload
                 assert isinstance(pending, _Pending)
                 if not pending.future.done():
-                    pending.future.set_exception(_DroppedError(dropped.reason))
+                    pending.future.set_exception(DroppedError(dropped.reason))
             self._close_cycle(now, bool(decision.batch))
             if decision.batch:
                 self._batch_task = asyncio.create_task(
@@ -425,20 +427,7 @@ class Worker:
             futures.append(future)
         self._kick.set()
         results = await asyncio.gather(*futures, return_exceptions=True)
-        rows: list[tuple[npt.NDArray[np.generic], str]] = []
-        for result in results:
-            if isinstance(result, _DroppedError):
-                raise InferenceError(503, f"dropped: {result.reason}", "dropped")
-            if isinstance(result, BaseException):
-                raise InferenceError(500, f"model execution failed: {result}", "error")
-            rows.append(result)
-        return rows
-
-
-class _DroppedError(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        return answered_rows(results)
 
 
 WORKER_KEY = web.AppKey("worker", Worker)

@@ -26,7 +26,7 @@ from accordion.workers.batching import make_policy
 from accordion.workers.cellular import CellularScheduler
 from accordion.workers.config import BatchingConfig
 from accordion.workers.lazy import NodeScheduler
-from accordion.workers.protocol import InferenceError
+from accordion.workers.protocol import DroppedError, InferenceError, answered_rows
 from accordion.workers.staged import (
     Job,
     RequestLevelScheduler,
@@ -126,12 +126,6 @@ def stage_profile_s(
     ]
 
 
-class StagedDroppedError(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass
 class _Slot:
     state: Any
@@ -215,13 +209,7 @@ class StagedEngine:
                 futures.append(future)
         self._wake.set()
         results = await asyncio.gather(*futures, return_exceptions=True)
-        rows: list[Row] = []
-        for result in results:
-            if isinstance(result, StagedDroppedError):
-                raise InferenceError(503, f"dropped: {result.reason}", "dropped")
-            if isinstance(result, BaseException):
-                raise InferenceError(500, f"model execution failed: {result}", "error")
-            rows.append(result)
+        rows = answered_rows(results)
         if len({row.shape for row, _ in rows}) > 1:
             raise InferenceError(
                 400,
@@ -240,9 +228,7 @@ class StagedEngine:
                 with self._lock:
                     decision = self.scheduler.decide(clock())
                 if decision.dropped:
-                    self._answer(
-                        [(j, StagedDroppedError(reason)) for j, reason in decision.dropped]
-                    )
+                    self._answer([(j, DroppedError(reason)) for j, reason in decision.dropped])
                 if decision.run:
                     self._step(decision.stage, decision.run, decision.predicted_latency_s)
                     continue
