@@ -72,9 +72,8 @@ def build_demo(name: str, seed: int = 0) -> torch.nn.Module:
     spec = DEMO_FAMILY.get(name)
     if spec is None:
         raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(DEMO_FAMILY)}")
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
+        torch.manual_seed(seed)
         layers: list[torch.nn.Module] = []
         width = spec.input_features
         for _ in range(spec.depth):
@@ -82,8 +81,6 @@ def build_demo(name: str, seed: int = 0) -> torch.nn.Module:
             width = spec.hidden
         layers.append(torch.nn.Linear(width, spec.classes))
         model = torch.nn.Sequential(*layers)
-    finally:
-        torch.random.set_rng_state(generator_state)
     return model.eval()
 
 

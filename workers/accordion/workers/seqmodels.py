@@ -41,14 +41,11 @@ CNN_CHANNELS, CNN_BLOCKS = 32, 8
 
 
 def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
+        torch.manual_seed(seed)
         module = build().eval()
         module.requires_grad_(False)  # inference only: no autograd graph behind any output
         return module
-    finally:
-        torch.random.set_rng_state(state)
 
 
 # ------------------------------------------------------------------------------ GRU

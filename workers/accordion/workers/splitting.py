@@ -71,9 +71,8 @@ def build_resnet_like(name: str, seed: int = 0) -> tuple[nn.Sequential, tuple[in
     spec = SPLIT_BUILTINS.get(name)
     if spec is None:
         raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(SPLIT_BUILTINS)}")
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
+        torch.manual_seed(seed)
         w = spec.width
         parts: OrderedDict[str, nn.Module] = OrderedDict(
             stem=nn.Sequential(
@@ -94,8 +93,6 @@ def build_resnet_like(name: str, seed: int = 0) -> tuple[nn.Sequential, tuple[in
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, spec.classes)
         )
         model = nn.Sequential(parts)
-    finally:
-        torch.random.set_rng_state(state)
     return model.eval(), (3, spec.image, spec.image)
 
 
