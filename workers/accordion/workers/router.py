@@ -99,6 +99,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_CONNECT_RETRIES = 3
+"""Times one request is sent again after a backend refused the connection (nothing was sent):
+each refusal takes that backend out of the split until its next passed health check."""
+
 VARIANT_HEADER = "x-accordion-variant"
 OUTCOMES = ("ok", "late", "dropped", "shed", "rejected", "error")
 _BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -370,7 +374,16 @@ class Router:
         return None
 
     def _use(self, table: RoutingTable) -> None:
+        was_ready = self.ready()
+        known = {b.name for b in self.decider.table.backends}
         self.decider.update_table(table)
+        if not was_ready and self._session is not None:
+            # A cold start: a backend new to the table is trusted after its first passed check
+            # (the health loop's recheck), not at once, so that held requests are not released
+            # to a worker still loading its model.
+            for b in table.backends:
+                if b.name not in known:
+                    self.decider.set_healthy(b.name, False)
         self.metrics.reloads.labels(self.service, "ok").inc()
         self._publish_weights()
         self._activate()
@@ -579,54 +592,75 @@ class Router:
         m = self.metrics
         m.requests.labels(service).inc(samples)
         self.arrivals += samples
-        if not self.ready():
-            # No ready replica (scaled to zero, or all restarting): the activator holds it.
-            m.activator_queued.labels(service).inc(samples)
-            try:
-                held = await self.activator.hold(start + budget_s, samples, self.own_latency_s())
-            finally:
-                m.activator_queued.labels(service).dec(samples)
-            m.activator_requests.labels(service, held.result).inc()
-            if held.reason is not None:
+        refused = 0
+        while True:
+            if not self.ready():
+                # No ready replica (scaled to zero, or all restarting): the activator holds it.
+                m.activator_queued.labels(service).inc(samples)
+                try:
+                    held = await self.activator.hold(
+                        start + budget_s, samples, self.own_latency_s()
+                    )
+                finally:
+                    m.activator_queued.labels(service).dec(samples)
+                m.activator_requests.labels(service, held.result).inc()
+                if held.reason is not None:
+                    m.outcomes.labels(service, "none", "shed").inc(samples)
+                    return Routed(503, _error_body(held.reason), "shed")
+            choice = self.decider.choose(budget_s - (loop.time() - start), now_s=loop.time())
+            if choice.backend is None:
                 m.outcomes.labels(service, "none", "shed").inc(samples)
-                return Routed(503, _error_body(held.reason), "shed")
-        choice = self.decider.choose(budget_s - (loop.time() - start), now_s=loop.time())
-        if choice.backend is None:
-            m.outcomes.labels(service, "none", "shed").inc(samples)
-            return Routed(503, _error_body(f"shed: {choice.reason}"), "shed")
-        name = choice.backend
-        backend = self.decider.backend(name)
-        if choice.rerouted_from is not None:
-            m.rerouted.labels(service, choice.rerouted_from, name).inc(samples)
-        for _ in range(samples):
-            self.decider.sent(name, loop.time())
-        session = self._session
-        assert session is not None
-        remaining_ms = max(0.001, (budget_s - (loop.time() - start)) * 1000.0)
-        url = f"{backend.url}/v2/models/{backend.served_model}/infer"
-        headers = {DEADLINE_HEADER: f"{remaining_ms:.3f}", "Content-Type": content_type}
-        if binary_header_length is not None:
-            headers[BINARY_HEADER] = binary_header_length
-        try:
-            # Grace beyond the deadline: a late answer is still an answer (counted as late).
-            timeout = aiohttp.ClientTimeout(total=budget_s * 2 + 1.0)
-            async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
-                payload = await resp.read()
-                status = resp.status
-                worker_outcome = resp.headers.get(OUTCOME_HEADER, "")
-                response_type = resp.headers.get("Content-Type", "application/json")
-                response_binary = resp.headers.get(BINARY_HEADER)
-                report = worker_report(resp.headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                return Routed(503, _error_body(f"shed: {choice.reason}"), "shed")
+            name = choice.backend
+            backend = self.decider.backend(name)
+            if choice.rerouted_from is not None:
+                m.rerouted.labels(service, choice.rerouted_from, name).inc(samples)
             for _ in range(samples):
-                self.decider.finished(name, loop.time(), "failed")
-            self._publish_weights()
-            m.outcomes.labels(service, name, "error").inc(samples)
-            return Routed(502, _error_body(f"backend {name!r} failed: {exc!r}"), "error")
-        except BaseException:  # cancelled (the client went away): the backlog still drains
-            for _ in range(samples):
-                self.decider.finished(name, loop.time(), "failed")
-            raise
+                self.decider.sent(name, loop.time())
+            session = self._session
+            assert session is not None
+            remaining_ms = max(0.001, (budget_s - (loop.time() - start)) * 1000.0)
+            url = f"{backend.url}/v2/models/{backend.served_model}/infer"
+            headers = {DEADLINE_HEADER: f"{remaining_ms:.3f}", "Content-Type": content_type}
+            if binary_header_length is not None:
+                headers[BINARY_HEADER] = binary_header_length
+            try:
+                # Grace beyond the deadline: a late answer is still an answer (counted as late).
+                timeout = aiohttp.ClientTimeout(total=budget_s * 2 + 1.0)
+                async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+                    payload = await resp.read()
+                    status = resp.status
+                    worker_outcome = resp.headers.get(OUTCOME_HEADER, "")
+                    response_type = resp.headers.get("Content-Type", "application/json")
+                    response_binary = resp.headers.get(BINARY_HEADER)
+                    report = worker_report(resp.headers)
+            except aiohttp.ClientConnectorError as exc:
+                # No connection, so nothing was sent: safe to send again (Envoy's
+                # `connect-failure` retry). The backend leaves the split at once (a worker not
+                # listening yet, or gone before the health loop saw it; the loop brings it back
+                # at its first passed check) and the request tries another one, or waits in the
+                # activator for one to become ready.
+                for _ in range(samples):
+                    self.decider.finished(name, loop.time(), "failed")
+                self.decider.set_healthy(name, False)
+                self._publish_weights()
+                refused += 1
+                if refused <= MAX_CONNECT_RETRIES and loop.time() - start < budget_s:
+                    log.info("backend %s refused a connection (%s): sent again", name, exc)
+                    continue
+                m.outcomes.labels(service, name, "error").inc(samples)
+                return Routed(502, _error_body(f"backend {name!r} failed: {exc!r}"), "error")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                for _ in range(samples):
+                    self.decider.finished(name, loop.time(), "failed")
+                self._publish_weights()
+                m.outcomes.labels(service, name, "error").inc(samples)
+                return Routed(502, _error_body(f"backend {name!r} failed: {exc!r}"), "error")
+            except BaseException:  # cancelled (the client went away): the backlog still drains
+                for _ in range(samples):
+                    self.decider.finished(name, loop.time(), "failed")
+                raise
+            break
         elapsed = loop.time() - start
         if status == 200:
             outcome = "ok" if elapsed <= budget_s else "late"
