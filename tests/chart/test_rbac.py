@@ -168,10 +168,17 @@ def test_no_wildcards_and_nothing_dangerous() -> None:
         ), rule
 
 
-def test_only_a_cluster_role() -> None:
-    kinds = {o["kind"] for o in objects()}
-    assert "Role" not in kinds
-    assert "ClusterRole" in kinds
+def test_a_cluster_role_and_only_the_leader_label_namespaced() -> None:
+    """Cluster-wide: the ClusterRole. The one Role patches pods in the release namespace only
+    (the leader's label on its own pod), which the ClusterRole does not allow anywhere."""
+    objs = objects()
+    assert "ClusterRole" in {o["kind"] for o in objs}
+    roles = [o for o in objs if o["kind"] == "Role"]
+    assert [r["rules"] for r in roles] == [
+        [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]
+    ]
+    cluster = allowed(r for o in objs if o["kind"] == "ClusterRole" for r in o["rules"])
+    assert ("", "pods", "patch") not in cluster
 
 
 def test_cluster_wide_rbac_covers_the_operator() -> None:

@@ -189,6 +189,8 @@ def test_defaults_render_no_monitoring_objects() -> None:
         "ConfigMap",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "Service",
         "Deployment",
         "ClusterKopfPeering",
@@ -225,7 +227,8 @@ def test_operator_pod_is_locked_down() -> None:
     assert "add" not in sc["capabilities"]
     assert sc["seccompProfile"]["type"] == "RuntimeDefault"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["port"] == "reports"  # /readyz: leading
+    # Every healthy replica is Ready: a Deployment of several operators becomes Available.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["resources"]["requests"]
     # kopf peering: one active replica; Recreate avoids two operators during an upgrade.
     assert deployment["spec"]["strategy"]["type"] == "Recreate"

@@ -1,7 +1,8 @@
-"""The report channel from values to pods: the chart's reports Service and the operator's
-readiness on /readyz, the settings the operator reads (`report_port`, `report_url`, ...), the
-router pods the operator builds with them (`--report-url` and their identity), and the router
-CLI that accepts that command line. Off: no Service, readiness on kopf's /healthz, no flags.
+"""The report channel from values to pods: the chart's reports Service (selecting the pod the
+leader labels) and the Role that lets it label its pod, the settings the operator reads
+(`report_port`, `report_url`, ...), the router pods the operator builds with them
+(`--report-url` and their identity), and the router CLI that accepts that command line. Off:
+no Service, no Role, no flags.
 """
 
 from __future__ import annotations
@@ -23,10 +24,21 @@ def test_reports_reach_the_leader_through_its_service() -> None:
     (container,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["reports"] == 8082
-    # Ready only while leading: the Service's only endpoint is the leader.
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "reports"}
+    # The Service's only endpoint is the pod the leader labelled (LEADER_LABEL).
+    leaderlabel = pytest.importorskip("accordion.operator.leaderlabel")
     (deployment,) = by_kind(objs, "Deployment")
-    assert reports["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert reports["spec"]["selector"] == {
+        **deployment["spec"]["selector"]["matchLabels"],
+        leaderlabel.LEADER_LABEL: "true",
+    }
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # ... which it may write on the pods of its own namespace, and only there.
+    (role,) = by_kind(objs, "Role")
+    assert role["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]
+    (binding,) = by_kind(objs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
 
     config = settings()
     assert config.report_port == 8082
@@ -70,8 +82,8 @@ def test_values_reach_the_settings_and_reports_can_be_off() -> None:
     assert "accordion-reports" not in {
         s["metadata"]["name"] for s in by_kind(objects(off), "Service")
     }
+    assert not by_kind(objects(off), "Role")
     (container,) = operator_pod(off)["containers"]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert "reports" not in {p["name"] for p in container["ports"]}
     config = settings(off)
     assert config.report_port is None

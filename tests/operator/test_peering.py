@@ -1,5 +1,7 @@
 """Leader election with kopf peering: of two operator replicas only one acts, and the other
-takes over when the leader goes away (own emulator, two real `kopf run` processes)."""
+takes over when the leader goes away (own emulator, two real `kopf run` processes). The leader
+labels its own pod `accordion.dev/leader: "true"` (the reports Service's selector), a replica
+standing by `"false"`."""
 
 from __future__ import annotations
 
@@ -8,9 +10,35 @@ from pathlib import Path
 
 import pytest
 
+from accordion.operator.leaderlabel import LEADER_LABEL
+
 from .conftest import Cluster, EmulatorThread, Operator, isvc, wait_for
 
 pytestmark = pytest.mark.timeout(120)
+
+OPERATOR_NAMESPACE = "accordion-system"
+
+
+def operator_pod(cluster: Cluster, name: str) -> None:
+    """The pod an operator replica runs in, as the chart's Deployment makes it."""
+    cluster.core.create_namespaced_pod(
+        OPERATOR_NAMESPACE,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": OPERATOR_NAMESPACE,
+                "labels": {"app": "accordion"},
+            },
+            "spec": {"containers": [{"name": "operator", "image": "accordion-operator"}]},
+        },
+    )
+
+
+def leader_label(cluster: Cluster, name: str) -> str | None:
+    pod = cluster.core.read_namespaced_pod(name, OPERATOR_NAMESPACE)
+    return (pod.metadata.labels or {}).get(LEADER_LABEL)
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +47,9 @@ def operator(
 ) -> Iterator[Operator]:
     """The leader (priority 100); the test starts the follower."""
     op = Operator(
-        kubeconfig, tmp_path_factory.mktemp("leader") / "operator.log", {"POD_ID": "op-leader"}
+        kubeconfig,
+        tmp_path_factory.mktemp("leader") / "operator.log",
+        {"POD_ID": "op-leader", "POD_NAMESPACE": OPERATOR_NAMESPACE},
     )
     yield op
     op.stop()
@@ -45,7 +75,13 @@ def test_follower_waits_and_takes_over(
     # object that the follower's watch is sure to see, so the follower pauses before any
     # object exists. (A replica started second may act on what it lists before its first
     # peering event arrives; kopf's keepalive then pauses it only a while later.)
-    follower = Operator(kubeconfig, tmp_path / "follower.log", {"POD_ID": "op-follower"})
+    operator_pod(cluster, "op-leader")
+    operator_pod(cluster, "op-follower")
+    follower = Operator(
+        kubeconfig,
+        tmp_path / "follower.log",
+        {"POD_ID": "op-follower", "POD_NAMESPACE": OPERATOR_NAMESPACE},
+    )
     follower.start("--verbose", "--peering", "accordion", "--priority", "10")
     try:
         wait_for("the follower in the peering object", lambda: registered() >= 1)
@@ -59,11 +95,15 @@ def test_follower_waits_and_takes_over(
         wait_for("the leader's log", lambda: "Handler 'on_service' succeeded" in operator.log())
         assert "Handler 'on_service' succeeded" not in follower.log()
         assert "Handler 'on_deployment' succeeded" not in follower.log()
+        # The reports Service reaches the leader only.
+        wait_for("the leader's label", lambda: leader_label(cluster, "op-leader") == "true")
+        wait_for("the follower's", lambda: leader_label(cluster, "op-follower") == "false")
 
         operator.stop()
         cluster.create(isvc("second", "peer2", "pool-peer", 10.0))
         wait_for("the follower takes over", lambda: cluster.workers("peer2"), timeout_s=60)
         assert "leading: op-follower leads" in follower.log()
+        wait_for("the new leader's label", lambda: leader_label(cluster, "op-follower") == "true")
     finally:
         follower.stop()
 

@@ -95,6 +95,7 @@ from accordion.operator.k8s import (
     service_url,
     worker_failure_of,
 )
+from accordion.operator.leaderlabel import LeaderLabel
 from accordion.operator.metrics import OperatorMetrics, serve_from_env
 from accordion.operator.peering import Leadership
 from accordion.operator.pools import pool_capacity
@@ -199,6 +200,7 @@ class Driver:
     leadership: Leadership | None = None  # None: standalone, or identity unknown (see run)
     standalone: bool = True
     leading: bool = False
+    leader_label: LeaderLabel | None = None  # this operator's pod, when it runs in one
     _active_until: float = 0.0
     _listed_at: float = 0.0  # when kopf last delivered an object of its initial listing
     _parsed: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
@@ -600,7 +602,10 @@ class Driver:
             timeout = resync if requeue is None else min(requeue, resync)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            if not await self.leads():
+            leading = await self.leads()
+            if self.leader_label is not None:
+                await self.leader_label.mark(self.api_client, leading)
+            if not leading:
                 self._wake.clear()
                 requeue = None
                 continue
@@ -689,6 +694,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     driver = Driver(config=config, api_client=make_api_client(threads))
     driver.standalone = bool(settings.peering.standalone)
     driver.leadership = Leadership.from_settings(settings.peering)
+    driver.leader_label = LeaderLabel.from_env()
     if not driver.standalone and driver.leadership is None:
         log.warning(
             "peering %r without POD_ID: this operator cannot tell its own peering identity and "
