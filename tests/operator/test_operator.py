@@ -192,6 +192,52 @@ def test_restart_makes_no_changes(cluster: Cluster, operator: Operator) -> None:
     assert cluster.versions(ns) == before
 
 
+def test_an_upgraded_operator_brings_routers_to_its_settings(
+    cluster: Cluster, operator: Operator
+) -> None:
+    """A new router image (an operator upgrade) reaches the routers of services whose plan does
+    not change; their workers are left as they are."""
+    ns, pool = "upgrade", "pool-upgrade"
+    cluster.create_pool(pool, 2)
+    cluster.create(isvc("svc", ns, pool, 40.0))
+    wait_for("the worker", lambda: cluster.workers(ns))
+    cluster.mark_ready(ns)
+    wait_for(
+        "Ready", lambda: cluster.conditions(ns, "svc").get("Ready", {}).get("status") == "True"
+    )
+    # Steady: the plan and routing stay as they are across the restart (as in the test above),
+    # so nothing but the new settings can rewrite the router.
+
+    def router_image() -> str:
+        (router,) = [
+            d
+            for d in cluster.deployments(ns)
+            if d["metadata"]["labels"].get("app.kubernetes.io/component") == "router"
+        ]
+        return str(router["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    wait_for("the router", lambda: bool(router_image()))
+    old = router_image()
+    workers = {n: d["metadata"]["resourceVersion"] for n, d in cluster.workers(ns).items()}
+    operator.stop()
+    operator.env["ACCORDION_ROUTER_IMAGE"] = "registry.example/accordion-worker:9.9.9"
+    try:
+        operator.start()
+        wait_for(
+            "the new router image",
+            lambda: router_image() == "registry.example/accordion-worker:9.9.9",
+            timeout_s=60,
+        )
+        assert old != router_image()
+        assert {
+            n: d["metadata"]["resourceVersion"] for n, d in cluster.workers(ns).items()
+        } == workers
+    finally:
+        operator.stop()
+        del operator.env["ACCORDION_ROUTER_IMAGE"]
+        operator.start()
+
+
 def test_the_log_tells_the_passes_not_every_watch_event(
     cluster: Cluster, operator: Operator
 ) -> None:

@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar, assert_never
@@ -161,6 +161,9 @@ class ApiStats:
 
     def count(self, verb: str) -> None:
         self.writes[verb] = self.writes.get(verb, 0) + 1
+
+    def total(self) -> int:
+        return sum(self.writes.values())
 
 
 class KubernetesActuator:
@@ -353,6 +356,27 @@ class KubernetesActuator:
                 rname, ns, _preload_content=False
             ),
         )
+
+    async def conform_routers(self, services: Iterable[str]) -> list[str]:
+        """Bring each service's existing router (Deployment and Service) to what this
+        operator's settings render, and return the services whose router was written.
+
+        A router is written when its routing changes (`ApplyRouting`); after an operator
+        upgrade (a new router image, arguments, resources) a service whose plan stays as it
+        was would otherwise keep the old one. Objects already as rendered are not written
+        (`_differs` on the cache); a service with no router yet is left to `ApplyRouting`."""
+        written: list[str] = []
+        for service in services:
+            ns, name = split_key(service)
+            uid = self._uid(service)
+            if uid is None or self.cache.get("Deployment", ns, router_name(name)) is None:
+                continue
+            before = self.stats.total()
+            await self._deployment(router_deployment(service, uid, self.config))
+            await self._service(router_service(service, uid, self.config))
+            if self.stats.total() != before:
+                written.append(service)
+        return written
 
     def _uid(self, service: str) -> str | None:
         ns, name = split_key(service)

@@ -51,7 +51,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -97,6 +97,7 @@ from accordion.operator.k8s import (
 )
 from accordion.operator.leaderlabel import LeaderLabel
 from accordion.operator.metrics import OperatorMetrics, serve_from_env
+from accordion.operator.migactuator import apply_mig
 from accordion.operator.peering import Leadership
 from accordion.operator.pools import pool_capacity
 from accordion.operator.prometheus import PrometheusDemand
@@ -205,6 +206,7 @@ class Driver:
     _listed_at: float = 0.0  # when kopf last delivered an object of its initial listing
     _parsed: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
     _touched: set[tuple[str, str]] = field(default_factory=set)
+    _conformed: set[str] = field(default_factory=set)  # services whose router is as rendered
 
     def __post_init__(self) -> None:
         self.loop = ControlLoop(
@@ -575,6 +577,23 @@ class Driver:
             if tracker is not None:
                 tracker.plan_feedback(self.loop.capacity_by_service(), self.loop.short_services())
         await self.write_pool_statuses(world)
+        plan = self.loop.last_plan
+        # MIG layouts: drain, relabel and release nodes towards the plan's (`mig`); the next
+        # step may follow at once (the write's own event finds the cache already updated).
+        if (
+            world.nodes is not None
+            and plan is not None
+            and await apply_mig(
+                self.actuator,
+                self.config.mig_config_namespace,
+                world.pools,
+                world.nodes,
+                plan.layouts,
+                self.cache.of_kind("Pod"),
+            )
+        ):
+            self._wake.set()
+        await self.conform_routers(world.services)
         self.passes += 1
         self.last_result = result
         if result.decision.planned:
@@ -593,6 +612,26 @@ class Driver:
         for warning in result.decision.warnings:
             log.info("%s", warning)
         return result
+
+    async def conform_routers(self, services: Iterable[str]) -> None:
+        """Once per service in this operator's life: its router as this operator renders it
+        (`KubernetesActuator.conform_routers`: after an upgrade, routers whose plan does not
+        change would keep the old image and arguments). A failure is tried at the next pass."""
+        pending = [s for s in services if s not in self._conformed]
+        if not pending:
+            return
+        try:
+            written = await self.actuator.conform_routers(pending)
+        except Exception as exc:
+            log.warning("bringing routers to this operator's settings failed: %s", exc)
+            return
+        self._conformed.update(pending)
+        if written:
+            log.info(
+                "%d routers brought to this operator's settings: %s",
+                len(written),
+                ", ".join(written[:10]) + (" ..." if len(written) > 10 else ""),
+            )
 
     async def run(self) -> None:
         """Wait for changes (debounced) or the resync interval, and reconcile; forever."""
