@@ -107,16 +107,24 @@ def test_the_crd_schema_carries_the_same_shapes() -> None:
     assert not re.fullmatch(pattern.group(1), "a100/1g")
 
 
-def test_the_operator_says_it_does_not_plan_slices_yet() -> None:
+def test_the_operator_plans_slices_of_a_mig_pool() -> None:
     pool = parse_resource(_pool({"gpuModel": "A100-80GB"}))
     isvc = parse_resource(_service("a100/1g.10gb"))
-    other = parse_resource(_service("b200/1g.10gb"))
+    docs = [_service("a100"), _service("b200/1g.10gb")]
+    docs[0]["metadata"]["name"], docs[1]["metadata"]["name"] = "whole", "other"
+    whole, other = (parse_resource(d) for d in docs)
     assert isinstance(pool, DevicePool)
     assert isinstance(isvc, InferenceService)
+    assert isinstance(whole, InferenceService)
     assert isinstance(other, InferenceService)
-    other.metadata.name = "other"
-    build = to_problem([isvc, other], [pool])
-    by_service = build.by_service
-    assert "a MIG slice, which the operator does not plan yet" in by_service["default/small"][0]
-    assert "which does not exist" in by_service["default/other"][0]
-    assert build.problem.pools[0].devices == 4
+    build = to_problem([isvc, whole, other], [pool], mig_current={"a100": [{"7g.80gb": 1}]})
+    assert "pool" not in " ".join(build.by_service.get("default/small", []))
+    assert "a MIG pool, used through its slices" in build.by_service["default/whole"][0]
+    assert "which does not exist" in build.by_service["default/other"][0]
+    (spec,) = build.problem.pools
+    assert spec.devices == 4
+    assert spec.mig is not None
+    assert spec.mig.gpu_model == "A100-80GB"
+    assert spec.mig.current == [{"7g.80gb": 1}]
+    small = next(s for s in build.problem.services if s.name == "default/small")
+    assert set(small.variants[0].profiles) == {"a100/1g.10gb"}

@@ -91,6 +91,8 @@ def pod_essentials(pod: dict[str, Any]) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {k: meta[k] for k in POD_METADATA if k in meta},
+        # The node it runs on: a MIG reconfiguration drains the node first (`mig`).
+        "spec": {k: v for k, v in (pod.get("spec") or {}).items() if k == "nodeName"},
         "status": slim,
     }
 

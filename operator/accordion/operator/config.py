@@ -218,6 +218,13 @@ class OperatorConfig(BaseModel):
             hysteresis=self.hysteresis,
         )
 
+    mig_config_namespace: str = Field(
+        "gpu-operator",
+        description=(
+            "Namespace of the NVIDIA GPU operator, where the operator keeps the MIG manager's "
+            "ConfigMap accordion-mig-parted-config (ClusterPolicy spec.migManager.config.name)."
+        ),
+    )
     watch_nodes: bool = Field(
         True,
         description=(

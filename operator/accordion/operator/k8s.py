@@ -33,6 +33,7 @@ from accordion.operator.api import split_key
 from accordion.operator.config import OperatorConfig
 from accordion.operator.control.desired import Routing, WorkerKey, WorkerSpec, routing_table
 from accordion.operator.control.loop import AppliedRouting, RunningWorker
+from accordion.operator.mig import pool_from_label, pool_label
 from accordion.workers.config import MODEL_LOAD_FAILED_EXIT
 from accordion.workers.storage import (
     MODELS_DIR,
@@ -75,6 +76,7 @@ def worker_name(key: WorkerKey) -> str:
     """`<service>-<variant>-<pool>-<hash>`: unique (the hash disambiguates dashes), <= 63 chars."""
     digest = hashlib.sha256(f"{key.service}/{key.variant}/{key.pool}".encode()).hexdigest()[:5]
     base = f"{key.service_name}-{key.variant}-{key.pool}"
+    base = base.replace("/", "-").replace(".", "-")  # a MIG slice sub-pool: `<pool>/<profile>`
     return f"{base[: 63 - 6].rstrip('-')}-{digest}"
 
 
@@ -140,7 +142,7 @@ def worker_labels(key: WorkerKey) -> dict[str, str]:
         "app.kubernetes.io/managed-by": MANAGED_BY,
         LABEL_SERVICE: key.service_name,
         LABEL_VARIANT: key.variant,
-        LABEL_POOL: key.pool,
+        LABEL_POOL: pool_label(key.pool),
     }
 
 
@@ -658,7 +660,7 @@ def worker_failure_of(pod: Manifest) -> tuple[WorkerKey, tuple[str, str]] | None
         key = WorkerKey(
             service=f"{meta.get('namespace') or 'default'}/{labels[LABEL_SERVICE]}",
             variant=labels[LABEL_VARIANT],
-            pool=labels[LABEL_POOL],
+            pool=pool_from_label(labels[LABEL_POOL]),
         )
     except (KeyError, ValueError):
         return None

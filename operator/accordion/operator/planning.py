@@ -39,6 +39,7 @@ from accordion.solver import (
     ServiceSpec,
     VariantSpec,
 )
+from accordion.solver.mig import GPU_MODELS, MigSpec, slice_pool
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ def to_problem(
     settings: PlannerSettings | None = None,
     memo: ServiceMemo | None = None,
     available_devices: Mapping[str, int] | None = None,
+    mig_current: Mapping[str, list[dict[str, int]]] | None = None,
 ) -> ProblemBuild:
     """Build the planner's problem from InferenceServices and DevicePools.
 
@@ -128,10 +130,20 @@ def to_problem(
     `available_devices` (per pool name, e.g. from `pools.available_devices` over the cluster's
     Nodes) caps a pool's `spec.devices` at what its nodes can really offer; pools not in it are
     taken at their declared count.
+
+    A DevicePool with `spec.mig` becomes a MIG pool of the planner (`accordion.solver.mig`):
+    profiles name its slices `<pool>/<profile>`, and `mig_current` (per pool, each GPU's
+    layout now, `mig.current_layouts`) lets the planner keep layouts where it can.
     """
     measured = measured_qps or {}
     pool_list = sorted(pools, key=lambda p: p.metadata.name)
     known = {p.metadata.name: PoolAccess.of(p) for p in pool_list}
+    # A MIG pool is used through its slices only (`accordion.solver.mig.slice_pool`).
+    for p in pool_list:
+        if p.spec.mig is not None:
+            del known[p.metadata.name]
+            for profile in GPU_MODELS[p.spec.mig.gpu_model]:
+                known[slice_pool(p.metadata.name, profile)] = PoolAccess.of(p)
     warnings: list[str] = []
     by_service: dict[str, list[str]] = {}
     specs = []
@@ -153,20 +165,33 @@ def to_problem(
     if memo is not None:
         for key in [k for k in memo if k not in seen]:
             del memo[key]
+    variants = {(spec.name, v.name) for spec in specs for v in spec.variants}
     problem = Problem(
         pools=[
             PoolSpec(
                 name=p.metadata.name,
                 devices=_capped(p, available_devices),
                 cost_per_device=p.spec.cost_per_device,
+                mig=_mig(p, _capped(p, available_devices), mig_current),
             )
             for p in pool_list
         ],
         services=specs,
-        current=[a for a in current if a.pool in known],
+        # What runs of a variant or pool that is gone is no allocation to keep.
+        current=[a for a in current if a.pool in known and (a.service, a.variant) in variants],
         settings=settings or PlannerSettings(),
     )
     return ProblemBuild(problem=problem, warnings=warnings, by_service=by_service)
+
+
+def _mig(
+    pool: DevicePool, devices: int, current: Mapping[str, list[dict[str, int]]] | None
+) -> MigSpec | None:
+    """The planner's view of a MIG pool: model, allowed layouts, each GPU's layout now."""
+    if pool.spec.mig is None:
+        return None
+    now = (current or {}).get(pool.metadata.name, [])[:devices]
+    return MigSpec(gpu_model=pool.spec.mig.gpu_model, layouts=pool.spec.mig.layouts, current=now)
 
 
 def _capped(pool: DevicePool, available: Mapping[str, int] | None) -> int:
@@ -195,11 +220,9 @@ def _service_spec(
         for prof in v.profiles:
             access = known.get(prof.pool)
             if access is None:
-                pool, slash, _ = prof.pool.partition("/")
                 what = (
-                    "a MIG slice, which the operator does not plan yet (MIG layouts are not "
-                    "applied: the pool is planned as whole GPUs)"
-                    if slash and pool in known
+                    "a MIG pool, used through its slices (profiles for <pool>/<profile>)"
+                    if any(k.startswith(f"{prof.pool}/") for k in known)
                     else "which does not exist"
                 )
                 warnings.append(

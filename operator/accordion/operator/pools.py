@@ -229,7 +229,15 @@ def pool_capacity(pool: DevicePool, nodes: Iterable[Mapping[str, Any]]) -> PoolC
     ready = [n for n in matching if node_ready(n) and node_tolerated(n, tolerations)]
     res = device_resource(pool)
     allocatable: int | None = None
-    if res is not None:
+    if pool.spec.mig is not None:
+        # A MIG pool has its nodes' GPUs however they are split (`mig`; imported here: it
+        # builds on this module).
+        from accordion.operator import mig
+
+        ready = mig.pool_node_dicts(pool, matching)
+        res = (mig.LABEL_GPU_COUNT, 1.0)
+        allocatable = sum(mig.node_gpus(n) for n in ready)
+    elif res is not None:
         name, per_replica = res
         allocatable = sum(math.floor(node_allocatable(n, name) / per_replica + 1e-9) for n in ready)
     return PoolCapacity(

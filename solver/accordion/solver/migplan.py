@@ -266,3 +266,17 @@ def plan_with_layouts(problem: Problem, plan_fixed: Callable[[Problem], Plan]) -
         update={"cost": cost, "solve_time_s": time.perf_counter() - started}
     )
     return planned.model_copy(update={"layouts": layouts, "stats": stats})
+
+
+def fixed_layouts(problem: Problem, plan: Plan) -> Problem:
+    """`problem` with every MIG pool replaced by the slice sub-pools of the layouts `plan`
+    gave its GPUs: a plain problem, for planning more on top of that plan without changing a
+    layout (spare replicas). `problem` itself when it has no MIG pool."""
+    if not has_mig(problem):
+        return problem
+    given = Counter((gpu.pool, gpu.layout) for gpu in plan.layouts)
+    counts = [
+        [given.get((group.pool.name, layout_name(layout)), 0) for layout in group.layouts]
+        for group in _groups(problem)
+    ]
+    return expand(problem, counts)

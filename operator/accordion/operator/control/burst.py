@@ -30,6 +30,7 @@ from accordion.solver import (
     ServicePlan,
     ServiceSpec,
 )
+from accordion.solver.migplan import fixed_layouts
 
 SPARE_RELATIVE_GAP = 0.005
 SPARE_POLISH_S = 0.5
@@ -54,6 +55,8 @@ def spare_problem(
     """The spare plan's problem, or None when no service wants spare capacity or no device
     is left. `burst_qps`: spare capacity wanted per service (req/s); `previous`: the plan in
     force, whose spare replicas the planner should avoid moving."""
+    # MIG pools: spare replicas go on the slices of the main plan's layouts, which stay.
+    main_problem = fixed_layouts(main_problem, main_plan)
     used: dict[str, int] = {}
     for row in main_plan.rows:
         used[row.pool] = used.get(row.pool, 0) + row.replicas

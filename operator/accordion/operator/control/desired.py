@@ -28,6 +28,7 @@ from accordion.operator.api import (
     ResourceRequirements,
     Toleration,
 )
+from accordion.operator.mig import slice_device_pool
 from accordion.solver import Plan, PlanRow
 from accordion.workers.config import Backend, BatchingConfig, RoutingTable, WorkerConfig
 
@@ -210,7 +211,9 @@ def worker_specs(
     """The worker groups the plan (or some of its rows) wants, keyed by (service, variant, pool)."""
     out: dict[WorkerKey, WorkerSpec] = {}
     for row in plan.rows if isinstance(plan, Plan) else plan:
-        svc, pool = services.get(row.service), pools.get(row.pool)
+        svc = services.get(row.service)
+        # A MIG slice sub-pool runs on its pool, asking one slice (`mig.slice_device_pool`).
+        pool = pools.get(row.pool) or slice_device_pool(pools, row.pool)
         if row.replicas <= 0 or svc is None or pool is None:
             continue
         variant = next((v for v in svc.spec.variants if v.name == row.variant), None)

@@ -94,6 +94,7 @@ from accordion.operator.control.steps import (
 from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.operator.control.triggers import ReplanGate
 from accordion.operator.control.world import AppliedRouting, DemandView, RunningWorker, World
+from accordion.operator.mig import cap_replicas, current_layouts, mig_slices
 from accordion.operator.planning import ProblemBuild, ServiceMemo, base_demand_qps, to_problem
 from accordion.operator.pools import available_devices
 from accordion.solver import Allocation, Plan, PlannerSettings, PlanRow, Problem, ServicePlan
@@ -268,6 +269,10 @@ class ControlLoop:
         self._planned_idle: frozenset[str] = frozenset()
         self.cost = CostMeter()
         """Device-seconds, cost and cost per 1,000 requests per service (`cost`)."""
+        self._slices: dict[str, int] = {}
+        """MIG slices that exist per slice sub-pool (`mig.slice_devices`)."""
+        self._caps: dict[WorkerKey, int] = {}
+        """Replicas a worker group on MIG slices may have now (`mig.cap_replicas`)."""
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -371,6 +376,9 @@ class ControlLoop:
                 None
                 if world.nodes is None
                 else available_devices(world.pools.values(), world.nodes)
+            ),
+            mig_current=(
+                None if world.nodes is None else current_layouts(world.pools.values(), world.nodes)
             ),
         )
         build.problem = idle_problem(build.problem, self.idle.idle_now)
@@ -502,6 +510,11 @@ class ControlLoop:
         # Devices for new replicas in full pools: old replicas that go now (`_make_room`). The
         # rest of the pass sees the world without them, so that routing follows the capacity
         # that remains.
+        # MIG slices: workers are placed only on slices that exist (`mig`).
+        self._slices = mig_slices(world, plan)
+        self._caps = cap_replicas(
+            {k: (k.pool, s.replicas) for k, s in targets.items()}, self._slices
+        )
         release = self._make_room(world, targets, summaries)
         room: dict[str, list[Step]] = {}
         if release:
@@ -549,6 +562,9 @@ class ControlLoop:
                 ),
                 self.cost.published.get(svc_key),
                 demand.cold_start_s.get(svc_key),
+                tuple(
+                    sorted((k.sort_key(), c) for k, c in self._caps.items() if k.service == svc_key)
+                ),
             )
             memo = self._settled.get(svc_key)
             if memo is not None and memo.inputs == inputs:
@@ -603,8 +619,8 @@ class ControlLoop:
     def _pool_devices(self, world: World) -> dict[str, int]:
         problem = self.last_problem
         if problem is not None:
-            return {p.name: p.devices for p in problem.pools}
-        return {name: p.spec.devices for name, p in world.pools.items()}
+            return {p.name: p.devices for p in problem.pools} | self._slices
+        return {name: p.spec.devices for name, p in world.pools.items()} | self._slices
 
     def _make_room(
         self,
@@ -748,6 +764,10 @@ class ControlLoop:
         # 1. make: new groups, groups that grow, groups whose settings change.
         for key, spec in sorted(svc_targets.items(), key=lambda kv: kv[0].sort_key()):
             have = svc_workers.get(key)
+            if key in self._caps:  # a MIG slice: no more replicas than slices exist now
+                spec = spec.with_replicas(min(spec.replicas, self._caps[key]))
+                if have is None and spec.replicas == 0:
+                    continue
             if have is None:
                 out.make.append(EnsureWorker(spec, exists=False))
             elif have.spec != spec and spec.replicas >= have.spec.replicas:
