@@ -1,0 +1,170 @@
+"""MIG on nodes, pure (`accordion.operator.mig`): config names, the mig-parted file, the order
+of node steps, and which slices count. The kopf operator doing it on kmock is
+`test_mig_operator`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from accordion.operator.api import DevicePool, parse_resource
+from accordion.operator.mig import (
+    DRAIN_TAINT,
+    config_name,
+    current_layouts,
+    decode_config,
+    mig_parted_config,
+    node_actions,
+    slice_device_pool,
+    slice_devices,
+)
+from accordion.solver.mig import layout_of, maximal_layouts, valid_layouts
+from accordion.solver.plan import GpuLayout, SlicePlacement
+
+SELECTOR = {"pool": "a100"}
+
+
+def pool() -> DevicePool:
+    parsed = parse_resource(
+        {
+            "apiVersion": "accordion.dev/v1alpha1",
+            "kind": "DevicePool",
+            "metadata": {"name": "a100"},
+            "spec": {
+                "devices": 4,
+                "nodeSelector": SELECTOR,
+                "resources": {"limits": {"nvidia.com/gpu": 1}, "requests": {"cpu": "2"}},
+                "mig": {"gpuModel": "A100-80GB"},
+            },
+        }
+    )
+    assert isinstance(parsed, DevicePool)
+    return parsed
+
+
+def node(
+    name: str,
+    config: str | None = None,
+    state: str | None = None,
+    slices: dict[str, int] | None = None,
+    tainted: bool = False,
+) -> dict[str, Any]:
+    labels = {**SELECTOR, "nvidia.com/gpu.count": "2"}
+    if config:
+        labels["nvidia.com/mig.config"] = config
+    if state:
+        labels["nvidia.com/mig.config.state"] = state
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"taints": [{"key": DRAIN_TAINT, "effect": "NoSchedule"}] if tainted else []},
+        "status": {
+            "allocatable": {f"nvidia.com/mig-{p}": str(n) for p, n in (slices or {}).items()},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+def gpu(index: int, **counts: int) -> GpuLayout:
+    slices = [
+        SlicePlacement(profile=p.replace("_", "."), start=0)
+        for p, n in counts.items()
+        for _ in range(n)
+    ]
+    return GpuLayout(pool="a100", gpu=index, layout="x", slices=slices)
+
+
+def test_config_names_round_trip_for_every_pair_of_layouts() -> None:
+    layouts = maximal_layouts("A100-80GB")
+    for a in layouts:
+        for b in layouts:
+            name = config_name("A100-80GB", [a, b])
+            assert len(name) <= 63
+            assert decode_config("A100-80GB", name, 2) == [a, b], name
+    assert config_name("A100-80GB", [layout_of({"1g.10gb": 7})] * 8) == "all-1g.10gb"
+    balanced = layout_of({"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1})
+    assert config_name("A100-80GB", [balanced, balanced]) == "all-balanced"
+    assert config_name("A100-40GB", [layout_of({"1g.10gb": 4})]) == "all-1g.10gb"
+    assert decode_config("A100-80GB", "all-1g.10gb", 1) == [layout_of({"1g.10gb": 7})]
+    assert decode_config("A100-80GB", "someone-elses", 2) == [None, None]
+    assert decode_config("A100-80GB", None, 1) == [None]
+
+
+def test_eight_gpus_of_distinct_layouts_still_fit_a_label() -> None:
+    eight = list(valid_layouts("H100-80GB"))[:8]
+    name = config_name("H100-80GB", eight)
+    assert len(name) <= 63
+    decoded = decode_config("H100-80GB", name, 8)
+    assert decoded == eight or decoded == [None] * 8  # hashed: read back as unknown
+
+
+def test_mig_parted_file_has_per_device_entries() -> None:
+    a, b = layout_of({"7g.80gb": 1}), layout_of({"1g.10gb": 7})
+    name = config_name("A100-80GB", [a, b])
+    doc = json.loads(mig_parted_config({name: ("A100-80GB", (a, b))}))
+    assert doc["version"] == "v1"
+    assert doc["mig-configs"][name] == [
+        {"devices": [0], "mig-enabled": True, "mig-devices": {"7g.80gb": 1}},
+        {"devices": [1], "mig-enabled": True, "mig-devices": {"1g.10gb": 7}},
+    ]
+    assert doc["mig-configs"]["all-disabled"] == [{"devices": "all", "mig-enabled": False}]
+
+
+def test_slice_workers_ask_a_slice_not_a_gpu() -> None:
+    sliced = slice_device_pool({"a100": pool()}, "a100/3g.40gb")
+    assert sliced is not None
+    assert sliced.spec.resources.limits == {"nvidia.com/mig-3g.40gb": 1}
+    assert sliced.spec.resources.requests == {"cpu": "2"}
+    assert sliced.spec.node_selector == SELECTOR
+    assert slice_device_pool({"a100": pool()}, "a100/9g.99gb") is None
+    assert slice_device_pool({"a100": pool()}, "a100") is None
+
+
+def test_nodes_change_one_at_a_time_drained_before_relabelled() -> None:
+    pools = {"a100": pool()}
+    nodes = [node("n1", "all-7g.80gb", "success"), node("n2", "all-7g.80gb", "success")]
+    assert current_layouts(pools.values(), nodes) == {"a100": [{"7g.80gb": 1}] * 4}
+    plan = [gpu(i, **{"1g_10gb": 7}) for i in range(4)]
+    pods = [{"metadata": {"name": "w1", "namespace": "ns"}, "spec": {"nodeName": "n1"}}]
+
+    actions, configs = node_actions(pools, nodes, plan, pods)
+    assert [(a.node, a.kind) for a in actions] == [("n1", "drain")]  # not n2 as well
+    assert set(configs) == {"all-7g.80gb", "all-1g.10gb"}
+
+    nodes[0] = node("n1", "all-7g.80gb", "success", tainted=True)
+    actions, _ = node_actions(pools, nodes, plan, pods)
+    assert [(a.node, a.kind, a.pods) for a in actions] == [("n1", "evict", (("ns", "w1"),))]
+
+    actions, _ = node_actions(pools, nodes, plan, [])
+    assert [(a.node, a.kind, a.config) for a in actions] == [("n1", "relabel", "all-1g.10gb")]
+
+    nodes[0] = node("n1", "all-1g.10gb", "pending", tainted=True)
+    assert node_actions(pools, nodes, plan, [])[0] == []  # n2 waits for n1
+    nodes[0] = node("n1", "all-1g.10gb", "success", {"1g.10gb": 14}, tainted=True)
+    actions, _ = node_actions(pools, nodes, plan, [])
+    assert [(a.node, a.kind) for a in actions] == [("n1", "release")]
+    assert slice_devices(pools, nodes, plan)["a100/1g.10gb"] == 0  # still tainted
+
+    nodes[0] = node("n1", "all-1g.10gb", "success", {"1g.10gb": 14})
+    actions, _ = node_actions(pools, nodes, plan, [])
+    assert [(a.node, a.kind) for a in actions] == [("n2", "drain")]
+    assert slice_devices(pools, nodes, plan)["a100/1g.10gb"] == 14
+
+
+def test_slices_count_only_for_the_planned_config_and_what_is_allocatable() -> None:
+    pools = {"a100": pool()}
+    plan = [gpu(0, **{"3g_40gb": 2}), gpu(1, **{"3g_40gb": 2})]
+    # The MIG manager says success, but for the old config: nothing counts.
+    stale = [node("n1", "all-7g.80gb", "success", {"3g.40gb": 4})]
+    assert slice_devices(pools, stale, plan)["a100/3g.40gb"] == 0
+    # The planned config, but the device plugin shows only 3 slices so far.
+    partial = [node("n1", "all-3g.40gb", "success", {"3g.40gb": 3, "7g.80gb": 1})]
+    assert slice_devices(pools, partial, plan) == {
+        "a100/1g.10gb": 0,
+        "a100/1g.20gb": 0,
+        "a100/2g.20gb": 0,
+        "a100/3g.40gb": 3,
+        "a100/4g.40gb": 0,
+        "a100/7g.80gb": 0,
+    }
+    failed = [node("n1", "all-3g.40gb", "failed", {"3g.40gb": 4})]
+    assert slice_devices(pools, failed, plan)["a100/3g.40gb"] == 0
