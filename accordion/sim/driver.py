@@ -19,6 +19,10 @@ settings; only the world and the actuator are simulated:
   replicas, each needs a device of its pool (without a free one it waits, as a pod stays
   Pending) and loads for `model_load_s`; scaling down removes pending, then loading, then the
   least loaded replicas; a removed replica drains its queue before its device is free;
+* the activator: a request that finds no ready replica of its service is held by the router's
+  own `Activator` (`accordion.sim.activator`), which wakes the operator at once (an immediate
+  demand report, as the router's `Reporter.wake`) and releases it when a replica of one of the
+  router's backends is ready (the router's health check), or drops it at its deadline;
 * routing: the router's own `RoutingDecider` per service, fed the tables `desired.routing_table`
   builds (one backend per worker group, as the router sees a Kubernetes Service), picked up
   `ROUTER_RELOAD_S` after the loop applies them (the router re-reads its table file that often);
@@ -58,7 +62,9 @@ from accordion.operator.control.loop import (
     World,
 )
 from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
-from accordion.sim.engine import ControlSample, Replica, dist_quantile
+from accordion.sim.activator import HeldRequests
+from accordion.sim.engine import HELD, ControlSample, Held, Replica, dist_quantile
+from accordion.sim.metrics import DROPPED
 from accordion.sim.workload import Family
 from accordion.solver import Burstiness, PlannerSettings, PoolSpec, VariantSpec
 from accordion.workers.batching import Request, SlowdownMeter, make_policy
@@ -235,6 +241,10 @@ class LoopControl:
         self.meters: dict[str, DispersionMeter] = {}
         """Per service, its router's `DispersionMeter` (fed every arrival)."""
         self.bursty = BurstinessBook()
+        self.activators = HeldRequests(sim, self._wake)
+        """The routers' activators (requests held at zero ready replicas)."""
+        self._measured_at = 0.0
+        self._own_latency_s: dict[str, float] = {}
 
     @property
     def planner_times_s(self) -> list[float]:
@@ -271,8 +281,21 @@ class LoopControl:
 
     def _measure(self) -> None:
         """Every `demand_interval_s`: each router's request counter, as a rate."""
-        now, interval = self.sim.now_s, self.timings.demand_interval_s
-        self.sim.call_at(now + interval, self._measure)
+        self.sim.call_at(self.sim.now_s + self.timings.demand_interval_s, self._measure)
+        self._observe()
+
+    def _wake(self, service: str) -> None:
+        """A request held at zero ready replicas: its router reports at once."""
+        self.sim.call_at(self.sim.now_s, lambda: self._observe(self.timings.demand_interval_s))
+
+    def _observe(self, at_least_s: float = 0.0) -> None:
+        """Fold each router's request counter since the last measurement in, as a rate (over
+        `at_least_s` at least: a wake-up's report, `ReportPolicy.close_window`)."""
+        now = self.sim.now_s
+        if now <= self._measured_at:
+            return
+        interval = max(now - self._measured_at, at_least_s)
+        self._measured_at = now
         totals = self.sim.arrivals_total
         for s, key in self.key_of.items():
             self.tracker.observe(key, now, (totals[s] - self._counted[s]) / interval)
@@ -295,10 +318,35 @@ class LoopControl:
             self.bursty.observe(key, combine([value] if value is not None else []))
         return dict(self.bursty.published)
 
-    def route(self, service: int, request: Request) -> Replica | None:
+    def route(self, service: int, request: Request) -> Replica | Held | None:
         now = self.sim.now_s
         key = self.key_of[service]
         self.meters.setdefault(key, DispersionMeter()).add(now)
+        if not self._ready(key):
+            own = self._own_latency_s.get(key, 0.0)
+            return HELD if self.activators.hold(key, request, own) else None
+        return self._send(key, request)
+
+    def _ready(self, key: str) -> bool:
+        """The router has a ready backend: a group behind its table has an active replica."""
+        if key not in self.deciders:
+            return False
+        groups = (self.groups.get(g) for g in self.backends.get(key, {}).values())
+        return any(g is not None and g.active() for g in groups)
+
+    def _release(self, key: str) -> None:
+        """Send the requests the activator holds on, now that a backend is ready."""
+        if not self._ready(key):
+            return
+        for request in self.activators.release(key):
+            replica = self._send(key, request)
+            if replica is None:
+                self.sim.recorder.finish(request.request_id, request.arrival_s, DROPPED)
+            else:
+                self.sim.enqueue(replica, request)
+
+    def _send(self, key: str, request: Request) -> Replica | None:
+        now = self.sim.now_s
         decider = self.deciders.get(key)
         if decider is None:
             return None  # no routing table: the router answers 503
@@ -332,6 +380,8 @@ class LoopControl:
             decider.finished(backend, now, "dropped")
 
     def replica_changed(self, replica: Replica) -> None:
+        if replica.state == "active" and isinstance(replica.tag, WorkerKey):
+            self._release(replica.tag.service)
         if not self._initial:
             self._request(self.timings.debounce_s)  # the Deployment's readiness changed
 
@@ -451,6 +501,10 @@ class LoopControl:
             else:
                 seed = self.sim.config.seed * 1000 + len(self.deciders)
                 self.deciders[step.service] = RoutingDecider(table, seed=seed)
+            if table is not None:
+                latencies = [b.batch_latency_ms for b in table.backends if b.batch_latency_ms]
+                self._own_latency_s[step.service] = min(latencies) / 1000.0 if latencies else 0.0
+            self._release(step.service)
 
         if delay <= 0:
             load()

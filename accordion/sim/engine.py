@@ -40,6 +40,14 @@ _COMPLETE, _READY, _RETIRE, _WAKE, _MEASURE, _CALL = range(6)
 _EPS = 1e-9
 
 
+class Held:
+    """What `Control.route` returns for a request it holds (the router's activator,
+    `accordion.sim.activator`): it will enqueue or drop the request itself later."""
+
+
+HELD = Held()
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Knobs of a run (the world's physics; how a policy decides is the policy's)."""
@@ -118,8 +126,9 @@ class Control(Protocol):
     def measured(self, arrivals: dict[str, int], interval_s: float) -> None:
         """The arrivals of the last `interval_s` per service (every second)."""
 
-    def route(self, service: int, request: Request) -> Replica | None:
-        """The replica a request goes to, or None (shed)."""
+    def route(self, service: int, request: Request) -> Replica | Held | None:
+        """The replica a request goes to, None (shed), or `HELD` (the control holds it and
+        later calls `enqueue`, or records it dropped)."""
 
     def finished(self, replica: Replica, request: Request, outcome: str) -> None:
         """A request sent to `replica` was ``answered`` or ``dropped``."""
@@ -229,8 +238,13 @@ class Simulator:
         replica.owns_slot = False
         self._slots_by_pool[replica.pool] -= 1
         self._slots_changed(-1)
-        queue = self._pending[replica.pool]
-        while queue and self.free_devices(replica.pool) > 0:
+        self.start_pending(replica.pool)
+
+    def start_pending(self, pool: str) -> None:
+        """Give free devices of `pool` to the replicas waiting for one (also when the pool's
+        devices grow: MIG slices that appear, `accordion.sim.mig`)."""
+        queue = self._pending[pool]
+        while queue and self.free_devices(pool) > 0:
             waiting = queue.popleft()
             if waiting.state != "pending":
                 continue
@@ -374,6 +388,8 @@ class Simulator:
         replica = self.control.route(service, req)
         if replica is None:
             self.recorder.finish(rid, req.arrival_s, DROPPED)
+            return
+        if isinstance(replica, Held):
             return
         self.enqueue(replica, req)
 

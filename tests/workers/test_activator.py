@@ -249,6 +249,13 @@ def test_a_held_request_makes_the_next_window_a_report() -> None:
     window = policy.close_window(total, version, None)
     assert (window.reason, window.requests) == ("cold-start", 1)
     assert not policy.urgent  # once
+    # A wake a moment into the window counts over one interval, not the moment: one request
+    # 10 ms in is not a rate of 100 per second to plan replicas for.
+    policy.urgent = True
+    total += 1
+    now[0] += 0.01
+    window = policy.close_window(total, version, None)
+    assert (window.reason, window.requests, window.seconds) == ("cold-start", 1, 1.0)
 
 
 def test_grpc_refusal_at_zero_replicas_is_unavailable_with_the_reason(tmp_path: Path) -> None:

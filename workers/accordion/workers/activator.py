@@ -92,8 +92,12 @@ class Activator:
         began = now_s if self.began_s is None else self.began_s
         return max(0.0, began + self.expected_s - now_s)
 
-    async def hold(self, deadline_s: float, samples: int, own_latency_s: float) -> Hold:
-        """Wait until a backend is ready (`ready`) or `deadline_s` minus `own_latency_s`."""
+    def admit(self, deadline_s: float, samples: int, own_latency_s: float) -> Hold | None:
+        """The synchronous half of `hold`: start (or join) the cold start, wake the operator
+        (at most every `WAKE_INTERVAL_S`), and reject at once a request that cannot wait (its
+        `Hold`); None: it may wait until ``deadline_s - own_latency_s`` (`enter` ... `leave`).
+        The simulator's routers (`accordion.sim.activator`) run the same rules on simulated
+        time."""
         now = self.now()
         if self.began_s is None or self._stale(now):
             self.began_s = now
@@ -117,8 +121,26 @@ class Activator:
                 0.0,
                 "rejected-full",
             )
-        event = self._event
+        return None
+
+    def enter(self, samples: int) -> None:
+        """`samples` begin to wait (after `admit` let them)."""
         self.queued += samples
+
+    def leave(self, samples: int) -> None:
+        """`samples` stop waiting (released, or their deadline passed)."""
+        self.queued -= samples
+        self._last_hold_s = self.now()
+
+    async def hold(self, deadline_s: float, samples: int, own_latency_s: float) -> Hold:
+        """Wait until a backend is ready (`ready`) or `deadline_s` minus `own_latency_s`."""
+        now = self.now()
+        refused = self.admit(deadline_s, samples, own_latency_s)
+        if refused is not None:
+            return refused
+        latest = deadline_s - own_latency_s
+        event = self._event
+        self.enter(samples)
         try:
             await asyncio.wait_for(event.wait(), max(0.0, latest - now))
         except TimeoutError:
@@ -129,8 +151,7 @@ class Activator:
                 "expired",
             )
         finally:
-            self.queued -= samples
-            self._last_hold_s = self.now()
+            self.leave(samples)
         return Hold(None, self.now() - now, "released")
 
     def _stale(self, now_s: float) -> bool:

@@ -133,8 +133,11 @@ class ReportPolicy:
         self._window_start_s, self._window_start_total = now, requests_total
         last = Window(requests, seconds, None)
         if self.urgent:
+            # A wake-up: counted over one interval at least. The first request of a cold start
+            # after a fraction of the window would otherwise read as a rate of hundreds per
+            # second (one request in 10 ms), and the operator would plan replicas for it.
             self.urgent = False
-            return Window(requests, seconds, "cold-start")
+            return Window(requests, max(seconds, self.interval_s), "cold-start")
         if self._reported_s is None or self._reported_rate is None:
             return Window(requests, seconds, "first")
         moved = self._moved(last, capacity_qps)
