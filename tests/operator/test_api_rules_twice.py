@@ -59,8 +59,12 @@ BREAKS: dict[tuple[str, str], Any] = {
 ITEMS: dict[str, Any] = {".spec.allowedNamespaces": "team-a"}
 
 
-def _example(kind: str) -> dict[str, Any]:
-    return copy.deepcopy(next(d for d in examples() if d["kind"] == kind))
+def _example(kind: str, path: str | None = None) -> dict[str, Any]:
+    """The first example of `kind`; with `path`, the first one that has it (a variant's
+    `batching` is in examples/text-sequences.yaml only)."""
+    docs = [d for d in examples() if d["kind"] == kind]
+    having = [d for d in docs if path is not None and _get(d, path) is not None]
+    return copy.deepcopy((having or docs)[0])
 
 
 # minReplicas <= maxReplicas is a rule of the whole spec: the counterexample is the example's
@@ -71,6 +75,48 @@ BREAKS[
         "!has(self.maxReplicas) || !has(self.minReplicas) || self.maxReplicas >= self.minReplicas",
     )
 ] = {**_example("InferenceService")["spec"], "minReplicas": 3, "maxReplicas": 2}
+
+# Batching inside the model (`spec.variants[].batching`): a variant whose mode does not fit its
+# model, cellular bounds on another mode, lengths whose tail is below their mean.
+_CELLS = "['builtin:gru-seq', 'builtin:decoder-tiny']"
+_ONE_PROFILE = [{"pool": "cpu", "batches": [{"batchSize": 1, "p50Ms": 1.0}]}]
+BREAKS[
+    (
+        ".spec.variants[]",
+        f"!has(self.batching) || self.batching.mode != 'Cellular' || "
+        f"self.model.storageUri in {_CELLS}",
+    )
+] = {
+    "name": "file-model",
+    "accuracy": 70.0,
+    "model": {"storageUri": "/models/gru.pt", "format": "torchscript", "inputShape": [8, 64]},
+    "batching": {"mode": "Cellular"},
+    "profiles": _ONE_PROFILE,
+}
+BREAKS[
+    (
+        ".spec.variants[]",
+        f"!has(self.batching) || self.batching.mode != 'Node' || "
+        f"!(self.model.storageUri in {_CELLS})",
+    )
+] = {
+    "name": "cell-model",
+    "accuracy": 70.0,
+    "model": {"storageUri": "builtin:gru-seq", "format": "builtin"},
+    "batching": {"mode": "Node"},
+    "profiles": _ONE_PROFILE,
+}
+BREAKS[
+    (
+        ".spec.variants[].batching",
+        "self.mode == 'Cellular' || "
+        "(!has(self.maxInflight) && !has(self.maxStateMiB) && !has(self.lengths))",
+    )
+] = {"mode": "Request", "maxStateMiB": 64}
+BREAKS[(".spec.variants[].batching.lengths", "self.p99Steps >= self.meanSteps")] = {
+    "meanSteps": 100,
+    "p99Steps": 50,
+}
 
 
 def _place(doc: dict[str, Any], path: str, value: Any) -> str:
@@ -145,7 +191,7 @@ def test_the_models_reject_what_each_cel_rule_rejects(path: str, rule: str) -> N
     entry = next(r for p, r in _cel_rules(kind) if (p, r["rule"]) == (path, rule))
     value = BREAKS[(path, rule)]
     assert not _holds(rule, value), "the counterexample must break the CEL rule"
-    doc = _example(kind)
+    doc = _example(kind, path)
     assert _holds(rule, _get(doc, path)), "the example itself must keep the rule"
     at = _place(doc, path, value)
     # The schema alone accepts it (this is a rule across fields, not a bound) ...
@@ -160,7 +206,7 @@ def test_the_models_reject_duplicates_in_every_list_map_and_set(kind: str) -> No
     rules = _list_rules(kind)
     assert rules
     for path, node in rules:
-        doc = _example(kind)
+        doc = _example(kind, path)
         items = _get(doc, path) or [ITEMS[path]]
         at = _place(doc, path, [items[0], copy.deepcopy(items[0])])
         _rejects(doc, at)

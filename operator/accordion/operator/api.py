@@ -34,6 +34,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
@@ -68,6 +69,8 @@ MAX_PRIORITY = 1000
 MIN_LATENCY_MS = 0.001
 MAX_LATENCY_MS = 600_000.0
 MAX_BATCH_SIZE = 4096
+MAX_CELL_STEPS = 1_000_000
+MAX_STATE_MIB = float(1 << 20)
 MAX_DEVICES = 1_000_000
 MAX_COST_PER_DEVICE = 1e6
 MAX_INPUT_RANK = 8
@@ -423,6 +426,115 @@ class ModelRef(ApiModel):
     )
 
 
+class BatchingModeName(StrEnum):
+    """Granularity of a worker's batching (`accordion.workers.staged`)."""
+
+    REQUEST = "Request"
+    CELLULAR = "Cellular"
+    NODE = "Node"
+
+
+CELL_MODELS = ("builtin:gru-seq", "builtin:decoder-tiny")
+"""Models a worker can batch per step of their cell (cellular mode)."""
+CELLULAR_NEEDS_CELL = "batching mode Cellular needs a cell model: " + " or ".join(CELL_MODELS)
+NODE_NEEDS_STAGES = (
+    "batching mode Node needs a model of several stages (an nn.Sequential file, "
+    "builtin:cnn-deep), not a cell model"
+)
+CELLULAR_ONLY = "maxInflight, maxStateMiB and lengths apply to batching mode Cellular only"
+
+
+class RequestLengths(ApiModel):
+    """The workload's request lengths, in steps of the cell (sequence elements; prompt plus
+    generated tokens): what a cellular variant's capacity depends on."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.p99Steps >= self.meanSteps",
+                    "p99Steps must be greater than or equal to meanSteps",
+                    ".p99Steps",
+                )
+            ]
+        }
+    )
+
+    mean_steps: float = Field(ge=1, le=MAX_CELL_STEPS, description="Mean request length.")
+    p99_steps: float = Field(
+        ge=1, le=MAX_CELL_STEPS, description="99th percentile of the request lengths."
+    )
+
+    @field_validator("p99_steps")
+    @classmethod
+    def _p99_above_mean(cls, p99: float, info: ValidationInfo) -> float:
+        mean = info.data.get("mean_steps")
+        if mean is not None and p99 < mean:
+            raise ValueError("p99Steps must be greater than or equal to meanSteps")
+        return p99
+
+
+class VariantBatching(ApiModel):
+    """How the variant's workers batch: whole requests, or inside the model (issue 18)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.mode == 'Cellular' || "
+                    "(!has(self.maxInflight) && !has(self.maxStateMiB) && !has(self.lengths))",
+                    CELLULAR_ONLY,
+                )
+            ]
+        }
+    )
+
+    mode: BatchingModeName = Field(
+        default=BatchingModeName.REQUEST,
+        description=(
+            "Request (default): whole requests, batched by the SLO-aware batcher. Cellular: "
+            "for recurrent and autoregressive models (builtin:gru-seq, builtin:decoder-tiny), "
+            "one step of the cell at a time, requests joining and leaving the running batch "
+            "at every step (BatchMaker). Node: for feed-forward models run as stages (an "
+            "nn.Sequential's children), a late request catching up with the batch in flight "
+            "(LazyBatching)."
+        ),
+    )
+    max_inflight: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_BATCH_SIZE,
+        description="Cellular: most requests holding state at once (default: the batch cap).",
+    )
+    max_state_mib: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_STATE_MIB,
+        alias="maxStateMiB",
+        description="Cellular: most state (hidden states, KV caches) held at once, MiB.",
+    )
+    lengths: RequestLengths | None = Field(
+        default=None,
+        description=(
+            "Cellular: the workload's request lengths. Given, the variant's profiles are the "
+            "latency of one step of the cell per batch size (`accordion profile --stages` "
+            "prints them), and the planner derives its per-request capacity at these lengths "
+            "(accordion.solver.cellular). Absent, the profiles are per request (`accordion "
+            "profile --stages --lengths` prints that equivalent profile)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _cellular_only(self) -> VariantBatching:
+        if self.mode is not BatchingModeName.CELLULAR and (
+            self.max_inflight is not None
+            or self.max_state_mib is not None
+            or self.lengths is not None
+        ):
+            raise ValueError(CELLULAR_ONLY)
+        return self
+
+
 class BatchLatency(ApiModel):
     """Measured latency of one batch size on one device pool (`accordion profile` prints these)."""
 
@@ -532,6 +644,25 @@ class LatencyProfile(ApiModel):
 class Variant(ApiModel):
     """One model of the family: an accuracy, a model, and its latency on each pool it can use."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.batching) || self.batching.mode != 'Cellular' || "
+                    f"self.model.storageUri in [{', '.join(repr(m) for m in CELL_MODELS)}]",
+                    CELLULAR_NEEDS_CELL,
+                    ".batching",
+                ),
+                cel(
+                    "!has(self.batching) || self.batching.mode != 'Node' || "
+                    f"!(self.model.storageUri in [{', '.join(repr(m) for m in CELL_MODELS)}])",
+                    NODE_NEEDS_STAGES,
+                    ".batching",
+                ),
+            ]
+        }
+    )
+
     name: str = Field(
         min_length=1,
         max_length=40,
@@ -547,6 +678,26 @@ class Variant(ApiModel):
         ),
     )
     model: ModelRef = Field(description="Where the worker loads the model from.")
+    batching: VariantBatching | None = Field(
+        default=None,
+        description="How its workers batch (default: whole requests, mode Request).",
+    )
+
+    @field_validator("batching")
+    @classmethod
+    def _batching_fits_the_model(
+        cls, batching: VariantBatching | None, info: ValidationInfo
+    ) -> VariantBatching | None:
+        model = info.data.get("model")
+        if batching is None or model is None:
+            return batching
+        cell = model.storage_uri in CELL_MODELS
+        if batching.mode is BatchingModeName.CELLULAR and not cell:
+            raise ValueError(CELLULAR_NEEDS_CELL)
+        if batching.mode is BatchingModeName.NODE and cell:
+            raise ValueError(NODE_NEEDS_STAGES)
+        return batching
+
     profiles: list[LatencyProfile] = Field(
         min_length=1,
         max_length=MAX_PROFILES,

@@ -28,6 +28,7 @@ from accordion.operator.api import (
     InferenceService,
     PlanRowStatus,
 )
+from accordion.operator.staged import planner_profiles
 from accordion.solver import (
     Allocation,
     Plan,
@@ -235,7 +236,9 @@ def _service_spec(
                 continue
             used.add(prof.pool)
             profiles[prof.pool] = [profile_point(b) for b in prof.batches]
-        variants.append(VariantSpec(name=v.name, accuracy=v.accuracy, profiles=profiles))
+        variants.append(
+            VariantSpec(name=v.name, accuracy=v.accuracy, **planner_profiles(v, profiles))
+        )
     if refused:
         warnings.append(
             f"{isvc.key}: DevicePool {', '.join(sorted(refused))} does not admit namespace "

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from accordion.solver.cellular import SequenceLengths, derive_profiles
 from accordion.solver.mig import GPU_MODELS, MigSpec, slice_pool
 
 Percentile = Literal["p50", "p90", "p99"]
@@ -78,8 +79,32 @@ class VariantSpec(_Frozen):
         "profiles per pool: the planner may also serve the variant as a pipeline of them. "
         "Empty (the default): whole variants only.",
     )
+    step_profiles: dict[str, list[ProfilePoint]] = Field(
+        default_factory=dict,
+        description="A cell batched per step (cellular mode): the latency of one step per "
+        "batch size on each pool; with `lengths`, its per-request `profiles` are derived from "
+        "them (`accordion.solver.cellular`).",
+    )
+    lengths: SequenceLengths | None = Field(
+        default=None, description="The workload's request lengths in steps (cellular mode)."
+    )
 
     _profiles_well_formed = field_validator("profiles")(_well_formed)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cellular_profiles(cls, data: object) -> object:
+        """A cellular variant's per-request profiles, from its step profiles at its lengths."""
+        if not isinstance(data, dict) or not data.get("step_profiles"):
+            return data
+        if data.get("lengths") is None:
+            raise ValueError("step_profiles need lengths (the workload's request lengths)")
+        lengths = SequenceLengths.model_validate(data["lengths"])
+        steps = {
+            pool: [ProfilePoint.model_validate(p) for p in points]
+            for pool, points in data["step_profiles"].items()
+        }
+        return {**data, "profiles": {**derive_profiles(steps, lengths), **data.get("profiles", {})}}
 
     @field_validator("stages")
     @classmethod

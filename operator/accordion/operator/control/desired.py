@@ -29,8 +29,9 @@ from accordion.operator.api import (
     Toleration,
 )
 from accordion.operator.mig import slice_device_pool
+from accordion.operator.staged import StagedBatching, request_profile_ms, worker_batching
 from accordion.solver import Plan, PlanRow
-from accordion.workers.config import Backend, BatchingConfig, RoutingTable, WorkerConfig
+from accordion.workers.config import Backend, RoutingTable, WorkerConfig
 
 
 class _Frozen(BaseModel):
@@ -98,6 +99,8 @@ class WorkerSpec(_Frozen):
     """One sample's shape (`model.inputShape`): a TorchScript file does not record it."""
     input_datatype: InputDatatype = "FP32"
     profile_ms: dict[int, float] = Field(default_factory=dict)
+    batching: StagedBatching | None = None
+    """Batching inside the model (the variant's `batching`); None: whole requests."""
     placement: Placement = Field(default_factory=Placement)
 
     def with_replicas(self, replicas: int) -> WorkerSpec:
@@ -115,7 +118,7 @@ class WorkerSpec(_Frozen):
             slo_ms=self.slo_ms,
             accuracy=round(self.accuracy / 100.0, 6),
             profile_ms=dict(self.profile_ms),
-            batching=BatchingConfig(policy="slo", max_batch_size=self.max_batch_size),
+            batching=worker_batching(self.batching, self.max_batch_size),
             host=host,
             port=port,
         )
@@ -190,10 +193,13 @@ def _profile_ms(service: InferenceService, variant: str, pool: str) -> dict[int,
             continue
         for prof in v.profiles:
             if prof.pool == pool:
-                return {
-                    b.batch_size: b.p99_ms or b.p90_ms or b.p50_ms
-                    for b in sorted(prof.batches, key=lambda b: b.batch_size)
-                }
+                return request_profile_ms(
+                    v,
+                    {
+                        b.batch_size: b.p99_ms or b.p90_ms or b.p50_ms
+                        for b in sorted(prof.batches, key=lambda b: b.batch_size)
+                    },
+                )
     return {}
 
 
@@ -234,6 +240,7 @@ def worker_specs(
             ),
             input_datatype=variant.model.input_datatype,
             profile_ms=_profile_ms(svc, row.variant, row.pool),
+            batching=StagedBatching.of(variant),
             placement=Placement.of(pool),
         )
     return out
