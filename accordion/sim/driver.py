@@ -65,9 +65,10 @@ from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.sim.activator import HeldRequests
 from accordion.sim.engine import HELD, ControlSample, Held, Replica, dist_quantile
 from accordion.sim.metrics import DROPPED
+from accordion.sim.staged import CellularReplicaPolicy, cellular_variant, replica_policy
 from accordion.sim.workload import Family
 from accordion.solver import Burstiness, PlannerSettings, PoolSpec, VariantSpec
-from accordion.workers.batching import Request, SlowdownMeter, make_policy
+from accordion.workers.batching import Request, SlowdownMeter
 from accordion.workers.dispersion import DispersionMeter
 from accordion.workers.fastloop import RoutingDecider
 
@@ -117,15 +118,19 @@ def family_service(fam: Family, service_time: str, initial_qps: float) -> Infere
             # Measured demand; demand.qps is the estimate until the first measurement.
             "demand": {"source": "Prometheus", "qps": round(initial_qps, 6)},
             "variants": [
-                {
-                    "name": dns_label(v.name),
-                    "accuracy": v.accuracy,
-                    "model": {"storageUri": f"/models/{dns_label(v.name)}.pt"},
-                    "profiles": [
-                        {"pool": pool, "batches": measured_profile_ms(v, pool, service_time)}
-                        for pool in sorted(v.profiles)
-                    ],
-                }
+                cellular_variant(  # a cellular variant as its step profile (`staged`)
+                    v,
+                    {
+                        "name": dns_label(v.name),
+                        "accuracy": v.accuracy,
+                        "model": {"storageUri": f"/models/{dns_label(v.name)}.pt"},
+                        "profiles": [
+                            {"pool": pool, "batches": measured_profile_ms(v, pool, service_time)}
+                            for pool in sorted(v.profiles)
+                        ],
+                    },
+                    lambda u, pool: measured_profile_ms(u, pool, service_time),
+                )
                 for v in fam.variants
             ],
         },
@@ -468,11 +473,12 @@ class LoopControl:
             spec.key.pool,
             spec.max_batch_size,
             spec.capacity_qps_per_replica,
-            make_policy(config.batching, config.profile_s, config.slo_s),
+            replica_policy(config, variant, spec.key.pool),  # cellular per step (`staged`)
             initial=self._initial,
             tag=spec.key,
         )
-        replica.meter = SlowdownMeter(config.profile_s)
+        if not isinstance(replica.policy, CellularReplicaPolicy):
+            replica.meter = SlowdownMeter(config.profile_s)
         return replica
 
     def remove(self, key: WorkerKey) -> None:

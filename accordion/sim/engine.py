@@ -30,6 +30,7 @@ from typing import Any, Protocol, cast
 
 from accordion.sim.metrics import DROPPED, LATE, OK, Recorder, SecondStats, Summary
 from accordion.sim.policy import ControlPolicy, SimView
+from accordion.sim.staged import answered, execution_points
 from accordion.sim.workload import Cluster, Family, Workload
 from accordion.solver import VariantSpec
 from accordion.workers.batching import BatchingPolicy, Decision, Request
@@ -257,7 +258,7 @@ class Simulator:
 
     def exec_time_s(self, replica: Replica, batch_size: int) -> float:
         """An execution time of a batch, drawn per `SimConfig.service_time`."""
-        points = replica.variant.profiles[replica.pool]
+        points = execution_points(replica)  # a cellular replica runs a step (`staged`)
         p50 = interpolate_profile({p.batch_size: p.p50_s for p in points}, batch_size)
         p90 = interpolate_profile(
             {p.batch_size: p.p90_s if p.p90_s is not None else p.p50_s for p in points},
@@ -299,7 +300,7 @@ class Simulator:
         acc = replica.variant.accuracy
         if replica.meter is not None:
             replica.meter.observe(len(batch), latency_s, self.now_s)
-        for req in batch:
+        for req in answered(replica, batch):  # a cellular step: those it finishes
             kind = OK if self.now_s <= req.deadline_s + _EPS else LATE
             self.recorder.finish(req.request_id, req.arrival_s, kind, acc)
             self.control.finished(replica, req, "answered")
