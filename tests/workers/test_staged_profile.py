@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import yaml
 from typer.testing import CliRunner
 
 from accordion.workers.cellular import CellularScheduler
@@ -84,11 +85,18 @@ def test_profile_command_prints_steps_and_the_equivalent_profile() -> None:
     assert result.exit_code == 0, result.output
     assert "# latency per step of the cell" in result.output
     assert "{batchSize: 4, p50Ms:" in result.output
-    missing = CliRunner().invoke(
-        app, ["profile", "--model", "builtin:gru-seq", "--batch-sizes", "1", "--stages"]
+    assert "# per request at lengths meanSteps 18.3, p99Steps 39.4" in result.output
+    # without lengths: the step profile, for a variant with batching.lengths
+    steps = CliRunner().invoke(
+        app,
+        ["profile", "--model", "builtin:gru-seq", "--batch-sizes", "1,4", "--stages"],
     )
-    assert missing.exit_code == 1
-    assert "needs --lengths" in missing.output
+    assert steps.exit_code == 0, steps.output
+    assert "#   batching: {mode: Cellular, lengths:" in steps.output
+    block = yaml.safe_load(steps.output)
+    step_ms = {b["batchSize"]: b["p50Ms"] for b in block["profiles"][0]["batches"]}
+    assert set(step_ms) == {1, 4}
+    assert all(0 < ms < 50 for ms in step_ms.values())  # one GRU step, not a request
     cnn = CliRunner().invoke(
         app,
         [

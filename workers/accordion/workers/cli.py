@@ -129,6 +129,7 @@ def profile(
     if stages or lengths:
         from accordion.workers.profiler import (
             equivalent_request_profile,
+            lengths_comment,
             profile_stages_of,
             stages_comment,
             summed_stage_profile,
@@ -142,12 +143,15 @@ def profile(
             if text.startswith("@"):
                 text = ",".join(Path(text[1:]).read_text().split())
             steps = _sizes(text) if text else None
-            if steps is None:
-                _fail("a cell model needs --lengths: the workload's request lengths in steps")
-            request = equivalent_request_profile(per_stage[0], steps)
+            # without lengths: the step profile itself (for `batching.lengths`)
+            request = (
+                per_stage[0] if steps is None else equivalent_request_profile(per_stage[0], steps)
+            )
+            header = stages_comment(per_stage, cell) + lengths_comment(steps)
         else:
             request = summed_stage_profile(per_stage)
-        typer.echo(stages_comment(per_stage, cell) + profile_yaml(request, pool), nl=False)
+            header = stages_comment(per_stage, cell)
+        typer.echo(header + profile_yaml(request, pool), nl=False)
         return
     with Progress(transient=True) as progress:
         task = progress.add_task(f"profiling {model}", total=len(sizes))

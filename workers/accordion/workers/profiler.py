@@ -149,6 +149,26 @@ def summed_stage_profile(stages: list[list[BatchProfile]]) -> list[BatchProfile]
     return out
 
 
+def lengths_comment(lengths: list[int] | None) -> str:
+    """What the profile block of a cell model is, and the variant's `batching` that goes with
+    it: per request at `lengths` (printed as `meanSteps`/`p99Steps`), or per step (none)."""
+    if lengths is None:
+        return (
+            "# per step of the cell: give these profiles with the variant's\n"
+            "#   batching: {mode: Cellular, lengths: {meanSteps: M, p99Steps: P}}\n"
+            "# (the workload's request lengths in steps), or pass --lengths for the\n"
+            "# per-request profile\n"
+        )
+    mean = float(np.mean(lengths))
+    tail = float(np.quantile(np.asarray(lengths, dtype=float), 0.99))
+    return (
+        f"# per request at lengths meanSteps {mean:.1f}, p99Steps {tail:.1f} (batching: "
+        "{mode: Cellular}); or the step profile\n"
+        f"# (without --lengths) with batching.lengths {{meanSteps: {mean:.1f}, p99Steps: "
+        f"{tail:.1f}}}\n"
+    )
+
+
 def stages_comment(stages: list[list[BatchProfile]], cell: bool) -> str:
     """The per-stage (or per-step) table as YAML comments, printed above the profile block."""
     what = "step of the cell" if cell else "stage"
