@@ -33,70 +33,107 @@ def ladder_table(configs: dict[str, Any]) -> list[str]:
     return ["Attainment / p99 (ms) per rate:", "", *lines, ""]
 
 
+SEQUENCES = {
+    "sequences": (
+        "builtin:gru-seq (GRU, hidden 512), SLO 1000 ms",
+        "Request lengths (steps) lognormal, median 40, sigma 1.1, in 2..768",
+    ),
+    "decoder": (
+        "builtin:decoder-tiny (2-layer transformer decoder, KV cache), SLO 2000 ms",
+        "Prompts lognormal median 16 tokens, outputs lognormal median 24, sigma 1.1, at most "
+        "384; a request's steps are prompt + output - 1",
+    ),
+}
+
+
+def sequence_section(key: str, seq: dict[str, Any]) -> list[str]:
+    """One sequence workload: every configuration's sustainable rate by the same search, and
+    the equal-rate measurement at the best baseline's sustainable rate."""
+    title, lengths = SEQUENCES[key]
+    configs = seq["configs"]
+    best, ours = seq["best_baseline"], seq["ours"]
+    equal = seq["equal_rate"]
+    lines = [
+        f"## Variable-length sequences: {title}",
+        "",
+        f"Run {seq.get('when', '?')} (load average after the run: {seq.get('load_after', '?')}). "
+        f"{lengths}: mean {seq['mean_length']:.1f} steps, p99 {seq.get('p99_length', 0):.0f}. "
+        "Request-level baselines run on the same model and machinery: a batch of whole "
+        "requests runs until its longest member finishes, nobody joins it (members that "
+        "finish early are answered at once). Step latency measured here (ms, p50 per batch "
+        "size): "
+        + ", ".join(f"{b}: {ms:.2f}" for b, ms in seq.get("step_profile_ms", {}).items())
+        + ".",
+        "",
+        f"| configuration | sustainable rate (req/s) | attainment at {equal:g} req/s | p99 "
+        f"there (ms) |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, c in configs.items():
+        p99 = c.get("equal_rate_p99_ms")
+        att = c.get("equal_rate_attainment")
+        lines.append(
+            f"| {label} | {c['rate']:g} | {'' if att is None else f'{100 * att:.2f}%'} | "
+            f"{'' if p99 is None else fmt(p99)} |"
+        )
+    base = configs[best]
+    ratio = configs[ours]["rate"] / base["rate"] if base["rate"] else math.inf
+    p99_ratio = base.get("equal_rate_p99_ms", math.nan) / configs[ours].get(
+        "equal_rate_p99_ms", math.nan
+    )
+    goal_rate = "met" if ratio >= 1.5 else "MISSED"
+    goal_p99 = "met" if p99_ratio >= 2 else "MISSED"
+    lines += [
+        "",
+        f"Best request-level baseline: {best}; ours at its best: {ours}. Cellular: "
+        f"**{ratio:.2f}x** its sustainable rate (goal >= 1.5x: {goal_rate}); p99 at equal rate "
+        f"({equal:g} req/s, a separate {seq.get('equal_rate_s', 10):g} s measurement of every "
+        f"configuration) **{p99_ratio:.2f}x** lower (goal >= 2x: {goal_p99}).",
+        "",
+        *ladder_table(configs),
+    ]
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     lines = [
         "# Batching inside the model: cellular and node-level vs request-level (live)",
         "",
-        f"Run {results['when']} by `bench/cellular/run.py`: one worker process per "
-        "configuration (`accordion.workers serve`, KServe v2 binary tensors over HTTP, one torch "
-        "thread, `OMP_NUM_THREADS=1`), the same open-loop load from the benchmark process, on "
-        "this machine's 2 shared cores (other agents' jobs ran beside it: the figures are "
-        "noisy). All configurations of a workload run at once and are measured on a ladder of "
-        "Poisson (or bursty) rates, interleaved rate by rate so that the background load hits "
-        "all alike; a configuration leaves the ladder after two failures in a row. Sustainable "
-        "rate: the highest rate measured with >= 99% of requests answered within the SLO at "
-        "the client (each measurement 6 s of load); a refused or dropped request counts as a "
-        "miss.",
+        "By `bench/cellular/run.py`: one worker process per configuration (`accordion.workers "
+        "serve`, KServe v2 binary tensors over HTTP, one torch thread, `OMP_NUM_THREADS=1`), "
+        "the same open-loop load from the benchmark process, on this machine's 2 cores shared "
+        "with other agents (the load average is given per run). Sustainable rate: the highest "
+        "rate measured with >= 99% of requests answered within the SLO at the client (a "
+        "refused or dropped request counts as a miss).",
+        "",
+        "Sequence workloads: every configuration (ours and the baselines, each at the settings "
+        "the same search covers: max batch 32 or 64 for cellular and the SloBatcher, the "
+        "SloBatcher also with a profile at the workload's lengths, Triton's dynamic batcher "
+        "over max batch x max queue delay) runs at once, one idle worker each; the search is "
+        "a geometric ladder (x1.25 per rung, each configuration measured 6 s per rung, "
+        "interleaved rate by rate so that background load hits all alike, a configuration "
+        "leaving after two failures in a row), then two rounds of bisection between each "
+        "configuration's highest pass and lowest failure above it; then every configuration "
+        "is measured again at the best baseline's sustainable rate for the p99 at equal rate.",
         "",
     ]
-    seq = results.get("sequences")
-    if seq:
-        configs = seq["configs"]
-        best = seq["best_baseline"]
-        cell = configs["cellular (ours)"]
-        lines += [
-            "## Variable-length sequences: builtin:gru-seq (GRU, hidden 512), SLO 500 ms",
-            "",
-            f"Request lengths lognormal, median 48 steps, mean {seq['mean_length']:.1f}, capped "
-            "at 384. Request-level baselines run on the same model and machinery: a batch of "
-            "whole requests runs until its longest member finishes, nobody joins it (members "
-            "that finish early are answered at once).",
-            "",
-            f"| configuration | sustainable rate (req/s) | p99 at {seq['equal_rate']:.0f} req/s "
-            "(ms) | attainment there |",
-            "|---|---:|---:|---:|",
-        ]
-        for label, c in configs.items():
-            p99 = c.get("equal_rate_p99_ms")
-            att = c.get("equal_rate_attainment")
-            lines.append(
-                f"| {label} | {c['rate']:.0f} | {'' if p99 is None else fmt(p99)} | "
-                f"{'' if att is None else f'{100 * att:.2f}%'} |"
-            )
-        ratio = cell["rate"] / configs[best]["rate"] if configs[best]["rate"] else math.inf
-        p99_ratio = configs[best].get("equal_rate_p99_ms", math.nan) / cell.get(
-            "equal_rate_p99_ms", math.nan
-        )
-        goal_rate = "met" if ratio >= 1.5 else "MISSED"
-        goal_p99 = "met" if p99_ratio >= 2 else "MISSED"
-        lines += [
-            "",
-            f"Best request-level baseline: {best}. Cellular: **{ratio:.2f}x** its sustainable "
-            f"rate (goal >= 1.5x: {goal_rate}); p99 at equal rate **{p99_ratio:.2f}x** lower "
-            f"(goal >= 2x: {goal_p99}).",
-            "",
-            *ladder_table(configs),
-        ]
+    for key in SEQUENCES:
+        if key in results:
+            lines += sequence_section(key, results[key])
     cnn = results.get("cnn")
     if cnn:
         lines += [
             "## Feed-forward: builtin:cnn-deep (10 conv stages), SLO 100 ms",
             "",
+            f"Run {cnn.get('when', results.get('when', '?'))} (the fixed ladder of that run: "
+            "20-200 req/s, a configuration leaving after two failures in a row; 6 s each).",
+            "",
             "| arrivals | configuration | sustainable rate (req/s) | node-level attainment at "
             "the request-level rate |",
             "|---|---|---:|---:|",
         ]
-        for arrivals, per in cnn.items():
+        parts = {k: v for k, v in cnn.items() if isinstance(v, dict)}
+        for arrivals, per in parts.items():
             for label, c in per.items():
                 att = c.get("attainment_at_baseline_rate")
                 lines.append(
@@ -104,10 +141,11 @@ def render(results: dict[str, Any]) -> str:
                     f"{'' if att is None else f'{100 * att:.2f}%'} |"
                 )
         lines.append("")
-        for arrivals, per in cnn.items():
+        for arrivals, per in parts.items():
             lines += [f"{arrivals}:", "", *ladder_table(per)]
     lines += [
-        "Per-rate measurements (attainment, p99) are in `cellular.log`; the same schedulers on "
+        "Per-rate measurements (attainment, p99) are in `cellular-seq-dec.log` (sequences) and "
+        "`cellular.log` (the CNN); the same schedulers on "
         "simulated time, on profiles measured on this machine, in `cellular-sim.md`.",
         "",
     ]

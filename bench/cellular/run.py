@@ -28,6 +28,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
+import os
 import random
 import sys
 import time
@@ -46,15 +48,25 @@ from bench.batching.run import free_port, serve_worker
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 TARGET = 0.99
-SEQ_RATES = [20.0, 30.0, 40.0, 55.0, 70.0, 90.0, 115.0, 145.0, 180.0, 220.0]
-DEC_RATES = [5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 55.0, 70.0]
+STEP = 1.25  # the sequence search's ladder: x1.25 per rung
+MAX_RATE = 2000.0
+BISECT = 2  # bisection rounds after the ladder: the rate within ~6%
+EQUAL_RATE_S = 10.0
+TRITON_GRID = [(8, 5.0), (16, 20.0), (32, 20.0), (64, 50.0)]
 CNN_RATES = [20.0, 40.0, 60.0, 80.0, 100.0, 130.0, 160.0, 200.0]
 
 
 @contextlib.contextmanager
-def worker(model: str, slo_ms: float, batching: BatchingConfig) -> Iterator[str]:
+def worker(
+    model: str, slo_ms: float, batching: BatchingConfig, profile_ms: dict[int, float] | None = None
+) -> Iterator[str]:
     config = WorkerConfig(
-        model_name="bench", model=model, slo_ms=slo_ms, batching=batching, port=free_port()
+        model_name="bench",
+        model=model,
+        slo_ms=slo_ms,
+        batching=batching,
+        port=free_port(),
+        profile_ms=profile_ms or {},
     )
     with serve_worker(config) as (url, _):
         yield url
@@ -79,7 +91,7 @@ def binary_body(sample: np.ndarray, datatype: str) -> tuple[bytes, int]:
 
 def gru_lengths(n: int, seed: int) -> list[int]:
     rng = np.random.default_rng(seed)
-    return [int(x) for x in np.clip(np.round(rng.lognormal(np.log(48), 0.8, n)), 2, 384)]
+    return [int(x) for x in np.clip(np.round(rng.lognormal(np.log(40), 1.1, n)), 2, 768)]
 
 
 def poisson(rate: float, duration_s: float, seed: int) -> list[float]:
@@ -231,47 +243,167 @@ def sustainable(runs: list[Run]) -> float:
     return max((rate for rate, att, _ in runs if att >= TARGET), default=0.0)
 
 
+def search(
+    model: str,
+    configs: list[tuple[str, BatchingConfig, dict[int, float]]],
+    bodies: Bodies,
+    slo: float,
+    duration: float,
+    start: float,
+    log: Callable[[str], None],
+    is_baseline: Callable[[str], bool],
+) -> tuple[dict[str, list[Run]], float, dict[str, tuple[float, float]]]:
+    """Every configuration's sustainable rate by one search, the same for all, in one run.
+
+    1. A geometric ladder (x`STEP` from `start`), rate by rate, each configuration measured
+       once per rate, interleaved (the machine's background load hits all alike), until each
+       has failed twice in a row (or `MAX_RATE`).
+    2. `BISECT` rounds of bisection (geometric) per configuration between its highest passed
+       rate and the lowest failed rate above it, interleaved round by round.
+    The sustainable rate is then the highest rate measured with >= 99% within the SLO.
+    3. Every configuration measured again at the best baseline's sustainable rate
+       (`EQUAL_RATE_S` of load, the same arrivals for all): attainment and p99 at equal rate.
+    Returns the runs per configuration, that rate, and the equal-rate (attainment, p99)."""
+    with contextlib.ExitStack() as stack:
+        urls = {
+            label: stack.enter_context(worker(model, slo, b, profile))
+            for label, b, profile in configs
+        }
+        for url in urls.values():
+            measure(url, bodies, poisson, start / 2, 2.0, slo)  # warm-up
+        table: dict[str, list[Run]] = {label: [] for label in urls}
+
+        def one(label: str, rate: float) -> bool:
+            rep = measure(urls[label], bodies, poisson, rate, duration, slo)
+            table[label].append((rate, rep.attainment, rep.p99_ms()))
+            log(f"    {rate:6.1f}/s  {label}: {rep.attainment:.4f}, p99 {rep.p99_ms():.0f} ms")
+            return rep.attainment >= TARGET
+
+        failures = dict.fromkeys(urls, 0)
+        rate = start
+        while rate <= MAX_RATE and any(f < 2 for f in failures.values()):
+            for label in urls:
+                if failures[label] < 2:
+                    failures[label] = 0 if one(label, rate) else failures[label] + 1
+            rate = round(rate * STEP, 1)
+        for _ in range(BISECT):
+            for label in urls:
+                passed = sustainable(table[label])
+                above = [r for r, a, _ in table[label] if a < TARGET and r > passed]
+                if not above or (passed and min(above) / passed < 1.04):
+                    continue
+                low = passed or min(above) / 2
+                one(label, round(math.sqrt(low * min(above)), 1))
+        rates = {k: sustainable(v) for k, v in table.items()}
+        equal_rate = max((r for k, r in rates.items() if is_baseline(k)), default=0.0)
+        equal: dict[str, tuple[float, float]] = {}
+        if equal_rate > 0:
+            log(f"  at equal rate, {equal_rate:g} req/s (the best baseline's), {EQUAL_RATE_S:g} s:")
+            for label, url in urls.items():
+                rep = measure(url, bodies, poisson, equal_rate, EQUAL_RATE_S, slo, seed=2)
+                equal[label] = (rep.attainment, rep.p99_ms())
+                att, p99 = equal[label]
+                log(f"    {equal_rate:6.1f}/s  {label}: {att:.4f}, p99 {p99:.0f} ms")
+    return table, equal_rate, equal
+
+
 def sequences(
     model: str,
     bodies: Bodies,
     slo: float,
-    grid: list[tuple[int, float]],
     duration: float,
     log: Callable[[str], None],
-    rates: list[float],
+    start: float,
+    step_profile_s: dict[int, float],
+    lengths: list[int],
 ) -> dict[str, object]:
-    """Cellular against the request-level baselines (SloBatcher; Triton at each `grid`
-    setting) on one sequence model: sustainable rates, and p99 at the best baseline's."""
-    configs: list[tuple[str, BatchingConfig]] = [
-        ("cellular (ours)", BatchingConfig(mode="cellular", max_batch_size=32)),
-        ("request-level SloBatcher", BatchingConfig(max_batch_size=32)),
-    ]
-    for mb, delay in grid:
+    """Cellular against the request-level baselines on one sequence model, every one at the
+    settings the same search finds best: max batch 32 or 64 for cellular and our SloBatcher
+    (the latter also with a profile at the workload's lengths: a batch of b takes the longest
+    of b requests), Triton's dynamic batcher over max batch x max queue delay. Sustainable
+    rates (`search`), then every configuration measured again at the best baseline's
+    sustainable rate, at once (p99 at equal rate, `EQUAL_RATE_S` of load each)."""
+    longest = batch_longest(lengths)
+    workload_profile = {b: s * longest[b] * 1000 for b, s in step_profile_s.items()}
+    configs: list[tuple[str, BatchingConfig, dict[int, float]]] = []
+    for mb in (32, 64):
+        configs.append(
+            (
+                f"cellular (ours, max batch {mb})",
+                BatchingConfig(mode="cellular", max_batch_size=mb),
+                {},
+            )
+        )
+    for mb in (32, 64):
+        configs.append(
+            (f"request-level SloBatcher (max batch {mb})", BatchingConfig(max_batch_size=mb), {})
+        )
+    configs.append(
+        (
+            "request-level SloBatcher (max batch 32, profile at the lengths)",
+            BatchingConfig(max_batch_size=32),
+            workload_profile,
+        )
+    )
+    for mb, delay in TRITON_GRID:
         configs.append(
             (
                 f"request-level Triton (max batch {mb}, delay {delay:g} ms)",
                 BatchingConfig(policy="triton", max_batch_size=mb, max_queue_delay_ms=delay),
+                {},
             )
         )
-    table = ladder(model, configs, bodies, poisson, rates, slo, duration, log)
+    table, equal_rate, equal = search(
+        model, configs, bodies, slo, duration, start, log, lambda k: not k.startswith("cellular")
+    )
     seq: dict[str, dict[str, object]] = {
-        label: {"rate": sustainable(table[label]), "runs": table[label]} for label, _ in configs
+        label: {"rate": sustainable(table[label]), "runs": table[label]} for label, _, _ in configs
     }
-    baselines = {k: sustainable(table[k]) for k in table if not k.startswith("cellular")}
-    best = max(baselines, key=baselines.__getitem__)
-    equal_rate = baselines[best]
-    for label, runs in table.items():
-        there = [(att, p99) for rate, att, p99 in runs if rate == equal_rate]
-        if there:
-            seq[label]["equal_rate_attainment"], seq[label]["equal_rate_p99_ms"] = there[0]
-    return {"best_baseline": best, "equal_rate": equal_rate, "configs": seq}
+    for label, (att, p99) in equal.items():
+        seq[label]["equal_rate_attainment"], seq[label]["equal_rate_p99_ms"] = att, p99
+    rates = {k: sustainable(v) for k, v in table.items()}
+    best = max((k for k in rates if not k.startswith("cellular")), key=rates.__getitem__)
+    ours = max((k for k in rates if k.startswith("cellular")), key=rates.__getitem__)
+    return {
+        "best_baseline": best,
+        "ours": ours,
+        "equal_rate": equal_rate,
+        "configs": seq,
+        "step_profile_ms": {b: 1000 * s for b, s in step_profile_s.items()},
+        "batch_longest": longest,
+    }
+
+
+def batch_longest(lengths: list[int], draws: int = 2000, seed: int = 3) -> dict[int, float]:
+    """Per batch size b, the mean length of the longest of b requests drawn from `lengths`:
+    how many steps a request-level batch of b runs."""
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(lengths)
+    return {
+        b: float(np.mean(rng.choice(arr, (draws, b)).max(axis=1))) for b in (1, 2, 4, 8, 16, 32, 64)
+    }
+
+
+def step_profile(model_name: str) -> dict[int, float]:
+    """The cell's median step latency per batch size, measured here (one torch thread)."""
+    import torch
+
+    from accordion.workers.seqmodels import STAGED_BUILTINS
+    from accordion.workers.stagedworker import profile_stages, stage_profile_s
+
+    torch.set_num_threads(1)
+    model = STAGED_BUILTINS[model_name]()
+    return stage_profile_s(profile_stages(model, [1, 2, 4, 8, 16, 32, 64], repeats=3))[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--part", choices=["all", "seq", "dec", "cnn"], default="all")
+    parser.add_argument(
+        "--part", default="all", help="comma-separated: seq, dec, cnn (all: every one)"
+    )
     args = parser.parse_args()
+    parts = {"seq", "dec", "cnn"} if args.part == "all" else set(args.part.split(","))
     duration = 4.0 if args.quick else 6.0
     lines: list[str] = []
     results: dict[str, object] = {}
@@ -281,43 +413,49 @@ def main() -> None:
         lines.append(text)
 
     # ------------------------------------------------------------------ sequences
-    if args.part in ("all", "seq"):
+    if "seq" in parts:
         from accordion.workers.seqmodels import GruStaged
 
         gru = GruStaged()
-        lengths = gru_lengths(400, seed=7)
+        lengths = gru_lengths(600, seed=7)
         bodies = [binary_body(gru.example(n, seed=i), "FP32") for i, n in enumerate(lengths)]
-        grid = (
-            [(8, 5.0), (16, 20.0), (32, 50.0)]
-            if args.quick
-            else [(8, 5.0), (16, 20.0), (32, 20.0), (64, 50.0)]
-        )
         log(
-            f"gru-seq, lengths lognormal median 48 (mean {np.mean(lengths):.1f}, p99 "
-            f"{np.percentile(lengths, 99):.0f}), SLO 500 ms"
+            f"gru-seq, lengths lognormal median 40, sigma 1.1, in 2..768 (mean "
+            f"{np.mean(lengths):.1f}, p99 {np.percentile(lengths, 99):.0f}), SLO 1000 ms"
         )
         results["sequences"] = sequences(
-            "builtin:gru-seq", bodies, 500.0, grid, duration, log, SEQ_RATES
-        ) | {"mean_length": float(np.mean(lengths))}
-    if args.part == "dec":  # a second sequence workload, run on its own (--part dec)
+            "builtin:gru-seq", bodies, 1000.0, duration, log, 20.0, step_profile("gru-seq"), lengths
+        ) | {
+            "mean_length": float(np.mean(lengths)),
+            "p99_length": float(np.percentile(lengths, 99)),
+        }
+    if "dec" in parts:
         rng = np.random.default_rng(9)
-        prompts = np.clip(np.round(rng.lognormal(np.log(16), 0.6, 300)), 1, 128).astype(int)
-        outputs = np.clip(np.round(rng.lognormal(np.log(32), 0.8, 300)), 1, 256).astype(int)
+        prompts = np.clip(np.round(rng.lognormal(np.log(16), 0.6, 400)), 1, 128).astype(int)
+        outputs = np.clip(np.round(rng.lognormal(np.log(24), 1.1, 400)), 1, 384).astype(int)
         bodies = [
             binary_body(np.concatenate([rng.integers(1, 256, p), np.zeros(o, np.int64)]), "INT64")
             for p, o in zip(prompts, outputs, strict=True)
         ]
-        steps = prompts + outputs - 1
+        steps = [int(x) for x in prompts + outputs - 1]
         log(
-            f"decoder-tiny, prompts lognormal median 16, outputs median 32 (steps: mean "
-            f"{np.mean(steps):.1f}, p99 {np.percentile(steps, 99):.0f}), SLO 2000 ms"
+            f"decoder-tiny, prompts lognormal median 16, outputs lognormal median 24, sigma 1.1, "
+            f"<= 384 (steps: mean {np.mean(steps):.1f}, p99 {np.percentile(steps, 99):.0f}), "
+            "SLO 2000 ms"
         )
         results["decoder"] = sequences(
-            "builtin:decoder-tiny", bodies, 2000.0, [(32, 50.0)], duration, log, DEC_RATES
-        ) | {"mean_length": float(np.mean(steps))}
+            "builtin:decoder-tiny",
+            bodies,
+            2000.0,
+            duration,
+            log,
+            10.0,
+            step_profile("decoder-tiny"),
+            steps,
+        ) | {"mean_length": float(np.mean(steps)), "p99_length": float(np.percentile(steps, 99))}
 
     # ------------------------------------------------------------------------ CNN
-    if args.part in ("all", "cnn"):
+    if "cnn" in parts:
         from accordion.workers.seqmodels import cnn_staged
 
         cnn = cnn_staged()
@@ -344,10 +482,18 @@ def main() -> None:
         results["cnn"] = out
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results["when"] = stamp
-    name = "cellular.json" if args.part == "all" else f"cellular-{args.part}.json"
-    (RESULTS / name).write_text(json.dumps(results, indent=1, default=str))
-    (RESULTS / name.replace(".json", ".log")).write_text("\n".join(lines) + "\n")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    # cellular.json holds every part, each from its latest run (with its time and load)
+    path = RESULTS / "cellular.json"
+    merged = json.loads(path.read_text()) if path.exists() and args.part != "all" else {}
+    for key, part in results.items():
+        assert isinstance(part, dict)
+        merged[key] = part | {"when": stamp, "load_after": load}
+    path.write_text(json.dumps(merged, indent=1, default=str))
+    log_name = (
+        "cellular.log" if args.part == "all" else f"cellular-{args.part.replace(',', '-')}.log"
+    )
+    (RESULTS / log_name).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
