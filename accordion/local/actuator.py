@@ -189,7 +189,13 @@ class ProcessActuator:
         spec = group.spec
         key = spec.key
         name = f"{service_slug(key.service)}.{key.variant}.{key.pool}"
-        config = spec.worker_config(host=HOST, port=group.port)
+        next_url = None
+        if spec.stage is not None:  # a pipeline stage
+            name += f".stage{(key.stage or 0) + 1}"
+        if spec.stage is not None and spec.stage.next is not None:
+            # Made before this one (`WorkerKey.sort_key`): the next stage's group has its port.
+            next_url = self.url_for(spec.stage.next)
+        config = spec.worker_config(host=HOST, port=group.port, next_url=next_url)
         path = self.run_dir / "config" / f"worker.{name}.{spec.digest()}.json"
         path.write_text(config.model_dump_json(indent=2))
         private = self._port()

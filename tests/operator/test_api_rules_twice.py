@@ -50,6 +50,18 @@ BREAKS: dict[tuple[str, str], Any] = {
         "!has(self.p99Ms) || self.p99Ms >= (has(self.p90Ms) ? self.p90Ms : self.p50Ms)",
     ): {"batchSize": 1, "p50Ms": 5.0, "p99Ms": 4.0},
     (
+        ".spec.variants[].stages[].profiles[]",
+        "self.batches.exists(b, b.batchSize == 1)",
+    ): {"pool": "cpu", "batches": [{"batchSize": 2, "p50Ms": 1.0}]},
+    (
+        ".spec.variants[].stages[].profiles[].batches[]",
+        "!has(self.p90Ms) || self.p90Ms >= self.p50Ms",
+    ): {"batchSize": 1, "p50Ms": 5.0, "p90Ms": 4.0},
+    (
+        ".spec.variants[].stages[].profiles[].batches[]",
+        "!has(self.p99Ms) || self.p99Ms >= (has(self.p90Ms) ? self.p90Ms : self.p50Ms)",
+    ): {"batchSize": 1, "p50Ms": 5.0, "p99Ms": 4.0},
+    (
         ".spec.variants[].model",
         f"self.storageUri.matches('{STORAGE_URI_PATTERN}')",
     ): {"storageUri": "gs://models/resnet50.pt", "format": "torchscript"},

@@ -77,6 +77,8 @@ MAX_INPUT_RANK = 8
 MAX_INPUT_DIM = 1_000_000
 MAX_ALLOWED_NAMESPACES = 256
 MAX_MIG_LAYOUTS = 64
+MAX_MODEL_STAGES = 32
+MAX_TENSOR_BYTES = 1 << 40
 
 POOL_OR_SLICE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[1-7]g\.[0-9]{1,3}gb)?$"
 """A DevicePool name, or a MIG slice of one: `<pool>/<profile>` (`accordion.solver.mig`)."""
@@ -641,6 +643,38 @@ class LatencyProfile(ApiModel):
         return batches
 
 
+class ModelStage(ApiModel):
+    """One part of a variant's model between two candidate cut points (a pipeline stage may
+    run one or several consecutive parts). `accordion profile --split` prints these."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="The part's name: a top-level child of the model (e.g. layer1).",
+    )
+    output_bytes: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_TENSOR_BYTES,
+        description="Size of the tensor this part hands on, per request (bytes).",
+    )
+    profiles: list[LatencyProfile] = Field(
+        min_length=1,
+        max_length=MAX_PROFILES,
+        description="The part's latency per device pool; the part runs only on pools listed.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["pool"]},
+    )
+
+    @field_validator("profiles")
+    @classmethod
+    def _unique_pools(cls, profiles: list[LatencyProfile]) -> list[LatencyProfile]:
+        pools = [p.pool for p in profiles]
+        if len(set(pools)) != len(pools):
+            raise ValueError("each pool may have only one latency profile per stage")
+        return profiles
+
+
 class Variant(ApiModel):
     """One model of the family: an accuracy, a model, and its latency on each pool it can use."""
 
@@ -715,6 +749,26 @@ class Variant(ApiModel):
         if len(set(pools)) != len(pools):
             raise ValueError("each pool may have only one latency profile per variant")
         return profiles
+
+    stages: list[ModelStage] = Field(
+        default_factory=list,
+        max_length=MAX_MODEL_STAGES,
+        description=(
+            "The model's parts between candidate cut points, in order (`accordion profile "
+            "--split`): with two or more, the planner may also serve the variant as a pipeline "
+            "whose stages (consecutive parts) run on different pools, each stage a worker "
+            "Deployment that hands its output to the next. Empty: whole variants only."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stages(cls, stages: list[ModelStage]) -> list[ModelStage]:
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError("stage names must be unique in a variant")
+        return stages
 
 
 class InferenceServiceSpec(ApiModel):
@@ -813,6 +867,17 @@ class InferenceServiceSpec(ApiModel):
         return self.min_replicas if self.min_replicas > 0 or idle else 1
 
 
+class PipelineStageStatus(ApiModel):
+    """One stage of a pipeline row: parts first..last of the model on a pool."""
+
+    pool: str = Field(description="DevicePool name.")
+    first: str = Field(description="The first part of the model the stage runs.")
+    last: str = Field(description="The last part of the model the stage runs.")
+    replicas: int = Field(ge=0, description="Planned worker replicas of the stage.")
+    ready_replicas: int = Field(default=0, ge=0, description="Replicas currently ready.")
+    max_batch_size: int = Field(ge=1, description="The stage's batch size cap.")
+
+
 class PlanRowStatus(ApiModel):
     """One (variant, pool) row of the current plan."""
 
@@ -830,6 +895,15 @@ class PlanRowStatus(ApiModel):
         ge=0,
         description="Of replicas, how many are spare (burst) replicas: routed to only by the "
         "router's fast loop, when the planned replicas cannot answer in time.",
+    )
+    pipeline: str | None = Field(
+        default=None,
+        description="For a pipeline (the variant cut into stages on several pools), its id "
+        "(`first..last@pool*devices` per stage, joined by `>`); pool is its first stage's "
+        "and replicas count whole pipelines. None for a whole variant.",
+    )
+    stages: list[PipelineStageStatus] = Field(
+        default_factory=list, description="A pipeline's stages in order; empty otherwise."
     )
 
 

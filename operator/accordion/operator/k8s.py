@@ -50,6 +50,8 @@ GROUP = "accordion.dev"
 LABEL_SERVICE = f"{GROUP}/service"
 LABEL_VARIANT = f"{GROUP}/variant"
 LABEL_POOL = f"{GROUP}/pool"
+LABEL_STAGE = f"{GROUP}/pipeline-stage"
+ANNOTATION_PIPELINE = f"{GROUP}/pipeline"
 ANNOTATION_SPEC = f"{GROUP}/worker-spec"
 ANNOTATION_ROUTING = f"{GROUP}/routing"
 ANNOTATION_APPLIED_AT = f"{GROUP}/applied-at"
@@ -73,9 +75,15 @@ def _fit(base: str, limit: int = 63) -> str:
 
 
 def worker_name(key: WorkerKey) -> str:
-    """`<service>-<variant>-<pool>-<hash>`: unique (the hash disambiguates dashes), <= 63 chars."""
-    digest = hashlib.sha256(f"{key.service}/{key.variant}/{key.pool}".encode()).hexdigest()[:5]
+    """`<service>-<variant>-<pool>-<hash>`: unique (the hash disambiguates dashes), <= 63 chars.
+    A pipeline stage's: `<service>-<variant>-s<stage>-<pool>-<hash>`, the hash over the
+    pipeline's id too."""
+    ident = f"{key.service}/{key.variant}/{key.pool}"
     base = f"{key.service_name}-{key.variant}-{key.pool}"
+    if key.pipeline is not None:
+        ident += f"/{key.pipeline}/{key.stage}"
+        base = f"{key.service_name}-{key.variant}-s{(key.stage or 0) + 1}-{key.pool}"
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:5]
     base = base.replace("/", "-").replace(".", "-")  # a MIG slice sub-pool: `<pool>/<profile>`
     return f"{base[: 63 - 6].rstrip('-')}-{digest}"
 
@@ -143,6 +151,8 @@ def worker_labels(key: WorkerKey) -> dict[str, str]:
         LABEL_SERVICE: key.service_name,
         LABEL_VARIANT: key.variant,
         LABEL_POOL: pool_label(key.pool),
+        # A pipeline's id does not fit a label value; its stage index does.
+        **({LABEL_STAGE: str(key.stage)} if key.pipeline is not None else {}),
     }
 
 
@@ -212,9 +222,13 @@ def worker_deployment(spec: WorkerSpec, uid: str | None, config: OperatorConfig)
     """The Deployment of a worker group: one variant on one pool, `spec.replicas` pods."""
     key = spec.key
     labels = worker_labels(key)
-    worker_config = spec.worker_config(host="0.0.0.0", port=config.worker_port).model_copy(
-        update={"grpc_port": config.worker_grpc_port}
-    )
+    # A pipeline stage hands on to the next stage's Service (`desired.StageWiring`).
+    next_url = None
+    if spec.stage is not None and spec.stage.next is not None:
+        next_url = worker_url(spec.stage.next, config)
+    worker_config = spec.worker_config(
+        host="0.0.0.0", port=config.worker_port, next_url=next_url
+    ).model_copy(update={"grpc_port": config.worker_grpc_port})
     source = _storage(spec.model_uri)
     if source is not None and source.kind in (StorageKind.S3, StorageKind.HTTP, StorageKind.PVC):
         worker_config = worker_config.model_copy(update={"model": source.local_path()})
@@ -276,9 +290,17 @@ def worker_deployment(spec: WorkerSpec, uid: str | None, config: OperatorConfig)
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {"metadata": _pod_meta(key, labels), "spec": pod_spec},
         },
     }
+
+
+def _pod_meta(key: WorkerKey, labels: dict[str, str]) -> Manifest:
+    """A worker pod's labels, and a pipeline stage's pipeline id (for `worker_failure_of`)."""
+    meta: Manifest = {"labels": labels}
+    if key.pipeline is not None:
+        meta["annotations"] = {ANNOTATION_PIPELINE: key.pipeline}
+    return meta
 
 
 def _storage(uri: str) -> StorageUri | None:
@@ -661,6 +683,8 @@ def worker_failure_of(pod: Manifest) -> tuple[WorkerKey, tuple[str, str]] | None
             service=f"{meta.get('namespace') or 'default'}/{labels[LABEL_SERVICE]}",
             variant=labels[LABEL_VARIANT],
             pool=pool_from_label(labels[LABEL_POOL]),
+            pipeline=(meta.get("annotations") or {}).get(ANNOTATION_PIPELINE),
+            stage=int(labels[LABEL_STAGE]) if LABEL_STAGE in labels else None,
         )
     except (KeyError, ValueError):
         return None

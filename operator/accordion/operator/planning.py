@@ -26,6 +26,7 @@ from accordion.operator.api import (
     DemandSource,
     DevicePool,
     InferenceService,
+    PipelineStageStatus,
     PlanRowStatus,
 )
 from accordion.operator.staged import planner_profiles
@@ -41,6 +42,7 @@ from accordion.solver import (
     VariantSpec,
 )
 from accordion.solver.mig import GPU_MODELS, MigSpec, slice_pool
+from accordion.solver.problem import StageSpec
 
 
 @dataclass(frozen=True)
@@ -236,8 +238,22 @@ def _service_spec(
                 continue
             used.add(prof.pool)
             profiles[prof.pool] = [profile_point(b) for b in prof.batches]
+        stages = [
+            StageSpec(
+                name=st.name,
+                output_bytes=st.output_bytes,
+                profiles={
+                    prof.pool: [profile_point(b) for b in prof.batches]
+                    for prof in st.profiles
+                    if prof.pool in known and known[prof.pool].admits(namespace)
+                },
+            )
+            for st in v.stages
+        ]
         variants.append(
-            VariantSpec(name=v.name, accuracy=v.accuracy, **planner_profiles(v, profiles))
+            VariantSpec(
+                name=v.name, accuracy=v.accuracy, stages=stages, **planner_profiles(v, profiles)
+            )
         )
     if refused:
         warnings.append(
@@ -291,6 +307,17 @@ def status_rows(plan: Plan | Sequence[PlanRow], service: str) -> list[PlanRowSta
             weight=round(r.routed_qps / routed_total, 4) if routed_total > 0 else 0.0,
             accuracy=r.accuracy,
             spare_replicas=r.spare_replicas,
+            pipeline=r.pipeline,
+            stages=[
+                PipelineStageStatus(
+                    pool=st.pool,
+                    first=st.first,
+                    last=st.last,
+                    replicas=st.replicas,
+                    max_batch_size=st.max_batch_size,
+                )
+                for st in r.stages
+            ],
         )
         for r in rows
     ]

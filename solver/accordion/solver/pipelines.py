@@ -38,6 +38,16 @@ from accordion.solver.capacity import Option, batch_capacity
 from accordion.solver.plan import PlanStage
 from accordion.solver.problem import PlannerSettings, Problem, ServiceSpec, StageSpec, VariantSpec
 
+__all__ = [
+    "PipelineOption",
+    "PipelineStage",
+    "downstream_s",
+    "pass_latency_s",
+    "pipeline_options",
+    "plan_stages",
+    "transfer_s",
+]
+
 MAX_STAGE_DEVICES = 8
 """The most devices one stage of one pipeline replica may take."""
 NEAR = 0.05
@@ -200,13 +210,10 @@ def _fits(
             run_s = seg.latency_s[b]
             latency += 2 * run_s
             rate = b / run_s
-            if i < last and seg.output_bytes > 0:
-                latency += settings.transfer_overhead_s + b * seg.output_bytes / (
-                    settings.transfer_bytes_per_s
-                )
-                rate = min(rate, settings.transfer_bytes_per_s / seg.output_bytes)
-            elif i < last:
-                latency += settings.transfer_overhead_s
+            if i < last:
+                latency += transfer_s(settings, b, seg.output_bytes)
+                if seg.output_bytes > 0:
+                    rate = min(rate, settings.transfer_bytes_per_s / seg.output_bytes)
             rates.append(rate * utilization)
         if latency > svc.slo_s:
             continue
@@ -321,3 +328,32 @@ def plan_stages(problem: Problem, o: Option, replicas: int) -> list[PlanStage]:
         )
         for st in o.stages
     ]
+
+
+def transfer_s(settings: PlannerSettings, batch_size: int, output_bytes: int) -> float:
+    """Time to hand a batch of `batch_size` to the next stage (the planner's model of it)."""
+    return settings.transfer_overhead_s + batch_size * output_bytes / settings.transfer_bytes_per_s
+
+
+def downstream_s(stages: list[PlanStage], settings: PlannerSettings) -> list[float]:
+    """Per stage, the share of a request's budget the stages after it need in the worst case:
+    the hand-over from it on, and twice each later stage's batch latency (`latency` in the
+    module docstring). A stage's worker batches against the deadline less this, so that the
+    planned pipeline keeps the SLO end to end; 0 for the last stage."""
+    out: list[float] = []
+    for i in range(len(stages)):
+        later = stages[i + 1 :]
+        hand_overs = stages[i:-1]
+        out.append(
+            sum(2 * st.latency_s for st in later)
+            + sum(transfer_s(settings, st.max_batch_size, st.output_bytes) for st in hand_overs)
+        )
+    return out
+
+
+def pass_latency_s(stages: list[PlanStage], settings: PlannerSettings) -> float:
+    """One full batch's time through the whole pipeline (every stage's batch latency and the
+    hand-overs): the batch latency a router counts on for the pipeline's backlog."""
+    return sum(st.latency_s for st in stages) + sum(
+        transfer_s(settings, st.max_batch_size, st.output_bytes) for st in stages[:-1]
+    )

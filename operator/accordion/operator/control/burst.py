@@ -145,6 +145,7 @@ def main_allocation(plan: Plan) -> list[Allocation]:
             variant=r.variant,
             pool=r.pool,
             replicas=r.replicas - r.spare_replicas,
+            pipeline=r.pipeline,
         )
         for r in plan.rows
         if r.replicas - r.spare_replicas > 0

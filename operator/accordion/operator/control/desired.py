@@ -27,11 +27,19 @@ from accordion.operator.api import (
     ModelFormat,
     ResourceRequirements,
     Toleration,
+    Variant,
 )
 from accordion.operator.mig import slice_device_pool
 from accordion.operator.staged import StagedBatching, request_profile_ms, worker_batching
-from accordion.solver import Plan, PlanRow
-from accordion.workers.config import Backend, RoutingTable, WorkerConfig
+from accordion.operator.stages import stage_profile_ms
+from accordion.solver import Plan, PlannerSettings, PlanRow
+from accordion.solver.pipelines import downstream_s, pass_latency_s
+from accordion.workers.config import (
+    Backend,
+    PipelineStageConfig,
+    RoutingTable,
+    WorkerConfig,
+)
 
 
 class _Frozen(BaseModel):
@@ -44,6 +52,12 @@ class WorkerKey(_Frozen):
     service: str = Field(description="`namespace/name` of the InferenceService.")
     variant: str
     pool: str
+    pipeline: str | None = Field(
+        default=None,
+        description="A pipeline stage's group: the pipeline's id (its plan row's); None for a "
+        "whole variant.",
+    )
+    stage: int | None = Field(default=None, ge=0, description="The stage's index, from 0.")
 
     @property
     def namespace(self) -> str:
@@ -55,11 +69,22 @@ class WorkerKey(_Frozen):
 
     @property
     def backend_name(self) -> str:
-        """The backend's name in the routing table (and the router's metric label)."""
-        return f"{self.variant}@{self.pool}"
+        """The backend's name in the routing table (and the router's metric label); a
+        pipeline's is its id, and a later stage's says which stage it is."""
+        if self.pipeline is None:
+            return f"{self.variant}@{self.pool}"
+        suffix = f"#{self.stage + 1}" if self.stage else ""
+        return f"{self.variant}@{self.pipeline}{suffix}"
 
-    def sort_key(self) -> tuple[str, str, str]:
-        return (self.service, self.variant, self.pool)
+    def sort_key(self) -> tuple[str, str, str, int, str]:
+        """Service, variant, then whole variants before pipelines, a pipeline's later stages
+        before its earlier ones (make steps in this order create the stage a stage hands on to
+        first), then the pool."""
+        return (self.service, self.variant, self.pipeline or "", -(self.stage or 0), self.pool)
+
+    def entry(self) -> WorkerKey:
+        """The group the router sends to: a pipeline's first stage; a whole variant itself."""
+        return self if not self.stage else self.model_copy(update={"stage": 0})
 
 
 class Placement(_Frozen):
@@ -78,6 +103,24 @@ class Placement(_Frozen):
             tolerations=list(pool.spec.tolerations),
             resources=pool.spec.resources,
         )
+
+
+class StageWiring(_Frozen):
+    """A worker group that is one stage of a pipeline: which parts of the model it runs, the
+    group it hands its output to, and its share of the pipeline (`worker_specs`)."""
+
+    first: str
+    last: str
+    next: WorkerKey | None = Field(description="The next stage's group; None for the last.")
+    downstream_ms: float = Field(
+        ge=0, description="What the later stages need of a request's budget (batch, hand-over)."
+    )
+    devices_per_replica: int = Field(
+        ge=1, description="This stage's replicas per replica of the whole pipeline."
+    )
+    pass_latency_ms: float = Field(
+        ge=0, description="A full batch's time through the whole pipeline (the router's)."
+    )
 
 
 class WorkerSpec(_Frozen):
@@ -102,13 +145,33 @@ class WorkerSpec(_Frozen):
     batching: StagedBatching | None = None
     """Batching inside the model (the variant's `batching`); None: whole requests."""
     placement: Placement = Field(default_factory=Placement)
+    stage: StageWiring | None = None
+    """One stage of a pipeline; None: the whole variant."""
 
     def with_replicas(self, replicas: int) -> WorkerSpec:
         return self.model_copy(update={"replicas": replicas})
 
-    def worker_config(self, *, host: str = "0.0.0.0", port: int = 8080) -> WorkerConfig:
-        """The worker process's configuration (`accordion.workers.config.WorkerConfig`)."""
+    def worker_config(
+        self, *, host: str = "0.0.0.0", port: int = 8080, next_url: str | None = None
+    ) -> WorkerConfig:
+        """The worker process's configuration (`accordion.workers.config.WorkerConfig`).
+
+        A pipeline stage's worker runs its parts of the model and hands on to `next_url` (the
+        next stage's base URL, as the driver reaches it; the caller gives it when
+        `stage.next` is set)."""
         model = self.model_uri.removeprefix("file://")
+        pipeline = None
+        if self.stage is not None:
+            pipeline = PipelineStageConfig(
+                first=self.stage.first,
+                last=self.stage.last,
+                next_url=(
+                    None
+                    if next_url is None
+                    else f"{next_url.rstrip('/')}/v2/models/{self.key.variant}/infer"
+                ),
+                downstream_ms=self.stage.downstream_ms,
+            )
         return WorkerConfig(
             model_name=self.key.variant,
             model=model,
@@ -121,6 +184,7 @@ class WorkerSpec(_Frozen):
             batching=worker_batching(self.batching, self.max_batch_size),
             host=host,
             port=port,
+            pipeline=pipeline,
         )
 
     def digest(self) -> str:
@@ -213,8 +277,11 @@ def worker_specs(
     plan: Plan | Sequence[PlanRow],
     services: Mapping[str, InferenceService],
     pools: Mapping[str, DevicePool],
+    planner: PlannerSettings | None = None,
 ) -> dict[WorkerKey, WorkerSpec]:
-    """The worker groups the plan (or some of its rows) wants, keyed by (service, variant, pool)."""
+    """The worker groups the plan (or some of its rows) wants, keyed by (service, variant, pool)
+    and, for a pipeline's stages, the pipeline and the stage (`planner`: the settings it was
+    planned with, for the stages' share of the budget)."""
     out: dict[WorkerKey, WorkerSpec] = {}
     for row in plan.rows if isinstance(plan, Plan) else plan:
         svc = services.get(row.service)
@@ -224,6 +291,9 @@ def worker_specs(
             continue
         variant = next((v for v in svc.spec.variants if v.name == row.variant), None)
         if variant is None:
+            continue
+        if row.stages:
+            out.update(_stage_specs(row, svc, variant, pools, planner))
             continue
         key = WorkerKey(service=row.service, variant=row.variant, pool=row.pool)
         out[key] = WorkerSpec(
@@ -270,11 +340,8 @@ def service_routing(
     as far as their ready replicas can, and whatever is left goes to the targets' spare ready
     capacity.
     """
-    planned = {
-        WorkerKey(service=r.service, variant=r.variant, pool=r.pool): r.routed_qps
-        for r in rows
-        if r.service == service and r.replicas > 0
-    }
+    targets, running, ready = pipeline_view(targets, running, ready)
+    planned = {row_key(r): r.routed_qps for r in rows if r.service == service and r.replicas > 0}
     planned = {k: v for k, v in planned.items() if k in targets}
     demand = sum(planned.values())
     specs: dict[WorkerKey, WorkerSpec] = {**running, **targets}
@@ -327,7 +394,125 @@ def service_routing(
                 capacity_qps=round(n_ready * spec.capacity_qps_per_replica, 3),
                 accuracy=spec.accuracy,
                 max_batch_size=spec.max_batch_size,
-                batch_latency_ms=batch_latency_ms(spec.profile_ms, spec.max_batch_size),
+                batch_latency_ms=(
+                    batch_latency_ms(spec.profile_ms, spec.max_batch_size)
+                    if spec.stage is None
+                    else spec.stage.pass_latency_ms
+                ),
             )
         )
     return Routing(service=service, slo_ms=slo_ms, routes=routes, final=all_ready)
+
+
+# ------------------------------------------------------------------------------ pipelines
+
+
+def row_key(row: PlanRow) -> WorkerKey:
+    """The worker group a plan row is routed to: its variant on its pool, or a pipeline's
+    first stage."""
+    if not row.stages:
+        return WorkerKey(service=row.service, variant=row.variant, pool=row.pool)
+    return WorkerKey(
+        service=row.service,
+        variant=row.variant,
+        pool=row.stages[0].pool,
+        pipeline=row.pipeline,
+        stage=0,
+    )
+
+
+def _stage_specs(
+    row: PlanRow,
+    svc: InferenceService,
+    variant: Variant,
+    pools: Mapping[str, DevicePool],
+    planner: PlannerSettings | None,
+) -> dict[WorkerKey, WorkerSpec]:
+    """One worker group per stage of a pipeline row, each on its own pool and wired to the
+    next; none when a stage's pool is unknown (the pipeline cannot run in part)."""
+    if any(st.pool not in pools for st in row.stages):
+        return {}
+    settings = planner or PlannerSettings()
+    downstream = downstream_s(row.stages, settings)
+    pass_ms = round(pass_latency_s(row.stages, settings) * 1000.0, 3)
+    keys = [
+        WorkerKey(
+            service=row.service, variant=row.variant, pool=st.pool, pipeline=row.pipeline, stage=i
+        )
+        for i, st in enumerate(row.stages)
+    ]
+    out: dict[WorkerKey, WorkerSpec] = {}
+    for i, (key, st) in enumerate(zip(keys, row.stages, strict=True)):
+        out[key] = WorkerSpec(
+            key=key,
+            replicas=st.replicas,
+            max_batch_size=st.max_batch_size,
+            # Each of a stage's replicas carries its share of a pipeline replica's capacity:
+            # ready replicas x this is what the stage can pass on (`pipeline_view`).
+            capacity_qps_per_replica=round(
+                row.capacity_qps_per_replica / st.devices_per_replica, 6
+            ),
+            accuracy=row.accuracy,
+            slo_ms=svc.spec.slo.latency_ms,
+            model_uri=variant.model.storage_uri,
+            model_format=variant.model.format,
+            input_shape=(
+                None if variant.model.input_shape is None else tuple(variant.model.input_shape)
+            ),
+            input_datatype=variant.model.input_datatype,
+            profile_ms=stage_profile_ms(variant, st.first, st.last, st.pool),
+            placement=Placement.of(pools[st.pool]),
+            stage=StageWiring(
+                first=st.first,
+                last=st.last,
+                next=keys[i + 1] if i + 1 < len(keys) else None,
+                downstream_ms=round(downstream[i] * 1000.0, 3),
+                devices_per_replica=st.devices_per_replica,
+                pass_latency_ms=pass_ms,
+            ),
+        )
+    return out
+
+
+def pipeline_view(
+    targets: Mapping[WorkerKey, WorkerSpec],
+    running: Mapping[WorkerKey, WorkerSpec],
+    ready: Mapping[WorkerKey, int],
+) -> tuple[dict[WorkerKey, WorkerSpec], dict[WorkerKey, WorkerSpec], dict[WorkerKey, int]]:
+    """The worker groups as routing sees them: a pipeline is its first stage, ready as far as
+    every stage is: its ready replicas count only whole pipelines that are ready end to end
+    (min over stages of ready replicas / replicas per pipeline replica). So a pipeline gets
+    traffic only once its later stages are ready, and keeps it while they are."""
+    specs = {**running, **targets}
+    stages = {key for key in specs if key.pipeline is not None and not key.stage}
+    if not stages:
+        return dict(targets), dict(running), dict(ready)
+    view_ready = dict(ready)
+    for entry in stages:
+        view_ready[entry] = _whole_pipelines(entry, specs, ready) * _per_replica(specs[entry])
+
+    def entries(of: Mapping[WorkerKey, WorkerSpec]) -> dict[WorkerKey, WorkerSpec]:
+        return {k: v for k, v in of.items() if not k.stage}
+
+    return entries(targets), entries(running), view_ready
+
+
+def _per_replica(spec: WorkerSpec) -> int:
+    return spec.stage.devices_per_replica if spec.stage is not None else 1
+
+
+def _whole_pipelines(
+    entry: WorkerKey, specs: Mapping[WorkerKey, WorkerSpec], ready: Mapping[WorkerKey, int]
+) -> int:
+    """Pipeline replicas ready end to end, following the stages' wiring from `entry`; 0 when
+    a stage the wiring names does not exist."""
+    complete: int | None = None
+    key: WorkerKey | None = entry
+    while key is not None:
+        spec = specs.get(key)
+        if spec is None:
+            return 0
+        n = ready.get(key, 0) // _per_replica(spec)
+        complete = n if complete is None else min(complete, n)
+        key = spec.stage.next if spec.stage is not None else None
+    return complete or 0

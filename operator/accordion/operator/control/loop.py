@@ -283,9 +283,18 @@ class ControlLoop:
                 self._current_memo = (self.last_plan, main_allocation(self.last_plan))
             return [a for a in self._current_memo[1] if a.service in world.services]
         return [
-            Allocation(service=k.service, variant=k.variant, pool=k.pool, replicas=w.spec.replicas)
+            Allocation(
+                service=k.service,
+                variant=k.variant,
+                pool=k.pool,
+                # A pipeline runs as its first stage's replicas over its devices per replica.
+                replicas=w.spec.replicas
+                // (w.spec.stage.devices_per_replica if w.spec.stage is not None else 1),
+                pipeline=k.pipeline,
+            )
             for k, w in sorted(world.workers.items(), key=lambda kv: kv[0].sort_key())
             if k.service in world.services
+            and not k.stage  # a pipeline's later stages are part of its first's allocation
             and any(v.name == k.variant for v in world.services[k.service].spec.variants)
         ]
 
@@ -738,11 +747,12 @@ class ControlLoop:
         pools: Mapping[str, DevicePool],
     ) -> dict[WorkerKey, WorkerSpec]:
         """The service's worker groups (`desired.worker_specs`), re-used while inputs are equal."""
-        key = (svc, rows, tuple(pools.get(r.pool) for r in rows))
+        used = [p for r in rows for p in [st.pool for st in r.stages] or [r.pool]]
+        key = (svc, rows, tuple(pools.get(p) for p in used))
         hit = self._targets_memo.get(svc_key)
         if hit is not None and hit[0] == key:
             return hit[1]
-        specs = worker_specs(list(rows), {svc_key: svc}, pools)
+        specs = worker_specs(list(rows), {svc_key: svc}, pools, self.settings.planner)
         self._targets_memo[svc_key] = (key, specs)
         return specs
 

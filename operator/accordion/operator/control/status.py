@@ -17,9 +17,11 @@ from accordion.operator.api import (
     DemandSource,
     InferenceService,
     InferenceServiceStatus,
+    PlanRowStatus,
 )
 from accordion.operator.control.cost import CostSnapshot
 from accordion.operator.control.desired import Routing, WorkerKey
+from accordion.operator.control.pipelines import pipeline_ready
 from accordion.operator.control.steps import RecordEvent, Step, UpdateStatus
 from accordion.operator.control.world import DemandView, RunningWorker, World
 from accordion.operator.planning import planned_demand_qps, status_rows
@@ -150,6 +152,9 @@ def service_status_steps(
     )
     ready_total = 0
     for row in rows:
+        if row.stages:  # a pipeline: ready per stage, and as whole pipelines
+            ready_total += pipeline_ready(key, row, svc_workers)
+            continue
         wk = WorkerKey(service=key, variant=row.variant, pool=row.pool)
         running = svc_workers.get(wk)
         row.ready_replicas = min(row.replicas, running.ready_replicas if running else 0)
@@ -294,9 +299,7 @@ def service_status_steps(
                 "cost_per_1k_requests": cost.cost_per_1k_requests,
             }
         )
-    plan_changed = [r.model_copy(update={"ready_replicas": 0}) for r in rows] != [
-        r.model_copy(update={"ready_replicas": 0}) for r in prev.plan
-    ]
+    plan_changed = [_unready(r) for r in rows] != [_unready(r) for r in prev.plan]
     if plan_changed:
         status = status.model_copy(update={"last_plan_time": now})
         steps.extend(plan_events(key, prev, status))
@@ -385,3 +388,9 @@ def shortfall_reason(
     if overload:
         parts.append("planned without headroom or utilization margin (overload)")
     return "; ".join(parts)
+
+
+def _unready(row: PlanRowStatus) -> PlanRowStatus:
+    """The row without its ready counts (its stages' too): what the plan decided."""
+    stages = [st.model_copy(update={"ready_replicas": 0}) for st in row.stages]
+    return row.model_copy(update={"ready_replicas": 0, "stages": stages})
