@@ -70,6 +70,14 @@ class HeldRequests:
         self.sim.call_at(latest, lambda: self._expire(service, request.request_id))
         return True
 
+    def last_cold_starts(self) -> dict[str, float]:
+        """Each service's last measured cold start (what its router reports)."""
+        return {
+            k: e.activator.last_s
+            for k, e in self.services.items()
+            if e.activator.last_s is not None
+        }
+
     def waiting(self, service: str) -> int:
         entry = self.services.get(service)
         return len(entry.held) if entry is not None else 0

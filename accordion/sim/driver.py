@@ -310,6 +310,7 @@ class LoopControl:
             burst=self.tracker.bursts(),
             last_arrival_s=self.tracker.last_arrivals(),
             burstiness=self._burstiness(),
+            cold_start_s=self.activators.last_cold_starts(),
         )
         if self.loop.pass_due(self.world, self._view):
             # Demand passes wait for no quiet time (debounce is for bursts of watch events),

@@ -15,9 +15,11 @@ Policies, each on the simulator's engine with execution times drawn from the pro
 * ``ours``: the product: the operator's ControlLoop (`accordion.sim.driver.LoopControl`) at
   its defaults, the routers' burstiness measured and the planner's batching model
   (`accordion.solver.queueing`) sizing replicas, every service ``minReplicas: 0`` with
-  ``scaleToZeroIdleSeconds: 90`` (Knative's stable window plus grace period, so both scale to
-  zero after the same idle time) and ``demand.burst.policy: Off`` (no spare replicas: the
-  API's setting for cost-sensitive services);
+  ``scaleToZeroIdleSeconds: 90`` (Knative's stable window plus grace period: neither keeps an
+  idle replica longer; within it the product's idle period follows the measured cold start
+  and rate, `accordion.operator.control.idle`) and ``demand.burst.policy: Off`` (no spare
+  replicas: the API's setting for cost-sensitive services); requests at zero replicas are held
+  by the router's activator (`accordion.sim.activator`), as the KPA's activator holds its own;
 * ``margin``: the same loop and spec without the batching model: today's fixed utilization
   margin (PlannerSettings.utilization), swept;
 * ``knative``: the KPA (`accordion.sim.knative`), target utilization swept.

@@ -12,7 +12,11 @@ phases at gamma-distributed levels around the mean) and each of 3+ rates:
   (`engine.dist_quantile`), the same schedule;
 * **model**: `queueing.latency_quantile_s` from the profile ``accordion profile`` measured at the
   start of the run, at the schedule's rate and the burstiness the router's own meter
-  (`dispersion.DispersionMeter`) reads from the schedule.
+  (`dispersion.DispersionMeter`) reads from the schedule; once from the profile alone (the
+  device's work) and once with the per-request overhead of the worker's HTTP path
+  (`profiler.measure_overhead`, measured on the same worker before the runs: a lone request's
+  round trip beyond its execution, and the work per request a saturated worker's batches wait
+  for); the simulator's replay gets the same overhead.
 
 Run: ``flock /tmp/accordion-heavy.lock .venv/bin/python bench/serverless/worker_model.py``
 (writes bench/results/serverless_model.json, read by report.py).
@@ -40,10 +44,11 @@ import yaml
 
 from accordion.sim.engine import dist_quantile
 from accordion.solver import ProfilePoint
-from accordion.solver.queueing import latency_quantile_s
+from accordion.solver.queueing import RequestOverhead, latency_quantile_s
 from accordion.workers.batching import LatencyPredictor, Request, SloBatcher, replay
 from accordion.workers.dispersion import BIN_S, DispersionMeter
 from accordion.workers.loadgen import build_body, poisson_schedule, run_load
+from accordion.workers.profiler import measure_overhead
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 WORKER = [sys.executable, "-m", "accordion.workers"]
@@ -112,19 +117,21 @@ def profile() -> list[ProfilePoint]:
     ]
 
 
-def simulated_p99(points: list[ProfilePoint], schedule: list[float], seed: int) -> float:
+def simulated_p99(
+    points: list[ProfilePoint], schedule: list[float], seed: int, overhead: RequestOverhead
+) -> float:
     rng = random.Random(seed)
     sizes = [p.batch_size for p in points]
 
     def execution_s(b: int) -> float:
         p50 = float(np.interp(b, sizes, [p.p50_s for p in points]))
         p90 = float(np.interp(b, sizes, [p.p90_s or p.p50_s for p in points]))
-        return dist_quantile(p50, p90, rng.random())
+        return dist_quantile(p50, p90, rng.random()) + b * overhead.per_request_s
 
     requests = [Request(i, a, a + 10.0) for i, a in enumerate(schedule)]
     predictor = LatencyPredictor({p.batch_size: p.p50_s for p in points})
     out = replay(SloBatcher(CAP, predictor), requests, execution_s)
-    return float(np.percentile(out.response_s, 99))
+    return float(np.percentile(out.response_s, 99)) + overhead.fixed_s
 
 
 def main() -> None:
@@ -170,6 +177,15 @@ def main() -> None:
         asyncio.run(
             run_load(url, MODEL, poisson_schedule(100.0, 5.0, 99), slo_ms=10000.0, body=body)
         )
+        measured_overhead = asyncio.run(
+            measure_overhead(
+                url, MODEL, body, cap=CAP, profile_s={p.batch_size: p.p50_s for p in points}
+            )
+        )
+        print("overhead", measured_overhead, flush=True)
+        overhead = RequestOverhead(
+            fixed_s=measured_overhead.fixed_s, per_request_s=measured_overhead.per_request_s
+        )
         for k, (kind, rate) in enumerate(cases):
             seed = 10 + k
             if kind == "poisson":
@@ -180,8 +196,9 @@ def main() -> None:
             offered = len(schedule) / args.duration_s
             report = asyncio.run(run_load(url, MODEL, schedule, slo_ms=10000.0, body=body))
             measured = report.percentile_ms(99)
-            predicted = latency_quantile_s(points, CAP, offered, cv2, 0.99) * 1000.0
-            simulated = simulated_p99(points, schedule, seed) * 1000.0
+            device_only = latency_quantile_s(points, CAP, offered, cv2, 0.99) * 1000.0
+            predicted = latency_quantile_s(points, CAP, offered, cv2, 0.99, overhead) * 1000.0
+            simulated = simulated_p99(points, schedule, seed, overhead) * 1000.0
             row = {
                 "arrivals": kind,
                 "rate_qps": round(offered, 1),
@@ -190,6 +207,10 @@ def main() -> None:
                 "measured_p99_ms": round(measured, 2),
                 "simulated_p99_ms": round(simulated, 2),
                 "predicted_p99_ms": round(predicted, 2) if math.isfinite(predicted) else None,
+                "device_only_p99_ms": (
+                    round(device_only, 2) if math.isfinite(device_only) else None
+                ),
+                "device_only_error_vs_worker": round(device_only / measured - 1, 4),
                 "error_vs_worker": round(predicted / measured - 1, 4),
                 "error_vs_simulator": round(predicted / simulated - 1, 4),
                 "failed": report.failed,
@@ -205,6 +226,14 @@ def main() -> None:
             {
                 "model": MODEL,
                 "cap": CAP,
+                "overhead_ms": {
+                    "fixed": round(overhead.fixed_s * 1e3, 3),
+                    "per_request": round(overhead.per_request_s * 1e3, 3),
+                    "lone_latency": round(measured_overhead.lone_latency_s * 1e3, 3),
+                    "lone_execution": round(measured_overhead.lone_execution_s * 1e3, 3),
+                    "saturated_qps": round(measured_overhead.saturated_qps, 1),
+                    "saturated_batch": round(measured_overhead.saturated_batch, 2),
+                },
                 "profile_ms": [
                     [p.batch_size, p.p50_s * 1e3, (p.p90_s or 0) * 1e3, (p.p99_s or 0) * 1e3]
                     for p in points

@@ -833,9 +833,11 @@ class InferenceServiceSpec(ApiModel):
         ge=1,
         le=86_400,
         description=(
-            "With minReplicas 0: how long the service must have received no request before "
-            "its last replica is released (Knative's stable window plus retention period, "
-            "as one number). Ignored when minReplicas is 1 or more. 1 to 86400."
+            "With minReplicas 0: the longest the service may receive no request before its "
+            "last replica is released (Knative's stable window plus retention period, as one "
+            "number). Within it the replica goes sooner, after a silence of three measured cold "
+            "starts that the service's own traffic would rarely make (seven mean gaps between "
+            "its requests). Ignored when minReplicas is 1 or more. 1 to 86400."
         ),
     )
     variants: list[Variant] = Field(

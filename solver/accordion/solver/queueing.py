@@ -27,6 +27,13 @@ settles within each rate level, which holds when bursts last many batches). A pe
 taken over requests, so each rate level weighs by its rate. Splitting a stream among replicas
 keeps the modulation, so cv2 holds per replica as well (`Burstiness.rate_cv2`).
 
+Per-request work outside the device (`RequestOverhead`): a worker reached over HTTP spends, per
+request, time the execution profile does not see: parsing and answering it on the event loop
+(CPU the batch's execution shares: it stretches a batch of b by b times `per_request_s`) and the
+round trip itself (latency only: `fixed_s`). Both are measured through the worker's HTTP path
+(`accordion.workers.profiler.measure_overhead`); without them the model predicted 16-50% below a
+real worker's p99 (bench/results/serverless.md).
+
 Cost: the Poisson part, P(latency <= SLO) at a grid of rates, is computed once per (profile,
 B, SLO, percentile) and cached (`_attainment_table`, a few ms per rate); the planner's question
 for a given cv2 is then a bisection over table lookups, microseconds.
@@ -61,6 +68,16 @@ Array = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
+class RequestOverhead:
+    """Per-request work outside the execution profile (module docstring), in seconds."""
+
+    fixed_s: float = 0.0
+    """Added to every request's latency, not to the device's work (the HTTP round trip)."""
+    per_request_s: float = 0.0
+    """Added to a batch's execution per request in it (parsing and answering it)."""
+
+
+@dataclass(frozen=True)
 class Execution:
     """Execution latency of a batch of each size 1..B: its mean, and a four-point distribution
     from the profile's percentiles (p50, p90, p99; missing ones taken as the lower one)."""
@@ -77,9 +94,12 @@ class Execution:
         return int(self.mean_s.shape[0])
 
     @staticmethod
-    def of(points: tuple[tuple[int, float, float, float], ...], cap: int) -> Execution:
+    def of(
+        points: tuple[tuple[int, float, float, float], ...], cap: int, per_request_s: float = 0.0
+    ) -> Execution:
         """From profile points (batch size, p50, p90, p99 in seconds), interpolated linearly in
-        the batch size (extrapolated with the last slope, as the worker does)."""
+        the batch size (extrapolated with the last slope, as the worker does), each batch of b
+        stretched by b * `per_request_s` (`RequestOverhead`)."""
         sizes = np.array([p[0] for p in points], dtype=float)
         b = np.arange(1, cap + 1, dtype=float)
 
@@ -95,6 +115,7 @@ class Execution:
         p90 = np.maximum(p90, p50)
         p99 = np.maximum(p99, p90)
         values = np.stack([p50, (p50 + p90) / 2, (p90 + p99) / 2, p99], axis=1)
+        values = values + (b * per_request_s)[:, None]
         probs = np.array([0.5, 0.4, 0.09, 0.01])
         return Execution(mean_s=values @ probs, values_s=values, probs=probs)
 
@@ -324,11 +345,18 @@ def _max_rate(
 
 
 def latency_quantile_s(
-    points: list[ProfilePoint], cap: int, rate_qps: float, cv2: float, quantile: float
+    points: list[ProfilePoint],
+    cap: int,
+    rate_qps: float,
+    cv2: float,
+    quantile: float,
+    overhead: RequestOverhead | None = None,
 ) -> float:
     """The model's `quantile` of request latency at `rate_qps` (validation and benchmarks;
-    the planner asks `max_rate_qps`). Infinite when the device cannot keep up."""
-    ex = Execution.of(profile_key(points), cap)
+    the planner asks `max_rate_qps`), with the per-request `overhead` of the path measured
+    (none: the device's alone). Infinite when the device cannot keep up."""
+    extra = overhead or RequestOverhead()
+    ex = Execution.of(profile_key(points), cap, extra.per_request_s)
     g, p = _rate_phases(cv2, QUANTILE_PHASE_NODES)
     top = float(ex.values_s[cap - 1, -1])
     xs = np.linspace(0.0, top * 12, 1200)
@@ -338,4 +366,4 @@ def latency_quantile_s(
             cdf += pi * gi * _latency_cdf(ex, rate_qps * float(gi), xs)
     cdf /= float((p * g).sum())
     idx = int(np.searchsorted(cdf, quantile, side="left"))
-    return float(xs[idx]) if idx < len(xs) else math.inf
+    return float(xs[idx]) + extra.fixed_s if idx < len(xs) else math.inf

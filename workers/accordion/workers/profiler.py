@@ -69,6 +69,136 @@ def profile_yaml(profiles: list[BatchProfile], pool: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -------------------------------------------------------------- per-request overhead
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """What a request costs on a worker's HTTP path beyond the execution profile, measured by
+    `measure_overhead` (seconds); the batching model's `RequestOverhead`."""
+
+    fixed_s: float
+    """Latency only: the round trip, client and server, of a lone request."""
+    per_request_s: float
+    """Work per request the device's batches wait for (parsing and answering on the worker's
+    event loop), from a saturated worker."""
+    lone_latency_s: float
+    """Mean latency of a lone request, as the client saw it."""
+    lone_execution_s: float
+    """Mean execution of its batch of one, as the worker measured it."""
+    saturated_qps: float
+    """Requests answered per second with the worker saturated."""
+    saturated_batch: float
+    """Mean batch size then."""
+
+
+def _worker_counters(text: str) -> dict[str, float]:
+    """The worker's batch counters from its /metrics text (summed over labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in (
+            "accordion_worker_execution_latency_seconds",
+            "accordion_worker_batch_size",
+        ):
+            for sample in family.samples:
+                if sample.name.endswith(("_sum", "_count")):
+                    out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+    return out
+
+
+def _delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
+    """A counter's growth (absent: never observed, zero)."""
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+async def measure_overhead(
+    base_url: str,
+    model: str,
+    body: bytes,
+    *,
+    cap: int,
+    lone: int = 100,
+    saturate_s: float = 5.0,
+    profile_s: dict[int, float] | None = None,
+) -> Overhead:
+    """The per-request overhead of a running worker's HTTP path (`Overhead`).
+
+    Lone requests, one at a time with the device idle between them: the client's latency less
+    the worker's own execution time of those batches (its /metrics) is everything a request
+    costs outside the device. Then 4 x `cap` clients in a closed loop saturate the worker for
+    `saturate_s`: the time per batch beyond its execution, per request in it, is the work
+    the device's batches wait for (zero where the device is the bottleneck); the rest of the
+    lone overhead is latency only. With `profile_s` (batch size -> the profile's execution
+    time), a batch's execution under saturation is the profile's at the mean batch size, so
+    that a device slowed by the path's own CPU use counts as overhead too: the model starts
+    from the profile."""
+    import asyncio
+
+    import aiohttp
+
+    from accordion.workers.config import DEADLINE_HEADER
+
+    url = f"{base_url.rstrip('/')}/v2/models/{model}/infer"
+    headers = {DEADLINE_HEADER: "60000", "Content-Type": "application/json"}
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+
+        async def counters() -> dict[str, float]:
+            async with session.get(f"{base_url.rstrip('/')}/metrics") as resp:
+                return _worker_counters(await resp.text())
+
+        async def one() -> float:
+            start = loop.time()
+            async with session.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                resp.raise_for_status()
+            return loop.time() - start
+
+        before = await counters()
+        latencies = []
+        for _ in range(lone):
+            latencies.append(await one())
+            await asyncio.sleep(0.005)
+        after = await counters()
+        batches = _delta(after, before, "accordion_worker_batch_size_count")
+        executed = _delta(after, before, "accordion_worker_execution_latency_seconds_sum")
+        lone_exec = executed / max(1.0, batches)
+        lone_latency = float(np.mean(latencies))
+
+        stop = loop.time() + saturate_s
+        answered = 0
+
+        async def client() -> None:
+            nonlocal answered
+            while loop.time() < stop:
+                await one()
+                answered += 1
+
+        before = await counters()
+        began = loop.time()
+        await asyncio.gather(*(client() for _ in range(4 * cap)))
+        elapsed = loop.time() - began
+        after = await counters()
+    batches = _delta(after, before, "accordion_worker_batch_size_count")
+    requests = _delta(after, before, "accordion_worker_batch_size_sum")
+    executed = _delta(after, before, "accordion_worker_execution_latency_seconds_sum")
+    if profile_s is not None:
+        sizes = sorted(profile_s)
+        mean_batch = requests / max(1.0, batches)
+        executed = batches * float(np.interp(mean_batch, sizes, [profile_s[b] for b in sizes]))
+    per_request = max(0.0, (elapsed - executed) / max(1.0, requests))
+    return Overhead(
+        fixed_s=max(0.0, lone_latency - lone_exec - per_request),
+        per_request_s=per_request,
+        lone_latency_s=lone_latency,
+        lone_execution_s=lone_exec,
+        saturated_qps=answered / elapsed,
+        saturated_batch=requests / max(1.0, batches),
+    )
+
+
 # -------------------------------------------------------------------- staged models
 
 

@@ -1,11 +1,27 @@
 """Scale to zero: which services with `minReplicas: 0` are idle, and what that changes.
 
 KServe's convention: `minReplicas: 0` allows a service to run no replica at all. Here it does
-so after `scaleToZeroIdleSeconds` without a request (Knative decides the same from its stable
-window and retention period). Until then, and again from the first request after, it is
-planned with one replica at least (`InferenceServiceSpec.replica_floor`), whatever its demand
-estimate: a request at zero replicas must start one (its router holds it meanwhile, the
-activator in `accordion.workers.activator`).
+so after a silence (no request) of its *idle period*, at most `scaleToZeroIdleSeconds` (Knative
+decides the same from its stable window and retention period, 90 s by default, whatever the
+traffic). Within that bound the idle period follows what the routers measure
+(`idle_period_s`):
+
+* a silence that the service's own traffic makes often is no reason to release: it is at least
+  `SILENCE_GAPS` mean gaps between requests at the rate seen when the last request came (a
+  Poisson stream at that rate is silent that long once in a thousand silences);
+* releasing costs a cold start when traffic returns: the device time of the restart and the
+  requests that arrive meanwhile. The rent-or-buy rule keeps a replica idle about as long as
+  a restart costs (in hindsight never more than twice the device-seconds of the better
+  choice); here at least `COLD_STARTS` of the cold starts the routers measured
+  (`DemandView.cold_start_s`), `DEFAULT_COLD_START_S` while none was.
+
+With traffic that stops for minutes (sessions, a diurnal trough) the replica goes after seconds,
+not after 90 s of paying for an idle device; with traffic that pauses briefly it stays.
+
+Until then, and again from the first request after, it is planned with one replica at least
+(`InferenceServiceSpec.replica_floor`), whatever its demand estimate: a request at zero
+replicas must start one (its router holds it meanwhile, the activator in
+`accordion.workers.activator`).
 
 The last arrival of each service comes from the demand tracker every driver feeds
 (`DemandView.last_arrival_s`, on the loop's clock). A service counts as active from the first
@@ -25,6 +41,7 @@ that answers its health check, or on with the table of the plan that starts a re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,6 +49,24 @@ from accordion.operator.api import DemandSource, InferenceService
 from accordion.operator.control.desired import Routing
 from accordion.operator.control.world import AppliedRouting
 from accordion.solver import Problem
+
+SILENCE_GAPS = math.log(1000.0)
+"""A silence shorter than this many mean gaps at the last rate seen is part of the traffic."""
+COLD_STARTS = 3.0
+"""The idle period is at least this many measured cold starts: one for the restart's device
+time, two for the requests a restart fails (a chosen price, not a derived one)."""
+DEFAULT_COLD_START_S = 10.0
+"""The cold start assumed before the routers measured one (a pod's start and a model's load)."""
+
+
+def idle_period_s(limit_s: float, cold_start_s: float | None, rate_qps: float | None) -> float:
+    """How long a `minReplicas: 0` service must be silent before its last replica goes (the
+    module docstring), at most `limit_s` (`scaleToZeroIdleSeconds`); `rate_qps`: its demand
+    when its last request came (None or 0: unknown, the limit)."""
+    if rate_qps is None or rate_qps <= 0:
+        return limit_s
+    cold = cold_start_s if cold_start_s is not None else DEFAULT_COLD_START_S
+    return min(limit_s, max(COLD_STARTS * cold, SILENCE_GAPS / rate_qps))
 
 
 @dataclass
@@ -41,6 +76,8 @@ class IdleTracker:
     first_seen_s: dict[str, float] = field(default_factory=dict)
     idle_now: frozenset[str] = frozenset()
     """The idle services as of the last `update`."""
+    rate_at_last_s: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Per service, (its last arrival, its demand estimate when the loop saw it)."""
 
     def update(
         self,
@@ -48,12 +85,15 @@ class IdleTracker:
         qps: Mapping[str, float],
         last_arrival_s: Mapping[str, float],
         now_s: float,
+        cold_start_s: Mapping[str, float] | None = None,
     ) -> frozenset[str]:
-        """The services idle at `now_s` (also kept as `idle_now`)."""
+        """The services idle at `now_s` (also kept as `idle_now`); `cold_start_s`: the cold
+        starts the routers measured (`idle_period_s`)."""
         idle: set[str] = set()
         for key, svc in services.items():
             if svc.spec.min_replicas > 0:
                 self.first_seen_s.pop(key, None)
+                self.rate_at_last_s.pop(key, None)
                 continue
             seen = self.first_seen_s.setdefault(key, now_s)
             demand = svc.spec.demand
@@ -63,10 +103,20 @@ class IdleTracker:
             if last is None and qps.get(key, 0.0) > 0:
                 continue  # arrivals unknown, demand there: active
             since = max(seen, last) if last is not None else seen
-            if now_s - since >= svc.spec.scale_to_zero_idle_seconds:
+            rate: float | None = None
+            if last is not None:
+                known = self.rate_at_last_s.get(key)
+                if known is None or known[0] != last:
+                    known = self.rate_at_last_s[key] = (last, qps.get(key, 0.0))
+                rate = known[1]
+            period = idle_period_s(
+                svc.spec.scale_to_zero_idle_seconds, (cold_start_s or {}).get(key), rate
+            )
+            if now_s - since >= period:
                 idle.add(key)
         for key in [k for k in self.first_seen_s if k not in services]:
             del self.first_seen_s[key]
+            self.rate_at_last_s.pop(key, None)
         self.idle_now = frozenset(idle)
         return self.idle_now
 

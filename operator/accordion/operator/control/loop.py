@@ -323,7 +323,9 @@ class ControlLoop:
 
     def _measured(self, world: World, demand: DemandView) -> dict[str, float]:
         measured = {k: v for k, v in demand.qps.items() if k in world.services}
-        idle = self.idle.update(world.services, measured, demand.last_arrival_s, self.clock())
+        idle = self.idle.update(
+            world.services, measured, demand.last_arrival_s, self.clock(), demand.cold_start_s
+        )
         return idle_demand(measured, idle)
 
     def pass_due(self, world: World, demand: DemandView) -> list[str]:

@@ -1,0 +1,75 @@
+"""The idle period of a `minReplicas: 0` service follows what its routers measure
+(`control.idle.idle_period_s`): a silence its own traffic makes often keeps the replica, a
+silence of a few measured cold starts after busy traffic releases it, never later than
+`scaleToZeroIdleSeconds`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accordion.operator.api import InferenceService, parse_resource
+from accordion.operator.control.idle import IdleTracker, idle_period_s
+
+KEY = "ns/svc"
+
+
+def service(**spec: Any) -> InferenceService:
+    obj = {
+        "apiVersion": "accordion.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "svc", "namespace": "ns"},
+        "spec": {
+            "slo": {"latencyMs": 100},
+            "demand": {"source": "Prometheus"},
+            "variants": [
+                {
+                    "name": "v",
+                    "accuracy": 80,
+                    "model": {"storageUri": "builtin:demo-xs"},
+                    "profiles": [{"pool": "gpu", "batches": [{"batchSize": 1, "p50Ms": 5}]}],
+                }
+            ],
+            "minReplicas": 0,
+            **spec,
+        },
+    }
+    svc = parse_resource(obj, "svc")
+    assert isinstance(svc, InferenceService)
+    return svc
+
+
+def idle_after(svc: InferenceService, rate: float, cold_start: float | None) -> list[float]:
+    """Silences (seconds after the last request, at `rate` then) at which the service is idle,
+    among 1..120 s."""
+    out = []
+    for silence in range(1, 121):
+        tracker = IdleTracker()
+        services = {KEY: svc}
+        cold = {KEY: cold_start} if cold_start is not None else None
+        tracker.update(services, {KEY: rate}, {KEY: 100.0}, 100.0, cold)
+        if KEY in tracker.update(services, {KEY: 0.0}, {KEY: 100.0}, 100.0 + silence, cold):
+            out.append(float(silence))
+    return out
+
+
+def test_busy_traffic_that_stops_releases_after_a_few_cold_starts() -> None:
+    svc = service(scaleToZeroIdleSeconds=90)
+    # 30 req/s, a measured cold start of 3 s: a silence of 3 cold starts (9 s) releases it.
+    assert idle_after(svc, 30.0, 3.0)[0] == 9.0
+    # Before a cold start was measured: the assumed one (10 s), 30 s.
+    assert idle_after(svc, 30.0, None)[0] == 30.0
+
+
+def test_a_silence_the_traffic_itself_makes_keeps_the_replica() -> None:
+    svc = service(scaleToZeroIdleSeconds=90)
+    # 0.2 req/s: gaps of 5 s are its traffic; a silence of 35 s (7 mean gaps) is not.
+    assert idle_after(svc, 0.2, 3.0)[0] == 35.0
+    assert idle_period_s(90.0, 3.0, 0.2) > 34.0
+
+
+def test_never_later_than_the_spec_says() -> None:
+    # 0.01 req/s would wait 690 s; the spec's 60 s bounds it, as before.
+    assert idle_after(service(scaleToZeroIdleSeconds=60), 0.01, 3.0)[0] == 60.0
+    # And a rate not known (no estimate when the last request came): the spec's.
+    assert idle_period_s(60.0, 3.0, None) == 60.0
+    assert idle_period_s(60.0, 3.0, 0.0) == 60.0
