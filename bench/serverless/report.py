@@ -33,19 +33,34 @@ def at_attainment(rows: list[dict[str, Any]], target: float) -> tuple[float, str
 
 
 def model_table(data: dict[str, Any]) -> list[str]:
-    out = [
-        "| arrivals | rate (req/s) | dispersion | cv2 | worker p99 (ms) | simulator p99 (ms) "
-        "| model p99 (ms) | model vs worker | model vs simulator |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    overhead = "device_only_p99_ms" in data["rows"][0] if data["rows"] else False
+    if not overhead:  # a run before the overhead was measured
+        out = [
+            "| arrivals | rate (req/s) | dispersion | cv2 | worker p99 (ms) | simulator p99 (ms) "
+            "| model p99 (ms) | model vs worker | model vs simulator |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    else:
+        out = [
+            "| arrivals | rate (req/s) | dispersion | cv2 | worker p99 (ms) | simulator p99 (ms) "
+            "| model p99 (ms) | model vs worker | model vs simulator "
+            "| device-only model p99 (ms) | device-only vs worker |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+
+    def ms(value: float | None) -> str:
+        return "inf" if value is None else f"{value:.1f}"
+
     for r in data["rows"]:
-        pred = r["predicted_p99_ms"]
-        out.append(
+        row = (
             f"| {r['arrivals']} | {r['rate_qps']:.0f} | {r['dispersion']:.2f} | {r['cv2']:.3f} "
             f"| {r['measured_p99_ms']:.1f} | {r['simulated_p99_ms']:.1f} "
-            f"| {'inf' if pred is None else f'{pred:.1f}'} "
+            f"| {ms(r['predicted_p99_ms'])} "
             f"| {r['error_vs_worker']:+.1%} | {r['error_vs_simulator']:+.1%} |"
         )
+        if overhead:
+            row += f" {ms(r['device_only_p99_ms'])} | {r['device_only_error_vs_worker']:+.1%} |"
+        out.append(row)
     return out
 
 
@@ -116,7 +131,16 @@ def main() -> None:
             + ", ".join(
                 f"{b}: {p50:.1f}/{p90:.1f}/{p99:.1f}" for b, p50, p90, p99 in data["profile_ms"]
             )
-            + ".",
+            + "."
+            + (
+                " Per-request overhead of the HTTP path (`profiler.measure_overhead`, same "
+                f"worker): fixed {o['fixed']:.2f} ms, per request {o['per_request']:.2f} ms "
+                f"(lone request {o['lone_latency']:.2f} ms, its execution "
+                f"{o['lone_execution']:.2f} ms; saturated {o['saturated_qps']:.0f} req/s at "
+                f"batches of {o['saturated_batch']:.1f})."
+                if (o := data.get("overhead_ms"))
+                else ""
+            ),
             "",
             *model_table(data),
             "",

@@ -61,6 +61,30 @@ def test_a_step_of_the_rate_is_not_a_burst() -> None:
     assert dispersion < 1.5
 
 
+def test_traffic_back_from_idle_is_not_a_burst() -> None:
+    """A service at zero for a minute, then Poisson at 30 req/s (a session after scale to
+    zero): idle blocks are neither variance nor rate. Until ten seconds of traffic there is
+    no value; then an index near 1 at the traffic's own rate."""
+    meter = DispersionMeter()
+    meter.add(0.0, 0)
+    meter.add(55.0, 0)
+    session = [60.0 + t for t in poisson(30.0, 20.0, seed=5)]
+    for t in session:
+        if t > 62.0:
+            break
+        meter.add(t)
+    assert meter.value() is None  # two seconds of traffic say nothing yet
+    for t in session:
+        if t > 62.0:
+            meter.add(t)
+    meter.add(80.2, 0)
+    value = meter.value()
+    assert value is not None
+    dispersion, rate = value
+    assert dispersion == pytest.approx(1.0, abs=0.25)
+    assert rate == pytest.approx(30.0, rel=0.15)
+
+
 def test_no_value_before_ten_seconds_of_bins_or_without_arrivals() -> None:
     meter = DispersionMeter()
     for t in poisson(100.0, 5.0):

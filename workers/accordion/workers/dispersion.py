@@ -73,19 +73,28 @@ class DispersionMeter:
         The variance is taken around the mean of each block of `BLOCK_S` (5 s), not around the
         window's: the control loop follows changes of the rate that last longer than that
         (a step from 40 to 400 req/s is a new rate, not a burst), what capacity must absorb is
-        the variation faster than the loop."""
+        the variation faster than the loop. A block with a half without arrivals is left out,
+        of the variance and of the rate: a service going idle or back from idle (scale to zero)
+        would otherwise read as a burst of its whole rate above a mean diluted by the silence
+        (the sparse trace's speech sessions: an index of 3.2 at 0.4 req/s, a cv2 of 52, 5
+        replicas for 30 req/s)."""
         n = len(self._bins)
         if n < self._min_bins or self._sum <= 0:
             return None
         bins = list(self._bins)
         block = max(2, round(BLOCK_S / self.bin_s))
-        squares, dof = 0.0, 0
+        squares, dof, counted = 0.0, 0, 0
         for start in range(0, n - 1, block):
             part = bins[start : start + block]
-            if len(part) < 2:
-                continue
-            mean = sum(part) / len(part)
+            half = len(part) // 2
+            if len(part) < 2 or sum(part[:half]) == 0 or sum(part[half:]) == 0:
+                continue  # idle, or going or coming back: no rate (scale to zero), no burst
+            total = sum(part)
+            mean = total / len(part)
             squares += sum((c - mean) ** 2 for c in part)
             dof += len(part) - 1
-        mean = self._sum / n
+            counted += len(part)
+        if counted < self._min_bins or dof == 0:
+            return None
+        mean = self._sum / counted
         return (squares / dof) / mean, mean / self.bin_s
