@@ -248,7 +248,8 @@ class LoopControl:
         self.bursty = BurstinessBook()
         self.activators = HeldRequests(sim, self._wake)
         """The routers' activators (requests held at zero ready replicas)."""
-        self._measured_at = 0.0
+        self._measured_at: dict[str, float] = {}
+        self._last_rate: dict[str, float] = {}
         self._own_latency_s: dict[str, float] = {}
 
     @property
@@ -291,20 +292,26 @@ class LoopControl:
 
     def _wake(self, service: str) -> None:
         """A request held at zero ready replicas: its router reports at once."""
-        self.sim.call_at(self.sim.now_s, lambda: self._observe(self.timings.demand_interval_s))
+        self.sim.call_at(self.sim.now_s, lambda: self._observe(service))
 
-    def _observe(self, at_least_s: float = 0.0) -> None:
-        """Fold each router's request counter since the last measurement in, as a rate (over
-        `at_least_s` at least: a wake-up's report, `ReportPolicy.close_window`)."""
+    def _observe(self, woken: str | None = None) -> None:
+        """Fold each router's request counter since its last report in, as a rate; `woken`:
+        that service's router alone reports (`Reporter.wake`), its window counted over a
+        report interval at least when it reported no arrivals last (`ReportPolicy`)."""
         now = self.sim.now_s
-        if now <= self._measured_at:
-            return
-        interval = max(now - self._measured_at, at_least_s)
-        self._measured_at = now
         totals = self.sim.arrivals_total
         for s, key in self.key_of.items():
-            self.tracker.observe(key, now, (totals[s] - self._counted[s]) / interval)
-            self._counted[s] = totals[s]
+            if woken is not None and key != woken:
+                continue
+            since = self._measured_at.get(key, 0.0)
+            if now <= since:
+                continue
+            interval = now - since
+            if woken is not None and not self._last_rate.get(key):
+                interval = max(interval, self.timings.demand_interval_s)
+            rate = (totals[s] - self._counted[s]) / interval
+            self.tracker.observe(key, now, rate)
+            self._counted[s], self._measured_at[key], self._last_rate[key] = totals[s], now, rate
         self._view = DemandView(
             qps=self.tracker.estimates(),
             burst=self.tracker.bursts(),

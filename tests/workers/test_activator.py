@@ -30,7 +30,7 @@ import pytest
 
 from accordion.workers.activator import Activator
 from accordion.workers.config import DEADLINE_HEADER, Backend, ReportAnswer, RoutingTable
-from accordion.workers.reporting import ReportPolicy
+from accordion.workers.reporting import ReportPolicy, Window
 
 from .conftest import sample_body
 from .test_processes import SERVICE, free_port, http, metric, start, wait_ready
@@ -256,6 +256,14 @@ def test_a_held_request_makes_the_next_window_a_report() -> None:
     now[0] += 0.01
     window = policy.close_window(total, version, None)
     assert (window.reason, window.requests, window.seconds) == ("cold-start", 1, 1.0)
+    # A service with traffic reported (no replica planned for it: starved) reports its true
+    # window: its wakes every quarter second must not read a quarter of its rate.
+    policy.delivered(Window(50, 1.0, "moved"), version, ReportAnswer())
+    policy.urgent = True
+    total += 12
+    now[0] += 0.25
+    window = policy.close_window(total, version, None)
+    assert (window.reason, window.requests, window.seconds) == ("cold-start", 12, 0.25)
 
 
 def test_grpc_refusal_at_zero_replicas_is_unavailable_with_the_reason(tmp_path: Path) -> None:

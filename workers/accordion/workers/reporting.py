@@ -133,11 +133,15 @@ class ReportPolicy:
         self._window_start_s, self._window_start_total = now, requests_total
         last = Window(requests, seconds, None)
         if self.urgent:
-            # A wake-up: counted over one interval at least. The first request of a cold start
-            # after a fraction of the window would otherwise read as a rate of hundreds per
-            # second (one request in 10 ms), and the operator would plan replicas for it.
+            # A wake-up from idle (no arrivals reported last) counts over one interval at least:
+            # the first request of a cold start a moment into the window would otherwise read
+            # as a rate of hundreds per second (one request in 10 ms), and the operator would
+            # plan replicas for it. A service with traffic (starved: no replica planned)
+            # reports its true window.
             self.urgent = False
-            return Window(requests, max(seconds, self.interval_s), "cold-start")
+            if not self._reported_rate:
+                seconds = max(seconds, self.interval_s)
+            return Window(requests, seconds, "cold-start")
         if self._reported_s is None or self._reported_rate is None:
             return Window(requests, seconds, "first")
         moved = self._moved(last, capacity_qps)
