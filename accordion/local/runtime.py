@@ -49,9 +49,13 @@ class LocalModeError(Exception):
 
 
 def _known_builtins() -> set[str]:
+    """Every builtin a worker loads (`models.load_model`): the demo family, the staged models
+    (cellular, node batching) and the models that can be cut into pipeline stages."""
     from accordion.workers.models import DEMO_FAMILY
+    from accordion.workers.seqmodels import STAGED_BUILTINS
+    from accordion.workers.splitting import SPLIT_BUILTINS
 
-    return set(DEMO_FAMILY)
+    return set(DEMO_FAMILY) | set(STAGED_BUILTINS) | set(SPLIT_BUILTINS)
 
 
 def check_models(services: Sequence[InferenceService]) -> None:
