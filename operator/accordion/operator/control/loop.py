@@ -671,9 +671,10 @@ class ControlLoop:
             pool_unready[key.pool] = pool_unready.get(key.pool, 0) + max(
                 0, worker.spec.replicas - worker.ready_replicas
             )
-            ready_capacity[key.service] = ready_capacity.get(key.service, 0.0) + (
-                worker.ready_replicas * worker.spec.capacity_qps_per_replica
-            )
+            if not key.stage:  # a pipeline's capacity counts once, at its first stage
+                ready_capacity[key.service] = ready_capacity.get(key.service, 0.0) + (
+                    worker.ready_replicas * worker.spec.capacity_qps_per_replica
+                )
         waiting = dict(pool_unready)
         for key, spec in targets.items():
             have = world.workers.get(key)
