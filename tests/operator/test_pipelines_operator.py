@@ -27,7 +27,7 @@ from accordion.workers.config import WorkerConfig
 
 from .conftest import GROUP, VERSION, Cluster, Operator, request_log, wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
 K8S_VERSION = "1.30.0"
 NS, HI, LO = "pipe", "pipe-hi", "pipe-lo"
@@ -143,7 +143,10 @@ def test_pipeline_stages_wired_and_replaced_make_before_break(
 
     # One Deployment per stage, each on its own pool.
     try:
-        stages = wait_for("two stage Deployments", lambda: _stages(cluster, count=2))
+        # The first pass also waits for the operator to start (slow on a loaded machine).
+        stages = wait_for(
+            "two stage Deployments", lambda: _stages(cluster, count=2), timeout_s=90.0
+        )
     except AssertionError:
         print(operator.log()[-6000:])
         raise
