@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -303,17 +304,23 @@ def worker_specs(
             capacity_qps_per_replica=round(row.capacity_qps_per_replica, 6),
             accuracy=row.accuracy,
             slo_ms=svc.spec.slo.latency_ms,
-            model_uri=variant.model.storage_uri,
-            model_format=variant.model.format,
-            input_shape=(
-                None if variant.model.input_shape is None else tuple(variant.model.input_shape)
-            ),
-            input_datatype=variant.model.input_datatype,
+            **_model_fields(variant),
             profile_ms=_profile_ms(svc, row.variant, row.pool),
             batching=StagedBatching.of(variant),
             placement=Placement.of(pool),
         )
     return out
+
+
+def _model_fields(variant: Variant) -> dict[str, Any]:
+    """The WorkerSpec fields that say which model a variant's workers load, and its input."""
+    model = variant.model
+    return {
+        "model_uri": model.storage_uri,
+        "model_format": model.format,
+        "input_shape": None if model.input_shape is None else tuple(model.input_shape),
+        "input_datatype": model.input_datatype,
+    }
 
 
 def _share(values: Mapping[WorkerKey, float]) -> dict[WorkerKey, float]:
@@ -454,12 +461,7 @@ def _stage_specs(
             ),
             accuracy=row.accuracy,
             slo_ms=svc.spec.slo.latency_ms,
-            model_uri=variant.model.storage_uri,
-            model_format=variant.model.format,
-            input_shape=(
-                None if variant.model.input_shape is None else tuple(variant.model.input_shape)
-            ),
-            input_datatype=variant.model.input_datatype,
+            **_model_fields(variant),
             profile_ms=stage_profile_ms(variant, st.first, st.last, st.pool),
             placement=Placement.of(pools[st.pool]),
             stage=StageWiring(
