@@ -65,6 +65,7 @@ from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.sim.activator import HeldRequests
 from accordion.sim.engine import HELD, ControlSample, Held, Replica, dist_quantile
 from accordion.sim.metrics import DROPPED
+from accordion.sim.mig import SimMig
 from accordion.sim.staged import CellularReplicaPolicy, cellular_variant, replica_policy
 from accordion.sim.workload import Family
 from accordion.solver import Burstiness, PlannerSettings, PoolSpec, VariantSpec
@@ -141,11 +142,15 @@ def family_service(fam: Family, service_time: str, initial_qps: float) -> Infere
 
 
 def pool_object(pool: PoolSpec) -> DevicePool:
+    spec: dict[str, Any] = {"devices": pool.devices, "costPerDevice": pool.cost_per_device}
+    if pool.mig is not None:  # MIG GPUs (`accordion.sim.mig`)
+        mig = {"gpuModel": pool.mig.gpu_model, "layouts": pool.mig.layouts}
+        spec["mig"] = {k: v for k, v in mig.items() if v is not None}
     obj = {
         "apiVersion": "accordion.dev/v1alpha1",
         "kind": "DevicePool",
         "metadata": {"name": pool.name},
-        "spec": {"devices": pool.devices, "costPerDevice": pool.cost_per_device},
+        "spec": spec,
     }
     parsed = parse_resource(obj, f"pool {pool.name}")
     assert isinstance(parsed, DevicePool)
@@ -229,6 +234,10 @@ class LoopControl:
         self.tracker = DemandTracker(timings.rise_half_life_s, timings.fall_half_life_s)
         self.world = World(pools={p.name: pool_object(p) for p in sim.cluster.pools})
         self.actuator = SimActuator(self)
+        self.mig = SimMig(
+            sim, self.world.pools, self._evict, lambda: self._request(timings.debounce_s)
+        )
+        """MIG pools: GPUs as Nodes and the operator's node steps (`accordion.sim.mig`)."""
         self.groups: dict[WorkerKey, Group] = {}
         self.deciders: dict[str, RoutingDecider] = {}
         self.backends: dict[str, dict[str, WorkerKey]] = {}
@@ -270,9 +279,9 @@ class LoopControl:
             for v in fam.variants:
                 self.variant_of[(svc.key, dns_label(v.name))] = v
         # The warmed-up cluster: the first plan's replicas are ready at time 0, and the
-        # second pass routes to them.
-        self._pass()
-        self._pass()
+        # second pass routes to them (with MIG pools: the layouts first, then replicas).
+        for _ in range(3 if self.mig else 2):
+            self._pass()
         self._initial = False
         self._counted = [0] * len(sim.families)
         sim.call_at(self.timings.demand_interval_s, self._measure)
@@ -393,6 +402,8 @@ class LoopControl:
             decider.finished(backend, now, "dropped")
 
     def replica_changed(self, replica: Replica) -> None:
+        if self.mig:
+            self.mig.assign()  # a slice taken or freed (`accordion.sim.mig`)
         if replica.state == "active" and isinstance(replica.tag, WorkerKey):
             self._release(replica.tag.service)
         if not self._initial:
@@ -441,9 +452,13 @@ class LoopControl:
             key: RunningWorker(spec=g.spec, ready_replicas=len(g.active()))
             for key, g in self.groups.items()
         }
+        if self.mig:
+            self.world.nodes = self.mig.nodes()
         result = self._aio.run_until_complete(
             self.loop.reconcile(self.world, self._view, self.actuator)
         )
+        if self.mig:
+            self.mig.act(self.loop.last_plan, initial=self._initial)
         decision = result.decision
         if decision.planned:
             self._planner_times.append(self.loop.plan_time_s + self.loop.spare_time_s)
@@ -488,6 +503,14 @@ class LoopControl:
         if not isinstance(replica.policy, CellularReplicaPolicy):
             replica.meter = SlowdownMeter(config.profile_s)
         return replica
+
+    def _evict(self, replica: Replica) -> None:
+        """A worker pod deleted from a node being drained (MIG): it finishes its queue, and its
+        Deployment makes a new one, which waits for a free slice (`accordion.sim.mig`)."""
+        self.sim.retire(replica)
+        group = self.groups.get(replica.tag) if isinstance(replica.tag, WorkerKey) else None
+        if group is not None:
+            self.ensure(group.spec)
 
     def remove(self, key: WorkerKey) -> None:
         group = self.groups.pop(key, None)

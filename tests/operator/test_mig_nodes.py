@@ -134,6 +134,8 @@ def test_nodes_change_one_at_a_time_drained_before_relabelled() -> None:
     actions, _ = node_actions(pools, nodes, plan, pods)
     assert [(a.node, a.kind, a.pods) for a in actions] == [("n1", "evict", (("ns", "w1"),))]
 
+    terminating = [{**pods[0], "metadata": {**pods[0]["metadata"], "deletionTimestamp": "t"}}]
+    assert node_actions(pools, nodes, plan, terminating)[0] == []  # it still holds its slice
     actions, _ = node_actions(pools, nodes, plan, [])
     assert [(a.node, a.kind, a.config) for a in actions] == [("n1", "relabel", "all-1g.10gb")]
 

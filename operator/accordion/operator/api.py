@@ -1133,8 +1133,9 @@ class DevicePoolSpec(ApiModel):
         description=(
             "MIG-capable GPUs (devices counts GPUs): the planner chooses each GPU's layout "
             "with the variants on its slices, which profiles name `<pool>/<profile>`. The "
-            "planner and the simulator use it; the operator does not apply layouts yet "
-            "(issue 20): it plans the pool as whole GPUs, without its slice profiles."
+            "operator applies layouts through the NVIDIA MIG manager's node label "
+            "nvidia.com/mig.config (one node at a time, drained first) and places workers on a "
+            "slice (nvidia.com/mig-<profile>) once it is in the node's allocatable."
         ),
     )
 

@@ -402,14 +402,19 @@ class NodeAction:
     """evict: the (namespace, name) of Accordion's worker pods on the node."""
 
 
-def pods_on(pods: Iterable[Mapping[str, Any]], node: str) -> list[tuple[str, str]]:
-    """Accordion's worker pods bound to `node` and not being deleted."""
-    out = []
+def pods_on(pods: Iterable[Mapping[str, Any]], node: str) -> tuple[list[tuple[str, str]], int]:
+    """Accordion's worker pods bound to `node` that are not being deleted yet, and how many
+    are still terminating (they hold their slice until they are gone)."""
+    out, terminating = [], 0
     for pod in pods:
         meta = pod.get("metadata") or {}
-        if (pod.get("spec") or {}).get("nodeName") == node and not meta.get("deletionTimestamp"):
+        if (pod.get("spec") or {}).get("nodeName") != node:
+            continue
+        if meta.get("deletionTimestamp"):
+            terminating += 1
+        else:
             out.append((str(meta.get("namespace") or "default"), str(meta.get("name") or "")))
-    return sorted(out)
+    return sorted(out), terminating
 
 
 def node_actions(
@@ -450,10 +455,10 @@ def node_actions(
                     actions.append(NodeAction(node.name, "drain", name))
                     busy = True
                 continue
-            on_node = pods_on(pod_list, node.name)
+            on_node, terminating = pods_on(pod_list, node.name)
             if on_node:
                 actions.append(NodeAction(node.name, "evict", name, tuple(on_node)))
-            else:
+            elif not terminating:  # relabelled only once every worker on it is gone
                 actions.append(NodeAction(node.name, "relabel", name))
     return actions, configs
 
