@@ -224,6 +224,16 @@ def test_layouts_applied_through_the_mig_manager(cluster: Cluster) -> None:
         assert small["spec"]["replicas"] >= 1
         assert limits(small) == {"nvidia.com/mig-1g.10gb": "1"}
         wait_for("the drain taint gone", lambda: not node_taints(cluster))
+
+        def pool_status() -> dict[str, Any]:
+            obj = cluster.custom.get_cluster_custom_object(
+                "accordion.dev", "v1alpha1", "devicepools", POOL
+            )
+            return dict(obj.get("status") or {})
+
+        # The pool's GPU is in use (split), and its node counts though it offers no whole GPU.
+        wait_for("the pool's GPU in use", lambda: pool_status().get("allocatedDevices") == 1)
+        assert pool_status()["matchingNodes"] == 1
         cluster.mark_ready(NS)
         pod = bind_pod(cluster, small)
 

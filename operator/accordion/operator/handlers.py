@@ -511,6 +511,8 @@ class Driver:
         plan = self.loop.last_plan
         for row in plan.rows if plan is not None else []:
             used[row.pool] = used.get(row.pool, 0) + row.replicas
+        for gpu in plan.layouts if plan is not None else []:  # a MIG pool's GPUs in use
+            used[gpu.pool] = used.get(gpu.pool, 0) + 1
         now = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         out: dict[str, Manifest] = {}
         for name, pool in world.pools.items():

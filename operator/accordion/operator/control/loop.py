@@ -751,7 +751,8 @@ class ControlLoop:
     ) -> dict[WorkerKey, WorkerSpec]:
         """The service's worker groups (`desired.worker_specs`), re-used while inputs are equal."""
         used = [p for r in rows for p in [st.pool for st in r.stages] or [r.pool]]
-        key = (svc, rows, tuple(pools.get(p) for p in used))
+        # A MIG slice sub-pool's workers depend on its pool (`mig.slice_device_pool`).
+        key = (svc, rows, tuple(pools.get(p.partition("/")[0]) for p in used))
         hit = self._targets_memo.get(svc_key)
         if hit is not None and hit[0] == key:
             return hit[1]
