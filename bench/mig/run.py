@@ -182,20 +182,7 @@ def fewest_gpus(mig: bool, limit: int = 64) -> tuple[int, Plan]:
 
 
 def poisson_workload(svcs: list[ServiceSpec], seconds: float, seed: int) -> Workload:
-    rng = random.Random(seed)
-    rows: list[tuple[float, int, float]] = []
-    for f, svc in enumerate(svcs):
-        t = rng.expovariate(svc.demand_qps)
-        while t < seconds:
-            rows.append((t, f, t + svc.slo_s))
-            t += rng.expovariate(svc.demand_qps)
-    rows.sort()
-    return Workload(
-        families=[s.name for s in svcs],
-        arrival_s=[r[0] for r in rows],
-        family=[r[1] for r in rows],
-        deadline_s=[r[2] for r in rows],
-    )
+    return shifted_workload(svcs, seconds, seconds, {}, seed)
 
 
 def simulated(prob: Problem, result: Plan, seconds: float) -> tuple[float, int]:
@@ -240,8 +227,10 @@ def shifted_workload(
     for f, svc in enumerate(svcs):
         for start, end, qps in (
             (0.0, shift_s, svc.demand_qps),
-            (shift_s, seconds, svc.demand_qps * factor[svc.name]),
+            (shift_s, seconds, svc.demand_qps * factor.get(svc.name, 1.0)),
         ):
+            if start >= end:
+                continue
             t = start + rng.expovariate(qps)
             while t < end:
                 rows.append((t, f, t + svc.slo_s))

@@ -18,33 +18,18 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import Cluster, EmulatorThread, Operator, isvc, wait_for
+from .conftest import Cluster, isvc, wait_for
+from .test_nodes import operator  # noqa: F401 (the operator watching Nodes)
 
 pytestmark = pytest.mark.timeout(180)
 
 NS, SVC, POOL, NODE = "mig", "svc", "mig", "mig-node-1"
 SELECTOR = {"accordion.dev/test-pool": "mig"}
 CONFIG_NS, CONFIG_MAP = "gpu-operator", "accordion-mig-parted-config"
-
-
-@pytest.fixture(scope="module")
-def operator(
-    emulator: EmulatorThread, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
-    op = Operator(
-        kubeconfig,
-        tmp_path_factory.mktemp("operator") / "operator.log",
-        {"ACCORDION_WATCH_NODES": "1"},
-    )
-    op.start()
-    yield op
-    op.stop()
 
 
 def mig_pool() -> dict[str, Any]:
