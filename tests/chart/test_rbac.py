@@ -63,6 +63,7 @@ BUILTIN_RESOURCES = {
     "Node": ("", "nodes"),
     "namespace": ("", "namespaces"),
     "pod_disruption_budget": ("policy", "poddisruptionbudgets"),
+    "token_review": ("authentication.k8s.io", "tokenreviews"),
 }
 _CLIENT_VERB = {
     "create": "create",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import by_kind, objects
+from .conftest import CHART, by_kind, objects, run_helm
 from .test_images_and_pods import data_plane, operator_pod, settings
+from .test_rbac import allowed, operator_sources, required_access
 
 
 def test_reports_reach_the_leader_through_its_service() -> None:
@@ -89,3 +90,34 @@ def test_values_reach_the_settings_and_reports_can_be_off() -> None:
     assert config.report_port is None
     assert config.report_url is None
     assert "--report-url" not in data_plane(off)[1]["containers"][0]["args"]
+
+
+def _token_reviews(*sets: str) -> set[tuple[str, str, str]]:
+    granted = allowed(r for o in objects(*sets) if o["kind"] == "ClusterRole" for r in o["rules"])
+    return {a for a in granted if a[1] == "tokenreviews"}
+
+
+def test_reports_are_authenticated_with_token_reviews_unless_turned_off() -> None:
+    """Default: the operator reviews the routers' tokens (and may: tokenreviews create, found
+    in its code by test_rbac's scanner), and its routers carry a projected token. None, or
+    reports off: no TokenReview permission, no token in the router pods."""
+    assert ("authentication.k8s.io", "tokenreviews", "create") in required_access(
+        operator_sources()
+    )
+    assert _token_reviews() == {("authentication.k8s.io", "tokenreviews", "create")}
+    assert settings().report_auth == "TokenReview"
+    (container,) = data_plane()[1]["containers"]
+    assert "--report-token-file" in container["args"]
+
+    off = "operator.reports.authentication=None"
+    assert _token_reviews(off) == set()
+    assert settings(off).report_auth == "None"
+    (container,) = data_plane(off)[1]["containers"]
+    assert "--report-token-file" not in container["args"]
+    assert _token_reviews("operator.reports.enabled=false") == set()
+
+    bad = run_helm(
+        "template", "accordion", str(CHART), "--set", "operator.reports.authentication=Basic"
+    )
+    assert bad.returncode != 0
+    assert "authentication" in bad.stderr

@@ -5,7 +5,8 @@ the operator process can be shared by a module's tests); tests act like a user a
 kubelet through the official `kubernetes` client against it. `Emulator` adds what kopf relies
 on and kmock 0.8 lacks (see ../shared/notes/kopf-on-kmock.md): uid, resourceVersion,
 creationTimestamp and generation stamping; 422 on a failed JSON-patch test; lists that carry
-the current resourceVersion and watches that start from it; and injected API faults.
+the current resourceVersion and watches that start from it; injected API faults; and the
+TokenReview API for the ServiceAccount tokens it issues (`Emulator.issue_token`).
 
 What the emulator does not do (tested another way, see test_operator.py): schema validation and
 defaulting (manifests are validated with kubernetes-validate, specs against the CRD schema in
@@ -31,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp.web
 import jsonpatch
 import kmock
 import pytest
@@ -38,8 +40,11 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from accordion.workers.config import REPORT_AUDIENCE
+
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
+TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 
 
 class Emulator(kmock.KubernetesEmulator):
@@ -54,6 +59,28 @@ class Emulator(kmock.KubernetesEmulator):
         self.fault_lock = threading.Lock()
         self.log: list[tuple[str, str]] = []
         self.timed_log: list[tuple[float, str, str]] = []
+        self.tokens: dict[str, dict[str, Any]] = {}
+        """The ServiceAccount tokens this API server issued (`issue_token`): token ->
+        `status` of a TokenReview that names one of its audiences."""
+
+    def issue_token(self, namespace: str, account: str = "default", pod: str | None = None) -> str:
+        """A token for `system:serviceaccount:<namespace>:<account>` (bound to `pod`), for
+        the reports' audience, as the kubelet would project it."""
+        token = uuid.uuid4().hex
+        user: dict[str, Any] = {"username": f"system:serviceaccount:{namespace}:{account}"}
+        if pod is not None:
+            user["extra"] = {"authentication.kubernetes.io/pod-name": [pod]}
+        self.tokens[token] = {"authenticated": True, "user": user, "audiences": [REPORT_AUDIENCE]}
+        return token
+
+    def _review(self, body: Any) -> Any:
+        """A TokenReview's answer: the issued token's user if an audience asked for is its."""
+        body = body if isinstance(body, dict) else {}
+        spec = body.get("spec") or {}
+        status = self.tokens.get(str(spec.get("token")))
+        if status is None or not set(spec.get("audiences") or []) & set(status["audiences"]):
+            status = {"authenticated": False, "error": "invalid bearer token"}
+        return aiohttp.web.json_response({**body, "status": status}, status=201)
 
     def _next_rv(self) -> str:
         self.last_rv = next(self.rv)
@@ -88,6 +115,8 @@ class Emulator(kmock.KubernetesEmulator):
         if status is not None:
             err = kmock.KubernetesError(status=status, reason="Injected", message=f"{status}")
             return await self._render_error(err)
+        if method == "POST" and str(request.url.path) == TOKEN_REVIEWS:
+            return self._review(request.data)  # answered, not stored (as the API server)
         if request.resource is not None and isinstance(request.data, dict | list):
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
                 meta = request.data.setdefault("metadata", {})
@@ -386,6 +415,10 @@ class Cluster:
     @staticmethod
     def _json(resp: Any) -> Any:
         return json.loads(resp.data)
+
+    def token(self, namespace: str, account: str = "default", pod: str | None = None) -> str:
+        """A ServiceAccount token the emulator's TokenReview vouches for (`issue_token`)."""
+        return self.emulator.call(lambda emu: emu.issue_token(namespace, account, pod))
 
     def create_pool(self, name: str, devices: int) -> None:
         self.custom.create_cluster_custom_object(

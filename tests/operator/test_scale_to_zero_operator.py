@@ -30,7 +30,7 @@ def test_idle_service_goes_to_zero_and_a_report_brings_a_worker_back(
     cluster.create(
         isvc("svc", ns, pool, 0.0, demand=demand, minReplicas=0, scaleToZeroIdleSeconds=2)
     )
-    with FakeRouter(report_port, key) as router:
+    with FakeRouter(report_port, key, cluster.token(ns)) as router:
 
         def takes_tables() -> None:
             """The router takes each table the operator writes (and reports its version)."""

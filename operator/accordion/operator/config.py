@@ -173,6 +173,15 @@ class OperatorConfig(BaseModel):
             "intervals is no longer counted (a router that stops says so at once)."
         ),
     )
+    report_auth: Literal["TokenReview", "None"] = Field(
+        "TokenReview",
+        description=(
+            "How the report server authenticates routers: TokenReview (each router sends its "
+            "pod's projected ServiceAccount token for the audience accordion-reports and may "
+            "report only for services of its namespace; needs tokenreviews create) or None "
+            "(any caller that reaches the port; for tests, or a network you trust)."
+        ),
+    )
     report_confirm_timeout_s: float = Field(
         60.0,
         ge=0,
@@ -257,6 +266,7 @@ class OperatorConfig(BaseModel):
             "ACCORDION_WATCH_NODES": "watch_nodes",
             "ACCORDION_REPORT_PORT": "report_port",
             "ACCORDION_REPORT_URL": "report_url",
+            "ACCORDION_REPORT_AUTH": "report_auth",
         }
         for var, name in overrides.items():
             if env.get(var):

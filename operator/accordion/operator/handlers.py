@@ -101,6 +101,7 @@ from accordion.operator.migactuator import apply_mig
 from accordion.operator.peering import Leadership
 from accordion.operator.pools import pool_capacity
 from accordion.operator.prometheus import PrometheusDemand
+from accordion.operator.reportauth import TokenAuthenticator, token_reviewer
 from accordion.operator.reports import ReportServer, RouterDemand, ServiceRouting
 from accordion.workers.config import RoutingTable
 
@@ -747,7 +748,12 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     if driver.demand is not None:
         memo["tasks"].append(asyncio.create_task(driver.poll_demand(), name="accordion-demand"))
     if driver.reports is not None and config.report_port is not None:
-        server = ReportServer(driver.reports, driver.active)
+        auth = None
+        if config.report_auth == "TokenReview":
+            auth = TokenAuthenticator(token_reviewer(driver.api_client))
+        else:
+            log.warning("report_auth is None: any pod that reaches the report port may report")
+        server = ReportServer(driver.reports, driver.active, auth)
         try:
             port = await server.start(None, config.report_port)
         except OSError as exc:

@@ -34,7 +34,7 @@ from accordion.operator.config import OperatorConfig
 from accordion.operator.control.desired import Routing, WorkerKey, WorkerSpec, routing_table
 from accordion.operator.control.loop import AppliedRouting, RunningWorker
 from accordion.operator.mig import pool_from_label, pool_label
-from accordion.workers.config import MODEL_LOAD_FAILED_EXIT
+from accordion.workers.config import MODEL_LOAD_FAILED_EXIT, REPORT_AUDIENCE
 from accordion.workers.storage import (
     MODELS_DIR,
     PVC_DIR,
@@ -62,6 +62,10 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 COMPONENT_ROUTER = "router"
 ROUTER_STARTUP_TIMEOUT_S = 60.0
 """The router loads no model: a minute covers a slow image start on a busy node."""
+REPORT_TOKEN_DIR = "/var/run/secrets/accordion/reports"
+"""Where a router's projected ServiceAccount token for its reports is mounted (`token`)."""
+REPORT_TOKEN_EXPIRATION_S = 3600
+"""The token's lifetime; the kubelet replaces it at 80% of it (`reportauth`)."""
 
 
 # ------------------------------------------------------------------------------------- names
@@ -416,6 +420,9 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
             *("--report-interval", f"{config.report_interval_s:g}"),
             *("--report-heartbeat", f"{config.report_heartbeat_s:g}"),
         ]
+    token = _report_token(config)
+    if token is not None:
+        args += ["--report-token-file", f"{REPORT_TOKEN_DIR}/token"]
     container: Manifest = {
         "name": "router",
         "image": config.router_image,
@@ -442,6 +449,11 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
         "volumeMounts": [
             {"name": "routing", "mountPath": config.routing_mount_path, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
+            *(
+                [{"name": "report-token", "mountPath": REPORT_TOKEN_DIR, "readOnly": True}]
+                if token is not None
+                else []
+            ),
         ],
     }
     pod_spec: Manifest = {
@@ -454,6 +466,7 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
                 "configMap": {"name": routing_configmap_name(name), "optional": True},
             },
             {"name": "tmp", "emptyDir": {}},
+            *([token] if token is not None else []),
         ],
         # Replicas on different nodes where the cluster allows it: a node drain or failure
         # then leaves the service an entry point.
@@ -482,6 +495,20 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
+
+
+def _report_token(config: OperatorConfig) -> Manifest | None:
+    """The router's token for its reports (`report_auth: TokenReview`): a projected
+    ServiceAccount token for `REPORT_AUDIENCE` only, useless against the API server (the pod
+    mounts no API token), rotated by the kubelet. None: routers do not authenticate."""
+    if not config.report_url or config.report_auth != "TokenReview":
+        return None
+    source = {
+        "audience": REPORT_AUDIENCE,
+        "expirationSeconds": REPORT_TOKEN_EXPIRATION_S,
+        "path": "token",
+    }
+    return {"name": "report-token", "projected": {"sources": [{"serviceAccountToken": source}]}}
 
 
 def router_pdb(service: str, uid: str | None) -> Manifest:

@@ -46,6 +46,9 @@ What the operator does with them:
   write time, as without reports.
 * **Leadership**: only the leader takes reports; followers answer 503 and their `/readyz` is 503,
   so the report Service (whose endpoints are the ready operator pods) reaches the leader.
+* **Authentication** (`report_auth: TokenReview`, the default): a report carries its router's
+  projected ServiceAccount token and speaks only for services of that pod's namespace
+  (`accordion.operator.reportauth`).
 
 The aiohttp server (`ReportServer`) runs in the operator's process; a request is answered from
 memory (the table is parsed once per ConfigMap change), no API call.
@@ -62,13 +65,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from pydantic import ValidationError
 
 from accordion.operator.api import DemandSource, InferenceService
 from accordion.operator.control.burstiness import BurstinessBook, combine
 from accordion.operator.control.demand import SURGE_SIGMAS, DemandTracker, counting_noise_qps
 from accordion.operator.control.loop import AppliedRouting, DemandView
+from accordion.operator.reportauth import (
+    ReviewUnavailableError,
+    TokenAuthenticator,
+    UnauthenticatedError,
+)
 from accordion.solver import Burstiness
 from accordion.workers.config import REPORT_PATH, ReportAnswer, RouterReport, RoutingTable
 
@@ -437,11 +445,26 @@ class ReportServer:
     """The aiohttp server of the reports: `POST /v1/reports`, `GET /readyz`.
 
     `leading()` says whether this operator leads: followers answer 503 to both, so only the
-    leader is behind the report Service (its endpoints are the ready pods)."""
+    leader is behind the report Service (its endpoints are the ready pods).
 
-    def __init__(self, demand: RouterDemand, leading: Callable[[], bool]) -> None:
+    With `auth` (`accordion.operator.reportauth`) a report is taken only from a router whose
+    token the API server vouches for, about a service of its own namespace: 401 without a
+    valid token, 403 for another namespace, 503 when the token cannot be reviewed. The token
+    is checked before the body is even read: a caller who cannot authenticate costs no
+    parsing and learns nothing from validation errors or which services exist (404); the
+    namespace is checked after parsing (it is in the body), before the report is looked at."""
+
+    def __init__(
+        self,
+        demand: RouterDemand,
+        leading: Callable[[], bool],
+        auth: TokenAuthenticator | None = None,
+    ) -> None:
         self.demand = demand
         self.leading = leading
+        self.auth = auth
+        self.refused = 0
+        """Reports refused for their credentials (401, 403)."""
         self.taken = 0
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -459,12 +482,24 @@ class ReportServer:
     async def _report(self, request: web.Request) -> web.Response:
         if not self.leading():
             return _error(503, "this operator is not the leader")
+        identity = None
+        if self.auth is not None:
+            try:
+                identity = await self.auth.identity(request.headers.get(hdrs.AUTHORIZATION))
+            except UnauthenticatedError as exc:
+                self.refused += 1
+                return _error(401, str(exc), {hdrs.WWW_AUTHENTICATE: 'Bearer realm="reports"'})
+            except ReviewUnavailableError as exc:
+                return _error(503, str(exc))
         try:
             report = RouterReport.model_validate_json(await request.read())
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"a report is at most {MAX_BODY_BYTES} bytes")
         except ValidationError as exc:
             return _error(400, f"invalid report: {_reasons(exc)}")
+        if identity is not None and (reason := identity.refuses(report.service, report.router)):
+            self.refused += 1
+            return _error(403, reason)
         try:
             answer = self.demand.answer(report)
         except UnknownServiceError as exc:
@@ -501,8 +536,8 @@ def _dispersion(report: RouterReport) -> tuple[float, float] | None:
     return d, rate
 
 
-def _error(status: int, reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status)
+def _error(status: int, reason: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": reason}, status=status, headers=headers)
 
 
 def _reasons(exc: ValidationError) -> str:

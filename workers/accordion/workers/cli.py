@@ -20,6 +20,7 @@ import typer
 from accordion.workers.activator import DEFAULT_MAX_QUEUED
 from accordion.workers.config import (
     MODEL_LOAD_FAILED_EXIT,
+    REPORT_TOKEN_FILE_ENV,
     REPORT_URL_ENV,
     BatchingConfig,
     BatchingMode,
@@ -361,6 +362,15 @@ def route(
             "(its answers may carry newer tables)",
         ),
     ] = None,
+    report_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=REPORT_TOKEN_FILE_ENV,
+            dir_okay=False,
+            help="send the token in this file with every report (Authorization: Bearer), read "
+            "again when it changes: the pod's projected ServiceAccount token",
+        ),
+    ] = None,
     report_interval: Annotated[
         float, typer.Option(min=0.05, help="seconds between reports (the demand interval)")
     ] = 1.0,
@@ -387,6 +397,7 @@ def route(
             report_url=report_url or None,
             report_policy=ReportPolicy(report_interval, report_heartbeat),
             max_queued=max_queued,
+            report_token_file=report_token_file,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -305,6 +305,13 @@ REPORT_PATH = "/v1/reports"
 """Where the operator takes routers' reports (`RouterReport`, POST, JSON)."""
 REPORT_URL_ENV = "ACCORDION_REPORT_URL"
 """Environment variable of the router: the operator's report URL (`--report-url`)."""
+REPORT_TOKEN_FILE_ENV = "ACCORDION_REPORT_TOKEN_FILE"
+"""Environment variable of the router: the file of the token it reports with
+(`--report-token-file`, sent as `Authorization: Bearer`)."""
+REPORT_AUDIENCE = "accordion-reports"
+"""The audience of the routers' projected ServiceAccount tokens, and the one the operator asks
+the TokenReview API to check: a token for it is good for reports only (the API server refuses
+it), and a token for the API server is no good for reports."""
 
 
 class _Wire(BaseModel):

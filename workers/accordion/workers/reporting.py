@@ -38,8 +38,12 @@ ignores them.
 
 `Reporter` is the HTTP part: a background task of the router that posts the report (JSON,
 `RouterReport`) and hands a table in the answer (`ReportAnswer`) to the router, which validates
-it as it validates its file. Failures are logged at debug level (a change between reachable and
-not at info) and the report is retried at the next interval; requests never wait for it.
+it as it validates its file. With a token file (`--report-token-file`: the pod's projected
+ServiceAccount token for `REPORT_AUDIENCE`, which the kubelet rotates) every report carries
+`Authorization: Bearer <token>`, read again when the file changes (`accordion.workers.tokenfile`)
+and after the operator refused it (401); the operator checks it with the TokenReview API.
+Failures are logged at debug level (a change between reachable and not at info) and the report
+is retried at the next interval; requests never wait for it.
 """
 
 from __future__ import annotations
@@ -54,11 +58,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
 from accordion.workers.config import ReportAnswer, RouterReport, RoutingTable
 from accordion.workers.dispersion import DispersionMeter
+from accordion.workers.tokenfile import TokenFile
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +226,11 @@ class Reporter:
         router: str | None = None,
         namespace: str | None = None,
         cold_start_s: Callable[[], float | None] = lambda: None,
+        token_file: str | Path | None = None,
     ) -> None:
         self.url = url
+        self.token = TokenFile(token_file) if token_file else None
+        """The bearer token sent with every report (None: none)."""
         self._cold_start_s = cold_start_s
         self.policy = policy or ReportPolicy()
         self._table = table
@@ -289,10 +298,15 @@ class Reporter:
         body = report.model_dump_json(exclude_defaults=True).encode()
         self.bytes_sent += len(body)
         timeout = aiohttp.ClientTimeout(total=max(0.5, min(self.policy.interval_s, 5.0)))
+        headers = {"Content-Type": "application/json"}
+        if self.token is not None:
+            headers.update(self.token.header())  # OSError: the file cannot be read
         async with self._session.post(
-            self.url, data=body, headers={"Content-Type": "application/json"}, timeout=timeout
+            self.url, data=body, headers=headers, timeout=timeout
         ) as resp:
             raw = await resp.read()
+            if resp.status == 401 and self.token is not None:
+                self.token.forget()  # rotated under us, perhaps: read it again next time
             if resp.status != 200:
                 raise ValueError(f"HTTP {resp.status}: {raw[:200].decode('utf-8', 'replace')}")
         return ReportAnswer.model_validate_json(raw)

@@ -23,8 +23,9 @@ than its plan gets less before it drops.
 Two background tasks (three with reports): one re-reads the routing table file (mounted from a
 ConfigMap) when its content changes: requests in flight keep the backend they were sent to, new
 ones follow the new weights, and an invalid file is reported and ignored; with a report URL
-(`--report-url`, `ACCORDION_REPORT_URL`) one reports the router's arrivals and table to the
-operator (`accordion.workers.reporting`), whose answer may carry a newer table, adopted at once
+(`--report-url`, `ACCORDION_REPORT_URL`; with `--report-token-file` it authenticates with that
+token) one reports the router's arrivals and table to the operator
+(`accordion.workers.reporting`), whose answer may carry a newer table, adopted at once
 with the same validation as the file's (of the file's table and the operator's, the higher
 `RoutingTable.revision` wins); the other polls every backend's
 ``/v2/health/ready`` and takes failing ones out of the split (at once when nothing listens,
@@ -257,6 +258,7 @@ class Router:
         report_url: str | None = None,
         report_policy: ReportPolicy | None = None,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        report_token_file: Path | None = None,
     ) -> None:
         self.table_path = table_path
         try:
@@ -305,6 +307,7 @@ class Router:
                 adopt=self.adopt,
                 policy=report_policy,
                 cold_start_s=lambda: self.activator.last_s,
+                token_file=report_token_file,
             )
         self._publish_weights()
 
