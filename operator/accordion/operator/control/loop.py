@@ -91,6 +91,7 @@ from accordion.operator.control.steps import (
     Step,
     UpdateStatus,
 )
+from accordion.operator.control.swaps import StartupMeter, SwapGate, swapped_replicas
 from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.operator.control.triggers import ReplanGate
 from accordion.operator.control.world import AppliedRouting, DemandView, RunningWorker, World
@@ -153,6 +154,9 @@ class LoopSettings:
     """The band of each service's planned estimate (`triggers.ReplanGate`)."""
     burst_buffer: bool = True
     """Plan spare replicas on idle devices for services that want them (`burst`)."""
+    defer_swaps: bool = True
+    """A plan for rising demand that swaps models on full pools waits until the rise has
+    lasted a start-up (`swaps`)."""
 
     @classmethod
     def from_timings(cls, timings: Timings, planner: PlannerSettings | None = None) -> LoopSettings:
@@ -267,6 +271,10 @@ class ControlLoop:
         self.idle = IdleTracker()
         """Which `minReplicas: 0` services are idle (scale to zero, `idle`)."""
         self._planned_idle: frozenset[str] = frozenset()
+        self.startup = StartupMeter()
+        """How long new replicas take to become ready, per service (`swaps`)."""
+        self.swap_gate = SwapGate()
+        """Since when demand rises per service; plans whose swaps wait (`swaps`)."""
         self.cost = CostMeter()
         """Device-seconds, cost and cost per 1,000 requests per service (`cost`)."""
         self._slices: dict[str, int] = {}
@@ -347,6 +355,7 @@ class ControlLoop:
         Raises `PlanningError` when the planner fails (the last good plan stays in force)."""
         headroom = {k: s.spec.demand.headroom for k, s in world.services.items()}
         measured, capacity = self._measured(world, demand), self.capacity_by_service()
+        self._observe_swaps(world, measured, capacity, headroom)
         estimates = self.gate.estimates(measured, capacity, headroom)
         build = self._build(world, estimates, demand)
         self.notices = build.by_service
@@ -366,12 +375,47 @@ class ControlLoop:
             raise
         finally:
             self.plan_time_s = time.perf_counter() - started
+        if self.last_plan is not None and self._swaps_wait(plan, build.problem):
+            return self.last_plan, False, build.warnings  # swaps that would not pay back
         plan = self._with_spare(plan, build.problem, world, demand, estimates)
         self.previous_plan = self.last_plan
         self.last_problem, self.last_plan, self.last_error = build.problem, plan, None
         self._failed_problem = None
         self.gate.adopt(estimates)
         return plan, True, build.warnings
+
+    def _observe_swaps(
+        self,
+        world: World,
+        measured: Mapping[str, float],
+        capacity: Mapping[str, float],
+        headroom: Mapping[str, float],
+    ) -> None:
+        """Feed `swaps`: new replicas' start-up times, and which services' demand rises."""
+        now_s = self.clock()
+        self.startup.observe(world.workers, now_s)
+        due = self.gate.due(measured, capacity, headroom)
+        planned = self.gate.planned
+        self.swap_gate.observe((s for s in due if s in planned and measured[s] > planned[s]), now_s)
+
+    def _swaps_wait(self, plan: Plan, problem: Problem) -> bool:
+        """Whether a new plan for rising demand waits because its model swaps would not pay
+        back yet (`swaps.SwapGate`); only when demand alone changed."""
+        if not self.settings.defer_swaps:
+            return False
+        old = self.last_problem
+        if old is None or self.last_plan is None:
+            return False
+        swaps = swapped_replicas(plan, self.last_plan, {p.name: p.devices for p in problem.pools})
+        if swaps <= 0:
+            return False
+        demand_only = (
+            old.pools == problem.pools
+            and old.settings == problem.settings
+            and [s.model_copy(update={"demand_qps": 0.0}) for s in old.services]
+            == [s.model_copy(update={"demand_qps": 0.0}) for s in problem.services]
+        )
+        return demand_only and self.swap_gate.defer(swaps, self.startup, self.clock())
 
     def _build(
         self, world: World, estimates: Mapping[str, float], demand: DemandView

@@ -1,0 +1,115 @@
+"""Model swaps: a re-plan that takes serving replicas out of service must pay for itself.
+
+On a full pool a new replica gets a device only when a replica the plan no longer wants has
+drained and freed it (Kubernetes schedules one pod per GPU): the device then serves nothing
+for a start-up (a pod start and a model load). A re-plan for a rise of demand that needs such
+*swaps* pays that capacity loss first and gains only after; a spike shorter than a start-up is
+over before a swap has paid back, and the swap made it worse. Re-plans that only add replicas
+on free devices (or turn spare replicas into planned ones, which loads nothing) cost no served
+capacity and go at once.
+
+The rule (`SwapGate.defer`): a new plan that swaps replicas, made because some services' demand
+rose out of their band (`triggers`), is applied only once that rise has lasted as long as a
+start-up of the service takes (`StartupMeter`: the time its new replicas took to become ready,
+as the loop saw it; `DEFAULT_STARTUP_S` before any was seen). A rise that lasted that long is
+likely to last as long again (the older a change of demand, the longer it is expected to go
+on); one that did not is left to the spare replicas and the router's fast loop meanwhile. Until
+then the plan in force stays, and the loop plans again at its next pass (each measurement,
+while the estimate is out of its band). Re-plans for falling demand or for a changed world are
+never deferred.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from accordion.operator.control.desired import WorkerKey
+from accordion.operator.control.world import RunningWorker
+from accordion.solver import Plan
+
+DEFAULT_STARTUP_S = 2.0
+"""A replica's start-up assumed before the loop saw one (a model load on a warm node)."""
+STARTUP_WEIGHT = 0.3
+"""Weight of a new start-up in the running estimate (`StartupMeter`)."""
+
+
+def swapped_replicas(new: Plan, old: Plan | None, devices: Mapping[str, int]) -> int:
+    """New replicas of `new` that need a device a serving replica of `old` holds.
+
+    Per pool: the replicas `new` adds to its worker groups (against `old`'s, spare replicas
+    included: a spare replica that becomes a planned one loads nothing) beyond the devices
+    `old`'s planned replicas leave free (spare replicas on them go at no cost)."""
+    if old is None:
+        return 0
+    old_total: dict[tuple[str, str, str], int] = {}
+    old_main: dict[str, int] = {}
+    for r in old.rows:
+        old_total[(r.service, r.variant, r.pool)] = r.replicas
+        old_main[r.pool] = old_main.get(r.pool, 0) + r.replicas - r.spare_replicas
+    grow: dict[str, int] = {}
+    for r in new.rows:
+        main = r.replicas - r.spare_replicas
+        more = main - old_total.get((r.service, r.variant, r.pool), 0)
+        if more > 0:
+            grow[r.pool] = grow.get(r.pool, 0) + more
+    return sum(
+        max(0, n - max(0, devices.get(pool, 0) - old_main.get(pool, 0))) for pool, n in grow.items()
+    )
+
+
+@dataclass
+class StartupMeter:
+    """How long a service's new replicas take to become ready, as the loop sees its workers.
+
+    Each pass: a worker group with fewer ready replicas than it asks for is starting since the
+    first pass that saw it so; the pass that sees it complete adds the elapsed time to the
+    service's running estimate (an exponentially weighted mean)."""
+
+    startup_s: dict[str, float] = field(default_factory=dict)
+    _since: dict[WorkerKey, float] = field(default_factory=dict)
+
+    def observe(self, workers: Mapping[WorkerKey, RunningWorker], now_s: float) -> None:
+        for key, worker in workers.items():
+            starting = worker.ready_replicas < worker.spec.replicas
+            since = self._since.get(key)
+            if starting and since is None:
+                self._since[key] = now_s
+            elif not starting and since is not None:
+                del self._since[key]
+                sample = now_s - since
+                old = self.startup_s.get(key.service)
+                self.startup_s[key.service] = (
+                    sample if old is None else old + STARTUP_WEIGHT * (sample - old)
+                )
+        for key in [k for k in self._since if k not in workers]:
+            del self._since[key]
+
+    def of(self, service: str) -> float:
+        return self.startup_s.get(service, DEFAULT_STARTUP_S)
+
+
+@dataclass
+class SwapGate:
+    """When a rise of demand began per service, and whether a swapping plan must wait."""
+
+    rising_since: dict[str, float] = field(default_factory=dict)
+    deferred: int = 0
+    """Plans not applied so far because their swaps would not have paid back (benchmarks)."""
+
+    def observe(self, rising: Iterable[str], now_s: float) -> None:
+        """The services whose estimate is above the band of their plan now."""
+        now_rising = set(rising)
+        for svc in [s for s in self.rising_since if s not in now_rising]:
+            del self.rising_since[svc]
+        for svc in now_rising:
+            self.rising_since.setdefault(svc, now_s)
+
+    def defer(self, swaps: int, startup: StartupMeter, now_s: float) -> bool:
+        """Whether a plan with `swaps` swapped replicas waits (see the module docstring)."""
+        if swaps <= 0 or not self.rising_since:
+            return False
+        young = all(now_s - t < startup.of(svc) for svc, t in self.rising_since.items())
+        if young:
+            self.deferred += 1
+        return young

@@ -1,0 +1,109 @@
+"""A re-plan for a rise of demand that swaps models on a full pool waits until the rise has
+lasted a start-up (`control.swaps`); one that only adds on free devices goes at once.
+
+The real planner and loop; one service with an accurate variant (45 req/s per device) and a
+fast one (180 req/s), readiness under the test's control.
+"""
+
+from __future__ import annotations
+
+from accordion.operator.control.desired import worker_specs
+from accordion.operator.control.loop import (
+    ControlLoop,
+    DemandView,
+    EnsureWorker,
+    LoopSettings,
+    RunningWorker,
+    World,
+)
+from accordion.operator.control.swaps import DEFAULT_STARTUP_S, StartupMeter, swapped_replicas
+
+from .test_loop import Clock, MemoryActuator, all_ready, key, pool, service
+
+SVC = "default/svc"
+
+
+def setup(
+    devices: int, defer_swaps: bool = True
+) -> tuple[World, Clock, ControlLoop, MemoryActuator]:
+    clock = Clock()
+    svc = service(
+        demand={"source": "Prometheus", "qps": 80, "headroom": 0.0, "burst": {"policy": "Off"}}
+    )
+    world = World(services={SVC: svc}, pools={"gpu": pool(devices=devices)})
+    loop = ControlLoop(LoopSettings(drain_s=0.0, defer_swaps=defer_swaps), clock=clock)
+    return world, clock, loop, MemoryActuator(world, clock)
+
+
+async def step(loop: ControlLoop, world: World, act: MemoryActuator, qps: float) -> list[str]:
+    """One pass at `qps`, then every replica ready; the variants the pass asked to grow."""
+    res = await loop.reconcile(world, DemandView(qps={SVC: qps}), act)
+    all_ready(world)
+    return sorted(
+        s.spec.key.variant
+        for s in res.applied
+        if isinstance(s, EnsureWorker) and s.stage == "make" and s.spec.replicas > 0
+    )
+
+
+async def warm(
+    devices: int, defer_swaps: bool = True
+) -> tuple[World, Clock, ControlLoop, MemoryActuator]:
+    world, clock, loop, act = setup(devices, defer_swaps)
+    assert await step(loop, world, act, 80.0) == ["big"]  # two accurate replicas
+    for _ in range(3):
+        clock.t += 1.0
+        await step(loop, world, act, 80.0)
+    assert {k.variant: w.spec.replicas for k, w in world.workers.items()} == {"big": 2}
+    return world, clock, loop, act
+
+
+async def test_a_short_spike_swaps_no_model_a_lasting_rise_does() -> None:
+    world, clock, loop, act = await warm(devices=2)
+    startup = loop.startup.of(SVC)
+    assert 0 < startup <= DEFAULT_STARTUP_S + 1.0
+    # 150 req/s needs the fast variant, on a full pool: a swap. Not while the rise is younger
+    # than a start-up.
+    clock.t += 1.0
+    assert await step(loop, world, act, 150.0) == []
+    assert loop.swap_gate.deferred == 1
+    assert {k.variant for k in world.workers} == {"big"}
+    # The spike is over: nothing was swapped, nothing is.
+    clock.t += 1.0
+    assert await step(loop, world, act, 80.0) == []
+    assert {k.variant for k in world.workers} == {"big"}
+    # A rise that lasts: swapped once it is as old as a start-up.
+    clock.t += 1.0
+    assert await step(loop, world, act, 150.0) == []
+    clock.t += startup + 0.1
+    assert await step(loop, world, act, 150.0) == ["small"]
+
+
+async def test_without_the_rule_the_spike_swaps_at_once() -> None:
+    """Control: the same spike with `defer_swaps` off swaps at its first pass."""
+    world, clock, loop, act = await warm(devices=2, defer_swaps=False)
+    clock.t += 1.0
+    assert await step(loop, world, act, 150.0) == ["small"]
+
+
+async def test_additions_on_free_devices_go_at_once() -> None:
+    world, clock, loop, act = await warm(devices=4)
+    clock.t += 1.0
+    grown = await step(loop, world, act, 150.0)
+    assert grown
+    assert loop.swap_gate.deferred == 0
+
+
+def test_startup_meter_measures_the_time_to_ready() -> None:
+    world, _, loop, _ = setup(devices=1)
+    meter = StartupMeter()
+    k = key("big")
+    plan = loop.make_plan(world, DemandView(qps={SVC: 10.0}))[0]
+    assert swapped_replicas(plan, None, {"gpu": 1}) == 0
+    assert swapped_replicas(plan, plan, {"gpu": 1}) == 0
+    spec = worker_specs(plan, world.services, world.pools)[k]
+    meter.observe({k: RunningWorker(spec, 0)}, 100.0)
+    meter.observe({k: RunningWorker(spec, 0)}, 102.0)
+    meter.observe({k: RunningWorker(spec, spec.replicas)}, 104.5)
+    assert meter.of(SVC) == 4.5
+    assert meter.of("default/other") == DEFAULT_STARTUP_S
