@@ -24,6 +24,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client as k8s
 
+from accordion.operator import reportauth
 from accordion.operator.reportauth import (
     POD_NAME_EXTRA,
     Identity,
@@ -292,3 +293,31 @@ def test_the_reviewer_asks_the_api_server(api_server: str) -> None:
     assert path == "/apis/authentication.k8s.io/v1/tokenreviews"
     assert body["kind"] == "TokenReview"
     assert body["spec"] == {"token": GOOD, "audiences": [REPORT_AUDIENCE]}
+
+
+async def test_the_cache_and_the_waiting_reviews_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reviewer = StubReviewer()
+    reviewer.users.update({f"t{i}": ("system:serviceaccount:default:default", None) for i in "123"})
+    auth = TokenAuthenticator(reviewer, max_cached=2)
+    for token in ("t1", "t2", "t1", "t3", "t1", "t2"):  # t2 is the least recently used at t3
+        await auth.identity(f"Bearer {token}")
+    assert reviewer.asked == ["t1", "t2", "t3", "t2"]
+
+    # Reviews waiting beyond the bound: the next new token is a 503 at once, not a queue.
+    monkeypatch.setattr(reportauth, "MAX_PENDING_REVIEWS", 2)
+    release = threading.Event()
+
+    def slow(token: str) -> Review:
+        release.wait(5)
+        return Review(True, "system:serviceaccount:default:default", (REPORT_AUDIENCE,))
+
+    auth = TokenAuthenticator(slow)
+    waiting = [asyncio.create_task(auth.identity(f"Bearer w{i}")) for i in range(2)]
+    await asyncio.sleep(0)  # both are now waiting for their review
+    with pytest.raises(ReviewUnavailableError, match="waiting"):
+        await auth.identity("Bearer w3")
+    release.set()
+    assert len(await asyncio.gather(*waiting)) == 2
+    assert (await auth.identity("Bearer w3")).namespace == "default"

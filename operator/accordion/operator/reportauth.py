@@ -192,11 +192,12 @@ class TokenAuthenticator:
                     asyncio.to_thread(self.review, token), REVIEW_TIMEOUT_S
                 )
             except Exception as exc:
+                why = str(exc) or type(exc).__name__  # a timeout says nothing by itself
                 if not self._failing:
-                    log.warning("cannot review the routers' tokens (TokenReview): %s", exc)
+                    log.warning("cannot review the routers' tokens (TokenReview): %s", why)
                 self._failing = True
                 raise ReviewUnavailableError(
-                    f"cannot review the token (TokenReview): {exc}"
+                    f"cannot review the token (TokenReview): {why}"
                 ) from None
         if self._failing:
             log.info("reviewing the routers' tokens (TokenReview) again")
