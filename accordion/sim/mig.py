@@ -164,7 +164,9 @@ class SimMig:
                 meta: dict[str, Any] = {"name": f"replica-{rid}", "namespace": "sim"}
                 if r.state == "retiring":
                     meta["deletionTimestamp"] = "retiring"
-                out.append({"metadata": meta, "spec": {"nodeName": gpu.name}})
+                limits = {slice_resource(gpu.held[rid]): "1"}
+                spec = {"nodeName": gpu.name, "containers": [{"resources": {"limits": limits}}]}
+                out.append({"metadata": meta, "spec": spec})
         return out
 
     # -- slices and replicas ------------------------------------------------------------------

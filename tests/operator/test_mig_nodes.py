@@ -119,12 +119,21 @@ def test_slice_workers_ask_a_slice_not_a_gpu() -> None:
     assert slice_device_pool({"a100": pool()}, "a100") is None
 
 
+def worker(name: str, node_name: str, profile: str | None = None) -> dict[str, Any]:
+    """A worker pod bound to `node_name`, asking one slice of `profile` (None: no slice)."""
+    limits = {f"nvidia.com/mig-{profile}": 1} if profile else {}
+    spec = {"nodeName": node_name, "containers": [{"resources": {"limits": limits}}]}
+    return {"metadata": {"name": name, "namespace": "ns"}, "spec": spec}
+
+
 def test_nodes_change_one_at_a_time_drained_before_relabelled() -> None:
     pools = {"a100": pool()}
     nodes = [node("n1", "all-7g.80gb", "success"), node("n2", "all-7g.80gb", "success")]
     assert current_layouts(pools.values(), nodes) == {"a100": [{"7g.80gb": 1}] * 4}
     plan = [gpu(i, **{"1g_10gb": 7}) for i in range(4)]
-    pods = [{"metadata": {"name": "w1", "namespace": "ns"}, "spec": {"nodeName": "n1"}}]
+    # n2's worker has no free slice to go to: n2 waits for n1 (no slack).
+    on_n2 = [worker("w2", "n2", "7g.80gb")]
+    pods = [{"metadata": {"name": "w1", "namespace": "ns"}, "spec": {"nodeName": "n1"}}, *on_n2]
 
     actions, configs = node_actions(pools, nodes, plan, pods)
     assert [(a.node, a.kind) for a in actions] == [("n1", "drain")]  # not n2 as well
@@ -134,22 +143,53 @@ def test_nodes_change_one_at_a_time_drained_before_relabelled() -> None:
     actions, _ = node_actions(pools, nodes, plan, pods)
     assert [(a.node, a.kind, a.pods) for a in actions] == [("n1", "evict", (("ns", "w1"),))]
 
-    terminating = [{**pods[0], "metadata": {**pods[0]["metadata"], "deletionTimestamp": "t"}}]
+    terminating = [
+        {**pods[0], "metadata": {**pods[0]["metadata"], "deletionTimestamp": "t"}},
+        *on_n2,
+    ]
     assert node_actions(pools, nodes, plan, terminating)[0] == []  # it still holds its slice
-    actions, _ = node_actions(pools, nodes, plan, [])
+    actions, _ = node_actions(pools, nodes, plan, on_n2)
     assert [(a.node, a.kind, a.config) for a in actions] == [("n1", "relabel", "all-1g.10gb")]
 
     nodes[0] = node("n1", "all-1g.10gb", "pending", tainted=True)
-    assert node_actions(pools, nodes, plan, [])[0] == []  # n2 waits for n1
+    assert node_actions(pools, nodes, plan, on_n2)[0] == []  # n2 waits for n1
     nodes[0] = node("n1", "all-1g.10gb", "success", {"1g.10gb": 14}, tainted=True)
-    actions, _ = node_actions(pools, nodes, plan, [])
+    actions, _ = node_actions(pools, nodes, plan, on_n2)
     assert [(a.node, a.kind) for a in actions] == [("n1", "release")]
     assert slice_devices(pools, nodes, plan)["a100/1g.10gb"] == 0  # still tainted
 
     nodes[0] = node("n1", "all-1g.10gb", "success", {"1g.10gb": 14})
-    actions, _ = node_actions(pools, nodes, plan, [])
+    actions, _ = node_actions(pools, nodes, plan, on_n2)
     assert [(a.node, a.kind) for a in actions] == [("n2", "drain")]
     assert slice_devices(pools, nodes, plan)["a100/1g.10gb"] == 14
+
+
+def test_nodes_whose_workers_have_free_slices_elsewhere_change_together() -> None:
+    pools = {"a100": pool()}
+    # n1 and n2 change; n3 keeps its planned config and has two free 7g slices.
+    nodes = [
+        node("n1", "all-7g.80gb", "success", {"7g.80gb": 2}),
+        node("n2", "all-7g.80gb", "success", {"7g.80gb": 2}),
+        node("n3", "all-7g.80gb", "success", {"7g.80gb": 2}),
+    ]
+    plan = [gpu(i, **{"1g_10gb": 7}) for i in range(4)] + [gpu(i, **{"7g_80gb": 1}) for i in (4, 5)]
+    pods = [worker("w1", "n1", "7g.80gb"), worker("w2", "n2", "7g.80gb")]
+    actions, _ = node_actions(pools, nodes, plan, pods)
+    assert [(a.node, a.kind) for a in actions] == [("n1", "drain"), ("n2", "drain")]
+
+    # One of n3's slices is taken: n1's worker claims the other, n2's has nowhere to go.
+    busy_n3 = [*pods, worker("w3", "n3", "7g.80gb")]
+    actions, _ = node_actions(pools, nodes, plan, busy_n3)
+    assert [(a.node, a.kind) for a in actions] == [("n1", "drain")]
+
+    # n1 is out; n2 may join it only while its worker has a free slice on n3.
+    nodes[0] = node("n1", "all-1g.10gb", "pending", tainted=True)
+    actions, _ = node_actions(pools, nodes, plan, [pods[1], worker("w3", "n3", "7g.80gb")])
+    assert [(a.node, a.kind) for a in actions] == [("n2", "drain")]
+    two_on_n3 = [pods[1], worker("w3", "n3", "7g.80gb"), worker("w4", "n3", "7g.80gb")]
+    assert node_actions(pools, nodes, plan, two_on_n3)[0] == []
+    # A worker whose slice is not known never counts as movable.
+    assert node_actions(pools, nodes, plan, [worker("w2", "n2")])[0] == []
 
 
 def test_slices_count_only_for_the_planned_config_and_what_is_allocatable() -> None:

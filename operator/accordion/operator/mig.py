@@ -29,7 +29,8 @@ How a per-GPU plan becomes per-node configs (a label applies to the whole node):
   operator keeps them in the ConfigMap `accordion-mig-parted-config` of the GPU operator's
   namespace, which ClusterPolicy `spec.migManager.config.name` must name.
 
-The order (make before break at the node level), one node of a pool at a time:
+The order (make before break at the node level), one node of a pool at a time, unless the
+pool has slack for more (below):
 
 1. a node whose config must change is tainted `accordion.dev/mig-reconfigure:NoSchedule`: no
    new worker lands on it;
@@ -40,6 +41,16 @@ The order (make before break at the node level), one node of a pool at a time:
 4. when the MIG manager says `success`, the taint goes, and the node's slices count
    (`slice_devices`): the control loop places workers on a slice only once it is in the
    node's allocatable and the node's config is the planned one (`cap_replicas`).
+
+Slack (`moves_freely`): while a node of the pool is out, another may start draining only when
+reconfiguring it costs no capacity: every Accordion worker on it (its profile read from the
+pod's `nvidia.com/mig-<profile>` request) has a free slice of that profile on a node in service
+that keeps its config (untainted, `success`, already the planned config), slices claimed by
+nodes drained earlier in the same pass counted as taken. A node no worker runs on qualifies at
+once. Why: a relabel holds its node for as long as the MIG manager works (a minute or more);
+with the strict one-node rule, a relabel begun for a small gain holds the pool's only slot
+while a later demand shift waits for layouts, although nodes whose workers have somewhere to
+go could change at the same time without losing a request.
 """
 
 from __future__ import annotations
@@ -417,6 +428,52 @@ def pods_on(pods: Iterable[Mapping[str, Any]], node: str) -> tuple[list[tuple[st
     return sorted(out), terminating
 
 
+def pod_profile(pod: Mapping[str, Any]) -> str | None:
+    """The slice profile a worker pod asks (`nvidia.com/mig-<profile>` in a container's limits
+    or requests); None when it asks none."""
+    prefix = slice_resource("")
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        resources = (container or {}).get("resources") or {}
+        for part in ("limits", "requests"):
+            for key in resources.get(part) or {}:
+                if str(key).startswith(prefix):
+                    return str(key).removeprefix(prefix)
+    return None
+
+
+def free_slices(
+    nodes: Iterable[MigNode],
+    desired: Mapping[str, tuple[str, tuple[Layout, ...]]],
+    pods: Sequence[Mapping[str, Any]],
+) -> Counter[str]:
+    """Per profile, the slices free now on nodes in service that keep their config: untainted,
+    `success`, at the planned config; allocatable less the pods bound there (terminating ones
+    too: they hold their slice until gone)."""
+    free: Counter[str] = Counter()
+    for node in nodes:
+        name = desired.get(node.name, (node.config, ()))[0]
+        if node.draining or node.state != STATE_SUCCESS or node.config != name:
+            continue
+        used = Counter(
+            pod_profile(p) for p in pods if (p.get("spec") or {}).get("nodeName") == node.name
+        )
+        for profile, n in node.slices.items():
+            free[profile] += max(0, n - used.get(profile, 0))
+    return free
+
+
+def moves_freely(node: str, pods: Sequence[Mapping[str, Any]], free: Counter[str]) -> bool:
+    """True when every Accordion worker on `node` has a free slice of its profile in `free`;
+    then those slices are taken (module docstring, slack)."""
+    need = Counter(pod_profile(p) for p in pods if (p.get("spec") or {}).get("nodeName") == node)
+    if any(profile is None or free[profile] < n for profile, n in need.items()):
+        return False
+    for profile, n in need.items():
+        assert profile is not None
+        free[profile] -= n
+    return True
+
+
 def node_actions(
     pools: Mapping[str, DevicePool],
     nodes: Iterable[Mapping[str, Any]],
@@ -425,7 +482,8 @@ def node_actions(
 ) -> tuple[list[NodeAction], dict[str, tuple[str, tuple[Layout, ...]]]]:
     """The steps towards the plan's layouts now, and every config in use or wanted (name ->
     (GPU model, per-GPU layouts)) for the MIG manager's ConfigMap. At most one node per pool is
-    drained or reconfigured at a time (one node's share of capacity is lost at a time)."""
+    drained or reconfigured at a time (one node's share of capacity is lost at a time), more
+    only when their workers move to free slices (module docstring, slack)."""
     node_list = list(nodes)
     pod_list = list(pods)
     layout_list = list(plan_layouts)
@@ -442,6 +500,7 @@ def node_actions(
             if node.config and decoded and node.config not in ("all-disabled", "all-enabled"):
                 configs[node.config] = (model, known)
         busy = any(n.draining and n.state != STATE_FAILED for n in found)
+        free = free_slices(found, desired, pod_list)
         for node in found:
             name, layouts = desired.get(node.name, (node.config or "", ()))
             if name and layouts:
@@ -451,7 +510,8 @@ def node_actions(
                     actions.append(NodeAction(node.name, "release", name))
                 continue
             if not node.draining:
-                if not busy:
+                fits = moves_freely(node.name, pod_list, free)
+                if not busy or fits:
                     actions.append(NodeAction(node.name, "drain", name))
                     busy = True
                 continue
