@@ -29,6 +29,7 @@ from accordion.operator.k8s import (
     observe_routing,
     observe_worker,
 )
+from accordion.operator.mig import pod_profile
 from accordion.operator.pools import pool_capacity
 
 from .example_manifests import example_manifests
@@ -145,6 +146,26 @@ def test_node_essentials_keeps_nothing_else() -> None:
     assert set(slim["metadata"]) == {"name", "uid", "resourceVersion", "labels"}
     assert set(slim["status"]) == {"allocatable", "conditions"}
     assert all(set(c) == {"type", "status"} for c in slim["status"]["conditions"])
+
+
+def test_a_compact_pod_keeps_its_node_and_mig_slice() -> None:
+    container = {
+        "name": "worker",
+        "image": "w:1",
+        "resources": {"limits": {"nvidia.com/mig-3g.40gb": 1, "cpu": "2"}},
+    }
+    pod = {
+        "metadata": {"name": "w", "namespace": "ns", "managedFields": MANAGED_FIELDS},
+        "spec": {"nodeName": "n1", "containers": [container], "dnsPolicy": "ClusterFirst"},
+    }
+    slim = compact("Pod", pod)
+    assert slim["spec"] == {
+        "nodeName": "n1",
+        "containers": [{"resources": {"limits": {"nvidia.com/mig-3g.40gb": 1}}}],
+    }
+    assert pod_profile(slim) == "3g.40gb"  # what the MIG slack rule reads
+    plain = {**pod, "spec": {"nodeName": "n1", "containers": [{"name": "worker"}]}}
+    assert compact("Pod", plain)["spec"] == {"nodeName": "n1"}
 
 
 @pytest.fixture(scope="module")

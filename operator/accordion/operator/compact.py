@@ -72,11 +72,14 @@ def node_essentials(node: dict[str, Any]) -> dict[str, Any]:
 
 POD_METADATA = ("name", "namespace", "labels", "resourceVersion", "uid", "deletionTimestamp")
 POD_CONTAINER = ("name", "state", "lastState", "restartCount")
+MIG_PREFIX = "nvidia.com/mig-"
+"""A MIG slice's extended resource (`mig.slice_resource`), kept of a worker's limits."""
 
 
 def pod_essentials(pod: dict[str, Any]) -> dict[str, Any]:
     """What of a worker Pod the operator reads (`k8s.observe_worker_failure`): its identity
-    and labels, and its containers' states (not its spec, which the Deployment holds)."""
+    and labels, and its containers' states; of its spec (the Deployment holds the rest) only
+    its node and the MIG slice it asks (`mig.node_actions`)."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     slim: dict[str, Any] = {}
@@ -87,12 +90,24 @@ def pod_essentials(pod: dict[str, Any]) -> dict[str, Any]:
                 for c in status.get(field) or []
                 if isinstance(c, dict)
             ]
+    # The node it runs on and the MIG slice it asks: a MIG reconfiguration drains the node
+    # first, more than one at a time when its workers have free slices elsewhere (`mig`).
+    spec = pod.get("spec") or {}
+    slim_spec: dict[str, Any] = {k: v for k, v in spec.items() if k == "nodeName"}
+    slices = [
+        {"resources": {"limits": {k: v for k, v in limits.items() if k.startswith(MIG_PREFIX)}}}
+        for c in spec.get("containers") or []
+        if isinstance(c, dict)
+        for limits in [((c.get("resources") or {}).get("limits") or {})]
+        if any(str(k).startswith(MIG_PREFIX) for k in limits)
+    ]
+    if slices:
+        slim_spec["containers"] = slices
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {k: meta[k] for k in POD_METADATA if k in meta},
-        # The node it runs on: a MIG reconfiguration drains the node first (`mig`).
-        "spec": {k: v for k, v in (pod.get("spec") or {}).items() if k == "nodeName"},
+        "spec": slim_spec,
         "status": slim,
     }
 
