@@ -107,3 +107,19 @@ def test_startup_meter_measures_the_time_to_ready() -> None:
     meter.observe({k: RunningWorker(spec, spec.replicas)}, 104.5)
     assert meter.of(SVC) == 4.5
     assert meter.of("default/other") == DEFAULT_STARTUP_S
+
+
+async def test_while_swaps_wait_the_free_devices_are_used_at_once() -> None:
+    world, clock, loop, act = await warm(devices=3)
+    # 400 req/s needs swaps (two accurate replicas and one fast one carry 270): the fast
+    # replica on the free device goes now, the swaps once the rise has lasted a start-up.
+    clock.t += 1.0
+    assert await step(loop, world, act, 400.0) == ["small"]
+    assert loop.swap_gate.deferred == 1
+    assert {k.variant: w.spec.replicas for k, w in world.workers.items()} == {"big": 2, "small": 1}
+    assert loop.capacity_by_service()[SVC] > 250.0
+    clock.t += loop.startup.of(SVC) + 0.1
+    await step(loop, world, act, 400.0)
+    clock.t += 1.0
+    await step(loop, world, act, 400.0)
+    assert world.workers[key("small")].spec.replicas >= 2

@@ -91,7 +91,12 @@ from accordion.operator.control.steps import (
     Step,
     UpdateStatus,
 )
-from accordion.operator.control.swaps import StartupMeter, SwapGate, swapped_replicas
+from accordion.operator.control.swaps import (
+    StartupMeter,
+    SwapGate,
+    additions_only,
+    swapped_replicas,
+)
 from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.operator.control.triggers import ReplanGate
 from accordion.operator.control.world import AppliedRouting, DemandView, RunningWorker, World
@@ -376,7 +381,15 @@ class ControlLoop:
         finally:
             self.plan_time_s = time.perf_counter() - started
         if self.last_plan is not None and self._swaps_wait(plan, build.problem):
-            return self.last_plan, False, build.warnings  # swaps that would not pay back
+            # Swaps that would not pay back yet: the additions on free devices go now; the
+            # rest is planned again at the next pass (the planned estimates stay).
+            devices = {p.name: p.devices for p in build.problem.pools}
+            partial = additions_only(plan, self.last_plan, devices)
+            if partial is None:
+                return self.last_plan, False, build.warnings
+            partial = self._with_spare(partial, build.problem, world, demand, estimates)
+            self.previous_plan, self.last_plan = self.last_plan, partial
+            return partial, True, build.warnings
         plan = self._with_spare(plan, build.problem, world, demand, estimates)
         self.previous_plan = self.last_plan
         self.last_problem, self.last_plan, self.last_error = build.problem, plan, None

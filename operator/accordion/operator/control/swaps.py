@@ -14,9 +14,10 @@ start-up of the service takes (`StartupMeter`: the time its new replicas took to
 as the loop saw it; `DEFAULT_STARTUP_S` before any was seen). A rise that lasted that long is
 likely to last as long again (the older a change of demand, the longer it is expected to go
 on); one that did not is left to the spare replicas and the router's fast loop meanwhile. Until
-then the plan in force stays, and the loop plans again at its next pass (each measurement,
-while the estimate is out of its band). Re-plans for falling demand or for a changed world are
-never deferred.
+then the plan in force stays, with those of the new plan's additions that fit on the devices it
+leaves free (`additions_only`: they cost no served capacity), and the loop plans again at its
+next pass (each measurement, while the estimate is out of its band). Re-plans for falling
+demand or for a changed world are never deferred.
 """
 
 from __future__ import annotations
@@ -113,3 +114,71 @@ class SwapGate:
         if young:
             self.deferred += 1
         return young
+
+
+def additions_only(new: Plan, old: Plan, devices: Mapping[str, int]) -> Plan | None:
+    """While `new`'s swaps wait: `old`'s planned replicas plus those of `new`'s additions that
+    fit on devices `old`'s planned replicas leave free (spare replicas left out: the spare plan
+    is made again on what remains). Each service's load is routed in proportion to capacity.
+    None when nothing fits, or for pipelines (their stages move together)."""
+    if any(r.stages for r in (*old.rows, *new.rows)):
+        return None
+    rows = {
+        (r.service, r.variant, r.pool): r.model_copy(
+            update={
+                "replicas": r.replicas - r.spare_replicas,
+                "spare_replicas": 0,
+                "capacity_qps": (r.replicas - r.spare_replicas) * r.capacity_qps_per_replica,
+            }
+        )
+        for r in old.rows
+        if r.replicas > r.spare_replicas
+    }
+    free = dict(devices)
+    for r in rows.values():
+        free[r.pool] = free.get(r.pool, 0) - r.replicas
+    added = False
+    for r in sorted(new.rows, key=lambda r: -r.capacity_qps_per_replica):
+        have = rows.get((r.service, r.variant, r.pool))
+        take = min(r.replicas - r.spare_replicas - (have.replicas if have else 0), free[r.pool])
+        if take <= 0:
+            continue
+        free[r.pool] -= take
+        added = True
+        n = take + (have.replicas if have else 0)
+        base = have if have is not None else r
+        rows[(r.service, r.variant, r.pool)] = base.model_copy(
+            update={
+                "replicas": n,
+                "spare_replicas": 0,
+                "capacity_qps": n * base.capacity_qps_per_replica,
+            }
+        )
+    if not added:
+        return None
+    demand = {s.service: s.demand_qps for s in new.services}
+    capacity: dict[str, float] = {}
+    for r in rows.values():
+        capacity[r.service] = capacity.get(r.service, 0.0) + r.capacity_qps
+    out_rows = []
+    for k in sorted(rows):
+        r = rows[k]
+        cap = capacity[r.service]
+        served = min(demand.get(r.service, 0.0), cap)
+        out_rows.append(r.model_copy(update={"routed_qps": served * r.capacity_qps / cap}))
+    services = []
+    for s in old.services:
+        d = demand.get(s.service, s.demand_qps)
+        cap = capacity.get(s.service, 0.0)
+        services.append(
+            s.model_copy(
+                update={
+                    "demand_qps": d,
+                    "capacity_qps": cap,
+                    "served_qps": min(d, cap),
+                    "unserved_qps": max(0.0, d - cap),
+                    "spare_capacity_qps": 0.0,
+                }
+            )
+        )
+    return old.model_copy(update={"rows": out_rows, "services": services})
