@@ -173,8 +173,8 @@ def test_api_errors_are_retried(cluster: Cluster) -> None:
     assert ("PATCH", "inferenceservices", 409) in served
 
 
-def test_restart_makes_no_changes(cluster: Cluster, operator: Operator) -> None:
-    ns, pool = "restart", "pool-restart"
+def settled_service(cluster: Cluster, ns: str, pool: str) -> None:
+    """One service `svc` at 40 req/s on a 2-device pool, its workers ready and it Ready."""
     cluster.create_pool(pool, 2)
     cluster.create(isvc("svc", ns, pool, 40.0))
     wait_for("the worker", lambda: cluster.workers(ns))
@@ -182,6 +182,11 @@ def test_restart_makes_no_changes(cluster: Cluster, operator: Operator) -> None:
     wait_for(
         "Ready", lambda: cluster.conditions(ns, "svc").get("Ready", {}).get("status") == "True"
     )
+
+
+def test_restart_makes_no_changes(cluster: Cluster, operator: Operator) -> None:
+    ns, pool = "restart", "pool-restart"
+    settled_service(cluster, ns, pool)
     before = cluster.versions(ns)
     operator.stop()
     operator.start()
@@ -198,13 +203,7 @@ def test_an_upgraded_operator_brings_routers_to_its_settings(
     """A new router image (an operator upgrade) reaches the routers of services whose plan does
     not change; their workers are left as they are."""
     ns, pool = "upgrade", "pool-upgrade"
-    cluster.create_pool(pool, 2)
-    cluster.create(isvc("svc", ns, pool, 40.0))
-    wait_for("the worker", lambda: cluster.workers(ns))
-    cluster.mark_ready(ns)
-    wait_for(
-        "Ready", lambda: cluster.conditions(ns, "svc").get("Ready", {}).get("status") == "True"
-    )
+    settled_service(cluster, ns, pool)
     # Steady: the plan and routing stay as they are across the restart (as in the test above),
     # so nothing but the new settings can rewrite the router.
 
