@@ -664,6 +664,23 @@ def operator_dashboard() -> dict[str, Any]:
             min_=0,
         )
     )
+    p.append(
+        _panel(
+            lay,
+            "timeseries",
+            "Router reports by status",
+            "Demand reports the operator answered per second, by HTTP status: 200 taken, "
+            "401/403 refused for their credentials, 503 not leading.",
+            [
+                Query(
+                    f"sum by (code) (rate(accordion_operator_reports_total[{RATE}]))",
+                    "{{code}}",
+                )
+            ],
+            unit="reqps",
+            min_=0,
+        )
+    )
     p.append(lay.row("Services"))
     p.append(
         _panel(

@@ -96,6 +96,16 @@ OPERATOR_METRICS = (
         *_SVC,
         help="Plans that changed a service's rows (variants, pools, replicas).",
     ),
+    _m(
+        "accordion_operator_reports_total",
+        "counter",
+        "code",
+        help=(
+            "Router reports answered by the operator's report endpoint, by HTTP status code"
+            " (200 taken; 401/403 refused for their credentials; 400, 404, 413, 429 refused;"
+            " 503 not leading or the token could not be reviewed)."
+        ),
+    ),
     _m("accordion_service_slo_latency_seconds", "gauge", *_SVC, help="spec.slo.latencyMs / 1000."),
     _m("accordion_service_slo_objective", "gauge", *_SVC, help="spec.slo.objective."),
     _m("accordion_service_accuracy_floor", "gauge", *_SVC, help="spec.accuracy.floor / 100."),
@@ -177,6 +187,7 @@ EVENT_DRIVEN = frozenset(
         "accordion_router_cold_start_seconds_count",
         "accordion_router_activator_queued",
         "accordion_router_activator_requests_total",
+        "accordion_operator_reports_total",
     }
 )
 

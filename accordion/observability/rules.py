@@ -18,7 +18,8 @@ warning    1             3d           6h     (10% in 3d)
 
 The other alerts: accuracy below the floor (the mean accuracy of what was answered in time,
 at the router), demand above capacity (the operator's Degraded condition, or measured demand
-above the plan's capacity), demand not measurable, and the operator not reconciling or gone.
+above the plan's capacity), demand not measurable, router reports refused for their credentials,
+and the operator not reconciling or gone.
 """
 
 from __future__ import annotations
@@ -202,6 +203,22 @@ def alert_rules() -> list[Rule]:
                 "description": (
                     "Prometheus queries for {{ $labels.namespace }}/{{ $labels.service }} fail; "
                     "the operator plans for the last estimate (or spec.demand.qps)."
+                ),
+            },
+        ),
+        Rule(
+            alert="AccordionReportsRefused",
+            expr='sum(rate(accordion_operator_reports_total{code=~"401|403"}[10m])) > 0',
+            for_="15m",
+            labels={"severity": "warning"},
+            annotations={
+                "summary": "The operator refuses routers' demand reports.",
+                "description": (
+                    "Router reports are refused for their credentials (401 or 403) at "
+                    "{{ $value | humanize }}/s: the operator plans for demand it does not see "
+                    "from those routers. Check the routers' projected token (audience "
+                    "accordion-reports), operator.reports.authentication, and that each "
+                    "router reports only services of its own namespace."
                 ),
             },
         ),

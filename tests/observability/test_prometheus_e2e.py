@@ -107,6 +107,8 @@ class OperatorStandIn:
         f["accordion_operator_reconciles_total"].labels(result="error").inc()
         f["accordion_operator_reconciles_total"].labels(result="ok")
         f["accordion_operator_plan_duration_seconds"].observe(0.05)
+        f["accordion_operator_reports_total"].labels(code="200").inc()
+        f["accordion_operator_reports_total"].labels(code="403").inc()  # a misconfigured router
         f["accordion_operator_plan_changes_total"].labels(
             namespace=NAMESPACE, service=SERVICE
         ).inc()

@@ -24,7 +24,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client as k8s
 
-from accordion.operator import reportauth
+from accordion.operator import metrics, reportauth
 from accordion.operator.reportauth import (
     POD_NAME_EXTRA,
     Identity,
@@ -83,8 +83,17 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def answered(code: int) -> float:
+    """`accordion_operator_reports_total{code}` as the operator exports it."""
+    value = metrics.REGISTRY.get_sample_value(
+        "accordion_operator_reports_total", {"code": str(code)}
+    )
+    return value or 0.0
+
+
 async def test_a_report_needs_a_token_of_its_services_namespace() -> None:
     clock, reviewer = Clock(), StubReviewer()
+    before = {code: answered(code) for code in (200, 400, 401, 403)}
     server = server_with(reviewer, clock)
     body = report("r1", 10, 10).model_dump_json()
     async with TestClient(TestServer(server.app())) as client:
@@ -127,6 +136,9 @@ async def test_a_report_needs_a_token_of_its_services_namespace() -> None:
             resp = await client.post(REPORT_PATH, data=body, headers=bearer(token))
             assert resp.status == 200, await resp.text()
         assert set(server.demand.book.routers[SVC]) == {"r1"}
+    # Every answer is counted by its status code, refusals included (the alert's series).
+    counted = {code: answered(code) - value for code, value in before.items()}
+    assert counted == {200: 2, 400: 1, 401: 4, 403: 3}
 
 
 async def test_reviews_are_cached_per_token() -> None:

@@ -54,6 +54,14 @@ PLAN_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     registry=REGISTRY,
 )
+REPORTS = Counter(
+    "accordion_operator_reports",
+    "Router reports answered by the operator's report endpoint, by HTTP status code (200 taken;"
+    " 401/403 refused for their credentials; 400, 404, 413, 429 refused; 503 not leading or"
+    " the token could not be reviewed).",
+    ["code"],
+    registry=REGISTRY,
+)
 PLAN_CHANGES = Counter(
     "accordion_operator_plan_changes",
     "Plans that changed a service's rows (variants, pools, replicas).",

@@ -72,6 +72,7 @@ from accordion.operator.api import DemandSource, InferenceService
 from accordion.operator.control.burstiness import BurstinessBook, combine
 from accordion.operator.control.demand import SURGE_SIGMAS, DemandTracker, counting_noise_qps
 from accordion.operator.control.loop import AppliedRouting, DemandView
+from accordion.operator.metrics import REPORTS
 from accordion.operator.reportauth import (
     ReviewUnavailableError,
     TokenAuthenticator,
@@ -449,7 +450,8 @@ class ReportServer:
 
     With `auth` (`accordion.operator.reportauth`) a report is taken only from a router whose
     token the API server vouches for, about a service of its own namespace: 401 without a
-    valid token, 403 for another namespace, 503 when the token cannot be reviewed. The token
+    valid token, 403 for another namespace, 503 when the token cannot be reviewed. Every answer
+    is counted by its status code (`accordion_operator_reports_total{code}`). The token
     is checked before the body is even read: a caller who cannot authenticate costs no
     parsing and learns nothing from validation errors or which services exist (404); the
     namespace is checked after parsing (it is in the body), before the report is looked at."""
@@ -480,6 +482,11 @@ class ReportServer:
         return web.json_response({"leading": ok}, status=200 if ok else 503)
 
     async def _report(self, request: web.Request) -> web.Response:
+        response = await self._answer(request)
+        REPORTS.labels(code=str(response.status)).inc()
+        return response
+
+    async def _answer(self, request: web.Request) -> web.Response:
         if not self.leading():
             return _error(503, "this operator is not the leader")
         identity = None
