@@ -170,3 +170,9 @@ def test_notes_name_the_resource_in_full() -> None:
     assert about_services
     assert all("inferenceservices.accordion.dev" in c for c in about_services), about_services
     assert "{.status.url}" in notes
+
+
+def test_the_mig_config_namespace_reaches_the_operator() -> None:
+    """`operator.mig.configNamespace` is where the operator writes the MIG manager's ConfigMap."""
+    assert settings().mig_config_namespace == "gpu-operator"
+    assert settings("operator.mig.configNamespace=nvidia-gpu").mig_config_namespace == "nvidia-gpu"

@@ -15,6 +15,7 @@ INVALID = {
     "operator.peering.name=Not_A_Name": "/operator/peering/name",
     "operator.planner.timeLimitSeconds=0": "/operator/planner/timeLimitSeconds",
     "operator.watchNamespaces={team-a}": "/operator",
+    "operator.mig.configNamespace=GPU_Operator": "/operator/mig/configNamespace",
     "operator.unknownKey=1": "/operator",
     "prometheus.url=ftp://prometheus:9090": "/prometheus/url",
     "prometheus.demandQuery=sum(rate(x[1m]))": "/prometheus/demandQuery",
