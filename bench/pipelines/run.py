@@ -16,11 +16,13 @@
    (``pipeline_max_stages=1``) against whole variants plus pipelines (the default, 2 stages),
    at equal accuracy (one variant per service: floor = target = its accuracy).
 4. Checks the plans by a small discrete-event queueing simulation (`queueing_check`): Poisson
-   arrivals at each row's routed rate; a whole replica or a pipeline stage group takes up to its
-   batch cap from its FIFO queue whenever a device is free; a pipeline batch is then handed to
-   the next stage after its transfer time. Served within SLO = completed by arrival + SLO. The
-   simulator's engine (`accordion.sim.engine`) models whole-variant replicas only, so the
-   two-stage replica is checked here instead.
+   arrivals at each row's routed rate; every device is a worker with its own FIFO queue
+   (whole replicas and pipeline stages alike), requests go round-robin to the workers of the
+   row's first stage and on to those of each next stage (as the simulator's router sends to a
+   group's replicas), a free worker takes up to its batch cap from its queue, and a pipeline
+   batch reaches the next stage after its transfer time. Served within SLO = completed by
+   arrival + SLO. The simulator's engine (`accordion.sim.engine`) models whole-variant
+   replicas only, so the pipelines are checked here instead.
 5. Times the planner with and without pipeline options on the bench's problem and on Proteus's
    9 families (ResNet with parts) at 40 and 400 devices.
 
@@ -142,19 +144,35 @@ def problem(variant: VariantSpec, demand_qps: float, *, stages: int) -> Problem:
 
 
 @dataclass
-class _Group:
-    """Devices that share one FIFO queue: a whole replica (1 device) or a pipeline stage."""
+class _Worker:
+    """One device's worker (a whole replica, or one device of a pipeline stage): its own FIFO
+    queue, as a worker pod's batcher has."""
 
-    devices: int
+    pool: str
     batch: int
     latency_s: dict[int, float]
     transfer_s: dict[int, float]
-    next: _Group | None = None
-    queue: deque[tuple[float, int]] = field(default_factory=deque)
-    free: int = 0
-    busy_s: float = 0.0
     rest_s: float = 0.0
-    """The least time a request still needs after this stage's batch: later stages alone."""
+    """The least time a request still needs after this worker's batch: later stages alone."""
+    next: _Stage | None = None
+    queue: deque[int] = field(default_factory=deque)
+    busy: bool = False
+    busy_s: float = 0.0
+
+
+@dataclass
+class _Stage:
+    """A group of workers behind one address (a whole row's replicas, or one stage of a
+    pipeline row): each request goes to the next worker in turn, as the simulator's router
+    sends to a group's replicas (`accordion.sim.driver`, the group's cursor)."""
+
+    workers: list[_Worker]
+    cursor: int = 0
+
+    def pick(self) -> _Worker:
+        worker = self.workers[self.cursor % len(self.workers)]
+        self.cursor += 1
+        return worker
 
 
 @dataclass
@@ -175,107 +193,103 @@ def _latency(points: dict[int, float], b: int) -> float:
 def queueing_check(
     result: Plan, variant: VariantSpec, duration_s: float, seed: int = 0
 ) -> CheckResult:
-    """Poisson arrivals at every row's routed rate through its replicas; see the docstring."""
+    """Poisson arrivals at every row's routed rate through its workers; see the docstring.
+
+    Whole rows and pipeline rows are modelled alike: every device is a worker with its own
+    queue, and a request goes round-robin to the workers of its row's first stage, then of
+    each next stage (a pipeline row's stage is one worker group whatever the devices per
+    pipeline replica: the next stage's address is a Service over all of them)."""
     rng = random.Random(seed)
-    transfer = PlannerSettings()
-    events: list[tuple[float, int, int, int]] = []  # (time, seq, kind, group/request)
-    groups: list[_Group] = []
-    pools_of: list[str] = []
-    entry: list[tuple[float, list[int]]] = []  # per row: routed rate, first groups of replicas
+    settings = PlannerSettings()
+    events: list[tuple[float, int, int, object]] = []  # (time, seq, kind, payload)
+    workers: list[_Worker] = []
+    entry: list[tuple[float, _Stage]] = []  # per row: routed rate, its first stage
     for row in result.rows:
-        firsts = []
-        for _ in range(row.replicas):
-            firsts.append(len(groups))
-            for i, st in enumerate(_row_stages(row, variant)):
-                pool, devices, batch, lat, out_bytes = st
-                g = _Group(
-                    devices=devices,
-                    batch=batch,
-                    latency_s=lat,
-                    transfer_s={
-                        b: transfer.transfer_overhead_s
-                        + b * out_bytes / transfer.transfer_bytes_per_s
-                        for b in SIZES
-                    }
-                    if out_bytes
-                    else {},
-                    free=devices,
-                )
-                if i > 0:
-                    groups[-1].next = g
-                groups.append(g)
-                pools_of.append(pool)
-        entry.append((row.routed_qps, firsts))
-    for g in reversed(groups):
-        if g.next is not None:
-            hand = _latency(g.transfer_s, 1) if g.transfer_s else 0.0
-            g.rest_s = hand + _latency(g.next.latency_s, 1) + g.next.rest_s
-    seq = 0
-    arrivals = 0
+        stages: list[_Stage] = []
+        for pool, devices, batch, lat, out_bytes in _row_stages(row, variant):
+            hand = {
+                b: settings.transfer_overhead_s + b * out_bytes / settings.transfer_bytes_per_s
+                for b in SIZES
+            }
+            group = [
+                _Worker(pool, batch, lat, hand if out_bytes else {})
+                for _ in range(devices * row.replicas)
+            ]
+            workers += group
+            stages.append(_Stage(group))
+        rest = 0.0
+        for i in reversed(range(len(stages))):
+            nxt = stages[i + 1] if i + 1 < len(stages) else None
+            for w in stages[i].workers:
+                w.next, w.rest_s = nxt, rest
+            w = stages[i].workers[0]
+            rest += (_latency(w.transfer_s, 1) if w.transfer_s else 0.0) + _latency(w.latency_s, 1)
+        if stages and stages[0].workers:
+            entry.append((row.routed_qps, stages[0]))
     arrival_s: list[float] = []
-    for rate, firsts in entry:
-        if rate <= 0 or not firsts:
+    first_stage: list[_Stage] = []
+    for rate, stage in entry:
+        if rate <= 0:
             continue
         t = rng.expovariate(rate)
         while t < duration_s:
-            request = len(arrival_s)
             arrival_s.append(t)
-            heapq.heappush(events, (t, seq, 0, request * 1_000_000 + rng.choice(firsts)))
-            seq += 1
+            first_stage.append(stage)
             t += rng.expovariate(rate)
-    arrivals = len(arrival_s)
+    order = sorted(range(len(arrival_s)), key=arrival_s.__getitem__)
+    seq = 0
+    for request in order:
+        heapq.heappush(events, (arrival_s[request], seq, 0, request))
+        seq += 1
     done = 0
-    index = {id(g): k for k, g in enumerate(groups)}
-    inflight: dict[int, list[int]] = {}
 
-    def dispatch(k: int, now: float) -> None:
+    def dispatch(w: _Worker, now: float) -> None:
         nonlocal seq
-        g = groups[k]
+        if w.busy:
+            return
         # As the workers' batcher: a request that cannot make its deadline even alone is
         # dropped at once (it would only steal capacity).
-        alone_s = _latency(g.latency_s, 1) + g.rest_s
-        while g.queue and now + alone_s > g.queue[0][0] + SLO_S:
-            g.queue.popleft()
-        while g.free > 0 and g.queue:
-            batch: list[int] = []
-            while g.queue and len(batch) < g.batch:
-                arrived, request = g.queue.popleft()
-                if now + alone_s <= arrived + SLO_S:
-                    batch.append(request)
-            if not batch:
-                break
-            run_s = _latency(g.latency_s, len(batch))
-            g.free -= 1
-            g.busy_s += run_s
-            hand = _latency(g.transfer_s, len(batch)) if g.transfer_s else 0.0
-            inflight[seq] = batch
-            heapq.heappush(events, (now + run_s, seq, 1, k))
-            heapq.heappush(events, (now + run_s + hand, seq, 2, k))
-            seq += 1
+        alone_s = _latency(w.latency_s, 1) + w.rest_s
+        batch: list[int] = []
+        while w.queue and len(batch) < w.batch:
+            request = w.queue.popleft()
+            if now + alone_s <= arrival_s[request] + SLO_S:
+                batch.append(request)
+        if not batch:
+            return
+        run_s = _latency(w.latency_s, len(batch))
+        w.busy = True
+        w.busy_s += run_s
+        hand = _latency(w.transfer_s, len(batch)) if w.transfer_s else 0.0
+        heapq.heappush(events, (now + run_s, seq, 1, w))
+        heapq.heappush(events, (now + run_s + hand, seq + 1, 2, (w, batch)))
+        seq += 2
 
     while events:
-        now, s, kind, payload = heapq.heappop(events)
+        now, _, kind, payload = heapq.heappop(events)
         if kind == 0:  # arrival
-            request, k = divmod(payload, 1_000_000)
-            groups[k].queue.append((arrival_s[request], request))
-            dispatch(k, now)
+            assert isinstance(payload, int)
+            w = first_stage[payload].pick()
+            w.queue.append(payload)
+            dispatch(w, now)
         elif kind == 1:  # a device finished its batch
-            groups[payload].free += 1
+            assert isinstance(payload, _Worker)
+            payload.busy = False
             dispatch(payload, now)
         else:  # the batch reached the next stage (or left the last)
-            handed = inflight.pop(s)
-            nxt = groups[payload].next
-            if nxt is None:
+            assert isinstance(payload, tuple)
+            w, handed = payload
+            if w.next is None:
                 done += sum(1 for r in handed if now <= arrival_s[r] + SLO_S + 1e-9)
-            else:
-                k = index[id(nxt)]
-                for r in handed:
-                    nxt.queue.append((arrival_s[r], r))
-                dispatch(k, now)
+                continue
+            for r in handed:
+                x = w.next.pick()
+                x.queue.append(r)
+                dispatch(x, now)
     busy: dict[str, float] = {}
-    for g, pool in zip(groups, pools_of, strict=True):
-        busy[pool] = busy.get(pool, 0.0) + g.busy_s
-    return CheckResult(arrivals, done, busy)
+    for w in workers:
+        busy[w.pool] = busy.get(w.pool, 0.0) + w.busy_s
+    return CheckResult(len(arrival_s), done, busy)
 
 
 def _row_stages(

@@ -114,3 +114,31 @@ def test_pipelines_planned_at_capacity_keep_the_slo() -> None:
     assert any(r.pipeline for r in result.rows)
     check = run.queueing_check(result, _variant(), 60.0)
     assert check.within_slo / check.arrivals > 0.95
+
+
+def test_whole_replicas_and_a_pipeline_stage_on_the_same_devices_queue_alike() -> None:
+    # Four CPUs of 40 ms a request at 95% load: as whole replicas (a 40-ms model) or as the
+    # first stage of a pipeline whose second stage keeps up easily. Every device is a worker
+    # with its own queue, fed in turn, in both: neither side gets a shared queue (an M/D/4,
+    # better than the workers have) nor a random pick (an M/D/1 at 95%, worse than the
+    # router's round-robin).
+    fast = VariantSpec(name="v", accuracy=90, profiles={"cpu": _profile(0.04, 1.0)})
+    whole = PlanRow(
+        service="s",
+        variant="v",
+        pool="cpu",
+        replicas=4,
+        max_batch_size=1,
+        capacity_qps_per_replica=25.0,
+        capacity_qps=100.0,
+        routed_qps=95.0,
+        accuracy=90,
+    )
+    alone = run.queueing_check(_plan(whole), fast, 120.0)
+    staged = run.queueing_check(_plan(_row(95.0, 4)), _variant(), 120.0)
+    served, staged_served = (c.within_slo / c.arrivals for c in (alone, staged))
+    assert served > 0.98
+    assert staged_served > 0.95
+    # The same queues, and the pipeline's requests still need its second stage after them.
+    assert served >= staged_served
+    assert alone.busy_s_by_pool["cpu"] > 0.9 * 95 * 120 * 0.04

@@ -27,12 +27,21 @@ from accordion.workers.models import load_model
 from accordion.workers.protocol import InferRequest as V2Request
 from accordion.workers.protocol import InferResponse, render_rest
 from accordion.workers.server import Worker, create_app
-from accordion.workers.splitting import SplitError, parts_of, profile_parts, stage_module
+from accordion.workers.splitting import (
+    SplitError,
+    is_first_stage,
+    part_span,
+    parts_of,
+    profile_parts,
+    stage_input_shape,
+    stage_module,
+)
 
 from .conftest import worker_config
 from .test_processes import CLI, free_port, http, start, wait_ready
 
 MODEL = "builtin:resnet-like-s"
+FINE_BLOCKS = [f"layer{i}.{b}" for i in range(1, 5) for b in range(2)]
 
 
 def _sample(seed: int = 0) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -176,8 +185,11 @@ async def test_an_unreachable_next_stage_is_a_502_with_the_reason() -> None:
 def test_parts_are_timed_and_the_tensor_at_each_cut_is_measured() -> None:
     loaded = load_model(MODEL)
     parts = profile_parts(loaded.module, loaded.input_shape, [1, 2], repeats=3)
-    assert [p.name for p in parts] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    # Cut points between the residual blocks too (two per ResNet stage), not inside the stem
+    # or the head (a conv, a norm, an activation: no blocks).
+    assert [p.name for p in parts] == ["stem", *FINE_BLOCKS, "head"]
     assert parts[0].output_shape == (16, 16, 16)
+    assert parts[3].output_shape == (32, 8, 8)  # layer2.0: the stride-2 block halves the image
     assert parts[0].output_bytes == 16 * 16 * 16 * 4
     assert parts[-1].output_bytes == 10 * 4
     for p in parts:
@@ -196,6 +208,61 @@ class _Residual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.b(x) + self.a(x)
         return out
+
+
+@pytest.mark.parametrize(
+    ("cut_after", "cut_before"),
+    [
+        ("layer2.0", "layer2.1"),
+        ("layer3.1", "layer4.0"),
+        ("layer1", "layer2.0"),
+        ("stem", "layer1"),
+    ],
+)
+def test_a_cut_between_residual_blocks_gives_the_whole_models_output(
+    cut_after: str, cut_before: str
+) -> None:
+    loaded = load_model(MODEL)
+    module, shape = loaded.module, loaded.input_shape
+    first = stage_module(module, shape, "stem", cut_after)
+    second = stage_module(module, shape, cut_before, "head")
+    x = torch.from_numpy(np.concatenate([_sample(1), _sample(2), _sample(3)]))
+    with torch.inference_mode():
+        handed = first(x)
+        assert tuple(handed.shape[1:]) == stage_input_shape(module, shape, cut_before)
+        assert torch.allclose(second(handed), module(x), rtol=1e-4, atol=1e-5)
+    assert is_first_stage(module, shape, "stem")
+    assert not is_first_stage(module, shape, cut_before)
+
+
+def test_a_stage_may_name_a_resnet_stage_whole() -> None:
+    # `layer2` spans its two blocks: stages written before the finer cut points still work.
+    loaded = load_model(MODEL)
+    parts = parts_of(loaded.module, loaded.input_shape)
+    assert part_span(parts, "layer2", "layer3") == (3, 6)
+    assert part_span(parts, "layer2.1", "layer2") == (4, 4)
+    assert part_span(parts, "stem", "head") == (0, len(parts) - 1)
+    with pytest.raises(SplitError, match=r"no part 'layer2\.5'"):
+        part_span(parts, "layer2.5", "head")
+    with pytest.raises(SplitError, match="comes after"):
+        part_span(parts, "layer2.1", "layer2.0")
+
+
+class _Custom(nn.Sequential):
+    """A Sequential subclass may run its children otherwise: never cut inside."""
+
+
+def test_only_torchs_own_sequential_of_blocks_is_cut_inside() -> None:
+    blocks = [nn.Sequential(nn.Linear(4, 4), nn.ReLU()) for _ in range(2)]
+    model = nn.Sequential(
+        nn.Sequential(*blocks),
+        _Custom(nn.Sequential(nn.Linear(4, 4)), nn.Sequential(nn.Linear(4, 4))),
+        nn.Linear(4, 2),
+    )
+    names = [n for n, _ in parts_of(model, (4,))]
+    assert names == ["0.0", "0.1", "1", "2"]
+    scripted = torch.jit.script(model)
+    assert [n for n, _ in parts_of(scripted, (4,))][:2] == ["0.0", "0.1"]
 
 
 def test_splitting_refuses_what_it_cannot_cut() -> None:
@@ -222,8 +289,8 @@ def test_accordion_profile_split_prints_the_stages_block() -> None:
     )
     doc = yaml.safe_load(done.stdout)
     stages = doc["stages"]
-    assert [s["name"] for s in stages] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
-    assert stages[2]["outputBytes"] == 32 * 8 * 8 * 4  # layer2: 32 channels of 8x8
+    assert [s["name"] for s in stages] == ["stem", *FINE_BLOCKS, "head"]
+    assert stages[4]["outputBytes"] == 32 * 8 * 8 * 4  # layer2.1: 32 channels of 8x8
     for stage in stages:
         (profile,) = stage["profiles"]
         assert profile["pool"] == "gpu-small"

@@ -31,7 +31,12 @@ from accordion.workers.protocol import (
     binary_request,
     decode_rest_response,
 )
-from accordion.workers.splitting import SplitError, stage_input_shape, stage_module
+from accordion.workers.splitting import (
+    SplitError,
+    is_first_stage,
+    stage_input_shape,
+    stage_module,
+)
 
 
 def stage_model(loaded: LoadedModel, stage: PipelineStageConfig) -> LoadedModel:
@@ -39,7 +44,7 @@ def stage_model(loaded: LoadedModel, stage: PipelineStageConfig) -> LoadedModel:
     Raises `SplitError` (a ValueError: the worker exits as for a model it cannot load)."""
     module = stage_module(loaded.module, loaded.input_shape, stage.first, stage.last)
     shape = stage_input_shape(loaded.module, loaded.input_shape, stage.first)
-    first = next(name for name, _ in loaded.module.named_children()) == stage.first
+    first = is_first_stage(loaded.module, loaded.input_shape, stage.first)
     # A later stage's input is the float32 tensor the stage before it hands on.
     return LoadedModel(module, shape, loaded.datatype if first else "FP32", loaded.accuracy)
 

@@ -7,9 +7,15 @@ them: `accordion profile --split` prints that `stages` block, and a pipeline wor
 parts `first`..`last` of a model (`stage_module`).
 
 A model can be cut where its top-level children, run one after the other, are the model:
-an `nn.Sequential` (torch.nn's own containers, TorchScript of one). Whether that holds is
-checked, not assumed: the chained parts must reproduce the whole model's output on an
-example (allclose), else the model is refused with the reason.
+an `nn.Sequential` (torch.nn's own containers, TorchScript of one). A top-level child that is
+itself an `nn.Sequential` of composite modules (a ResNet stage: residual blocks) is cut
+between those too, as PPipe partitions at layer granularity: its parts are named
+``<child>.<index>`` (``layer1.0``, ``layer1.1``), and a stage may still name the child whole
+(``first: layer1`` is its first block, ``last: layer1`` its last). More cut points give the
+planner stages it can balance more finely between a slow pool and a fast one. Whether the
+parts chain into the model is checked, not assumed: run one after the other they must
+reproduce the whole model's output on an example (allclose), else the model is refused with
+the reason.
 
 Two built-in models that can be cut, with weights fixed by a seed: ``builtin:resnet-like``, a
 ResNet-18 layout (stem, four stages of two basic blocks, head; 3x224x224 -> 1000), the model
@@ -96,9 +102,35 @@ def build_resnet_like(name: str, seed: int = 0) -> tuple[nn.Sequential, tuple[in
     return model.eval(), (3, spec.image, spec.image)
 
 
+def _is_sequential(module: nn.Module) -> bool:
+    """torch.nn's own Sequential (a subclass may run its children otherwise), or TorchScript
+    of one."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return getattr(module, "original_name", "") == "Sequential"
+    return type(module) is nn.Sequential
+
+
+def _cut_inside(child: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The blocks of a top-level child that may be cut between: those of a Sequential of
+    at least two composite modules (residual blocks, not a conv, a norm and an activation,
+    whose cut would hand on as much for no balance worth having); else none."""
+    blocks = list(child.named_children())
+    if (
+        _is_sequential(child)
+        and len(blocks) >= 2
+        and all(any(True for _ in b.children()) for _, b in blocks)
+    ):
+        return blocks
+    return []
+
+
 def parts_of(module: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, nn.Module]]:
-    """The model's top-level children in order, checked to chain into the whole model."""
-    parts = list(module.named_children())
+    """The model's parts between candidate cut points, in order (see the module docstring),
+    checked to chain into the whole model."""
+    parts: list[tuple[str, nn.Module]] = []
+    for name, child in module.named_children():
+        blocks = _cut_inside(child)
+        parts += [(f"{name}.{b}", block) for b, block in blocks] or [(name, child)]
     if len(parts) < 2:
         raise SplitError("the model has fewer than 2 top-level parts: nothing to cut between")
     torch.manual_seed(0)
@@ -121,19 +153,30 @@ def parts_of(module: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str,
     return parts
 
 
+def part_span(parts: list[tuple[str, nn.Module]], first: str, last: str) -> tuple[int, int]:
+    """Indices of the first and the last part of `first`..`last`: a part's name, or a
+    top-level child's that was cut inside (its first block to start, its last to end)."""
+    names = [n for n, _ in parts]
+
+    def index(name: str, end: bool) -> int:
+        inside = [i for i, n in enumerate(names) if n == name or n.startswith(f"{name}.")]
+        if not inside:
+            raise SplitError(f"no part {name!r}; the model's parts: {', '.join(names)}")
+        return inside[-1] if end else inside[0]
+
+    a, b = index(first, end=False), index(last, end=True)
+    if a > b:
+        raise SplitError(f"part {first!r} comes after {last!r}")
+    return a, b
+
+
 def stage_module(
     module: nn.Module, input_shape: tuple[int, ...], first: str, last: str
 ) -> nn.Module:
     """Parts `first`..`last` of the model as one module (a pipeline stage)."""
     parts = parts_of(module, input_shape)
-    names = [n for n, _ in parts]
-    for name in (first, last):
-        if name not in names:
-            raise SplitError(f"no part {name!r}; the model's parts: {', '.join(names)}")
-    a, b = names.index(first), names.index(last)
-    if a > b:
-        raise SplitError(f"part {first!r} comes after {last!r}")
-    return nn.Sequential(OrderedDict(parts[a : b + 1])).eval()
+    a, b = part_span(parts, first, last)
+    return nn.Sequential(*(part for _, part in parts[a : b + 1])).eval()
 
 
 def stage_input_shape(
@@ -141,13 +184,17 @@ def stage_input_shape(
 ) -> tuple[int, ...]:
     """One sample's shape at the input of part `first` (what the previous stage hands on)."""
     parts = parts_of(module, input_shape)
+    a, _ = part_span(parts, first, first)
     x = torch.zeros(1, *input_shape)
     with torch.inference_mode():
-        for name, part in parts:
-            if name == first:
-                return tuple(x.shape[1:])
+        for _, part in parts[:a]:
             x = part(x)
-    raise SplitError(f"no part {first!r}; the model's parts: {', '.join(n for n, _ in parts)}")
+    return tuple(x.shape[1:])
+
+
+def is_first_stage(module: nn.Module, input_shape: tuple[int, ...], first: str) -> bool:
+    """Whether a stage that starts at part `first` takes the model's own input."""
+    return part_span(parts_of(module, input_shape), first, first)[0] == 0
 
 
 @dataclass(frozen=True)
