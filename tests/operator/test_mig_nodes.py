@@ -13,6 +13,7 @@ from accordion.operator.mig import (
     config_name,
     current_layouts,
     decode_config,
+    in_service_layouts,
     mig_parted_config,
     node_actions,
     slice_device_pool,
@@ -192,12 +193,16 @@ def test_nodes_whose_workers_have_free_slices_elsewhere_change_together() -> Non
     assert node_actions(pools, nodes, plan, [worker("w2", "n2")])[0] == []
 
 
-def test_slices_count_only_for_the_planned_config_and_what_is_allocatable() -> None:
+def test_slices_count_for_the_config_a_node_has_and_what_is_allocatable() -> None:
     pools = {"a100": pool()}
     plan = [gpu(0, **{"3g_40gb": 2}), gpu(1, **{"3g_40gb": 2})]
-    # The MIG manager says success, but for the old config: nothing counts.
-    stale = [node("n1", "all-7g.80gb", "success", {"3g.40gb": 4})]
+    # The MIG manager says success for the old config: its slices serve until the node's turn
+    # to be relabelled, the planned ones do not exist yet.
+    stale = [node("n1", "all-7g.80gb", "success", {"3g.40gb": 4, "7g.80gb": 2})]
     assert slice_devices(pools, stale, plan)["a100/3g.40gb"] == 0
+    assert slice_devices(pools, stale, plan)["a100/7g.80gb"] == 2
+    drained = [{**stale[0], "spec": node("n1", tainted=True)["spec"]}]
+    assert slice_devices(pools, drained, plan)["a100/7g.80gb"] == 0
     # The planned config, but the device plugin shows only 3 slices so far.
     partial = [node("n1", "all-3g.40gb", "success", {"3g.40gb": 3, "7g.80gb": 1})]
     assert slice_devices(pools, partial, plan) == {
@@ -210,3 +215,18 @@ def test_slices_count_only_for_the_planned_config_and_what_is_allocatable() -> N
     }
     failed = [node("n1", "all-3g.40gb", "failed", {"3g.40gb": 4})]
     assert slice_devices(pools, failed, plan)["a100/3g.40gb"] == 0
+
+
+def test_gpus_in_service_for_the_planner() -> None:
+    """What the planner may place replicas on (`MigSpec.in_service`): a node in service at its
+    config's layouts, nothing on one drained or being relabelled, unknown on one the MIG
+    manager never configured (the plan's layout is taken as applied)."""
+    nodes = [
+        node("n1", "all-7g.80gb", "success", {"7g.80gb": 2}),
+        node("n2", "all-7g.80gb", "success", {"7g.80gb": 2}, tainted=True),
+        node("n3", "all-1g.10gb", "pending", tainted=True),
+        node("n4"),
+    ]
+    assert in_service_layouts([pool()], nodes) == {
+        "a100": [{"7g.80gb": 1}] * 2 + [{}] * 4 + [None] * 2
+    }

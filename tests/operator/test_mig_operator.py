@@ -199,12 +199,15 @@ def test_layouts_applied_through_the_mig_manager(cluster: Cluster) -> None:
         config = json.loads(cm.data["config.yaml"])["mig-configs"]["all-1g.10gb"]
         assert config == [{"devices": "all", "mig-enabled": True, "mig-devices": {"1g.10gb": 7}}]
         wait_for("the service planned", lambda: cluster.conditions(NS, SVC).get("Planned"))
-        assert cluster.status(NS, SVC)["plan"][0]["pool"] == f"{POOL}/1g.10gb"
-        # Planned, labelled, pending: no slice in the allocatable yet, so no worker.
+        # Planned, labelled, pending: no slice in the allocatable yet, so no replica is
+        # planned on it (the GPU is out of service, `MigSpec.in_service`) and no worker made.
+        assert not cluster.status(NS, SVC).get("plan"), "a replica planned on a pending GPU"
         assert cluster.workers(NS) == {}, "a worker placed before its slices exist"
 
         manager.go.set()
         workers = wait_for("a worker once the slices exist", lambda: cluster.workers(NS))
+        planned = wait_for("the replica planned", lambda: cluster.status(NS, SVC).get("plan"))
+        assert planned[0]["pool"] == f"{POOL}/1g.10gb"
         small = workers["small"]
         assert small["spec"]["replicas"] >= 1
         assert limits(small) == {"nvidia.com/mig-1g.10gb": "1"}

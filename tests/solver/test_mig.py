@@ -366,3 +366,49 @@ def test_among_equal_layouts_the_current_one_stays() -> None:
             )
         )
         assert [g.layout for g in result.layouts] == [layout_name(layout_of(current))]
+
+
+def _with_mig(problem: Problem, **update: object) -> Problem:
+    pool = problem.pools[0]
+    assert pool.mig is not None
+    mig = pool.mig.model_copy(update=update)
+    return problem.model_copy(update={"pools": [pool.model_copy(update={"mig": mig})]})
+
+
+def test_replicas_only_on_slices_in_service_layouts_for_every_gpu() -> None:
+    """A GPU the MIG manager is working on (in_service {}) keeps its planned layout, but no
+    replica is planned on its slices: its work goes to slices elsewhere, as far as they
+    serve it (make before break)."""
+    first = plan(_small_and_large(None))
+    current = [dict(Counter(s.profile for s in gpu.slices)) for gpu in first.layouts]
+    out = next(g for g, lay in enumerate(current) if "1g.10gb" in lay)
+    in_service: list[dict[str, int] | None] = [
+        {} if g == out else lay for g, lay in enumerate(current)
+    ]
+    replan = plan(_with_mig(_small_and_large(None), current=current, in_service=in_service))
+    assert [(g.gpu, g.layout) for g in replan.layouts] == [(g.gpu, g.layout) for g in first.layouts]
+    slices: Counter[str] = Counter()
+    for lay in in_service:
+        slices.update({f"a100/{p}": n for p, n in (lay or {}).items()})
+    used: Counter[str] = Counter()
+    for row in replan.rows:
+        used[row.pool] += row.replicas
+    assert all(n <= slices[pool] for pool, n in used.items()), (used, slices)
+    assert used["a100/1g.10gb"] == slices["a100/1g.10gb"] > 0  # every 1g slice left serves
+
+
+def test_a_gpu_in_service_serves_on_the_layout_it_has_until_relabelled() -> None:
+    """The plan relabels the GPU to small slices; until the MIG manager has done it, a small
+    service runs on the 7g slice the GPU has now, not on 1g slices that do not exist yet."""
+    small = _small_and_large(None).services[0]
+    mig = MigSpec(gpu_model="A100-80GB", current=[{"7g.80gb": 1}], in_service=[{"7g.80gb": 1}])
+    problem = Problem(
+        pools=[PoolSpec(name="a100", devices=1, mig=mig)],
+        services=[small, _small_and_large(None).services[1]],
+        settings=_SETTINGS,
+    )
+    result = plan(problem)
+    assert [g.layout for g in result.layouts] != ["1x7g.80gb"]  # two small services: split it
+    assert {(r.pool, r.replicas) for r in result.rows} == {("a100/7g.80gb", 1)}
+    as_planned = plan(_with_mig(problem, in_service=None))
+    assert {r.pool for r in as_planned.rows} == {"a100/1g.10gb"}

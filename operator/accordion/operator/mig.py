@@ -73,6 +73,7 @@ from accordion.operator.pools import (
     pod_tolerations,
 )
 from accordion.solver.mig import GPU_MODELS, Layout, layout_of
+from accordion.solver.problem import Problem
 
 LABEL_CONFIG = "nvidia.com/mig.config"
 """The node label the MIG manager applies (a config name of its ConfigMap)."""
@@ -328,6 +329,46 @@ def current_layouts(
     return out
 
 
+def in_service_layouts(
+    pools: Iterable[DevicePool], nodes: Iterable[Mapping[str, Any]]
+) -> dict[str, list[dict[str, int] | None]]:
+    """Per MIG pool, each GPU's slices that can take workers now (`MigSpec.in_service`): its
+    layout on a node in service (untainted, `success`), {} on a node drained or being
+    relabelled, None where not known (a node the MIG manager never configured, a config that
+    is not ours: the planned layout is taken as applied)."""
+    node_list = list(nodes)
+    out: dict[str, list[dict[str, int] | None]] = {}
+    for pool in mig_pools(pools):
+        gpus: list[dict[str, int] | None] = []
+        for node in mig_nodes(pool, node_list):
+            for lay in node.layouts:
+                if node.draining or (node.config and node.state != STATE_SUCCESS):
+                    gpus.append({})
+                else:
+                    gpus.append(None if lay is None or not node.config else dict(lay))
+        out[pool.metadata.name] = gpus
+    return out
+
+
+def with_in_service(
+    problem: Problem, pools: Iterable[DevicePool], nodes: Iterable[Mapping[str, Any]]
+) -> Problem:
+    """`problem` with each MIG pool's `in_service` read from the Nodes (`in_service_layouts`):
+    the control loop's hook, so that replicas are planned on slices that exist."""
+    found = in_service_layouts(pools, nodes)
+    if not found:
+        return problem
+    out = []
+    for spec in problem.pools:
+        now = found.get(spec.name)
+        if spec.mig is None or now is None:
+            out.append(spec)
+            continue
+        mig = spec.mig.model_copy(update={"in_service": now[: spec.devices]})
+        out.append(spec.model_copy(update={"mig": mig}))
+    return problem.model_copy(update={"pools": out})
+
+
 def _planned(layouts: Iterable[Any], pool: str) -> dict[int, Layout]:
     """GPU index -> layout of the plan's `GpuLayout`s of `pool`."""
     return {
@@ -359,8 +400,10 @@ def slice_devices(
     plan_layouts: Iterable[Any],
 ) -> dict[str, int]:
     """Per slice sub-pool `<pool>/<profile>`, the slices workers may be placed on now: on
-    nodes the MIG manager has finished (`success`) with the planned config, not being drained,
-    as many as both the node's allocatable and its planned layouts have."""
+    nodes the MIG manager has finished (`success`), not being drained, as many as both the
+    node's allocatable and its config's layouts have (the planned config's, or the one it
+    keeps until its turn to be relabelled: its slices serve until then, and the plan counts
+    them, `in_service_layouts`)."""
     node_list = list(nodes)
     layout_list = list(plan_layouts)
     out: dict[str, int] = {}
@@ -372,8 +415,12 @@ def slice_devices(
             out[f"{pool.metadata.name}/{profile}"] = 0
         for node in found:
             name, layouts = desired.get(node.name, (node.config, node.layouts))
-            if node.draining or node.state != STATE_SUCCESS or node.config != name:
+            if node.draining or node.state != STATE_SUCCESS:
                 continue
+            if node.config != name:
+                if any(lay is None for lay in node.layouts):
+                    continue  # a config of someone else's: its slices are not known
+                layouts = node.layouts
             planned: Counter[str] = Counter()
             for lay in layouts:
                 for profile, n in lay or ():

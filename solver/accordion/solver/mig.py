@@ -234,13 +234,25 @@ class MigSpec(BaseModel):
         default_factory=list,
         description="The layout of each GPU now, by GPU index; {} for a GPU with none.",
     )
+    in_service: list[dict[str, int] | None] | None = Field(
+        default=None,
+        description="Per GPU index, the layout whose slices can take workers now: {} for a "
+        "GPU out of service (drained, being relabelled, failed), None where not known (its "
+        "planned layout is taken as applied). None: every GPU's planned layout is taken as "
+        "applied. Layouts are still chosen for all GPUs; replicas only on these slices "
+        "(`migplan`).",
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> MigSpec:
         if self.gpu_model not in GPU_MODELS:
             raise ValueError(f"gpu_model: {self.gpu_model!r} is not one of {sorted(GPU_MODELS)}")
-        for field, entries in (("layouts", self.layouts or []), ("current", self.current)):
-            for i, counts in enumerate(entries):
+        for field, entries in (
+            ("layouts", list(enumerate(self.layouts or []))),
+            ("current", list(enumerate(self.current))),
+            ("in_service", [(i, c) for i, c in enumerate(self.in_service or []) if c is not None]),
+        ):
+            for i, counts in entries:
                 if any(n < 0 for n in counts.values()):
                     raise ValueError(f"{field}[{i}]: a negative instance count")
                 layout = layout_of(counts)

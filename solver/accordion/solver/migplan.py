@@ -86,23 +86,37 @@ def expand(problem: Problem, counts: list[list[int]] | None = None) -> Problem:
     A sub-pool has as many devices as the layouts give: `counts[g][l]` GPUs of MIG pool g take
     its allowed layout l; without `counts`, as many as any one allowed layout has on every GPU.
     """
+    slices: list[dict[str, int]] = []
+    for g, group in enumerate(_groups(problem)):
+        per_layout = {
+            name: [dict(layout).get(name, 0) for layout in group.layouts]
+            for name in GPU_MODELS[group.mig.gpu_model]
+        }
+        slices.append(
+            {
+                name: group.pool.devices * max(n, default=0)
+                if counts is None
+                else sum(a * b for a, b in zip(n, counts[g], strict=True))
+                for name, n in per_layout.items()
+            }
+        )
+    return with_slices(problem, slices)
+
+
+def with_slices(problem: Problem, slices: list[dict[str, int]]) -> Problem:
+    """`problem` with MIG pool g replaced by one sub-pool per profile of `slices[g][profile]`
+    devices, each at its pool's cost per device times compute slices / 7."""
     pools: list[PoolSpec] = []
     g = 0
     for pool in problem.pools:
         if pool.mig is None:
             pools.append(pool)
             continue
-        layouts = pool.mig.allowed()
         for name, profile in GPU_MODELS[pool.mig.gpu_model].items():
-            per_layout = [dict(layout).get(name, 0) for layout in layouts]
-            if counts is None:
-                devices = pool.devices * max(per_layout, default=0)
-            else:
-                devices = sum(n * m for n, m in zip(per_layout, counts[g], strict=True))
             pools.append(
                 PoolSpec(
                     name=slice_pool(pool.name, name),
-                    devices=devices,
+                    devices=slices[g].get(name, 0),
                     cost_per_device=pool.cost_per_device * profile.compute_slices / COMPUTE_SLICES,
                 )
             )
@@ -110,6 +124,26 @@ def expand(problem: Problem, counts: list[list[int]] | None = None) -> Problem:
     return Problem(
         pools=pools, services=problem.services, current=problem.current, settings=problem.settings
     )
+
+
+def in_service_slices(group_pool: PoolSpec, given: list[GpuLayout]) -> dict[str, int]:
+    """Per profile, the slices of a MIG pool that can take workers now: each GPU's
+    `mig.in_service` layout where it is known ({} while the GPU is drained or relabelled),
+    else the layout the plan gives it (`given`), taken as applied.
+
+    Why: a GPU the MIG manager is working on serves nothing for a minute or more; a plan that
+    counts its new slices routes work to replicas that cannot start, while slices elsewhere
+    (on GPUs that keep their layout, often idle after a shift) could serve it. So the replicas
+    are planned on what exists (make before break: the drained GPU's work is placed elsewhere
+    before its workers are evicted), and the layouts for all GPUs, as before."""
+    assert group_pool.mig is not None
+    now = group_pool.mig.in_service
+    planned = {g.gpu: Counter(s.profile for s in g.slices) for g in given}
+    out: Counter[str] = Counter()
+    for gpu in range(group_pool.devices):
+        known = now[gpu] if now is not None and gpu < len(now) else None
+        out.update(planned.get(gpu, Counter()) if known is None else known)
+    return dict(out)
 
 
 def choose_layouts(problem: Problem, deadline: float) -> list[list[int]] | None:
@@ -229,7 +263,16 @@ def plan_with_layouts(problem: Problem, plan_fixed: Callable[[Problem], Plan]) -
         # No layout solution in time: keep the layouts the GPUs have (their slices still run).
         counts = [list(group.current) for group in groups]
     remaining = max(limit - (time.perf_counter() - started), LAYOUT_TIME_SHARE * limit)
-    fixed = expand(problem, counts).model_copy(
+    layouts = [
+        gpu
+        for group, n in zip(groups, counts, strict=True)
+        for gpu in assign(group.pool, group.layouts, n)
+    ]
+    slices = [
+        in_service_slices(group.pool, [g for g in layouts if g.pool == group.pool.name])
+        for group in groups
+    ]
+    fixed = with_slices(problem, slices).model_copy(
         update={
             "settings": problem.settings.model_copy(
                 update={
@@ -240,11 +283,6 @@ def plan_with_layouts(problem: Problem, plan_fixed: Callable[[Problem], Plan]) -
         }
     )
     planned = plan_fixed(fixed)
-    layouts = [
-        gpu
-        for group, n in zip(groups, counts, strict=True)
-        for gpu in assign(group.pool, group.layouts, n)
-    ]
     # The plan's cost: whole GPUs given a layout, instead of the slices the rows take.
     slice_cost = {pool.name: pool.cost_per_device for pool in fixed.pools} | {
         pool.name: 0.0 for pool in problem.pools
@@ -270,13 +308,13 @@ def plan_with_layouts(problem: Problem, plan_fixed: Callable[[Problem], Plan]) -
 
 def fixed_layouts(problem: Problem, plan: Plan) -> Problem:
     """`problem` with every MIG pool replaced by the slice sub-pools of the layouts `plan`
-    gave its GPUs: a plain problem, for planning more on top of that plan without changing a
-    layout (spare replicas). `problem` itself when it has no MIG pool."""
+    gave its GPUs (those in service, `in_service_slices`): a plain problem, for planning more
+    on top of that plan without changing a layout (spare replicas). `problem` itself when it
+    has no MIG pool."""
     if not has_mig(problem):
         return problem
-    given = Counter((gpu.pool, gpu.layout) for gpu in plan.layouts)
-    counts = [
-        [given.get((group.pool.name, layout_name(layout)), 0) for layout in group.layouts]
+    slices = [
+        in_service_slices(group.pool, [g for g in plan.layouts if g.pool == group.pool.name])
         for group in _groups(problem)
     ]
-    return expand(problem, counts)
+    return with_slices(problem, slices)

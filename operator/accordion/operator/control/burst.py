@@ -85,11 +85,12 @@ def spare_problem(
             )
     if not services:
         return None
-    wanted = {s.name for s in services}
+    # Only variants that still exist (a spec change may have removed the one that had them).
+    wanted = {(s.name, v.name) for s in services for v in s.variants}
     current = [
         Allocation(service=r.service, variant=r.variant, pool=r.pool, replicas=r.spare_replicas)
         for r in (previous.rows if previous is not None else [])
-        if r.spare_replicas > 0 and r.service in wanted
+        if r.spare_replicas > 0 and (r.service, r.variant) in wanted
     ]
     return Problem(
         pools=pools,

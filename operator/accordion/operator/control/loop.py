@@ -100,7 +100,7 @@ from accordion.operator.control.swaps import (
 from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.operator.control.triggers import ReplanGate
 from accordion.operator.control.world import AppliedRouting, DemandView, RunningWorker, World
-from accordion.operator.mig import cap_replicas, current_layouts, mig_slices
+from accordion.operator.mig import cap_replicas, current_layouts, mig_slices, with_in_service
 from accordion.operator.planning import ProblemBuild, ServiceMemo, base_demand_qps, to_problem
 from accordion.operator.pools import available_devices
 from accordion.solver import Allocation, Plan, PlannerSettings, PlanRow, Problem, ServicePlan
@@ -450,6 +450,8 @@ class ControlLoop:
             ),
         )
         build.problem = idle_problem(build.problem, self.idle.idle_now)
+        if world.nodes is not None:  # MIG GPUs out of service take no replicas (`mig`)
+            build.problem = with_in_service(build.problem, world.pools.values(), world.nodes)
         # Measured burstiness: capacity from the batching model (`burstiness`), for the
         # services that ask for it (spec.demand.capacityModel: Batching).
         batching = {
