@@ -73,3 +73,19 @@ def test_never_later_than_the_spec_says() -> None:
     # And a rate not known (no estimate when the last request came): the spec's.
     assert idle_period_s(60.0, 3.0, None) == 60.0
     assert idle_period_s(60.0, 3.0, 0.0) == 60.0
+
+
+def test_a_service_that_began_warm_takes_the_other_services_cold_starts() -> None:
+    """No cold start of its own yet: the median of the others' (3 s here, so 9 s of silence),
+    not the 10 s assumed while no service has measured one (30 s)."""
+    svc = service(scaleToZeroIdleSeconds=90)
+    services = {KEY: svc}
+    others = {"ns/a": 2.0, "ns/b": 3.0, "ns/c": 30.0}
+    tracker = IdleTracker()
+    tracker.update(services, {KEY: 30.0}, {KEY: 100.0}, 100.0, others)
+    assert KEY not in tracker.update(services, {KEY: 0.0}, {KEY: 100.0}, 108.0, others)
+    assert KEY in tracker.update(services, {KEY: 0.0}, {KEY: 100.0}, 109.0, others)
+    # Its own measurement, once there, is its own.
+    own = {**others, KEY: 5.0}
+    assert KEY not in tracker.update(services, {KEY: 0.0}, {KEY: 100.0}, 114.0, own)
+    assert KEY in tracker.update(services, {KEY: 0.0}, {KEY: 100.0}, 115.0, own)

@@ -55,10 +55,31 @@ def test_bursts_raise_the_index() -> None:
 
 
 def test_a_step_of_the_rate_is_not_a_burst() -> None:
-    # 40 -> 400 req/s: the control loop follows it; only the variation within 5 s blocks counts.
+    # 40 -> 400 req/s: the control loop follows it; only the variation within 2 s blocks counts.
     times = poisson(40.0, 30.0, seed=3) + [30.0 + t for t in poisson(400.0, 30.0, seed=4)]
     dispersion, _ = measure(times)
     assert dispersion < 1.5
+
+
+def test_phases_the_demand_estimate_follows_are_not_bursts() -> None:
+    """50 and 250 req/s in turns of 4 s: the loop's demand estimate (measured every second,
+    rising with a half-life of 2 s) follows each turn, so the batching model must not size
+    replicas for them again (the sparse trace's diurnal service: 5 s blocks read phases of
+    0.5-2 s as bursts on top of an estimate that had already risen to them)."""
+    times: list[float] = []
+    for turn in range(15):
+        rate = 250.0 if turn % 2 else 50.0
+        times += [4.0 * turn + t for t in poisson(rate, 4.0, seed=10 + turn)]
+    meter = DispersionMeter()
+    meter.add(0.0, 0)
+    for t in times:
+        meter.add(t)
+    meter.add(60.05, 0)  # close the 600th bin: the window is the 60 s of turns
+    value = meter.value()
+    assert value is not None
+    dispersion, rate = value
+    assert dispersion < 1.5
+    assert rate == pytest.approx(150.0, rel=0.1)
 
 
 def test_traffic_back_from_idle_is_not_a_burst() -> None:

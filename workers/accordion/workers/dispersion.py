@@ -3,7 +3,7 @@
 Why: the planner sizes replicas with a model of the SLO batcher (`accordion.solver.queueing`)
 that needs to know how bursty the arrivals are, beyond their rate. The index of dispersion of
 counts, variance / mean of the number of arrivals per `bin_s` (0.1 s) over the last `window_s`
-(60 s), each bin against its 5 s block's mean (`DispersionMeter.value`), is 1 for Poisson
+(60 s), each bin against its 2 s block's mean (`DispersionMeter.value`), is 1 for Poisson
 arrivals and grows with burstiness; it costs the router one counter read per bin and 600
 integers. The router samples its request counter every bin
 (`Reporter`), the simulator adds each arrival: the same object, so both measure alike.
@@ -18,8 +18,11 @@ BIN_S = 0.1
 """Length of one counting bin."""
 WINDOW_S = 60.0
 """Bins over this long make one measurement."""
-BLOCK_S = 5.0
-"""Counts vary around the mean of their block of this long (see `DispersionMeter.value`)."""
+BLOCK_S = 2.0
+"""Counts vary around the mean of their block of this long (see `DispersionMeter.value`): the
+control loop's demand estimate, measured every second and rising with a half-life of 2 s
+(`accordion.operator.control.timing.Timings`), follows slower variation itself; counting it here
+too sized a diurnal service's phases of 0.5-2 s twice (bench/results/serverless.md)."""
 MIN_BINS = 100
 """No value from fewer bins (10 s): the variance of a few counts says little."""
 
@@ -70,7 +73,7 @@ class DispersionMeter:
         """(index of dispersion, arrival rate in req/s) over the closed bins of the window;
         None with fewer than `min_bins` bins or no arrival in them.
 
-        The variance is taken around the mean of each block of `BLOCK_S` (5 s), not around the
+        The variance is taken around the mean of each block of `BLOCK_S` (2 s), not around the
         window's: the control loop follows changes of the rate that last longer than that
         (a step from 40 to 400 req/s is a new rate, not a burst), what capacity must absorb is
         the variation faster than the loop. A block with a half without arrivals is left out,
