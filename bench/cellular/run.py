@@ -14,7 +14,12 @@ HTTP, KServe v2 binary tensors, one torch thread), the same open-loop load from 
 
 All configurations of a workload run at once (one idle worker process each) and are measured
 on a ladder of rates, interleaved rate by rate so the machine's background load hits all alike;
-a configuration leaves the ladder after two failures in a row. Per configuration: the
+a configuration leaves the ladder after two failures in a row. Noise rule (the sequence search,
+the same for every configuration): a measurement below 99% is repeated at once with other
+arrivals, and counts as failed only if the repeat fails too (the better of the two counts); a
+stall of the shared machine hits one measurement, an unsustainable rate both. Every miss is
+logged by its outcome at the worker (dropped, with the reason; late; rejected; late only at the
+client). Per configuration: the
 sustainable rate (the highest rate measured with >= 99% of requests answered within the SLO at
 the client), and p99 latency at the best baseline's sustainable rate (same measurement).
 Results: bench/results/cellular.md (bench/cellular/report.py renders it from cellular.json).
@@ -34,7 +39,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -42,7 +47,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from accordion.workers.config import BINARY_HEADER, DEADLINE_HEADER, BatchingConfig, WorkerConfig
+from accordion.workers.config import (
+    BINARY_HEADER,
+    DEADLINE_HEADER,
+    OUTCOME_HEADER,
+    BatchingConfig,
+    WorkerConfig,
+)
 from bench.batching.run import free_port, serve_worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,6 +148,13 @@ class Report:
     sent: int
     ok: int
     latencies_s: list[float]
+    outcomes: dict[str, int] = field(default_factory=dict)
+    """Why requests missed, from the worker's ``x-accordion-outcome`` header and status:
+    ``late`` (the worker answered after the deadline), ``late-client`` (the worker answered in
+    time, the client saw it after the SLO: HTTP and event-loop time), ``dropped`` (503: the
+    scheduler gave up on it, per reason in ``reasons``), ``rejected`` (503: queue full),
+    ``error`` (no answer)."""
+    reasons: dict[str, int] = field(default_factory=dict)
 
     @property
     def attainment(self) -> float:
@@ -151,6 +169,8 @@ async def load(
 ) -> Report:
     slo_s = slo_ms / 1000.0
     ok, latencies = 0, []
+    outcomes: dict[str, int] = {}
+    reasons: dict[str, int] = {}
     timeout = aiohttp.ClientTimeout(total=max(10.0, 20 * slo_s))
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0), timeout=timeout
@@ -167,18 +187,30 @@ async def load(
                 BINARY_HEADER: str(length),
             }
             start = loop.time()
+            outcome, text = "error", ""
             try:
                 async with session.post(target, data=body, headers=headers) as resp:
-                    await resp.read()
+                    raw = await resp.read()
                     status = resp.status
+                    outcome = resp.headers.get(OUTCOME_HEADER, "error")
+                    if status != 200:
+                        text = raw.decode(errors="replace")
             except (aiohttp.ClientError, TimeoutError):
                 status = 0
             elapsed = loop.time() - start
             if status == 200:
                 latencies.append(elapsed)
                 ok += elapsed <= slo_s
+                if outcome == "ok" and elapsed > slo_s:
+                    outcome = "late-client"
             else:
                 latencies.append(float("inf"))  # a refusal counts as a miss in the tail too
+                if outcome == "dropped":
+                    with contextlib.suppress(ValueError, AttributeError):
+                        text = str(json.loads(text)["error"])
+                    key = text
+                    reasons[key] = reasons.get(key, 0) + 1
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
         begin = loop.time()
         tasks = []
@@ -188,7 +220,7 @@ async def load(
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(k)))
         await asyncio.gather(*tasks)
-    return Report(len(schedule), ok, latencies)
+    return Report(len(schedule), ok, latencies, outcomes, reasons)
 
 
 Bodies = list[tuple[bytes, int]]
@@ -252,7 +284,7 @@ def search(
     start: float,
     log: Callable[[str], None],
     is_baseline: Callable[[str], bool],
-) -> tuple[dict[str, list[Run]], float, dict[str, tuple[float, float]]]:
+) -> tuple[dict[str, list[Run]], float, dict[str, tuple[float, float]], dict[str, dict[str, int]]]:
     """Every configuration's sustainable rate by one search, the same for all, in one run.
 
     1. A geometric ladder (x`STEP` from `start`), rate by rate, each configuration measured
@@ -263,7 +295,9 @@ def search(
     The sustainable rate is then the highest rate measured with >= 99% within the SLO.
     3. Every configuration measured again at the best baseline's sustainable rate
        (`EQUAL_RATE_S` of load, the same arrivals for all): attainment and p99 at equal rate.
-    Returns the runs per configuration, that rate, and the equal-rate (attainment, p99)."""
+    Every measurement follows the noise rule of `robust`.
+    Returns the runs per configuration, that rate, the equal-rate (attainment, p99) and the
+    equal-rate outcomes (why requests missed)."""
     with contextlib.ExitStack() as stack:
         urls = {
             label: stack.enter_context(worker(model, slo, b, profile))
@@ -274,9 +308,8 @@ def search(
         table: dict[str, list[Run]] = {label: [] for label in urls}
 
         def one(label: str, rate: float) -> bool:
-            rep = measure(urls[label], bodies, poisson, rate, duration, slo)
+            rep = robust(urls[label], bodies, rate, duration, slo, label, log)
             table[label].append((rate, rep.attainment, rep.p99_ms()))
-            log(f"    {rate:6.1f}/s  {label}: {rep.attainment:.4f}, p99 {rep.p99_ms():.0f} ms")
             return rep.attainment >= TARGET
 
         failures = dict.fromkeys(urls, 0)
@@ -297,14 +330,49 @@ def search(
         rates = {k: sustainable(v) for k, v in table.items()}
         equal_rate = max((r for k, r in rates.items() if is_baseline(k)), default=0.0)
         equal: dict[str, tuple[float, float]] = {}
+        outcomes: dict[str, dict[str, int]] = {}
         if equal_rate > 0:
             log(f"  at equal rate, {equal_rate:g} req/s (the best baseline's), {EQUAL_RATE_S:g} s:")
             for label, url in urls.items():
-                rep = measure(url, bodies, poisson, equal_rate, EQUAL_RATE_S, slo, seed=2)
+                rep = robust(url, bodies, equal_rate, EQUAL_RATE_S, slo, label, log, seed=2)
                 equal[label] = (rep.attainment, rep.p99_ms())
-                att, p99 = equal[label]
-                log(f"    {equal_rate:6.1f}/s  {label}: {att:.4f}, p99 {p99:.0f} ms")
-    return table, equal_rate, equal
+                outcomes[label] = rep.outcomes | {f"reason: {k}": v for k, v in rep.reasons.items()}
+    return table, equal_rate, equal, outcomes
+
+
+def robust(
+    url: str,
+    bodies: Bodies,
+    rate: float,
+    duration: float,
+    slo: float,
+    label: str,
+    log: Callable[[str], None],
+    seed: int = 1,
+) -> Report:
+    """One measurement under the noise rule, the same for every configuration: a measurement
+    below the target is repeated once at once (other arrivals, same rate and length); the
+    configuration fails there only if the repeat fails too, and the better of the two counts.
+    A stall of the shared machine (seconds, from other jobs) hits one measurement, rarely two
+    in a row; a configuration that cannot sustain the rate fails both."""
+    rep = measure(url, bodies, poisson, rate, duration, slo, seed=seed)
+    log(f"    {rate:6.1f}/s  {label}: {rep.attainment:.4f}, p99 {rep.p99_ms():.0f} ms {why(rep)}")
+    if rep.attainment >= TARGET:
+        return rep
+    again = measure(url, bodies, poisson, rate, duration, slo, seed=seed + 100)
+    log(
+        f"    {rate:6.1f}/s  {label} (repeat): {again.attainment:.4f}, "
+        f"p99 {again.p99_ms():.0f} ms {why(again)}"
+    )
+    return max(rep, again, key=lambda r: (r.attainment, -r.p99_ms()))
+
+
+def why(rep: Report) -> str:
+    """The misses of a measurement by outcome (and drop reason), for the log."""
+    missed = {k: v for k, v in rep.outcomes.items() if k != "ok" and v}
+    if not missed:
+        return ""
+    return f"[misses: {missed}{f', dropped because {rep.reasons}' if rep.reasons else ''}]"
 
 
 def sequences(
@@ -353,7 +421,7 @@ def sequences(
                 {},
             )
         )
-    table, equal_rate, equal = search(
+    table, equal_rate, equal, outcomes = search(
         model, configs, bodies, slo, duration, start, log, lambda k: not k.startswith("cellular")
     )
     seq: dict[str, dict[str, object]] = {
@@ -361,6 +429,7 @@ def sequences(
     }
     for label, (att, p99) in equal.items():
         seq[label]["equal_rate_attainment"], seq[label]["equal_rate_p99_ms"] = att, p99
+        seq[label]["equal_rate_outcomes"] = outcomes.get(label, {})
     rates = {k: sustainable(v) for k, v in table.items()}
     best = max((k for k in rates if not k.startswith("cellular")), key=rates.__getitem__)
     ours = max((k for k in rates if k.startswith("cellular")), key=rates.__getitem__)
@@ -424,7 +493,7 @@ def main() -> None:
             f"{np.mean(lengths):.1f}, p99 {np.percentile(lengths, 99):.0f}), SLO 1000 ms"
         )
         results["sequences"] = sequences(
-            "builtin:gru-seq", bodies, 1000.0, duration, log, 20.0, step_profile("gru-seq"), lengths
+            "builtin:gru-seq", bodies, 1000.0, duration, log, 39.0, step_profile("gru-seq"), lengths
         ) | {
             "mean_length": float(np.mean(lengths)),
             "p99_length": float(np.percentile(lengths, 99)),

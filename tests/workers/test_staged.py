@@ -196,6 +196,23 @@ def test_cellular_join_never_makes_a_request_in_flight_late() -> None:
     assert 2 in outcome.stage_sizes  # it joined once 0's remaining steps left room
 
 
+def test_cellular_a_request_behind_after_a_stall_does_not_hold_joins_back() -> None:
+    # 0 and 1 run at batch 2 (1.1 ms a step); the first step stalls 195 ms (the machine), so 0
+    # is behind at batch 2 (105 ms left for 99 steps: 1.06 ms each) though not hopeless alone
+    # (1 ms each). Refusing joins cannot put 0 back on time; 2 (10 steps, arrived during the
+    # stall, 20 ms left after it) must join at once, not wait for 0 and be dropped.
+    calls = iter(range(10**6))
+
+    def stalled_first_step(_stage: int, size: int) -> float:
+        return 0.195 if next(calls) < 2 else cost()(0, size)  # the start and end of step 1
+
+    jobs = [Job(0, 0.0, 0.3, steps=100), Job(1, 0.0, 1.0, steps=300), Job(2, 0.1, 0.215, steps=10)]
+    outcome = replay_staged(CellularScheduler(flat(), max_batch_size=8), jobs, stalled_first_step)
+    assert 2 in outcome.finish_order[:1]  # 2 joined after the stall and made its deadline
+    assert outcome.stage_sizes[1] == 3
+    assert outcome.ok == 2  # 1 and 2; 0 was lost to the stall either way
+
+
 def test_cellular_drops_a_request_that_cannot_make_it_even_alone() -> None:
     jobs = [Job(0, 0.0, 0.005, steps=50), Job(1, 0.0, 1.0, steps=5)]
     outcome = replay_staged(CellularScheduler(flat(), max_batch_size=8), jobs, cost())
@@ -271,3 +288,23 @@ def test_step_predictions_survive_the_machines_stalls() -> None:
         latency.observe(0, size, float(rng.uniform(0.1, 0.4)) if stalled else real(size))
     for size in (1, 5, 8, 32):
         assert latency.step_s(0, size) < 1.5 * real(size), size
+
+
+def test_step_predictions_recover_after_a_slow_phase_of_the_machine() -> None:
+    # A 3x slow phase (another job on the machine) while the batch ran at size 16; after it,
+    # at sizes 1 and 32 only, at full speed. A size seen only during the phase must not keep
+    # its slow estimate, nor hold larger sizes up with it (joins refused, requests dropped
+    # long after the machine recovered).
+    latency = StageLatency([{1: 0.001, 32: 0.002}])
+
+    def real(size: int) -> float:
+        return 0.001 + (size - 1) * 0.001 / 31
+
+    for _ in range(300):
+        latency.observe(0, 16, 3 * real(16))
+    assert latency.step_s(0, 16) > 2.5 * real(16)  # the phase is seen
+    for k in range(600):  # 0.6 s of steps
+        size = 1 if k % 2 else 32
+        latency.observe(0, size, real(size))
+    for size in (1, 16, 32):
+        assert latency.step_s(0, size) < 1.2 * real(size), size

@@ -15,7 +15,9 @@ The scheduler, per step boundary:
   `max_inflight` requests holding state, at most `max_state_bytes` of state: a request counts
   the largest state it will hold, so the bound holds at every step) and while every request in
   flight, and the newcomer, still finishes within its deadline at the larger batch's step
-  latency (SLA-aware: a join never makes anyone late, as predicted);
+  latency (SLA-aware: a join never makes anyone late, as predicted). A request in flight that
+  is already behind at the current batch size (a stall of the machine took its slack) does not
+  hold joins back: refusing them would not put it back on time, only make the queue wait;
 * runs one step of the requests in flight, earliest deadline first, at most `max_batch_size`.
 
 Step latency per batch size comes from the cell's profile, corrected online (`StageLatency`).
@@ -115,16 +117,17 @@ class CellularScheduler(StageScheduler):
     def _admit(self, now_s: float) -> None:
         """Waiting requests join, earliest deadline first, within the memory bound and while
         every deadline still holds at the larger batch (see the module docstring)."""
-        # The tightest time per step a request in flight can afford (the margin kept aside).
+        # The tightest time per step a request in flight can afford (the margin kept aside),
+        # among those the batch as it is keeps on time: one already behind at the current
+        # size (a long request after a stall of the machine) is not saved by refusing joins,
+        # and protecting it would hold everyone waiting back until it finishes.
         margin_s = self.latency.margin_s
-        tightest = min(
-            (
-                (j.deadline_s - now_s - margin_s) / j.remaining
-                for j in self._active
-                if j.remaining > 0
-            ),
-            default=math.inf,
-        )
+        n = len(self._active)
+        now_step = self._step_s(n) if n else 0.0
+        budgets = [
+            (j.deadline_s - now_s - margin_s) / j.remaining for j in self._active if j.remaining > 0
+        ]
+        tightest = min((b for b in budgets if b >= now_step), default=math.inf)
         used = self.state_bytes
         kept: list[tuple[float, int, Job]] = []
         for k, entry in enumerate(self._waiting):

@@ -25,7 +25,10 @@ This module imports no torch: the models implement `StagedModel` in
 
 from __future__ import annotations
 
+import math
+import statistics
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -33,7 +36,8 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from accordion.workers.batching import BatchingPolicy, LatencyPredictor, ReplayOutcome, Request
+from accordion.workers.batching import BatchingPolicy, ReplayOutcome, Request
+from accordion.workers.config import interpolate_profile
 
 
 class StagedModel(ABC):
@@ -109,27 +113,113 @@ class StepDecision:
     predicted_latency_s: float | None = None
 
 
-class StageLatency:
-    """Predicted latency of each stage per batch size: one `LatencyPredictor` per stage (the
-    profile, corrected online from observed steps, as the request batcher's).
+CLIP = 4.0
+"""`StepModel`: an observation moves the speed window by at most this factor (a 400-ms stall
+of a 1-ms step is one sample of 4x, not of 400x)."""
 
-    Deadlines are fit with spans: the predictions (each a high quantile of its recent window)
-    summed over the steps or stages a request still has, plus `margin_s` once per request. Not
-    the request batcher's per-batch tail (`LatencyPredictor.safe_s`): over a span of many
-    steps the noise of single steps averages out, and multiplying every step by the tail of
-    one step would refuse nearly every join (measured: it halved the simulated sustainable
-    rate of cellular batching on this machine's noisy step profile)."""
+
+class StepModel:
+    """Predicted latency of one stage (or of a cell's step) per batch size, corrected online
+    from observations that are recent.
+
+    A step takes about a millisecond, and the machine it shares runs at changing speeds (other
+    jobs' phases of seconds, stalls of 10-400 ms). A window of observations per size (the
+    request batcher's `LatencyPredictor`) went stale: a size seen during a slow phase and
+    rarely after kept its slow estimate for thousands of steps, and, predictions being made
+    non-decreasing, held every larger size up with it (measured on simulated time: after a
+    2-s phase at 3x, the batch-32 step still predicted at 3x 6 s later), so joins were refused
+    and requests dropped long after the machine had recovered. Here:
+
+    * a size with at least `min_samples` observations among the last `fresh` steps (of any
+      size) predicts the median of those;
+    * any other size predicts its profile times the machine's current speed: the median of the
+      last `window` observed / profile ratios, every size together, each clipped to `CLIP`
+      times the current speed either way (a few dozen milliseconds of steps: it follows a
+      phase both ways at once, and a single stall moves the median nothing); 1 until
+      `min_samples` observations.
+
+    Predictions are non-decreasing in the batch size."""
+
+    def __init__(
+        self,
+        profile_s: Mapping[int, float],
+        *,
+        window: int = 64,
+        fresh: int = 512,
+        min_samples: int = 16,
+    ) -> None:
+        if not profile_s or any(b < 1 or v <= 0 for b, v in profile_s.items()):
+            raise ValueError("a stage profile needs batch sizes >= 1 with latencies > 0")
+        self._profile = dict(profile_s)
+        self._base: dict[int, float] = {}
+        self._speeds: deque[float] = deque(maxlen=window)
+        self._speed = 1.0
+        self._samples: dict[int, deque[tuple[int, float]]] = {}  # (observation number, s)
+        self._fresh = fresh
+        self._seen = 0
+        self._min_samples = min_samples
+        self._curve: list[float] = []
+
+    def _base_s(self, size: int) -> float:
+        base = self._base.get(size)
+        if base is None:
+            base = self._base[size] = interpolate_profile(self._profile, size)
+        return base
+
+    @property
+    def speed(self) -> float:
+        """How many times slower than its profile the machine runs now."""
+        return self._speed
+
+    def _own_s(self, size: int) -> float | None:
+        window = self._samples.get(size)
+        if not window:
+            return None
+        oldest = self._seen - self._fresh
+        while window and window[0][0] <= oldest:
+            window.popleft()
+        if len(window) < self._min_samples:
+            return None
+        return statistics.median(v for _, v in window)
+
+    def predict_s(self, size: int) -> float:
+        curve = self._curve
+        while len(curve) < size:
+            b = len(curve) + 1
+            own = self._own_s(b)
+            value = own if own is not None else self._base_s(b) * self._speed
+            curve.append(max(value, curve[-1]) if curve else value)
+        return curve[size - 1]
+
+    def observe(self, size: int, latency_s: float) -> None:
+        if size < 1 or latency_s <= 0 or not math.isfinite(latency_s):
+            return
+        self._seen += 1
+        speed = latency_s / self._base_s(size)
+        self._speeds.append(min(max(speed, self._speed / CLIP), self._speed * CLIP))
+        if len(self._speeds) >= self._min_samples:
+            self._speed = statistics.median(self._speeds)
+        window = self._samples.setdefault(size, deque(maxlen=self._fresh))
+        current = self.predict_s(size)
+        window.append((self._seen, min(max(latency_s, current / CLIP), current * CLIP)))
+        self._curve.clear()
+
+
+class StageLatency:
+    """Predicted latency of each stage per batch size: one `StepModel` per stage (the
+    profile, corrected online from observed steps).
+
+    Deadlines are fit with spans: the predictions (typical ones, the median) summed over the
+    steps or stages a request still has, plus `margin_s` once per request. Not the request
+    batcher's per-batch tail (`LatencyPredictor.safe_s`): over a span of many steps the noise
+    of single steps averages out, and multiplying every step by the tail of one step would
+    refuse nearly every join (measured: it halved the simulated sustainable rate of cellular
+    batching on this machine's noisy step profile)."""
 
     def __init__(self, profiles_s: Sequence[Mapping[int, float]], *, margin_s: float = 0.0):
         if not profiles_s:
             raise ValueError("a staged model needs a latency profile per stage")
-        # The median of a long window per size: a step takes ~1 ms and the machine's stalls
-        # (10-400 ms, measured) would otherwise drive the high quantile of a rarely seen
-        # size up (each stall clipped to 4x the prediction, again and again) until no join
-        # fits any deadline.
-        self.predictors = [
-            LatencyPredictor(p, window=256, quantile=0.5, min_samples=16) for p in profiles_s
-        ]
+        self.predictors = [StepModel(p) for p in profiles_s]
         self.margin_s = margin_s
 
     def step_s(self, stage: int, size: int) -> float:
