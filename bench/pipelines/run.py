@@ -36,7 +36,9 @@ Reads Proteus's data from ``<repo>/../shared/data/proteus`` (never copied). Writ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
+import itertools
 import random
 import sys
 import time
@@ -56,8 +58,10 @@ from accordion.solver import (
     VariantSpec,
     plan,
 )
+from accordion.solver.capacity import batch_capacity
 from accordion.solver.problem import StageSpec
 from accordion.workers.models import load_model
+from accordion.workers.profiler import BatchProfile
 from accordion.workers.splitting import PartProfile, profile_parts, whole_profile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,6 +90,30 @@ def measure(repeats: int) -> Measured:
     parts = profile_parts(loaded.module, loaded.input_shape, SIZES, repeats=repeats)
     whole = whole_profile(loaded.module, loaded.input_shape, SIZES, repeats=repeats)
     return Measured(parts, {p.batch_size: p.p50_ms for p in whole})
+
+
+def coarse(measured: Measured) -> Measured:
+    """The same measurement cut at top-level parts only (as before the cut points between
+    residual blocks): a ResNet stage's blocks summed into one part, its last block's output."""
+    merged: list[PartProfile] = []
+    for part in measured.parts:
+        top = part.name.split(".")[0]
+        if merged and merged[-1].name == top:
+            last = merged[-1]
+            merged[-1] = PartProfile(
+                name=top,
+                output_shape=part.output_shape,
+                output_bytes=part.output_bytes,
+                profiles=[
+                    BatchProfile(
+                        a.batch_size, a.p50_ms + b.p50_ms, a.p90_ms + b.p90_ms, a.p99_ms + b.p99_ms
+                    )
+                    for a, b in zip(last.profiles, part.profiles, strict=True)
+                ],
+            )
+        else:
+            merged.append(dataclasses.replace(part, name=top))
+    return Measured(merged, measured.whole_ms)
 
 
 def shares(measured: Measured) -> dict[str, dict[int, float]]:
@@ -138,6 +166,75 @@ def problem(variant: VariantSpec, demand_qps: float, *, stages: int) -> Problem:
         ],
         settings=PlannerSettings(pipeline_max_stages=stages),
     )
+
+
+# ----------------------------------------------------------------- fluid bound
+
+
+def fluid_bound_qps(variant: VariantSpec, stages: int) -> float:
+    """The most any plan of whole replicas and pipelines of up to `stages` stages could plan
+    for `variant` on `CLUSTER`: a linear program over every cut, every pool per stage and every
+    batch cap per stage that keeps the SLO (the planner's latency rule and capacity at its
+    default percentile and margin), with devices as fractions (no whole replicas, no balancing
+    of devices per stage, no pruning of options). The planner's pipelines can only approach
+    it; how far they fall short is what finer options could still win."""
+    from ortools.linear_solver import pywraplp
+
+    settings = PlannerSettings()
+    u = settings.utilization
+    pools = list(CLUSTER)
+    parts = variant.stages
+
+    def lat(first: int, last: int, pool: str, b: int) -> float | None:
+        total = 0.0
+        for part in parts[first:last]:
+            pt = next((x for x in part.profiles.get(pool, []) if x.batch_size == b), None)
+            if pt is None:
+                return None
+            total += pt.latency_s(settings.latency_percentile)
+        return total
+
+    usages: list[dict[str, float]] = []
+    for pool, points in variant.profiles.items():
+        fit = batch_capacity(points, SLO_S, settings.latency_percentile, u)
+        if fit is not None and pool in CLUSTER:
+            usages.append({pool: 1.0 / fit[1]})
+    n = len(parts)
+    for count in range(2, min(stages, n) + 1):
+        for cuts in itertools.combinations(range(1, n), count - 1):
+            bounds = list(zip((0, *cuts), (*cuts, n), strict=True))
+            for assign in itertools.product(pools, repeat=count):
+                if any(a == b for a, b in itertools.pairwise(assign)):
+                    continue
+                for batches in itertools.product(SIZES, repeat=count):
+                    total, ok = 0.0, True
+                    usage: dict[str, float] = {}
+                    for i, ((a, b), pool, bs) in enumerate(
+                        zip(bounds, assign, batches, strict=True)
+                    ):
+                        run_s = lat(a, b, pool, bs)
+                        if run_s is None:
+                            ok = False
+                            break
+                        total += 2 * run_s
+                        rate = bs / run_s
+                        out = parts[b - 1].output_bytes if i < count - 1 else 0
+                        if out:
+                            total += (
+                                settings.transfer_overhead_s
+                                + bs * out / settings.transfer_bytes_per_s
+                            )
+                            rate = min(rate, settings.transfer_bytes_per_s / out)
+                        usage[pool] = usage.get(pool, 0.0) + 1.0 / (rate * u)
+                    if ok and total <= SLO_S:
+                        usages.append(usage)
+    lp = pywraplp.Solver.CreateSolver("GLOP")
+    xs = [lp.NumVar(0.0, lp.infinity(), f"x{i}") for i in range(len(usages))]
+    for pool, devices in CLUSTER.items():
+        lp.Add(sum(x * use.get(pool, 0.0) for x, use in zip(xs, usages, strict=True)) <= devices)
+    lp.Maximize(sum(xs))
+    lp.Solve()
+    return float(lp.Objective().Value())
 
 
 # ----------------------------------------------------------------- queueing check
@@ -330,9 +427,13 @@ class Compared:
     three: Plan
     three_check: CheckResult
     three_time_s: float
+    coarse: Plan
+    coarse_check: CheckResult
+    bound2_qps: float
+    bound3_qps: float
 
 
-def compare(variant: VariantSpec, duration_s: float) -> Compared:
+def compare(variant: VariantSpec, top_level: VariantSpec, duration_s: float) -> Compared:
     # Demand: 4x what whole variants can serve: every plan is overloaded, so what it serves
     # within the SLO is what it can serve.
     probe = plan(problem(variant, 1e5, stages=1))
@@ -346,6 +447,7 @@ def compare(variant: VariantSpec, duration_s: float) -> Compared:
     started = time.perf_counter()
     three = plan(problem(variant, demand, stages=3))
     three_s = time.perf_counter() - started
+    top = plan(problem(top_level, demand, stages=2))
     return Compared(
         variant=variant.name,
         accuracy=variant.accuracy,
@@ -359,6 +461,10 @@ def compare(variant: VariantSpec, duration_s: float) -> Compared:
         three=three,
         three_check=queueing_check(three, variant, duration_s),
         three_time_s=three_s,
+        coarse=top,
+        coarse_check=queueing_check(top, top_level, duration_s),
+        bound2_qps=fluid_bound_qps(variant, 2),
+        bound3_qps=fluid_bound_qps(variant, 3),
     )
 
 
@@ -407,7 +513,11 @@ def main() -> None:
         v.name: v for fam in cluster.families for v in fam.variants if v.name.startswith("resnet")
     }
     staged = {name: with_stages(v, measured) for name, v in resnets.items()}
-    rows = [compare(staged[name], duration_s) for name in VARIANTS]
+    top_level = coarse(measured)
+    rows = [
+        compare(staged[name], with_stages(resnets[name], top_level), duration_s)
+        for name in VARIANTS
+    ]
     times = {case: planner_times(staged, case) for case in TIME_CASES}
     text = report(measured, rows, times, duration_s, repeats)
     args.out.write_text(text)
@@ -433,9 +543,10 @@ def report(
         "",
         "## Parts of the model measured here",
         "",
-        "`builtin:resnet-like` (ResNet-18 layout, 3x224x224, built in code), cut at every "
-        "top-level part by `accordion.workers.splitting`, each part timed alone on CPU (1 torch "
-        f"thread, p50 of {repeats}):",
+        "`builtin:resnet-like` (ResNet-18 layout, 3x224x224, built in code), cut by "
+        "`accordion.workers.splitting` at every top-level part and between the residual blocks "
+        "of each ResNet stage (`layer1.0`, `layer1.1`, ...), each part timed alone on CPU (1 "
+        f"torch thread, p50 of {repeats}, in rounds over all parts and batch sizes):",
         "",
         "| part | output | bytes per request | " + " | ".join(f"b={b} ms" for b in SIZES) + " |",
         "|---|---|---|" + "---|" * len(SIZES),
@@ -471,14 +582,20 @@ def report(
         "defaults (p99 profile where measured, else p90/p50; utilization 0.9); pipelines: 2 "
         "stages, 10 Gb/s and 0.5 ms per "
         f"hand-over. Served within SLO: the queueing check, {duration_s:.0f} s of Poisson "
-        "arrivals at each row's routed rate (p50 service times; a request that cannot make its "
-        "deadline even alone is dropped, as the workers' batcher does).",
+        "arrivals at each row's routed rate, p50 service times, whole rows and pipelines alike: "
+        "every device a worker with its own queue, requests round-robin over a row's workers and "
+        "then over each next stage's (as the simulator's router sends to a group's replicas), a "
+        "free worker takes up to its batch cap, and a request that cannot make its deadline even "
+        "alone is dropped (as the workers' batcher does). Low-class busy: the CPUs' and VPUs' "
+        "busy time over all of them and the run. Fluid bound: the most any plan of whole "
+        "replicas and 2-stage pipelines could plan (`fluid_bound_qps`: a linear program over "
+        "every cut, pool and batch cap per stage that keeps the SLO, devices as fractions).",
         "",
         "| variant | accuracy | demand req/s | whole: planned | whole: within SLO "
         "| pipelines: planned | pipelines: within SLO | gain "
         "| low-class devices used (whole -> pipelines) | low-class busy (whole -> pipelines) "
-        "| planner time (whole / pipelines) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| planner time (whole / pipelines) | fluid bound (gain over whole) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     low_total = sum(CLUSTER[p] for p in LOW_CLASS)
     for r in rows:
@@ -499,7 +616,8 @@ def report(
             f"| {r.whole.services[0].served_qps:.0f} | {w:.0f} "
             f"| {r.piped.services[0].served_qps:.0f} | {p:.0f} | {sign}{gain:.0f}% | "
             f"{used_w}/{low_total} -> {used_p}/{low_total} | {busy_w:.0%} -> {busy_p:.0%} | "
-            f"{r.whole_time_s * 1000:.0f} / {r.piped_time_s * 1000:.0f} ms |"
+            f"{r.whole_time_s * 1000:.0f} / {r.piped_time_s * 1000:.0f} ms "
+            f"| {r.bound2_qps:.0f} ({(r.bound2_qps / w - 1) * 100:+.0f}%) |"
         )
     verdicts = []
     for r in rows:
@@ -511,17 +629,37 @@ def report(
         "",
         "Goal (issue 19: >= 30% more demand served within SLO at equal accuracy, default 2 "
         f"stages): {'; '.join(verdicts)}. Where the whole variant already fits the SLO on the "
-        "low-class pools (resnet50 runs whole on every CPU and VPU), a pipeline can only "
-        "rebalance work between pools; where it does not (resnet101, resnet152 take more than "
-        "half the SLO on a CPU), pipelines put the low-class pools to work at all.",
+        "low-class pools (resnet50: 97 ms a request on a CPU), whole placement already keeps "
+        "every device of the cluster at work, and a pipeline can only gain what moving work "
+        "between pools gains: under the assumption above, only the parts' shares differing "
+        "between batch 1 (the CPU stage) and batch 8 (the GPU stage). The fluid bound caps that "
+        "for any plan, however fine its cuts or balanced its stages; where it is under +30%, "
+        "the goal cannot be met on these profiles by planning. Where the whole variant does not "
+        "fit (resnet101, resnet152 take more than half the SLO on a CPU), pipelines put the "
+        "low-class pools to work at all.",
+        "",
+        "Cut points (the same measurement; parts merged back into top-level parts for the "
+        "first column, as the splitting cut before residual-block cut points):",
+        "",
+        "| variant | top-level cuts: planned | top-level cuts: within SLO | block cuts: planned "
+        "| block cuts: within SLO | fluid bound, block cuts |",
+        "|---|---|---|---|---|---|",
     ]
+    for r in rows:
+        lines.append(
+            f"| {r.variant} | {r.coarse.services[0].served_qps:.0f} "
+            f"| {_served(r.coarse_check, duration_s):.0f} "
+            f"| {r.piped.services[0].served_qps:.0f} | {_served(r.piped_check, duration_s):.0f} "
+            f"| {r.bound2_qps:.0f} |"
+        )
     lines += [
         "",
         "Up to 3 stages (`pipeline_max_stages: 3`; 2 is the default):",
         "",
         "| variant | whole: within SLO | 2 stages: within SLO | 3 stages: planned "
-        "| 3 stages: within SLO | gain over whole | 3-stage rows | planner time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| 3 stages: within SLO | gain over whole | 3-stage rows | planner time "
+        "| fluid bound, 3 stages |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         w = _served(r.whole_check, duration_s)
@@ -531,7 +669,8 @@ def report(
         deep = sum(1 for row in r.three.rows if len(row.stages) == 3)
         lines.append(
             f"| {r.variant} | {w:.0f} | {p:.0f} | {r.three.services[0].served_qps:.0f} | {t:.0f} "
-            f"| {'+' if gain >= 0 else ''}{gain:.0f}% | {deep} | {r.three_time_s * 1000:.0f} ms |"
+            f"| {'+' if gain >= 0 else ''}{gain:.0f}% | {deep} | {r.three_time_s * 1000:.0f} ms "
+            f"| {r.bound3_qps:.0f} |"
         )
     lines += ["", "Plans with pipelines, 2 stages (rows):", ""]
     for r in rows:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from accordion.solver import Plan, PlanRow, ProfilePoint, SolverStats, VariantSpec, plan
 from accordion.solver.plan import PlanStage
 from accordion.solver.problem import StageSpec
@@ -142,3 +144,16 @@ def test_whole_replicas_and_a_pipeline_stage_on_the_same_devices_queue_alike() -
     # The same queues, and the pipeline's requests still need its second stage after them.
     assert served >= staged_served
     assert alone.busy_s_by_pool["cpu"] > 0.9 * 95 * 120 * 0.04
+
+
+def test_the_fluid_bound_caps_every_plan_and_counts_whole_replicas_exactly() -> None:
+    # Whole variants only (no parts): every device of the cluster runs a whole replica, so the
+    # bound is what the planner plans.
+    whole = _variant().model_copy(update={"stages": []})
+    planned = plan(run.problem(whole, 10_000.0, stages=1)).services[0].served_qps
+    assert run.fluid_bound_qps(whole, 2) == pytest.approx(planned, rel=1e-6)
+    # With its parts, pipelines add to that, and no plan goes beyond the bound.
+    bound = run.fluid_bound_qps(_variant(), 2)
+    piped = plan(run.problem(_variant(), 10_000.0, stages=2)).services[0].served_qps
+    assert planned < piped <= bound * (1 + 1e-6)
+    assert run.fluid_bound_qps(_variant(), 3) >= bound * (1 - 1e-9)

@@ -150,10 +150,12 @@ def _variant_options(
                 # Neighbours on one pool are one stage cut elsewhere (or not at all).
                 if any(x.pool == y.pool for x, y in itertools.pairwise(segments)):
                     continue
-                # Pruned per assignment first: the global pass compares far fewer.
-                candidates.extend(
-                    _undominated(_fits(problem, s, svc, var, list(segments), utilization))
-                )
+                # Pruned per assignment first, before any option is built: the global pass
+                # compares far fewer (with cut points between residual blocks, 3 stages
+                # try hundreds of thousands of stage layouts).
+                fits = _fits(problem, svc, list(segments), utilization)
+                kept = _pareto([f.usage for f in fits], [f.latency_s for f in fits])
+                candidates.extend(_option(problem, s, svc, var, fits[i]) for i in kept)
     # A pipeline that takes as much or more of every pool per request per second as the whole
     # variant on one of its pools serves nothing that whole replicas cannot serve better.
     whole: list[dict[int, float]] = []
@@ -189,20 +191,27 @@ def _segment(
     return _Segment(pool, parts[0].name, parts[-1].name, latency, parts[-1].output_bytes)
 
 
+@dataclass(frozen=True)
+class _Fit:
+    """A stage layout that keeps the SLO: batch cap and devices per stage (no option yet)."""
+
+    segments: tuple[_Segment, ...]
+    batches: tuple[int, ...]
+    devices: tuple[int, ...]
+    capacity_qps: float
+    latency_s: float
+    usage: dict[int, float]
+    """Devices per request per second, per pool (`_usage`)."""
+
+
 def _fits(
-    problem: Problem,
-    s: int,
-    svc: ServiceSpec,
-    var: VariantSpec,
-    segments: list[_Segment],
-    utilization: float,
-) -> list[PipelineOption]:
-    """Candidates of one assignment of stages to pools: per batch caps that keep the SLO, the
+    problem: Problem, svc: ServiceSpec, segments: list[_Segment], utilization: float
+) -> list[_Fit]:
+    """Layouts of one assignment of stages to pools: per batch caps that keep the SLO, the
     devices per stage that balance them."""
     settings = problem.settings
-    cap = svc.accuracy_target if svc.accuracy_target is not None else 100.0
     last = len(segments) - 1
-    out: list[PipelineOption] = []
+    out: list[_Fit] = []
     for batches in itertools.product(*(sorted(seg.latency_s) for seg in segments)):
         latency = 0.0
         rates: list[float] = []
@@ -223,33 +232,44 @@ def _fits(
         ]
         for devices in itertools.product(*spreads):
             capacity = min(d * r for d, r in zip(devices, rates, strict=True))
-            stages = tuple(
-                PipelineStage(
-                    pool=seg.pool,
-                    first=seg.first,
-                    last=seg.last,
-                    devices=d,
-                    max_batch_size=b,
-                    latency_s=seg.latency_s[b],
-                    output_bytes=seg.output_bytes if i < last else 0,
-                )
-                for i, (seg, b, d) in enumerate(zip(segments, batches, devices, strict=True))
-            )
+            usage: dict[int, float] = {}
+            for seg, d in zip(segments, devices, strict=True):
+                usage[seg.pool] = usage.get(seg.pool, 0.0) + d / capacity
             out.append(
-                PipelineOption(
-                    service=s,
-                    variant=var.name,
-                    pool=segments[0].pool,
-                    max_batch_size=batches[0],
-                    capacity_qps=capacity,
-                    accuracy=var.accuracy,
-                    value=min(var.accuracy, cap),
-                    stages=stages,
-                    name=_name(problem, stages),
-                    latency_s=latency,
-                )
+                _Fit(tuple(segments), tuple(batches), tuple(devices), capacity, latency, usage)
             )
     return out
+
+
+def _option(
+    problem: Problem, s: int, svc: ServiceSpec, var: VariantSpec, fit: _Fit
+) -> PipelineOption:
+    cap = svc.accuracy_target if svc.accuracy_target is not None else 100.0
+    last = len(fit.segments) - 1
+    stages = tuple(
+        PipelineStage(
+            pool=seg.pool,
+            first=seg.first,
+            last=seg.last,
+            devices=d,
+            max_batch_size=b,
+            latency_s=seg.latency_s[b],
+            output_bytes=seg.output_bytes if i < last else 0,
+        )
+        for i, (seg, b, d) in enumerate(zip(fit.segments, fit.batches, fit.devices, strict=True))
+    )
+    return PipelineOption(
+        service=s,
+        variant=var.name,
+        pool=fit.segments[0].pool,
+        max_batch_size=fit.batches[0],
+        capacity_qps=fit.capacity_qps,
+        accuracy=var.accuracy,
+        value=min(var.accuracy, cap),
+        stages=stages,
+        name=_name(problem, stages),
+        latency_s=fit.latency_s,
+    )
 
 
 def _clip(devices: int) -> int:
@@ -272,27 +292,37 @@ def _usage(o: PipelineOption) -> dict[int, float]:
 
 
 def _undominated(candidates: list[PipelineOption]) -> list[PipelineOption]:
-    """The candidates no other one beats: within `NEAR` as few devices of every pool per
-    request per second. Of candidates that near, the one with the fewest devices per request
-    per second in all wins (then the lower worst-case latency, then the first found): options
-    a few percent apart only make the model bigger."""
-    usages = [_usage(o) for o in candidates]
+    """The candidates no other one beats (`_pareto`)."""
+    kept = _pareto([_usage(o) for o in candidates], [o.latency_s for o in candidates])
+    return [candidates[i] for i in kept]
+
+
+def _pareto(usages: list[dict[int, float]], latencies: list[float]) -> list[int]:
+    """Indices, in order, of the candidates no other one beats: within `NEAR` as few devices
+    of every pool per request per second. Of candidates that near, the one with the fewest
+    devices per request per second in all wins (then the lower worst-case latency, then the
+    first found): options a few percent apart only make the model bigger."""
     keys = [
-        (sum(u.values()), o.latency_s, i)
-        for i, (o, u) in enumerate(zip(candidates, usages, strict=True))
+        (sum(u.values()), lat, i) for i, (u, lat) in enumerate(zip(usages, latencies, strict=True))
     ]
-    kept: list[PipelineOption] = []
-    for i, (o, u) in enumerate(zip(candidates, usages, strict=True)):
-        dominated = any(
-            j != i
-            and keys[j] < keys[i]
-            and set(v) <= set(u)
-            and all(v.get(p, 0.0) <= u[p] * (1 + NEAR) for p in u)
-            for j, v in enumerate(usages)
-        )
-        if not dominated:
-            kept.append(o)
-    return kept
+    # Only a candidate with a smaller key can beat one: compare each with those before it,
+    # the kept ones first (most candidates fall to one of those; the others are asked only
+    # when none does, as "near" is not transitive).
+    ranked = sorted(range(len(usages)), key=keys.__getitem__)
+    kept: list[int] = []
+    beaten: list[int] = []
+
+    def beats(j: int, u: dict[int, float]) -> bool:
+        v = usages[j]
+        return v.keys() <= u.keys() and all(v.get(p, 0.0) <= u[p] * (1 + NEAR) for p in u)
+
+    for i in ranked:
+        u = usages[i]
+        if any(beats(j, u) for j in kept) or any(beats(j, u) for j in beaten):
+            beaten.append(i)
+        else:
+            kept.append(i)
+    return sorted(kept)
 
 
 def _fewest(problem: Problem, candidates: list[PipelineOption]) -> list[PipelineOption]:
