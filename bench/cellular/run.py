@@ -440,6 +440,9 @@ def sequences(
         "configs": seq,
         "step_profile_ms": {b: 1000 * s for b, s in step_profile_s.items()},
         "batch_longest": longest,
+        "noise_rule": "repeat once",
+        "start_rate": start,
+        "equal_rate_s": EQUAL_RATE_S,
     }
 
 

@@ -131,7 +131,7 @@ class StepModel:
     and requests dropped long after the machine had recovered. Here:
 
     * a size with at least `min_samples` observations among the last `fresh` steps (of any
-      size) predicts the median of those;
+      size) predicts the median of its last `keep` of those (as of its last observation);
     * any other size predicts its profile times the machine's current speed: the median of the
       last `window` observed / profile ratios, every size together, each clipped to `CLIP`
       times the current speed either way (a few dozen milliseconds of steps: it follows a
@@ -146,6 +146,7 @@ class StepModel:
         *,
         window: int = 64,
         fresh: int = 512,
+        keep: int = 128,
         min_samples: int = 16,
     ) -> None:
         if not profile_s or any(b < 1 or v <= 0 for b, v in profile_s.items()):
@@ -155,6 +156,8 @@ class StepModel:
         self._speeds: deque[float] = deque(maxlen=window)
         self._speed = 1.0
         self._samples: dict[int, deque[tuple[int, float]]] = {}  # (observation number, s)
+        self._own: dict[int, float] = {}  # per size: the median of its window
+        self._keep = keep
         self._fresh = fresh
         self._seen = 0
         self._min_samples = min_samples
@@ -172,15 +175,14 @@ class StepModel:
         return self._speed
 
     def _own_s(self, size: int) -> float | None:
+        """The size's median as of its last observation, while it has `min_samples` fresh
+        observations (O(1): the step loop asks for every size at every step)."""
         window = self._samples.get(size)
-        if not window:
+        if window is None or len(window) < self._min_samples:
             return None
-        oldest = self._seen - self._fresh
-        while window and window[0][0] <= oldest:
-            window.popleft()
-        if len(window) < self._min_samples:
-            return None
-        return statistics.median(v for _, v in window)
+        if window[-self._min_samples][0] <= self._seen - self._fresh:
+            return None  # stale: too few among the last `fresh` steps
+        return self._own[size]
 
     def predict_s(self, size: int) -> float:
         curve = self._curve
@@ -199,9 +201,13 @@ class StepModel:
         self._speeds.append(min(max(speed, self._speed / CLIP), self._speed * CLIP))
         if len(self._speeds) >= self._min_samples:
             self._speed = statistics.median(self._speeds)
-        window = self._samples.setdefault(size, deque(maxlen=self._fresh))
+        window = self._samples.setdefault(size, deque(maxlen=self._keep))
         current = self.predict_s(size)
         window.append((self._seen, min(max(latency_s, current / CLIP), current * CLIP)))
+        oldest = self._seen - self._fresh
+        while window[0][0] <= oldest:
+            window.popleft()
+        self._own[size] = statistics.median(v for _, v in window)
         self._curve.clear()
 
 
