@@ -82,7 +82,7 @@ def sequence_section(key: str, seq: dict[str, Any]) -> list[str]:
     ]
     noise = seq.get("noise_rule") == "repeat once"
     if noise:
-        lines[-2] += " | misses there, by outcome at the worker |"
+        lines[-2] += " misses there, by outcome at the worker |"
         lines[-1] += "---|"
     for label, c in configs.items():
         p99 = c.get("equal_rate_p99_ms")
