@@ -52,8 +52,10 @@ REVIEW_TTL_S = 300.0
 """How long an accepted token is believed without asking again (a token lives an hour)."""
 REJECT_TTL_S = 10.0
 """How long a refused token is refused without asking again."""
-MAX_CACHED = 4096
-"""Tokens remembered at most (two routers per service: a couple of thousand services)."""
+MAX_CACHED = 16384
+"""Tokens remembered at most: two routers per service and their replacements, some 8,000
+services; an entry (hash, deadline, identity) is a few hundred bytes, a few MB in all. Beyond
+it every report of the least recent routers would cost a review."""
 MAX_CONCURRENT_REVIEWS = 4
 MAX_PENDING_REVIEWS = 256
 REVIEW_TIMEOUT_S = 5.0
