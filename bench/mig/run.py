@@ -28,9 +28,9 @@
    (`accordion.sim.mig`: one GPU at a time drained, more when their workers have free slices
    elsewhere, its workers evicted, relabelled, the MIG manager busy RECONFIGURE_S (ASSUMED),
    released). The same run with a MIG manager that takes no time is the reference: what the
-   reconfiguration costs is the requests lost beyond it, against the drained GPUs' share (per
-   outage, the requests that arrived while that GPU was out over the GPUs in use; summed over
-   the outages).
+   reconfiguration costs is the requests lost beyond it, against the drained GPU's share (the
+   requests that arrived while any GPU was out over the GPUs in use: one GPU's share, not
+   doubled when two are out at once).
 
     flock /tmp/accordion-heavy.lock .venv/bin/python bench/mig/run.py [--quick]
 """
@@ -258,7 +258,7 @@ class Reconfigured:
     """Requests that arrived while some GPU was out."""
     lost_in_outages: int
     share: float
-    """The drained GPUs' share: requests that arrived during each outage / GPUs in use."""
+    """The drained GPU's share: requests that arrived while any GPU was out / GPUs in use."""
 
 
 def reconfiguration(seconds: float, reconfigure_s: float) -> Reconfigured:
@@ -277,12 +277,12 @@ def reconfiguration(seconds: float, reconfigure_s: float) -> Reconfigured:
     outages = [(o.gpu, o.start_s, o.end_s if o.end_s is not None else end) for o in mig.outages]
     in_use = max(1, sum(1 for g in mig.gpus if g.layout))
     arrivals = workload.arrival_s
-    share = 0.0
     hit: set[int] = set()
     for _, a, b in outages:
-        ids = [i for i, t in enumerate(arrivals) if a <= t < b]
-        share += len(ids) / in_use
-        hit.update(ids)
+        hit.update(i for i, t in enumerate(arrivals) if a <= t < b)
+    # One GPU's share of what arrived while any GPU was out: two GPUs out at once do not
+    # double it (the goal reads per drained GPU).
+    share = len(hit) / in_use
     lost = [i for i in range(len(arrivals)) if result.outcome.get(i) != OK]
     return Reconfigured(
         demand=len(arrivals),
@@ -382,7 +382,12 @@ def reconfiguration_lines(reconf_seconds: float) -> list[str]:
     slow = reconfiguration(reconf_seconds, RECONFIGURE_S)
     instant = reconfiguration(reconf_seconds, 0.0)
     extra = slow.lost - instant.lost
-    met = extra <= slow.share
+    # A reference that loses more than the run measures its own trouble, not the relabels'.
+    verdict = (
+        "not read: the reference lost more than this run"
+        if extra < 0
+        else ("met" if extra <= slow.share else "MISSED")
+    )
     lines = [
         f"## Reconfiguration under load: {RECONF_GPUS} GPUs, demand shifts at "
         f"{min(SHIFT_S, reconf_seconds / 4):.0f} s",
@@ -393,7 +398,9 @@ def reconfiguration_lines(reconf_seconds: float) -> list[str]:
         "(`accordion.operator.mig` via `accordion.sim.mig`: one GPU of the pool at a time is "
         "tainted, its workers evicted and made again on free slices elsewhere, relabelled, "
         "released when the MIG manager says success; another GPU joins it only when every worker "
-        "on it has a free slice of its profile on a GPU in service that keeps its config). "
+        "on it has a free slice of its profile on a GPU in service that keeps its config; "
+        "replicas are planned only on slices in service, `MigSpec.in_service`: a GPU drained "
+        "or being relabelled takes none, so its work is placed on slices elsewhere). "
         f"The MIG manager takes {RECONFIGURE_S:.0f} s "
         "per relabel: ASSUMED, not measured (no GPU lent). Reference: the same run with a MIG "
         "manager that takes no time.",
@@ -410,10 +417,10 @@ def reconfiguration_lines(reconf_seconds: float) -> list[str]:
         )
     lines += [
         "",
-        f"Reconfiguration cost **{extra:,} requests** beyond the reference; the drained GPUs' "
-        f"share (requests that arrived during each outage / {RECONF_GPUS} GPUs in use, summed "
-        "over the outages: two GPUs out at once count twice) is "
-        f"**{slow.share:,.0f}** (goal: no request lost beyond it: {'met' if met else 'MISSED'}).",
+        f"Reconfiguration cost **{extra:,} requests** beyond the reference; the drained GPU's "
+        f"share (requests that arrived while any GPU was out / {RECONF_GPUS} GPUs in use: one "
+        "GPU's share, not doubled when two are out at once) is "
+        f"**{slow.share:,.0f}** (goal: no request lost beyond it: {verdict}).",
         "",
         "Not measured here: real slice latencies and a real MIG manager's time (no GPU lent).",
         "",

@@ -40,7 +40,14 @@ pool has slack for more (below):
    `success` of the old config is never taken for the new one);
 4. when the MIG manager says `success`, the taint goes, and the node's slices count
    (`slice_devices`): the control loop places workers on a slice only once it is in the
-   node's allocatable and the node's config is the planned one (`cap_replicas`).
+   allocatable of a node in service (`cap_replicas`).
+
+Replicas are planned on slices in service only (`in_service_layouts`, the planner's
+`MigSpec.in_service`): a node tainted or not yet `success` offers none, one in service offers
+its config's slices (the planned config, or the old one until its turn). Layouts are still
+planned for every GPU. So the step that taints a node also re-plans its work onto slices
+elsewhere, before step 2 deletes its workers (make before break), and no traffic waits for
+slices the MIG manager has not made.
 
 Slack (`moves_freely`): while a node of the pool is out, another may start draining only when
 reconfiguring it costs no capacity: every Accordion worker on it (its profile read from the
