@@ -24,10 +24,13 @@ Policies, each on the simulator's engine with execution times drawn from the pro
   margin (PlannerSettings.utilization), swept;
 * ``knative``: the KPA (`accordion.sim.knative`), target utilization swept.
 
-The baselines' knobs are swept and their device-seconds interpolated at ours' attainment
-("equal SLO attainment"); a baseline that never reaches ours' attainment is reported at its
-best. Run: ``.venv/bin/python bench/serverless/sparse_trace.py`` (writes bench/results/
-serverless_trace.json, read by report.py).
+Equal SLO attainment: every policy's own knob is swept, each one a setting its user has:
+ours' ``spec.demand.headroom`` (0.1 by default; 0, 0.25, 0.5), the margin's utilization
+(0.5-1.0), the KPA's target utilization (0.3-1.0). Each policy's sweep gives its cheapest
+device-seconds for each attainment (the Pareto frontier of its points, interpolated linearly
+between them); report.py compares the policies at the same attainment wherever both reach it,
+and at ours' default point. Run: ``.venv/bin/python bench/serverless/sparse_trace.py``
+(writes bench/results/serverless_trace.json, read by report.py).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import json
 import math
 import random
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +139,11 @@ def workload(seed: int = 7) -> Workload:
     )
 
 
-def scale_to_zero_service(fam: Family, service_time: str, initial_qps: float) -> InferenceService:
-    """The family as a user would apply it with scale to zero (minReplicas 0)."""
+def scale_to_zero_service(
+    fam: Family, service_time: str, initial_qps: float, headroom: float | None = None
+) -> InferenceService:
+    """The family as a user would apply it with scale to zero (minReplicas 0); `headroom`:
+    its `spec.demand.headroom` (None: the API's default, 0.1)."""
     base = family_service(fam, service_time, initial_qps)
     obj = base.model_dump(by_alias=True, exclude_none=True, mode="json")
     obj["spec"]["minReplicas"] = 0
@@ -144,6 +151,8 @@ def scale_to_zero_service(fam: Family, service_time: str, initial_qps: float) ->
     # A cost-sensitive service: no spare replicas on idle devices (the API's documented
     # choice for such services); the batching model sizes the replicas for its bursts.
     obj["spec"].setdefault("demand", {})["burst"] = {"policy": "Off"}
+    if headroom is not None:
+        obj["spec"]["demand"]["headroom"] = headroom
     svc = parse_resource(obj, f"family {fam.name}")
     assert isinstance(svc, InferenceService)
     return svc
@@ -152,17 +161,25 @@ def scale_to_zero_service(fam: Family, service_time: str, initial_qps: float) ->
 class Serverless(Accordion):
     """The product with scale to zero; `batching_model` False: today's fixed margin."""
 
-    def __init__(self, *, batching_model: bool, utilization: float | None, name: str) -> None:
+    def __init__(
+        self,
+        *,
+        batching_model: bool,
+        utilization: float | None,
+        name: str,
+        headroom: float | None = None,
+    ) -> None:
         planner = None if utilization is None else PlannerSettings(utilization=utilization)
         super().__init__(planner=planner, name=name)
         self.batching_model = batching_model
+        self.headroom = headroom
 
     def control(self, sim: Simulator) -> Control:
         return LoopControl(
             sim,
             timings=self.timings,
             planner=self.planner,
-            services=scale_to_zero_service,
+            services=partial(scale_to_zero_service, headroom=self.headroom),
             batching_model=self.batching_model,
         )
 
@@ -187,12 +204,17 @@ def run(policy: Any) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--margins", default="0.7,0.8,0.9,1.0")
-    parser.add_argument("--targets", default="0.5,0.7,0.85,1.0")
+    parser.add_argument("--headrooms", default="0,0.25,0.5")
+    parser.add_argument("--margins", default="0.5,0.6,0.7,0.8,0.9,1.0")
+    parser.add_argument("--targets", default="0.3,0.4,0.5,0.7,0.85,1.0")
     parser.add_argument("--out", type=Path, default=RESULTS / "serverless_trace.json")
     args = parser.parse_args()
     rows = [run(Serverless(batching_model=True, utilization=None, name="ours"))]
     print(rows[-1], flush=True)
+    for h in (float(x) for x in args.headrooms.split(",") if x):
+        policy = Serverless(batching_model=True, utilization=None, name=f"ours-h{h:g}", headroom=h)
+        rows.append(run(policy))
+        print(rows[-1], flush=True)
     for u in (float(x) for x in args.margins.split(",")):
         rows.append(run(Serverless(batching_model=False, utilization=u, name=f"margin-{u:g}")))
         print(rows[-1], flush=True)
