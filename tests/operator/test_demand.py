@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from accordion.operator.control.demand import DemandEstimator, DemandTracker
+from accordion.operator.control.demand import OVERLOAD_S, DemandEstimator, DemandTracker
 
 
 def test_first_observation_is_taken_as_is() -> None:
@@ -51,3 +51,31 @@ def test_tracker_keeps_services_apart_and_forgets() -> None:
     assert tracker.estimates() == {"ns/a": 10.0, "ns/b": 20.0}
     tracker.forget("ns/a")
     assert tracker.estimates() == {"ns/b": 20.0}
+
+
+def falls(tracker: DemandTracker, start_s: float) -> float:
+    """ns/a's estimate after its rate falls from 100 to 0 over 2 s from `start_s`."""
+    tracker.observe("ns/a", start_s, 100.0)
+    tracker.estimators["ns/a"].estimate_qps = 100.0
+    tracker.observe("ns/a", start_s + 1.0, 0.0)
+    return tracker.observe("ns/a", start_s + 2.0, 0.0)
+
+
+def test_in_lasting_overload_every_falling_estimate_follows_fast() -> None:
+    """Once the plan has been short for `OVERLOAD_S`, a service that is not short itself
+    follows a fall with the rise half-life (its stale estimate holds devices the short ones
+    need); a shortage that has not lasted (a spike) leaves it on the fall half-life."""
+    tracker = DemandTracker(2.0, 20.0)
+    tracker.observe("ns/b", 0.0, 100.0)
+    tracker.plan_feedback({"ns/a": 200.0, "ns/b": 50.0}, {"ns/b"})
+    tracker.observe("ns/b", 1.0, 100.0)  # the shortage begins at 1 s
+    # A young shortage: 2 s of the 20 s fall half-life.
+    assert falls(tracker, 2.0) == pytest.approx(100.0 * 0.5**0.1)
+    tracker.observe("ns/b", 1.0 + OVERLOAD_S, 100.0)
+    # A lasting one: 2 s of the 2 s rise half-life, half is left.
+    assert falls(tracker, 1.0 + OVERLOAD_S) == pytest.approx(50.0)
+    # The shortage ends: slow again, and a new one starts its clock afresh.
+    tracker.plan_feedback({"ns/a": 200.0, "ns/b": 200.0}, set())
+    assert falls(tracker, 30.0) == pytest.approx(100.0 * 0.5**0.1)
+    tracker.plan_feedback({"ns/a": 200.0, "ns/b": 50.0}, {"ns/b"})
+    assert falls(tracker, 40.0) == pytest.approx(100.0 * 0.5**0.1)

@@ -15,7 +15,12 @@ Two rules use what the loop planned (`DemandTracker.plan_feedback`, after every 
   average to catch up (the loop then plans for it at once, `ControlLoop.pass_due`);
 * a service that is short (the plan cannot serve its estimate) follows a falling rate with the
   rise half-life too: in overload a stale estimate keeps devices on a service whose demand has
-  gone while others starve.
+  gone while others starve;
+* once the plan has been short for some service for `OVERLOAD_S` (overload, not a spike),
+  every service follows a falling rate with the rise half-life: a service that is not short
+  itself holds devices the short ones need, and its stale estimate keeps them there. A short
+  spike does not qualify: releasing every service's devices for it costs model loads when
+  demand comes back.
 
 Each estimator also learns how bursty its service is (`learned_burst`): the largest excess of a
 measured rate over the lowest estimate of the `BURST_BASELINE_S` before it (less counting
@@ -38,6 +43,8 @@ BURST_WINDOW_S = 600.0
 """How far back `learned_burst` looks."""
 BURST_BASELINE_S = 10.0
 """A burst's excess is measured against the lowest estimate of this long before it."""
+OVERLOAD_S = 10.0
+"""How long the plan must have been short before every service's falls are followed fast."""
 
 
 def counting_noise_qps(rate_qps: float, interval_s: float) -> float:
@@ -127,6 +134,8 @@ class DemandTracker:
     """Planned capacity per service (`plan_feedback`)."""
     short: set[str] = field(default_factory=set)
     """Services the plan cannot serve in full (`plan_feedback`)."""
+    short_since_s: float | None = None
+    """Since when (measurement time) some service has been short without a break."""
 
     def plan_feedback(self, capacity_qps: Mapping[str, float], short: Set[str]) -> None:
         """What the loop planned: each service's capacity, and which ones are short."""
@@ -140,11 +149,16 @@ class DemandTracker:
             est = self.estimators[service] = DemandEstimator(
                 self.rise_half_life_s, self.fall_half_life_s
             )
+        if not self.short:
+            self.short_since_s = None
+        elif self.short_since_s is None:
+            self.short_since_s = t_s
+        overload = self.short_since_s is not None and t_s - self.short_since_s >= OVERLOAD_S
         return est.observe(
             t_s,
             rate_qps,
             capacity_qps=self.capacity_qps.get(service),
-            short=service in self.short,
+            short=overload or service in self.short,
         )
 
     def estimates(self) -> dict[str, float]:
@@ -177,3 +191,5 @@ class DemandTracker:
         self.estimators.pop(service, None)
         self.capacity_qps.pop(service, None)
         self.short.discard(service)
+        if not self.short:
+            self.short_since_s = None
