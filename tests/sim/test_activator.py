@@ -63,8 +63,20 @@ def test_a_request_at_zero_replicas_is_held_and_answered_after_the_cold_start() 
     [(service, seconds)] = control.activators.cold_starts
     assert service == "sim/f"
     # Woken by the first held request, not by the next periodic measurement: the cold start
-    # is the model's load (the last pass was long ago: none waits for the loop's shortest
-    # interval between passes), plus the router's table reload at most.
+    # is the operator's debounce (0.5 s), the model's load, and the router's table reload.
+    assert LOAD_S <= seconds <= LOAD_S + 0.6
+
+
+def test_a_wake_just_after_a_periodic_pass_waits_the_debounce_only() -> None:
+    """The periodic pass at 90 s (every 30 s), a request at 90.05 s: its pass follows the
+    operator's debounce (0.5 s), as a wake does in the operator, not the loop's 1 s between
+    demand passes (the sparse trace's sessions begin on a periodic pass: 0.5 s more cold start
+    each)."""
+    sim, result, late_ids = run(5.0, [90.05, 90.3])
+    assert [result.outcome[i] for i in late_ids] == [OK, OK]
+    control = sim.control
+    assert isinstance(control, LoopControl)
+    [(_, seconds)] = control.activators.cold_starts
     assert LOAD_S <= seconds <= LOAD_S + 0.6
 
 
@@ -74,6 +86,6 @@ def test_held_requests_that_the_cold_start_makes_late_are_dropped_at_their_deadl
     control = sim.control
     assert isinstance(control, LoopControl)
     assert control.activators.waiting("sim/f") == 0
-    # A replica was started for them all the same (the pass they woke, before the next
-    # periodic measurement).
-    assert any(70.05 + LOAD_S <= r.ready_at_s <= 70.5 + LOAD_S for r in sim.replicas)
+    # A replica was started for them all the same (the pass they woke, after the operator's
+    # debounce of 0.5 s: before the next periodic measurement at 71 s).
+    assert any(70.05 + LOAD_S <= r.ready_at_s <= 70.6 + LOAD_S for r in sim.replicas)
