@@ -93,7 +93,14 @@ def sequence_section(key: str, seq: dict[str, Any]) -> list[str]:
         )
         if noise:
             missed = {k: v for k, v in c.get("equal_rate_outcomes", {}).items() if k != "ok"}
-            row += " " + (", ".join(f"{k} {v}" for k, v in missed.items()) or "none") + " |"
+            text = ", ".join(
+                f'dropped because "{k.removeprefix("reason: dropped: ")}" {v}'
+                if k.startswith("reason: ")
+                else f"{k} {v}"
+                for k, v in missed.items()
+                if k != "dropped" or not any(r.startswith("reason: ") for r in missed)
+            )
+            row += f" {text or 'none'} |"
         lines.append(row)
     base = configs[best]
     ratio = configs[ours]["rate"] / base["rate"] if base["rate"] else math.inf
