@@ -13,9 +13,14 @@ Part 2 (the operator's server, real HTTP on loopback): the product's `ReportServ
 driver does; an aiohttp client posts reports of 2 N routers, (a) paced at the rate part 1
 found for the steady state, (b) paced at the baseline's rate (2 N per second), (c) as fast as
 16 connections go. Reported: latency of a report (p50, p99, client side), reports per second,
-and the server process's CPU per report and CPU share.
+and the server process's CPU per report and CPU share. The server authenticates every report as
+the chart's default does (`operator.reports.authentication: TokenReview`): each router sends its
+own bearer token, reviewed once through the product's `TokenAuthenticator` (its cache, its
+limits) by a reviewer that answers as the API server would for a pod-bound ServiceAccount token
+after `REVIEW_RTT_S` (no API server here); then the same without authentication, on a fresh
+server process.
 
-Usage (about a minute; under the shared heavy lock):
+Usage (about two minutes; under the shared heavy lock):
     flock /tmp/accordion-heavy.lock .venv/bin/python bench/reports/run.py [--services 1000]
 """
 
@@ -36,6 +41,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from accordion.operator.reportauth import REVIEW_TTL_S
 from accordion.workers.config import REPORT_PATH, ReportAnswer, RouterReport
 from accordion.workers.reporting import ReportPolicy
 
@@ -80,12 +86,24 @@ def simulate(services: int, seconds: int, burst_share: float, baseline: bool, se
     return counted / (seconds - seconds // 2)
 
 
+REVIEW_RTT_S = 0.002
+"""What the stand-in reviewer takes per TokenReview (an API server round trip on a LAN)."""
+
 SERVER = """
 import asyncio, sys, time
 from accordion.operator.reports import ReportServer, RouterDemand, ServiceRouting
+from accordion.operator.reportauth import (
+    POD_NAME_EXTRA, REPORT_AUDIENCE, Review, TokenAuthenticator,
+)
 from accordion.operator.api import parse_resource
 
-n = int(sys.argv[1])
+n, auth, rtt = int(sys.argv[1]), sys.argv[2] == "auth", float(sys.argv[3])
+
+def review(token):  # a pod-bound token of namespace bench, bound to the router it names
+    time.sleep(rtt)
+    return Review(authenticated=True, username="system:serviceaccount:bench:router",
+        audiences=(REPORT_AUDIENCE,), extra={POD_NAME_EXTRA: (token,)})
+
 def svc(i):
     return parse_resource({"apiVersion": "accordion.dev/v1alpha1", "kind": "InferenceService",
         "metadata": {"name": f"s{i}", "namespace": "bench"},
@@ -97,7 +115,8 @@ known = ServiceRouting(None, None)
 demand = RouterDemand(lambda k: known if k in services else None, time.time)
 
 async def main():
-    server = ReportServer(demand, leading=lambda: True)
+    server = ReportServer(demand, leading=lambda: True,
+        auth=TokenAuthenticator(review) if auth else None)
     port = await server.start("127.0.0.1", 0)
     print(port, flush=True)
     await demand.run(lambda: demand.fold(services))
@@ -111,11 +130,15 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def router_name(i: int, routers: int) -> str:
+    return f"s{(i % routers) // 2}-router-{i % 2}"
+
+
 def report_body(i: int, routers: int, total: int) -> bytes:
     return (
         RouterReport(
             service=f"bench/s{(i % routers) // 2}",
-            router=f"s{(i % routers) // 2}-router-{i % 2}",
+            router=router_name(i, routers),
             instance="0123456789ab",
             requests_total=total,
             window_requests=100,
@@ -129,7 +152,7 @@ def report_body(i: int, routers: int, total: int) -> bytes:
 
 
 async def post_reports(
-    url: str, routers: int, count: int, pace_per_s: float | None, pid: int
+    url: str, routers: int, count: int, pace_per_s: float | None, pid: int, auth: bool
 ) -> dict[str, float]:
     latencies: list[float] = []
     connector = aiohttp.TCPConnector(limit=16)
@@ -137,9 +160,10 @@ async def post_reports(
 
         async def one(i: int) -> None:
             started = time.perf_counter()
-            async with session.post(
-                url, data=report_body(i, routers, i), headers={"Content-Type": "application/json"}
-            ) as resp:
+            headers = {"Content-Type": "application/json"}
+            if auth:  # the router's token; the stand-in reviewer binds it to that router's pod
+                headers["Authorization"] = f"Bearer {router_name(i, routers)}"
+            async with session.post(url, data=report_body(i, routers, i), headers=headers) as resp:
                 await resp.read()
                 assert resp.status == 200, resp.status
             latencies.append(time.perf_counter() - started)
@@ -173,6 +197,36 @@ async def post_reports(
     }
 
 
+def measure_server(
+    n: int, auth: bool, args: Any, paces: dict[str, float | None], baseline: float
+) -> tuple[dict[str, dict[str, float]], float]:
+    """Part 2 on a fresh server process: (runs by load, CPU share of the fold alone)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(n), "auth" if auth else "none", str(REVIEW_RTT_S)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        url = f"http://127.0.0.1:{port}{REPORT_PATH}"
+        runs: dict[str, dict[str, float]] = {}
+        # The fold alone (every service, every second): what the server costs with no reports.
+        cpu0 = cpu_s(proc.pid)
+        time.sleep(args.http_seconds)
+        idle = (cpu_s(proc.pid) - cpu0) / args.http_seconds
+        print(f"{'TokenReview' if auth else 'no auth'}: idle (folding only) cpu share {idle:.3f}")
+        for name, pace in paces.items():
+            count = int((pace or baseline) * args.http_seconds)
+            runs[name] = asyncio.run(post_reports(url, 2 * n, count, pace, proc.pid, auth))
+            print(name, json.dumps({k: round(v, 3) for k, v in runs[name].items()}))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return runs, idle
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--services", type=int, default=1000)
@@ -186,33 +240,15 @@ def main() -> None:
     steady = simulate(n, args.seconds, 0.0, False, args.seed)
     bursty = simulate(n, args.seconds, 0.1, False, args.seed)
     print(f"part 1: baseline {baseline:.0f}/s, steady {steady:.0f}/s, 10% bursting {bursty:.0f}/s")
-
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(n)], stdout=subprocess.PIPE, text=True, cwd=ROOT
-    )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        url = f"http://127.0.0.1:{port}{REPORT_PATH}"
-        runs: dict[str, dict[str, float]] = {}
-        # The fold alone (every service, every second): what the server costs with no reports.
-        cpu0 = cpu_s(proc.pid)
-        time.sleep(args.http_seconds)
-        idle = (cpu_s(proc.pid) - cpu0) / args.http_seconds
-        print(f"idle (folding only): cpu share {idle:.3f}")
-        for name, pace in (
-            ("steady", steady),
-            ("10% bursting", bursty),
-            ("baseline (every interval)", baseline),
-            ("as fast as it goes (16 connections)", None),
-        ):
-            count = int((pace or baseline) * args.http_seconds)
-            runs[name] = asyncio.run(post_reports(url, 2 * n, count, pace, proc.pid))
-            print(name, json.dumps({k: round(v, 3) for k, v in runs[name].items()}))
-    finally:
-        proc.terminate()
-        proc.wait(10)
-    write(n, args, baseline, steady, bursty, runs, idle)
+    paces: dict[str, float | None] = {
+        "steady": steady,
+        "10% bursting": bursty,
+        "baseline (every interval)": baseline,
+        "as fast as it goes (16 connections)": None,
+    }
+    load_before = os.getloadavg()
+    measured = {auth: measure_server(n, auth, args, paces, baseline) for auth in (True, False)}
+    write(n, args, baseline, steady, bursty, measured, (load_before, os.getloadavg()))
 
 
 def write(
@@ -221,8 +257,8 @@ def write(
     baseline: float,
     steady: float,
     bursty: float,
-    runs: dict[str, dict[str, float]],
-    idle: float,
+    measured: dict[bool, tuple[dict[str, dict[str, float]], float]],
+    loads: tuple[tuple[float, float, float], tuple[float, float, float]],
 ) -> None:
     body = report_body(0, 2, 123456789)
     lines = [
@@ -245,17 +281,34 @@ def write(
         "",
         "## The operator's report server (real HTTP on loopback, one process)",
         "",
-        f"A report is {len(body)} bytes of JSON (an answer without a table 32 bytes).",
+        f"A report is {len(body)} bytes of JSON (an answer without a table 32 bytes). "
+        "With `TokenReview` (the chart's default, `operator.reports.authentication`) every "
+        f"report is authenticated: each of the {2 * n} routers sends its own bearer token, "
+        "reviewed once by the product's `TokenAuthenticator` (cached "
+        f"{REVIEW_TTL_S:.0f} s) through a stand-in reviewer that answers in "
+        f"{1000 * REVIEW_RTT_S:.0f} ms as the API server would, so the first run's reports pay "
+        "the reviews; `None` is the same server without it, measured right after on a fresh "
+        "process. Load average (1, 5, 15 min) before the two: "
+        + ", ".join(f"{x:.2f}" for x in loads[0])
+        + "; after: "
+        + ", ".join(f"{x:.2f}" for x in loads[1])
+        + " (other agents share the 2 cores: compare the rows of one run, not across runs).",
         "",
-        "| load | reports/s | p50 ms | p99 ms | server CPU per report (us) | server CPU share |",
-        "|---|---|---|---|---|---|",
-        f"| none (the per-second fold of {n} services only) | 0 | | | | {100 * idle:.1f}% |",
+        "| authentication | load | reports/s | p50 ms | p99 ms | server CPU per report (us) "
+        "| server CPU share |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, r in runs.items():
+    for auth, (runs, idle) in measured.items():
+        how = "TokenReview" if auth else "None"
         lines.append(
-            f"| {name} | {r['reports_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['cpu_us_per_report']:.0f} | {100 * r['cpu_share']:.0f}% |"
+            f"| {how} | none (the per-second fold of {n} services only) | 0 | | | | "
+            f"{100 * idle:.1f}% |"
         )
+        for name, r in runs.items():
+            lines.append(
+                f"| {how} | {name} | {r['reports_per_s']:.0f} | {r['p50_ms']:.2f} | "
+                f"{r['p99_ms']:.2f} | {r['cpu_us_per_report']:.0f} | {100 * r['cpu_share']:.0f}% |"
+            )
     lines += [
         "",
         "The server folds every second as the driver does (`RouterDemand.run`), so its CPU "
