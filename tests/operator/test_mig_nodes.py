@@ -5,6 +5,7 @@ of node steps, and which slices count. The kopf operator doing it on kmock is
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 from accordion.operator.api import DevicePool, parse_resource
@@ -18,8 +19,10 @@ from accordion.operator.mig import (
     node_actions,
     slice_device_pool,
     slice_devices,
+    with_in_service,
 )
-from accordion.solver.mig import layout_of, maximal_layouts, valid_layouts
+from accordion.solver import PoolSpec, Problem
+from accordion.solver.mig import MigSpec, layout_of, maximal_layouts, valid_layouts
 from accordion.solver.plan import GpuLayout, SlicePlacement
 
 SELECTOR = {"pool": "a100"}
@@ -230,3 +233,26 @@ def test_gpus_in_service_for_the_planner() -> None:
     assert in_service_layouts([pool()], nodes) == {
         "a100": [{"7g.80gb": 1}] * 2 + [{}] * 4 + [None] * 2
     }
+
+
+def test_targets_for_the_planner_are_the_plan_in_force() -> None:
+    """The control loop's hook gives the planner, per GPU, the layout the plan in force gives
+    it (`MigSpec.target`, the reference of the layout hysteresis): a drain under way toward
+    it is not cancelled for a small gain. GPUs the plan leaves out have none; without a plan
+    in force there is no target."""
+    nodes = [
+        node("n1", "all-7g.80gb", "success", {"7g.80gb": 2}),
+        node("n2", "all-7g.80gb", "success", {"7g.80gb": 2}, tainted=True),
+    ]
+    problem = Problem(
+        pools=[PoolSpec(name="a100", devices=4, mig=MigSpec(gpu_model="A100-80GB"))],
+        services=[],
+    )
+    in_force = SimpleNamespace(layouts=[gpu(0, **{"7g_80gb": 1}), gpu(2, **{"1g_10gb": 7})])
+    mig = with_in_service(problem, [pool()], nodes, in_force).pools[0].mig
+    assert mig is not None
+    assert mig.target == [{"7g.80gb": 1}, None, {"1g.10gb": 7}, None]
+    assert mig.in_service == [{"7g.80gb": 1}] * 2 + [{}] * 2
+    bare = with_in_service(problem, [pool()], nodes).pools[0].mig
+    assert bare is not None
+    assert bare.target is None

@@ -23,6 +23,7 @@ from accordion.solver import (
     ProfilePoint,
     ServiceSpec,
     VariantSpec,
+    migplan,
     plan,
 )
 from accordion.solver.mig import (
@@ -412,3 +413,130 @@ def test_a_gpu_in_service_serves_on_the_layout_it_has_until_relabelled() -> None
     assert {(r.pool, r.replicas) for r in result.rows} == {("a100/7g.80gb", 1)}
     as_planned = plan(_with_mig(problem, in_service=None))
     assert {r.pool for r in as_planned.rows} == {"a100/1g.10gb"}
+
+
+# ------------------------------------------------------------------ layout hysteresis
+
+
+def _mixed_services(scale: float) -> list[ServiceSpec]:
+    """Small, medium and large models whose best layouts shift as demand grows."""
+    every = ["1g.10gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"]
+
+    def svc(name: str, qps: float, batch1_s: float, profiles: list[str]) -> ServiceSpec:
+        return ServiceSpec(
+            name=name,
+            demand_qps=qps * scale,
+            slo_s=0.1,
+            variants=[
+                VariantSpec(
+                    name="v",
+                    accuracy=80,
+                    profiles={f"a100/{p}": _slice_profile(batch1_s, int(p[0])) for p in profiles},
+                )
+            ],
+        )
+
+    return [
+        *(svc(f"small{i}", 50 + 10 * i, 0.002, every) for i in range(5)),
+        *(svc(f"medium{i}", 150 + 30 * i, 0.003, every[1:]) for i in range(3)),
+        svc("large", 300, 0.004, every[2:]),
+    ]
+
+
+def _targets(result: Plan, gpus: int) -> list[dict[str, int] | None]:
+    out: list[dict[str, int] | None] = [None] * gpus
+    for gpu in result.layouts:
+        out[gpu.gpu] = dict(Counter(s.profile for s in gpu.slices))
+    return out
+
+
+def test_layouts_do_not_flip_under_a_steadily_rising_estimate() -> None:
+    """The demand estimate rises 3% a pass; each pass is planned with the plan in force's
+    layouts as targets (`MigSpec.target`), as the control loop does. Without the layout
+    hysteresis the served optimum moves every few passes and a GPU's target goes back and
+    forth (4g+3g -> 7g -> 4g+3g -> 3g+2x2g ...: a drain started and cancelled each time). With
+    it, a GPU that has a layout keeps it while the demand is served within the margin; GPUs
+    with none take layouts as the demand grows (that drains nothing)."""
+    gpus = 6
+    first = plan(
+        Problem(
+            pools=[PoolSpec(name="a100", devices=gpus, mig=MigSpec(gpu_model="A100-80GB"))],
+            services=_mixed_services(0.5),
+            settings=_SETTINGS,
+        )
+    )
+    current = [lay or {} for lay in _targets(first, gpus)]
+    target = _targets(first, gpus)
+    history = [target]
+    for k in range(1, 20):
+        services = _mixed_services(0.5 + 0.03 * k)
+        mig = MigSpec(gpu_model="A100-80GB", current=current, target=target)
+        result = plan(
+            Problem(
+                pools=[PoolSpec(name="a100", devices=gpus, mig=mig)],
+                services=services,
+                settings=_SETTINGS,
+            )
+        )
+        _check_layouts(
+            Problem(
+                pools=[PoolSpec(name="a100", devices=gpus, mig=mig)],
+                services=services,
+                settings=_SETTINGS,
+            ),
+            result,
+        )
+        demand = sum(s.demand_qps for s in services)
+        assert _served(result) >= (1 - migplan.LAYOUT_HYSTERESIS) * demand - 1e-6
+        target = _targets(result, gpus)
+        history.append(target)
+    relabels = [
+        (k, gpu)
+        for k in range(1, len(history))
+        for gpu in range(gpus)
+        if history[k - 1][gpu] is not None and history[k][gpu] != history[k - 1][gpu]
+    ]
+    assert relabels == [], history
+
+
+def test_a_large_gain_still_relabels() -> None:
+    """GPUs split into 1g slices, targets the same, and the demand is a large model that no
+    1g slice serves within its SLO: keeping the layouts serves nothing of it, far more than
+    the margin, so the GPUs are relabelled."""
+    large = _small_and_large(None).services[-1]
+    sevens = [{"1g.10gb": 7}] * 4
+    mig = MigSpec(gpu_model="A100-80GB", current=sevens, target=list(sevens))
+    result = plan(
+        Problem(
+            pools=[PoolSpec(name="a100", devices=4, mig=mig)], services=[large], settings=_SETTINGS
+        )
+    )
+    assert _served(result) == pytest.approx(300)
+    assert any(gpu.layout != "7x1g.10gb" for gpu in result.layouts)
+
+
+def test_a_reconfiguration_under_way_keeps_its_target() -> None:
+    """A GPU on its way to a new layout (target != current) keeps that target when the new
+    plan's layouts serve about as well as before: the drain is not cancelled."""
+    services = _mixed_services(1.0)
+    gpus = 6
+    first = plan(
+        Problem(
+            pools=[PoolSpec(name="a100", devices=gpus, mig=MigSpec(gpu_model="A100-80GB"))],
+            services=services,
+            settings=_SETTINGS,
+        )
+    )
+    target = _targets(first, gpus)
+    moving = next(g for g, lay in enumerate(target) if lay and lay != {"7g.80gb": 1})
+    current = [lay or {} for lay in target]
+    current[moving] = {"7g.80gb": 1}  # still the old layout: the relabel is under way
+    mig = MigSpec(gpu_model="A100-80GB", current=current, target=target)
+    again = plan(
+        Problem(
+            pools=[PoolSpec(name="a100", devices=gpus, mig=mig)],
+            services=_mixed_services(1.03),
+            settings=_SETTINGS,
+        )
+    )
+    assert _targets(again, gpus)[moving] == target[moving]

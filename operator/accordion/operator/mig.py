@@ -47,7 +47,9 @@ Replicas are planned on slices in service only (`in_service_layouts`, the planne
 its config's slices (the planned config, or the old one until its turn). Layouts are still
 planned for every GPU. So the step that taints a node also re-plans its work onto slices
 elsewhere, before step 2 deletes its workers (make before break), and no traffic waits for
-slices the MIG manager has not made.
+slices the MIG manager has not made. The same hook gives the planner the plan in force's layouts
+(`MigSpec.target`), the reference of its layout hysteresis (`migplan`): targets move only for a
+gain worth a drain, so a node is not drained and released again a pass later (flapping).
 
 Slack (`moves_freely`): while a node of the pool is out, another may start draining only when
 reconfiguring it costs no capacity: every Accordion worker on it (its profile read from the
@@ -358,10 +360,15 @@ def in_service_layouts(
 
 
 def with_in_service(
-    problem: Problem, pools: Iterable[DevicePool], nodes: Iterable[Mapping[str, Any]]
+    problem: Problem,
+    pools: Iterable[DevicePool],
+    nodes: Iterable[Mapping[str, Any]],
+    plan: Any = None,
 ) -> Problem:
     """`problem` with each MIG pool's `in_service` read from the Nodes (`in_service_layouts`):
-    the control loop's hook, so that replicas are planned on slices that exist."""
+    the control loop's hook, so that replicas are planned on slices that exist. With the plan
+    in force (`plan`), also each GPU's `target`, its layout there: the planner keeps those
+    targets unless other layouts gain more than its layout hysteresis (`migplan`)."""
     found = in_service_layouts(pools, nodes)
     if not found:
         return problem
@@ -371,7 +378,13 @@ def with_in_service(
         if spec.mig is None or now is None:
             out.append(spec)
             continue
-        mig = spec.mig.model_copy(update={"in_service": now[: spec.devices]})
+        update: dict[str, Any] = {"in_service": now[: spec.devices]}
+        if plan is not None:
+            planned = _planned(plan.layouts, spec.name)
+            update["target"] = [
+                dict(planned[gpu]) if gpu in planned else None for gpu in range(spec.devices)
+            ]
+        mig = spec.mig.model_copy(update=update)
         out.append(spec.model_copy(update={"mig": mig}))
     return problem.model_copy(update={"pools": out})
 

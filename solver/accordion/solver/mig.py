@@ -242,6 +242,13 @@ class MigSpec(BaseModel):
         "applied. Layouts are still chosen for all GPUs; replicas only on these slices "
         "(`migplan`).",
     )
+    target: list[dict[str, int] | None] | None = Field(
+        default=None,
+        description="Per GPU index, the layout the plan in force gives it (a reconfiguration "
+        "under way aims at it); None where there is none. The planner keeps these targets "
+        "unless other layouts serve more by `migplan.LAYOUT_HYSTERESIS` of the demand "
+        "(no flapping). None: the current layouts are the reference.",
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> MigSpec:
@@ -251,6 +258,7 @@ class MigSpec(BaseModel):
             ("layouts", list(enumerate(self.layouts or []))),
             ("current", list(enumerate(self.current))),
             ("in_service", [(i, c) for i, c in enumerate(self.in_service or []) if c is not None]),
+            ("target", [(i, c) for i, c in enumerate(self.target or []) if c is not None]),
         ):
             for i, counts in entries:
                 if any(n < 0 for n in counts.values()):

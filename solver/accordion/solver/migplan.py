@@ -13,6 +13,12 @@ on top of the usual model (`model`). That MILP is solved for the planner's first
 (served, then accuracy: the layouts serve what the whole-GPU plan serves, and more), then
 relabels as few GPUs as it can (relabelling drains a GPU), then uses as few GPUs as it can.
 
+Hysteresis (`LAYOUT_HYSTERESIS`, no flapping): after the served stage, the same stage is solved
+with every GPU held at its reference layout (its target in the plan in force, `MigSpec.target`,
+else its layout now; a GPU with none is free). When that serves at most the margin less, the
+reference stays for the later stages: layouts change only for a gain worth a drain, and a GPU
+whose target is still chosen keeps it (`assign`), so a drain under way is not cancelled.
+
 With the layout counts fixed, each sub-pool is an ordinary pool of fixed size, and the ordinary
 planner plans the whole problem (rounding, polishing, additions, cost, change): its plan is at
 least as good on served and accuracy as the layout MILP's, whose replicas fit those sub-pools.
@@ -47,6 +53,13 @@ from accordion.solver.problem import PoolSpec, Problem
 
 LAYOUT_TIME_SHARE = 0.5
 """Of the planner's time limit, the share the layout MILP may take; the rest plans replicas."""
+LAYOUT_HYSTERESIS = 0.05
+"""Layout hysteresis: the reference layouts (the plan in force's targets, `MigSpec.target`,
+else the current ones) are kept unless free layouts serve more by this share of the
+priority-weighted demand (the served stage's objective). Why: a relabel drains a GPU (its
+share of capacity is lost for the drain, the MIG manager's work and the start-ups), and under
+a demand estimate that rises every pass the served optimum moves every pass; without a margin
+the targets follow it and GPUs are drained and released again a pass later (flapping)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,9 @@ class _Group:
     layouts: tuple[Layout, ...]
     current: tuple[int, ...]
     """GPUs per allowed layout now."""
+    reference: tuple[int, ...] | None
+    """GPUs per allowed layout of the reference (`_reference`); None when some GPU's reference
+    layout is not allowed (no hysteresis then)."""
 
 
 def has_mig(problem: Problem) -> bool:
@@ -72,12 +88,33 @@ def _groups(problem: Problem) -> list[_Group]:
             continue
         layouts = pool.mig.allowed()
         now = [layout_of(c) for c in pool.mig.current]
+        ref = _reference(pool)
         groups.append(
             _Group(
-                pool, pool.mig, layouts, tuple(sum(1 for c in now if c == lay) for lay in layouts)
+                pool,
+                pool.mig,
+                layouts,
+                tuple(sum(1 for c in now if c == lay) for lay in layouts),
+                None
+                if any(lay and lay not in layouts for lay in ref)
+                else tuple(sum(1 for c in ref if c == lay) for lay in layouts),
             )
         )
     return groups
+
+
+def _reference(pool: PoolSpec) -> list[Layout]:
+    """Per GPU of a MIG pool, the layout the hysteresis keeps: its target in the plan in force
+    (`MigSpec.target`: a reconfiguration under way is not cancelled for a small gain), else its
+    layout now; () for a GPU with neither."""
+    assert pool.mig is not None
+    now = [layout_of(c) for c in pool.mig.current]
+    target = pool.mig.target or []
+    out: list[Layout] = []
+    for gpu in range(pool.devices):
+        aim = target[gpu] if gpu < len(target) else None
+        out.append(layout_of(aim) if aim is not None else now[gpu] if gpu < len(now) else ())
+    return out
 
 
 def expand(problem: Problem, counts: list[list[int]] | None = None) -> Problem:
@@ -211,6 +248,10 @@ def choose_layouts(problem: Problem, deadline: float) -> list[list[int]] | None:
         if outcome is None:
             break
         chosen = [[round(var.solution_value()) for var in ms] for ms in m]
+        if i == 0:
+            kept = _hysteresis(model, m, groups, chosen, outcome[0], deadline, len(stages))
+            if kept is not None:
+                chosen, outcome = kept
         if i == 1:
             model.keep_accuracy_per_service(model.solution())
         elif i + 1 < len(stages):
@@ -218,19 +259,55 @@ def choose_layouts(problem: Problem, deadline: float) -> list[list[int]] | None:
     return chosen
 
 
+def _hysteresis(
+    model: StagedModel,
+    m: list[list[pywraplp.Variable]],
+    groups: list[_Group],
+    free: list[list[int]],
+    served: float,
+    deadline: float,
+    stages: int,
+) -> tuple[list[list[int]], tuple[float, float, str]] | None:
+    """The layout hysteresis (`LAYOUT_HYSTERESIS`), after the served stage found `free`
+    serving `served`: serve with every GPU keeping its reference layout (GPUs with none may
+    take any: giving an unpartitioned GPU a layout drains nothing); when that serves at most
+    the margin less, those bounds stay for the later stages and (its layouts, outcome) is
+    returned; else None (the layouts are free again)."""
+    reference = [g.reference for g in groups]
+    if any(r is None for r in reference) or [list(r or ()) for r in reference] == free:
+        return None
+    terms = model.served_terms()
+    for ms, ref, group in zip(m, reference, groups, strict=True):
+        for var, n in zip(ms, ref or (), strict=True):
+            var.SetBounds(float(n), float(group.pool.devices))
+    now = time.perf_counter()
+    outcome = model.solve(
+        terms, True, now + (deadline - now) / stages, None, model.problem.settings.relative_gap
+    )
+    if outcome is not None and served - outcome[0] <= LAYOUT_HYSTERESIS * terms[2]:
+        return [[round(var.solution_value()) for var in ms] for ms in m], outcome
+    for ms, group in zip(m, groups, strict=True):
+        for var in ms:
+            var.SetBounds(0.0, float(group.pool.devices))
+    return None
+
+
 def assign(group_pool: PoolSpec, layouts: tuple[Layout, ...], counts: list[int]) -> list[GpuLayout]:
-    """Give each GPU of a MIG pool its layout: GPUs whose layout is still chosen keep it,
-    unpartitioned GPUs take the new ones before GPUs that must be relabelled."""
+    """Give each GPU of a MIG pool its layout: GPUs whose target in the plan in force is
+    still chosen keep it (a reconfiguration under way goes on), then GPUs whose layout now is
+    still chosen keep it, unpartitioned GPUs take the new ones before GPUs that must be
+    relabelled."""
     assert group_pool.mig is not None
     mig = group_pool.mig
     left = {layout: n for layout, n in zip(layouts, counts, strict=True) if n > 0}
     now = [layout_of(c) for c in mig.current]
     now += [()] * (group_pool.devices - len(now))
     given: dict[int, Layout] = {}
-    for gpu, layout in enumerate(now):
-        if left.get(layout, 0) > 0:
-            given[gpu] = layout
-            left[layout] -= 1
+    for keep in (_reference(group_pool), now):
+        for gpu, layout in enumerate(keep):
+            if gpu not in given and left.get(layout, 0) > 0:
+                given[gpu] = layout
+                left[layout] -= 1
     pending = [layout for layout in sorted(left, key=layout_name) for _ in range(left[layout])]
     order = sorted(
         (gpu for gpu in range(len(now)) if gpu not in given), key=lambda g: (now[g] != (), g)

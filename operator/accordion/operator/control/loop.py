@@ -451,7 +451,9 @@ class ControlLoop:
         )
         build.problem = idle_problem(build.problem, self.idle.idle_now)
         if world.nodes is not None:  # MIG GPUs out of service take no replicas (`mig`)
-            build.problem = with_in_service(build.problem, world.pools.values(), world.nodes)
+            build.problem = with_in_service(
+                build.problem, world.pools.values(), world.nodes, self.last_plan
+            )
         # Measured burstiness: capacity from the batching model (`burstiness`), for the
         # services that ask for it (spec.demand.capacityModel: Batching).
         batching = {
