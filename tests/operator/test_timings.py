@@ -49,3 +49,52 @@ async def test_resync_interval_is_read_from_the_configuration() -> None:
     # A failed pass asks for a retry after 1 s; nothing else wakes the driver here.
     assert await passes_in(0.2, 1.5) >= 2
     assert await passes_in(30.0, 1.5) == 0
+
+
+async def pass_delay(wake: str, debounce_s: float, min_pass_s: float) -> list[float]:
+    """Seconds from a wake to each pass of a driver (two wakes, the second at the first pass)."""
+    config = OperatorConfig(
+        watch_nodes=False,
+        resync_interval_s=60.0,
+        debounce_s=debounce_s,
+        min_pass_interval_s=min_pass_s,
+    )
+    driver = Driver(config=config, api_client=k8s.ApiClient())
+    loop = asyncio.get_running_loop()
+    woken = loop.time()
+    delays: list[float] = []
+    done = asyncio.Event()
+
+    def poke() -> None:
+        nonlocal woken
+        woken = loop.time()
+        driver.wake_for_demand() if wake == "demand" else driver.trigger()
+
+    async def reconcile_once() -> ReconcileResult:
+        delays.append(loop.time() - woken)
+        if len(delays) == 1:
+            poke()  # a second reading out of band right after the first pass
+        else:
+            done.set()
+        raise RuntimeError("not a real pass")
+
+    driver.reconcile_once = reconcile_once  # type: ignore[method-assign]
+    task = asyncio.create_task(driver.run())
+    await asyncio.sleep(0)
+    poke()
+    await asyncio.wait_for(done.wait(), 20)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return delays
+
+
+@pytest.mark.timeout(60)
+async def test_a_demand_pass_waits_for_no_quiet_time_only_for_the_pass_interval() -> None:
+    """A pass for demand that left its band is not debounced (a burst of watch events is): it
+    runs at once, and the next no sooner than `min_pass_interval_s` after it."""
+    first, second = await pass_delay("demand", debounce_s=3.0, min_pass_s=1.0)
+    assert first < 1.5  # the debounce would be 3 s
+    assert 0.9 <= second < 2.5  # the pass interval, not the debounce
+    watch_first, _ = await pass_delay("watch", debounce_s=1.0, min_pass_s=0.0)
+    assert watch_first >= 0.9  # watch events still settle for debounce_s

@@ -6,7 +6,9 @@ moment (`debounce_s`), builds the loop's `World` from the cache, and runs one pa
 control loop for the whole cluster (the planner is global: services share pools) with the
 `KubernetesActuator`. It also re-plans every `resync_interval_s` (the driver's own wait, read
 from the configuration, not at import), after a drain
-delay the loop asks for, and when a demand estimate leaves its plan's band.
+delay the loop asks for, and when a demand estimate leaves its plan's band: that pass waits for
+no quiet time, only for `min_pass_interval_s` since the last pass (a rise is what waiting
+costs; local mode and the simulator run demand passes the same way).
 
 Demand: with `report_port` the driver serves the routers' reports (`reports`: every router
 posts its arrivals about once a second; each second the driver folds each service's summed
@@ -50,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -231,6 +234,9 @@ class Driver:
             )
         self._tables: dict[str, tuple[Any, ServiceRouting]] = {}
         self._wake = asyncio.Event()
+        self._demand_due = False
+        """A demand reading left a service's band: the next pass waits for no quiet time."""
+        self._last_pass_at = -math.inf
 
     # -- inputs from kopf ----------------------------------------------------------------------
 
@@ -651,14 +657,10 @@ class Driver:
                 self._wake.clear()
                 requeue = None
                 continue
-            deadline = time.monotonic() + 4 * self.config.debounce_s
-            while self.config.debounce_s > 0 and time.monotonic() < deadline:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.config.debounce_s)
-                except TimeoutError:
-                    break
+            await self._settle()
             self._wake.clear()
+            self._demand_due = False
+            self._last_pass_at = time.monotonic()
             try:
                 result = await self.reconcile_once()
             except Exception:
@@ -669,6 +671,28 @@ class Driver:
             requeue = result.decision.requeue_after_s
             if result.failed:
                 requeue = min(requeue or 1.0, 1.0)
+
+    async def _settle(self) -> None:
+        """Before a pass: a burst of watch events is let settle (`debounce_s` of quiet, at most
+        four times that); a pass for demand that left its band waits for no quiet time (its
+        rise is the cost of waiting), only for `min_pass_interval_s` since the last pass, as
+        local mode and the simulator run it (`Timings`)."""
+        deadline = time.monotonic() + 4 * self.config.debounce_s
+        while not self._demand_due and self.config.debounce_s > 0 and time.monotonic() < deadline:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.debounce_s)
+            except TimeoutError:
+                break
+        if self._demand_due:
+            wait = self._last_pass_at + self.config.min_pass_interval_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    def wake_for_demand(self) -> None:
+        """A demand reading left a service's band: pass soon (`_settle`)."""
+        self._demand_due = True
+        self._wake.set()
 
     async def poll_demand(self) -> None:
         """Ask Prometheus every `demand_interval_s`; wake the loop when a service's estimate
@@ -681,7 +705,7 @@ class Driver:
                     services = self.reports.prometheus_services(services)
                 await self.demand.poll(services)
                 if self.loop.pass_due(world, self.demand_view(world)):
-                    self._wake.set()
+                    self.wake_for_demand()
             await asyncio.sleep(self.config.demand_interval_s)
 
     def fold_reports(self) -> None:
@@ -692,7 +716,7 @@ class Driver:
             world = self.world()
             self.reports.fold(world.services)
             if self.loop.pass_due(world, self.demand_view(world)):
-                self._wake.set()
+                self.wake_for_demand()
 
 
 # ------------------------------------------------------------------------------------- kopf
