@@ -21,9 +21,9 @@ settings; only the world and the actuator are simulated:
   least loaded replicas; a removed replica drains its queue before its device is free;
 * the activator: a request that finds no ready replica of its service is held by the router's
   own `Activator` (`accordion.sim.activator`), which wakes the operator at once (an immediate
-  demand report, as the router's `Reporter.wake`; the pass follows the operator's debounce, as
-  in `handlers.Driver.run`) and releases it when a replica of one of the
-  router's backends is ready (the router's health check), or drops it at its deadline;
+  demand report, as the router's `Reporter.wake`; the operator folds it within a quarter report
+  interval and passes at once, as `handlers.Driver` does) and releases it when a replica of one
+  of the router's backends is ready (the router's health check), or drops it at its deadline;
 * routing: the router's own `RoutingDecider` per service, fed the tables `desired.routing_table`
   builds (one backend per worker group, as the router sees a Kubernetes Service), picked up
   `ROUTER_RELOAD_S` after the loop applies them (the router re-reads its table file that often);
@@ -331,11 +331,12 @@ class LoopControl:
         )
         if self.loop.pass_due(self.world, self._view):
             # Demand passes wait for no quiet time (debounce is for bursts of watch events),
-            # only for the shortest interval between passes. A held request's wake sets the
-            # operator's event at once, and its pass follows the debounce
-            # (`accordion.operator.handlers.Driver.run`), whenever the last pass was.
-            if woken is not None:
-                self._request(self.timings.debounce_s)
+            # only for the shortest interval between passes; a wake from zero not even for
+            # that (`accordion.operator.handlers.Driver._settle`). The operator folds the
+            # held request's report within a quarter of the report interval
+            # (`reports.RouterDemand.run` on a surge), and passes then.
+            if woken is not None and self.loop.waking():
+                self._request(self.timings.demand_interval_s / 4)
             else:
                 self._request(self._last_pass_s + self.timings.min_pass_interval_s - now)
 

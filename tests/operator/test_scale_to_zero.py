@@ -82,6 +82,7 @@ async def test_scale_to_zero_after_the_idle_period_and_back_on_a_request() -> No
     # ... and none once 60 s have passed without a request: the pass is due at once.
     clock.t += 2
     assert loop.pass_due(world, demand) == [KEY]
+    assert loop.waking() == []  # going to zero is no cold start
     await settle(loop, world, demand, act)
     assert replicas(world) == 0
     assert world.status[KEY].scaled_to_zero is True
@@ -97,6 +98,7 @@ async def test_scale_to_zero_after_the_idle_period_and_back_on_a_request() -> No
     clock.t += 600
     demand = DemandView(qps={KEY: 0.5}, last_arrival_s={KEY: clock.t})
     assert loop.pass_due(world, demand) == [KEY]
+    assert loop.waking() == [KEY]  # requests wait in its activator: the driver passes at once
     await settle(loop, world, demand, act)
     assert replicas(world) == 1
     assert world.status[KEY].scaled_to_zero is False

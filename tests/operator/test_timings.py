@@ -98,3 +98,31 @@ async def test_a_demand_pass_waits_for_no_quiet_time_only_for_the_pass_interval(
     assert 0.9 <= second < 2.5  # the pass interval, not the debounce
     watch_first, _ = await pass_delay("watch", debounce_s=1.0, min_pass_s=0.0)
     assert watch_first >= 0.9  # watch events still settle for debounce_s
+
+
+@pytest.mark.timeout(60)
+async def test_a_wake_from_zero_does_not_wait_for_the_pass_interval() -> None:
+    """Requests held at zero replicas: the pass that starts a replica runs at once, even right
+    after another pass."""
+    config = OperatorConfig(watch_nodes=False, resync_interval_s=60.0, min_pass_interval_s=5.0)
+    driver = Driver(config=config, api_client=k8s.ApiClient())
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+    second = asyncio.Event()
+
+    async def reconcile_once() -> ReconcileResult:
+        times.append(loop.time())
+        if len(times) == 1:
+            driver.wake_for_demand(waking=True)
+        else:
+            second.set()
+        raise RuntimeError("not a real pass")
+
+    driver.reconcile_once = reconcile_once  # type: ignore[method-assign]
+    task = asyncio.create_task(driver.run())
+    driver.wake_for_demand()
+    await asyncio.wait_for(second.wait(), 20)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert times[1] - times[0] < 2.5  # the pass interval would hold it 5 s

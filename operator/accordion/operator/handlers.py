@@ -8,7 +8,8 @@ control loop for the whole cluster (the planner is global: services share pools)
 from the configuration, not at import), after a drain
 delay the loop asks for, and when a demand estimate leaves its plan's band: that pass waits for
 no quiet time, only for `min_pass_interval_s` since the last pass (a rise is what waiting
-costs; local mode and the simulator run demand passes the same way).
+costs; local mode and the simulator run demand passes the same way), and not even for that when
+a service at zero replicas has requests waiting (`ControlLoop.waking`: a cold start).
 
 Demand: with `report_port` the driver serves the routers' reports (`reports`: every router
 posts its arrivals about once a second; each second the driver folds each service's summed
@@ -237,6 +238,7 @@ class Driver:
         self._demand_due = False
         """A demand reading left a service's band: the next pass waits for no quiet time."""
         self._last_pass_at = -math.inf
+        self._waking = False
 
     # -- inputs from kopf ----------------------------------------------------------------------
 
@@ -659,7 +661,7 @@ class Driver:
                 continue
             await self._settle()
             self._wake.clear()
-            self._demand_due = False
+            self._demand_due = self._waking = False
             self._last_pass_at = time.monotonic()
             try:
                 result = await self.reconcile_once()
@@ -684,14 +686,17 @@ class Driver:
                 await asyncio.wait_for(self._wake.wait(), self.config.debounce_s)
             except TimeoutError:
                 break
-        if self._demand_due:
+        if self._demand_due and not self._waking:
             wait = self._last_pass_at + self.config.min_pass_interval_s - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
 
-    def wake_for_demand(self) -> None:
-        """A demand reading left a service's band: pass soon (`_settle`)."""
+    def wake_for_demand(self, waking: bool = False) -> None:
+        """A demand reading left a service's band: pass soon (`_settle`); `waking`: a service
+        at zero replicas has requests waiting in its routers (`ControlLoop.waking`), pass at
+        once."""
         self._demand_due = True
+        self._waking = self._waking or waking
         self._wake.set()
 
     async def poll_demand(self) -> None:
@@ -705,7 +710,7 @@ class Driver:
                     services = self.reports.prometheus_services(services)
                 await self.demand.poll(services)
                 if self.loop.pass_due(world, self.demand_view(world)):
-                    self.wake_for_demand()
+                    self.wake_for_demand(bool(self.loop.waking()))
             await asyncio.sleep(self.config.demand_interval_s)
 
     def fold_reports(self) -> None:
@@ -716,7 +721,7 @@ class Driver:
             world = self.world()
             self.reports.fold(world.services)
             if self.loop.pass_due(world, self.demand_view(world)):
-                self.wake_for_demand()
+                self.wake_for_demand(bool(self.loop.waking()))
 
 
 # ------------------------------------------------------------------------------------- kopf

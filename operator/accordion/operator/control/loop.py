@@ -349,6 +349,11 @@ class ControlLoop:
         # A service that went idle, or has a request again, is planned at once (scale to zero).
         return sorted({*due, *(self.idle.idle_now ^ self._planned_idle)})
 
+    def waking(self) -> list[str]:
+        """Services planned at zero replicas that have demand again, as of the last `pass_due`:
+        their requests wait in the routers' activators, so a driver plans for them at once."""
+        return sorted(self._planned_idle - self.idle.idle_now)
+
     def make_plan(self, world: World, demand: DemandView) -> tuple[Plan, bool, list[str]]:
         """The plan for the whole cluster; re-uses the last one when the problem is unchanged.
 
