@@ -62,7 +62,7 @@ from accordion.solver import (
 )
 from accordion.solver.capacity import batch_capacity
 from accordion.solver.mig import GPU_MODELS, MigSpec, layout_name, slice_pool
-from accordion.solver.migplan import expand
+from accordion.solver.migplan import LAYOUT_HYSTERESIS, expand
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "proteus"
@@ -400,7 +400,10 @@ def reconfiguration_lines(reconf_seconds: float) -> list[str]:
         "released when the MIG manager says success; another GPU joins it only when every worker "
         "on it has a free slice of its profile on a GPU in service that keeps its config; "
         "replicas are planned only on slices in service, `MigSpec.in_service`: a GPU drained "
-        "or being relabelled takes none, so its work is placed on slices elsewhere). "
+        "or being relabelled takes none, so its work is placed on slices elsewhere; layouts "
+        "have hysteresis, `migplan.LAYOUT_HYSTERESIS` "
+        f"= {LAYOUT_HYSTERESIS:.0%}: a GPU keeps its target in the plan in force, "
+        "`MigSpec.target`, unless free layouts serve more by that share of the demand). "
         f"The MIG manager takes {RECONFIGURE_S:.0f} s "
         "per relabel: ASSUMED, not measured (no GPU lent). Reference: the same run with a MIG "
         "manager that takes no time.",
