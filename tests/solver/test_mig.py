@@ -540,3 +540,18 @@ def test_a_reconfiguration_under_way_keeps_its_target() -> None:
         )
     )
     assert _targets(again, gpus)[moving] == target[moving]
+
+
+def test_a_service_starved_on_the_kept_layout_gets_slices() -> None:
+    """In overload, one 7g slice serves one of two small services and starves the other; 7x 1g
+    serve both, for about the same total QPS. The hysteresis judges the gain as the planner's
+    served objective does (its fair-share floor included), so the GPU is relabelled: a rule
+    counting only total QPS would keep a tenant at zero."""
+    small = [s.model_copy(update={"demand_qps": 5000}) for s in _small_and_large(None).services[:2]]
+    mig = MigSpec(gpu_model="A100-80GB", current=[{"7g.80gb": 1}], target=[{"7g.80gb": 1}])
+    result = plan(
+        Problem(
+            pools=[PoolSpec(name="a100", devices=1, mig=mig)], services=small, settings=_SETTINGS
+        )
+    )
+    assert all(s.served_qps > 0 for s in result.services), result.services

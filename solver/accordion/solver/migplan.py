@@ -55,8 +55,10 @@ LAYOUT_TIME_SHARE = 0.5
 """Of the planner's time limit, the share the layout MILP may take; the rest plans replicas."""
 LAYOUT_HYSTERESIS = 0.05
 """Layout hysteresis: the reference layouts (the plan in force's targets, `MigSpec.target`,
-else the current ones) are kept unless free layouts serve more QPS (priority-weighted) by this
-share of the priority-weighted demand. Why: a relabel drains a GPU (its
+else the current ones) are kept unless free layouts serve more by this share of the
+priority-weighted demand (the served stage's objective, its fair-share floor included: counted
+in total QPS alone, a relabel that lets a starved tenant be served at about the same total
+would never pass). Why: a relabel drains a GPU (its
 share of capacity is lost for the drain, the MIG manager's work and the start-ups), and under
 a demand estimate that rises every pass the served optimum moves every pass; without a margin
 the targets follow it and GPUs are drained and released again a pass later (flapping)."""
@@ -249,7 +251,7 @@ def choose_layouts(problem: Problem, deadline: float) -> list[list[int]] | None:
             break
         chosen = [[round(var.solution_value()) for var in ms] for ms in m]
         if i == 0:
-            kept = _hysteresis(model, m, groups, chosen, deadline, len(stages))
+            kept = _hysteresis(model, m, groups, chosen, outcome[0], deadline, len(stages))
             if kept is not None:
                 chosen, outcome = kept
         if i == 1:
@@ -264,19 +266,19 @@ def _hysteresis(
     m: list[list[pywraplp.Variable]],
     groups: list[_Group],
     free: list[list[int]],
+    served: float,
     deadline: float,
     stages: int,
 ) -> tuple[list[list[int]], tuple[float, float, str]] | None:
-    """The layout hysteresis (`LAYOUT_HYSTERESIS`), after the served stage found `free`: serve
-    with every GPU keeping its reference layout (GPUs with none may take any: giving an
-    unpartitioned GPU a layout drains nothing); when that serves at most the margin less
-    (priority-weighted QPS, `_served_qps`), those bounds stay for the later stages and (its
-    layouts, outcome) is returned; else None (the layouts are free again)."""
+    """The layout hysteresis (`LAYOUT_HYSTERESIS`), after the served stage found `free`
+    serving `served`: serve with every GPU keeping its reference layout (GPUs with none may
+    take any: giving an unpartitioned GPU a layout drains nothing); when that serves at most
+    the margin less, those bounds stay for the later stages and (its layouts, outcome) is
+    returned; else None (the layouts are free again)."""
     reference = [g.reference for g in groups]
     if any(r is None for r in reference) or [list(r or ()) for r in reference] == free:
         return None
     terms = model.served_terms()
-    gained = _served_qps(model)
     for ms, ref, group in zip(m, reference, groups, strict=True):
         for var, n in zip(ms, ref or (), strict=True):
             var.SetBounds(float(n), float(group.pool.devices))
@@ -284,23 +286,12 @@ def _hysteresis(
     outcome = model.solve(
         terms, True, now + (deadline - now) / stages, None, model.problem.settings.relative_gap
     )
-    if outcome is not None and gained - _served_qps(model) <= LAYOUT_HYSTERESIS * terms[2]:
+    if outcome is not None and served - outcome[0] <= LAYOUT_HYSTERESIS * terms[2]:
         return [[round(var.solution_value()) for var in ms] for ms in m], outcome
     for ms, group in zip(m, groups, strict=True):
         for var in ms:
             var.SetBounds(0.0, float(group.pool.devices))
     return None
-
-
-def _served_qps(model: StagedModel) -> float:
-    """Priority-weighted QPS served in the model's last solution: the gain a relabel is judged
-    on (the served stage's fair-share floor term, weighted FAIR_WEIGHT times, would make any
-    shortfall in overload look like a huge gain)."""
-    services = model.problem.services
-    return sum(
-        svc.priority * (svc.demand_qps - float(u.solution_value()))
-        for svc, u in zip(services, model.u, strict=True)
-    )
 
 
 def assign(group_pool: PoolSpec, layouts: tuple[Layout, ...], counts: list[int]) -> list[GpuLayout]:
