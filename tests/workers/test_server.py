@@ -224,7 +224,8 @@ async def test_readiness_is_answered_while_a_batch_runs_and_the_queue_is_full() 
                 assert worker.policy is not None
                 if worker.policy.queue_depth >= 8 and 503 in statuses:
                     break
-            assert worker.policy is not None and worker.policy.queue_depth >= 8
+            assert worker.policy is not None
+            assert worker.policy.queue_depth >= 8
             assert 503 in statuses  # saturated: what came on top of the full queue was shed
             answered_during_batch = []
             for _ in range(8):
