@@ -79,3 +79,20 @@ def test_in_lasting_overload_every_falling_estimate_follows_fast() -> None:
     assert falls(tracker, 30.0) == pytest.approx(100.0 * 0.5**0.1)
     tracker.plan_feedback({"ns/a": 200.0, "ns/b": 50.0}, {"ns/b"})
     assert falls(tracker, 40.0) == pytest.approx(100.0 * 0.5**0.1)
+
+
+def test_a_few_arrivals_in_a_very_short_window_are_no_surge() -> None:
+    """A wake that reports right after a reading counts over a millisecond or less: one to
+    three arrivals there are Poisson noise at 500 req/s, not a surge of thousands (the Gaussian
+    bound alone took 1 arrival in 0.1 ms as 10,000 req/s); a real step is still taken at once."""
+    for window_s, arrivals in ((0.0001, 1), (0.0001, 3), (0.001, 3), (0.01, 5)):
+        tracker = DemandEstimator()
+        for t in range(10):
+            tracker.observe(float(t), 500.0, capacity_qps=500.0)
+        estimate = tracker.observe(9.0 + window_s, arrivals / window_s, capacity_qps=500.0)
+        assert estimate < 520.0, (window_s, arrivals, estimate)
+        assert tracker.learned_burst() == 0.0
+    tracker = DemandEstimator()
+    for t in range(10):
+        tracker.observe(float(t), 150.0, capacity_qps=200.0)
+    assert tracker.observe(10.0, 1050.0, capacity_qps=200.0) == 1050.0  # 7x within a second

@@ -52,6 +52,17 @@ def counting_noise_qps(rate_qps: float, interval_s: float) -> float:
     return math.sqrt(max(rate_qps, 1.0) / max(interval_s, 1e-3))
 
 
+def surge_margin_qps(rate_qps: float, interval_s: float) -> float:
+    """How far a rate counted over `interval_s` must exceed `rate_qps` to be more than noise:
+    `SURGE_SIGMAS` standard deviations, plus `SURGE_SIGMAS` arrivals for the Poisson tail at
+    small counts (the Gaussian bound alone is crossed by 1-3 arrivals in a window of a
+    millisecond: a wake that reports right after a reading would set the estimate to
+    thousands of req/s)."""
+    window = max(interval_s, 1e-9)
+    noise = math.sqrt(max(rate_qps, 1.0) / window)
+    return SURGE_SIGMAS * noise + SURGE_SIGMAS / window
+
+
 @dataclass
 class DemandEstimator:
     """Asymmetric EWMA of one service's request rate, on an injected clock (seconds)."""
@@ -104,11 +115,11 @@ class DemandEstimator:
         keep: float = 0.5 ** (dt / half_life)
         estimate = keep * before + (1.0 - keep) * rate_qps
         if dt > 0:
-            excess = rate_qps - baseline - SURGE_SIGMAS * counting_noise_qps(baseline, dt)
+            excess = rate_qps - baseline - surge_margin_qps(baseline, dt)
             if excess > 0:
                 self.bursts.append((t_s, excess / max(baseline, 1.0)))
-            if capacity_qps is not None and rate_qps > capacity_qps + SURGE_SIGMAS * (
-                counting_noise_qps(capacity_qps, dt)
+            if capacity_qps is not None and rate_qps > capacity_qps + surge_margin_qps(
+                capacity_qps, dt
             ):
                 estimate = max(estimate, rate_qps)
         while self.bursts and self.bursts[0][0] < t_s - BURST_WINDOW_S:
