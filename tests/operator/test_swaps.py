@@ -16,7 +16,12 @@ from accordion.operator.control.loop import (
     RunningWorker,
     World,
 )
-from accordion.operator.control.swaps import DEFAULT_STARTUP_S, StartupMeter, swapped_replicas
+from accordion.operator.control.swaps import (
+    DEFAULT_STARTUP_S,
+    StartupMeter,
+    additions_only,
+    swapped_replicas,
+)
 
 from .test_loop import Clock, MemoryActuator, all_ready, key, pool, service
 
@@ -123,3 +128,15 @@ async def test_while_swaps_wait_the_free_devices_are_used_at_once() -> None:
     clock.t += 1.0
     await step(loop, world, act, 400.0)
     assert world.workers[key("small")].spec.replicas >= 2
+
+
+def test_additions_only_takes_no_device_of_a_pool_it_is_not_told_of() -> None:
+    """A row on a pool the device map does not name (a MIG slice profile the plan puts in
+    service) adds nothing while swaps wait; it used to raise KeyError and fail the pass."""
+    world, _, loop, _ = setup(devices=2)
+    old = loop.make_plan(world, DemandView(qps={SVC: 10.0}))[0]
+    row = old.rows[0]
+    moved = row.model_copy(update={"pool": "mig/3g.40gb", "replicas": row.replicas + 1})
+    new = old.model_copy(update={"rows": [*old.rows, moved]})
+    partial = additions_only(new, old, {"gpu": 2})
+    assert partial is None or "mig/3g.40gb" not in {r.pool for r in partial.rows}

@@ -140,7 +140,11 @@ def additions_only(new: Plan, old: Plan, devices: Mapping[str, int]) -> Plan | N
     added = False
     for r in sorted(new.rows, key=lambda r: -r.capacity_qps_per_replica):
         have = rows.get((r.service, r.variant, r.pool))
-        take = min(r.replicas - r.spare_replicas - (have.replicas if have else 0), free[r.pool])
+        # A pool `devices` does not name (a MIG slice profile the plan puts in service this
+        # pass) has no free device to add on.
+        take = min(
+            r.replicas - r.spare_replicas - (have.replicas if have else 0), free.get(r.pool, 0)
+        )
         if take <= 0:
             continue
         free[r.pool] -= take
