@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
@@ -25,6 +27,21 @@ def test_the_configuration_defaults_are_the_shared_timings() -> None:
     assert config.timings().resync_interval_s == 7.0
 
 
+@contextlib.asynccontextmanager
+async def running(
+    driver: Driver, reconcile_once: Callable[[], Coroutine[Any, Any, ReconcileResult]]
+) -> AsyncIterator[None]:
+    """The driver's loop in a task, with `reconcile_once` standing in for a pass."""
+    driver.reconcile_once = reconcile_once  # type: ignore[method-assign]
+    task = asyncio.create_task(driver.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def passes_in(resync_s: float, seconds: float) -> int:
     config = OperatorConfig(watch_nodes=False, resync_interval_s=resync_s, debounce_s=0.0)
     driver = Driver(config=config, api_client=k8s.ApiClient())
@@ -35,12 +52,8 @@ async def passes_in(resync_s: float, seconds: float) -> int:
         count += 1
         raise RuntimeError("not a real pass")  # the loop logs it and goes on
 
-    driver.reconcile_once = reconcile_once  # type: ignore[method-assign]
-    task = asyncio.create_task(driver.run())
-    await asyncio.sleep(seconds)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with running(driver, reconcile_once):
+        await asyncio.sleep(seconds)
     return count
 
 
@@ -78,14 +91,10 @@ async def pass_delay(wake: str, debounce_s: float, min_pass_s: float) -> list[fl
             done.set()
         raise RuntimeError("not a real pass")
 
-    driver.reconcile_once = reconcile_once  # type: ignore[method-assign]
-    task = asyncio.create_task(driver.run())
-    await asyncio.sleep(0)
-    poke()
-    await asyncio.wait_for(done.wait(), 20)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with running(driver, reconcile_once):
+        await asyncio.sleep(0)
+        poke()
+        await asyncio.wait_for(done.wait(), 20)
     return delays
 
 
@@ -118,11 +127,7 @@ async def test_a_wake_from_zero_does_not_wait_for_the_pass_interval() -> None:
             second.set()
         raise RuntimeError("not a real pass")
 
-    driver.reconcile_once = reconcile_once  # type: ignore[method-assign]
-    task = asyncio.create_task(driver.run())
-    driver.wake_for_demand()
-    await asyncio.wait_for(second.wait(), 20)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with running(driver, reconcile_once):
+        driver.wake_for_demand()
+        await asyncio.wait_for(second.wait(), 20)
     assert times[1] - times[0] < 2.5  # the pass interval would hold it 5 s
