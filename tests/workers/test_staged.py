@@ -112,41 +112,50 @@ def test_sequence_outputs_equal_running_each_alone(
 
 
 def test_decoder_kv_pool_any_subsets_equal_running_each_alone() -> None:
-    """The decoder's KV caches live in one pool: steps of arbitrary subsets of the requests
-    in flight (a gathered batch), requests moving to lower slots when others leave (packing),
-    the pool growing past its first slots, all give each request's tokens alone; every slot
-    is free again once they finished, and a state dropped mid-way gives its slot back."""
+    """The decoder keeps every request's KV cache in one pool: steps of arbitrary subsets of
+    the requests in flight (a gathered batch), requests moving to lower slots when others leave
+    (packing), the pool growing past its first slots, all give each request's tokens alone;
+    every slot is free again once they finished, a request in a slot used before starts
+    afresh, and a state dropped mid-way gives its slot back."""
     model = DecoderStaged()
+    pool = model.pool
     rng = np.random.default_rng(5)
     samples = [model.example(int(n), seed=i) for i, n in enumerate(rng.integers(3, 40, 20))]
     states = [model.begin(s) for s in samples]
     left = [model.steps(s) for s in samples]
-    first_slots = model.pool.kv.shape[2]
-    gathered = 0
+    first_slots = pool.data.shape[pool.dim]
+    gathered = moved = 0
     with torch.inference_mode():
         while any(left):
             live = [i for i in range(20) if left[i]]
-            chosen = sorted(
-                rng.choice(live, size=min(len(live), int(rng.integers(1, 9))), replace=False)
-            )
-            started = [states[i].slot.index for i in chosen if states[i].slot is not None]
-            gathered += len(started) > 1 and max(started) - min(started) >= len(started)
+            size = min(len(live), int(rng.integers(1, 9)))
+            chosen = sorted(rng.choice(live, size=size, replace=False))
+            before = {i: states[i].slot.index for i in chosen if states[i].slot is not None}
+            gathered += len(before) > 1 and not pool.neighbours(sorted(before.values()))
             model.run(0, [states[i] for i in chosen])
+            moved += any(states[i].slot.index not in (-1, before[i]) for i in before)
             for i in chosen:
                 left[i] -= 1
-    assert model.pool.kv.shape[2] > first_slots  # it grew: 20 requests held slots at once
+    capacity = pool.data.shape[pool.dim]
+    assert capacity > first_slots  # it grew: 20 requests held slots at once
     assert gathered > 0  # some steps' requests did not hold neighbouring slots
+    assert moved > 0  # some requests moved down when others left
     for i, sample in enumerate(samples):
         assert np.array_equal(model.finish(states[i]), model.alone(sample)), i
-    capacity = model.pool.kv.shape[2]
-    assert len(model.pool._free) == capacity  # every finished request gave its slot back
+    assert len(pool._free) == capacity  # every finished request gave its slot back
+    short = model.example(3, seed=99)
+    again = model.begin(short)  # in a slot the others used
+    with torch.inference_mode():
+        for _ in range(model.steps(short)):
+            model.run(0, [again])
+    assert np.array_equal(model.finish(again), model.alone(short))
     dropped = model.begin(samples[0])
     with torch.inference_mode():
         model.run(0, [dropped])
-    assert len(model.pool._free) == capacity - 1
+    assert len(pool._free) == capacity - 1
     del dropped
     gc.collect()
-    assert len(model.pool._free) == capacity
+    assert len(pool._free) == capacity
 
 
 @pytest.mark.parametrize("mode", ["node", "request-slo", "request-triton"])

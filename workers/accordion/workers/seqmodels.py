@@ -176,7 +176,7 @@ def _heads(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class _Slot:
-    """Where a request's keys and values live in the `_KvPool` (moved when the pool packs)."""
+    """Where a request's state lives in a `_SlotPool` (moved when the pool packs)."""
 
     __slots__ = ("index",)
 
@@ -184,40 +184,39 @@ class _Slot:
         self.index = index
 
 
-class _KvPool:
-    """The KV caches of every request in flight, in one tensor
-    ``[LAYERS, 2, slots, CONTEXT, WIDTH]``, one slot per request.
+class _SlotPool:
+    """The state of every request in flight (the decoder's KV caches) in one tensor, one slot
+    per request along dimension `dim` (`shape` at 8 slots; it doubles when full).
 
-    Why: a decoding step attends over the keys and values of every request of the batch. Kept
-    per request, each step copied every request's cache into a zeroed, padded batch tensor (two
-    Python-level copies per request and layer): the step grew with the batch times its longest
-    context, measured 10.9 ms at batch 32 and context 16 but 48 ms at context 256 on this
-    machine, and the copy, not the attention, was most of it. Here a step writes its new keys
-    and values in place (one indexed write per layer) and reads the batch's caches as a view
-    of the pool when its requests hold the slots ``0 .. b-1`` (the pool packs the requests of a
-    step into the lowest free slots, one copy per request when it moves), else by one gather.
+    Why: kept per request, the decoder copied each request's KV cache into a zeroed, padded
+    batch per layer and step (Python-level copies per request): its step grew with the batch
+    times its longest context (measured 3.15 ms at batch 32 with contexts up to 16, 7.78 ms
+    up to 256), the copying, not the attention, was most of it. In a pool a step writes its
+    new state in place and reads the batch's as a view when its requests hold neighbouring
+    slots (the pool packs a step's requests into the lowest free slots, one copy per request
+    that moves), else by one gather.
 
-    Slots are taken at a request's first step and given back when it finishes, or when its
+    Slots are taken at a request's first step and given back after its last, or when its
     state is garbage (a request dropped in flight): `weakref.finalize`. Thread-safe: states
     are made and dropped on the event loop's thread, steps run on the model thread."""
 
-    def __init__(self, slots: int = 8) -> None:
-        self.kv = torch.zeros(LAYERS, 2, slots, CONTEXT, WIDTH)
-        self._free = list(range(slots))  # a heap: the lowest free slot first
+    def __init__(self, shape: tuple[int, ...], dim: int) -> None:
+        self.dim = dim
+        self.data = torch.zeros(shape)
+        self._free = list(range(shape[dim]))  # a heap: the lowest free slot first
         self._lock = threading.Lock()
 
     @property
     def slot_bytes(self) -> int:
-        return 4 * LAYERS * 2 * CONTEXT * WIDTH
+        return self.data.element_size() * self.data.numel() // self.data.shape[self.dim]
 
     def take(self, owner: object) -> _Slot:
         with self._lock:
-            if not self._free:  # grow: twice the slots, the caches kept
-                old = self.kv.shape[2]
+            if not self._free:  # grow: twice the slots, the states kept
+                old = self.data.shape[self.dim]
                 with torch.inference_mode(False):  # usable in and out of inference mode
-                    grown = torch.zeros(LAYERS, 2, 2 * old, CONTEXT, WIDTH)
-                    grown[:, :, :old] = self.kv
-                self.kv = grown
+                    grown = torch.cat([self.data, torch.zeros_like(self.data)], self.dim)
+                self.data = grown
                 self._free = list(range(old, 2 * old))
             slot = _Slot(heapq.heappop(self._free))
         weakref.finalize(owner, self._give, slot)
@@ -230,21 +229,27 @@ class _KvPool:
                 slot.index = -1
 
     def release(self, slot: _Slot) -> None:
-        """The request finished: its slot is free (idempotent, as is its finalizer)."""
+        """The request is done with its state: its slot is free (idempotent, as is its
+        finalizer)."""
         self._give(slot)
 
     def pack(self, slots: Sequence[_Slot], used: Sequence[int]) -> None:
-        """Move the given requests to lower free slots while there are any (`used[i]`:
-        positions of `slots[i]` that hold keys and values)."""
+        """Move the given requests to lower free slots while there are any (`used[i]`: how
+        much of `slots[i]` along the next dimension holds state)."""
         with self._lock:
             for k in sorted(range(len(slots)), key=lambda i: -slots[i].index):
                 if not self._free or self._free[0] > slots[k].index:
                     break
                 target = heapq.heappop(self._free)
-                source, n = slots[k].index, used[k]
-                self.kv[:, :, target, :n] = self.kv[:, :, source, :n]
-                heapq.heappush(self._free, source)
+                src = self.data.select(self.dim, slots[k].index).narrow(self.dim, 0, used[k])
+                self.data.select(self.dim, target).narrow(self.dim, 0, used[k]).copy_(src)
+                heapq.heappush(self._free, slots[k].index)
                 slots[k].index = target
+
+    @staticmethod
+    def neighbours(slots: Sequence[int]) -> bool:
+        """`slots` (sorted) are neighbours: the pool narrowed to them is their batch."""
+        return list(slots) == list(range(slots[0], slots[0] + len(slots)))
 
 
 @dataclass
@@ -259,7 +264,7 @@ class _DecoderState:
 
 class DecoderStaged(StagedModel):
     """The decoder as one cell: a step feeds one token of every running request, its KV cache
-    (a slot of the model's `_KvPool`) grows by one position; a request's steps are prompt +
+    (a slot of the model's `_SlotPool`) grows by one position; a request's steps are prompt +
     generated - 1."""
 
     stages = 1
@@ -271,7 +276,7 @@ class DecoderStaged(StagedModel):
         self.module = module
         self.input_shape = (-1,)
         self.datatype = "INT64"
-        self.pool = _KvPool()
+        self.pool = _SlotPool((LAYERS, 2, 8, CONTEXT, WIDTH), 2)
 
     @staticmethod
     def _split(sample: npt.NDArray[np.generic]) -> tuple[list[int], int]:
@@ -314,16 +319,16 @@ class DecoderStaged(StagedModel):
         x = m.tokens(torch.tensor([s.next_token for s in order])) + m.positions(positions)
         longest = int(positions.max()) + 1
         mask = (torch.arange(longest).unsqueeze(0) <= positions.unsqueeze(1)).view(b, 1, 1, longest)
-        packed = slots == list(range(slots[0], slots[0] + b))
         index = torch.tensor(slots)
+        view = pool.neighbours(slots)
         hd = WIDTH // HEADS
         for layer, block in enumerate(m.blocks):
             assert isinstance(block, _Block)
             q, k, v = block.qkv(block.ln1(x)).split(WIDTH, dim=1)
-            cache = pool.kv[layer]
+            cache = pool.data[layer]  # [2, slots, CONTEXT, WIDTH]
             cache[0, index, positions] = k
             cache[1, index, positions] = v
-            if packed:  # a view: nothing copied
+            if view:  # nothing copied
                 keys = cache[0, slots[0] : slots[0] + b, :longest]
                 values = cache[1, slots[0] : slots[0] + b, :longest]
             else:
