@@ -124,3 +124,39 @@ async def test_load_generator_against_a_worker() -> None:
     summary = report.summary()
     assert summary["p50_ms"] <= summary["p99_ms"]
     assert summary["goodput_qps"] > 100
+
+
+async def test_the_load_generator_records_when_requests_actually_left() -> None:
+    """An open-loop generator that falls behind (here: its event loop blocked for 0.2 s by the
+    first request's arrival) sends late; the report says when each request left, the arrivals
+    the server saw, not the schedule."""
+    import asyncio
+    import time
+
+    from aiohttp import web
+
+    first = asyncio.Event()
+
+    async def infer(request: web.Request) -> web.Response:
+        first.set()
+        return web.json_response({"outputs": []})
+
+    async def block_the_loop() -> None:
+        await first.wait()
+        time.sleep(0.2)  # noqa: ASYNC251 - the point: a busy generator
+
+    app = web.Application()
+    app.router.add_post("/v2/models/m/infer", infer)
+    schedule = [0.0, 0.05, 0.055, 0.06, 0.3]
+    async with TestServer(app) as server:
+        url = str(server.make_url("")).rstrip("/")
+        blocker = asyncio.create_task(block_the_loop())
+        report = await run_load(url, "m", schedule, slo_ms=1000.0, body=b"{}")
+        await blocker
+    assert report.failed == 0
+    assert report.scheduled_s == schedule
+    late = [s - t for s, t in zip(report.sent_at_s, schedule, strict=True)]
+    assert min(late) > -1e-3  # never before its time
+    assert max(late[1:4]) > 0.1  # those due while the loop was blocked left after it
+    assert report.lateness_ms(100) == pytest.approx(max(late) * 1000.0)
+    assert report.summary()["send_late_p99_ms"] > 0.0

@@ -91,6 +91,19 @@ class LoadReport:
     duration_s: float
     latencies_s: list[float] = field(repr=False)
     statuses: dict[int, int] = field(default_factory=dict)
+    sent_at_s: list[float] = field(default_factory=list, repr=False)
+    """Each request's offset from the start when it actually left, in schedule order: on a
+    busy machine the generator falls behind its schedule (most in bursts), and these are the
+    arrivals the server saw (`lateness_ms`)."""
+    scheduled_s: list[float] = field(default_factory=list, repr=False)
+    """The schedule's offsets, in the same order."""
+
+    def lateness_ms(self, q: float) -> float:
+        """The `q`th percentile of how late requests left against their schedule."""
+        if not self.sent_at_s:
+            return math.nan
+        late = np.asarray(self.sent_at_s) - np.asarray(self.scheduled_s)
+        return float(np.percentile(late, q) * 1000.0)
 
     @property
     def attainment(self) -> float:
@@ -121,6 +134,7 @@ class LoadReport:
             "p50_ms": round(self.percentile_ms(50), 2),
             "p90_ms": round(self.percentile_ms(90), 2),
             "p99_ms": round(self.percentile_ms(99), 2),
+            "send_late_p99_ms": round(self.lateness_ms(99), 2),
         }
 
 
@@ -210,8 +224,11 @@ async def run_load(
             headers[BINARY_HEADER] = str(binary_header_length)
         loop = asyncio.get_running_loop()
 
-        async def one() -> None:
+        sent_at = [math.nan] * len(schedule)
+
+        async def one(index: int) -> None:
             start = loop.time()
+            sent_at[index] = start - begin
             try:
                 async with session.post(url, data=payload, headers=headers) as resp:
                     await resp.read()
@@ -228,11 +245,11 @@ async def run_load(
 
         tasks: list[asyncio.Task[None]] = []
         begin = loop.time()
-        for offset in schedule:
+        for index, offset in enumerate(schedule):
             delay = begin + offset - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
+            tasks.append(asyncio.create_task(one(index)))
         duration = max(schedule[-1] if schedule else 0.0, loop.time() - begin)
         if tasks:
             await asyncio.gather(*tasks)
@@ -244,4 +261,6 @@ async def run_load(
         duration_s=duration,
         latencies_s=latencies,
         statuses=statuses,
+        sent_at_s=sent_at,
+        scheduled_s=schedule,
     )
