@@ -105,6 +105,14 @@ def gru_lengths(n: int, seed: int) -> list[int]:
     return [int(x) for x in np.clip(np.round(rng.lognormal(np.log(40), 1.1, n)), 2, 768)]
 
 
+def decoder_lengths(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt and output lengths (tokens) of `n` decoder-tiny requests: lognormal, median 16
+    (sigma 0.6, 1..128) and median 24 (sigma 1.1, 1..384)."""
+    prompts = np.clip(np.round(rng.lognormal(np.log(16), 0.6, n)), 1, 128).astype(int)
+    outputs = np.clip(np.round(rng.lognormal(np.log(24), 1.1, n)), 1, 384).astype(int)
+    return prompts, outputs
+
+
 def poisson(rate: float, duration_s: float, seed: int) -> list[float]:
     rng = random.Random(seed)
     t, out = 0.0, list[float]()
@@ -503,8 +511,7 @@ def main() -> None:
         }
     if "dec" in parts:
         rng = np.random.default_rng(9)
-        prompts = np.clip(np.round(rng.lognormal(np.log(16), 0.6, 400)), 1, 128).astype(int)
-        outputs = np.clip(np.round(rng.lognormal(np.log(24), 1.1, 400)), 1, 384).astype(int)
+        prompts, outputs = decoder_lengths(rng, 400)
         bodies = [
             binary_body(np.concatenate([rng.integers(1, 256, p), np.zeros(o, np.int64)]), "INT64")
             for p, o in zip(prompts, outputs, strict=True)
