@@ -76,6 +76,25 @@ def model_table(data: dict[str, Any]) -> list[str]:
         if overhead:
             row += f" {ms(r['device_only_p99_ms'])} | {r['device_only_error_vs_worker']:+.1%} |"
         out.append(row)
+    if data["rows"] and "send_late_ms" in data["rows"][0]:
+        out += [
+            "",
+            "The arrivals each row was measured on (the requests' actual send times, which the "
+            "simulator and the model are fed), and the worker's own batches in the row:",
+            "",
+            "| arrivals | rate (req/s) | scheduled dispersion / cv2 | sent dispersion / cv2 "
+            "| sends late p50 / p99 / max (ms) | worker's mean batch | its execution (ms) "
+            "| profile's p50 there (ms) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in data["rows"]:
+            late = " / ".join(f"{v:.1f}" for v in r["send_late_ms"])
+            out.append(
+                f"| {r['arrivals']} | {r['rate_qps']:.0f} "
+                f"| {r['scheduled_dispersion']:.2f} / {r['scheduled_cv2']:.3f} "
+                f"| {r['dispersion']:.2f} / {r['cv2']:.3f} | {late} | {r['worker_batch']:.2f} "
+                f"| {r['worker_execution_ms']:.2f} | {r['profile_execution_ms']:.2f} |"
+            )
     return out
 
 
@@ -172,8 +191,9 @@ def main() -> None:
             )
             + "."
             + (
-                " Per-request overhead of the HTTP path (`profiler.measure_overhead`, same "
-                f"worker): fixed {o['fixed']:.2f} ms, per request {o['per_request']:.2f} ms "
+                " Overhead of the HTTP path (`profiler.measure_overhead`, same "
+                f"worker): fixed {o['fixed']:.2f} ms, per request {o['per_request']:.2f} ms, "
+                f"per batch {o.get('per_batch', 0.0):.2f} ms "
                 f"(lone request {o['lone_latency']:.2f} ms, its execution "
                 f"{o['lone_execution']:.2f} ms; saturated {o['saturated_qps']:.0f} req/s at "
                 f"batches of {o['saturated_batch']:.1f})."

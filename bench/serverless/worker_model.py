@@ -9,14 +9,18 @@ phases at gamma-distributed levels around the mean) and each of 3+ rates:
   latency (the client's view: HTTP and decoding included);
 * **simulator**: the same batcher replayed on simulated time (`batching.replay`, as the
   simulator's replicas run it) with execution times drawn from the same profile
-  (`engine.dist_quantile`), the same schedule;
+  (`engine.dist_quantile`), on the arrivals the worker saw: each request's actual send time
+  (`LoadReport.sent_at_s`; the generator shares the machine, so how late it sent against the
+  schedule is reported per row, `send_late_ms`: p50, p99, max);
 * **model**: `queueing.latency_quantile_s` from the profile ``accordion profile`` measured at the
-  start of the run, at the schedule's rate and the burstiness the router's own meter
-  (`dispersion.DispersionMeter`) reads from the schedule; once from the profile alone (the
-  device's work) and once with the per-request overhead of the worker's HTTP path
-  (`profiler.measure_overhead`, measured on the same worker before the runs: a lone request's
-  round trip beyond its execution, and the work per request a saturated worker's batches wait
-  for); the simulator's replay gets the same overhead.
+  start of the run, at the sent arrivals' rate and the burstiness the router's own meter
+  (`dispersion.DispersionMeter`) reads from them; once from the profile alone (the device's
+  work) and once with the overhead of the worker's HTTP path (`profiler.measure_overhead`,
+  measured on the same worker before the runs from the profile: a lone batch's execution in
+  service beyond the profile's, per batch; a lone request's round trip beyond its execution;
+  the work per request a saturated worker's batches wait for); the simulator's replay gets the
+  same overhead. Each row also gives the worker's own mean batch and execution in that run
+  against the profile's at that size (how far the device ran from what the model assumed).
 
 Run: ``flock /tmp/accordion-heavy.lock .venv/bin/python bench/serverless/worker_model.py``
 (writes bench/results/serverless_model.json, read by report.py).
@@ -48,7 +52,7 @@ from accordion.solver.queueing import RequestOverhead, latency_quantile_s
 from accordion.workers.batching import LatencyPredictor, Request, SloBatcher, replay
 from accordion.workers.dispersion import BIN_S, DispersionMeter
 from accordion.workers.loadgen import build_body, poisson_schedule, run_load
-from accordion.workers.profiler import measure_overhead
+from accordion.workers.profiler import batch_counters, measure_overhead
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 WORKER = [sys.executable, "-m", "accordion.workers"]
@@ -90,6 +94,19 @@ def burstiness(schedule: list[float]) -> tuple[float, float]:
     return dispersion, max(0.0, dispersion - 1.0) / (rate * BIN_S)
 
 
+def worker_counters(url: str) -> np.ndarray:
+    """The worker's (batches, requests in them, execution seconds) so far, from /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        counters = batch_counters(resp.read().decode())
+    return np.array(
+        [
+            counters.get("accordion_worker_batch_size_count", 0.0),
+            counters.get("accordion_worker_batch_size_sum", 0.0),
+            counters.get("accordion_worker_execution_latency_seconds_sum", 0.0),
+        ]
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -126,7 +143,8 @@ def simulated_p99(
     def execution_s(b: int) -> float:
         p50 = float(np.interp(b, sizes, [p.p50_s for p in points]))
         p90 = float(np.interp(b, sizes, [p.p90_s or p.p50_s for p in points]))
-        return dist_quantile(p50, p90, rng.random()) + b * overhead.per_request_s
+        extra = overhead.per_batch_s + b * overhead.per_request_s
+        return dist_quantile(p50, p90, rng.random()) + extra
 
     requests = [Request(i, a, a + 10.0) for i, a in enumerate(schedule)]
     predictor = LatencyPredictor({p.batch_size: p.p50_s for p in points})
@@ -181,7 +199,9 @@ def main() -> None:
         )
         print("overhead", measured_overhead, flush=True)
         overhead = RequestOverhead(
-            fixed_s=measured_overhead.fixed_s, per_request_s=measured_overhead.per_request_s
+            fixed_s=measured_overhead.fixed_s,
+            per_request_s=measured_overhead.per_request_s,
+            per_batch_s=measured_overhead.per_batch_s,
         )
         # Rates as fractions of what the worker's HTTP path answered saturated, measured now
         # (the profile's cap / p50(cap) is the device's alone: rates near it overload the path,
@@ -196,18 +216,36 @@ def main() -> None:
                 schedule = poisson_schedule(rate, args.duration_s, seed)
             else:
                 schedule = bursty_schedule(rate, BURST_CV2, args.duration_s, seed)
-            dispersion, cv2 = burstiness(schedule)
-            offered = len(schedule) / args.duration_s
+            before = worker_counters(url)
             report = asyncio.run(run_load(url, MODEL, schedule, slo_ms=10000.0, body=body))
+            batches, batched, executed = worker_counters(url) - before
+            # The arrivals the worker saw: when each request left, not when it was due (the
+            # generator shares the machine and falls behind in bursts); the router's meter
+            # would count these.
+            sent = sorted(report.sent_at_s)
+            dispersion, cv2 = burstiness(sent)
+            scheduled_dispersion, scheduled_cv2 = burstiness(schedule)
+            offered = len(sent) / args.duration_s
             measured = report.percentile_ms(99)
             device_only = latency_quantile_s(points, CAP, offered, cv2, 0.99) * 1000.0
             predicted = latency_quantile_s(points, CAP, offered, cv2, 0.99, overhead) * 1000.0
-            simulated = simulated_p99(points, schedule, seed, overhead) * 1000.0
+            simulated = simulated_p99(points, sent, seed, overhead) * 1000.0
             row = {
                 "arrivals": kind,
                 "rate_qps": round(offered, 1),
                 "dispersion": round(dispersion, 3),
                 "cv2": round(cv2, 4),
+                "scheduled_dispersion": round(scheduled_dispersion, 3),
+                "scheduled_cv2": round(scheduled_cv2, 4),
+                "send_late_ms": [round(report.lateness_ms(q), 2) for q in (50, 99, 100)],
+                # The worker's own batches in the run (its execution metric: the device's
+                # part, without the event loop's), against the profile's p50 at that mean
+                # size; the model adds `per_batch` to it.
+                "worker_batch": round(batched / batches, 2),
+                "worker_execution_ms": round(executed / batches * 1e3, 2),
+                "profile_execution_ms": round(
+                    float(np.interp(batched / batches, SIZES, [p.p50_s for p in points])) * 1e3, 2
+                ),
                 "measured_p99_ms": round(measured, 2),
                 "simulated_p99_ms": round(simulated, 2),
                 "predicted_p99_ms": round(predicted, 2) if math.isfinite(predicted) else None,
@@ -233,6 +271,7 @@ def main() -> None:
                 "overhead_ms": {
                     "fixed": round(overhead.fixed_s * 1e3, 3),
                     "per_request": round(overhead.per_request_s * 1e3, 3),
+                    "per_batch": round(overhead.per_batch_s * 1e3, 3),
                     "lone_latency": round(measured_overhead.lone_latency_s * 1e3, 3),
                     "lone_execution": round(measured_overhead.lone_execution_s * 1e3, 3),
                     "saturated_qps": round(measured_overhead.saturated_qps, 1),

@@ -27,10 +27,13 @@ settles within each rate level, which holds when bursts last many batches). A pe
 taken over requests, so each rate level weighs by its rate. Splitting a stream among replicas
 keeps the modulation, so cv2 holds per replica as well (`Burstiness.rate_cv2`).
 
-Per-request work outside the device (`RequestOverhead`): a worker reached over HTTP spends, per
-request, time the execution profile does not see: parsing and answering it on the event loop
-(CPU the batch's execution shares: it stretches a batch of b by b times `per_request_s`) and the
-round trip itself (latency only: `fixed_s`). Both are measured through the worker's HTTP path
+Work outside the profile (`RequestOverhead`): a worker reached over HTTP spends time the
+execution profile does not see: parsing and answering each request on the event loop (CPU the
+batch's execution shares: it stretches a batch of b by b times `per_request_s`), the round trip
+itself (latency only: `fixed_s`), and per batch, an execution in service slower than the
+profile's back-to-back repeats (`per_batch_s`: a batch of one took 8.3 ms in the worker against
+the profile's 6.7 ms; a CPU model streams its weights once per batch, and in service other work
+between batches has taken the caches). All are measured through the worker's HTTP path
 (`accordion.workers.profiler.measure_overhead`); without them the model predicted 16-50% below a
 real worker's p99 (bench/results/serverless.md).
 
@@ -75,6 +78,8 @@ class RequestOverhead:
     """Added to every request's latency, not to the device's work (the HTTP round trip)."""
     per_request_s: float = 0.0
     """Added to a batch's execution per request in it (parsing and answering it)."""
+    per_batch_s: float = 0.0
+    """Added to every batch's execution (a batch in service runs slower than the profile's)."""
 
 
 @dataclass(frozen=True)
@@ -95,11 +100,14 @@ class Execution:
 
     @staticmethod
     def of(
-        points: tuple[tuple[int, float, float, float], ...], cap: int, per_request_s: float = 0.0
+        points: tuple[tuple[int, float, float, float], ...],
+        cap: int,
+        per_request_s: float = 0.0,
+        per_batch_s: float = 0.0,
     ) -> Execution:
         """From profile points (batch size, p50, p90, p99 in seconds), interpolated linearly in
         the batch size (extrapolated with the last slope, as the worker does), each batch of b
-        stretched by b * `per_request_s` (`RequestOverhead`)."""
+        stretched by `per_batch_s` + b * `per_request_s` (`RequestOverhead`)."""
         sizes = np.array([p[0] for p in points], dtype=float)
         b = np.arange(1, cap + 1, dtype=float)
 
@@ -115,7 +123,7 @@ class Execution:
         p90 = np.maximum(p90, p50)
         p99 = np.maximum(p99, p90)
         values = np.stack([p50, (p50 + p90) / 2, (p90 + p99) / 2, p99], axis=1)
-        values = values + (b * per_request_s)[:, None]
+        values = values + (per_batch_s + b * per_request_s)[:, None]
         probs = np.array([0.5, 0.4, 0.09, 0.01])
         return Execution(mean_s=values @ probs, values_s=values, probs=probs)
 
@@ -356,7 +364,7 @@ def latency_quantile_s(
     the planner asks `max_rate_qps`), with the per-request `overhead` of the path measured
     (none: the device's alone). Infinite when the device cannot keep up."""
     extra = overhead or RequestOverhead()
-    ex = Execution.of(profile_key(points), cap, extra.per_request_s)
+    ex = Execution.of(profile_key(points), cap, extra.per_request_s, extra.per_batch_s)
     g, p = _rate_phases(cv2, QUANTILE_PHASE_NODES)
     top = float(ex.values_s[cap - 1, -1])
     xs = np.linspace(0.0, top * 12, 1200)

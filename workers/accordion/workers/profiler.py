@@ -82,6 +82,9 @@ class Overhead:
     per_request_s: float
     """Work per request the device's batches wait for (parsing and answering on the worker's
     event loop), from a saturated worker."""
+    per_batch_s: float
+    """How much longer a batch runs in service than the profile says, per batch (from lone
+    requests; zero without a profile to compare with)."""
     lone_latency_s: float
     """Mean latency of a lone request, as the client saw it."""
     lone_execution_s: float
@@ -92,7 +95,7 @@ class Overhead:
     """Mean batch size then."""
 
 
-def _worker_counters(text: str) -> dict[str, float]:
+def batch_counters(text: str) -> dict[str, float]:
     """The worker's batch counters from its /metrics text (summed over labels)."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -131,9 +134,12 @@ async def measure_overhead(
     `saturate_s`: the time per batch beyond its execution, per request in it, is the work
     the device's batches wait for (zero where the device is the bottleneck); the rest of the
     lone overhead is latency only. With `profile_s` (batch size -> the profile's execution
-    time), a batch's execution under saturation is the profile's at the mean batch size, so
-    that a device slowed by the path's own CPU use counts as overhead too: the model starts
-    from the profile."""
+    time) the split starts from the profile, as the model does: a lone batch's execution beyond
+    the profile's batch of one is `per_batch_s` (the worker's batches run slower in service
+    than the profile's back-to-back repeats), and a saturated batch's execution is the
+    profile's at the mean batch size plus that, so that a device slowed by the path's own CPU
+    use counts as overhead too. The model then gives a lone request the latency measured, and
+    a saturated worker the throughput measured."""
     import asyncio
 
     import aiohttp
@@ -147,7 +153,7 @@ async def measure_overhead(
 
         async def counters() -> dict[str, float]:
             async with session.get(f"{base_url.rstrip('/')}/metrics") as resp:
-                return _worker_counters(await resp.text())
+                return batch_counters(await resp.text())
 
         async def one() -> float:
             start = loop.time()
@@ -165,6 +171,7 @@ async def measure_overhead(
         batches = _delta(after, before, "accordion_worker_batch_size_count")
         executed = _delta(after, before, "accordion_worker_execution_latency_seconds_sum")
         lone_exec = executed / max(1.0, batches)
+        lone_batch = _delta(after, before, "accordion_worker_batch_size_sum") / max(1.0, batches)
         lone_latency = float(np.mean(latencies))
 
         stop = loop.time() + saturate_s
@@ -184,14 +191,18 @@ async def measure_overhead(
     batches = _delta(after, before, "accordion_worker_batch_size_count")
     requests = _delta(after, before, "accordion_worker_batch_size_sum")
     executed = _delta(after, before, "accordion_worker_execution_latency_seconds_sum")
+    per_batch = 0.0
     if profile_s is not None:
         sizes = sorted(profile_s)
+        at = [profile_s[b] for b in sizes]
+        per_batch = max(0.0, lone_exec - float(np.interp(lone_batch, sizes, at)))
         mean_batch = requests / max(1.0, batches)
-        executed = batches * float(np.interp(mean_batch, sizes, [profile_s[b] for b in sizes]))
+        executed = batches * (float(np.interp(mean_batch, sizes, at)) + per_batch)
     per_request = max(0.0, (elapsed - executed) / max(1.0, requests))
     return Overhead(
         fixed_s=max(0.0, lone_latency - lone_exec - per_request),
         per_request_s=per_request,
+        per_batch_s=per_batch,
         lone_latency_s=lone_latency,
         lone_execution_s=lone_exec,
         saturated_qps=answered / elapsed,
