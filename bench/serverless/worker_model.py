@@ -218,7 +218,7 @@ def main() -> None:
                 schedule = bursty_schedule(rate, BURST_CV2, args.duration_s, seed)
             before = worker_counters(url)
             report = asyncio.run(run_load(url, MODEL, schedule, slo_ms=10000.0, body=body))
-            batches, batched, executed = worker_counters(url) - before
+            batches, batched, executed = (float(v) for v in worker_counters(url) - before)
             # The arrivals the worker saw: when each request left, not when it was due (the
             # generator shares the machine and falls behind in bursts); the router's meter
             # would count these.
