@@ -67,9 +67,11 @@ from accordion.sim.activator import HeldRequests
 from accordion.sim.engine import HELD, ControlSample, Held, Replica, dist_quantile
 from accordion.sim.metrics import DROPPED
 from accordion.sim.mig import SimMig
+from accordion.sim.pipelines import Link, StageHandover, stage_variant, stages_doc
 from accordion.sim.staged import CellularReplicaPolicy, cellular_variant, replica_policy
 from accordion.sim.workload import Family
 from accordion.solver import Burstiness, PlannerSettings, PoolSpec, VariantSpec
+from accordion.solver.problem import StageSpec
 from accordion.workers.batching import Request, SlowdownMeter
 from accordion.workers.dispersion import DispersionMeter
 from accordion.workers.fastloop import RoutingDecider
@@ -91,10 +93,11 @@ def dns_label(name: str) -> str:
 
 
 def measured_profile_ms(
-    variant: VariantSpec, pool: str, service_time: str
+    variant: VariantSpec | StageSpec, pool: str, service_time: str
 ) -> list[dict[str, float]]:
-    """The profile a user would measure for `variant` on `pool`, in the API's form: the
-    percentiles of the service times the simulator draws (`SimConfig.service_time`)."""
+    """The profile a user would measure for `variant` (or one part of its model) on `pool`, in
+    the API's form: the percentiles of the service times the simulator draws
+    (`SimConfig.service_time`)."""
     out = []
     for p in variant.profiles[pool]:
         p50 = p.p50_s * 1000.0
@@ -130,6 +133,10 @@ def family_service(fam: Family, service_time: str, initial_qps: float) -> Infere
                             {"pool": pool, "batches": measured_profile_ms(v, pool, service_time)}
                             for pool in sorted(v.profiles)
                         ],
+                        # Its model's parts, when measured (pipelines, `accordion.sim.pipelines`)
+                        **stages_doc(
+                            v, lambda st, pool: measured_profile_ms(st, pool, service_time)
+                        ),
                     },
                     lambda u, pool: measured_profile_ms(u, pool, service_time),
                 )
@@ -214,6 +221,7 @@ class LoopControl:
         burst_buffer: bool = True,
         services: Callable[[Family, str, float], InferenceService] = family_service,
         batching_model: bool = False,
+        link: Link | None = None,
     ) -> None:
         self.sim = sim
         self.batching_model = batching_model
@@ -240,6 +248,9 @@ class LoopControl:
         )
         """MIG pools: GPUs as Nodes and the operator's node steps (`accordion.sim.mig`)."""
         self.groups: dict[WorkerKey, Group] = {}
+        self.handover = StageHandover(sim, self.groups, self.finished, link)
+        """Pipeline stages hand their batches on to the next stage's group (`link`: the network
+        between them; the planner's model of it by default)."""
         self.deciders: dict[str, RoutingDecider] = {}
         self.backends: dict[str, dict[str, WorkerKey]] = {}
         self.key_of: dict[int, str] = {}
@@ -426,7 +437,7 @@ class LoopControl:
         }
         out = ControlSample(estimate_qps=self._view.qps.get(key, 0.0))
         for gkey, group in self.groups.items():
-            if gkey.service != key:
+            if gkey.service != key or gkey.stage:  # a pipeline counts at its first stage
                 continue
             cap = group.spec.capacity_qps_per_replica
             ready = len(group.active())
@@ -496,19 +507,23 @@ class LoopControl:
     def _new_replica(self, spec: WorkerSpec) -> Replica:
         config = spec.worker_config()
         service = self.index_of[spec.key.service]
-        variant = self.variant_of[(spec.key.service, spec.key.variant)]
+        variant = whole = self.variant_of[(spec.key.service, spec.key.variant)]
+        if spec.stage is not None:  # a pipeline stage runs its parts (`pipelines`)
+            variant = stage_variant(whole, spec.stage.first, spec.stage.last, spec.key.pool)
         replica = self.sim.add_replica(
             service,
             variant,
             spec.key.pool,
             spec.max_batch_size,
-            spec.capacity_qps_per_replica,
+            # A pipeline's capacity counts once, at its first stage.
+            0.0 if spec.key.stage else spec.capacity_qps_per_replica,
             replica_policy(config, variant, spec.key.pool),  # cellular per step (`staged`)
             initial=self._initial,
             tag=spec.key,
         )
         if not isinstance(replica.policy, CellularReplicaPolicy):
             replica.meter = SlowdownMeter(config.profile_s)
+        self.handover.wire(replica, spec, whole)
         return replica
 
     def _evict(self, replica: Replica) -> None:

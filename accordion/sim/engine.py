@@ -94,6 +94,11 @@ class Replica:
     """The control's own mark (the product's worker group)."""
     meter: Any = None
     """A `SlowdownMeter` when the replica reports its speed as our workers do."""
+    admit: Callable[[Request], Request] | None = None
+    """A pipeline stage's: the request as its batcher sees it (`accordion.sim.pipelines`)."""
+    hand_on: Callable[[tuple[Request, ...]], None] | None = None
+    """A pipeline stage's but the last: takes a finished batch on to the next stage
+    instead of answering it (`accordion.sim.pipelines`)."""
 
     @property
     def key(self) -> tuple[int, str, str]:
@@ -207,6 +212,8 @@ class Simulator:
         self._last_slot_change_s = 0.0
         self.now_s = 0.0
         self.timeline: dict[str, list[tuple[int, ControlSample, int]]] = defaultdict(list)
+        self.busy_s_by_pool: dict[str, float] = defaultdict(float)
+        """Execution time of the batches started on each pool's devices."""
         policy.setup(SimView(cluster=cluster, service_time=self.config.service_time))
         self.control: Control = policy.control(self)
 
@@ -280,6 +287,7 @@ class Simulator:
             self.control.finished(replica, d.request, "dropped")
         if decision.batch:
             latency = self.exec_time_s(replica, len(decision.batch))
+            self.busy_s_by_pool[replica.pool] += latency
             self._push(now + latency, _COMPLETE, (replica, decision.batch, latency))
         if decision.wake_at_s is not None and decision.wake_at_s > now:
             replica.wake_token += 1
@@ -300,7 +308,11 @@ class Simulator:
         acc = replica.variant.accuracy
         if replica.meter is not None:
             replica.meter.observe(len(batch), latency_s, self.now_s)
-        for req in answered(replica, batch):  # a cellular step: those it finishes
+        done = answered(replica, batch)  # a cellular step: the requests it finishes
+        if replica.hand_on is not None:  # a pipeline stage: the next stage's work now
+            replica.hand_on(done)
+            done = ()
+        for req in done:
             kind = OK if self.now_s <= req.deadline_s + _EPS else LATE
             self.recorder.finish(req.request_id, req.arrival_s, kind, acc)
             self.control.finished(replica, req, "answered")
@@ -374,6 +386,8 @@ class Simulator:
         self._maybe_gone(replica)
 
     def enqueue(self, replica: Replica, request: Request) -> None:
+        if replica.admit is not None:
+            request = replica.admit(request)
         replica.policy.enqueue(request, self.now_s)
         self._poke(replica)
 

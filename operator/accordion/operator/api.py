@@ -650,8 +650,11 @@ class ModelStage(ApiModel):
     name: str = Field(
         min_length=1,
         max_length=63,
-        pattern=r"^[A-Za-z0-9_]+$",
-        description="The part's name: a top-level child of the model (e.g. layer1).",
+        # Dotted: a residual block inside a top-level child (layer1.0), as `accordion profile
+        # --split` names the parts it cuts between blocks.
+        pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$",
+        description="The part's name: a top-level child of the model (e.g. layer1), or a block "
+        "inside one (layer1.0).",
     )
     output_bytes: int = Field(
         default=0,
