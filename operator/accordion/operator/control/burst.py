@@ -59,7 +59,9 @@ def spare_problem(
     main_problem = fixed_layouts(main_problem, main_plan)
     used: dict[str, int] = {}
     for row in main_plan.rows:
-        used[row.pool] = used.get(row.pool, 0) + row.replicas
+        # A pipeline's replicas take devices in each of its stages' pools.
+        for pool, n in [(st.pool, st.replicas) for st in row.stages] or [(row.pool, row.replicas)]:
+            used[pool] = used.get(pool, 0) + n
     pools = [
         PoolSpec(
             name=p.name,
@@ -101,15 +103,16 @@ def spare_problem(
 
 
 def merge_spare(main: Plan, spare: Plan) -> Plan:
-    """The main plan with the spare plan's replicas added as `spare_replicas` (no routed load)."""
-    rows: dict[tuple[str, str, str], PlanRow] = {
-        (r.service, r.variant, r.pool): r for r in main.rows
+    """The main plan with the spare plan's replicas added as `spare_replicas` (no routed load).
+    Rows are one per pipeline too: two pipelines of a variant may start on the same pool."""
+    rows: dict[tuple[str, str, str, str], PlanRow] = {
+        (r.service, r.variant, r.pool, r.pipeline or ""): r for r in main.rows
     }
     spare_capacity: dict[str, float] = {}
     for r in spare.rows:
         if r.replicas <= 0:
             continue
-        key = (r.service, r.variant, r.pool)
+        key = (r.service, r.variant, r.pool, r.pipeline or "")
         spare_capacity[r.service] = spare_capacity.get(r.service, 0.0) + r.capacity_qps
         have = rows.get(key)
         if have is None:
@@ -121,6 +124,11 @@ def merge_spare(main: Plan, spare: Plan) -> Plan:
                     "replicas": n,
                     "spare_replicas": have.spare_replicas + r.replicas,
                     "capacity_qps": n * have.capacity_qps_per_replica,
+                    # A pipeline's spare replicas take devices in each of its stages.
+                    "stages": [
+                        st.model_copy(update={"replicas": st.replicas + extra.replicas})
+                        for st, extra in zip(have.stages, r.stages, strict=True)
+                    ],
                 }
             )
     services: list[ServicePlan] = [
