@@ -21,8 +21,9 @@
    row's first stage and on to those of each next stage (as the simulator's router sends to a
    group's replicas), a free worker takes up to its batch cap from its queue, and a pipeline
    batch reaches the next stage after its transfer time. Served within SLO = completed by
-   arrival + SLO. The simulator's engine (`accordion.sim.engine`) models whole-variant
-   replicas only, so the pipelines are checked here instead.
+   arrival + SLO. The product's simulator runs the same cluster with pipelines on and off
+   (`sim.py`, its section of the results file: the operator's control loop, router and
+   batchers, stages wired as the data plane wires them).
 5. Times the planner with and without pipeline options on the bench's problem and on Proteus's
    9 families (ResNet with parts) at 40 and 400 devices.
 

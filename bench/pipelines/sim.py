@@ -15,8 +15,8 @@ busy: the batches' execution time on the CPUs and VPUs over all 48 of them and t
 
     flock /tmp/accordion-heavy.lock .venv/bin/python bench/pipelines/sim.py [--seconds 60]
 
-Prints a markdown section; `--write` puts it into ``bench/results/pipelines.md`` (replacing the
-section of an earlier run).
+Prints a markdown section; `--write` puts it at the end of ``bench/results/pipelines.md``
+(replacing the section of an earlier run; run.py keeps it, as the data plane's).
 """
 
 from __future__ import annotations
@@ -213,9 +213,8 @@ def main() -> None:
             start = body.index(SECTION)
             end = body.find("\n## ", start + len(SECTION))
             body = body[:start] + body[end + 1 :] if end >= 0 else body[:start]
-        anchor = body.find("## Planner time")
-        body = body[:anchor] + text + "\n" + body[anchor:] if anchor >= 0 else body + "\n" + text
-        path.write_text(body)
+        # At the end, after the data plane's section, which run.py keeps as it is.
+        path.write_text(body.rstrip("\n") + "\n\n" + text)
 
 
 def _check_figures(results: str, variant: str) -> str:
