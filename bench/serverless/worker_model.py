@@ -16,11 +16,12 @@ phases at gamma-distributed levels around the mean) and each of 3+ rates:
   start of the run, at the sent arrivals' rate and the burstiness the router's own meter
   (`dispersion.DispersionMeter`) reads from them; once from the profile alone (the device's
   work) and once with the overhead of the worker's HTTP path (`profiler.measure_overhead`,
-  measured on the same worker before the runs from the profile: a lone batch's execution in
-  service beyond the profile's, per batch; a lone request's round trip beyond its execution;
-  the work per request a saturated worker's batches wait for); the simulator's replay gets the
-  same overhead. Each row also gives the worker's own mean batch and execution in that run
-  against the profile's at that size (how far the device ran from what the model assumed).
+  measured on the same worker before the runs from the profile: a lone batch's execution
+  beyond the profile's, for a batch that starts on an idle device; a lone request's round trip
+  beyond its execution; the work per request a saturated worker's batches wait for); the
+  simulator's replay gets the same overhead (`IdleTracking`). Each row also gives the worker's
+  own mean batch and execution in that run against the profile's at that size (how far the
+  device ran from what the model assumed).
 
 Run: ``flock /tmp/accordion-heavy.lock .venv/bin/python bench/serverless/worker_model.py``
 (writes bench/results/serverless_model.json, read by report.py).
@@ -49,7 +50,7 @@ import yaml
 from accordion.sim.engine import dist_quantile
 from accordion.solver import ProfilePoint
 from accordion.solver.queueing import RequestOverhead, latency_quantile_s
-from accordion.workers.batching import LatencyPredictor, Request, SloBatcher, replay
+from accordion.workers.batching import Decision, LatencyPredictor, Request, SloBatcher, replay
 from accordion.workers.dispersion import BIN_S, DispersionMeter
 from accordion.workers.loadgen import build_body, poisson_schedule, run_load
 from accordion.workers.profiler import batch_counters, measure_overhead
@@ -134,21 +135,45 @@ def profile() -> list[ProfilePoint]:
     ]
 
 
+class IdleTracking(SloBatcher):
+    """The SLO batcher, noting whether the batch it starts finds the device idle (no batch
+    completed at this instant, nor running): such a batch runs `cold_batch_s` longer."""
+
+    def __init__(self, cap: int, predictor: LatencyPredictor) -> None:
+        super().__init__(cap, predictor)
+        self.now_s = 0.0
+        self.free_since_s = -math.inf
+
+    def decide(self, now_s: float) -> Decision:
+        self.now_s = now_s
+        return super().decide(now_s)
+
+    def complete(self, batch_size: int, latency_s: float, now_s: float) -> None:
+        self.free_since_s = now_s
+        super().complete(batch_size, latency_s, now_s)
+
+    @property
+    def idle(self) -> bool:
+        return self.now_s > self.free_since_s
+
+
 def simulated_p99(
     points: list[ProfilePoint], schedule: list[float], seed: int, overhead: RequestOverhead
 ) -> float:
     rng = random.Random(seed)
     sizes = [p.batch_size for p in points]
 
+    predictor = LatencyPredictor({p.batch_size: p.p50_s for p in points})
+    policy = IdleTracking(CAP, predictor)
+
     def execution_s(b: int) -> float:
         p50 = float(np.interp(b, sizes, [p.p50_s for p in points]))
         p90 = float(np.interp(b, sizes, [p.p90_s or p.p50_s for p in points]))
-        extra = overhead.per_batch_s + b * overhead.per_request_s
+        extra = b * overhead.per_request_s + (overhead.cold_batch_s if policy.idle else 0.0)
         return dist_quantile(p50, p90, rng.random()) + extra
 
     requests = [Request(i, a, a + 10.0) for i, a in enumerate(schedule)]
-    predictor = LatencyPredictor({p.batch_size: p.p50_s for p in points})
-    out = replay(SloBatcher(CAP, predictor), requests, execution_s)
+    out = replay(policy, requests, execution_s)
     return float(np.percentile(out.response_s, 99)) + overhead.fixed_s
 
 
@@ -201,7 +226,7 @@ def main() -> None:
         overhead = RequestOverhead(
             fixed_s=measured_overhead.fixed_s,
             per_request_s=measured_overhead.per_request_s,
-            per_batch_s=measured_overhead.per_batch_s,
+            cold_batch_s=measured_overhead.cold_batch_s,
         )
         # Rates as fractions of what the worker's HTTP path answered saturated, measured now
         # (the profile's cap / p50(cap) is the device's alone: rates near it overload the path,
@@ -240,7 +265,7 @@ def main() -> None:
                 "send_late_ms": [round(report.lateness_ms(q), 2) for q in (50, 99, 100)],
                 # The worker's own batches in the run (its execution metric: the device's
                 # part, without the event loop's), against the profile's p50 at that mean
-                # size; the model adds `per_batch` to it.
+                # size (the model adds `cold_batch` to a batch started on an idle device).
                 "worker_batch": round(batched / batches, 2),
                 "worker_execution_ms": round(executed / batches * 1e3, 2),
                 "profile_execution_ms": round(
@@ -271,7 +296,7 @@ def main() -> None:
                 "overhead_ms": {
                     "fixed": round(overhead.fixed_s * 1e3, 3),
                     "per_request": round(overhead.per_request_s * 1e3, 3),
-                    "per_batch": round(overhead.per_batch_s * 1e3, 3),
+                    "cold_batch": round(overhead.cold_batch_s * 1e3, 3),
                     "lone_latency": round(measured_overhead.lone_latency_s * 1e3, 3),
                     "lone_execution": round(measured_overhead.lone_execution_s * 1e3, 3),
                     "saturated_qps": round(measured_overhead.saturated_qps, 1),

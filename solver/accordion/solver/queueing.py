@@ -30,10 +30,13 @@ keeps the modulation, so cv2 holds per replica as well (`Burstiness.rate_cv2`).
 Work outside the profile (`RequestOverhead`): a worker reached over HTTP spends time the
 execution profile does not see: parsing and answering each request on the event loop (CPU the
 batch's execution shares: it stretches a batch of b by b times `per_request_s`), the round trip
-itself (latency only: `fixed_s`), and per batch, an execution in service slower than the
-profile's back-to-back repeats (`per_batch_s`: a batch of one took 8.3 ms in the worker against
-the profile's 6.7 ms; a CPU model streams its weights once per batch, and in service other work
-between batches has taken the caches). All are measured through the worker's HTTP path
+itself (latency only: `fixed_s`), and a batch that starts on an idle device runs slower than
+the profile's back-to-back repeats (`cold_batch_s`: a lone batch of one took 8.3 ms in the
+worker against the profile's 6.7 ms; a CPU model streams its weights once per batch, and while
+the device idles other work takes the caches; back to back, a saturated worker's batches ran
+at the profile's speed plus the per-request work). Only a batch of one starts on an idle
+device (an arrival that finds it idle), so the chain runs that batch longer; the batches that
+follow a busy device do not. All are measured through the worker's HTTP path
 (`accordion.workers.profiler.measure_overhead`); without them the model predicted 16-50% below a
 real worker's p99 (bench/results/serverless.md).
 
@@ -78,8 +81,8 @@ class RequestOverhead:
     """Added to every request's latency, not to the device's work (the HTTP round trip)."""
     per_request_s: float = 0.0
     """Added to a batch's execution per request in it (parsing and answering it)."""
-    per_batch_s: float = 0.0
-    """Added to every batch's execution (a batch in service runs slower than the profile's)."""
+    cold_batch_s: float = 0.0
+    """Added to the execution of a batch that starts on an idle device."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class Execution:
     """Shape (B, 4): the distribution's points per batch size."""
     probs: Array
     """Shape (4,): their probabilities."""
+    cold_s: float = 0.0
+    """How much longer a batch runs when it starts on an idle device (`RequestOverhead`)."""
 
     @property
     def cap(self) -> int:
@@ -103,11 +108,12 @@ class Execution:
         points: tuple[tuple[int, float, float, float], ...],
         cap: int,
         per_request_s: float = 0.0,
-        per_batch_s: float = 0.0,
+        cold_batch_s: float = 0.0,
     ) -> Execution:
         """From profile points (batch size, p50, p90, p99 in seconds), interpolated linearly in
         the batch size (extrapolated with the last slope, as the worker does), each batch of b
-        stretched by `per_batch_s` + b * `per_request_s` (`RequestOverhead`)."""
+        stretched by b * `per_request_s` (`RequestOverhead`); a batch that starts on an idle
+        device runs `cold_batch_s` longer (`cold_s`)."""
         sizes = np.array([p[0] for p in points], dtype=float)
         b = np.arange(1, cap + 1, dtype=float)
 
@@ -123,9 +129,9 @@ class Execution:
         p90 = np.maximum(p90, p50)
         p99 = np.maximum(p99, p90)
         values = np.stack([p50, (p50 + p90) / 2, (p90 + p99) / 2, p99], axis=1)
-        values = values + (per_batch_s + b * per_request_s)[:, None]
+        values = values + (b * per_request_s)[:, None]
         probs = np.array([0.5, 0.4, 0.09, 0.01])
-        return Execution(mean_s=values @ probs, values_s=values, probs=probs)
+        return Execution(mean_s=values @ probs, values_s=values, probs=probs, cold_s=cold_batch_s)
 
 
 def profile_key(points: list[ProfilePoint]) -> tuple[tuple[int, float, float, float], ...]:
@@ -169,8 +175,10 @@ class _Chain:
         self.left = np.maximum(n - cap, 0)
         trans = np.zeros((states, states))
         pmfs = {b: _poisson_pmf(rate * float(ex.mean_s[b - 1]), states) for b in range(1, cap + 1)}
+        # From an empty queue the next arrival starts a batch of one on an idle device.
+        cold = _poisson_pmf(rate * (float(ex.mean_s[0]) + ex.cold_s), states)
         for i in range(states):
-            pmf = pmfs[int(self.batch[i])]
+            pmf = cold if i == 0 else pmfs[int(self.batch[i])]
             q = int(self.left[i])
             trans[i, q:] = pmf[: states - q]
             trans[i, -1] += float(pmf[states - q :].sum())
@@ -195,7 +203,7 @@ def _latency_cdf(ex: Execution, rate: float, xs: Array) -> Array:
     mean = ex.mean_s
     full_s = float(mean[cap - 1])
     if rate <= 0:
-        return _exec_cdf(ex, np.array([0]), np.array([1.0]), np.zeros(1), xs)
+        return _exec_cdf(ex, np.array([1]), np.array([1.0]), np.full(1, ex.cold_s), xs)
     if rate * full_s >= cap:
         return np.zeros_like(xs)
     horizon = float(np.max(xs))
@@ -207,7 +215,8 @@ def _latency_cdf(ex: Execution, rate: float, xs: Array) -> Array:
     chain = _Chain(ex, rate, states)
     pi = chain.pi
     t_size = states + cap
-    # Arrivals that find the device idle: a batch of one, at once.
+    # Arrivals that find the device idle: a batch of one, at once, `cold_s` longer than the
+    # profile's batch of one.
     weights = [np.array([pi[0]])]
     delays = [np.zeros(1)]
     ahead_counts = [np.zeros(1, dtype=int)]
@@ -215,11 +224,16 @@ def _latency_cdf(ex: Execution, rate: float, xs: Array) -> Array:
     u_frac = (np.arange(_U_NODES) + 0.5) / _U_NODES
     k = np.arange(t_size, dtype=float)
     log_factorial = np.concatenate([[0.0], np.cumsum(np.log(k[1:]))])
-    for b in range(1, cap + 1):
-        mask = chain.batch == b
+    states_at = np.arange(states)
+    # Per running batch: (its size, the completions it follows, its mean execution); the batch
+    # of one that an arrival started on an idle device apart, it runs `cold_s` longer.
+    running = [(1, states_at == 0, float(mean[0]) + ex.cold_s)]
+    running += [
+        (b, (chain.batch == b) & (states_at > 0), float(mean[b - 1])) for b in range(1, cap + 1)
+    ]
+    for b, mask, s in running:
         if not mask.any():
             continue
-        s = float(mean[b - 1])
         # Requests ahead of a newcomer: what this batch left behind (nothing below a full
         # batch) plus the Poisson arrivals before it, at each point u of the batch.
         u = u_frac * s
@@ -245,7 +259,9 @@ def _latency_cdf(ex: Execution, rate: float, xs: Array) -> Array:
     wait = rest + full_batches * full_s
     # Its own batch: its place plus the mean arrivals behind it until it starts, at most B.
     own = np.minimum(cap, place + np.ceil(rate * wait).astype(int))
-    cdf = _exec_cdf(ex, own, w_all, wait, xs)
+    cold = np.zeros_like(wait)
+    cold[0] = ex.cold_s  # the first: the arrival that found the device idle
+    cdf = _exec_cdf(ex, own, w_all, wait + cold, xs)
     return cdf / float(w_all.sum())
 
 
@@ -364,7 +380,7 @@ def latency_quantile_s(
     the planner asks `max_rate_qps`), with the per-request `overhead` of the path measured
     (none: the device's alone). Infinite when the device cannot keep up."""
     extra = overhead or RequestOverhead()
-    ex = Execution.of(profile_key(points), cap, extra.per_request_s, extra.per_batch_s)
+    ex = Execution.of(profile_key(points), cap, extra.per_request_s, extra.cold_batch_s)
     g, p = _rate_phases(cv2, QUANTILE_PHASE_NODES)
     top = float(ex.values_s[cap - 1, -1])
     xs = np.linspace(0.0, top * 12, 1200)

@@ -82,9 +82,9 @@ class Overhead:
     per_request_s: float
     """Work per request the device's batches wait for (parsing and answering on the worker's
     event loop), from a saturated worker."""
-    per_batch_s: float
-    """How much longer a batch runs in service than the profile says, per batch (from lone
-    requests; zero without a profile to compare with)."""
+    cold_batch_s: float
+    """How much longer a batch that starts on an idle device runs than the profile says (from
+    lone requests; zero without a profile to compare with)."""
     lone_latency_s: float
     """Mean latency of a lone request, as the client saw it."""
     lone_execution_s: float
@@ -135,11 +135,11 @@ async def measure_overhead(
     the device's batches wait for (zero where the device is the bottleneck); the rest of the
     lone overhead is latency only. With `profile_s` (batch size -> the profile's execution
     time) the split starts from the profile, as the model does: a lone batch's execution beyond
-    the profile's batch of one is `per_batch_s` (the worker's batches run slower in service
-    than the profile's back-to-back repeats), and a saturated batch's execution is the
-    profile's at the mean batch size plus that, so that a device slowed by the path's own CPU
-    use counts as overhead too. The model then gives a lone request the latency measured, and
-    a saturated worker the throughput measured."""
+    the profile's batch of one is `cold_batch_s` (a batch that starts on an idle device runs
+    slower than the profile's back-to-back repeats), and a saturated batch's execution (back
+    to back) is the profile's at the mean batch size, so that a device slowed by the path's
+    own CPU use counts as overhead too. The model then gives a lone request the latency
+    measured, and a saturated worker the throughput measured."""
     import asyncio
 
     import aiohttp
@@ -191,18 +191,18 @@ async def measure_overhead(
     batches = _delta(after, before, "accordion_worker_batch_size_count")
     requests = _delta(after, before, "accordion_worker_batch_size_sum")
     executed = _delta(after, before, "accordion_worker_execution_latency_seconds_sum")
-    per_batch = 0.0
+    cold = 0.0
     if profile_s is not None:
         sizes = sorted(profile_s)
         at = [profile_s[b] for b in sizes]
-        per_batch = max(0.0, lone_exec - float(np.interp(lone_batch, sizes, at)))
+        cold = max(0.0, lone_exec - float(np.interp(lone_batch, sizes, at)))
         mean_batch = requests / max(1.0, batches)
-        executed = batches * (float(np.interp(mean_batch, sizes, at)) + per_batch)
+        executed = batches * float(np.interp(mean_batch, sizes, at))
     per_request = max(0.0, (elapsed - executed) / max(1.0, requests))
     return Overhead(
         fixed_s=max(0.0, lone_latency - lone_exec - per_request),
         per_request_s=per_request,
-        per_batch_s=per_batch,
+        cold_batch_s=cold,
         lone_latency_s=lone_latency,
         lone_execution_s=lone_exec,
         saturated_qps=answered / elapsed,
