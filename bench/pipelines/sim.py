@@ -113,7 +113,7 @@ class Outcome:
 
 
 def simulate(
-    variant: VariantSpec, demand: float, seconds: float, stages: int, service_time: str
+    variant: VariantSpec, demand: float, seconds: float, stages: int, service_time: str, seed: int
 ) -> Outcome:
     cluster = Cluster(
         pools=tuple(PoolSpec(name=n, devices=d) for n, d in CLUSTER.items()),
@@ -121,9 +121,9 @@ def simulate(
     )
     sim = Simulator(
         cluster,
-        poisson(demand, seconds, SLO_S, seed=0),
+        poisson(demand, seconds, SLO_S, seed=seed),
         Accordion(planner=PlannerSettings(pipeline_max_stages=stages)),
-        SimConfig(service_time=service_time, end_s=seconds),
+        SimConfig(seed=seed, service_time=service_time, end_s=seconds),
     )
     started = time.perf_counter()
     result = sim.run()
@@ -163,6 +163,7 @@ def main() -> None:
         "planned with (Proteus has no p99), so the same plans as its queueing check",
     )
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--seed", type=int, default=0, help="of the arrivals and the run")
     parser.add_argument("--write", action="store_true", help="into bench/results/pipelines.md")
     args = parser.parse_args()
     path = RESULTS / "pipelines.md"
@@ -174,7 +175,7 @@ def main() -> None:
         SECTION,
         "",
         f"`bench/pipelines/sim.py`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{args.seconds:.0f} s of Poisson demand per run, service times "
+        f"{args.seconds:.0f} s of Poisson demand per run (seed {args.seed}), service times "
         f"`SimConfig(service_time='{args.service_time}')` (the operator's planner is given the "
         "percentiles of what the simulator draws, as a user would measure them). Planned: the "
         "last plan's served req/s.",
@@ -189,8 +190,8 @@ def main() -> None:
         variant = with_stages(resnets[name], measured)
         probe = plan(problem(variant, 1e5, stages=1))
         demand = 4 * max(probe.services[0].capacity_qps, 1.0)
-        off = simulate(variant, demand, args.seconds, 1, args.service_time)
-        on = simulate(variant, demand, args.seconds, 2, args.service_time)
+        off = simulate(variant, demand, args.seconds, 1, args.service_time, args.seed)
+        on = simulate(variant, demand, args.seconds, 2, args.service_time, args.seed)
         w, p = off.ok / args.seconds, on.ok / args.seconds
         gain = (p / w - 1) * 100 if w > 0 else float("inf")
         check = _check_figures(previous, name)
