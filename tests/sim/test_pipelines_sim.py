@@ -135,3 +135,16 @@ def test_stage_variant_sums_its_parts() -> None:
     assert [p.p90_s for p in points] == pytest.approx([0.10, 0.075])
     with pytest.raises(ValueError, match=r"no parts p3\.\.p2"):
         stage_variant(variant, "p3", "p2", "a")
+
+
+def test_a_short_pipeline_service_is_said_to_be_short_of_its_stages_devices() -> None:
+    """In overload the service's Degraded condition names the stages' pools as full, not "no
+    variant can meet the SLO" (its whole model fits nowhere; its pipeline does)."""
+    arrivals = [1.0 + i / 100 for i in range(300)]  # 100 req/s; the pipeline serves 25
+    sim = Simulator(_cluster(), _workload(arrivals), Accordion(), SimConfig(service_time="p50"))
+    sim.run()
+    [status] = sim.control.world.status.values()  # type: ignore[attr-defined]
+    [degraded] = [c for c in status.conditions if c.type == "Degraded"]
+    assert degraded.status == "True"
+    assert "every device of a (1/1), b (1/1) is planned" in degraded.message
+    assert "no variant" not in degraded.message

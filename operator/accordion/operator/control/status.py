@@ -363,6 +363,8 @@ def shortfall_reason(
         for p in v.profiles
         if p.pool in devices
     } - {(e.variant, e.pool) for e in excluded}
+    # A variant cut into a pipeline uses its stages' pools (even where it fits whole nowhere).
+    usable |= {(r.variant, st.pool) for r in plan.rows if r.service == key for st in r.stages}
     if not usable:
         why = "; ".join(f"{e.variant}@{e.pool}: {e.reason}" for e in excluded[:3])
         return "no variant at or above the floor can meet the SLO on any pool" + (
@@ -370,7 +372,12 @@ def shortfall_reason(
         )
     used: dict[str, int] = {}
     for row in plan.rows:
-        used[row.pool] = used.get(row.pool, 0) + row.replicas - row.spare_replicas
+        main = row.replicas - row.spare_replicas
+        # A pipeline replica takes devices in each of its stages' pools.
+        for pool, n in [(st.pool, main * st.devices_per_replica) for st in row.stages] or [
+            (row.pool, main)
+        ]:
+            used[pool] = used.get(pool, 0) + n
     pools = sorted({pool for _, pool in usable})
     full = [p for p in pools if used.get(p, 0) >= devices[p]]
     parts = []
