@@ -104,17 +104,24 @@ def sequence_section(key: str, seq: dict[str, Any]) -> list[str]:
         lines.append(row)
     base = configs[best]
     ratio = configs[ours]["rate"] / base["rate"] if base["rate"] else math.inf
-    p99_ratio = base.get("equal_rate_p99_ms", math.nan) / configs[ours].get(
-        "equal_rate_p99_ms", math.nan
+    # p99 at equal rate against the baseline that did best there (lowest p99): with several
+    # baselines sustaining the same rate, the first one's p99 may be a miss (inf) while
+    # another's is finite; the claim must hold against the strongest
+    p99_best = min(
+        (k for k in configs if not k.startswith("cellular")),
+        key=lambda k: configs[k].get("equal_rate_p99_ms", math.inf),
     )
-    goal_rate = "met" if ratio >= 1.5 else "MISSED"
-    goal_p99 = "met" if p99_ratio >= 2 else "MISSED"
+    base_p99 = configs[p99_best].get("equal_rate_p99_ms", math.nan)
     ours_p99 = configs[ours].get("equal_rate_p99_ms", math.nan)
+    p99_ratio = base_p99 / ours_p99
+    goal_rate = "met" if ratio >= 1.5 else "MISSED"
+    goal_p99 = "met" if p99_ratio >= 2 and not math.isinf(base_p99) else "MISSED"
     p99_text = (
-        f"ours {fmt(ours_p99)} against {fmt(base.get('equal_rate_p99_ms', math.nan))} ms: more "
-        "than 1% of ours were refused or dropped there"
+        f"ours {fmt(ours_p99)} against {fmt(base_p99)} ms: more than 1% of ours were refused "
+        "or dropped there"
         if math.isinf(ours_p99)
-        else f"**{p99_ratio:.2f}x** lower"
+        else f"**{p99_ratio:.2f}x** lower than {p99_best}'s {fmt(base_p99)} ms, the lowest "
+        "baseline p99 there"
     )
     lines += [
         "",
@@ -177,10 +184,10 @@ def render(results: dict[str, Any]) -> str:
         for arrivals, per in parts.items():
             lines += [f"{arrivals}:", "", *ladder_table(per)]
     lines += [
-        "Per-rate measurements (attainment, p99, misses by outcome) are in `cellular-seq*.log` "
-        "(sequences; the latest run of each part) and `cellular.log` (the CNN); the same "
-        "schedulers on "
-        "simulated time, on profiles measured on this machine, in `cellular-sim.md`.",
+        "Per-rate measurements (attainment, p99, misses by outcome) are in `cellular-seq.log` "
+        "(gru-seq), `cellular-dec.log` (decoder-tiny; `cellular-seq-dec.log` holds both from "
+        "the 13:55 UTC run) and `cellular.log` (the CNN); the same schedulers on simulated "
+        "time, on profiles measured on this machine, in `cellular-sim.md`.",
         "",
     ]
     return "\n".join(lines)
