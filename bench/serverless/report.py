@@ -193,7 +193,7 @@ def main() -> None:
             + (
                 " Overhead of the HTTP path (`profiler.measure_overhead`, same "
                 f"worker): fixed {o['fixed']:.2f} ms, per request {o['per_request']:.2f} ms, "
-                f"per batch {o.get('per_batch', 0.0):.2f} ms "
+                f"a batch started on an idle device {o.get('cold_batch', 0.0):.2f} ms "
                 f"(lone request {o['lone_latency']:.2f} ms, its execution "
                 f"{o['lone_execution']:.2f} ms; saturated {o['saturated_qps']:.0f} req/s at "
                 f"batches of {o['saturated_batch']:.1f})."
