@@ -5,11 +5,11 @@ time and, near a variant's capacity boundary, flip between two plans (measured i
 before this rule: 14 flips in 82 s at a steady 30 req/s). So each service's plan is made for a
 *planned estimate* P that changes only when the estimate E leaves a band around it:
 
-    P(1 - h)  <=  E  <=  max(P(1 + h/3), C / (1 + headroom))
+    P(1 - h)  <=  E  <=  max(P(1 + h), C / (1 + headroom))
 
 where C is the capacity the plan gives the service and h is `Timings.hysteresis`. Below the
 band demand has fallen far enough to be worth releasing devices or moving up in accuracy;
-above it the plan no longer carries the estimate with its headroom (`P(1 + h/3)` matters only
+above it the plan no longer carries the estimate with its headroom (`P(1 + h)` matters only
 when the plan is short, C below the demand: in overload every small rise would re-plan). Inside
 the band the plan stands: a flip back needs the estimate to cross the whole band, which noise
 around a boundary does not. A surge above capacity (`demand.DemandTracker`) moves E at once,
