@@ -212,11 +212,11 @@ def test_a_flood_of_16_mb_bodies_does_not_stop_valid_traffic(server: Server) -> 
     body = b"[" + b"0.123456789," * (16 * 1024 * 1024 // 12 - 2) + b"0]"
     flood = request(server.model, body)
     stop = threading.Event()
-    answers: list[int] = []
+    answers: list[Answer] = []
 
     def flooder() -> None:
         while not stop.is_set():
-            answers.append(server.answer(flood).status)
+            answers.append(server.answer(flood))
 
     threads = [threading.Thread(target=flooder) for _ in range(4)]
     for thread in threads:
@@ -232,4 +232,10 @@ def test_a_flood_of_16_mb_bodies_does_not_stop_valid_traffic(server: Server) -> 
             thread.join()
     assert set(valid) == {200}
     assert answers
-    assert set(answers) <= {400, 413}  # each flood body refused with a reason
+    # Each flood body refused with a reason: 400/413, or on a machine too busy to decode it in
+    # time (4 floods, 2 decoder processes at nice +10) the decoder's 503 that says to try again.
+    for answer in answers:
+        assert answer.status in {400, 413, 503}, (answer.status, answer.body[:200])
+        assert json.loads(answer.body)["error"], answer.body[:200]
+        if answer.status == 503:
+            assert b"try again" in answer.body, answer.body[:200]
