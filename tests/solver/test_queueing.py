@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +28,10 @@ from accordion.solver import (
 )
 from accordion.solver.capacity import batch_capacity, options
 from accordion.solver.queueing import RequestOverhead, latency_quantile_s, max_rate_qps
-from accordion.workers.batching import Decision, LatencyPredictor, Request, SloBatcher, replay
+from accordion.workers.batching import LatencyPredictor, Request, SloBatcher, replay
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.serverless.worker_model import IdleTracking
 
 CAP = 16
 SLO_S = 0.05
@@ -109,10 +114,10 @@ def test_the_per_request_overhead_of_the_path_is_in_the_prediction(rate: float) 
         rng = random.Random(seed)
         times = arrivals(rate, 0.0, 40_000, seed)
         requests = [Request(i, a, a + 10.0) for i, a in enumerate(times)]
-        policy = _IdleNoting(CAP, LatencyPredictor({p.batch_size: p.p50_s for p in POINTS}))
+        policy = IdleTracking(CAP, LatencyPredictor({p.batch_size: p.p50_s for p in POINTS}))
 
-        def stretched(b: int, rng: random.Random = rng, policy: _IdleNoting = policy) -> float:
-            cold = overhead.cold_batch_s if policy.last_free_s < policy.last_decision_s else 0.0
+        def stretched(b: int, rng: random.Random = rng, policy: IdleTracking = policy) -> float:
+            cold = overhead.cold_batch_s if policy.idle else 0.0
             return execution_s(rng, b) + b * overhead.per_request_s + cold
 
         out = replay(policy, requests, stretched)
@@ -125,21 +130,6 @@ def test_the_per_request_overhead_of_the_path_is_in_the_prediction(rate: float) 
     if rate < 300:
         warm = dataclasses.replace(overhead, cold_batch_s=0.0)
         assert latency_quantile_s(POINTS, CAP, rate, 0.0, 0.99, warm) < 0.9 * p99
-
-
-class _IdleNoting(SloBatcher):
-    """The batcher, noting when it last decided and when the device last came free."""
-
-    last_decision_s = 0.0
-    last_free_s = -1.0
-
-    def decide(self, now_s: float) -> Decision:
-        self.last_decision_s = now_s
-        return super().decide(now_s)
-
-    def complete(self, batch_size: int, latency_s: float, now_s: float) -> None:
-        self.last_free_s = now_s
-        super().complete(batch_size, latency_s, now_s)
 
 
 def test_the_planned_rate_keeps_the_p99_and_uses_the_device() -> None:
