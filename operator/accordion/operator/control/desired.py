@@ -428,6 +428,23 @@ def row_key(row: PlanRow) -> WorkerKey:
     )
 
 
+def spare_by_group(rows: Iterable[PlanRow]) -> dict[WorkerKey, int]:
+    """Spare (burst) replicas of a plan's rows per worker group: a pipeline's in each of its
+    stages' groups, as devices of that stage (`spare_replicas` counts pipeline replicas)."""
+    out: dict[WorkerKey, int] = {}
+    for r in rows:
+        if r.spare_replicas <= 0:
+            continue
+        if not r.stages:
+            out[WorkerKey(service=r.service, variant=r.variant, pool=r.pool)] = r.spare_replicas
+        for i, st in enumerate(r.stages):
+            key = WorkerKey(
+                service=r.service, variant=r.variant, pool=st.pool, pipeline=r.pipeline, stage=i
+            )
+            out[key] = r.spare_replicas * st.devices_per_replica
+    return out
+
+
 def _stage_specs(
     row: PlanRow,
     svc: InferenceService,

@@ -63,6 +63,7 @@ from accordion.operator.control.desired import (
     WorkerKey,
     WorkerSpec,
     service_routing,
+    spare_by_group,
     worker_specs,
 )
 from accordion.operator.control.idle import (
@@ -721,11 +722,7 @@ class ControlLoop:
         pool's or a whole service's)."""
         devices = self._pool_devices(world)
         before = self.previous_plan
-        spare_before = {
-            WorkerKey(service=r.service, variant=r.variant, pool=r.pool): r.spare_replicas
-            for r in (before.rows if before is not None else [])
-            if r.spare_replicas > 0
-        }
+        spare_before = spare_by_group(before.rows if before is not None else [])
         asked: dict[str, int] = {}
         pool_running: dict[str, int] = {}
         pool_unready: dict[str, int] = {}

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from accordion.operator.control.desired import WorkerKey
 from accordion.operator.control.world import RunningWorker
-from accordion.solver import Plan
+from accordion.solver import Plan, PlanRow
 
 DEFAULT_STARTUP_S = 2.0
 """A replica's start-up assumed before the loop saw one (a model load on a warm node)."""
@@ -43,20 +43,41 @@ def swapped_replicas(new: Plan, old: Plan | None, devices: Mapping[str, int]) ->
     `old`'s planned replicas leave free (spare replicas on them go at no cost)."""
     if old is None:
         return 0
-    old_total: dict[tuple[str, str, str], int] = {}
+    old_total: dict[_Group, int] = {}
     old_main: dict[str, int] = {}
-    for r in old.rows:
-        old_total[(r.service, r.variant, r.pool)] = r.replicas
-        old_main[r.pool] = old_main.get(r.pool, 0) + r.replicas - r.spare_replicas
+    for key, total, main in (g for r in old.rows for g in _groups(r)):
+        old_total[key] = total
+        old_main[key[2]] = old_main.get(key[2], 0) + main
     grow: dict[str, int] = {}
-    for r in new.rows:
-        main = r.replicas - r.spare_replicas
-        more = main - old_total.get((r.service, r.variant, r.pool), 0)
+    for key, _, main in (g for r in new.rows for g in _groups(r)):
+        more = main - old_total.get(key, 0)
         if more > 0:
-            grow[r.pool] = grow.get(r.pool, 0) + more
+            grow[key[2]] = grow.get(key[2], 0) + more
     return sum(
         max(0, n - max(0, devices.get(pool, 0) - old_main.get(pool, 0))) for pool, n in grow.items()
     )
+
+
+_Group = tuple[str, str, str, str, int]
+"""A worker group of a plan: service, variant, pool, pipeline id ("" for a whole variant),
+stage index."""
+
+
+def _groups(row: PlanRow) -> list[tuple[_Group, int, int]]:
+    """A row's worker groups with the devices each takes in all and for planned replicas
+    (spare ones left out): a pipeline's are its stages, each on its own pool (two pipelines
+    of a variant may start on one pool; a later stage's devices are asked for too)."""
+    if not row.stages:
+        key = (row.service, row.variant, row.pool, "", 0)
+        return [(key, row.replicas, row.replicas - row.spare_replicas)]
+    return [
+        (
+            (row.service, row.variant, st.pool, row.pipeline or "", i),
+            st.replicas,
+            st.replicas - row.spare_replicas * st.devices_per_replica,
+        )
+        for i, st in enumerate(row.stages)
+    ]
 
 
 @dataclass
