@@ -26,15 +26,29 @@ import random
 import re
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from accordion.operator.api import InferenceService
+from accordion.sim.driver import family_service
 from accordion.sim.engine import SimConfig, Simulator
 from accordion.sim.policies import Accordion
 from accordion.sim.workload import Cluster, Family, Workload, load_proteus_cluster
-from accordion.solver import PlannerSettings, PoolSpec, VariantSpec, plan
+from accordion.solver import (
+    PlannerSettings,
+    PoolSpec,
+    Problem,
+    ServiceSpec,
+    VariantSpec,
+    plan,
+)
 from accordion.workers.profiler import BatchProfile
 from accordion.workers.splitting import PartProfile
+
+if TYPE_CHECKING:
+    from accordion.sim.engine import Control
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -85,18 +99,54 @@ def measured_from(results: str) -> Measured:
 
 
 def poisson(rate: float, seconds: float, slo_s: float, seed: int) -> Workload:
+    return poisson_mix({"resnet": rate}, seconds, slo_s, seed)
+
+
+def poisson_mix(rates: Mapping[str, float], seconds: float, slo_s: float, seed: int) -> Workload:
+    """Poisson arrivals of every family at its rate, merged in time."""
     rng = random.Random(seed)
-    arrivals: list[float] = []
-    t = rng.expovariate(rate)
-    while t < seconds:
-        arrivals.append(t)
-        t += rng.expovariate(rate)
+    names = list(rates)
+    arrivals: list[tuple[float, int]] = []
+    for f, name in enumerate(names):
+        t = rng.expovariate(rates[name])
+        while t < seconds:
+            arrivals.append((t, f))
+            t += rng.expovariate(rates[name])
+    arrivals.sort()
     return Workload(
-        families=["resnet"],
-        arrival_s=arrivals,
-        family=[0] * len(arrivals),
-        deadline_s=[a + slo_s for a in arrivals],
+        families=names,
+        arrival_s=[a for a, _ in arrivals],
+        family=[f for _, f in arrivals],
+        deadline_s=[a + slo_s for a, _ in arrivals],
     )
+
+
+class _Floored(Accordion):
+    """Ours, with each family's InferenceService asking an accuracy floor
+    (`spec.accuracy.floor`, as a user sets it; the target stays the API's default, the most
+    accurate variant)."""
+
+    def __init__(self, floors: Mapping[str, float], planner: PlannerSettings) -> None:
+        super().__init__(planner=planner)
+        self.floors = dict(floors)
+
+    def control(self, sim: Simulator) -> Control:
+        from accordion.sim.driver import LoopControl
+
+        return LoopControl(sim, planner=self.planner, services=self._service)
+
+    def _service(self, fam: Family, service_time: str, initial_qps: float) -> InferenceService:
+        svc = family_service(fam, service_time, initial_qps)
+        floor = self.floors.get(fam.name)
+        if floor is None:
+            return svc
+        return svc.model_copy(
+            update={
+                "spec": svc.spec.model_copy(
+                    update={"accuracy": svc.spec.accuracy.model_copy(update={"floor": floor})}
+                )
+            }
+        )
 
 
 @dataclass
@@ -110,19 +160,42 @@ class Outcome:
     planned_qps: float
     pipeline_rows: list[str]
     wall_s: float
+    accuracy: float = 0.0
+    """Effective accuracy: the mean accuracy of the requests served within the SLO."""
+    families: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    """Per family: requests, served within the SLO, their effective accuracy."""
 
 
 def simulate(
     variant: VariantSpec, demand: float, seconds: float, stages: int, service_time: str, seed: int
 ) -> Outcome:
-    cluster = Cluster(
-        pools=tuple(PoolSpec(name=n, devices=d) for n, d in CLUSTER.items()),
-        families=(Family(name="resnet", slo_s=SLO_S, variants=(variant,)),),
+    """One service with one variant (`variant`) at `demand` req/s."""
+    family = Family(name="resnet", slo_s=SLO_S, variants=(variant,))
+    return simulate_families(
+        (family,), {"resnet": demand}, seconds, stages, service_time, seed, floors={}
     )
+
+
+def simulate_families(
+    families: tuple[Family, ...],
+    demand: Mapping[str, float],
+    seconds: float,
+    stages: int,
+    service_time: str,
+    seed: int,
+    floors: Mapping[str, float],
+) -> Outcome:
+    """The families as services on run.py's cluster, each at its Poisson demand; `floors`:
+    the services' accuracy floors (`spec.accuracy.floor`); `stages`: the planner's
+    `pipeline_max_stages` (1: pipelines off)."""
+    cluster = Cluster(
+        pools=tuple(PoolSpec(name=n, devices=d) for n, d in CLUSTER.items()), families=families
+    )
+    planner = PlannerSettings(pipeline_max_stages=stages)
     sim = Simulator(
         cluster,
-        poisson(demand, seconds, SLO_S, seed=seed),
-        Accordion(planner=PlannerSettings(pipeline_max_stages=stages)),
+        poisson_mix({f.name: demand[f.name] for f in families}, seconds, SLO_S, seed=seed),
+        _Floored(floors, planner) if floors else Accordion(planner=planner),
         SimConfig(seed=seed, service_time=service_time, end_s=seconds),
     )
     started = time.perf_counter()
@@ -133,12 +206,13 @@ def simulate(
     busy = sum(sim.busy_s_by_pool.get(p, 0.0) for p in LOW_CLASS) / (low * seconds)
     last = sim.control.loop.last_plan  # type: ignore[attr-defined]
     rows = [
-        f"{r.replicas} x `{r.pipeline}` (batch caps {[st.max_batch_size for st in r.stages]})"
+        f"{r.replicas} x {r.variant} `{r.pipeline}` (batch caps "
+        f"{[st.max_batch_size for st in r.stages]})"
         if r.pipeline
-        else f"{r.replicas} x whole on {r.pool} (batch cap {r.max_batch_size})"
+        else f"{r.replicas} x {r.variant} whole on {r.pool} (batch cap {r.max_batch_size})"
         for r in (last.rows if last is not None else [])
     ]
-    planned = last.services[0].served_qps if last is not None else 0.0
+    planned = sum(x.served_qps for x in last.services) if last is not None else 0.0
     return Outcome(
         arrivals=len(result.outcome),
         ok=s.ok,
@@ -148,6 +222,8 @@ def simulate(
         planned_qps=planned,
         pipeline_rows=rows,
         wall_s=wall,
+        accuracy=s.effective_accuracy,
+        families=dict(result.families),
     )
 
 
@@ -164,12 +240,24 @@ def main() -> None:
     )
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0, help="of the arrivals and the run")
+    parser.add_argument(
+        "--family",
+        action="store_true",
+        help="the resnet family as one service at accuracy floors (and mixed with whole-only "
+        "families) instead of one service per variant",
+    )
     parser.add_argument("--write", action="store_true", help="into bench/results/pipelines.md")
     args = parser.parse_args()
     path = RESULTS / "pipelines.md"
     previous = path.read_text()
     measured = measured_from(previous)
     cluster = load_proteus_cluster(DATA, devices_per_pool=1)
+    if args.family:
+        text = family_section(cluster, measured, args.seconds, args.service_time, args.seed)
+        print(text)
+        if args.write:
+            write_section(path, FAMILY_SECTION, text)
+        return
     resnets = {v.name: v for fam in cluster.families for v in fam.variants}
     lines = [
         SECTION,
@@ -209,13 +297,146 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        body = previous
-        if SECTION in body:
-            start = body.index(SECTION)
-            end = body.find("\n## ", start + len(SECTION))
-            body = body[:start] + body[end + 1 :] if end >= 0 else body[:start]
-        # At the end, after the data plane's section, which run.py keeps as it is.
-        path.write_text(body.rstrip("\n") + "\n\n" + text)
+        write_section(path, SECTION, text)
+
+
+def write_section(path: Path, section: str, text: str) -> None:
+    """Put `text` (a section headed `section`) at the end of the results file, replacing the
+    section of an earlier run; the sections before it (run.py's, the data plane's) stay."""
+    body = path.read_text()
+    if section in body:
+        start = body.index(section)
+        end = body.find("\n## ", start + len(section))
+        body = body[:start] + body[end + 1 :] if end >= 0 else body[:start]
+    path.write_text(body.rstrip("\n") + "\n\n" + text)
+
+
+FAMILY_SECTION = "## In the simulator: the resnet family as one service, at accuracy floors"
+MIXED = ("densenet", "efficientnet")
+"""Families served beside resnet in the mixed run, whole variants only (no parts measured)."""
+
+
+def _probe(
+    families: tuple[Family, ...], floors: Mapping[str, float], stages: int
+) -> dict[str, float]:
+    """What the planner (defaults) plans to serve per family when every family's demand is
+    more than the cluster can serve."""
+    problem = Problem(
+        pools=[PoolSpec(name=n, devices=d) for n, d in CLUSTER.items()],
+        services=[
+            ServiceSpec(
+                name=f.name,
+                demand_qps=1e5,
+                slo_s=f.slo_s,
+                accuracy_floor=floors.get(f.name, 0.0),
+                variants=list(f.variants),
+            )
+            for f in families
+        ],
+        settings=PlannerSettings(pipeline_max_stages=stages),
+    )
+    return {s.service: s.served_qps for s in plan(problem).services}
+
+
+def family_section(
+    cluster: Cluster, measured: Measured, seconds: float, service_time: str, seed: int
+) -> str:
+    """The scenario a user runs: one InferenceService over the resnet family (all five
+    variants, each with its parts), an accuracy floor as the user sets it, demand above what
+    whole placement serves; pipelines off vs on through the same ControlLoop."""
+    fams = {f.name: f for f in cluster.families}
+    resnet = fams["resnet"]
+    resnet = Family(
+        name="resnet",
+        slo_s=SLO_S,
+        variants=tuple(with_stages(v, measured) for v in resnet.variants),
+    )
+    lines = [
+        FAMILY_SECTION,
+        "",
+        f"`bench/pipelines/sim.py --family`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        f", {seconds:.0f} s of Poisson demand per run (seed {seed}), service times "
+        f"`SimConfig(service_time='{service_time}')`, the cluster and parts above. One "
+        "InferenceService over the resnet family ("
+        + ", ".join(f"{v.name} {v.accuracy:.2f}" for v in resnet.variants)
+        + "), each variant with its parts scaled as above (the same shares at every depth). "
+        "`spec.accuracy.floor` as a user sets it (the target the API's default: the most "
+        "accurate variant); the planner chooses variants and pipelines. Demand: 4x what whole "
+        "placement plans at that floor (the planner's defaults, pipelines off), except the last "
+        "row (see the reading). Accuracy: effective accuracy of the requests served within the "
+        "SLO. Pipelines off: `pipeline_max_stages: 1`; on: the default (2).",
+        "",
+        "| floor | demand req/s | off: within SLO req/s | off: accuracy | on: within SLO req/s "
+        "| on: accuracy | gain at the floor | low-class busy (off -> on) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    notes: list[str] = []
+    cases: list[tuple[str, float | None, float]] = []
+    for v in sorted(resnet.variants, key=lambda v: v.accuracy):
+        floor = None if v is min(resnet.variants, key=lambda v: v.accuracy) else v.accuracy
+        whole = _probe((resnet,), {"resnet": floor} if floor is not None else {}, 1)["resnet"]
+        label = f"{v.accuracy:.2f} ({v.name})" if floor is not None else "none (API default)"
+        cases.append((label, floor, 4 * whole))
+    # No floor, demand the pipelines serve in full at resnet101's accuracy: what each side
+    # gives up in accuracy to serve it all.
+    r101 = next(v for v in resnet.variants if v.name == "resnet101_v1")
+    both = _probe((resnet,), {"resnet": r101.accuracy}, 2)["resnet"]
+    cases.append(("none, demand pipelines serve at resnet101", None, both))
+    for label, floor, demand in cases:
+        floors = {"resnet": floor} if floor is not None else {}
+        out = [
+            simulate_families(
+                (resnet,), {"resnet": demand}, seconds, st, service_time, seed, floors
+            )
+            for st in (1, 2)
+        ]
+        off, on = out
+        w, p = off.ok / seconds, on.ok / seconds
+        lines.append(
+            f"| {label} | {demand:.0f} | {w:.0f} | {off.accuracy:.2f} | {p:.0f} "
+            f"| {on.accuracy:.2f} | {(p / w - 1) * 100:+.0f}% "
+            f"| {off.low_busy:.0%} -> {on.low_busy:.0%} |"
+        )
+        print(lines[-1], flush=True)
+        notes.append(
+            f"- floor {label}: off: {'; '.join(off.pipeline_rows)}; on: "
+            f"{'; '.join(on.pipeline_rows)} (simulated in {off.wall_s:.0f} s / {on.wall_s:.0f} s)"
+        )
+    lines += ["", "Last plans:", "", *notes, ""]
+    # Mixed: resnet (floor resnet101) beside whole-only families sharing the cluster.
+    mixed = (resnet, *(fams[n] for n in MIXED))
+    floors = {"resnet": r101.accuracy}
+    planned = _probe(mixed, floors, 1)
+    mix = {name: 2 * qps for name, qps in planned.items()}
+    off, on = (
+        simulate_families(mixed, mix, seconds, st, service_time, seed, floors) for st in (1, 2)
+    )
+    lines += [
+        f"Mixed: resnet (floor {r101.accuracy:.2f}) with {', '.join(MIXED)} (no floor, whole "
+        "variants only: no parts measured), each family at 2x what whole placement plans for "
+        "it in the shared cluster; pipelines off -> on:",
+        "",
+        "| family | demand req/s | off: within SLO req/s | off: accuracy | on: within SLO req/s "
+        "| on: accuracy | gain |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in mix:
+        _, ok_off, acc_off = off.families[name]
+        _, ok_on, acc_on = on.families[name]
+        lines.append(
+            f"| {name} | {mix[name]:.0f} | {ok_off / seconds:.0f} | {acc_off:.2f} "
+            f"| {ok_on / seconds:.0f} | {acc_on:.2f} | {(ok_on / max(ok_off, 1) - 1) * 100:+.0f}% |"
+        )
+    lines += [
+        f"| all | {sum(mix.values()):.0f} | {off.ok / seconds:.0f} | {off.accuracy:.2f} "
+        f"| {on.ok / seconds:.0f} | {on.accuracy:.2f} "
+        f"| {(on.ok / max(off.ok, 1) - 1) * 100:+.0f}% |",
+        "",
+        f"Low-class busy {off.low_busy:.0%} -> {on.low_busy:.0%}; last plan with pipelines on: "
+        f"{'; '.join(on.pipeline_rows)} (simulated in {off.wall_s:.0f} s / {on.wall_s:.0f} s).",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _check_figures(results: str, variant: str) -> str:

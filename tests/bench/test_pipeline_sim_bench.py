@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from accordion.sim.workload import load_proteus_cluster
+from accordion.sim.workload import Family, load_proteus_cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -39,3 +39,30 @@ def test_pipelines_on_serve_more_within_slo_in_the_simulator() -> None:
     assert on.low_busy > 0.1
     assert on.ok > 1.2 * off.ok
     assert any("stem.." in row for row in on.pipeline_rows)
+
+
+def test_the_family_at_an_accuracy_floor_serves_more_at_that_accuracy() -> None:
+    """The scenario a user runs: one service over the whole resnet family with an accuracy
+    floor (resnet101's), more demand than whole placement serves there. Both runs keep to the
+    floor (the planner would serve far more with resnet18 without it), and pipelines on serve
+    more within the SLO at it."""
+    if not (run.DATA / "aggregate_profiled.csv").exists():
+        pytest.skip("../shared/data/proteus is not available")
+    measured = sim.measured_from((run.RESULTS / "pipelines.md").read_text())
+    cluster = load_proteus_cluster(run.DATA, devices_per_pool=1)
+    base = next(f for f in cluster.families if f.name == "resnet")
+    resnet = Family(
+        name="resnet",
+        slo_s=run.SLO_S,
+        variants=tuple(run.with_stages(v, measured) for v in base.variants),
+    )
+    floor = resnet.variant("resnet101_v1").accuracy
+    off, on = (
+        sim.simulate_families((resnet,), {"resnet": 500.0}, 5.0, st, "p90", 0, {"resnet": floor})
+        for st in (1, 2)
+    )
+    assert off.accuracy >= floor - 1e-9
+    assert on.accuracy >= floor - 1e-9
+    assert on.ok > 1.5 * off.ok
+    assert on.low_busy > 0.1
+    assert off.families["resnet"][1] == off.ok
