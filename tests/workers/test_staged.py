@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from accordion.workers import seqmodels
 from accordion.workers.batching import LatencyPredictor, SloBatcher, TritonDynamicBatcher
 from accordion.workers.cellular import CellularScheduler
 from accordion.workers.lazy import NodeScheduler
@@ -113,36 +114,37 @@ def test_sequence_outputs_equal_running_each_alone(
 
 def test_decoder_kv_pool_any_subsets_equal_running_each_alone() -> None:
     """The decoder keeps every request's KV cache in one pool: steps of arbitrary subsets of
-    the requests in flight (a gathered batch), requests moving to lower slots when others leave
-    (packing), the pool growing past its first slots, all give each request's tokens alone;
-    every slot is free again once they finished, a request in a slot used before starts
-    afresh, and a state dropped mid-way gives its slot back."""
+    the requests in flight (holes among a step's slots), the pool compacting (requests moving
+    down to lower slots, in their order) and growing past its first slots, all give each
+    request's tokens alone; every slot is free again once they finished, a request in a slot
+    used before starts afresh, and a state dropped mid-way gives its slot back."""
     model = DecoderStaged()
     pool = model.pool
     rng = np.random.default_rng(5)
     samples = [model.example(int(n), seed=i) for i, n in enumerate(rng.integers(3, 40, 20))]
     states = [model.begin(s) for s in samples]
     left = [model.steps(s) for s in samples]
-    first_slots = pool.data.shape[pool.dim]
-    gathered = moved = 0
+    first_slots = pool.capacity
+    holes = moved = 0
     with torch.inference_mode():
         while any(left):
             live = [i for i in range(20) if left[i]]
             size = min(len(live), int(rng.integers(1, 9)))
             chosen = sorted(rng.choice(live, size=size, replace=False))
-            before = {i: states[i].slot.index for i in chosen if states[i].slot is not None}
-            gathered += len(before) > 1 and not pool.neighbours(sorted(before.values()))
+            before = {i: states[i].slot.index for i in live if states[i].slot is not None}
+            ran = sorted(before[i] for i in chosen if i in before)
+            holes += len(ran) > 1 and ran[-1] - ran[0] >= len(ran)
             model.run(0, [states[i] for i in chosen])
             moved += any(states[i].slot.index not in (-1, before[i]) for i in before)
             for i in chosen:
                 left[i] -= 1
-    capacity = pool.data.shape[pool.dim]
-    assert capacity > first_slots  # it grew: 20 requests held slots at once
-    assert gathered > 0  # some steps' requests did not hold neighbouring slots
+    assert pool.capacity > first_slots  # it grew: 20 requests held slots at once
+    assert holes > 0  # some steps' requests did not hold neighbouring slots
     assert moved > 0  # some requests moved down when others left
+    assert pool.compactions > 0
     for i, sample in enumerate(samples):
         assert np.array_equal(model.finish(states[i]), model.alone(sample)), i
-    assert len(pool._free) == capacity  # every finished request gave its slot back
+    assert pool.taken == 0  # every finished request gave its slot back
     short = model.example(3, seed=99)
     again = model.begin(short)  # in a slot the others used
     with torch.inference_mode():
@@ -152,10 +154,94 @@ def test_decoder_kv_pool_any_subsets_equal_running_each_alone() -> None:
     dropped = model.begin(samples[0])
     with torch.inference_mode():
         model.run(0, [dropped])
-    assert len(pool._free) == capacity - 1
+    assert pool.taken == 1
     del dropped
     gc.collect()
-    assert len(pool._free) == capacity
+    assert pool.taken == 0
+
+
+def test_decoder_attends_each_request_over_about_its_own_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bench's shape: long requests in flight while short ones join and leave at every
+    step. The step attends in groups of neighbouring slots of similar contexts, not every row
+    over the batch's longest context: it attends over less than half the positions a padded
+    batch would, and every request still generates the tokens it generates alone (holes,
+    compactions and all)."""
+    plans: list[tuple[int, int, int]] = []  # (padded positions, attended positions, groups)
+    plan_of = seqmodels._attention_plan
+
+    def recorded(slots: list[int], contexts: list[int]) -> Any:
+        plan = plan_of(slots, contexts)
+        attended = sum((hi - lo) * longest for lo, hi, _, longest, _ in plan.groups)
+        plans.append((len(slots) * max(contexts), attended, len(plan.groups)))
+        return plan
+
+    monkeypatch.setattr(seqmodels, "_attention_plan", recorded)
+    model = DecoderStaged()
+    rng = np.random.default_rng(3)
+    samples = [model.example(400, seed=100), model.example(150, seed=101)]
+    samples += [model.example(int(n), seed=i) for i, n in enumerate(rng.integers(4, 40, 200))]
+    queue = list(range(len(samples)))
+    running: dict[int, Any] = {}
+    states: dict[int, Any] = {}
+    left = {i: model.steps(s) for i, s in enumerate(samples)}
+    with torch.inference_mode():
+        while queue or running:
+            while queue and len(running) < 12:  # a finished request is replaced at once
+                i = queue.pop(0)
+                running[i] = states[i] = model.begin(samples[i])
+            model.run(0, list(running.values()))
+            for i in list(running):
+                left[i] -= 1
+                if not left[i]:
+                    del running[i]
+    assert model.pool.compactions > 0
+    padded = sum(p for p, _, _ in plans)
+    attended = sum(a for _, a, _ in plans)
+    assert attended < 0.5 * padded, (attended, padded)
+    assert max(g for _, _, g in plans) > 1
+    for i, sample in enumerate(samples):
+        assert np.array_equal(model.finish(states[i]), model.alone(sample)), i
+
+
+def test_attention_plan_covers_every_row_with_its_own_positions() -> None:
+    """Random steps (slots with holes, contexts in any order): every row is in exactly one
+    group, which spans its slot; the row attends exactly its own context's positions (its
+    group's mask, or no mask when all of the group's slots hold that context); a plan never
+    attends more positions than one padded group over all the slots, plus the calls' worth."""
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        b = int(rng.integers(1, 70))
+        slots = sorted(int(x) for x in rng.choice(160, size=b, replace=False))
+        if rng.random() < 0.5:  # the pool's usual order: older (longer) first
+            contexts = sorted((int(x) for x in rng.integers(1, 512, b)), reverse=True)
+        else:
+            contexts = [int(x) for x in rng.integers(1, 512, b)]
+        plan = seqmodels._attention_plan(slots, contexts)
+        offsets = []
+        for slot, context in zip(slots, contexts, strict=True):
+            mine = [g for g in plan.groups if g[0] <= slot < g[1]]
+            assert len(mine) == 1
+            lo, _, offset, longest, masked = mine[0]
+            row = offset + slot - lo
+            offsets.append(row)
+            assert longest >= context
+            if masked:
+                assert plan.mask is not None
+                attends = plan.mask[row, 0, 0, :longest]
+                assert int(attends.sum()) == context
+                assert bool(attends[:context].all())
+            else:
+                assert context == longest
+        assert plan.size == sum(hi - lo for lo, hi, *_ in plan.groups)
+        if plan.at is None:
+            assert offsets == list(range(b))
+        else:
+            assert plan.at.tolist() == offsets
+        attended = sum((hi - lo) * longest for lo, hi, _, longest, _ in plan.groups)
+        one = (slots[-1] + 1 - slots[0]) * max(contexts)
+        assert attended <= one + len(plan.groups) * seqmodels.SPLIT_MIN_POSITIONS
 
 
 @pytest.mark.parametrize("mode", ["node", "request-slo", "request-triton"])

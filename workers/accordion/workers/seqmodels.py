@@ -23,7 +23,6 @@ every batching mode to that reference.
 
 from __future__ import annotations
 
-import heapq
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -175,81 +174,223 @@ def _heads(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return parts[0], parts[1], parts[2]
 
 
-class _Slot:
-    """Where a request's state lives in a `_SlotPool` (moved when the pool packs)."""
+SPLIT_MIN_POSITIONS = 384
+"""A step's attention is split into one more group only when that saves at least this many
+attended (row, position) pairs: one `scaled_dot_product_attention` call with its slicing costs
+about as much as attending over that many (measured on this project's CPU, one thread: a call
+at batch 1 ~8 us with its mask, then ~40 ns per row and position at width 128, 4 heads; the
+group's slicing and joining ~6 us more)."""
 
-    __slots__ = ("index",)
+
+class _Slot:
+    """Where a request's state lives in a `_SlotPool` (moved when the pool compacts), and how
+    many positions of it hold state."""
+
+    __slots__ = ("index", "used")
 
     def __init__(self, index: int) -> None:
         self.index = index
+        self.used = 0
 
 
 class _SlotPool:
     """The state of every request in flight (the decoder's KV caches) in one tensor, one slot
-    per request along dimension `dim` (`shape` at 8 slots; it doubles when full).
+    per request along dimension `dim` (`shape` at 8 slots; it doubles when more than half are
+    taken and none is left), read by the step as views, never copied per step.
 
-    Why: kept per request, the decoder copied each request's KV cache into a zeroed, padded
-    batch per layer and step (Python-level copies per request): its step grew with the batch
-    times its longest context (measured 3.15 ms at batch 32 with contexts up to 16, 7.78 ms
-    up to 256), the copying, not the attention, was most of it. In a pool a step writes its
-    new state in place and reads the batch's as a view when its requests hold neighbouring
-    slots (the pool packs a step's requests into the lowest free slots, one copy per request
-    that moves), else by one gather.
+    Why one pool: kept per request, the decoder copied each request's KV cache into a zeroed,
+    padded batch per layer and step; its step grew with the batch times its longest context
+    (measured 3.15 ms at batch 32 with contexts up to 16, 7.78 ms up to 256).
 
-    Slots are taken at a request's first step and given back after its last, or when its
-    state is garbage (a request dropped in flight): `weakref.finalize`. Thread-safe: states
-    are made and dropped on the event loop's thread, steps run on the model thread."""
+    Why slots in the order requests arrive: reading keys and values is the step's cost (on
+    this CPU attention and a copy both take ~40 ns per row and position), and a batch whose
+    members attend over its longest member's context pays for the padding of all the others
+    (at the bench's lengths, batch 64: 46% of what it attended). Slots are handed out in
+    increasing order, so along the slot dimension contexts decrease (every request in flight
+    advances one position per step; requests that skip steps only blur the order), and the
+    step splits its batch into ranges of neighbouring slots of similar contexts
+    (`_attention_groups`), each attending over its own longest context: no gather, little
+    padding. A finished request leaves a hole; holes inside a range cost like padding. The
+    pool compacts (moves the requests in flight down, in their order, each by its used
+    positions) when it runs out of slots, or when the positions attended over holes since
+    the last compaction exceed twice what a compaction copies (a copy costs about twice an
+    attended position: rent or buy).
+
+    Slots are given back after a request's last step, or when its state is garbage (a request
+    dropped in flight): `weakref.finalize`. Thread-safe: states are made and dropped on the
+    event loop's thread, steps (and compactions) run on the model thread."""
 
     def __init__(self, shape: tuple[int, ...], dim: int) -> None:
         self.dim = dim
         self.data = torch.zeros(shape)
-        self._free = list(range(shape[dim]))  # a heap: the lowest free slot first
+        self._owners: dict[int, _Slot] = {}  # the slots taken, by index
+        self._cursor = 0  # the next slot handed out
+        self._waste = 0  # positions attended over holes since the last compaction
+        self.compactions = 0
         self._lock = threading.Lock()
 
     @property
     def slot_bytes(self) -> int:
         return self.data.element_size() * self.data.numel() // self.data.shape[self.dim]
 
+    @property
+    def capacity(self) -> int:
+        return int(self.data.shape[self.dim])
+
+    @property
+    def taken(self) -> int:
+        return len(self._owners)
+
     def take(self, owner: object) -> _Slot:
         with self._lock:
-            if not self._free:  # grow: twice the slots, the states kept
-                old = self.data.shape[self.dim]
-                with torch.inference_mode(False):  # usable in and out of inference mode
-                    grown = torch.cat([self.data, torch.zeros_like(self.data)], self.dim)
-                self.data = grown
-                self._free = list(range(old, 2 * old))
-            slot = _Slot(heapq.heappop(self._free))
+            if self._cursor >= self.capacity:
+                if 2 * len(self._owners) > self.capacity:  # grow: twice the slots, states kept
+                    with torch.inference_mode(False):  # usable in and out of inference mode
+                        grown = torch.cat([self.data, torch.zeros_like(self.data)], self.dim)
+                    self.data = grown
+                else:
+                    self._compact()
+            slot = _Slot(self._cursor)
+            self._cursor += 1
+            self._owners[slot.index] = slot
         weakref.finalize(owner, self._give, slot)
         return slot
 
     def _give(self, slot: _Slot) -> None:
         with self._lock:
             if slot.index >= 0:
-                heapq.heappush(self._free, slot.index)
+                del self._owners[slot.index]
                 slot.index = -1
+                if not self._owners:  # nobody left: start again at slot 0, nothing to move
+                    self._cursor = self._waste = 0
 
     def release(self, slot: _Slot) -> None:
         """The request is done with its state: its slot is free (idempotent, as is its
         finalizer)."""
         self._give(slot)
 
-    def pack(self, slots: Sequence[_Slot], used: Sequence[int]) -> None:
-        """Move the given requests to lower free slots while there are any (`used[i]`: how
-        much of `slots[i]` along the next dimension holds state)."""
-        with self._lock:
-            for k in sorted(range(len(slots)), key=lambda i: -slots[i].index):
-                if not self._free or self._free[0] > slots[k].index:
-                    break
-                target = heapq.heappop(self._free)
-                src = self.data.select(self.dim, slots[k].index).narrow(self.dim, 0, used[k])
-                self.data.select(self.dim, target).narrow(self.dim, 0, used[k]).copy_(src)
-                heapq.heappush(self._free, slots[k].index)
-                slots[k].index = target
+    def wasted(self, positions: int, copy_positions: int) -> None:
+        """A step attended over `positions` (row, position) pairs of holes; compact once the
+        holes have cost more than moving `copy_positions` positions (the requests' state)
+        twice over."""
+        self._waste += positions
+        if self._waste > 2 * copy_positions:
+            with self._lock:
+                self._compact()
 
-    @staticmethod
-    def neighbours(slots: Sequence[int]) -> bool:
-        """`slots` (sorted) are neighbours: the pool narrowed to them is their batch."""
-        return list(slots) == list(range(slots[0], slots[0] + len(slots)))
+    def _compact(self) -> None:
+        """Move every slot taken down to 0, 1, ... in its order (the lock held)."""
+        owners: dict[int, _Slot] = {}
+        for target, (index, slot) in enumerate(sorted(self._owners.items())):
+            if index != target:
+                src = self.data.select(self.dim, index).narrow(self.dim, 0, slot.used)
+                self.data.select(self.dim, target).narrow(self.dim, 0, slot.used).copy_(src)
+                slot.index = target
+            owners[target] = slot
+        self._owners = owners
+        self._cursor = len(owners)
+        self._waste = 0
+        self.compactions += 1
+
+
+MERGE_SPAN = 16
+"""`_attention_plan` merges at most this many neighbouring runs into one group."""
+
+
+def _ints(values: list[int]) -> torch.Tensor:
+    """An int64 tensor of a short list (through numpy: 8x faster than ``torch.tensor`` on a
+    list, ~2 us against ~16 us at 64 values, and a step makes five)."""
+    return torch.from_numpy(np.array(values, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class _Attention:
+    """How a step's rows (in slot order) attend: `groups` of neighbouring slots, each
+    ``(first slot, last slot + 1, offset, longest context, masked)``, attend together over
+    their longest context. Their slots laid end to end make `size` rows (the step's rows and
+    the holes between them); `at`: where each of the step's rows sits among them (None: no
+    holes); `mask` [size, 1, 1, longest of all]: the positions each attends (a group with
+    neither holes nor padding needs none); `holes`: positions attended over holes."""
+
+    groups: list[tuple[int, int, int, int, bool]]
+    size: int
+    at: torch.Tensor | None
+    mask: torch.Tensor | None
+    holes: int
+
+
+def _attention_plan(slots: list[int], contexts: list[int]) -> _Attention:
+    """Split a step's rows (sorted by slot) into groups of neighbouring slots so that few
+    positions are attended (a group: its slots times its longest context, holes counted) in
+    few calls: runs of rows whose contexts share a power of two (at most 2x padding), cut
+    where the holes between two rows would cost more than a call (`SPLIT_MIN_POSITIONS`);
+    then the runs are grouped at the least cost (positions attended plus
+    `SPLIT_MIN_POSITIONS` per call), by dynamic programming over the runs. In Python (a step at
+    batch 64 has ~70 slots and a handful of runs; numpy calls cost more than that here).
+    `_SlotPool` says why this pays."""
+    runs: list[list[int]] = []  # [first slot, last slot + 1, longest, bucket, shortest]
+    for slot, c in zip(slots, contexts, strict=True):
+        if runs:
+            run = runs[-1]
+            if c.bit_length() == run[3] and (slot - run[1]) * max(run[2], c) <= SPLIT_MIN_POSITIONS:
+                run[1] = slot + 1
+                run[2] = max(run[2], c)
+                run[4] = min(run[4], c)
+                continue
+        runs.append([slot, slot + 1, c, c.bit_length(), c])
+    # the cheapest split of the runs into groups of neighbouring runs (a group costs its slots
+    # times its longest context, plus a call), by dynamic programming over the last
+    # `MERGE_SPAN` runs (a step has a few runs: one per power of two of its contexts)
+    best, first = [0] * (len(runs) + 1), [0] * (len(runs) + 1)
+    for j in range(1, len(runs) + 1):
+        hi, longest, best[j] = runs[j - 1][1], 0, -1
+        for i in range(j - 1, max(-1, j - 1 - MERGE_SPAN), -1):
+            longest = max(longest, runs[i][2])
+            cost = best[i] + (hi - runs[i][0]) * longest + SPLIT_MIN_POSITIONS
+            if best[j] < 0 or cost < best[j]:
+                best[j], first[j] = cost, i
+    merged: list[list[int]] = []
+    j = len(runs)
+    while j:
+        i = first[j]
+        part = runs[i:j]
+        longest = max(r[2] for r in part)
+        merged.append([part[0][0], part[-1][1], longest, 0, min(r[4] for r in part)])
+        j = i
+    merged.reverse()
+    b = len(slots)
+    size = sum(g[1] - g[0] for g in merged)
+    if size == b:  # no holes: the step's rows are the groups' rows, in order
+        groups, offset = [], 0
+        for lo, hi, longest, _, shortest in merged:
+            groups.append((lo, hi, offset, longest, shortest != longest))
+            offset += hi - lo
+        if not any(g[4] for g in groups):
+            return _Attention(groups, size, None, None, 0)
+        at, wide, holes = None, contexts, 0
+    else:
+        where: list[int] = []
+        wide = [1] * size  # a hole attends a position it does not own (its answer is dropped)
+        rows = [0] * len(merged)
+        k, offset = 0, 0
+        lo, hi = merged[0][0], merged[0][1]
+        for slot, c in zip(slots, contexts, strict=True):
+            while slot >= hi:
+                offset += hi - lo
+                k += 1
+                lo, hi = merged[k][0], merged[k][1]
+            where.append(offset + slot - lo)
+            wide[offset + slot - lo] = c
+            rows[k] += 1
+        at = _ints(where)
+        groups, offset, holes = [], 0, 0
+        for (lo, hi, longest, _, shortest), count in zip(merged, rows, strict=True):
+            groups.append((lo, hi, offset, longest, shortest != longest or count < hi - lo))
+            offset += hi - lo
+            holes += (hi - lo - count) * longest
+    longest_all = max(g[3] for g in groups)
+    mask = (torch.arange(longest_all) < _ints(wide).unsqueeze(1)).view(size, 1, 1, longest_all)
+    return _Attention(groups, size, at, mask, holes)
 
 
 @dataclass
@@ -308,41 +449,51 @@ class DecoderStaged(StagedModel):
 
     def run(self, stage: int, states: Sequence[Any]) -> list[Any]:
         m, pool = self.module, self.pool
-        b = len(states)
         for s in states:
             if s.slot is None:
                 s.slot = pool.take(s)
-        pool.pack([s.slot for s in states], [s.position for s in states])
         order = sorted(states, key=lambda s: s.slot.index)  # rows in slot order
+        b = len(order)
         slots = [s.slot.index for s in order]
-        positions = torch.tensor([s.position for s in order])
-        x = m.tokens(torch.tensor([s.next_token for s in order])) + m.positions(positions)
-        longest = int(positions.max()) + 1
-        mask = (torch.arange(longest).unsqueeze(0) <= positions.unsqueeze(1)).view(b, 1, 1, longest)
-        index = torch.tensor(slots)
-        view = pool.neighbours(slots)
+        where = [s.position for s in order]
+        plan = _attention_plan(slots, [p + 1 for p in where])
+        positions = _ints(where)
+        x = m.tokens(_ints([s.next_token for s in order])) + m.positions(positions)
+        flat = _ints(slots) * CONTEXT + positions  # (slot, position) in a layer's cache
         hd = WIDTH // HEADS
         for layer, block in enumerate(m.blocks):
             assert isinstance(block, _Block)
-            q, k, v = block.qkv(block.ln1(x)).split(WIDTH, dim=1)
+            qkv = block.qkv(block.ln1(x))
+            q = qkv[:, :WIDTH]
             cache = pool.data[layer]  # [2, slots, CONTEXT, WIDTH]
-            cache[0, index, positions] = k
-            cache[1, index, positions] = v
-            if view:  # nothing copied
-                keys = cache[0, slots[0] : slots[0] + b, :longest]
-                values = cache[1, slots[0] : slots[0] + b, :longest]
-            else:
-                keys = cache[0, :, :longest].index_select(0, index)
-                values = cache[1, :, :longest].index_select(0, index)
-            qh = q.view(b, 1, HEADS, hd).transpose(1, 2)
-            kh = keys.view(b, longest, HEADS, hd).transpose(1, 2)
-            vh = values.view(b, longest, HEADS, hd).transpose(1, 2)
-            attn = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
-            x = x + block.proj(attn.transpose(1, 2).reshape(b, WIDTH))
+            kv = qkv[:, WIDTH:].view(b, 2, WIDTH).transpose(0, 1)
+            cache.view(2, -1, WIDTH).index_copy_(1, flat, kv)
+            if plan.at is not None:  # holes among the groups' slots: queries at their slots
+                q = q.new_zeros(plan.size, WIDTH).index_copy_(0, plan.at, q)
+            qh = q.reshape(-1, HEADS, 1, hd)  # [rows, heads, 1, hd]
+            heads = cache.view(2, -1, CONTEXT, HEADS, hd).transpose(2, 3)  # views of the cache
+            keys, values = heads[0], heads[1]  # [slots, heads, CONTEXT, hd]
+            parts = []
+            for lo, hi, offset, longest, masked in plan.groups:
+                rows = slice(offset, offset + hi - lo)
+                mask = plan.mask[rows, :, :, :longest] if masked and plan.mask is not None else None
+                parts.append(
+                    F.scaled_dot_product_attention(
+                        qh[rows],
+                        keys[lo:hi, :, :longest],  # views: nothing copied
+                        values[lo:hi, :, :longest],
+                        attn_mask=mask,
+                    )
+                )
+            out = (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(-1, WIDTH)
+            if plan.at is not None:
+                out = out.index_select(0, plan.at)
+            x = x + block.proj(out)
             x = x + block.mlp(block.ln2(x))
         chosen = m.head(m.ln(x)).argmax(dim=1)
         for s, token in zip(order, chosen.tolist(), strict=True):
             s.position += 1
+            s.slot.used = s.position
             if s.position < len(s.prompt):
                 s.next_token = s.prompt[s.position]
             else:
@@ -350,6 +501,8 @@ class DecoderStaged(StagedModel):
                 s.generated.append(int(token))
             if s.position >= len(s.prompt) + s.generate - 1:
                 pool.release(s.slot)  # its last step: the keys and values are not read again
+        if plan.holes:  # after the step: a compaction moves slots, the next step plans afresh
+            pool.wasted(plan.holes, sum(where) + b)
         return list(states)
 
     def finish(self, state: Any) -> npt.NDArray[np.generic]:
