@@ -2,10 +2,13 @@
 
 Rounding every option at once (`rounding`) loses what the fractional parts served together;
 when that misses the gap goal, the planner dives instead: fix the options the LP already gives
-integral counts, round the most fractional quarter of the rest (up while the pool has room,
+integral counts, round the most fractional half of the rest (up while the pool has room,
 else down), re-solve the served and accuracy stages with the new bounds, and repeat until no
 count is fractional. Each round is two small LPs, so a dive costs a few dozen LP solves, far
-less than the MILP search at thousands of devices.
+less than the MILP search at thousands of devices. A half rather than a quarter a round: at
+3,000 devices with pipeline options (whose rounding misses the goal more often) the dive is
+most of the planner's time, and a half takes about half the rounds for the same served
+demand (bench/results/pipelines.md, the planner's time).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from accordion.solver.model import StagedModel
 from accordion.solver.problem import Problem
 
 _EPS = 1e-3  # GLOP leaves 0.9999993 where it means 1
+ROUND_SHARE = 2
+"""Each round fixes 1/ROUND_SHARE of the options the LP leaves fractional."""
 
 
 def dive(
@@ -42,7 +47,7 @@ def dive(
         for k in range(len(opts)):
             for p, c in takes[k].items():
                 used[p] += c * max(lower[k], math.floor(n[k] + _EPS))
-        for k in fractional[: max(1, len(fractional) // 4)]:
+        for k in fractional[: max(1, len(fractional) // ROUND_SHARE)]:
             up = math.ceil(n[k])
             if all(used[p] + c <= problem.pools[p].devices for p, c in takes[k].items()):
                 for p, c in takes[k].items():
