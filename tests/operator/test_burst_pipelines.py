@@ -54,3 +54,21 @@ def test_pipelines_on_one_first_pool_stay_two_rows_and_hold_their_stages_devices
         assert [st.replicas for st in row.stages] == [
             row.replicas * st.devices_per_replica for st in row.stages
         ]
+
+
+def test_a_spare_pipeline_is_the_spare_plans_running_pipeline_not_a_whole_variant() -> None:
+    """The spare plan avoids moving the spare replicas in force (`previous`): a spare pipeline
+    replica is named as that pipeline, not as a whole variant on its first pool (the planner
+    keys running replicas by pipeline too)."""
+    problem = _problem(1000.0)
+    main = plan(problem)
+    row = main.rows[0]
+    assert row.pipeline
+    previous = main.model_copy(
+        update={"rows": [row.model_copy(update={"spare_replicas": 1}), *main.rows[1:]]}
+    )
+    spare = spare_problem(problem, main, {"s": 50.0}, previous)
+    assert spare is not None
+    assert [(a.variant, a.pool, a.pipeline, a.replicas) for a in spare.current] == [
+        ("m", row.pool, row.pipeline, 1)
+    ]

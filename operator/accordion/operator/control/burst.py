@@ -90,7 +90,13 @@ def spare_problem(
     # Only variants that still exist (a spec change may have removed the one that had them).
     wanted = {(s.name, v.name) for s in services for v in s.variants}
     current = [
-        Allocation(service=r.service, variant=r.variant, pool=r.pool, replicas=r.spare_replicas)
+        Allocation(
+            service=r.service,
+            variant=r.variant,
+            pool=r.pool,
+            replicas=r.spare_replicas,
+            pipeline=r.pipeline,  # a spare pipeline is that pipeline, not its first pool's
+        )
         for r in (previous.rows if previous is not None else [])
         if r.spare_replicas > 0 and (r.service, r.variant) in wanted
     ]
