@@ -392,6 +392,7 @@ def sequences(
     start: float,
     step_profile_s: dict[int, float],
     lengths: list[int],
+    keep: Callable[[str], bool] = lambda _label: True,
 ) -> dict[str, object]:
     """Cellular against the request-level baselines on one sequence model, every one at the
     settings the same search finds best: max batch 32 or 64 for cellular and our SloBatcher
@@ -429,6 +430,7 @@ def sequences(
                 {},
             )
         )
+    configs = [c for c in configs if keep(c[0])]
     table, equal_rate, equal, outcomes = search(
         model, configs, bodies, slo, duration, start, log, lambda k: not k.startswith("cellular")
     )
@@ -482,7 +484,21 @@ def main() -> None:
     parser.add_argument(
         "--part", default="all", help="comma-separated: seq, dec, cnn (all: every one)"
     )
+    parser.add_argument(
+        "--configs",
+        default="",
+        help="sequence parts: run only the configurations whose label contains one of these "
+        "comma-separated strings (default: every one)",
+    )
+    parser.add_argument(
+        "--start", type=float, default=0.0, help="sequence parts: the ladder's first rate"
+    )
     args = parser.parse_args()
+    wanted = [w for w in args.configs.split(",") if w]
+
+    def keep(label: str) -> bool:
+        return not wanted or any(w in label for w in wanted)
+
     parts = {"seq", "dec", "cnn"} if args.part == "all" else set(args.part.split(","))
     duration = 4.0 if args.quick else 6.0
     lines: list[str] = []
@@ -504,7 +520,15 @@ def main() -> None:
             f"{np.mean(lengths):.1f}, p99 {np.percentile(lengths, 99):.0f}), SLO 1000 ms"
         )
         results["sequences"] = sequences(
-            "builtin:gru-seq", bodies, 1000.0, duration, log, 39.0, step_profile("gru-seq"), lengths
+            "builtin:gru-seq",
+            bodies,
+            1000.0,
+            duration,
+            log,
+            args.start or 39.0,
+            step_profile("gru-seq"),
+            lengths,
+            keep,
         ) | {
             "mean_length": float(np.mean(lengths)),
             "p99_length": float(np.percentile(lengths, 99)),
@@ -528,9 +552,10 @@ def main() -> None:
             2000.0,
             duration,
             log,
-            10.0,
+            args.start or 10.0,
             step_profile("decoder-tiny"),
             steps,
+            keep,
         ) | {"mean_length": float(np.mean(steps)), "p99_length": float(np.percentile(steps, 99))}
 
     # ------------------------------------------------------------------------ CNN
