@@ -76,6 +76,17 @@ def sequence_section(key: str, seq: dict[str, Any]) -> list[str]:
             if seq.get("noise_rule") == "repeat once"
             else []
         ),
+        *(
+            [
+                "This run's search was cut to fit one short hold of the shared machine's "
+                "heavy-work lock: it ran only the configurations whose label contains "
+                + ", ".join(f'"{w}"' for w in seq["configs_filter"].split(",") if w)
+                + " (those left out were never the best in the run before).",
+                "",
+            ]
+            if seq.get("configs_filter")
+            else []
+        ),
         f"| configuration | sustainable rate (req/s) | attainment at {equal:g} req/s | p99 "
         f"there (ms) |",
         "|---|---:|---:|---:|",

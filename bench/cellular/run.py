@@ -532,6 +532,7 @@ def main() -> None:
         ) | {
             "mean_length": float(np.mean(lengths)),
             "p99_length": float(np.percentile(lengths, 99)),
+            "configs_filter": args.configs,
         }
     if "dec" in parts:
         rng = np.random.default_rng(9)
@@ -556,7 +557,11 @@ def main() -> None:
             step_profile("decoder-tiny"),
             steps,
             keep,
-        ) | {"mean_length": float(np.mean(steps)), "p99_length": float(np.percentile(steps, 99))}
+        ) | {
+            "mean_length": float(np.mean(steps)),
+            "p99_length": float(np.percentile(steps, 99)),
+            "configs_filter": args.configs,
+        }
 
     # ------------------------------------------------------------------------ CNN
     if "cnn" in parts:
