@@ -77,6 +77,7 @@ from accordion.operator.api import (
 from accordion.operator.compact import ListPage
 from accordion.operator.config import OperatorConfig
 from accordion.operator.control.demand import DemandTracker
+from accordion.operator.control.desired import row_devices
 from accordion.operator.control.loop import (
     AppliedRouting,
     ControlLoop,
@@ -519,7 +520,8 @@ class Driver:
         used: dict[str, int] = {}
         plan = self.loop.last_plan
         for row in plan.rows if plan is not None else []:
-            used[row.pool] = used.get(row.pool, 0) + row.replicas
+            for pool_name, n in row_devices(row):  # a pipeline: each stage's pool
+                used[pool_name] = used.get(pool_name, 0) + n
         for gpu in plan.layouts if plan is not None else []:  # a MIG pool's GPUs in use
             used[gpu.pool] = used.get(gpu.pool, 0) + 1
         now = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -274,8 +274,9 @@ class OperatorMetrics:
     def _count_changes(self, rows: list[PlanRow]) -> None:
         by_service: dict[str, list[tuple[str, str, int]]] = {}
         for row in rows:
-            if row.replicas > 0:
-                by_service.setdefault(row.service, []).append((row.variant, row.pool, row.replicas))
+            if row.replicas > 0:  # a pipeline by its id: two may start on one pool
+                where = row.pipeline or row.pool
+                by_service.setdefault(row.service, []).append((row.variant, where, row.replicas))
         for service, service_rows in by_service.items():
             current = tuple(sorted(service_rows))
             if self._rows.get(service) != current:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from accordion.operator.control.desired import row_devices
 from accordion.solver import (
     Allocation,
     Plan,
@@ -59,8 +60,7 @@ def spare_problem(
     main_problem = fixed_layouts(main_problem, main_plan)
     used: dict[str, int] = {}
     for row in main_plan.rows:
-        # A pipeline's replicas take devices in each of its stages' pools.
-        for pool, n in [(st.pool, st.replicas) for st in row.stages] or [(row.pool, row.replicas)]:
+        for pool, n in row_devices(row):  # a pipeline's: in each of its stages' pools
             used[pool] = used.get(pool, 0) + n
     pools = [
         PoolSpec(

@@ -428,6 +428,12 @@ def row_key(row: PlanRow) -> WorkerKey:
     )
 
 
+def row_devices(row: PlanRow) -> list[tuple[str, int]]:
+    """The devices a plan row takes, per pool: a pipeline's in each of its stages' pools
+    (`PlanRow.pool` and `replicas` name its first pool and its pipeline replicas only)."""
+    return [(st.pool, st.replicas) for st in row.stages] or [(row.pool, row.replicas)]
+
+
 def spare_by_group(rows: Iterable[PlanRow]) -> dict[WorkerKey, int]:
     """Spare (burst) replicas of a plan's rows per worker group: a pipeline's in each of its
     stages' groups, as devices of that stage (`spare_replicas` counts pipeline replicas)."""
