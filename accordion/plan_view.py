@@ -69,7 +69,7 @@ def render_table(plan: Plan, console: Console) -> None:
             share = r.routed_qps / summary.served_qps if summary.served_qps else 0.0
             table.add_row(
                 r.variant,
-                r.pool,
+                r.pipeline or r.pool,  # a pipeline: its stages' parts and pools, by its id
                 str(r.replicas),
                 str(r.max_batch_size),
                 f"{r.capacity_qps_per_replica:.1f}",
