@@ -1,5 +1,5 @@
-"""What the operator reports of a plan with pipelines: a DevicePool's `allocatedDevices` and
-the plan-change counter.
+"""What the operator reports of a plan with pipelines: a DevicePool's `allocatedDevices`, the
+plan-change counter and the service's `ReplicasChanged` event.
 
 A pipeline row's `pool` and `replicas` name its first stage's pool and its pipeline replicas;
 its devices are its stages' (`desired.row_devices`), and two pipelines of a variant may start
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from kubernetes import client as k8s
 
+from accordion.operator.api import InferenceServiceStatus, PlanRowStatus
 from accordion.operator.config import OperatorConfig
-from accordion.operator.control.loop import World
+from accordion.operator.control.loop import RecordEvent, World
+from accordion.operator.control.status import plan_events
 from accordion.operator.handlers import Driver
 from accordion.operator.metrics import REGISTRY, OperatorMetrics
 from accordion.solver import PlanRow
@@ -69,3 +71,27 @@ def test_a_plan_that_swaps_one_pipeline_for_another_on_the_same_pool_is_a_change
     # Part a on 2 devices instead of 3: another pipeline, starting on lo as the first did.
     metrics._count_changes(_plan(_row(2, 1)).rows)
     assert _changes() == before + 2
+
+
+def _status(pipeline: str) -> InferenceServiceStatus:
+    row = PlanRowStatus(
+        variant="big",
+        pool="lo",
+        replicas=1,
+        max_batch_size=1,
+        capacity_qps=30.0,
+        routed_qps=30.0,
+        weight=1.0,
+        accuracy=80.0,
+        pipeline=pipeline,
+    )
+    return InferenceServiceStatus(plan=[row])
+
+
+def test_a_new_pipeline_on_the_same_first_pool_is_an_event_that_names_it() -> None:
+    old, new = "a..a@lo*3>b..b@gpu*1", "a..a@lo*2>b..b@gpu*1"
+    assert plan_events(SVC, _status(old), _status(old)) == []
+    (event,) = plan_events(SVC, _status(old), _status(new))
+    assert isinstance(event, RecordEvent)
+    assert event.reason == "ReplicasChanged"
+    assert f"big@{new} x1" in event.message

@@ -323,12 +323,13 @@ def plan_events(
                 reason,
                 f"effective accuracy {old_acc:g} -> {new_acc:g} for "
                 f"{new.demand_qps or 0:g} req/s: "
-                + ", ".join(f"{r.variant}@{r.pool} x{r.replicas}" for r in new.plan),
+                + ", ".join(f"{r.variant}@{r.pipeline or r.pool} x{r.replicas}" for r in new.plan),
             )
         )
     old_n, new_n = sum(r.replicas for r in prev.plan), sum(r.replicas for r in new.plan)
-    if old_n != new_n or {(r.variant, r.pool) for r in prev.plan} != {
-        (r.variant, r.pool) for r in new.plan
+    # A pipeline by its id (its parts and pools): two may start on the same pool.
+    if old_n != new_n or {(r.variant, r.pipeline or r.pool) for r in prev.plan} != {
+        (r.variant, r.pipeline or r.pool) for r in new.plan
     }:
         events.append(
             RecordEvent(
@@ -336,7 +337,10 @@ def plan_events(
                 "Normal",
                 "ReplicasChanged",
                 f"{old_n} -> {new_n} worker replicas: "
-                + (", ".join(f"{r.variant}@{r.pool} x{r.replicas}" for r in new.plan) or "none"),
+                + (
+                    ", ".join(f"{r.variant}@{r.pipeline or r.pool} x{r.replicas}" for r in new.plan)
+                    or "none"
+                ),
             )
         )
     was = next((c for c in prev.conditions if c.type == "Degraded"), None)
