@@ -13,15 +13,19 @@ phases at gamma-distributed levels around the mean) and each of 3+ rates:
   (`LoadReport.sent_at_s`; the generator shares the machine, so how late it sent against the
   schedule is reported per row, `send_late_ms`: p50, p99, max);
 * **model**: `queueing.latency_quantile_s` from the profile ``accordion profile`` measured at the
-  start of the run, at the sent arrivals' rate and the burstiness the router's own meter
-  (`dispersion.DispersionMeter`) reads from them; once from the profile alone (the device's
-  work) and once with the overhead of the worker's HTTP path (`profiler.measure_overhead`,
-  measured on the same worker before the runs from the profile: a lone batch's execution
-  beyond the profile's, for a batch that starts on an idle device; a lone request's round trip
-  beyond its execution; the work per request a saturated worker's batches wait for); the
+  start of the run (every batch size up to the cap, `SIZES`), at the sent arrivals' rate and
+  the burstiness the router's own meter (`dispersion.DispersionMeter`) reads from them, for
+  bursty rows with the queue carried across the generator's phases (`PHASE_S`, known here: the
+  router does not measure it, the planner's capacity is the quasi-static model's, reported
+  beside it); once from the profile alone (the device's work) and once with the overhead of
+  the worker's HTTP path (`profiler.measure_overhead`, measured on the same worker before the
+  runs from the profile: a lone batch's execution beyond the profile's, for a batch that
+  starts on an idle device; a lone request's round trip beyond its execution; the work per
+  request a saturated worker's batches wait for); the
   simulator's replay gets the same overhead (`IdleTracking`). Each row also gives the worker's
   own mean batch and execution in that run against the profile's at that size (how far the
-  device ran from what the model assumed).
+  device ran from what the model assumed), and the replay's p99 on `SPREAD_SEEDS` fresh draws
+  of the row's generator (min, median, max: how much one 40-s run's p99 varies).
 
 Run: ``flock /tmp/accordion-heavy.lock .venv/bin/python bench/serverless/worker_model.py``
 (writes bench/results/serverless_model.json, read by report.py).
@@ -41,6 +45,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +64,15 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 WORKER = [sys.executable, "-m", "accordion.workers"]
 MODEL = "demo-xl"
 CAP = 8
-SIZES = (1, 2, 4, 8)
+SIZES = tuple(range(1, CAP + 1))
+"""Every batch size is profiled: on CPU the device's curve is not linear between powers of two
+(demo-xl, 23:40 UTC: a batch of 3 ran in 7.0-8.0 ms, as fast as one of 2, where the line
+between 2 (7.2 ms) and 4 (14.4 ms) says 10.8 ms), and the model and the replay take the
+profile as the device's truth."""
 PHASE_S = 0.5
 BURST_CV2 = 0.1
+SPREAD_SEEDS = 8
+"""Fresh draws of each row's generator the replay runs on, for the spread of a run's p99."""
 
 
 def bursty_schedule(rate: float, cv2: float, duration_s: float, seed: int) -> list[float]:
@@ -238,9 +249,10 @@ def main() -> None:
         for k, (kind, rate) in enumerate(cases):
             seed = 10 + k
             if kind == "poisson":
-                schedule = poisson_schedule(rate, args.duration_s, seed)
+                make = partial(poisson_schedule, duration_s=args.duration_s)
             else:
-                schedule = bursty_schedule(rate, BURST_CV2, args.duration_s, seed)
+                make = partial(bursty_schedule, cv2=BURST_CV2, duration_s=args.duration_s)
+            schedule = make(rate, seed=seed)
             before = worker_counters(url)
             report = asyncio.run(run_load(url, MODEL, schedule, slo_ms=10000.0, body=body))
             batches, batched, executed = (float(v) for v in worker_counters(url) - before)
@@ -252,9 +264,20 @@ def main() -> None:
             scheduled_dispersion, scheduled_cv2 = burstiness(schedule)
             offered = len(sent) / args.duration_s
             measured = report.percentile_ms(99)
-            device_only = latency_quantile_s(points, CAP, offered, cv2, 0.99) * 1000.0
-            predicted = latency_quantile_s(points, CAP, offered, cv2, 0.99, overhead) * 1000.0
+            phase_s = PHASE_S if kind == "bursty" else None
+            device_only = latency_quantile_s(points, CAP, offered, cv2, 0.99, None, phase_s)
+            device_only *= 1000.0
+            predicted = (
+                latency_quantile_s(points, CAP, offered, cv2, 0.99, overhead, phase_s) * 1000.0
+            )
+            quasi_static = latency_quantile_s(points, CAP, offered, cv2, 0.99, overhead) * 1000.0
             simulated = simulated_p99(points, sent, seed, overhead) * 1000.0
+            # How much a 40-s p99 varies at this rate: the replay on fresh draws of the same
+            # generator (a few phases far above the mean decide a bursty p99).
+            spread = sorted(
+                simulated_p99(points, make(rate, seed=seed + 100 * j), seed + j, overhead) * 1e3
+                for j in range(1, SPREAD_SEEDS + 1)
+            )
             row = {
                 "arrivals": kind,
                 "rate_qps": round(offered, 1),
@@ -273,7 +296,16 @@ def main() -> None:
                 ),
                 "measured_p99_ms": round(measured, 2),
                 "simulated_p99_ms": round(simulated, 2),
+                "replay_spread_ms": [
+                    round(spread[0], 2),
+                    round(spread[len(spread) // 2], 2),
+                    round(spread[-1], 2),
+                ],
                 "predicted_p99_ms": round(predicted, 2) if math.isfinite(predicted) else None,
+                "phase_s": phase_s,
+                "quasi_static_p99_ms": (
+                    round(quasi_static, 2) if math.isfinite(quasi_static) else None
+                ),
                 "device_only_p99_ms": (
                     round(device_only, 2) if math.isfinite(device_only) else None
                 ),

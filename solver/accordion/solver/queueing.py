@@ -69,6 +69,8 @@ QUANTILE_PHASE_NODES = 48
 """... for `latency_quantile_s`, which solves the queue at each (validation only)."""
 _U_NODES = 8
 """Points of arrival within a running batch (midpoints; latency is linear in them)."""
+_TRANSIENT_SWEEPS = 20000
+"""Most power-iteration sweeps of `_modulated_cdf` (it stops when the distribution settles)."""
 
 Array = npt.NDArray[np.float64]
 
@@ -166,9 +168,11 @@ def _one_blas_thread() -> threadpool_limits:
 class _Chain:
     """The queue length at batch completions of the SLO batcher under Poisson(rate) arrivals,
     with `states` - 1 as the largest length kept (more is lumped there: latencies that long are
-    late anyway); see the module docstring."""
+    late anyway); see the module docstring. `pi` is the stationary distribution (a rate at or
+    above the throughput has none that means anything: callers of `_transient_states` use the
+    transition matrix `trans` alone)."""
 
-    def __init__(self, ex: Execution, rate: float, states: int) -> None:
+    def __init__(self, ex: Execution, rate: float, states: int, stationary: bool = True) -> None:
         cap = ex.cap
         n = np.arange(states)
         self.batch = np.minimum(np.maximum(n, 1), cap)
@@ -182,7 +186,13 @@ class _Chain:
             q = int(self.left[i])
             trans[i, q:] = pmf[: states - q]
             trans[i, -1] += float(pmf[states - q :].sum())
-        self.pi = _stationary(trans)
+        self.trans = trans
+        # Expected time from a completion that leaves n waiting to the next completion: the
+        # next batch's execution, after waiting for an arrival when none waits.
+        step = ex.mean_s[self.batch - 1].astype(float)
+        step[0] = float(ex.mean_s[0]) + ex.cold_s + (1.0 / rate if rate > 0 else math.inf)
+        self.step_s = step
+        self.pi = _stationary(trans) if stationary else np.zeros(states)
 
 
 def _stationary(trans: Array) -> Array:
@@ -197,23 +207,39 @@ def _stationary(trans: Array) -> Array:
     return pi / float(pi.sum())
 
 
+def _states_for(ex: Execution, xs: Array) -> int:
+    """Queue lengths the chain keeps to answer P(latency <= x) for every x of `xs`."""
+    cap = ex.cap
+    full_s = float(ex.mean_s[cap - 1])
+    # Queue lengths beyond this many full batches ahead are later than every x asked about.
+    ahead = math.ceil(float(np.max(xs)) / full_s) + 2
+    # At most `MAX_STATES` (cost grows with their cube): a longer queue counts as late, which
+    # is conservative only where the SLO is many full batches long, near the throughput.
+    return min(cap * (ahead + 1) + 8, max(MAX_STATES, 3 * cap))
+
+
 def _latency_cdf(ex: Execution, rate: float, xs: Array) -> Array:
     """P(latency <= x) for each x of `xs`, under Poisson(rate) arrivals (module docstring)."""
     cap = ex.cap
-    mean = ex.mean_s
-    full_s = float(mean[cap - 1])
     if rate <= 0:
         return _exec_cdf(ex, np.array([1]), np.array([1.0]), np.full(1, ex.cold_s), xs)
-    if rate * full_s >= cap:
+    if rate * float(ex.mean_s[cap - 1]) >= cap:
         return np.zeros_like(xs)
-    horizon = float(np.max(xs))
-    # Queue lengths beyond this many full batches ahead are later than every x asked about.
-    ahead = math.ceil(horizon / full_s) + 2
-    # At most `MAX_STATES` (cost grows with their cube): a longer queue counts as late, which
-    # is conservative only where the SLO is many full batches long, near the throughput.
-    states = min(cap * (ahead + 1) + 8, max(MAX_STATES, 3 * cap))
-    chain = _Chain(ex, rate, states)
-    pi = chain.pi
+    chain = _Chain(ex, rate, _states_for(ex, xs))
+    cdf, total = _arrivals_cdf(ex, rate, xs, chain, chain.pi)
+    return cdf / total
+
+
+def _arrivals_cdf(
+    ex: Execution, rate: float, xs: Array, chain: _Chain, pi: Array
+) -> tuple[Array, float]:
+    """(sum over arrivals of P(latency <= x), per x; the arrivals' total weight), when the
+    batch completions leave `pi` (weights, any total) waiting: each completion is followed by
+    the arrivals during the next batch (and the one that ends an idle spell)."""
+    cap = ex.cap
+    mean = ex.mean_s
+    full_s = float(mean[cap - 1])
+    states = len(pi)
     t_size = states + cap
     # Arrivals that find the device idle: a batch of one, at once, `cold_s` longer than the
     # profile's batch of one.
@@ -261,8 +287,50 @@ def _latency_cdf(ex: Execution, rate: float, xs: Array) -> Array:
     own = np.minimum(cap, place + np.ceil(rate * wait).astype(int))
     cold = np.zeros_like(wait)
     cold[0] = ex.cold_s  # the first: the arrival that found the device idle
-    cdf = _exec_cdf(ex, own, w_all, wait + cold, xs)
-    return cdf / float(w_all.sum())
+    return _exec_cdf(ex, own, w_all, wait + cold, xs), float(w_all.sum())
+
+
+def _modulated_cdf(ex: Execution, rates: Array, shares: Array, phase_s: float, xs: Array) -> Array:
+    """P(latency <= x) for each x of `xs`, over requests, when the arrival rate holds a level of
+    `rates` (time shares `shares`) for an exponential phase of mean `phase_s`, then draws the
+    next level: the queue a phase leaves is where the next starts (module docstring).
+
+    The chain's state is (level, queue length at a batch completion); from there the next
+    batch runs at the level's rate (`_Chain`) and the phase ends during it with probability
+    1 - exp(-step / phase_s) (its expected duration, `_Chain.step_s`), the queue carried to a
+    level drawn by `shares`. Its stationary distribution is found by power iteration from the
+    quasi-static one (each stable level's own, an unstable level's empty queue)."""
+    states = _states_for(ex, xs)
+    chains = [_Chain(ex, float(r), states, stationary=False) for r in rates]
+    trans = np.stack([c.trans for c in chains])
+    cap = ex.cap
+    full_s = float(ex.mean_s[cap - 1])
+    start = np.zeros((len(rates), states))
+    for i, (r, c) in enumerate(zip(rates, chains, strict=True)):
+        if r * full_s < cap:
+            start[i] = _stationary(c.trans)
+        else:
+            start[i, 0] = 1.0
+    # Completions in each level: its time share over the mean time between them.
+    steps = np.stack([c.step_s for c in chains])
+    x = shares[:, None] * start / (start * steps).sum(axis=1)[:, None]
+    x /= float(x.sum())
+    stay = np.exp(-steps / phase_s)
+    for sweep in range(_TRANSIENT_SWEEPS):
+        kept = np.einsum("ls,lst->lt", x * stay, trans)
+        moved = np.einsum("ls,lst->t", x * (1.0 - stay), trans)
+        new = kept + shares[:, None] * moved[None, :]
+        done = sweep % 16 == 15 and float(np.abs(new - x).sum()) < 1e-9
+        x = new
+        if done:
+            break
+    cdf = np.zeros_like(xs)
+    total = 0.0
+    for r, c, xi in zip(rates, chains, x, strict=True):
+        part, weight = _arrivals_cdf(ex, float(r), xs, c, xi)
+        cdf += part
+        total += weight
+    return cdf / total
 
 
 def _exec_cdf(ex: Execution, own: npt.NDArray[np.int_], w: Array, wait: Array, xs: Array) -> Array:
@@ -375,10 +443,13 @@ def latency_quantile_s(
     cv2: float,
     quantile: float,
     overhead: RequestOverhead | None = None,
+    phase_s: float | None = None,
 ) -> float:
     """The model's `quantile` of request latency at `rate_qps` (validation and benchmarks;
     the planner asks `max_rate_qps`), with the per-request `overhead` of the path measured
-    (none: the device's alone). Infinite when the device cannot keep up."""
+    (none: the device's alone). Rate levels held for phases of mean `phase_s` carry their
+    queue from one phase to the next (`_modulated_cdf`); None: quasi-static, each level's
+    queue settled (the limit of long phases). Infinite when the device cannot keep up."""
     extra = overhead or RequestOverhead()
     ex = Execution.of(profile_key(points), cap, extra.per_request_s, extra.cold_batch_s)
     g, p = _rate_phases(cv2, QUANTILE_PHASE_NODES)
@@ -386,8 +457,11 @@ def latency_quantile_s(
     xs = np.linspace(0.0, top * 12, 1200)
     cdf = np.zeros_like(xs)
     with _one_blas_thread():
-        for gi, pi in zip(g, p, strict=True):
-            cdf += pi * gi * _latency_cdf(ex, rate_qps * float(gi), xs)
-    cdf /= float((p * g).sum())
+        if phase_s is not None and len(g) > 1:
+            cdf = _modulated_cdf(ex, rate_qps * g, p, phase_s, xs)
+        else:
+            for gi, pi in zip(g, p, strict=True):
+                cdf += pi * gi * _latency_cdf(ex, rate_qps * float(gi), xs)
+            cdf /= float((p * g).sum())
     idx = int(np.searchsorted(cdf, quantile, side="left"))
     return float(xs[idx]) + extra.fixed_s if idx < len(xs) else math.inf
