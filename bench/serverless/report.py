@@ -15,6 +15,16 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+BASELINES = ("pre17", "margin", "knative")
+"""The baselines of the sparse trace (`sparse_trace.py`): pre17, the product's fixed-margin
+planning before issue 17 (the goal's baseline); margin, the fixed margin with ours' serverless
+rules (the stronger one, context); knative, the KPA."""
+LEGEND = (
+    "pre17: the product's fixed-margin planning before issue 17 (no replica floor, no idle "
+    "period, no activator: the goal's \"today's fixed-margin planning\"); margin: the fixed "
+    "margin with every serverless rule ours has (scale to zero, idle period, activator; only "
+    "the capacity model differs); knative: the KPA."
+)
 
 
 def frontier(rows: list[dict[str, Any]]) -> list[tuple[float, float, str]]:
@@ -102,6 +112,8 @@ def trace_table(data: dict[str, Any]) -> list[str]:
     rows = data["rows"]
     ours = next(r for r in rows if r["policy"] == "ours")
     out = [
+        LEGEND,
+        "",
         "| policy | attainment | device-seconds | late | dropped | re-plans | accuracy |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -112,22 +124,28 @@ def trace_table(data: dict[str, Any]) -> list[str]:
         )
     groups = {
         name: [r for r in rows if r["policy"] == name or r["policy"].startswith(name + "-")]
-        for name in ("ours", "margin", "knative")
+        for name in ("ours", *BASELINES)
     }
     groups = {k: v for k, v in groups.items() if v}
     out += ["", f"At ours' default point ({ours['attainment']:.4%}, {ours['device_seconds']:.0f}):"]
     out += ["", "| baseline | device-seconds | ours saves | how |", "|---|---:|---:|---|"]
-    for name in ("margin", "knative"):
+    for name in BASELINES:
         if name not in groups:
             continue
         d, how = at_attainment(groups[name], ours["attainment"])
-        shown = "-" if d is None else f"{d:.0f}"
-        saving = "-" if d is None else f"{1 - ours['device_seconds'] / d:+.1%}"
+        # A baseline whose every point is more attained than ours: its cost at ours'
+        # attainment is at most its cheapest, ours' saving there at most the one shown.
+        above = d is not None and ours["attainment"] < frontier(groups[name])[0][0]
+        shown = "-" if d is None else f"{'<= ' if above else ''}{d:.0f}"
+        saving = (
+            "-" if d is None else f"{'<= ' if above else ''}{1 - ours['device_seconds'] / d:+.1%}"
+        )
         out.append(f"| {name} | {shown} | {saving} | {how} |")
-    # Each baseline's frontier points and ours', at every attainment both reach (below ours'
-    # least attained point, ours' cheapest is an upper bound of its cost, marked <=).
+    # Each baseline's frontier points and ours', at every attainment both reach (below a
+    # sweep's least attained point, its cheapest is an upper bound of its cost, marked <=;
+    # where both are bounds the saving is unknown and the level is left out).
     ours_front = frontier(groups["ours"])
-    for name in ("margin", "knative"):
+    for name in BASELINES:
         if name not in groups:
             continue
         theirs = frontier(groups[name])
@@ -141,8 +159,14 @@ def trace_table(data: dict[str, Any]) -> list[str]:
             if mine is None or d is None:
                 continue
             bound = "<= " if level < ours_front[0][0] else ""
-            more = ">= " if bound else ""
-            out.append(f"| {level:.4%} | {bound}{mine:.0f} | {d:.0f} | {more}{1 - mine / d:+.1%} |")
+            theirs_bound = "<= " if level < theirs[0][0] else ""
+            if bound and theirs_bound:
+                continue
+            more = ">= " if bound else theirs_bound
+            out.append(
+                f"| {level:.4%} | {bound}{mine:.0f} | {theirs_bound}{d:.0f} "
+                f"| {more}{1 - mine / d:+.1%} |"
+            )
     return out
 
 

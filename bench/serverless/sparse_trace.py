@@ -20,17 +20,26 @@ Policies, each on the simulator's engine with execution times drawn from the pro
   and rate, `accordion.operator.control.idle`) and ``demand.burst.policy: Off`` (no spare
   replicas: the API's setting for cost-sensitive services); requests at zero replicas are held
   by the router's activator (`accordion.sim.activator`), as the KPA's activator holds its own;
-* ``margin``: the same loop and spec without the batching model: today's fixed utilization
-  margin (PlannerSettings.utilization), swept;
+* ``margin``: the same loop and spec without the batching model: the fixed utilization
+  margin (PlannerSettings.utilization), swept, with every serverless rule ours has (the same
+  scale to zero, idle period, activator): only the capacity model differs;
+* ``pre17``: "today's fixed-margin planning" of issue 17's goal, the product as it planned
+  before issue 17 (`pre_serverless`: no replica floor, so zero workers for a service whose
+  estimate is zero; no idle period; no activator, so a request with no ready replica is shed;
+  the estimator of then), utilization margin swept;
 * ``knative``: the KPA (`accordion.sim.knative`), target utilization swept.
 
 Equal SLO attainment: every policy's own knob is swept, each one a setting its user has:
-ours' ``spec.demand.headroom`` (0.1 by default; 0, 0.25, 0.5), the margin's utilization
-(0.5-1.0), the KPA's target utilization (0.3-1.0). Each policy's sweep gives its cheapest
-device-seconds for each attainment (the Pareto frontier of its points, interpolated linearly
-between them); report.py compares the policies at the same attainment wherever both reach it,
-and at ours' default point. Run: ``.venv/bin/python bench/serverless/sparse_trace.py``
-(writes bench/results/serverless_trace.json, read by report.py).
+ours' ``spec.demand.headroom`` (0.1 by default; 0, 0.25, 0.5) and ``minReplicas: 1`` (the
+API's default, no scale to zero) for some services (``ours-min1-speech``: speech's;
+``ours-min1``: every service's), the attainment warm replicas buy; the
+margin's and pre17's utilization (0.5-1.0), the KPA's target utilization (0.3-1.0). Each
+policy's sweep gives its cheapest device-seconds for each attainment (the Pareto frontier of
+its points, interpolated linearly between them); report.py compares the policies at the same
+attainment wherever both reach it, and at ours' default point. Run:
+``.venv/bin/python bench/serverless/sparse_trace.py`` (writes
+bench/results/serverless_trace.json, read by report.py); ``--only pre17`` runs one policy's
+sweep and replaces only its rows in that file (the others' rows stay as they were).
 """
 
 from __future__ import annotations
@@ -39,10 +48,12 @@ import argparse
 import json
 import math
 import random
+import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from accordion.operator.api import InferenceService, parse_resource
 from accordion.sim.driver import LoopControl, family_service
@@ -51,6 +62,7 @@ from accordion.sim.knative import Knative
 from accordion.sim.policies import Accordion
 from accordion.sim.workload import Cluster, Family, Workload
 from accordion.solver import PlannerSettings, PoolSpec, ProfilePoint, VariantSpec
+from bench.serverless.pre_serverless import PreServerless
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 DURATION_S = 1200.0
@@ -140,14 +152,20 @@ def workload(seed: int = 7) -> Workload:
 
 
 def scale_to_zero_service(
-    fam: Family, service_time: str, initial_qps: float, headroom: float | None = None
+    fam: Family,
+    service_time: str,
+    initial_qps: float,
+    headroom: float | None = None,
+    min_replicas: int = 0,
 ) -> InferenceService:
     """The family as a user would apply it with scale to zero (minReplicas 0); `headroom`:
-    its `spec.demand.headroom` (None: the API's default, 0.1)."""
+    its `spec.demand.headroom` (None: the API's default, 0.1); `min_replicas` 1: the API's
+    default instead, no scale to zero."""
     base = family_service(fam, service_time, initial_qps)
     obj = base.model_dump(by_alias=True, exclude_none=True, mode="json")
-    obj["spec"]["minReplicas"] = 0
-    obj["spec"]["scaleToZeroIdleSeconds"] = IDLE_S
+    obj["spec"]["minReplicas"] = min_replicas
+    if min_replicas == 0:
+        obj["spec"]["scaleToZeroIdleSeconds"] = IDLE_S
     # A cost-sensitive service: no spare replicas on idle devices (the API's documented
     # choice for such services); the batching model sizes the replicas for its bursts.
     obj["spec"].setdefault("demand", {})["burst"] = {"policy": "Off"}
@@ -168,18 +186,26 @@ class Serverless(Accordion):
         utilization: float | None,
         name: str,
         headroom: float | None = None,
+        warm: frozenset[str] = frozenset(),
     ) -> None:
         planner = None if utilization is None else PlannerSettings(utilization=utilization)
         super().__init__(planner=planner, name=name)
         self.batching_model = batching_model
         self.headroom = headroom
+        self.warm = warm
+        """The families applied with the API's default minReplicas 1 (no scale to zero)."""
+
+    def service(self, fam: Family, service_time: str, initial_qps: float) -> InferenceService:
+        return scale_to_zero_service(
+            fam, service_time, initial_qps, self.headroom, 1 if fam.name in self.warm else 0
+        )
 
     def control(self, sim: Simulator) -> Control:
         return LoopControl(
             sim,
             timings=self.timings,
             planner=self.planner,
-            services=partial(scale_to_zero_service, headroom=self.headroom),
+            services=self.service,
             batching_model=self.batching_model,
         )
 
@@ -202,26 +228,82 @@ def run(policy: Any) -> dict[str, Any]:
     }
 
 
+def sweeps(args: argparse.Namespace) -> dict[str, list[Any]]:
+    """Each policy's swept points, by policy name."""
+
+    def values(text: str) -> list[float]:
+        return [float(x) for x in text.split(",") if x]
+
+    everyone = frozenset(f.name for f in cluster().families)
+
+    return {
+        "ours": [Serverless(batching_model=True, utilization=None, name="ours")]
+        + [
+            Serverless(batching_model=True, utilization=None, name=f"ours-h{h:g}", headroom=h)
+            for h in values(args.headrooms)
+        ]
+        # The API's default minReplicas 1 (no scale to zero) for some services: ours' setting
+        # for the attainment that keeping their replicas warm buys.
+        + [
+            Serverless(
+                batching_model=True,
+                utilization=None,
+                name="ours-min1" + "".join(f"-{f}" for f in sorted(warm) if warm != everyone),
+                warm=warm,
+            )
+            for warm in (frozenset(x.split("+")) for x in args.min1.split(",") if x)
+        ],
+        "margin": [
+            Serverless(batching_model=False, utilization=u, name=f"margin-{u:g}")
+            for u in values(args.margins)
+        ],
+        "pre17": [PreServerless(utilization=u, name=f"pre17-{u:g}") for u in values(args.pre17)],
+        "knative": [
+            Knative(target_utilization=tu, name=f"knative-{tu:g}") for tu in values(args.targets)
+        ],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--headrooms", default="0,0.25,0.5")
+    parser.add_argument(
+        "--min1",
+        default="speech,text,speech+text,speech+text+vision",
+        help="comma-separated sets (a+b) of families with minReplicas 1, one ours point each",
+    )
     parser.add_argument("--margins", default="0.5,0.6,0.7,0.8,0.9,1.0")
+    parser.add_argument("--pre17", default="0.5,0.6,0.7,0.8,0.9,1.0")
     parser.add_argument("--targets", default="0.3,0.4,0.5,0.7,0.85,1.0")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated policies to run (ours, margin, pre17, "
+        "knative); their rows replace theirs in --out, the others' stay",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "serverless_trace.json")
     args = parser.parse_args()
-    rows = [run(Serverless(batching_model=True, utilization=None, name="ours"))]
-    print(rows[-1], flush=True)
-    for h in (float(x) for x in args.headrooms.split(",") if x):
-        policy = Serverless(batching_model=True, utilization=None, name=f"ours-h{h:g}", headroom=h)
-        rows.append(run(policy))
-        print(rows[-1], flush=True)
-    for u in (float(x) for x in args.margins.split(",")):
-        rows.append(run(Serverless(batching_model=False, utilization=u, name=f"margin-{u:g}")))
-        print(rows[-1], flush=True)
-    for tu in (float(x) for x in args.targets.split(",")):
-        rows.append(run(Knative(target_utilization=tu, name=f"knative-{tu:g}")))
-        print(rows[-1], flush=True)
+    chosen = {x for x in args.only.split(",") if x}
+    rows: list[dict[str, Any]] = []
+    for name, policies in sweeps(args).items():
+        for policy in policies:
+            if chosen and name not in chosen and policy.name not in chosen:
+                continue
+            rows.append({**run(policy), "group": name})
+            print(rows[-1], flush=True)
+    if chosen and args.out.exists():
+        ran = {r["policy"] for r in rows}
+        old = json.loads(args.out.read_text())["rows"]
+        kept = [r for r in old if group(r) not in chosen and r["policy"] not in ran]
+        rows = kept + rows
+    order = list(sweeps(args))
+    rows.sort(key=lambda r: order.index(group(r)))
     args.out.write_text(json.dumps({"duration_s": DURATION_S, "rows": rows}, indent=1) + "\n")
+
+
+def group(row: dict[str, Any]) -> str:
+    """The policy a row belongs to (rows written before the field: its name's prefix)."""
+    return str(row.get("group") or row["policy"].split("-")[0])
 
 
 if __name__ == "__main__":
