@@ -72,6 +72,10 @@ def model_table(data: dict[str, Any]) -> list[str]:
             "| device-only model p99 (ms) | device-only vs worker |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
+    quasi = bool(data["rows"]) and "quasi_static_p99_ms" in data["rows"][0]
+    if quasi:  # the model with the queue carried across phases, and the quasi-static one
+        out[0] += " quasi-static model p99 (ms) | quasi-static vs worker |"
+        out[1] += "---:|---:|"
 
     def ms(value: float | None) -> str:
         return "inf" if value is None else f"{value:.1f}"
@@ -85,6 +89,10 @@ def model_table(data: dict[str, Any]) -> list[str]:
         )
         if overhead:
             row += f" {ms(r['device_only_p99_ms'])} | {r['device_only_error_vs_worker']:+.1%} |"
+        if quasi:
+            q = r["quasi_static_p99_ms"]
+            error = "-" if q is None else f"{q / r['measured_p99_ms'] - 1:+.1%}"
+            row += f" {ms(q)} | {error} |"
         out.append(row)
     if data["rows"] and "send_late_ms" in data["rows"][0]:
         out += [
@@ -97,6 +105,10 @@ def model_table(data: dict[str, Any]) -> list[str]:
             "| profile's p50 there (ms) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
+        spread = "replay_spread_ms" in data["rows"][0]
+        if spread:
+            out[-2] += " replay p99 on fresh draws, min / median / max (ms) |"
+            out[-1] += "---:|"
         for r in data["rows"]:
             late = " / ".join(f"{v:.1f}" for v in r["send_late_ms"])
             out.append(
@@ -104,6 +116,11 @@ def model_table(data: dict[str, Any]) -> list[str]:
                 f"| {r['scheduled_dispersion']:.2f} / {r['scheduled_cv2']:.3f} "
                 f"| {r['dispersion']:.2f} / {r['cv2']:.3f} | {late} | {r['worker_batch']:.2f} "
                 f"| {r['worker_execution_ms']:.2f} | {r['profile_execution_ms']:.2f} |"
+                + (
+                    " " + " / ".join(f"{v:.1f}" for v in r["replay_spread_ms"]) + " |"
+                    if spread
+                    else ""
+                )
             )
     return out
 
