@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 from accordion.operator.api import CapacityModelName, DevicePool, InferenceService, parse_resource
 from accordion.operator.control.burstiness import BurstinessBook, combine
 from accordion.operator.control.demand import DemandTracker
-from accordion.operator.control.desired import WorkerKey, WorkerSpec, routing_table
+from accordion.operator.control.desired import WorkerKey, WorkerSpec, routing_table, spare_by_group
 from accordion.operator.control.loop import (
     AppliedRouting,
     ApplyRouting,
@@ -430,18 +430,17 @@ class LoopControl:
     def sample(self, service: str) -> ControlSample | None:
         key = f"{NAMESPACE}/{dns_label(service)}"
         plan = self.loop.last_plan
-        spare_of = {
-            (r.variant, r.pool): r.spare_replicas
-            for r in (plan.rows if plan is not None else [])
-            if r.service == key
-        }
+        # Per worker group: a pipeline's spare replicas in its stages' devices (`desired`).
+        spare_of = spare_by_group(
+            r for r in (plan.rows if plan is not None else []) if r.service == key
+        )
         out = ControlSample(estimate_qps=self._view.qps.get(key, 0.0))
         for gkey, group in self.groups.items():
             if gkey.service != key or gkey.stage:  # a pipeline counts at its first stage
                 continue
             cap = group.spec.capacity_qps_per_replica
             ready = len(group.active())
-            spare = min(ready, spare_of.get((gkey.variant, gkey.pool), 0))
+            spare = min(ready, spare_of.get(gkey, 0))
             out.planned_qps += (ready - spare) * cap
             out.spare_qps += spare * cap
             out.loading_qps += (len(group.live()) - ready) * cap

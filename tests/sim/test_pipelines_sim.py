@@ -148,3 +148,42 @@ def test_a_short_pipeline_service_is_said_to_be_short_of_its_stages_devices() ->
     assert degraded.status == "True"
     assert "every device of a (1/1), b (1/1) is planned" in degraded.message
     assert "no variant" not in degraded.message
+
+
+def test_a_spare_pipelines_capacity_is_sampled_as_spare() -> None:
+    """The timeline's sample counts a pipeline's spare replicas in its first stage's devices:
+    part a takes 3 devices of pool a per pipeline replica (120 ms against part b's 40 ms), so
+    one spare pipeline replica is 3 spare stage-1 replicas, not 1."""
+    variant = VariantSpec(
+        name="m",
+        accuracy=90.0,
+        profiles={"a": _points(0.3)},
+        stages=[
+            StageSpec(name="layer1.0", output_bytes=CUT_BYTES, profiles={"a": _points(0.12)}),
+            StageSpec(name="head", profiles={"b": _points(PART_S)}),
+        ],
+    )
+    cluster = Cluster(
+        pools=(PoolSpec(name="a", devices=3), PoolSpec(name="b", devices=1)),
+        families=(Family(name="f", slo_s=0.5, variants=(variant,)),),
+    )
+    workload = Workload(families=["f"], arrival_s=[1.0, 2.0], family=[0, 0], deadline_s=[1.5, 2.5])
+    sim = Simulator(cluster, workload, Accordion(), SimConfig(service_time="p50"))
+    sim.run()
+    control = sim.control
+    plan = control.loop.last_plan  # type: ignore[attr-defined]
+    [row] = plan.rows
+    assert [(st.pool, st.devices_per_replica) for st in row.stages] == [("a", 3), ("b", 1)]
+    assert row.spare_replicas == 0
+    sample = control.sample("f")
+    assert sample is not None
+    assert sample.planned_qps == pytest.approx(row.capacity_qps_per_replica)
+    assert sample.spare_qps == 0.0
+    # The same replicas, the plan's row now a spare one: all of its capacity is spare.
+    control.loop.last_plan = plan.model_copy(  # type: ignore[attr-defined]
+        update={"rows": [row.model_copy(update={"spare_replicas": 1})]}
+    )
+    sample = control.sample("f")
+    assert sample is not None
+    assert sample.planned_qps == pytest.approx(0.0)
+    assert sample.spare_qps == pytest.approx(row.capacity_qps_per_replica)
