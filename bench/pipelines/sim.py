@@ -15,6 +15,12 @@ busy: the batches' execution time on the CPUs and VPUs over all 48 of them and t
 
     flock /tmp/accordion-heavy.lock .venv/bin/python bench/pipelines/sim.py [--seconds 60]
 
+`--family`: the scenario a user runs instead: one InferenceService over the whole resnet family
+(every variant with its parts) at each `spec.accuracy.floor` from none to resnet152's, demand 4x
+what whole placement plans at that floor, pipelines off vs on; served within SLO and effective
+accuracy for both; a no-floor row at a demand both can serve (what each gives up in accuracy);
+and resnet beside two whole-only families (`MIXED`) sharing the cluster.
+
 Prints a markdown section; `--write` puts it at the end of ``bench/results/pipelines.md``
 (replacing the section of an earlier run; run.py keeps it, as the data plane's).
 """
