@@ -76,6 +76,10 @@ def model_table(data: dict[str, Any]) -> list[str]:
     if quasi:  # the model with the queue carried across phases, and the quasi-static one
         out[0] += " quasi-static model p99 (ms) | quasi-static vs worker |"
         out[1] += "---:|---:|"
+    slow = bool(data["rows"]) and "slowdown" in data["rows"][0]
+    if slow:  # the device's speed in the row, and the model at it
+        out[0] += " device's slowdown | model at it (ms) | vs worker |"
+        out[1] += "---:|---:|---:|"
 
     def ms(value: float | None) -> str:
         return "inf" if value is None else f"{value:.1f}"
@@ -93,6 +97,10 @@ def model_table(data: dict[str, Any]) -> list[str]:
             q = r["quasi_static_p99_ms"]
             error = "-" if q is None else f"{q / r['measured_p99_ms'] - 1:+.1%}"
             row += f" {ms(q)} | {error} |"
+        if slow:
+            at = r["slowdown_model_p99_ms"]
+            error = "-" if at is None else f"{at / r['measured_p99_ms'] - 1:+.1%}"
+            row += f" {r['slowdown']:.2f} | {ms(at)} | {error} |"
         out.append(row)
     if data["rows"] and "send_late_ms" in data["rows"][0]:
         out += [

@@ -170,7 +170,8 @@ class IdleTracking(SloBatcher):
 
 def simulated_p99(
     points: list[ProfilePoint], schedule: list[float], seed: int, overhead: RequestOverhead
-) -> float:
+) -> tuple[float, list[int]]:
+    """The replay's p99 (seconds) and the sizes of its batches."""
     rng = random.Random(seed)
     sizes = [p.batch_size for p in points]
 
@@ -185,7 +186,20 @@ def simulated_p99(
 
     requests = [Request(i, a, a + 10.0) for i, a in enumerate(schedule)]
     out = replay(policy, requests, execution_s)
-    return float(np.percentile(out.response_s, 99)) + overhead.fixed_s
+    return float(np.percentile(out.response_s, 99)) + overhead.fixed_s, out.batch_sizes
+
+
+def scaled(points: list[ProfilePoint], factor: float) -> list[ProfilePoint]:
+    """The profile of a device `factor` times slower."""
+    return [
+        ProfilePoint(
+            batch_size=p.batch_size,
+            p50_s=p.p50_s * factor,
+            p90_s=(p.p90_s or p.p50_s) * factor,
+            p99_s=(p.p99_s or p.p90_s or p.p50_s) * factor,
+        )
+        for p in points
+    ]
 
 
 def main() -> None:
@@ -271,11 +285,22 @@ def main() -> None:
                 latency_quantile_s(points, CAP, offered, cv2, 0.99, overhead, phase_s) * 1000.0
             )
             quasi_static = latency_quantile_s(points, CAP, offered, cv2, 0.99, overhead) * 1000.0
-            simulated = simulated_p99(points, sent, seed, overhead) * 1000.0
+            simulated_s, replayed = simulated_p99(points, sent, seed, overhead)
+            simulated = simulated_s * 1000.0
+            # How much slower than its profile the device ran in this row (the worker's own
+            # execution against the profile's for the replay's batches: the router's slowdown
+            # meter's reading, which the product's fast loop scales capacity by); the machine
+            # is shared, and the model at that speed says whether the rest is the model's.
+            by_size = {p.batch_size: p.p50_s for p in points}
+            slowdown = (executed / batches) / float(np.mean([by_size[b] for b in replayed]))
+            at_slowdown = latency_quantile_s(
+                scaled(points, slowdown), CAP, offered, cv2, 0.99, overhead, phase_s
+            )
+            at_slowdown *= 1000.0
             # How much a 40-s p99 varies at this rate: the replay on fresh draws of the same
             # generator (a few phases far above the mean decide a bursty p99).
             spread = sorted(
-                simulated_p99(points, make(rate, seed=seed + 100 * j), seed + j, overhead) * 1e3
+                simulated_p99(points, make(rate, seed=seed + 100 * j), seed + j, overhead)[0] * 1e3
                 for j in range(1, SPREAD_SEEDS + 1)
             )
             row = {
@@ -310,6 +335,10 @@ def main() -> None:
                     round(device_only, 2) if math.isfinite(device_only) else None
                 ),
                 "device_only_error_vs_worker": round(device_only / measured - 1, 4),
+                "slowdown": round(slowdown, 3),
+                "slowdown_model_p99_ms": (
+                    round(at_slowdown, 2) if math.isfinite(at_slowdown) else None
+                ),
                 "error_vs_worker": round(predicted / measured - 1, 4),
                 "error_vs_simulator": round(predicted / simulated - 1, 4),
                 "failed": report.failed,
