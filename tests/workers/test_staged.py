@@ -27,6 +27,7 @@ from accordion.workers.staged import (
     StageLatency,
     StageScheduler,
     StepDecision,
+    StepModel,
     replay_staged,
 )
 
@@ -354,6 +355,28 @@ def test_cellular_drops_a_request_that_cannot_make_it_even_alone() -> None:
     assert outcome.ok == 1
 
 
+def test_cellular_drops_a_hopeless_waiting_request_behind_others_due_earlier() -> None:
+    """A waiting request that cannot finish even alone is dropped at the next decision,
+    though requests due earlier wait ahead of it (the sweep reads the queue up to the horizon of
+    the longest request seen, not only what is overdue); one whose state exceeds the memory
+    bound is refused at the next decision too; the others keep waiting."""
+    scheduler = CellularScheduler(flat(), max_batch_size=2, max_state_bytes=100)
+    for i in range(2):
+        scheduler.enqueue(Job(i, 0.0, 10.0, steps=1000), 0.0)  # they hold the batch
+    assert len(scheduler.decide(0.0).run) == 2
+    scheduler.complete(STEP_S, STEP_S)
+    for i in range(2, 12):
+        scheduler.enqueue(Job(i, STEP_S, 0.5, steps=3), STEP_S)  # due soon, easy alone
+    scheduler.enqueue(Job(99, STEP_S, 0.6, steps=700), STEP_S)  # 0.7 s alone: hopeless
+    scheduler.enqueue(Job(100, STEP_S, 5.0, steps=3, state_bytes=1000), STEP_S)
+    decision = scheduler.decide(STEP_S)
+    assert {j.request_id: reason for j, reason in decision.dropped} == {
+        99: "deadline cannot be met even alone",
+        100: "its state exceeds the worker's memory bound",
+    }
+    assert scheduler.queue_depth == 10
+
+
 def cheap_batches(_stage: int, size: int) -> float:
     return STEP_S  # a stage costs the same whatever the batch: merging halves the work
 
@@ -400,6 +423,26 @@ def test_node_level_runs_the_earliest_deadline_group_first() -> None:
     jobs = [Job(i, 0.0, b, stages) for i, b in enumerate([0.9, 0.2, 0.5])]
     outcome = replay_staged(scheduler, jobs, cost())
     assert outcome.finish_order == [1, 2, 0]
+
+
+def test_step_predictions_of_a_size_seen_often_are_its_own() -> None:
+    """A batch size with enough fresh observations predicts their median, whatever the
+    machine's speed says for the others, and holds the larger sizes up: size 8 observed at
+    0.9x its profile (most observations: the speed is 0.9x), size 16 at 3 ms (2.4x); sizes
+    below 8 predict 0.9x their profile, sizes above 16 no less than 3 ms."""
+    profile = {1: 0.001, 64: 0.002}
+    model, plain = StepModel(profile), StepModel(profile)
+    for k in range(46):
+        if k % 3 == 2 or k >= 44:  # 16 of size 16
+            model.observe(16, 0.003)
+        else:
+            model.observe(8, 0.9 * plain.predict_s(8))
+    assert model.speed == pytest.approx(0.9)
+    assert model.predict_s(4) == pytest.approx(0.9 * plain.predict_s(4))
+    assert model.predict_s(8) == pytest.approx(0.9 * plain.predict_s(8))
+    assert model.predict_s(16) == pytest.approx(0.003)
+    assert model.predict_s(32) == pytest.approx(0.003)  # 0.9x its profile is less
+    assert model.predict_s(64) == pytest.approx(0.003)
 
 
 def test_step_predictions_survive_the_machines_stalls() -> None:
