@@ -196,8 +196,10 @@ def render(results: dict[str, Any]) -> str:
             lines += [f"{arrivals}:", "", *ladder_table(per)]
     lines += [
         "Per-rate measurements (attainment, p99, misses by outcome) are in `cellular-seq.log` "
-        "(gru-seq), `cellular-dec.log` (decoder-tiny; `cellular-seq-dec.log` holds both from "
-        "the 13:55 UTC run) and `cellular.log` (the CNN); the same schedulers on simulated "
+        "(gru-seq), `cellular-dec.log` (decoder-tiny, the run in the table; "
+        "`cellular-dec-0016.log` the search before it, described in the reading; "
+        "`cellular-seq-dec.log` holds both workloads from the 13:55 UTC run) and "
+        "`cellular.log` (the CNN); the same schedulers on simulated "
         "time, on profiles measured on this machine, in `cellular-sim.md`.",
         "",
     ]
