@@ -13,15 +13,16 @@ HTTP, KServe v2 binary tensors, one torch thread), the same open-loop load from 
   ``mode: node`` (LazyBatching) against the request-level SloBatcher (the product's default).
 
 All configurations of a workload run at once (one idle worker process each) and are measured
-on a ladder of rates, interleaved rate by rate so the machine's background load hits all alike;
-a configuration leaves the ladder after two failures in a row. Noise rule (the sequence search,
-the same for every configuration): a measurement below 99% is repeated at once with other
-arrivals, and counts as failed only if the repeat fails too (the better of the two counts); a
-stall of the shared machine hits one measurement, an unsustainable rate both. Every miss is
-logged by its outcome at the worker (dropped, with the reason; late; rejected; late only at the
-client). Per configuration: the
-sustainable rate (the highest rate measured with >= 99% of requests answered within the SLO at
-the client), and p99 latency at the best baseline's sustainable rate (same measurement).
+by one search, the same for all: a geometric ladder of rates, interleaved rate by rate so the
+machine's background load hits all alike (a configuration leaves it after two failures in a
+row), then bisection between each one's highest pass and lowest failure. Noise rule (every
+measurement): a measurement below 99% is repeated at once with other arrivals, and counts as
+failed only if the repeat fails too (the better of the two counts); a stall of the shared
+machine hits one measurement, an unsustainable rate both. Every miss is logged by its outcome
+at the worker (dropped, with the reason; late; rejected; late only at the client). Per
+configuration: the sustainable rate (the highest rate measured with >= 99% of requests
+answered within the SLO at the client); then every configuration measured again at the best
+request-level baseline's sustainable rate (attainment and p99 at equal rate).
 Results: bench/results/cellular.md (bench/cellular/report.py renders it from cellular.json).
 
 Usage: flock /tmp/accordion-heavy.lock .venv/bin/python bench/cellular/run.py [--quick]
@@ -64,7 +65,7 @@ MAX_RATE = 2000.0
 BISECT = 2  # bisection rounds after the ladder: the rate within ~6%
 EQUAL_RATE_S = 10.0
 TRITON_GRID = [(8, 5.0), (16, 20.0), (32, 20.0), (64, 50.0)]
-CNN_RATES = [20.0, 40.0, 60.0, 80.0, 100.0, 130.0, 160.0, 200.0]
+CNN_START = 39.0  # the feed-forward search's first rate
 
 
 @contextlib.contextmanager
@@ -248,36 +249,6 @@ def measure(
     return asyncio.run(load(url, bodies, arrivals(rate, duration_s, seed), slo_ms))
 
 
-def ladder(
-    model: str,
-    configs: list[tuple[str, BatchingConfig]],
-    bodies: Bodies,
-    arrivals: Arrivals,
-    rates: list[float],
-    slo: float,
-    duration: float,
-    log: Callable[[str], None],
-) -> dict[str, list[Run]]:
-    """Every configuration's worker started at once; then rate after rate, each measured
-    once per configuration, interleaved (the machine's background load hits all alike); a
-    configuration stops after two failures (< 99% within the SLO) in a row."""
-    with contextlib.ExitStack() as stack:
-        urls = {label: stack.enter_context(worker(model, slo, b)) for label, b in configs}
-        for url in urls.values():
-            measure(url, bodies, poisson, rates[0] / 2, 2.0, slo)  # warm-up
-        failures = dict.fromkeys(urls, 0)
-        table: dict[str, list[Run]] = {label: [] for label in urls}
-        for rate in rates:
-            for label, url in urls.items():
-                if failures[label] >= 2:
-                    continue
-                rep = measure(url, bodies, arrivals, rate, duration, slo)
-                table[label].append((rate, rep.attainment, rep.p99_ms()))
-                failures[label] = 0 if rep.attainment >= TARGET else failures[label] + 1
-                log(f"    {rate:6.1f}/s  {label}: {rep.attainment:.4f}, p99 {rep.p99_ms():.0f} ms")
-    return table
-
-
 def sustainable(runs: list[Run]) -> float:
     """The highest rate measured with >= 99% within the SLO (0 when none)."""
     return max((rate for rate, att, _ in runs if att >= TARGET), default=0.0)
@@ -292,6 +263,7 @@ def search(
     start: float,
     log: Callable[[str], None],
     is_baseline: Callable[[str], bool],
+    arrivals: Arrivals = poisson,
 ) -> tuple[dict[str, list[Run]], float, dict[str, tuple[float, float]], dict[str, dict[str, int]]]:
     """Every configuration's sustainable rate by one search, the same for all, in one run.
 
@@ -316,7 +288,7 @@ def search(
         table: dict[str, list[Run]] = {label: [] for label in urls}
 
         def one(label: str, rate: float) -> bool:
-            rep = robust(urls[label], bodies, rate, duration, slo, label, log)
+            rep = robust(urls[label], bodies, rate, duration, slo, label, log, arrivals=arrivals)
             table[label].append((rate, rep.attainment, rep.p99_ms()))
             return rep.attainment >= TARGET
 
@@ -342,7 +314,7 @@ def search(
         if equal_rate > 0:
             log(f"  at equal rate, {equal_rate:g} req/s (the best baseline's), {EQUAL_RATE_S:g} s:")
             for label, url in urls.items():
-                rep = robust(url, bodies, equal_rate, EQUAL_RATE_S, slo, label, log, seed=2)
+                rep = robust(url, bodies, equal_rate, EQUAL_RATE_S, slo, label, log, 2, arrivals)
                 equal[label] = (rep.attainment, rep.p99_ms())
                 outcomes[label] = rep.outcomes | {f"reason: {k}": v for k, v in rep.reasons.items()}
     return table, equal_rate, equal, outcomes
@@ -357,17 +329,18 @@ def robust(
     label: str,
     log: Callable[[str], None],
     seed: int = 1,
+    arrivals: Arrivals = poisson,
 ) -> Report:
     """One measurement under the noise rule, the same for every configuration: a measurement
     below the target is repeated once at once (other arrivals, same rate and length); the
     configuration fails there only if the repeat fails too, and the better of the two counts.
     A stall of the shared machine (seconds, from other jobs) hits one measurement, rarely two
     in a row; a configuration that cannot sustain the rate fails both."""
-    rep = measure(url, bodies, poisson, rate, duration, slo, seed=seed)
+    rep = measure(url, bodies, arrivals, rate, duration, slo, seed=seed)
     log(f"    {rate:6.1f}/s  {label}: {rep.attainment:.4f}, p99 {rep.p99_ms():.0f} ms {why(rep)}")
     if rep.attainment >= TARGET:
         return rep
-    again = measure(url, bodies, poisson, rate, duration, slo, seed=seed + 100)
+    again = measure(url, bodies, arrivals, rate, duration, slo, seed=seed + 100)
     log(
         f"    {rate:6.1f}/s  {label} (repeat): {again.attainment:.4f}, "
         f"p99 {again.p99_ms():.0f} ms {why(again)}"
@@ -570,24 +543,40 @@ def main() -> None:
         cnn = cnn_staged()
         bodies = [binary_body(cnn.example(0, seed=i), "FP32") for i in range(50)]
         slo = 100.0
-        cnn_configs = [
-            ("node-level (ours)", BatchingConfig(mode="node", max_batch_size=16)),
-            ("request-level SloBatcher", BatchingConfig(max_batch_size=16)),
+        cnn_configs: list[tuple[str, BatchingConfig, dict[int, float]]] = [
+            ("node-level (ours)", BatchingConfig(mode="node", max_batch_size=16), {}),
+            ("request-level SloBatcher", BatchingConfig(max_batch_size=16), {}),
         ]
         out: dict[str, object] = {}
         for name, arrivals in (("Poisson", poisson), ("bursty", bursty)):
             log(f"cnn-deep, {name} arrivals, SLO {slo:g} ms")
-            table = ladder(
-                "builtin:cnn-deep", cnn_configs, bodies, arrivals, CNN_RATES, slo, duration, log
+            # the sequence parts' search (ladder from CNN_START, bisection, noise rule), on
+            # these arrivals; node-level's attainment at the request-level batcher's
+            # sustainable rate is the separate equal-rate measurement
+            table, equal_rate, equal, outcomes = search(
+                "builtin:cnn-deep",
+                cnn_configs,
+                bodies,
+                slo,
+                duration,
+                CNN_START,
+                log,
+                lambda k: k.startswith("request-level"),
+                arrivals,
             )
-            base_rate = sustainable(table["request-level SloBatcher"])
             per: dict[str, dict[str, object]] = {
                 label: {"rate": sustainable(runs), "runs": runs} for label, runs in table.items()
             }
-            there = [att for rate, att, _ in table["node-level (ours)"] if rate == base_rate]
-            if there:
-                per["node-level (ours)"]["attainment_at_baseline_rate"] = there[0]
+            for label, (att, p99) in equal.items():
+                per[label]["equal_rate_attainment"], per[label]["equal_rate_p99_ms"] = att, p99
+                per[label]["equal_rate_outcomes"] = outcomes.get(label, {})
+            if "node-level (ours)" in equal:
+                per["node-level (ours)"]["attainment_at_baseline_rate"] = equal[
+                    "node-level (ours)"
+                ][0]
             out[name] = per
+            out[f"{name} equal rate"] = equal_rate
+        out["search"] = f"ladder x1.25 from {CNN_START:g} req/s, bisection, noise rule"
         results["cnn"] = out
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
