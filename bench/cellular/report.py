@@ -209,7 +209,9 @@ def render(results: dict[str, Any]) -> str:
         "`cellular-dec.log` (decoder-tiny, the run in the table; "
         "`cellular-dec-0016.log` the search before it, described in the reading; "
         "`cellular-seq-dec.log` holds both workloads from the 13:55 UTC run) and "
-        "`cellular.log` (the CNN); the same schedulers on simulated "
+        "`cellular-cnn.log` (the CNN, the run in the table; `cellular-cnn-0508.log` the 05:08 UTC "
+        "run with the old bursty generator, `cellular.log` the 11:37 UTC run); the same "
+        "schedulers on simulated "
         "time, on profiles measured on this machine, in `cellular-sim.md`.",
         "",
     ]
