@@ -206,8 +206,8 @@ def render(results: dict[str, Any]) -> str:
     lines += [
         "Per-rate measurements (attainment, p99, misses by outcome) are in `cellular-seq.log` "
         "(gru-seq, the run in the table; `cellular-seq-2032.log` the 20:32 UTC search), "
-        "`cellular-dec.log` (decoder-tiny, the run in the table; "
-        "`cellular-dec-0016.log` the search before it, described in the reading; "
+        "`cellular-dec.log` (decoder-tiny, the run in the table; `cellular-dec-0059.log` and "
+        "`cellular-dec-0016.log` the searches before it, described in the reading; "
         "`cellular-seq-dec.log` holds both workloads from the 13:55 UTC run) and "
         "`cellular-cnn.log` (the CNN, the run in the table; `cellular-cnn-0508.log` the 05:08 UTC "
         "run with the old bursty generator, `cellular.log` the 11:37 UTC run); the same "
