@@ -89,3 +89,58 @@ def test_a_service_that_began_warm_takes_the_other_services_cold_starts() -> Non
     own = {**others, KEY: 5.0}
     assert KEY not in tracker.update(services, {KEY: 0.0}, {KEY: 100.0}, 114.0, own)
     assert KEY in tracker.update(services, {KEY: 0.0}, {KEY: 100.0}, 115.0, own)
+
+
+def sessions(
+    tracker: IdleTracker, svc: InferenceService, starts: list[float], until: float
+) -> dict[float, bool]:
+    """Sessions of 60 s at 30 req/s starting at `starts`, seen every second until `until`
+    (a cold start of 2 s measured); per second, whether the service is idle."""
+    services, cold = {KEY: svc}, {KEY: 2.0}
+    last: float | None = None
+    out = {}
+    for t in range(int(until)):
+        now = float(t)
+        busy = any(s <= now < s + 60.0 for s in starts)
+        if busy:
+            last = now
+        arrivals = {KEY: last} if last is not None else {}
+        out[now] = KEY in tracker.update(
+            services, {KEY: 30.0 if busy else 0.0}, arrivals, now, cold
+        )
+    return out
+
+
+def test_regular_off_periods_prewarm_ahead_of_the_return() -> None:
+    """Sessions every 300 s: after one off period (241 s, last to first arrival) the next
+    session's replica is started two cold starts (4 s) before it, not at its first request
+    (which would lose a cold start's requests), and the service is idle between."""
+    svc = service(scaleToZeroIdleSeconds=90)
+    tracker = IdleTracker()
+    idle = sessions(tracker, svc, [0.0, 300.0, 600.0], 700.0)
+    # The first off period is not known yet: idle until the session's first request.
+    assert idle[299.0]
+    assert not idle[300.0]
+    # The second: idle through most of it, warm from 4 s before the expected return.
+    assert idle[500.0]
+    assert idle[594.0]
+    assert not idle[596.0]
+    assert not idle[599.0]
+    assert list(tracker.off_periods_s[KEY]) == [241.0, 241.0]
+
+
+def test_a_prewarm_that_misses_releases_and_irregular_silences_never_prewarm() -> None:
+    svc = service(scaleToZeroIdleSeconds=90)
+    tracker = IdleTracker()
+    # One off period of 241 s, then the traffic does not come back on time: pre-warmed from
+    # 596 s, released again once the window (241 s plus the 6-s idle period) has passed.
+    idle = sessions(tracker, svc, [0.0, 300.0, 800.0], 1200.0)
+    assert not idle[598.0]
+    assert not idle[605.0]
+    assert idle[607.0]
+    assert idle[790.0]
+    # That session came 441 s after the last: the off periods now disagree by far more than a
+    # cold start, so the next return (at 241 s again) is not pre-warmed.
+    assert list(tracker.off_periods_s[KEY]) == [241.0, 441.0]
+    assert idle[1095.0]
+    assert idle[1099.0]

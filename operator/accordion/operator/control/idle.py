@@ -21,6 +21,21 @@ traffic). Within that bound the idle period follows what the routers measure
 With traffic that stops for minutes (sessions, a diurnal trough) the replica goes after seconds,
 not after 90 s of paying for an idle device; with traffic that pauses briefly it stays.
 
+*Pre-warm* (`prewarm_window_s`): traffic that stops and returns on a schedule (sessions, a
+periodic job) would pay a cold start at every return, its first requests lost while the replica
+loads. Each silence that reached the idle period (an *off period*: the replica went, or would
+have) is measured from the last arrival before it to the first after (`OFF_PERIODS_KEPT` kept,
+the newest). When a service's kept off periods agree within one cold start, the next is
+expected to be as long: its replica is started `PREWARM_LEAD` cold starts before the shortest
+of them would end, and kept until the longest would have ended plus the idle period; no
+request by then and it goes again (that longer silence, once it ends, widens the spread and
+stops pre-warming until regular ones replace it). The price is the idle period's convention:
+a right guess keeps the replica about `PREWARM_LEAD` cold starts (plus the spread) longer
+than needed, under the `COLD_STARTS` a cold start is priced at; a wrong one about the window.
+One off period suffices (the published hybrid-histogram policy for serverless functions,
+Shahrad et al., ATC 2020, pre-warms at the head of the measured idle times the same way); a
+service whose silences vary more than a cold start is never pre-warmed.
+
 Until then, and again from the first request after, it is planned with one replica at least
 (`InferenceServiceSpec.replica_floor`), whatever its demand estimate: a request at zero
 replicas must start one (its router holds it meanwhile, the activator in
@@ -46,7 +61,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from accordion.operator.api import DemandSource, InferenceService
@@ -61,6 +77,25 @@ COLD_STARTS = 3.0
 time, two for the requests a restart fails (a chosen price, not a derived one)."""
 DEFAULT_COLD_START_S = 10.0
 """The cold start assumed before the routers measured one (a pod's start and a model's load)."""
+PREWARM_LEAD = 2.0
+"""A pre-warmed replica is started this many measured cold starts before the expected return
+(one for the cold start itself, one for the measurement's and the pass's delays)."""
+OFF_PERIODS_KEPT = 4
+"""The newest off periods kept per service (pre-warm)."""
+
+
+def prewarm_window_s(
+    off_periods_s: Sequence[float], cold_start_s: float, idle_s: float
+) -> tuple[float, float] | None:
+    """When, after the last arrival, a silent service's replica is kept or started ahead of
+    its expected return (the module docstring), or None (no off period measured, or they
+    disagree by more than a cold start); `idle_s`: its idle period."""
+    if not off_periods_s:
+        return None
+    lo, hi = min(off_periods_s), max(off_periods_s)
+    if hi - lo > cold_start_s:
+        return None
+    return lo - PREWARM_LEAD * cold_start_s, hi + idle_s
 
 
 def idle_period_s(limit_s: float, cold_start_s: float | None, rate_qps: float | None) -> float:
@@ -82,6 +117,10 @@ class IdleTracker:
     """The idle services as of the last `update`."""
     rate_at_last_s: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Per service, (its last arrival, its demand estimate when the loop saw it)."""
+    off_periods_s: dict[str, deque[float]] = field(default_factory=dict)
+    """Per service, its newest off periods: silences that reached its idle period (pre-warm)."""
+    prewarmed: frozenset[str] = frozenset()
+    """The services kept or started ahead of their expected return as of the last `update`."""
 
     def update(
         self,
@@ -97,10 +136,12 @@ class IdleTracker:
         cold_starts = dict(cold_start_s or {})
         usual_s = statistics.median(cold_starts.values()) if cold_starts else None
         idle: set[str] = set()
+        prewarmed: set[str] = set()
         for key, svc in services.items():
             if svc.spec.min_replicas > 0:
                 self.first_seen_s.pop(key, None)
                 self.rate_at_last_s.pop(key, None)
+                self.off_periods_s.pop(key, None)
                 continue
             seen = self.first_seen_s.setdefault(key, now_s)
             demand = svc.spec.demand
@@ -110,21 +151,37 @@ class IdleTracker:
             if last is None and qps.get(key, 0.0) > 0:
                 continue  # arrivals unknown, demand there: active
             since = max(seen, last) if last is not None else seen
+            limit = svc.spec.scale_to_zero_idle_seconds
+            cold = cold_starts.get(key, usual_s)
             rate: float | None = None
             if last is not None:
                 known = self.rate_at_last_s.get(key)
                 if known is None or known[0] != last:
+                    if known is not None and last - known[0] >= idle_period_s(
+                        limit, cold, known[1]
+                    ):
+                        offs = self.off_periods_s.setdefault(key, deque(maxlen=OFF_PERIODS_KEPT))
+                        offs.append(last - known[0])
                     known = self.rate_at_last_s[key] = (last, qps.get(key, 0.0))
                 rate = known[1]
-            period = idle_period_s(
-                svc.spec.scale_to_zero_idle_seconds, cold_starts.get(key, usual_s), rate
+            period = idle_period_s(limit, cold, rate)
+            if now_s - since < period:
+                continue
+            window = prewarm_window_s(
+                self.off_periods_s.get(key, ()),
+                cold if cold is not None else DEFAULT_COLD_START_S,
+                period,
             )
-            if now_s - since >= period:
-                idle.add(key)
+            if last is not None and window is not None and window[0] <= now_s - last < window[1]:
+                prewarmed.add(key)
+                continue
+            idle.add(key)
         for key in [k for k in self.first_seen_s if k not in services]:
             del self.first_seen_s[key]
             self.rate_at_last_s.pop(key, None)
+            self.off_periods_s.pop(key, None)
         self.idle_now = frozenset(idle)
+        self.prewarmed = frozenset(prewarmed)
         return self.idle_now
 
 
