@@ -149,3 +149,74 @@ def test_a_pipelines_spare_replicas_go_first_to_make_room() -> None:
         stage2.model_copy(update={"stage": 0, "pool": "lo"}): 1,
     }
     assert loop._make_room(world, targets, {}) == {stage2: 1}
+
+
+def _wide(first: str, second: str, per_replica: tuple[int, int], replicas: int = 1) -> PlanRow:
+    """`replicas` pipeline replicas of svc's big: part a on `first`, b on `second`, each stage
+    taking `per_replica` devices of its pool per pipeline replica (60 req/s each)."""
+    stages = [
+        PlanStage(
+            pool=p,
+            first=part,
+            last=part,
+            replicas=d * replicas,
+            devices_per_replica=d,
+            max_batch_size=1,
+            latency_s=0.03,
+            output_bytes=1000 if part == "a" else 0,
+        )
+        for p, part, d in ((first, "a", per_replica[0]), (second, "b", per_replica[1]))
+    ]
+    return PlanRow(
+        service=SVC,
+        variant="big",
+        pool=first,
+        replicas=replicas,
+        max_batch_size=1,
+        capacity_qps_per_replica=60.0,
+        capacity_qps=60.0 * replicas,
+        routed_qps=60.0 * replicas,
+        accuracy=80.0,
+        pipeline=f"a..a@{first}*{per_replica[0]}>b..b@{second}*{per_replica[1]}",
+        stages=stages,
+    )
+
+
+def _swap_world(old: PlanRow) -> tuple[World, ControlLoop]:
+    """Pools lo (1 device) and hi (2), both full with `old`'s pipeline, all of it ready."""
+    svc = _service().model_copy(deep=True)
+    pools = {"hi": pool("hi", devices=2), "lo": pool("lo", devices=1)}
+    world = World(services={SVC: svc}, pools=pools)
+    for key, spec in worker_specs([old], world.services, pools).items():
+        world.workers[key] = RunningWorker(spec, spec.replicas)
+    loop = ControlLoop(NO_DRAIN, clock=Clock())
+    loop.previous_plan = _plan(old)
+    return world, loop
+
+
+def test_a_pipelines_later_stage_is_not_rolled_away_from_its_only_pipeline() -> None:
+    """The service's one pipeline replica (a on lo's device, b on both of hi's) is replaced by
+    another pipeline on the same full pools, as a re-plan in overload does. One device of the
+    old pipeline's second stage takes the whole pipeline replica with it: it is the service's
+    last ready capacity, so nothing goes (the old pipeline keeps serving). Counted at the
+    first stage, the old pipeline kept 60 req/s ready with one of b's devices gone, so one
+    went (a rolling step), and the service served nothing while the new pipeline waited for
+    lo's device, which the broken old one's first stage held as the "last ready" replica."""
+    world, loop = _swap_world(_wide("lo", "hi", (1, 2)))
+    targets = worker_specs([_wide("hi", "lo", (2, 1))], world.services, world.pools)
+    summaries = {SVC: _plan(demand=50.0).services[0]}
+    assert loop._make_room(world, targets, summaries) == {}
+
+
+def test_the_stages_of_a_broken_pipeline_go_first_to_make_room() -> None:
+    """The old pipeline's second stage is down to one of its two devices: no pipeline replica
+    is ready end to end, so its stages' ready replicas serve nothing and go for the new
+    pipeline's devices at once (as replicas that are not ready do)."""
+    old = _wide("lo", "hi", (1, 2))
+    world, loop = _swap_world(old)
+    second = next(k for k in world.workers if k.stage == 1)
+    world.workers[second] = RunningWorker(world.workers[second].spec.with_replicas(1), 1)
+    targets = worker_specs([_wide("hi", "lo", (2, 1))], world.services, world.pools)
+    summaries = {SVC: _plan(demand=50.0).services[0]}
+    first = next(k for k in world.workers if k.stage == 0)
+    assert loop._make_room(world, targets, summaries) == {first: 1, second: 1}

@@ -62,6 +62,7 @@ from accordion.operator.control.desired import (
     Routing,
     WorkerKey,
     WorkerSpec,
+    pipeline_view,
     service_routing,
     spare_by_group,
     worker_specs,
@@ -223,6 +224,35 @@ class _Settled:
 def _short(plan: Plan) -> set[str]:
     """The services a plan cannot serve in full."""
     return {s.service for s in plan.services if s.unserved_qps > 1e-6 * max(1.0, s.demand_qps)}
+
+
+def _serving_replicas(workers: Mapping[WorkerKey, RunningWorker]) -> dict[WorkerKey, int]:
+    """Per worker group, its ready replicas that serve: a whole variant's ready replicas; a
+    pipeline stage's only as far as they make whole pipeline replicas ready in every stage
+    (`desired.pipeline_view`), the rest wait for a stage that is not ready."""
+    specs = {k: w.spec for k, w in workers.items()}
+    ready = {k: w.ready_replicas for k, w in workers.items()}
+    _, _, view = pipeline_view({}, specs, ready)
+    whole: dict[tuple[str, str, str | None], int] = {}
+    for key, spec in specs.items():
+        if key.pipeline is not None and not key.stage:
+            per = spec.stage.devices_per_replica if spec.stage is not None else 1
+            whole[key.service, key.variant, key.pipeline] = view[key] // per
+    out: dict[WorkerKey, int] = {}
+    for key, spec in specs.items():
+        if key.pipeline is None:
+            out[key] = ready[key]
+        else:
+            per = spec.stage.devices_per_replica if spec.stage is not None else 1
+            out[key] = min(ready[key], whole.get((key.service, key.variant, key.pipeline), 0) * per)
+    return out
+
+
+def _replica_capacity(spec: WorkerSpec) -> float:
+    """The ready capacity a service loses when one replica of this group goes: a pipeline
+    stage's replica takes its whole pipeline replica (every stage's devices of it) along."""
+    per = spec.stage.devices_per_replica if spec.stage is not None else 1
+    return spec.capacity_qps_per_replica * per
 
 
 def _usable(plan: Plan) -> str | None:
@@ -719,7 +749,16 @@ class ControlLoop:
         first); and last, replicas whose service needs them, but only one per pool at a time,
         only while nothing else in the pool is starting, and never a service's last ready one
         (a rolling update that loses one replica's capacity for one model load, not a whole
-        pool's or a whole service's)."""
+        pool's or a whole service's).
+
+        A pipeline serves only as whole pipeline replicas, ready in every stage
+        (`desired.pipeline_view`): its ready capacity is theirs, a stage's ready replicas
+        beyond them serve nothing and go first (with the replicas that are not ready), and
+        one replica of a stage that goes takes a whole pipeline replica's capacity with it.
+        (Counted at the first stage's ready replicas, a pipeline whose later stage had rolled
+        still held its first stage's device as the service's "last ready" capacity, while it
+        served nothing: the new pipeline waited for that device, and the service served
+        nothing until the next plan.)"""
         devices = self._pool_devices(world)
         before = self.previous_plan
         spare_before = spare_by_group(before.rows if before is not None else [])
@@ -727,6 +766,7 @@ class ControlLoop:
         pool_running: dict[str, int] = {}
         pool_unready: dict[str, int] = {}
         ready_capacity: dict[str, float] = {}
+        serving = _serving_replicas(world.workers)
         for key, worker in world.workers.items():
             want = targets[key].replicas if key in targets else 0
             asked[key.pool] = asked.get(key.pool, 0) + max(want, worker.spec.replicas)
@@ -736,7 +776,7 @@ class ControlLoop:
             )
             if not key.stage:  # a pipeline's capacity counts once, at its first stage
                 ready_capacity[key.service] = ready_capacity.get(key.service, 0.0) + (
-                    worker.ready_replicas * worker.spec.capacity_qps_per_replica
+                    serving[key] * worker.spec.capacity_qps_per_replica
                 )
         waiting = dict(pool_unready)
         for key, spec in targets.items():
@@ -767,7 +807,8 @@ class ControlLoop:
                 surplus = worker.spec.replicas - (target.replicas if target else 0)
                 if surplus <= 0:
                     continue
-                unready = min(surplus, worker.spec.replicas - worker.ready_replicas)
+                # Not ready, or ready in a pipeline replica that is not (serving nothing).
+                unready = min(surplus, worker.spec.replicas - serving[key])
                 spare = min(surplus - unready, spare_before.get(key, 0))
                 routed = surplus - unready - spare
                 for rank, n in ((0, unready), (1, spare), (2, routed)):
@@ -778,7 +819,7 @@ class ControlLoop:
             for rank, _, service, key, n in candidates:
                 if deficit <= 0:
                     break
-                per_replica = world.workers[key].spec.capacity_qps_per_replica
+                per_replica = _replica_capacity(world.workers[key].spec)
                 take = min(n, deficit)
                 if rank > 0:
                     # Ready replicas go only while their service keeps enough ready capacity
@@ -801,7 +842,8 @@ class ControlLoop:
                 if take <= 0:
                     continue
                 release[key] = release.get(key, 0) + take
-                ready_capacity[service] = ready_capacity.get(service, 0.0) - take * per_replica
+                if rank > 0:  # replicas that serve nothing cost no ready capacity
+                    ready_capacity[service] = ready_capacity.get(service, 0.0) - take * per_replica
                 deficit -= take
         return release
 
