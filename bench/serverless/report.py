@@ -265,6 +265,17 @@ def main() -> None:
             *trace_table(data),
             "",
         ]
+    for held in sorted(RESULTS.glob("serverless_trace_seed*.json")):
+        data = json.loads(held.read_text())
+        lines += [
+            f"### Held out: the same trace's generator at seed {data['seed']}",
+            "",
+            f"`sparse_trace.py --seed {data['seed']} --out {held.name}` (the tables' trace is "
+            "seed 7); the policies run there only.",
+            "",
+            *trace_table(data),
+            "",
+        ]
     cost = RESULTS / "serverless_planner_cost.md"
     if cost.exists():
         lines += ["## What the model costs the planner", "", cost.read_text().strip(), ""]
