@@ -24,34 +24,43 @@ SVC = "default/svc"
 OTHER = "default/other"
 
 
-def _stage(pool_name: str, first: str, devices: int) -> PlanStage:
+def _stage(pool_name: str, first: str, devices: int, per_replica: int = 1) -> PlanStage:
     return PlanStage(
         pool=pool_name,
         first=first,
         last=first,
         replicas=devices,
-        devices_per_replica=1,
+        devices_per_replica=per_replica,
         max_batch_size=1,
         latency_s=0.03,
         output_bytes=1000 if first == "a" else 0,
     )
 
 
-def _pipeline(first: str, second: str, replicas: int, spare: int = 0) -> PlanRow:
-    """`replicas` pipeline replicas of svc's variant big, part a on `first`, b on `second`."""
+def _pipeline(
+    first: str,
+    second: str,
+    replicas: int,
+    spare: int = 0,
+    per_replica: tuple[int, int] = (1, 1),
+    qps: float = 30.0,
+) -> PlanRow:
+    """`replicas` pipeline replicas of svc's variant big (`qps` each), part a on `first`, b on
+    `second`, each stage taking `per_replica` devices of its pool per pipeline replica."""
+    a, b = per_replica
     return PlanRow(
         service=SVC,
         variant="big",
         pool=first,
         replicas=replicas,
         max_batch_size=1,
-        capacity_qps_per_replica=30.0,
-        capacity_qps=30.0 * replicas,
-        routed_qps=30.0 * (replicas - spare),
+        capacity_qps_per_replica=qps,
+        capacity_qps=qps * replicas,
+        routed_qps=qps * (replicas - spare),
         accuracy=80.0,
         spare_replicas=spare,
-        pipeline=f"a..a@{first}*1>b..b@{second}*1",
-        stages=[_stage(first, "a", replicas), _stage(second, "b", replicas)],
+        pipeline=f"a..a@{first}*{a}>b..b@{second}*{b}",
+        stages=[_stage(first, "a", a * replicas, a), _stage(second, "b", b * replicas, b)],
     )
 
 
@@ -151,35 +160,9 @@ def test_a_pipelines_spare_replicas_go_first_to_make_room() -> None:
     assert loop._make_room(world, targets, {}) == {stage2: 1}
 
 
-def _wide(first: str, second: str, per_replica: tuple[int, int], replicas: int = 1) -> PlanRow:
-    """`replicas` pipeline replicas of svc's big: part a on `first`, b on `second`, each stage
-    taking `per_replica` devices of its pool per pipeline replica (60 req/s each)."""
-    stages = [
-        PlanStage(
-            pool=p,
-            first=part,
-            last=part,
-            replicas=d * replicas,
-            devices_per_replica=d,
-            max_batch_size=1,
-            latency_s=0.03,
-            output_bytes=1000 if part == "a" else 0,
-        )
-        for p, part, d in ((first, "a", per_replica[0]), (second, "b", per_replica[1]))
-    ]
-    return PlanRow(
-        service=SVC,
-        variant="big",
-        pool=first,
-        replicas=replicas,
-        max_batch_size=1,
-        capacity_qps_per_replica=60.0,
-        capacity_qps=60.0 * replicas,
-        routed_qps=60.0 * replicas,
-        accuracy=80.0,
-        pipeline=f"a..a@{first}*{per_replica[0]}>b..b@{second}*{per_replica[1]}",
-        stages=stages,
-    )
+def _wide(first: str, second: str, per_replica: tuple[int, int]) -> PlanRow:
+    """One pipeline replica of svc's big (60 req/s), `per_replica` devices per stage."""
+    return _pipeline(first, second, 1, per_replica=per_replica, qps=60.0)
 
 
 def _swap_world(old: PlanRow) -> tuple[World, ControlLoop]:

@@ -514,7 +514,9 @@ def pipeline_view(
         return dict(targets), dict(running), dict(ready)
     view_ready = dict(ready)
     for entry in stages:
-        view_ready[entry] = _whole_pipelines(entry, specs, ready) * _per_replica(specs[entry])
+        view_ready[entry] = _whole_pipelines(entry, specs, ready) * devices_per_replica(
+            specs[entry]
+        )
 
     def entries(of: Mapping[WorkerKey, WorkerSpec]) -> dict[WorkerKey, WorkerSpec]:
         return {k: v for k, v in of.items() if not k.stage}
@@ -522,8 +524,32 @@ def pipeline_view(
     return entries(targets), entries(running), view_ready
 
 
-def _per_replica(spec: WorkerSpec) -> int:
+def devices_per_replica(spec: WorkerSpec) -> int:
+    """The devices of its group one replica of the service takes: a pipeline stage's devices
+    per pipeline replica, 1 for a whole variant."""
     return spec.stage.devices_per_replica if spec.stage is not None else 1
+
+
+def serving_replicas(
+    specs: Mapping[WorkerKey, WorkerSpec], ready: Mapping[WorkerKey, int]
+) -> dict[WorkerKey, int]:
+    """Per worker group, its ready replicas that serve: a whole variant's ready replicas; a
+    pipeline stage's only as far as they make pipeline replicas ready in every stage (as
+    `pipeline_view` counts them), the rest wait for a stage that is not ready."""
+    whole = {
+        (k.service, k.variant, k.pipeline): _whole_pipelines(k, specs, ready)
+        for k in specs
+        if k.pipeline is not None and not k.stage
+    }
+    return {
+        key: ready.get(key, 0)
+        if key.pipeline is None
+        else min(
+            ready.get(key, 0),
+            whole.get((key.service, key.variant, key.pipeline), 0) * devices_per_replica(spec),
+        )
+        for key, spec in specs.items()
+    }
 
 
 def _whole_pipelines(
@@ -537,7 +563,7 @@ def _whole_pipelines(
         spec = specs.get(key)
         if spec is None:
             return 0
-        n = ready.get(key, 0) // _per_replica(spec)
+        n = ready.get(key, 0) // devices_per_replica(spec)
         complete = n if complete is None else min(complete, n)
         key = spec.stage.next if spec.stage is not None else None
     return complete or 0

@@ -62,8 +62,9 @@ from accordion.operator.control.desired import (
     Routing,
     WorkerKey,
     WorkerSpec,
-    pipeline_view,
+    devices_per_replica,
     service_routing,
+    serving_replicas,
     spare_by_group,
     worker_specs,
 )
@@ -226,33 +227,10 @@ def _short(plan: Plan) -> set[str]:
     return {s.service for s in plan.services if s.unserved_qps > 1e-6 * max(1.0, s.demand_qps)}
 
 
-def _serving_replicas(workers: Mapping[WorkerKey, RunningWorker]) -> dict[WorkerKey, int]:
-    """Per worker group, its ready replicas that serve: a whole variant's ready replicas; a
-    pipeline stage's only as far as they make whole pipeline replicas ready in every stage
-    (`desired.pipeline_view`), the rest wait for a stage that is not ready."""
-    specs = {k: w.spec for k, w in workers.items()}
-    ready = {k: w.ready_replicas for k, w in workers.items()}
-    _, _, view = pipeline_view({}, specs, ready)
-    whole: dict[tuple[str, str, str | None], int] = {}
-    for key, spec in specs.items():
-        if key.pipeline is not None and not key.stage:
-            per = spec.stage.devices_per_replica if spec.stage is not None else 1
-            whole[key.service, key.variant, key.pipeline] = view[key] // per
-    out: dict[WorkerKey, int] = {}
-    for key, spec in specs.items():
-        if key.pipeline is None:
-            out[key] = ready[key]
-        else:
-            per = spec.stage.devices_per_replica if spec.stage is not None else 1
-            out[key] = min(ready[key], whole.get((key.service, key.variant, key.pipeline), 0) * per)
-    return out
-
-
 def _replica_capacity(spec: WorkerSpec) -> float:
     """The ready capacity a service loses when one replica of this group goes: a pipeline
     stage's replica takes its whole pipeline replica (every stage's devices of it) along."""
-    per = spec.stage.devices_per_replica if spec.stage is not None else 1
-    return spec.capacity_qps_per_replica * per
+    return spec.capacity_qps_per_replica * devices_per_replica(spec)
 
 
 def _usable(plan: Plan) -> str | None:
@@ -332,8 +310,7 @@ class ControlLoop:
                 variant=k.variant,
                 pool=k.pool,
                 # A pipeline runs as its first stage's replicas over its devices per replica.
-                replicas=w.spec.replicas
-                // (w.spec.stage.devices_per_replica if w.spec.stage is not None else 1),
+                replicas=w.spec.replicas // devices_per_replica(w.spec),
                 pipeline=k.pipeline,
             )
             for k, w in sorted(world.workers.items(), key=lambda kv: kv[0].sort_key())
@@ -766,7 +743,10 @@ class ControlLoop:
         pool_running: dict[str, int] = {}
         pool_unready: dict[str, int] = {}
         ready_capacity: dict[str, float] = {}
-        serving = _serving_replicas(world.workers)
+        serving = serving_replicas(
+            {k: w.spec for k, w in world.workers.items()},
+            {k: w.ready_replicas for k, w in world.workers.items()},
+        )
         for key, worker in world.workers.items():
             want = targets[key].replicas if key in targets else 0
             asked[key.pool] = asked.get(key.pool, 0) + max(want, worker.spec.replicas)
