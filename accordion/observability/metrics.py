@@ -70,6 +70,8 @@ WORKER_METRICS = (
     _m("accordion_worker_queue_depth", "gauge", "model"),
     _m("accordion_worker_predicted_latency_seconds", "gauge", "model", "batch_size"),
     _m("accordion_worker_observed_latency_seconds", "gauge", "model", "batch_size"),
+    _m("accordion_worker_served_latency_seconds", "gauge", "model", "batch_size", "quantile"),
+    _m("accordion_worker_served_batches", "gauge", "model", "batch_size"),
 )
 
 _SVC = ("namespace", "service")

@@ -1,6 +1,7 @@
 """Typer commands of the data plane, mounted by the root `accordion` CLI.
 
-``profile`` (latency per batch size, printed as an InferenceService profile block), ``load``
+``profile`` (latency per batch size, printed as an InferenceService profile block), ``served``
+(the same block as a serving worker runs it, from its /metrics), ``load``
 (open-loop load generator), ``serve`` (a worker), ``route`` (a router) and ``fetch`` (a worker
 pod's storage initializer: downloads its model). Heavy imports (torch, boto3,
 aiohttp apps) happen inside the commands, so `accordion --help` stays fast.
@@ -166,6 +167,57 @@ def profile(
             on_progress=lambda _: progress.advance(task),
         )
     typer.echo(profile_yaml(results, pool), nl=False)
+
+
+@app.command()
+def served(
+    url: Annotated[str, typer.Option(help="a serving worker's URL, e.g. http://127.0.0.1:8080")],
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            help="the variant's profile block (`profile`'s output) to correct: its sizes the "
+            "worker has not run enough of are scaled by the median served / profiled p50"
+        ),
+    ] = None,
+    pool: Annotated[str, typer.Option(help="DevicePool name to print in the block")] = "cpu",
+    model: Annotated[str | None, typer.Option(help="only this model's executions")] = None,
+) -> None:
+    """Print the profile block as a serving worker runs it: per batch size, the percentiles of
+    its recent executions (`accordion.workers.served`, read from its /metrics), on the machine
+    and beside the load it serves, where `profile` times the model alone. Paste it over the
+    variant's profile for that pool: the planner and its batching model then count on the
+    speed the worker really has."""
+    import urllib.request
+
+    import yaml
+
+    from accordion.workers.profiler import BatchProfile, profile_yaml
+    from accordion.workers.served import held_profile, parse_served
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError as exc:
+        _fail(f"{url}: {exc}")
+    read = parse_served(text, model)
+    if not read:
+        _fail(f"{url}: no batch size has enough executions yet")
+    points = {b: point for b, (_, point) in read.items()}
+    if base is not None:
+        entries = yaml.safe_load(base.read_text())["profiles"]
+        entry = next((e for e in entries if e.get("pool") == pool), entries[0])
+        profiled = {
+            int(b["batchSize"]): (b["p50Ms"] / 1e3, b["p90Ms"] / 1e3, b["p99Ms"] / 1e3)
+            for b in entry["batches"]
+        }
+        points = held_profile(profiled, points)
+    samples = ", ".join(f"{b}: {n}" for b, (n, _) in read.items())
+    typer.echo(f"# executions behind each served size: {samples}")
+    rows = [
+        BatchProfile(b, round(p50 * 1e3, 3), round(p90 * 1e3, 3), round(p99 * 1e3, 3))
+        for b, (p50, p90, p99) in points.items()
+    ]
+    typer.echo(profile_yaml(rows, pool), nl=False)
 
 
 @app.command()

@@ -8,7 +8,8 @@ batch size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +94,26 @@ class Overhead:
     """Requests answered per second with the worker saturated."""
     saturated_batch: float
     """Mean batch size then."""
+
+    def against(self, profile_s: Mapping[int, float]) -> Overhead:
+        """The same measurements split against another profile (batch size -> execution time,
+        e.g. the profile as served, `served.held_profile`), as `measure_overhead` splits them:
+        a lone batch's execution beyond the profile's batch of one is `cold_batch_s`, the time
+        per saturated request beyond the profile's execution at the saturated batch is
+        `per_request_s`, the rest of the lone latency `fixed_s`."""
+        sizes = sorted(profile_s)
+        at = [profile_s[b] for b in sizes]
+        cold = max(0.0, self.lone_execution_s - float(np.interp(1, sizes, at)))
+        batch = max(1.0, self.saturated_batch)
+        per_request = max(
+            0.0, 1.0 / self.saturated_qps - float(np.interp(batch, sizes, at)) / batch
+        )
+        return dataclasses.replace(
+            self,
+            fixed_s=max(0.0, self.lone_latency_s - self.lone_execution_s - per_request),
+            per_request_s=per_request,
+            cold_batch_s=cold,
+        )
 
 
 def batch_counters(text: str) -> dict[str, float]:

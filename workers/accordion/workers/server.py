@@ -84,6 +84,12 @@ from accordion.workers.protocol import (
     render_rest,
     server_metadata_doc,
 )
+from accordion.workers.served import (
+    SERVED_COUNT_METRIC,
+    SERVED_METRIC,
+    SERVED_QUANTILES,
+    ServedProfile,
+)
 from accordion.workers.stagedworker import StagedEngine, start_engine
 
 if TYPE_CHECKING:
@@ -152,11 +158,31 @@ class WorkerMetrics:
             ["model", "batch_size"],
             registry=self.registry,
         )
+        self.served_latency = Gauge(
+            SERVED_METRIC,
+            "Percentiles of the last executions of each batch size while serving (the profile "
+            "as served, `accordion.workers.served`).",
+            ["model", "batch_size", "quantile"],
+            registry=self.registry,
+        )
+        self.served_batches = Gauge(
+            SERVED_COUNT_METRIC,
+            "Executions of each batch size behind its served percentiles.",
+            ["model", "batch_size"],
+            registry=self.registry,
+        )
+        self.served = ServedProfile()
         self._observed_avg: dict[int, float] = {}
 
     def observe_batch(self, size: int, latency_s: float, predicted_s: float | None) -> None:
         self.execution_latency.labels(self.model_name).observe(latency_s)
         self.batch_size.labels(self.model_name).observe(size)
+        self.served.observe(size, latency_s)
+        self.served_batches.labels(self.model_name, str(size)).set(self.served.samples(size))
+        point = self.served.point(size)
+        if point is not None:
+            for q, value in zip(SERVED_QUANTILES, point, strict=True):
+                self.served_latency.labels(self.model_name, str(size), str(q)).set(value)
         previous = self._observed_avg.get(size)
         avg = latency_s if previous is None else 0.9 * previous + 0.1 * latency_s
         self._observed_avg[size] = avg
