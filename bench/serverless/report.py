@@ -57,7 +57,88 @@ def at_attainment(rows: list[dict[str, Any]], target: float) -> tuple[float | No
     raise AssertionError("unreachable")
 
 
+def _ms(value: float | None) -> str:
+    return "inf" if value is None else f"{value:.1f}"
+
+
+def _vs(value: float | None, against: float | None) -> str:
+    return "-" if value is None or against is None else f"{value / against - 1:+.1%}"
+
+
+def held_model_table(data: dict[str, Any]) -> list[str]:
+    """The model at the profile the product held before the rows (`served.held_profile`),
+    and the split of its error (`worker_model.py`'s docstring)."""
+    out = [
+        "| arrivals | rate (req/s) | dispersion | cv2 | worker p99 (ms) "
+        "| model p99 at the held profile (ms) | vs worker | simulator p99, same inputs (ms) "
+        "| model vs simulator | quasi-static model (ms) | vs worker "
+        "| model at the profile alone (ms) | vs worker |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["rows"]:
+        worker = r["measured_p99_ms"]
+        out.append(
+            f"| {r['arrivals']} | {r['rate_qps']:.0f} | {r['dispersion']:.2f} | {r['cv2']:.3f} "
+            f"| {worker:.1f} | {_ms(r['predicted_p99_ms'])} "
+            f"| {_vs(r['predicted_p99_ms'], worker)} | {r['simulated_p99_ms']:.1f} "
+            f"| {_vs(r['predicted_p99_ms'], r['simulated_p99_ms'])} "
+            f"| {_ms(r['quasi_static_p99_ms'])} | {_vs(r['quasi_static_p99_ms'], worker)} "
+            f"| {_ms(r['profile_model_p99_ms'])} | {_vs(r['profile_model_p99_ms'], worker)} |"
+        )
+    out += [
+        "",
+        "The error split at each row's own executions (the worker's served profile read after "
+        "the row, the overhead split against it): the model against the replay at the same "
+        "inputs is the queueing model's; the replay against the worker is what the service "
+        "times do not explain (the path, the executions' order and tail):",
+        "",
+        "| arrivals | rate (req/s) | worker p99 (ms) | replay at the row's executions (ms) "
+        "| replay vs worker | model at them (ms) | model vs replay | model vs worker "
+        "| the row's p50 per batch size (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in data["rows"]:
+        worker = r["measured_p99_ms"]
+        served = set(r["own_served_sizes"])
+        sizes = ", ".join(
+            f"{b}: {p50:.1f}" + ("" if b in served else "*") for b, p50, _ in r["own_profile_ms"]
+        )
+        out.append(
+            f"| {r['arrivals']} | {r['rate_qps']:.0f} | {worker:.1f} "
+            f"| {_ms(r['own_replay_p99_ms'])} | {_vs(r['own_replay_p99_ms'], worker)} "
+            f"| {_ms(r['own_model_p99_ms'])} "
+            f"| {_vs(r['own_model_p99_ms'], r['own_replay_p99_ms'])} "
+            f"| {_vs(r['own_model_p99_ms'], worker)} | {sizes} |"
+        )
+    out += [
+        "",
+        "(* a size with too few executions in the window: the profile's, scaled by the median "
+        "of the sizes served.) The arrivals each row was measured on (the requests' actual "
+        "send times, which the simulator and the model are fed), and the worker's own batches "
+        "in the row:",
+        "",
+        "| arrivals | rate (req/s) | scheduled dispersion / cv2 | sent dispersion / cv2 "
+        "| sends late p50 / p99 / max (ms) | worker's mean batch | its execution (ms) "
+        "| profile's p50 there (ms) | held profile's p50 there (ms) "
+        "| replay p99 on fresh draws, min / median / max (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["rows"]:
+        late = " / ".join(f"{v:.1f}" for v in r["send_late_ms"])
+        spread = " / ".join(f"{v:.1f}" for v in r["replay_spread_ms"])
+        out.append(
+            f"| {r['arrivals']} | {r['rate_qps']:.0f} "
+            f"| {r['scheduled_dispersion']:.2f} / {r['scheduled_cv2']:.3f} "
+            f"| {r['dispersion']:.2f} / {r['cv2']:.3f} | {late} | {r['worker_batch']:.2f} "
+            f"| {r['worker_execution_ms']:.2f} | {r['profile_execution_ms']:.2f} "
+            f"| {r['held_execution_ms']:.2f} | {spread} |"
+        )
+    return out
+
+
 def model_table(data: dict[str, Any]) -> list[str]:
+    if data["rows"] and "own_model_p99_ms" in data["rows"][0]:
+        return held_model_table(data)
     overhead = "device_only_p99_ms" in data["rows"][0] if data["rows"] else False
     if not overhead:  # a run before the overhead was measured
         out = [
@@ -247,6 +328,21 @@ def main() -> None:
                 f"{o['lone_execution']:.2f} ms; saturated {o['saturated_qps']:.0f} req/s at "
                 f"batches of {o['saturated_batch']:.1f})."
                 if (o := data.get("overhead_ms"))
+                else ""
+            )
+            + (
+                " The profile the model is given, held after the warm-up and the overhead's "
+                "probes (`served.held_profile`; sizes served: "
+                + ", ".join(str(b) for b in data["held_served_sizes"])
+                + ", the others scaled): "
+                + ", ".join(
+                    f"{b}: {p50:.1f}/{p90:.1f}/{p99:.1f}"
+                    for b, p50, p90, p99 in data["held_profile_ms"]
+                )
+                + "; the overhead split against it: fixed "
+                f"{h['fixed']:.2f} ms, per request {h['per_request']:.2f} ms, cold batch "
+                f"{h['cold_batch']:.2f} ms."
+                if (h := data.get("held_overhead_ms"))
                 else ""
             ),
             "",

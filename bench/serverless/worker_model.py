@@ -8,24 +8,34 @@ phases at gamma-distributed levels around the mean) and each of 3+ rates:
   generator (`loadgen.run_load`) with that schedule; measured p99 of the answered requests'
   latency (the client's view: HTTP and decoding included);
 * **simulator**: the same batcher replayed on simulated time (`batching.replay`, as the
-  simulator's replicas run it) with execution times drawn from the same profile
-  (`engine.dist_quantile`), on the arrivals the worker saw: each request's actual send time
-  (`LoadReport.sent_at_s`; the generator shares the machine, so how late it sent against the
-  schedule is reported per row, `send_late_ms`: p50, p99, max);
-* **model**: `queueing.latency_quantile_s` from the profile ``accordion profile`` measured at the
-  start of the run (every batch size up to the cap, `SIZES`), at the sent arrivals' rate and
-  the burstiness the router's own meter (`dispersion.DispersionMeter`) reads from them, for
-  bursty rows with the queue carried across the generator's phases (`PHASE_S`, known here: the
-  router does not measure it, the planner's capacity is the quasi-static model's, reported
-  beside it); once from the profile alone (the device's work) and once with the overhead of
-  the worker's HTTP path (`profiler.measure_overhead`, measured on the same worker before the
-  runs from the profile: a lone batch's execution beyond the profile's, for a batch that
-  starts on an idle device; a lone request's round trip beyond its execution; the work per
-  request a saturated worker's batches wait for); the
-  simulator's replay gets the same overhead (`IdleTracking`). Each row also gives the worker's
-  own mean batch and execution in that run against the profile's at that size (how far the
-  device ran from what the model assumed), and the replay's p99 on `SPREAD_SEEDS` fresh draws
-  of the row's generator (min, median, max: how much one 40-s run's p99 varies).
+  simulator's replicas run it) with execution times drawn from the model's own distribution
+  of the same profile (`queueing.Execution`: p50, p90, p99 per size; the simulator's
+  `engine.dist_quantile` reads p50 and p90 only), on the arrivals the worker saw: each
+  request's actual send time (`LoadReport.sent_at_s`; the generator shares the machine, so
+  how late it sent against the schedule is reported per row, `send_late_ms`: p50, p99, max);
+* **model**: `queueing.latency_quantile_s` at the sent arrivals' rate and the burstiness the
+  router's own meter (`dispersion.DispersionMeter`) reads from them, for bursty rows with the
+  queue carried across the generator's phases (`PHASE_S`, known here: the router does not
+  measure it; the quasi-static model, the planner's, is reported beside it), with the overhead
+  of the worker's HTTP path (`profiler.measure_overhead`, measured on the same worker before
+  the runs: a lone batch's execution beyond the profile's, for a batch that starts on an idle
+  device; a lone request's round trip beyond its execution; the work per request a saturated
+  worker's batches wait for). Its service times are **the profile the product holds before
+  the rows** (`served.held_profile`): ``accordion profile`` of every batch size up to the cap
+  (`SIZES`, taken alone in its own process at the start), corrected by the worker's own
+  executions while it served the overhead's probes and then a warm-up at a low rate (the
+  `ServedProfile` it publishes on /metrics), the overhead split against that profile
+  (`Overhead.against`). Beside it, the model at the profile taken alone (what it predicted
+  before the served profile), and, to split the error, the model and the replay at **the
+  row's own executions** (the served profile read after the row): the model against the
+  replay at the same inputs is the queueing model's error, the replay at the row's
+  executions against the worker what the service times do not explain.
+
+The simulator's replay gets the same profile and overhead as the model it is compared with
+(`IdleTracking`). Each row also gives the worker's own mean batch and execution in that run
+against the profile's and the held profile's at that size, and the replay's p99 on
+`SPREAD_SEEDS` fresh draws of the row's generator (min, median, max: how much one 40-s run's
+p99 varies).
 
 Run: ``flock /tmp/accordion-heavy.lock .venv/bin/python bench/serverless/worker_model.py``
 (writes bench/results/serverless_model.json, read by report.py).
@@ -52,13 +62,18 @@ from typing import Any
 import numpy as np
 import yaml
 
-from accordion.sim.engine import dist_quantile
 from accordion.solver import ProfilePoint
-from accordion.solver.queueing import RequestOverhead, latency_quantile_s
+from accordion.solver.queueing import (
+    Execution,
+    RequestOverhead,
+    latency_quantile_s,
+    profile_key,
+)
 from accordion.workers.batching import Decision, LatencyPredictor, Request, SloBatcher, replay
 from accordion.workers.dispersion import BIN_S, DispersionMeter
 from accordion.workers.loadgen import build_body, poisson_schedule, run_load
-from accordion.workers.profiler import batch_counters, measure_overhead
+from accordion.workers.profiler import Overhead, batch_counters, measure_overhead
+from accordion.workers.served import Point, held_profile, parse_served
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 WORKER = [sys.executable, "-m", "accordion.workers"]
@@ -119,6 +134,47 @@ def worker_counters(url: str) -> np.ndarray:
     )
 
 
+def served(url: str) -> dict[int, Point]:
+    """The worker's served profile now (`accordion.workers.served`, from /metrics): batch size
+    -> (p50, p90, p99) of its last executions, sizes with enough of them."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {b: point for b, (_, point) in parse_served(text).items()}
+
+
+def as_points(profile: dict[int, Point]) -> list[ProfilePoint]:
+    return [
+        ProfilePoint(batch_size=b, p50_s=p50, p90_s=p90, p99_s=p99)
+        for b, (p50, p90, p99) in sorted(profile.items())
+    ]
+
+
+def base_of(points: list[ProfilePoint]) -> dict[int, Point]:
+    return {
+        p.batch_size: (p.p50_s, p.p90_s or p.p50_s, p.p99_s or p.p90_s or p.p50_s) for p in points
+    }
+
+
+def request_overhead(measured: Overhead, points: list[ProfilePoint]) -> RequestOverhead:
+    """The path's overhead split against `points` (`Overhead.against`)."""
+    split = measured.against({p.batch_size: p.p50_s for p in points})
+    return RequestOverhead(
+        fixed_s=split.fixed_s, per_request_s=split.per_request_s, cold_batch_s=split.cold_batch_s
+    )
+
+
+def model_p99_ms(
+    points: list[ProfilePoint],
+    overhead: RequestOverhead,
+    phase_s: float | None,
+    *,
+    rate_qps: float,
+    cv2: float,
+) -> float:
+    """The model's p99 (ms) at `points` with `overhead`."""
+    return latency_quantile_s(points, CAP, rate_qps, cv2, 0.99, overhead, phase_s) * 1000.0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -171,35 +227,24 @@ class IdleTracking(SloBatcher):
 def simulated_p99(
     points: list[ProfilePoint], schedule: list[float], seed: int, overhead: RequestOverhead
 ) -> tuple[float, list[int]]:
-    """The replay's p99 (seconds) and the sizes of its batches."""
+    """The replay's p99 (seconds) and the sizes of its batches. Each batch's execution is
+    drawn from the model's own distribution of it (`queueing.Execution`: the profile's p50,
+    p90 and p99 per size, the per-request work in it), so that the model and the replay have
+    the same inputs and differ only by the queueing."""
     rng = random.Random(seed)
-    sizes = [p.batch_size for p in points]
+    ex = Execution.of(profile_key(points), CAP, overhead.per_request_s, overhead.cold_batch_s)
+    cumulative = np.cumsum(ex.probs)
 
     predictor = LatencyPredictor({p.batch_size: p.p50_s for p in points})
     policy = IdleTracking(CAP, predictor)
 
     def execution_s(b: int) -> float:
-        p50 = float(np.interp(b, sizes, [p.p50_s for p in points]))
-        p90 = float(np.interp(b, sizes, [p.p90_s or p.p50_s for p in points]))
-        extra = b * overhead.per_request_s + (overhead.cold_batch_s if policy.idle else 0.0)
-        return dist_quantile(p50, p90, rng.random()) + extra
+        j = min(int(np.searchsorted(cumulative, rng.random())), len(cumulative) - 1)
+        return float(ex.values_s[b - 1, j]) + (ex.cold_s if policy.idle else 0.0)
 
     requests = [Request(i, a, a + 10.0) for i, a in enumerate(schedule)]
     out = replay(policy, requests, execution_s)
     return float(np.percentile(out.response_s, 99)) + overhead.fixed_s, out.batch_sizes
-
-
-def scaled(points: list[ProfilePoint], factor: float) -> list[ProfilePoint]:
-    """The profile of a device `factor` times slower."""
-    return [
-        ProfilePoint(
-            batch_size=p.batch_size,
-            p50_s=p.p50_s * factor,
-            p90_s=(p.p90_s or p.p50_s) * factor,
-            p99_s=(p.p99_s or p.p90_s or p.p50_s) * factor,
-        )
-        for p in points
-    ]
 
 
 def main() -> None:
@@ -248,11 +293,20 @@ def main() -> None:
             )
         )
         print("overhead", measured_overhead, flush=True)
-        overhead = RequestOverhead(
-            fixed_s=measured_overhead.fixed_s,
-            per_request_s=measured_overhead.per_request_s,
-            cold_batch_s=measured_overhead.cold_batch_s,
-        )
+        overhead = request_overhead(measured_overhead, points)
+        # A warm-up at a low rate (30% of the saturated throughput, 10 s), after the probes:
+        # the executions of a worker that serves, the last in its served window.
+        low = poisson_schedule(0.3 * measured_overhead.saturated_qps, 10.0, 98)
+        asyncio.run(run_load(url, MODEL, low, slo_ms=10000.0, body=body))
+        # The profile the product holds now, after the overhead's probes (lone requests, a
+        # saturated spell) and the warm-up at a low rate: the worker's executions as served, per
+        # batch size, the profile's scaled for sizes it has not run enough of
+        # (`served.held_profile`). The model is given this one, not the rows' own.
+        held_served = served(url)
+        held = as_points(held_profile(base_of(points), held_served))
+        held_overhead = request_overhead(measured_overhead, held)
+        print("held", sorted(held_served), [(p.batch_size, p.p50_s) for p in held], flush=True)
+        print("held overhead", held_overhead, flush=True)
         # Rates as fractions of what the worker's HTTP path answered saturated, measured now
         # (the profile's cap / p50(cap) is the device's alone: rates near it overload the path,
         # and the planner never plans at the knee).
@@ -270,6 +324,11 @@ def main() -> None:
             before = worker_counters(url)
             report = asyncio.run(run_load(url, MODEL, schedule, slo_ms=10000.0, body=body))
             batches, batched, executed = (float(v) for v in worker_counters(url) - before)
+            # The row's own executions, per batch size (the last `ServedProfile.window` of
+            # each: this row's for the sizes it ran often, earlier rows' for rare ones).
+            own_served = served(url)
+            own = as_points(held_profile(base_of(points), own_served))
+            own_overhead = request_overhead(measured_overhead, own)
             # The arrivals the worker saw: when each request left, not when it was due (the
             # generator shares the machine and falls behind in bursts); the router's meter
             # would count these.
@@ -279,30 +338,30 @@ def main() -> None:
             offered = len(sent) / args.duration_s
             measured = report.percentile_ms(99)
             phase_s = PHASE_S if kind == "bursty" else None
-            device_only = latency_quantile_s(points, CAP, offered, cv2, 0.99, None, phase_s)
-            device_only *= 1000.0
-            predicted = (
-                latency_quantile_s(points, CAP, offered, cv2, 0.99, overhead, phase_s) * 1000.0
-            )
-            quasi_static = latency_quantile_s(points, CAP, offered, cv2, 0.99, overhead) * 1000.0
-            simulated_s, replayed = simulated_p99(points, sent, seed, overhead)
-            simulated = simulated_s * 1000.0
-            # How much slower than its profile the device ran in this row (the worker's own
-            # execution against the profile's for the replay's batches: the router's slowdown
-            # meter's reading, which the product's fast loop scales capacity by); the machine
-            # is shared, and the model at that speed says whether the rest is the model's.
-            by_size = {p.batch_size: p.p50_s for p in points}
-            slowdown = (executed / batches) / float(np.mean([by_size[b] for b in replayed]))
-            at_slowdown = latency_quantile_s(
-                scaled(points, slowdown), CAP, offered, cv2, 0.99, overhead, phase_s
-            )
-            at_slowdown *= 1000.0
+
+            model_ms = partial(model_p99_ms, rate_qps=offered, cv2=cv2)
+
+            predicted = model_ms(held, held_overhead, phase_s)
+            quasi_static = model_ms(held, held_overhead, None)
+            alone = model_ms(points, overhead, phase_s)
+            own_model = model_ms(own, own_overhead, phase_s)
+            # The same batcher replayed on the same sent times with the same inputs as the
+            # model (the simulator's draws through each size's p50 and p90): the model's own
+            # error is against this; the replay at the row's executions against the worker is
+            # what the service times alone do not explain.
+            simulated = simulated_p99(held, sent, seed, held_overhead)[0] * 1000.0
+            own_replay = simulated_p99(own, sent, seed, own_overhead)[0] * 1000.0
             # How much a 40-s p99 varies at this rate: the replay on fresh draws of the same
             # generator (a few phases far above the mean decide a bursty p99).
             spread = sorted(
-                simulated_p99(points, make(rate, seed=seed + 100 * j), seed + j, overhead)[0] * 1e3
+                simulated_p99(held, make(rate, seed=seed + 100 * j), seed + j, held_overhead)[0]
+                * 1e3
                 for j in range(1, SPREAD_SEEDS + 1)
             )
+
+            def rounded(value: float) -> float | None:
+                return round(value, 2) if math.isfinite(value) else None
+
             row = {
                 "arrivals": kind,
                 "rate_qps": round(offered, 1),
@@ -312,13 +371,21 @@ def main() -> None:
                 "scheduled_cv2": round(scheduled_cv2, 4),
                 "send_late_ms": [round(report.lateness_ms(q), 2) for q in (50, 99, 100)],
                 # The worker's own batches in the run (its execution metric: the device's
-                # part, without the event loop's), against the profile's p50 at that mean
-                # size (the model adds `cold_batch` to a batch started on an idle device).
+                # part, without the event loop's), against the profile's and the held
+                # profile's p50 at that mean size.
                 "worker_batch": round(batched / batches, 2),
                 "worker_execution_ms": round(executed / batches * 1e3, 2),
                 "profile_execution_ms": round(
                     float(np.interp(batched / batches, SIZES, [p.p50_s for p in points])) * 1e3, 2
                 ),
+                "held_execution_ms": round(
+                    float(np.interp(batched / batches, SIZES, [p.p50_s for p in held])) * 1e3, 2
+                ),
+                "own_profile_ms": [
+                    [p.batch_size, round(p.p50_s * 1e3, 2), round((p.p90_s or 0) * 1e3, 2)]
+                    for p in own
+                ],
+                "own_served_sizes": sorted(own_served),
                 "measured_p99_ms": round(measured, 2),
                 "simulated_p99_ms": round(simulated, 2),
                 "replay_spread_ms": [
@@ -326,19 +393,12 @@ def main() -> None:
                     round(spread[len(spread) // 2], 2),
                     round(spread[-1], 2),
                 ],
-                "predicted_p99_ms": round(predicted, 2) if math.isfinite(predicted) else None,
+                "predicted_p99_ms": rounded(predicted),
                 "phase_s": phase_s,
-                "quasi_static_p99_ms": (
-                    round(quasi_static, 2) if math.isfinite(quasi_static) else None
-                ),
-                "device_only_p99_ms": (
-                    round(device_only, 2) if math.isfinite(device_only) else None
-                ),
-                "device_only_error_vs_worker": round(device_only / measured - 1, 4),
-                "slowdown": round(slowdown, 3),
-                "slowdown_model_p99_ms": (
-                    round(at_slowdown, 2) if math.isfinite(at_slowdown) else None
-                ),
+                "quasi_static_p99_ms": rounded(quasi_static),
+                "profile_model_p99_ms": rounded(alone),
+                "own_model_p99_ms": rounded(own_model),
+                "own_replay_p99_ms": rounded(own_replay),
                 "error_vs_worker": round(predicted / measured - 1, 4),
                 "error_vs_simulator": round(predicted / simulated - 1, 4),
                 "failed": report.failed,
@@ -363,10 +423,20 @@ def main() -> None:
                     "saturated_qps": round(measured_overhead.saturated_qps, 1),
                     "saturated_batch": round(measured_overhead.saturated_batch, 2),
                 },
+                "held_overhead_ms": {
+                    "fixed": round(held_overhead.fixed_s * 1e3, 3),
+                    "per_request": round(held_overhead.per_request_s * 1e3, 3),
+                    "cold_batch": round(held_overhead.cold_batch_s * 1e3, 3),
+                },
                 "profile_ms": [
                     [p.batch_size, p.p50_s * 1e3, (p.p90_s or 0) * 1e3, (p.p99_s or 0) * 1e3]
                     for p in points
                 ],
+                "held_profile_ms": [
+                    [p.batch_size, p.p50_s * 1e3, (p.p90_s or 0) * 1e3, (p.p99_s or 0) * 1e3]
+                    for p in held
+                ],
+                "held_served_sizes": sorted(held_served),
                 "rows": rows,
             },
             indent=1,
