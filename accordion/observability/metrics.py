@@ -158,6 +158,25 @@ OPERATOR_METRICS = (
         help="1 when the condition (Ready, Degraded, DemandUnavailable, ...) is True, else 0.",
     ),
     _m(
+        "accordion_service_prewarmed",
+        "gauge",
+        *_SVC,
+        help="1 while a minReplicas 0 service's replica is kept or started ahead of an expected "
+        "return of its traffic (pre-warm), else 0.",
+    ),
+    _m(
+        "accordion_service_prewarms_total",
+        "counter",
+        *_SVC,
+        help="Pre-warms: a replica kept or started ahead of an expected return of the traffic.",
+    ),
+    _m(
+        "accordion_service_prewarms_met_total",
+        "counter",
+        *_SVC,
+        help="Pre-warms the service's traffic came back within (the rest went unused).",
+    ),
+    _m(
         "accordion_service_device_seconds_total",
         "counter",
         *_SVC,

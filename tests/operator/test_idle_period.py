@@ -127,6 +127,9 @@ def test_regular_off_periods_prewarm_ahead_of_the_return() -> None:
     assert not idle[596.0]
     assert not idle[599.0]
     assert list(tracker.off_periods_s[KEY]) == [241.0, 241.0]
+    # One pre-warm, and the traffic came back within it.
+    assert tracker.prewarms == {KEY: 1}
+    assert tracker.prewarms_met == {KEY: 1}
 
 
 def test_a_prewarm_that_misses_releases_and_irregular_silences_never_prewarm() -> None:
@@ -142,5 +145,7 @@ def test_a_prewarm_that_misses_releases_and_irregular_silences_never_prewarm() -
     # That session came 441 s after the last: the off periods now disagree by far more than a
     # cold start, so the next return (at 241 s again) is not pre-warmed.
     assert list(tracker.off_periods_s[KEY]) == [241.0, 441.0]
+    assert tracker.prewarms == {KEY: 1}  # counted, and not met: released unused
+    assert tracker.prewarms_met.get(KEY, 0) == 0
     assert idle[1095.0]
     assert idle[1099.0]

@@ -162,3 +162,62 @@ async def test_a_static_service_with_declared_demand_is_never_idle() -> None:
     await settle(loop, world, DemandView(), act)
     assert replicas(world) == 1
     assert world.status[KEY].scaled_to_zero is False
+
+
+async def test_a_prewarm_shows_in_status_and_metrics() -> None:
+    """Sessions that return 240 s after they stop (a cold start of 2 s measured): after one
+    such off period the next return is pre-warmed from 4 s before it, and the status and the
+    operator's metrics say so, and then that the traffic came back within it."""
+    from accordion.operator import metrics
+
+    clock = Clock()
+    svc = service(minReplicas=0, scaleToZeroIdleSeconds=60, demand=ROUTER)
+    world = World(services={KEY: svc}, pools={"gpu": pool(devices=2)})
+    loop = ControlLoop(LoopSettings(drain_s=0.0), clock=clock)
+    act = MemoryActuator(world, clock)
+    recorder = metrics.OperatorMetrics()
+    labels = {"namespace": "default", "service": "svc"}
+    t0 = clock.t
+
+    async def at(t: float, last: float, qps: float) -> None:
+        clock.t = t0 + t
+        demand = DemandView(
+            qps={KEY: qps}, last_arrival_s={KEY: t0 + last}, cold_start_s={KEY: 2.0}
+        )
+        await settle(loop, world, demand, act)
+        result = await loop.reconcile(world, demand, act)
+        recorder.record(world, demand, result, loop.plan_time_s, None, loop.idle)
+
+    def shown() -> tuple[bool | None, int | None, int | None]:
+        status = world.status[KEY]
+        return status.prewarmed, status.prewarms, status.prewarms_met
+
+    def sampled(name: str) -> float | None:
+        return metrics.REGISTRY.get_sample_value(name, labels)
+
+    async def session(start: int, end: int) -> None:
+        """Requests every second from `start` to `end` (30 req/s)."""
+        for t in range(start, end + 1):
+            await at(float(t), float(t), 30.0)
+
+    await session(0, 5)
+    await at(20.0, 5.0, 0.0)
+    assert replicas(world) == 0
+    assert shown() == (False, 0, 0)
+    await session(245, 260)  # back after 240 s: the first off period, not pre-warmed
+    await at(270.0, 260.0, 0.0)
+    assert replicas(world) == 0
+    assert shown() == (False, 0, 0)
+    assert sampled("accordion_service_prewarmed") == 0
+    # 240 s after this session's end less two cold starts: pre-warmed.
+    await at(497.0, 260.0, 0.0)
+    assert replicas(world) == 1
+    assert shown() == (True, 1, 0)
+    assert sampled("accordion_service_prewarmed") == 1
+    assert sampled("accordion_service_prewarms_total") == 1
+    assert sampled("accordion_service_prewarms_met_total") == 0
+    # The traffic returns within it.
+    await at(500.0, 500.0, 30.0)
+    assert shown() == (False, 1, 1)
+    assert sampled("accordion_service_prewarmed") == 0
+    assert sampled("accordion_service_prewarms_met_total") == 1

@@ -959,6 +959,21 @@ class InferenceServiceStatus(ApiModel):
             "ready replicas to the first ready one, seconds."
         ),
     )
+    prewarmed: bool | None = Field(
+        default=None,
+        description=(
+            "True while its replica is kept or started ahead of an expected return of its "
+            "traffic (minReplicas 0: silences that recur on a schedule, `control.idle`)."
+        ),
+    )
+    prewarms: int | None = Field(
+        default=None,
+        description="Pre-warms so far (minReplicas 0), since the operator began counting.",
+    )
+    prewarms_met: int | None = Field(
+        default=None,
+        description="Of those, the ones its traffic came back within (the rest went unused).",
+    )
     device_seconds: float | None = Field(
         default=None,
         description=(

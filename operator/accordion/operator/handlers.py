@@ -581,7 +581,9 @@ class Driver:
         result = await self.loop.reconcile(
             world, demand, self.actuator, concurrency=self.concurrency
         )
-        self.metrics.record(world, demand, result, self.loop.plan_time_s, self.loop.cost.totals)
+        self.metrics.record(
+            world, demand, result, self.loop.plan_time_s, self.loop.cost.totals, self.loop.idle
+        )
         # Surges are judged against the plan's capacity, falls are fast while short.
         for tracker in (
             self.demand.tracker if self.demand is not None else None,

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from accordion.operator.api import split_key
 from accordion.operator.control.cost import ServiceCost
+from accordion.operator.control.idle import IdleTracker
 from accordion.operator.control.loop import (
     DemandView,
     ReconcileResult,
@@ -105,6 +106,11 @@ CONDITION = _Family(
     "1 when the condition (Ready, Degraded, DemandUnavailable, ...) is True, else 0.",
     (*_SVC, "condition"),
 )
+PREWARMED = _Family(
+    "accordion_service_prewarmed",
+    "1 while a minReplicas 0 service's replica is kept or started ahead of an expected return "
+    "of its traffic (pre-warm), else 0.",
+)
 
 _PER_SERVICE = (
     SLO_LATENCY,
@@ -117,6 +123,7 @@ _PER_SERVICE = (
     SPARE_CAPACITY,
     REPLICAS,
     CONDITION,
+    PREWARMED,
 )
 
 Samples = dict[str, list[tuple[tuple[str, ...], float]]]
@@ -197,6 +204,45 @@ class _CostCollector(Collector):
 COSTS = _CostCollector()
 REGISTRY.register(COSTS)
 
+PREWARMS = "accordion_service_prewarms"
+PREWARMS_MET = "accordion_service_prewarms_met"
+
+
+class _PrewarmCollector(Collector):
+    """Each minReplicas 0 service's pre-warms (`control.idle.IdleTracker`), as of the last
+    pass: counters of those started and of those its traffic came back within."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, tuple[int, int]] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families({}))
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self.counts)
+
+    @staticmethod
+    def _families(counts: Mapping[str, tuple[int, int]]) -> list[Metric]:
+        started = CounterMetricFamily(
+            PREWARMS,
+            "Pre-warms: a replica kept or started ahead of an expected return of the traffic.",
+            labels=_SVC,
+        )
+        met = CounterMetricFamily(
+            PREWARMS_MET,
+            "Pre-warms the service's traffic came back within (the rest went unused).",
+            labels=_SVC,
+        )
+        for key, (n, hits) in sorted(counts.items()):
+            labels = split_key(key)
+            started.add_metric(labels, n)
+            met.add_metric(labels, hits)
+        return [started, met]
+
+
+PREWARM_COUNTS = _PrewarmCollector()
+REGISTRY.register(PREWARM_COUNTS)
+
 
 class OperatorMetrics:
     """Keeps the registry in step with the control loop's passes."""
@@ -215,8 +261,10 @@ class OperatorMetrics:
         result: ReconcileResult,
         plan_time_s: float,
         cost: Mapping[str, ServiceCost] | None = None,
+        idle: IdleTracker | None = None,
     ) -> None:
-        """Fold one pass of the loop into the metrics; `cost`: the loop's cost meter totals."""
+        """Fold one pass of the loop into the metrics; `cost`: the loop's cost meter totals;
+        `idle`: its idle tracker (pre-warms of the `minReplicas: 0` services)."""
         if cost is not None:
             COSTS.totals = {
                 k: ServiceCost(v.device_seconds, v.cost, v.requests, dict(v.device_seconds_by_pool))
@@ -269,6 +317,13 @@ class OperatorMetrics:
                 conditions[(*split_key(key), cond.type)] = 1 if cond.status == "True" else 0
         for series, value in conditions.items():
             put(CONDITION, series, value)
+        if idle is not None:
+            counts = {}
+            for key, isvc in world.services.items():
+                if isvc.spec.min_replicas == 0:
+                    put(PREWARMED, split_key(key), 1 if key in idle.prewarmed else 0)
+                    counts[key] = (idle.prewarms.get(key, 0), idle.prewarms_met.get(key, 0))
+            PREWARM_COUNTS.counts = counts
         PER_SERVICE.samples = samples
 
     def _count_changes(self, rows: list[PlanRow]) -> None:

@@ -34,7 +34,11 @@ a right guess keeps the replica about `PREWARM_LEAD` cold starts (plus the sprea
 than needed, under the `COLD_STARTS` a cold start is priced at; a wrong one about the window.
 One off period suffices (the published hybrid-histogram policy for serverless functions,
 Shahrad et al., ATC 2020, pre-warms at the head of the measured idle times the same way); a
-service whose silences vary more than a cold start is never pre-warmed.
+service whose silences vary more than a cold start is never pre-warmed. Each pre-warm is
+counted, and whether the traffic came back within it (`IdleTracker.prewarms`, `prewarms_met`):
+the service's status (`prewarmed`, `prewarms`, `prewarmsMet`) and the operator's metrics
+(`accordion_service_prewarmed`, `accordion_service_prewarms_total`,
+`accordion_service_prewarms_met_total`) show them beside its cold starts and device-seconds.
 
 Until then, and again from the first request after, it is planned with one replica at least
 (`InferenceServiceSpec.replica_floor`), whatever its demand estimate: a request at zero
@@ -121,6 +125,11 @@ class IdleTracker:
     """Per service, its newest off periods: silences that reached its idle period (pre-warm)."""
     prewarmed: frozenset[str] = frozenset()
     """The services kept or started ahead of their expected return as of the last `update`."""
+    prewarms: dict[str, int] = field(default_factory=dict)
+    """Per service, its pre-warms so far: each time its replica was kept or started ahead of an
+    expected return (status `prewarms`, `accordion_service_prewarms_total`)."""
+    prewarms_met: dict[str, int] = field(default_factory=dict)
+    """... of them, those its traffic came back within (the rest were released unused)."""
 
     def update(
         self,
@@ -157,6 +166,8 @@ class IdleTracker:
             if last is not None:
                 known = self.rate_at_last_s.get(key)
                 if known is None or known[0] != last:
+                    if key in self.prewarmed:  # back while its pre-warmed replica was up
+                        self.prewarms_met[key] = self.prewarms_met.get(key, 0) + 1
                     if known is not None and last - known[0] >= idle_period_s(
                         limit, cold, known[1]
                     ):
@@ -174,12 +185,17 @@ class IdleTracker:
             )
             if last is not None and window is not None and window[0] <= now_s - last < window[1]:
                 prewarmed.add(key)
+                if key not in self.prewarmed:
+                    self.prewarms[key] = self.prewarms.get(key, 0) + 1
                 continue
             idle.add(key)
         for key in [k for k in self.first_seen_s if k not in services]:
             del self.first_seen_s[key]
             self.rate_at_last_s.pop(key, None)
             self.off_periods_s.pop(key, None)
+        for key in [k for k in self.prewarms if k not in services]:
+            del self.prewarms[key]
+            self.prewarms_met.pop(key, None)
         self.idle_now = frozenset(idle)
         self.prewarmed = frozenset(prewarmed)
         return self.idle_now

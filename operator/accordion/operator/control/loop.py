@@ -647,6 +647,7 @@ class ControlLoop:
                 ),
                 self.cost.published.get(svc_key),
                 demand.cold_start_s.get(svc_key),
+                self._prewarm(svc_key),
                 tuple(
                     sorted((k.sort_key(), c) for k, c in self._caps.items() if k.service == svc_key)
                 ),
@@ -919,8 +920,19 @@ class ControlLoop:
             shortfall=self._shortfall(svc_key, svc, summaries.get(svc_key)),
             notices=self.notices.get(svc_key, ()),
             cost=self.cost.published.get(svc_key),
+            prewarm=self._prewarm(svc_key),
         )
         return out
+
+    def _prewarm(self, key: str) -> tuple[bool, int, int]:
+        """(pre-warmed now, pre-warms so far, those its traffic came back within)
+        (`control.idle`)."""
+        idle = self.idle
+        return (
+            key in idle.prewarmed,
+            idle.prewarms.get(key, 0),
+            idle.prewarms_met.get(key, 0),
+        )
 
     def _shortfall(self, key: str, svc: InferenceService, summary: ServicePlan | None) -> str:
         plan = self.last_plan

@@ -122,6 +122,7 @@ def service_status_steps(
     shortfall: str | None = None,
     notices: Sequence[str] = (),
     cost: CostSnapshot | None = None,
+    prewarm: tuple[bool, int, int] | None = None,
 ) -> list[Step]:
     """The service's status step (if its status changes) and the events of a plan change.
 
@@ -133,8 +134,10 @@ def service_status_steps(
     use, priorities capped by a pool, profiles for pools that do not exist), shown as the
     PoolAccess condition. Failing worker pods (`World.worker_failures`) show as ModelsLoaded
     False, with a Warning event when it turns. `cost`: the service's cost figures
-    (`control.cost`). A `minReplicas: 0` service that runs no replica is Ready (ScaledToZero):
-    its router holds requests while one starts."""
+    (`control.cost`); `prewarm`: whether its replica is pre-warmed now, its pre-warms so far
+    and those its traffic came back within (`control.idle`; shown for `minReplicas: 0`). A
+    `minReplicas: 0` service that runs no replica is Ready (ScaledToZero): its router holds
+    requests while one starts."""
     now = now_rfc3339(now_s)
     steps: list[Step] = []
     gen = svc.metadata.generation
@@ -291,6 +294,11 @@ def service_status_steps(
             ),
         }
     )
+    if prewarm is not None:
+        shown = prewarm if svc.spec.min_replicas == 0 else (None, None, None)
+        status = status.model_copy(
+            update={"prewarmed": shown[0], "prewarms": shown[1], "prewarms_met": shown[2]}
+        )
     if cost is not None:
         status = status.model_copy(
             update={
