@@ -540,6 +540,31 @@ def services_dashboard() -> dict[str, Any]:
         _panel(
             lay,
             "timeseries",
+            "Pre-warms",
+            "minReplicas 0 services whose silences recur on a schedule: 1 while a replica is "
+            "kept or started ahead of the expected return of their traffic; pre-warms over the "
+            "last hour, and those the traffic came back within (the rest went unused).",
+            [
+                Query(
+                    f"max by ({BY}) ({sel('accordion_service_prewarmed')})",
+                    "{{service}} pre-warmed now",
+                ),
+                Query(
+                    f"sum by ({BY}) (increase({sel('accordion_service_prewarms_total')}[1h]))",
+                    "{{service}} pre-warms, last hour",
+                ),
+                Query(
+                    f"sum by ({BY}) (increase({sel('accordion_service_prewarms_met_total')}[1h]))",
+                    "{{service}} met, last hour",
+                ),
+            ],
+            min_=0,
+        )
+    )
+    p.append(
+        _panel(
+            lay,
+            "timeseries",
             "Devices held and cost per hour",
             "Devices the service's workers hold (device-seconds per second, per pool; starting "
             "and spare replicas included), and their cost per hour (costPerDevice per "

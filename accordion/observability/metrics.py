@@ -209,6 +209,10 @@ EVENT_DRIVEN = frozenset(
         "accordion_router_activator_queued",
         "accordion_router_activator_requests_total",
         "accordion_operator_reports_total",
+        # Only for minReplicas 0 services (a cluster may have none).
+        "accordion_service_prewarmed",
+        "accordion_service_prewarms_total",
+        "accordion_service_prewarms_met_total",
     }
 )
 
