@@ -20,8 +20,10 @@ from accordion.operator.control.swaps import (
     DEFAULT_STARTUP_S,
     StartupMeter,
     additions_only,
+    pool_devices,
     swapped_replicas,
 )
+from accordion.solver.plan import GpuLayout, SlicePlacement
 
 from .test_loop import Clock, MemoryActuator, all_ready, key, pool, service
 
@@ -140,3 +142,30 @@ def test_additions_only_takes_no_device_of_a_pool_it_is_not_told_of() -> None:
     new = old.model_copy(update={"rows": [*old.rows, moved]})
     partial = additions_only(new, old, {"gpu": 2})
     assert partial is None or "mig/3g.40gb" not in {r.pool for r in partial.rows}
+
+
+def test_a_free_mig_slice_is_a_free_device() -> None:
+    """Rows of a MIG pool name its slice sub-pools: a replica added on a slice the plan in
+    force leaves free swaps nothing and goes while swaps wait (the device map named the
+    whole pools only, so every replica added on a slice counted as a swap)."""
+    world, _, loop, _ = setup(devices=2)
+    base = loop.make_plan(world, DemandView(qps={SVC: 10.0}))[0]
+    row = base.rows[0].model_copy(update={"pool": "a100/3g.40gb", "replicas": 1})
+    layout = GpuLayout(
+        pool="a100",
+        gpu=0,
+        layout="2x3g.40gb",
+        slices=[SlicePlacement(profile="3g.40gb", start=s) for s in (0, 4)],
+    )
+    old = base.model_copy(update={"rows": [row], "layouts": [layout]})
+    new = old.model_copy(update={"rows": [row.model_copy(update={"replicas": 2})]})
+    devices = pool_devices([], old)
+    assert devices == {"a100/3g.40gb": 2}
+    assert swapped_replicas(new, old, devices) == 0
+    assert swapped_replicas(new, old, {"a100": 1}) == 1  # the whole pool alone: a swap
+    partial = additions_only(new, old, devices)
+    assert partial is not None
+    assert [(r.pool, r.replicas) for r in partial.rows] == [("a100/3g.40gb", 2)]
+    # a third replica has no slice: one swap
+    more = old.model_copy(update={"rows": [row.model_copy(update={"replicas": 3})]})
+    assert swapped_replicas(more, old, devices) == 1

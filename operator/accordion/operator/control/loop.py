@@ -98,6 +98,7 @@ from accordion.operator.control.swaps import (
     StartupMeter,
     SwapGate,
     additions_only,
+    pool_devices,
     swapped_replicas,
 )
 from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
@@ -396,7 +397,7 @@ class ControlLoop:
         if self.last_plan is not None and self._swaps_wait(plan, build.problem):
             # Swaps that would not pay back yet: the additions on free devices go now; the
             # rest is planned again at the next pass (the planned estimates stay).
-            devices = {p.name: p.devices for p in build.problem.pools}
+            devices = pool_devices(build.problem.pools, self.last_plan)
             partial = additions_only(plan, self.last_plan, devices)
             if partial is None:
                 return self.last_plan, False, build.warnings
@@ -432,7 +433,7 @@ class ControlLoop:
         old = self.last_problem
         if old is None or self.last_plan is None:
             return False
-        swaps = swapped_replicas(plan, self.last_plan, {p.name: p.devices for p in problem.pools})
+        swaps = swapped_replicas(plan, self.last_plan, pool_devices(problem.pools, self.last_plan))
         if swaps <= 0:
             return False
         demand_only = (
