@@ -315,7 +315,9 @@ def main() -> None:
             "## The batching model's predicted p99 against a real worker",
             "",
             f"`bench/serverless/worker_model.py`: `{data['model']}` on CPU, batch cap "
-            f"{data['cap']}; profile (batch, p50/p90/p99 ms) "
+            f"{data['cap']}; "
+            + (f"{d:.0f} s per row; " if (d := data.get("duration_s")) else "40 s per row; ")
+            + "profile (batch, p50/p90/p99 ms) "
             + ", ".join(
                 f"{b}: {p50:.1f}/{p90:.1f}/{p99:.1f}" for b, p50, p90, p99 in data["profile_ms"]
             )

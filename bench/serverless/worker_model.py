@@ -34,7 +34,7 @@ phases at gamma-distributed levels around the mean) and each of 3+ rates:
 The simulator's replay gets the same profile and overhead as the model it is compared with
 (`IdleTracking`). Each row also gives the worker's own mean batch and execution in that run
 against the profile's and the held profile's at that size, and the replay's p99 on
-`SPREAD_SEEDS` fresh draws of the row's generator (min, median, max: how much one 40-s run's
+`SPREAD_SEEDS` fresh draws of the row's generator (min, median, max: how much one run's
 p99 varies).
 
 Run: ``flock /tmp/accordion-heavy.lock .venv/bin/python bench/serverless/worker_model.py``
@@ -249,7 +249,14 @@ def simulated_p99(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration-s", type=float, default=40.0)
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        default=40.0,
+        help="seconds per row (longer rows did not bring the model closer here: at 120 s the "
+        "top bursty row's replay on fresh draws still spread 72-141 ms, and every row met "
+        "stalls of the machine, the generator up to 60-142 ms late)",
+    )
     parser.add_argument(
         "--poisson",
         default="0.3,0.5,0.7",
@@ -351,7 +358,7 @@ def main() -> None:
             # what the service times alone do not explain.
             simulated = simulated_p99(held, sent, seed, held_overhead)[0] * 1000.0
             own_replay = simulated_p99(own, sent, seed, own_overhead)[0] * 1000.0
-            # How much a 40-s p99 varies at this rate: the replay on fresh draws of the same
+            # How much a row's p99 varies at this rate: the replay on fresh draws of the same
             # generator (a few phases far above the mean decide a bursty p99).
             spread = sorted(
                 simulated_p99(held, make(rate, seed=seed + 100 * j), seed + j, held_overhead)[0]
@@ -414,6 +421,7 @@ def main() -> None:
             {
                 "model": MODEL,
                 "cap": CAP,
+                "duration_s": args.duration_s,
                 "overhead_ms": {
                     "fixed": round(overhead.fixed_s * 1e3, 3),
                     "per_request": round(overhead.per_request_s * 1e3, 3),
