@@ -85,6 +85,24 @@ def test_profile_command() -> None:
     assert bad.exit_code != 0
 
 
+def test_profile_batch_sizes_take_ranges() -> None:
+    """``--batch-sizes 1-3,6``: every size of a range, once each, in order; a range that goes
+    down or a size below 1 is refused with the part named."""
+    result = CliRunner().invoke(
+        app,
+        ["profile", "--model", "builtin:demo-xs", "--batch-sizes", "2-3,1,6,3", "--repeats", "3"],
+    )
+    assert result.exit_code == 0, result.output
+    sizes = [int(x.split(",")[0]) for x in result.output.split("{batchSize: ")[1:]]
+    assert sizes == [1, 2, 3, 6]
+    for bad, part in (("4-2", "'4-2'"), ("0-3", "'0-3'"), ("1-x", "'1-x'"), (",", "no batch")):
+        refused = CliRunner().invoke(
+            app, ["profile", "--model", "builtin:demo-xs", "--batch-sizes", bad]
+        )
+        assert refused.exit_code == 2, (bad, refused.output)
+        assert part in refused.output, (bad, refused.output)
+
+
 def test_schedules() -> None:
     s = poisson_schedule(1000.0, 2.0, seed=1)
     assert 1800 < len(s) < 2200
