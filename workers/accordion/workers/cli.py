@@ -100,7 +100,7 @@ def profile(
         typer.Option(
             help="sizes and ranges, comma-separated: 1,2,4,8 or 1-8,16,32. A CPU model's "
             "latency can step between powers of two (demo-xl runs 3 slower than 4): profile "
-            "every size up to the cap there, and the planner needs no line between sizes"
+            "every size up to the cap there (the batcher draws a line between sizes)"
         ),
     ] = "1,2,4,8,16,32",
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
