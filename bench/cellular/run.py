@@ -26,6 +26,10 @@ request-level baseline's sustainable rate (attainment and p99 at equal rate).
 Results: bench/results/cellular.md (bench/cellular/report.py renders it from cellular.json).
 
 Usage: flock /tmp/accordion-heavy.lock .venv/bin/python bench/cellular/run.py [--quick]
+
+On a GPU machine: ``--device cuda --out DIR`` runs every worker (and the step profiles) on the
+GPU and writes cellular.json and the log to DIR as it goes (bench/gpu/check.sh; a GPU run's
+results are not merged into bench/results/cellular.json, which holds the CPU runs).
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ BISECT = 2  # bisection rounds after the ladder: the rate within ~6%
 EQUAL_RATE_S = 10.0
 TRITON_GRID = [(8, 5.0), (16, 20.0), (32, 20.0), (64, 50.0)]
 CNN_START = 39.0  # the feed-forward search's first rate
+DEVICE = "cpu"  # where the workers and the step profiles run (--device)
 
 
 @contextlib.contextmanager
@@ -76,6 +81,7 @@ def worker(
         model_name="bench",
         model=model,
         slo_ms=slo_ms,
+        device=DEVICE,
         batching=batching,
         port=free_port(),
         profile_ms=profile_ms or {},
@@ -447,7 +453,8 @@ def batch_longest(lengths: list[int], draws: int = 2000, seed: int = 3) -> dict[
 
 
 def step_profile(model_name: str) -> dict[int, float]:
-    """The cell's median step latency per batch size, measured here (one torch thread)."""
+    """The cell's median step latency per batch size, measured here (one torch thread, on
+    `DEVICE`)."""
     import torch
 
     from accordion.workers.seqmodels import STAGED_BUILTINS
@@ -455,10 +462,12 @@ def step_profile(model_name: str) -> dict[int, float]:
 
     torch.set_num_threads(1)
     model = STAGED_BUILTINS[model_name]()
+    model.to(DEVICE)
     return stage_profile_s(profile_stages(model, [1, 2, 4, 8, 16, 32, 64], repeats=3))[0]
 
 
 def main() -> None:
+    global DEVICE, STEP, MAX_RATE, EQUAL_RATE_S
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
@@ -473,20 +482,54 @@ def main() -> None:
     parser.add_argument(
         "--start", type=float, default=0.0, help="sequence parts: the ladder's first rate"
     )
+    parser.add_argument("--device", default="cpu", help="the workers' device: cpu or cuda")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write cellular.json and the log here, the log line by line (default: "
+        "bench/results, merged into its cellular.json)",
+    )
+    parser.add_argument("--duration-s", type=float, default=0.0, help="seconds per measurement")
+    parser.add_argument("--ladder-step", type=float, default=STEP, help="the ladder's factor")
+    parser.add_argument("--max-rate", type=float, default=MAX_RATE, help="the ladder's top")
+    parser.add_argument(
+        "--equal-rate-s", type=float, default=EQUAL_RATE_S, help="seconds at equal rate"
+    )
     args = parser.parse_args()
+    DEVICE, STEP, MAX_RATE, EQUAL_RATE_S = (
+        args.device,
+        args.ladder_step,
+        args.max_rate,
+        args.equal_rate_s,
+    )
+    out_dir: Path = args.out or RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_name = (
+        "cellular.log" if args.part == "all" else f"cellular-{args.part.replace(',', '-')}.log"
+    )
+    stream = (out_dir / log_name).open("w") if args.out else None
     wanted = [w for w in args.configs.split(",") if w]
 
     def keep(label: str) -> bool:
         return not wanted or any(w in label for w in wanted)
 
     parts = {"seq", "dec", "cnn"} if args.part == "all" else set(args.part.split(","))
-    duration = 4.0 if args.quick else 6.0
+    duration = args.duration_s or (4.0 if args.quick else 6.0)
     lines: list[str] = []
     results: dict[str, object] = {}
 
     def log(text: str) -> None:
         print(text, flush=True)
         lines.append(text)
+        if stream is not None:
+            stream.write(text + "\n")
+            stream.flush()
+
+    import torch
+
+    if DEVICE != "cpu":
+        log(f"device {DEVICE}: {torch.cuda.get_device_name(torch.device(DEVICE))}")
 
     # ------------------------------------------------------------------ sequences
     if "seq" in parts:
@@ -585,20 +628,26 @@ def main() -> None:
             out[f"{name} equal rate"] = equal_rate
         out["search"] = f"ladder x1.25 from {CNN_START:g} req/s, bisection, noise rule"
         results["cnn"] = out
-    RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     # cellular.json holds every part, each from its latest run (with its time and load)
-    path = RESULTS / "cellular.json"
+    path = out_dir / "cellular.json"
     merged = json.loads(path.read_text()) if path.exists() and args.part != "all" else {}
+    search_settings = {
+        "device": DEVICE,
+        "duration_s": duration,
+        "ladder_step": STEP,
+        "max_rate": MAX_RATE,
+        "equal_rate_s": EQUAL_RATE_S,
+    }
     for key, part in results.items():
         assert isinstance(part, dict)
-        merged[key] = part | {"when": stamp, "load_after": load}
+        merged[key] = part | {"when": stamp, "load_after": load} | search_settings
     path.write_text(json.dumps(merged, indent=1, default=str))
-    log_name = (
-        "cellular.log" if args.part == "all" else f"cellular-{args.part.replace(',', '-')}.log"
-    )
-    (RESULTS / log_name).write_text("\n".join(lines) + "\n")
+    if stream is None:
+        (out_dir / log_name).write_text("\n".join(lines) + "\n")
+    else:
+        stream.close()
 
 
 if __name__ == "__main__":

@@ -5,11 +5,29 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+import torch
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from accordion.workers.config import BatchingConfig, WorkerConfig
 from accordion.workers.server import Worker, create_app
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)"
+        ),
+    ),
+]
+"""The devices a test of the models' execution runs on: the CPU always, CUDA where torch sees
+one (CI has none; `bench/gpu/check.sh` runs these on a GPU machine)."""
+
+FLOAT_ATOL = {"cpu": 1e-5, "cuda": 2e-3}
+"""How close a float answer must be to the request's reference on the same device: exact to
+rounding on the CPU; on CUDA cuDNN may pick other kernels for a batch than for one request (and
+runs convolutions in TF32 by default, as PyTorch does)."""
 
 
 def worker_config(**overrides: object) -> WorkerConfig:

@@ -23,7 +23,7 @@ from accordion.workers.config import (
 from accordion.workers.models import LoadedModel, build_demo
 from accordion.workers.server import Worker, create_app
 
-from .conftest import sample_body, worker_config
+from .conftest import DEVICES, sample_body, worker_config
 
 Client = TestClient[web.Request, web.Application]
 
@@ -57,6 +57,31 @@ async def test_infer_matches_the_model(worker_client: Client) -> None:
     with torch.inference_mode():
         expected = build_demo("demo-xs")(torch.full((1, 256), 0.5)).numpy().ravel()
     np.testing.assert_allclose(out["data"], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+async def test_batches_on_each_device_match_the_model(device: str) -> None:
+    """The request batcher's path on the worker's device (CUDA: pinned copies in and out):
+    concurrent requests batched there answer what the model gives each alone on the CPU."""
+    config = worker_config(model_name="demo-m", model="builtin:demo-m", device=device)
+    worker = Worker(config, warm_up=False)
+    values = [0.25 * k for k in range(12)]
+    async with TestClient(TestServer(create_app(worker))) as client:
+        resps = await asyncio.gather(
+            *(
+                client.post("/v2/models/demo-m/infer", json=sample_body(value=v))
+                for v in values
+            )
+        )
+        outs = [(await r.json())["outputs"][0]["data"] for r in resps]
+        metrics = await client.get("/metrics")
+        count = _metric(await metrics.text(), 'accordion_worker_batch_size_count{model="demo-m"}')
+    assert count < len(values)  # batched
+    model = build_demo("demo-m")
+    with torch.inference_mode():
+        for v, out in zip(values, outs, strict=True):
+            expected = model(torch.full((1, 256), v)).numpy().ravel()
+            np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-4)
 
 
 async def test_concurrent_requests_are_batched(worker_client: Client) -> None:

@@ -31,6 +31,8 @@ from accordion.workers.staged import (
     replay_staged,
 )
 
+from .conftest import DEVICES, FLOAT_ATOL
+
 STEP_S = 0.001
 
 
@@ -91,12 +93,14 @@ SCHEDULERS: dict[str, Callable[[StagedModel], StageScheduler]] = {
 }
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", sorted(SCHEDULERS))
 @pytest.mark.parametrize("build", [GruStaged, DecoderStaged], ids=["gru", "decoder"])
 def test_sequence_outputs_equal_running_each_alone(
-    mode: str, build: Callable[[], StagedModel]
+    mode: str, build: Callable[[], StagedModel], device: str
 ) -> None:
     model = build()
+    model.to(device)
     rng = np.random.default_rng(1)
     lengths = [int(n) for n in rng.integers(3, 30, size=12)]
     samples = [model.example(n, seed=i) for i, n in enumerate(lengths)]
@@ -110,17 +114,20 @@ def test_sequence_outputs_equal_running_each_alone(
         if isinstance(model, DecoderStaged):
             assert np.array_equal(answers[i], expected), i  # the same tokens generated
         else:
-            assert np.allclose(answers[i], expected, atol=1e-5), i
+            assert np.allclose(answers[i], expected, atol=FLOAT_ATOL[device]), i
 
 
-def test_decoder_kv_pool_any_subsets_equal_running_each_alone() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_decoder_kv_pool_any_subsets_equal_running_each_alone(device: str) -> None:
     """The decoder keeps every request's KV cache in one pool: steps of arbitrary subsets of
     the requests in flight (holes among a step's slots), the pool compacting (requests moving
     down to lower slots, in their order) and growing past its first slots, all give each
     request's tokens alone; every slot is free again once they finished, a request in a slot
     used before starts afresh, and a state dropped mid-way gives its slot back."""
     model = DecoderStaged()
+    model.to(device)
     pool = model.pool
+    assert pool.data.device.type == device
     rng = np.random.default_rng(5)
     samples = [model.example(int(n), seed=i) for i, n in enumerate(rng.integers(3, 40, 20))]
     states = [model.begin(s) for s in samples]
@@ -245,9 +252,11 @@ def test_attention_plan_covers_every_row_with_its_own_positions() -> None:
         assert attended <= one + len(plan.groups) * seqmodels.SPLIT_MIN_POSITIONS
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["node", "request-slo", "request-triton"])
-def test_cnn_outputs_equal_running_each_alone(mode: str) -> None:
+def test_cnn_outputs_equal_running_each_alone(mode: str, device: str) -> None:
     model = cnn_staged()
+    model.to(device)
     scheduler: StageScheduler = (
         NodeScheduler(flat(model.stages), model.stages, max_batch_size=8)
         if mode == "node"
@@ -259,7 +268,7 @@ def test_cnn_outputs_equal_running_each_alone(mode: str) -> None:
     assert outcome.ok == 6
     assert max(len(s.run) for s in steps) > 1
     for i, sample in enumerate(samples):
-        assert np.allclose(answers[i], model.alone(sample), atol=1e-5), i
+        assert np.allclose(answers[i], model.alone(sample), atol=FLOAT_ATOL[device]), i
 
 
 def test_cellular_requests_join_the_running_batch_and_leave_it() -> None:

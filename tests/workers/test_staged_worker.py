@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from aiohttp.test_utils import TestClient, TestServer
 
 from accordion.workers.config import BatchingConfig
@@ -15,7 +16,7 @@ from accordion.workers.seqmodels import DecoderStaged, GruStaged, cnn_staged
 from accordion.workers.server import Worker, create_app
 from accordion.workers.staged import StagedModel
 
-from .conftest import worker_config
+from .conftest import DEVICES, FLOAT_ATOL, worker_config
 
 
 def body(sample: np.ndarray[Any, Any], datatype: str) -> dict[str, object]:
@@ -31,6 +32,7 @@ def body(sample: np.ndarray[Any, Any], datatype: str) -> dict[str, object]:
     }
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     ("name", "mode", "reference"),
     [
@@ -41,12 +43,14 @@ def body(sample: np.ndarray[Any, Any], datatype: str) -> dict[str, object]:
     ],
 )
 async def test_worker_serves_staged_modes(
-    name: str, mode: str, reference: type[StagedModel]
+    name: str, mode: str, reference: type[StagedModel], device: str
 ) -> None:
     model = reference()
+    model.to(device)  # the reference on the worker's device
     config = worker_config(
         model_name=name,
         model=f"builtin:{name}",
+        device=device,
         profile_ms={},
         batching=BatchingConfig(max_batch_size=4, max_queue=64, mode=mode),
     )
@@ -68,7 +72,7 @@ async def test_worker_serves_staged_modes(
             assert response.headers["x-accordion-outcome"] == "ok"
             out = (await response.json())["outputs"][0]
             got = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])[0]
-            assert np.allclose(got, model.alone(sample), atol=1e-4)
+            assert np.allclose(got, model.alone(sample), atol=max(1e-4, FLOAT_ATOL[device]))
         metrics = await (await client.get("/metrics")).text()
         assert f'accordion_worker_requests_total{{model="{name}",outcome="ok"}} 6.0' in metrics
 
@@ -88,6 +92,49 @@ async def test_worker_refuses_a_malformed_sequence_with_a_reason() -> None:
         ok = np.asarray([5, 7, 0, 0], dtype=np.int64)
         response = await client.post("/v2/models/decoder-tiny/infer", json=body(ok, "INT64"))
         assert response.status == 200
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_staged_worker_on_cuda_without_one_says_so() -> None:
+    config = worker_config(
+        model_name="gru-seq",
+        model="builtin:gru-seq",
+        device="cuda",
+        profile_ms={},
+        batching=BatchingConfig(max_batch_size=4, mode="cellular"),
+    )
+    with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
+        Worker(config, warm_up=False)
+    with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
+        GruStaged().to("cuda")
+
+
+def test_a_staged_model_without_device_support_refuses_another_device() -> None:
+    class HostOnly(StagedModel):
+        def steps(self, sample: Any) -> int:
+            return 1
+
+        def state_bytes(self, sample: Any) -> int:
+            return 0
+
+        def begin(self, sample: Any) -> Any:
+            return sample
+
+        def run(self, stage: int, states: Any) -> list[Any]:
+            return list(states)
+
+        def finish(self, state: Any) -> Any:
+            return state
+
+        def alone(self, sample: Any) -> Any:
+            return sample
+
+        def example(self, steps: int, seed: int = 0) -> Any:
+            return np.zeros(1)
+
+    HostOnly().to("cpu")
+    with pytest.raises(ValueError, match="HostOnly runs on the CPU only, not on cuda"):
+        HostOnly().to("cuda")
 
 
 def test_cellular_mode_needs_a_cell_model() -> None:

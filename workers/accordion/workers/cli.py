@@ -165,7 +165,10 @@ def profile(
         )
 
         per_stage, cell = profile_stages_of(
-            model, sizes, torch_threads=threads, repeats=max(3, repeats // 6), input_shape=shape
+            model,
+            sizes,
+            device=device,
+            torch_threads=threads, repeats=max(3, repeats // 6), input_shape=shape
         )
         if cell:
             text = lengths or ""

@@ -238,6 +238,7 @@ def profile_stages_of(
     model: str,
     batch_sizes: list[int],
     *,
+    device: str = "cpu",
     torch_threads: int = 1,
     repeats: int = 5,
     input_shape: list[int] | None = None,
@@ -254,6 +255,7 @@ def profile_stages_of(
     torch.set_num_threads(torch_threads)
     loaded = load_model(model, input_shape)
     staged = loaded.staged or staged_model(loaded.module, loaded.input_shape, loaded.datatype)
+    staged.to(device)
     measured = profile_stages(staged, sorted(set(batch_sizes)), repeats=repeats)
     stages = [[summarize(b, runs) for b, runs in sorted(st.items())] for st in measured]
     return stages, staged.stages == 1 and staged.ragged

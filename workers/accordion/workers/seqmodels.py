@@ -50,6 +50,28 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return module
 
 
+class _TorchStaged(StagedModel):
+    """A staged model of torch modules on one device (`to`): the CPU until told otherwise."""
+
+    device = torch.device("cpu")
+
+    def to(self, device: str) -> None:
+        target = torch.device(device)
+        if target.type not in ("cpu", "cuda"):
+            raise ValueError(f"device {device!r}: cpu, cuda or cuda:N")
+        if target.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device cuda requested but torch sees no CUDA device")
+        self.device = target
+        self._moved()
+
+    def _moved(self) -> None:
+        """Move the weights (and any state kept between requests) to `self.device`."""
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
 # ------------------------------------------------------------------------------ GRU
 
 
@@ -69,12 +91,12 @@ class GruClassifier(nn.Module):
 
 @dataclass
 class _GruState:
-    sequence: torch.Tensor  # [L, F]
-    hidden: torch.Tensor  # [H]
+    sequence: torch.Tensor  # [L, F], on the host: a step copies its rows to the device at once
+    hidden: torch.Tensor | None  # [H] on the model's device; None before the first step
     position: int = 0
 
 
-class GruStaged(StagedModel):
+class GruStaged(_TorchStaged):
     """The GRU classifier as one cell: a step advances every request by one element."""
 
     stages = 1
@@ -91,6 +113,12 @@ class GruStaged(StagedModel):
                 getattr(self.cell, name).copy_(getattr(gru, f"{name}_l0"))
         self.input_shape = (-1, GRU_FEATURES)
         self.datatype = "FP32"
+        self._zero = torch.zeros(GRU_HIDDEN)
+
+    def _moved(self) -> None:
+        self.module.to(self.device)
+        self.cell.to(self.device)
+        self._zero = torch.zeros(GRU_HIDDEN, device=self.device)
 
     def steps(self, sample: npt.NDArray[np.generic]) -> int:
         if sample.ndim != 2 or sample.shape[1] != GRU_FEATURES or sample.shape[0] < 1:
@@ -102,11 +130,11 @@ class GruStaged(StagedModel):
 
     def begin(self, sample: npt.NDArray[np.generic]) -> Any:
         seq = torch.from_numpy(np.array(sample, dtype=np.float32))
-        return _GruState(seq, torch.zeros(GRU_HIDDEN))
+        return _GruState(seq, None)
 
     def run(self, stage: int, states: Sequence[Any]) -> list[Any]:
-        x = torch.stack([s.sequence[s.position] for s in states])
-        h = torch.stack([s.hidden for s in states])
+        x = torch.stack([s.sequence[s.position] for s in states]).to(self.device)
+        h = torch.stack([self._zero if s.hidden is None else s.hidden for s in states])
         new = self.cell(x, h)
         for s, row in zip(states, new.unbind(0), strict=True):
             s.hidden = row
@@ -114,13 +142,14 @@ class GruStaged(StagedModel):
         return list(states)
 
     def finish(self, state: Any) -> npt.NDArray[np.generic]:
-        out: torch.Tensor = self.module.head(state.hidden)
-        return out.numpy()
+        hidden = self._zero if state.hidden is None else state.hidden
+        out: torch.Tensor = self.module.head(hidden)
+        return out.cpu().numpy()
 
     def alone(self, sample: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-        seq = torch.from_numpy(np.array(sample, dtype=np.float32))
+        seq = torch.from_numpy(np.array(sample, dtype=np.float32)).to(self.device)
         out: torch.Tensor = self.module(seq.unsqueeze(0))[0]
-        return out.numpy()
+        return out.cpu().numpy()
 
     def example(self, steps: int, seed: int = 0) -> npt.NDArray[np.generic]:
         rng = np.random.default_rng(seed)
@@ -156,7 +185,7 @@ class TinyDecoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits of every position of `tokens` [T] (causal, no cache): the reference."""
         t = tokens.shape[0]
-        x = self.tokens(tokens) + self.positions(torch.arange(t))
+        x = self.tokens(tokens) + self.positions(torch.arange(t, device=tokens.device))
         for block in self.blocks:
             assert isinstance(block, _Block)
             q, k, v = _heads(block.qkv(block.ln1(x)).unsqueeze(0))
@@ -226,10 +255,16 @@ class _SlotPool:
     dropped in flight): `weakref.finalize`. Thread-safe: states are made and dropped on the
     event loop's thread, steps (and compactions) run on the model thread."""
 
-    def __init__(self, shape: tuple[int, ...], dim: int, positions_dim: int) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dim: int,
+        positions_dim: int,
+        device: torch.device | None = None,
+    ) -> None:
         self.dim = dim
         self.positions_dim = positions_dim  # of a slot's state (`data.select(dim, slot)`)
-        self.data = torch.zeros(shape)
+        self.data = torch.zeros(shape, device=device)
         self._owners: dict[int, _Slot] = {}  # the slots taken, by index
         self._cursor = 0  # the next slot handed out
         self._waste = 0  # positions attended over holes since the last compaction
@@ -411,7 +446,7 @@ class _DecoderState:
     slot: _Slot | None = None
 
 
-class DecoderStaged(StagedModel):
+class DecoderStaged(_TorchStaged):
     """The decoder as one cell: a step feeds one token of every running request, its KV cache
     (a slot of the model's `_SlotPool`) grows by one position; a request's steps are prompt +
     generated - 1."""
@@ -425,8 +460,13 @@ class DecoderStaged(StagedModel):
         self.module = module
         self.input_shape = (-1,)
         self.datatype = "INT64"
+        self._moved()
+
+    def _moved(self) -> None:
+        self.module.to(self.device)
         # keys and values head-major: [layer, k/v, slot, head, position, head width]
-        self.pool = _SlotPool((LAYERS, 2, 8, HEADS, CONTEXT, WIDTH // HEADS), 2, 3)
+        self.pool = _SlotPool((LAYERS, 2, 8, HEADS, CONTEXT, WIDTH // HEADS), 2, 3, self.device)
+        self._heads = torch.arange(HEADS, device=self.device)
 
     @staticmethod
     def _split(sample: npt.NDArray[np.generic]) -> tuple[list[int], int]:
@@ -466,13 +506,15 @@ class DecoderStaged(StagedModel):
         slots = [s.slot.index for s in order]
         where = [s.position for s in order]
         plan = _attention_plan(slots, [p + 1 for p in where])
-        positions = _ints(where)
-        x = m.tokens(_ints([s.next_token for s in order])) + m.positions(positions)
+        dev = self.device  # the step's indices go to it in one copy (and the plan's in two)
+        indices = _ints([s.next_token for s in order] + where + slots).to(dev)
+        tokens, positions, slot_index = indices[:b], indices[b : 2 * b], indices[2 * b :]
+        at = None if plan.at is None else plan.at.to(dev)
+        step_mask = None if plan.mask is None else plan.mask.to(dev)
+        x = m.tokens(tokens) + m.positions(positions)
         hd = WIDTH // HEADS
         # (slot, head, position) of each row's new key and value in a layer's cache
-        flat = (
-            (_ints(slots) * HEADS).unsqueeze(1) + torch.arange(HEADS)
-        ) * CONTEXT + positions.unsqueeze(1)
+        flat = ((slot_index * HEADS).unsqueeze(1) + self._heads) * CONTEXT + positions.unsqueeze(1)
         for layer, block in enumerate(m.blocks):
             assert isinstance(block, _Block)
             qkv = block.qkv(block.ln1(x))
@@ -480,14 +522,14 @@ class DecoderStaged(StagedModel):
             cache = pool.data[layer]  # [2, slots, HEADS, CONTEXT, hd]
             kv = qkv[:, WIDTH:].reshape(b, 2, HEADS * hd).transpose(0, 1)  # [2, b, HEADS * hd]
             cache.view(2, -1, hd).index_copy_(1, flat.view(-1), kv.reshape(2, b * HEADS, hd))
-            if plan.at is not None:  # holes among the groups' slots: queries at their slots
-                q = q.new_zeros(plan.size, WIDTH).index_copy_(0, plan.at, q)
+            if at is not None:  # holes among the groups' slots: queries at their slots
+                q = q.new_zeros(plan.size, WIDTH).index_copy_(0, at, q)
             qh = q.reshape(-1, HEADS, 1, hd)  # [rows, heads, 1, hd]
             keys, values = cache[0], cache[1]  # [slots, heads, CONTEXT, hd], no copy
             parts = []
             for lo, hi, offset, longest, masked in plan.groups:
                 rows = slice(offset, offset + hi - lo)
-                mask = plan.mask[rows, :, :, :longest] if masked and plan.mask is not None else None
+                mask = step_mask[rows, :, :, :longest] if masked and step_mask is not None else None
                 parts.append(
                     F.scaled_dot_product_attention(
                         qh[rows],
@@ -497,8 +539,8 @@ class DecoderStaged(StagedModel):
                     )
                 )
             out = (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(-1, WIDTH)
-            if plan.at is not None:
-                out = out.index_select(0, plan.at)
+            if at is not None:
+                out = out.index_select(0, at)
             x = x + block.proj(out)
             x = x + block.mlp(block.ln2(x))
         chosen = m.head(m.ln(x)).argmax(dim=1)
@@ -523,7 +565,7 @@ class DecoderStaged(StagedModel):
         prompt, generate = self._split(sample)
         tokens = list(prompt)
         for _ in range(generate):
-            logits = self.module(torch.tensor(tokens))
+            logits = self.module(torch.tensor(tokens, device=self.device))
             tokens.append(int(logits[-1].argmax()))
         return np.asarray(tokens[len(prompt) :], dtype=np.float32)
 
@@ -557,7 +599,7 @@ def build_cnn() -> nn.Sequential:
     return nn.Sequential(*blocks)
 
 
-class SequentialStaged(StagedModel):
+class SequentialStaged(_TorchStaged):
     """Any ``nn.Sequential`` (or a scripted one) as stages: its children, in order.
 
     A request's state between stages is its activation ``[1, ...]``; a stage runs the states
@@ -583,18 +625,22 @@ class SequentialStaged(StagedModel):
     def begin(self, sample: npt.NDArray[np.generic]) -> Any:
         return torch.from_numpy(np.array(sample, dtype=np.float32)).unsqueeze(0)
 
+    def _moved(self) -> None:
+        self.module.to(self.device)  # the children are the module's: moved with it
+
     def run(self, stage: int, states: Sequence[Any]) -> list[Any]:
-        out: torch.Tensor = self.children[stage](torch.cat(list(states)))
+        # a first stage's states are on the host (`begin`): one copy of the batch to the device
+        out: torch.Tensor = self.children[stage](torch.cat(list(states)).to(self.device))
         return list(torch.split(out, 1))
 
     def finish(self, state: Any) -> npt.NDArray[np.generic]:
-        out: npt.NDArray[np.generic] = state[0].numpy()
+        out: npt.NDArray[np.generic] = state[0].cpu().numpy()
         return out
 
     def alone(self, sample: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-        x = torch.from_numpy(np.array(sample, dtype=np.float32)).unsqueeze(0)
+        x = torch.from_numpy(np.array(sample, dtype=np.float32)).unsqueeze(0).to(self.device)
         out: torch.Tensor = self.module(x)[0]
-        return out.numpy()
+        return out.cpu().numpy()
 
     def example(self, steps: int, seed: int = 0) -> npt.NDArray[np.generic]:
         rng = np.random.default_rng(seed)

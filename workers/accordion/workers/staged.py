@@ -82,6 +82,17 @@ class StagedModel(ABC):
     def example(self, steps: int, seed: int = 0) -> npt.NDArray[np.generic]:
         """A valid sample of about `steps` steps."""
 
+    def to(self, device: str) -> None:
+        """Run on `device` (``cpu``, ``cuda``, ``cuda:N``) from now on: weights and every
+        state made after this call live there; samples come in and answers go out as host
+        arrays whatever the device. A model that runs on the CPU alone refuses any other."""
+        if device != "cpu":
+            raise ValueError(f"{type(self).__name__} runs on the CPU only, not on {device}")
+
+    def synchronize(self) -> None:  # noqa: B027 (a no-op unless the model runs elsewhere)
+        """Wait until the stage last run has finished on the device (an accelerator runs
+        asynchronously: a step's latency is measured to this point). The CPU: at once."""
+
 
 @dataclass(eq=False)
 class Job:

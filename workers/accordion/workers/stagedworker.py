@@ -100,6 +100,7 @@ def profile_stages(
                     for _step in range(min(model.steps(s) for s in samples)):
                         start = time.perf_counter()
                         states = model.run(0, states)
+                        model.synchronize()
                         runs.append(time.perf_counter() - start)
                 out[0][b] = runs[len(runs) // (repeats + 1) :]  # the first pass warms up
                 continue
@@ -109,6 +110,7 @@ def profile_stages(
                 for _ in range(repeats + 1):
                     start = time.perf_counter()
                     after = model.run(k, states)
+                    model.synchronize()
                     times.append(time.perf_counter() - start)
                 out[k][b] = times[1:]
                 states = after
@@ -241,6 +243,7 @@ class StagedEngine:
         start = time.perf_counter()
         try:
             states = self.model.run(stage, [j.payload.state for j in jobs])
+            self.model.synchronize()  # an accelerator's step is done when its kernels are
             for job, state in zip(jobs, states, strict=True):
                 job.payload.state = state
                 if job.done + 1 >= job.steps:
@@ -301,6 +304,7 @@ async def start_engine(worker: Worker) -> StagedEngine:
                 "batching mode cellular needs a cell model (builtin:gru-seq, builtin:decoder-tiny)"
             )
         staged = staged_model(worker.model.module, worker.model.input_shape, worker.model.datatype)
+    staged.to(config.device)  # weights and state where the worker runs (`device`)
     sizes = worker._batch_sizes()
     loop = asyncio.get_running_loop()
     threads = config.torch_threads
