@@ -68,10 +68,7 @@ async def test_batches_on_each_device_match_the_model(device: str) -> None:
     values = [0.25 * k for k in range(12)]
     async with TestClient(TestServer(create_app(worker))) as client:
         resps = await asyncio.gather(
-            *(
-                client.post("/v2/models/demo-m/infer", json=sample_body(value=v))
-                for v in values
-            )
+            *(client.post("/v2/models/demo-m/infer", json=sample_body(value=v)) for v in values)
         )
         outs = [(await r.json())["outputs"][0]["data"] for r in resps]
         metrics = await client.get("/metrics")

@@ -168,7 +168,9 @@ def profile(
             model,
             sizes,
             device=device,
-            torch_threads=threads, repeats=max(3, repeats // 6), input_shape=shape
+            torch_threads=threads,
+            repeats=max(3, repeats // 6),
+            input_shape=shape,
         )
         if cell:
             text = lengths or ""
