@@ -467,7 +467,7 @@ def step_profile(model_name: str) -> dict[int, float]:
 
 
 def main() -> None:
-    global DEVICE, STEP, MAX_RATE, EQUAL_RATE_S
+    global DEVICE, STEP, MAX_RATE, EQUAL_RATE_S, BISECT
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
@@ -496,12 +496,14 @@ def main() -> None:
     parser.add_argument(
         "--equal-rate-s", type=float, default=EQUAL_RATE_S, help="seconds at equal rate"
     )
+    parser.add_argument("--bisect", type=int, default=BISECT, help="bisection rounds")
     args = parser.parse_args()
-    DEVICE, STEP, MAX_RATE, EQUAL_RATE_S = (
+    DEVICE, STEP, MAX_RATE, EQUAL_RATE_S, BISECT = (
         args.device,
         args.ladder_step,
         args.max_rate,
         args.equal_rate_s,
+        args.bisect,
     )
     out_dir: Path = args.out or RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -639,6 +641,7 @@ def main() -> None:
         "ladder_step": STEP,
         "max_rate": MAX_RATE,
         "equal_rate_s": EQUAL_RATE_S,
+        "bisect": BISECT,
     }
     for key, part in results.items():
         assert isinstance(part, dict)

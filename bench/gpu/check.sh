@@ -59,10 +59,14 @@ step profile-gru 40 python3 -m accordion.workers profile --model builtin:gru-seq
 step profile-decoder 40 python3 -m accordion.workers profile --model builtin:decoder-tiny \
   --stages --device "$DEV" --pool h200 --batch-sizes 1-4,8,16,32,64,128 --repeats 18
 
-# 3. cellular against the request-level baselines, every worker on the GPU (the CPU bench's
-# search with a coarser ladder and shorter measurements, to fit the lease; recorded in the JSON)
-common=(--device "$DEV" --out "$WORK" --duration-s 3 --ladder-step 1.5 --equal-rate-s 6
-  --configs "max batch 64")  # cellular, SloBatcher and Triton (delay 50 ms): the CPU bench's best
-step bench-seq "$BENCH_S" python3 bench/cellular/run.py --part seq --start 100 "${common[@]}"
-step bench-dec "$BENCH_S" python3 bench/cellular/run.py --part dec --start 50 "${common[@]}"
+# 3. cellular against the request-level baselines, every worker on the GPU: the CPU bench's
+# search (ladder, bisection, noise rule, equal rate) made coarser and shorter to fit a lease
+# (settings recorded in the JSON); cellular, our SloBatcher and Triton's batcher (delay 50 ms)
+# at max batch 64, the CPU bench's best
+common=(--device "$DEV" --out "$WORK" --duration-s 2.5 --ladder-step 1.5 --bisect 1
+  --equal-rate-s 5 --configs "max batch 64")
+step bench-seq "$BENCH_S" python3 bench/cellular/run.py --part seq --start 225 --max-rate 1800 \
+  "${common[@]}"
+step bench-dec "$BENCH_S" python3 bench/cellular/run.py --part dec --start 75 --max-rate 700 \
+  "${common[@]}"
 exit 0

@@ -168,6 +168,53 @@ def test_decoder_kv_pool_any_subsets_equal_running_each_alone(device: str) -> No
     assert pool.taken == 0
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_gru_row_pool_any_subsets_equal_running_each_alone(device: str) -> None:
+    """The GRU keeps every request's hidden state as a row of one pool: steps of arbitrary
+    subsets of the requests in flight, more of them than the pool's first rows (it grows),
+    all give each request's answer alone; every row is free again once they finished, requests
+    in rows used before start from zeros, and a state dropped mid-way gives its row back."""
+    model = GruStaged()
+    model.to(device)
+    pool = model.pool
+    first_rows = pool.data.shape[0]
+    rng = np.random.default_rng(8)
+    n = first_rows + 10
+    samples = [model.example(int(k), seed=i) for i, k in enumerate(rng.integers(2, 12, n))]
+    states = [model.begin(s) for s in samples]
+    left = [model.steps(s) for s in samples]
+    with torch.inference_mode():
+        model.run(0, states)  # every request in flight at once: the pool must grow
+        left = [k - 1 for k in left]
+        assert pool.data.shape[0] > first_rows
+        assert pool.taken == sum(1 for k in left if k)
+        while any(left):
+            live = [i for i in range(n) if left[i]]
+            chosen = sorted(
+                rng.choice(live, size=min(len(live), int(rng.integers(1, 20))), replace=False)
+            )
+            model.run(0, [states[i] for i in chosen])
+            for i in chosen:
+                left[i] -= 1
+    for i, sample in enumerate(samples):
+        assert np.allclose(model.finish(states[i]), model.alone(sample), atol=FLOAT_ATOL[device]), i
+    assert pool.taken == 0  # every finished request gave its row back
+    again = [model.example(5, seed=100 + i) for i in range(4)]  # in rows the others used
+    later = [model.begin(s) for s in again]
+    with torch.inference_mode():
+        for _ in range(5):
+            model.run(0, later)
+    for sample, state in zip(again, later, strict=True):
+        assert np.allclose(model.finish(state), model.alone(sample), atol=FLOAT_ATOL[device])
+    dropped = model.begin(samples[0])
+    with torch.inference_mode():
+        model.run(0, [dropped])
+    assert pool.taken == 1
+    del dropped
+    gc.collect()
+    assert pool.taken == 0
+
+
 def test_decoder_attends_each_request_over_about_its_own_context(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

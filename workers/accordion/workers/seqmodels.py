@@ -91,9 +91,62 @@ class GruClassifier(nn.Module):
 
 @dataclass
 class _GruState:
-    sequence: torch.Tensor  # [L, F], on the host: a step copies its rows to the device at once
-    hidden: torch.Tensor | None  # [H] on the model's device; None before the first step
+    sequence: npt.NDArray[np.float32]  # [L, F] on the host: a step copies its rows at once
     position: int = 0
+    slot: _Row | None = None  # its hidden state's row in the model's `_RowPool` while in flight
+    hidden: torch.Tensor | None = None  # [H], the last hidden state, once the last step ran
+
+
+class _Row:
+    """A request's row in a `_RowPool` (-1 once given back)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class _RowPool:
+    """The hidden state of every request in flight as rows of one tensor [rows, H] on the
+    model's device; row 0 holds zeros for ever (the state before a request's first step).
+
+    A step gathers its requests' rows by index and writes the new ones back the same way: a
+    handful of kernels whatever the batch. Stacking per-request tensors and splitting the
+    result again cost a call per request: on an H200 the GRU step took 0.42 ms at batch 64
+    that way (0.14 ms at 16), launch and Python bound. A request takes a row at its first step
+    and gives it back after its last, or when its state is garbage (a request dropped in
+    flight: `weakref.finalize`); the pool doubles when every row is taken. Thread-safe: rows
+    are given back from any thread, taken on the model thread."""
+
+    def __init__(self, width: int, device: torch.device, rows: int = 64) -> None:
+        self.data = torch.zeros(rows, width, device=device)
+        self._free = list(range(rows - 1, 0, -1))  # pop() hands out the lowest first
+        self._lock = threading.Lock()
+
+    @property
+    def taken(self) -> int:
+        return int(self.data.shape[0]) - 1 - len(self._free)
+
+    def take(self, owner: object) -> _Row:
+        with self._lock:
+            if not self._free:
+                rows = int(self.data.shape[0])
+                with torch.inference_mode(False):  # usable in and out of inference mode
+                    self.data = torch.cat([self.data, torch.zeros_like(self.data)])
+                self._free = list(range(2 * rows - 1, rows - 1, -1))
+            row = _Row(self._free.pop())
+        weakref.finalize(owner, self._give, row)
+        return row
+
+    def _give(self, row: _Row) -> None:
+        with self._lock:
+            if row.index > 0:
+                self._free.append(row.index)
+                row.index = -1
+
+    def release(self, row: _Row) -> None:
+        """The request is done with its row (idempotent, as is its finalizer)."""
+        self._give(row)
 
 
 class GruStaged(_TorchStaged):
@@ -113,12 +166,12 @@ class GruStaged(_TorchStaged):
                 getattr(self.cell, name).copy_(getattr(gru, f"{name}_l0"))
         self.input_shape = (-1, GRU_FEATURES)
         self.datatype = "FP32"
-        self._zero = torch.zeros(GRU_HIDDEN)
+        self.pool = _RowPool(GRU_HIDDEN, self.device)
 
     def _moved(self) -> None:
         self.module.to(self.device)
         self.cell.to(self.device)
-        self._zero = torch.zeros(GRU_HIDDEN, device=self.device)
+        self.pool = _RowPool(GRU_HIDDEN, self.device)
 
     def steps(self, sample: npt.NDArray[np.generic]) -> int:
         if sample.ndim != 2 or sample.shape[1] != GRU_FEATURES or sample.shape[0] < 1:
@@ -129,21 +182,31 @@ class GruStaged(_TorchStaged):
         return 4 * (GRU_HIDDEN + int(sample.size))
 
     def begin(self, sample: npt.NDArray[np.generic]) -> Any:
-        seq = torch.from_numpy(np.array(sample, dtype=np.float32))
-        return _GruState(seq, None)
+        return _GruState(np.array(sample, dtype=np.float32))
 
     def run(self, stage: int, states: Sequence[Any]) -> list[Any]:
-        x = torch.stack([s.sequence[s.position] for s in states]).to(self.device)
-        h = torch.stack([self._zero if s.hidden is None else s.hidden for s in states])
-        new = self.cell(x, h)
-        for s, row in zip(states, new.unbind(0), strict=True):
-            s.hidden = row
+        pool = self.pool
+        for s in states:
+            if s.slot is None:
+                s.slot = pool.take(s)
+        b = len(states)
+        x = torch.from_numpy(np.stack([s.sequence[s.position] for s in states]))
+        # rows read (row 0, zeros, at a first step) and written, in one copy to the device
+        read = [s.slot.index if s.position else 0 for s in states]
+        rows = _ints(read + [s.slot.index for s in states]).to(self.device)
+        new = self.cell(x.to(self.device), pool.data.index_select(0, rows[:b]))
+        pool.data.index_copy_(0, rows[b:], new)
+        for k, s in enumerate(states):
             s.position += 1
+            if s.position == len(s.sequence):  # its last step: keep the state, free the row
+                s.hidden = new[k]
+                pool.release(s.slot)
         return list(states)
 
     def finish(self, state: Any) -> npt.NDArray[np.generic]:
-        hidden = self._zero if state.hidden is None else state.hidden
-        out: torch.Tensor = self.module.head(hidden)
+        if state.hidden is None:
+            raise ValueError("finish before the request's last step")
+        out: torch.Tensor = self.module.head(state.hidden)
         return out.cpu().numpy()
 
     def alone(self, sample: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
