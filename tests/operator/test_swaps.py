@@ -7,6 +7,7 @@ fast one (180 req/s), readiness under the test's control.
 
 from __future__ import annotations
 
+from accordion.operator.api import DevicePool, parse_resource
 from accordion.operator.control.desired import worker_specs
 from accordion.operator.control.loop import (
     ControlLoop,
@@ -20,7 +21,6 @@ from accordion.operator.control.swaps import (
     DEFAULT_STARTUP_S,
     StartupMeter,
     additions_only,
-    pool_devices,
     swapped_replicas,
 )
 from accordion.solver.plan import GpuLayout, SlicePlacement
@@ -159,8 +159,7 @@ def test_a_free_mig_slice_is_a_free_device() -> None:
     )
     old = base.model_copy(update={"rows": [row], "layouts": [layout]})
     new = old.model_copy(update={"rows": [row.model_copy(update={"replicas": 2})]})
-    devices = pool_devices([], old)
-    assert devices == {"a100/3g.40gb": 2}
+    devices = {"a100": 1, "a100/3g.40gb": 2}  # the loop's `_devices_in_force` under `old`
     assert swapped_replicas(new, old, devices) == 0
     assert swapped_replicas(new, old, {"a100": 1}) == 1  # the whole pool alone: a swap
     partial = additions_only(new, old, devices)
@@ -169,3 +168,59 @@ def test_a_free_mig_slice_is_a_free_device() -> None:
     # a third replica has no slice: one swap
     more = old.model_copy(update={"rows": [row.model_copy(update={"replicas": 3})]})
     assert swapped_replicas(more, old, devices) == 1
+
+
+def mig_setup() -> tuple[World, Clock, ControlLoop, MemoryActuator]:
+    """The service of `setup` on one A100 split into seven 1g.10gb slices (a MIG pool): its
+    variants' profiles name the slices."""
+    variants = [
+        {
+            "name": name,
+            "accuracy": accuracy,
+            "model": {"storageUri": f"/models/{name}.pt"},
+            "profiles": [{"pool": "gpu/1g.10gb", "batches": [{"batchSize": 1, "p50Ms": ms}]}],
+        }
+        for name, accuracy, ms in (("big", 80, 20), ("small", 70, 5))
+    ]
+    svc = service(
+        demand={"source": "Prometheus", "qps": 80, "headroom": 0.0, "burst": {"policy": "Off"}},
+        variants=variants,
+    )
+    mig = parse_resource(
+        {
+            "apiVersion": "accordion.dev/v1alpha1",
+            "kind": "DevicePool",
+            "metadata": {"name": "gpu"},
+            "spec": {
+                "devices": 1,
+                "device": "cuda",
+                "resources": {"limits": {"nvidia.com/gpu": 1}},
+                "mig": {"gpuModel": "A100-80GB", "layouts": [{"1g.10gb": 7}]},
+            },
+        }
+    )
+    assert isinstance(mig, DevicePool)
+    clock = Clock()
+    world = World(services={SVC: svc}, pools={"gpu": mig})
+    loop = ControlLoop(LoopSettings(drain_s=0.0, defer_swaps=True), clock=clock)
+    return world, clock, loop, MemoryActuator(world, clock)
+
+
+async def test_additions_on_free_mig_slices_go_at_once() -> None:
+    """The loop counts a MIG pool's free slices as free devices when it judges a re-plan's
+    swaps (the slices in service under the plan in force, `mig.mig_slices`): a rise served by
+    more replicas on free slices goes at once. Counted as whole pools only (a MIG pool's
+    slice sub-pools have no devices of their own), every replica added on a slice was a swap
+    and the gate deferred the re-plan."""
+    world, clock, loop, act = mig_setup()
+    assert await step(loop, world, act, 80.0) == ["big"]
+    for _ in range(3):
+        clock.t += 1.0
+        await step(loop, world, act, 80.0)
+    (worker,) = world.workers.values()
+    assert (worker.spec.key.pool, worker.spec.replicas) == ("gpu/1g.10gb", 2)
+    clock.t += 1.0
+    assert await step(loop, world, act, 150.0) == ["big"]  # more replicas on free slices
+    assert loop.swap_gate.deferred == 0
+    (worker,) = world.workers.values()
+    assert worker.spec.replicas > 2

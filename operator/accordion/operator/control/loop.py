@@ -98,7 +98,6 @@ from accordion.operator.control.swaps import (
     StartupMeter,
     SwapGate,
     additions_only,
-    pool_devices,
     swapped_replicas,
 )
 from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
@@ -394,10 +393,10 @@ class ControlLoop:
             raise
         finally:
             self.plan_time_s = time.perf_counter() - started
-        if self.last_plan is not None and self._swaps_wait(plan, build.problem):
+        devices = self._devices_in_force(world, build.problem)
+        if self.last_plan is not None and self._swaps_wait(plan, build.problem, devices):
             # Swaps that would not pay back yet: the additions on free devices go now; the
             # rest is planned again at the next pass (the planned estimates stay).
-            devices = pool_devices(build.problem.pools, self.last_plan)
             partial = additions_only(plan, self.last_plan, devices)
             if partial is None:
                 return self.last_plan, False, build.warnings
@@ -425,15 +424,24 @@ class ControlLoop:
         planned = self.gate.planned
         self.swap_gate.observe((s for s in due if s in planned and measured[s] > planned[s]), now_s)
 
-    def _swaps_wait(self, plan: Plan, problem: Problem) -> bool:
+    def _devices_in_force(self, world: World, problem: Problem) -> dict[str, int]:
+        """The devices each pool a plan row can name has while the plan in force stays: a
+        whole pool's, and a MIG pool's slices in service (`mig.mig_slices`: from the Nodes
+        where the driver watches them, else the plan's layouts). Rows of a MIG pool name its
+        slice sub-pools; counted as whole pools only, every replica added on a slice was a
+        swap, and the gate deferred re-plans that only used free slices."""
+        return {p.name: p.devices for p in problem.pools} | mig_slices(world, self.last_plan)
+
+    def _swaps_wait(self, plan: Plan, problem: Problem, devices: Mapping[str, int]) -> bool:
         """Whether a new plan for rising demand waits because its model swaps would not pay
-        back yet (`swaps.SwapGate`); only when demand alone changed."""
+        back yet (`swaps.SwapGate`); only when demand alone changed. `devices`:
+        `_devices_in_force`."""
         if not self.settings.defer_swaps:
             return False
         old = self.last_problem
         if old is None or self.last_plan is None:
             return False
-        swaps = swapped_replicas(plan, self.last_plan, pool_devices(problem.pools, self.last_plan))
+        swaps = swapped_replicas(plan, self.last_plan, devices)
         if swaps <= 0:
             return False
         demand_only = (

@@ -27,27 +27,12 @@ from dataclasses import dataclass, field
 
 from accordion.operator.control.desired import WorkerKey
 from accordion.operator.control.world import RunningWorker
-from accordion.solver import Plan, PlanRow, PoolSpec
-from accordion.solver.mig import slice_pool
+from accordion.solver import Plan, PlanRow
 
 DEFAULT_STARTUP_S = 2.0
 """A replica's start-up assumed before the loop saw one (a model load on a warm node)."""
 STARTUP_WEIGHT = 0.3
 """Weight of a new start-up in the running estimate (`StartupMeter`)."""
-
-
-def pool_devices(pools: Iterable[PoolSpec], plan: Plan | None) -> dict[str, int]:
-    """The devices each pool a plan row can name has while `plan` is in force: a whole pool's
-    devices, and for a MIG pool the slices of each profile its GPUs are split into by `plan`'s
-    layouts (rows of a MIG pool name its slice sub-pools, `mig.slice_pool`; the MIG pool
-    itself takes no row). Without the slices every replica added on a MIG slice counted as a
-    swap, and the gate deferred re-plans that only used free slices."""
-    devices = {p.name: p.devices for p in pools}
-    for layout in plan.layouts if plan is not None else ():
-        for placed in layout.slices:
-            name = slice_pool(layout.pool, placed.profile)
-            devices[name] = devices.get(name, 0) + 1
-    return devices
 
 
 def swapped_replicas(new: Plan, old: Plan | None, devices: Mapping[str, int]) -> int:
