@@ -191,3 +191,48 @@ def test_serve_command_selects_the_batching_mode() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_every_steps_figures_reach_the_loop_in_fewer_wake_ups() -> None:
+    """The engine hands a step's figures (batch size, latency) to the event loop with the next
+    answers (or after `STAGE_FLUSH_S`), not by a wake-up of its own: every step is counted in
+    the worker's metrics, and the loop is woken fewer times than steps run."""
+    from accordion.workers.cellular import CellularScheduler
+    from accordion.workers.staged import StageLatency
+    from accordion.workers.stagedworker import StagedEngine
+
+    model = GruStaged()
+    steps = 0
+    run = model.run
+
+    def counted(stage: int, states: Any) -> list[Any]:
+        nonlocal steps
+        steps += 1
+        return run(stage, states)
+
+    model.run = counted  # type: ignore[method-assign]
+    figures: list[tuple[int, float, float | None]] = []
+    scheduler = CellularScheduler(StageLatency([{1: 1e-4, 8: 1e-3}]), max_batch_size=8)
+    engine = StagedEngine(model, scheduler, on_stage=lambda *f: figures.append(f))
+    loop = asyncio.get_running_loop()
+    wakes = 0
+    wake = loop.call_soon_threadsafe
+
+    def counted_wake(*args: Any, **kwargs: Any) -> Any:
+        nonlocal wakes
+        wakes += 1
+        return wake(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counted_wake  # type: ignore[method-assign]
+    try:
+        await engine.start()
+        samples = [model.example(n, seed=i) for i, n in enumerate([5, 30, 12, 40, 3, 22])]
+        rows = await asyncio.gather(*(engine.submit(s[None], loop.time() + 10.0) for s in samples))
+        await engine.stop()
+    finally:
+        del loop.call_soon_threadsafe
+    assert all(outcome == "ok" for ((_, outcome),) in rows)
+    assert steps >= 40
+    assert len(figures) == steps  # every step's figures reached the loop
+    assert sum(size for size, _, _ in figures) == sum(model.steps(s) for s in samples)
+    assert wakes < steps / 2

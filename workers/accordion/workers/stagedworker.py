@@ -40,6 +40,13 @@ if TYPE_CHECKING:
 
 Row = tuple[npt.NDArray[np.generic], str]
 
+STAGE_FLUSH_S = 0.05
+"""A step that answers nobody hands its figures (batch size, latency) to the event loop with
+the next step that answers someone, or once this much time has passed: every hand-off wakes
+the loop through its self-pipe (a system call on the model thread). py-spy on a gru-seq worker
+at 250 req/s on this project's CPU put 7.8% of the process's samples in that wake-up, and at
+the bench's rates most steps answer nobody (0.45 answers a step on this CPU, 0.23 on an H200)."""
+
 
 def make_scheduler(
     config: BatchingConfig,
@@ -168,6 +175,8 @@ class StagedEngine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stages: list[tuple[int, float, float | None]] = []  # not handed over yet
+        self._handed_s = 0.0  # when stage figures were last handed over
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -269,7 +278,15 @@ class StagedEngine:
         answers: list[tuple[Job, Row | Exception]],
         stage: tuple[int, float, float | None] | None = None,
     ) -> None:
-        """Hand answers (and a stage's figures) to the event loop, in one call."""
+        """Hand answers and the stages' figures to the event loop, in one call: the figures
+        of steps that answered nobody wait for the next answers or `STAGE_FLUSH_S`. Called on
+        the model thread only."""
+        if stage is not None:
+            self._stages.append(stage)
+        now = time.monotonic()
+        if not answers and now - self._handed_s < STAGE_FLUSH_S:
+            return
+        stages, self._stages, self._handed_s = self._stages, [], now
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -283,8 +300,9 @@ class StagedEngine:
                     future.set_exception(answer)
                 else:
                     future.set_result(answer)
-            if stage is not None and self.on_stage is not None:
-                self.on_stage(*stage)
+            if self.on_stage is not None:
+                for figures in stages:
+                    self.on_stage(*figures)
 
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(deliver)
