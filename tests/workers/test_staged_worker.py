@@ -223,7 +223,7 @@ async def test_every_steps_figures_reach_the_loop_in_fewer_wake_ups() -> None:
         wakes += 1
         return wake(*args, **kwargs)
 
-    loop.call_soon_threadsafe = counted_wake  # type: ignore[method-assign]
+    loop.call_soon_threadsafe = counted_wake  # type: ignore[method-assign,assignment]
     try:
         await engine.start()
         samples = [model.example(n, seed=i) for i, n in enumerate([5, 30, 12, 40, 3, 22])]
