@@ -11,7 +11,8 @@
 #
 #   bash bench/gpu/check.sh            # on the GPU machine, from the repository root
 #
-# bench/results/gpu.md quotes what it measured (bench/gpu/report.py renders it).
+# bench/results/cellular-gpu.md quotes what it measured (bench/gpu/report.py renders it from
+# the folder its runs are copied to, bench/results/gpu-h200/run-HHMM).
 set -u
 OUT=${OUT:-gpu-out}
 WORK=$(mktemp -d)
