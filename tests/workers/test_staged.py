@@ -117,6 +117,20 @@ def test_sequence_outputs_equal_running_each_alone(
             assert np.allclose(answers[i], expected, atol=FLOAT_ATOL[device]), i
 
 
+def assert_a_dropped_state_gives_its_place_back(
+    model: GruStaged | DecoderStaged, sample: np.ndarray[Any, Any]
+) -> None:
+    """A request whose state is dropped after a step (dropped in flight) frees its place in the
+    model's pool (`weakref.finalize`); the pool is otherwise empty."""
+    dropped = model.begin(sample)
+    with torch.inference_mode():
+        model.run(0, [dropped])
+    assert model.pool.taken == 1
+    del dropped
+    gc.collect()
+    assert model.pool.taken == 0
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_decoder_kv_pool_any_subsets_equal_running_each_alone(device: str) -> None:
     """The decoder keeps every request's KV cache in one pool: steps of arbitrary subsets of
@@ -159,13 +173,7 @@ def test_decoder_kv_pool_any_subsets_equal_running_each_alone(device: str) -> No
         for _ in range(model.steps(short)):
             model.run(0, [again])
     assert np.array_equal(model.finish(again), model.alone(short))
-    dropped = model.begin(samples[0])
-    with torch.inference_mode():
-        model.run(0, [dropped])
-    assert pool.taken == 1
-    del dropped
-    gc.collect()
-    assert pool.taken == 0
+    assert_a_dropped_state_gives_its_place_back(model, samples[0])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -206,13 +214,7 @@ def test_gru_row_pool_any_subsets_equal_running_each_alone(device: str) -> None:
             model.run(0, later)
     for sample, state in zip(again, later, strict=True):
         assert np.allclose(model.finish(state), model.alone(sample), atol=FLOAT_ATOL[device])
-    dropped = model.begin(samples[0])
-    with torch.inference_mode():
-        model.run(0, [dropped])
-    assert pool.taken == 1
-    del dropped
-    gc.collect()
-    assert pool.taken == 0
+    assert_a_dropped_state_gives_its_place_back(model, samples[0])
 
 
 def test_decoder_attends_each_request_over_about_its_own_context(

@@ -171,15 +171,24 @@ def _exported_sample_shape(program: torch.export.ExportedProgram) -> tuple[int, 
     return None
 
 
+def torch_device(device: str) -> torch.device:
+    """The torch device a worker's ``device`` names (cpu, cuda, cuda:N), refused with a reason
+    when it is neither or when torch sees no CUDA device."""
+    target = torch.device(device)
+    if target.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: cpu, cuda or cuda:N")
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but torch sees no CUDA device")
+    return target
+
+
 class ModelRunner:
     """Runs batches of a model on one dedicated thread, on CPU or CUDA."""
 
     def __init__(self, model: LoadedModel, device: str = "cpu", torch_threads: int = 1) -> None:
         torch.set_num_threads(torch_threads)
         self.model = model
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device cuda requested but torch sees no CUDA device")
+        self.device = torch_device(device)
         self.module = model.module.to(self.device)
         self.dtype = _DTYPES[model.datatype]
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="accordion-model")

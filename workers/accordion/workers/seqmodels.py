@@ -56,12 +56,9 @@ class _TorchStaged(StagedModel):
     device = torch.device("cpu")
 
     def to(self, device: str) -> None:
-        target = torch.device(device)
-        if target.type not in ("cpu", "cuda"):
-            raise ValueError(f"device {device!r}: cpu, cuda or cuda:N")
-        if target.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device cuda requested but torch sees no CUDA device")
-        self.device = target
+        from accordion.workers.models import torch_device  # models imports this module
+
+        self.device = torch_device(device)
         self._moved()
 
     def _moved(self) -> None:
