@@ -134,16 +134,41 @@ def sequence_section(key: str, seq: dict[str, Any]) -> list[str]:
         else f"**{p99_ratio:.2f}x** lower than {p99_best}'s {fmt(base_p99)} ms, the lowest "
         "baseline p99 there"
     )
+    n_rounds = seq.get("equal_rate_rounds", 1)
+    how = (
+        f"the median of {n_rounds} interleaved rounds of {seq.get('equal_rate_s', 10):g} s of "
+        "every configuration, ranked by attainment, then p99"
+        if n_rounds > 1
+        else f"a separate {seq.get('equal_rate_s', 10):g} s measurement of every configuration"
+    )
     lines += [
         "",
         f"Best request-level baseline: {best}; ours at its best: {ours}. Cellular: "
         f"**{ratio:.2f}x** its sustainable rate (goal >= 1.5x: {goal_rate}); p99 at equal rate "
-        f"({equal:g} req/s, a separate {seq.get('equal_rate_s', 10):g} s measurement of every "
-        f"configuration): {p99_text} (goal >= 2x lower: {goal_p99}).",
+        f"({equal:g} req/s, {how}): {p99_text} (goal >= 2x lower: {goal_p99}).",
         "",
+        *rounds_table(configs, equal),
         *ladder_table(configs),
     ]
     return lines
+
+
+def rounds_table(configs: dict[str, Any], equal: float) -> list[str]:
+    """Every equal-rate round of every configuration (attainment / p99), where kept."""
+    rounds = {k: c["equal_rate_rounds"] for k, c in configs.items() if c.get("equal_rate_rounds")}
+    if not rounds or max(len(r) for r in rounds.values()) < 2:
+        return []
+    n = max(len(r) for r in rounds.values())
+    lines = [
+        f"Every round at {equal:g} req/s (attainment / p99 in ms; rounds interleaved, in order):",
+        "",
+        "| configuration | " + " | ".join(f"round {k + 1}" for k in range(n)) + " |",
+        "|---|" + "---:|" * n,
+    ]
+    for label, reps in rounds.items():
+        cells = [f"{100 * a:.2f}% / {fmt(p)}" for a, p in reps]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def render(results: dict[str, Any]) -> str:

@@ -39,7 +39,18 @@ class Part:
     title: str = ""
     ladder: dict[str, list[Measurement]] = field(default_factory=dict)
     equal_rate: float | None = None
-    equal: dict[str, Measurement] = field(default_factory=dict)
+    equal_rounds: dict[str, list[Measurement]] = field(default_factory=dict)
+    """Per configuration, every round at equal rate (the benchmark's `EQUAL_ROUNDS`)."""
+
+    @property
+    def equal(self) -> dict[str, Measurement]:
+        """At equal rate: the median round per configuration, ranked best first (higher
+        attainment, then lower p99), as the benchmark counts it (`median_report`)."""
+        out = {}
+        for label, rounds in self.equal_rounds.items():
+            ranked = sorted(rounds, key=lambda r: (-r[1], r[2]))
+            out[label] = ranked[(len(ranked) - 1) // 2]
+        return out
 
     def sustainable(self, label: str) -> float:
         return max((r for r, a, _ in self.ladder[label] if a >= TARGET), default=0.0)
@@ -55,7 +66,8 @@ class Part:
 
 def parse(text: str) -> Part:
     """A part's log: every measurement, a repeat replacing its first try when better (higher
-    attainment, then lower p99), the ladder's and the equal-rate measurements apart."""
+    attainment, then lower p99), the ladder's and the equal-rate measurements apart (the
+    latter per round)."""
     part = Part()
     equal = False
     for line in text.splitlines():
@@ -70,9 +82,11 @@ def parse(text: str) -> Part:
         run = (float(m["rate"]), float(m["att"]), float(m["p99"]))
         label = m["label"]
         if equal:
-            before = part.equal.get(label)
-            if m["repeat"] is None or before is None or _better(run, before):
-                part.equal[label] = run
+            rounds = part.equal_rounds.setdefault(label, [])
+            if m["repeat"] is None or not rounds:
+                rounds.append(run)  # a round (a repeat belongs to the round before it)
+            elif _better(run, rounds[-1]):
+                rounds[-1] = run
             continue
         runs = part.ladder.setdefault(label, [])
         if m["repeat"] is not None and runs and runs[-1][0] == run[0]:
