@@ -46,9 +46,10 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import numpy as np
@@ -191,6 +192,10 @@ class Report:
     def p99_ms(self) -> float:
         return p99_ms(self.latencies_s)
 
+    def score(self) -> tuple[float, float]:
+        """(attainment, p99 in ms): what `standing` ranks."""
+        return self.attainment, self.p99_ms()
+
 
 async def load(
     url: str, bodies: list[tuple[bytes, int]], schedule: list[float], slo_ms: float
@@ -254,6 +259,7 @@ async def load(
 Bodies = list[tuple[bytes, int]]
 Arrivals = Callable[[float, float, int], list[float]]
 Run = tuple[float, float, float]
+T = TypeVar("T")
 
 
 def measure(
@@ -354,7 +360,7 @@ def search(
                         )
                     )
             for label, reps in rounds.items():
-                mid = median_report(reps)
+                mid = median_round(reps, Report.score)
                 equal[label] = (
                     mid.attainment,
                     mid.p99_ms(),
@@ -368,10 +374,16 @@ Equal = tuple[float, float, list[tuple[float, float]]]
 """At equal rate: the median round's attainment and p99, and every round's."""
 
 
-def median_report(reps: list[Report]) -> Report:
-    """The median of measurements ranked best first (attainment, then p99): with three, one
-    stalled round (the worst) and one lucky round (the best) both drop out."""
-    ranked = sorted(reps, key=lambda r: (-r.attainment, r.p99_ms()))
+def standing(attainment: float, p99_ms: float) -> tuple[float, float]:
+    """How measurements compare, greater being better: attainment, then the lower p99."""
+    return attainment, -p99_ms
+
+
+def median_round(rounds: Sequence[T], score: Callable[[T], tuple[float, float]]) -> T:
+    """The median of measurements ranked best first (`standing` of their (attainment, p99)
+    `score`): with three, one stalled round (the worst) and one lucky round (the best) both
+    drop out."""
+    ranked = sorted(rounds, key=lambda r: standing(*score(r)), reverse=True)
     return ranked[(len(ranked) - 1) // 2]
 
 
@@ -400,7 +412,7 @@ def robust(
         f"    {rate:6.1f}/s  {label} (repeat): {again.attainment:.4f}, "
         f"p99 {again.p99_ms():.0f} ms {why(again)}"
     )
-    return max(rep, again, key=lambda r: (r.attainment, -r.p99_ms()))
+    return max(rep, again, key=lambda r: standing(*r.score()))
 
 
 def why(rep: Report) -> str:

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.cellular.run import TARGET, median_round, standing, sustainable
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 RUNS = RESULTS / "gpu-h200"
-TARGET = 0.99
 
 LINE = re.compile(
     r"^\s+(?P<rate>[\d.]+)/s  (?P<label>.+?)(?P<repeat> \(repeat\))?: (?P<att>[\d.]+), "
@@ -45,15 +49,14 @@ class Part:
     @property
     def equal(self) -> dict[str, Measurement]:
         """At equal rate: the median round per configuration, ranked best first (higher
-        attainment, then lower p99), as the benchmark counts it (`median_report`)."""
-        out = {}
-        for label, rounds in self.equal_rounds.items():
-            ranked = sorted(rounds, key=lambda r: (-r[1], r[2]))
-            out[label] = ranked[(len(ranked) - 1) // 2]
-        return out
+        attainment, then lower p99), as the benchmark counts it (`median_round`)."""
+        return {
+            label: median_round(rounds, lambda m: (m[1], m[2]))
+            for label, rounds in self.equal_rounds.items()
+        }
 
     def sustainable(self, label: str) -> float:
-        return max((r for r, a, _ in self.ladder[label] if a >= TARGET), default=0.0)
+        return sustainable(self.ladder[label])
 
     @property
     def ours(self) -> str:
@@ -98,7 +101,7 @@ def parse(text: str) -> Part:
 
 
 def _better(a: Measurement, b: Measurement) -> bool:
-    return (a[1], -a[2]) > (b[1], -b[2])
+    return standing(a[1], a[2]) > standing(b[1], b[2])
 
 
 def ms(x: float) -> str:

@@ -1,5 +1,5 @@
 """The cellular benchmark's measurement at equal rate: several interleaved rounds, the median
-round counting (`bench/cellular/run.py`'s `median_report`), as its report and the GPU log
+round counting (`bench/cellular/run.py`'s `median_round`), as its report and the GPU log
 reader show it. One stall of the shared machine must move one round, not the figure."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.cellular.report import sequence_section
-from bench.cellular.run import Report, median_report
+from bench.cellular.run import Report, median_round
 from bench.gpu.report import parse
 
 INF = float("inf")
@@ -26,10 +26,10 @@ def test_the_median_round_counts_not_the_best_or_a_stalled_one() -> None:
     steady, stalled, lucky = _report(100, 0.3), _report(95, INF), _report(100, 0.2)
     assert steady.p99_ms() == 300.0
     assert lucky.p99_ms() == 200.0
-    assert median_report([stalled, steady, lucky]) is steady
-    assert median_report([lucky, stalled, steady]) is steady
+    assert median_round([stalled, steady, lucky], Report.score) is steady
+    assert median_round([lucky, stalled, steady], Report.score) is steady
     # One round: that round.
-    assert median_report([stalled]) is stalled
+    assert median_round([stalled], Report.score) is stalled
 
 
 LOG = """gru-seq, lengths lognormal, SLO 1000 ms
