@@ -224,3 +224,31 @@ async def test_additions_on_free_mig_slices_go_at_once() -> None:
     assert loop.swap_gate.deferred == 0
     (worker,) = world.workers.values()
     assert worker.spec.replicas > 2
+
+
+async def test_a_service_a_deferred_plan_leaves_short_waits_no_longer_than_a_startup() -> None:
+    """A swapping plan deferred for a rise leaves the service waiting (`SwapGate.wait`). When
+    its estimate then falls back inside its band while still above what the plan in force
+    serves, the loop keeps planning for it (`pass_due`), for the estimate rather than the band's
+    planned one, and the swaps go once the wait has lasted a start-up. Before, the band's
+    planned estimate came back, the problem was the adopted one, and the service stayed short
+    for as long as its estimate stayed inside the band."""
+    world, clock, loop, act = await warm(devices=2)
+    startup = loop.startup.of(SVC)
+    capacity = loop.capacity_by_service()[SVC]
+    planned = loop.gate.planned[SVC]
+    inside = capacity * 1.01  # short of the plan in force, inside the band of its estimate
+    assert loop.gate.inside(inside, planned, capacity, 0.0)
+    clock.t += 1.0
+    assert await step(loop, world, act, 150.0) == []
+    assert loop.swap_gate.deferred == 1
+    assert set(loop.swap_gate.waiting_since) == {SVC}
+    clock.t += 1.0
+    demand = DemandView(qps={SVC: inside})
+    assert loop.pass_due(world, demand) == [SVC]
+    assert await step(loop, world, act, inside) == []  # the wait is younger than a start-up
+    assert set(loop.swap_gate.waiting_since) == {SVC}
+    clock.t += startup
+    assert await step(loop, world, act, inside) == ["small"]
+    assert loop.swap_gate.waiting_since == {}
+    assert loop.capacity_by_service()[SVC] >= inside

@@ -227,6 +227,18 @@ def _short(plan: Plan) -> set[str]:
     return {s.service for s in plan.services if s.unserved_qps > 1e-6 * max(1.0, s.demand_qps)}
 
 
+def _waiting(new: Plan, in_force: Plan) -> set[str]:
+    """Services `in_force` leaves short of `new`'s demand for them, that `new` serves better
+    (a deferred plan's waiting services, `swaps.SwapGate.wait`)."""
+    have = {s.service: s.capacity_qps for s in in_force.services}
+    return {
+        s.service
+        for s in new.services
+        if have.get(s.service, 0.0) < s.demand_qps - 1e-9
+        and s.capacity_qps > have.get(s.service, 0.0) + 1e-9
+    }
+
+
 def _replica_capacity(spec: WorkerSpec) -> float:
     """The ready capacity a service loses when one replica of this group goes: a pipeline
     stage's replica takes its whole pipeline replica (every stage's devices of it) along."""
@@ -354,8 +366,10 @@ class ControlLoop:
         runs a pass at once when this is not empty, instead of waiting for its periodic one."""
         headroom = {k: s.spec.demand.headroom for k, s in world.services.items()}
         due = self.gate.due(self._measured(world, demand), self.capacity_by_service(), headroom)
-        # A service that went idle, or has a request again, is planned at once (scale to zero).
-        return sorted({*due, *(self.idle.idle_now ^ self._planned_idle)})
+        # A service that went idle, or has a request again, is planned at once (scale to zero);
+        # one a deferred plan leaves short is planned again until that plan goes (`swaps`).
+        waiting = self.swap_gate.waiting_since.keys()
+        return sorted({*due, *(self.idle.idle_now ^ self._planned_idle), *waiting})
 
     def waking(self) -> list[str]:
         """Services planned at zero replicas that have demand again, as of the last `pass_due`:
@@ -374,14 +388,19 @@ class ControlLoop:
         headroom = {k: s.spec.demand.headroom for k, s in world.services.items()}
         measured, capacity = self._measured(world, demand), self.capacity_by_service()
         self._observe_swaps(world, measured, capacity, headroom)
-        estimates = self.gate.estimates(measured, capacity, headroom)
+        estimates = self._waiting_estimates(
+            self.gate.estimates(measured, capacity, headroom), measured
+        )
         build = self._build(world, estimates, demand)
         self.notices = build.by_service
         self._planned_idle = self.idle.idle_now
         if self.last_plan is not None and self._same(self.last_problem, build.problem):
+            self.swap_gate.wait((), self.clock())
             return self.last_plan, False, build.warnings
         # A new plan: every service gets at least its current estimate (`ReplanGate`).
-        estimates = self.gate.estimates(measured, capacity, headroom, replanning=True)
+        estimates = self._waiting_estimates(
+            self.gate.estimates(measured, capacity, headroom, replanning=True), measured
+        )
         build = self._build(world, estimates, demand)
         if self.last_error is not None and self._same(self._failed_problem, build.problem):
             raise PlanningError(self.last_error)  # the same problem fails the same way
@@ -398,6 +417,7 @@ class ControlLoop:
             # Swaps that would not pay back yet: the additions on free devices go now; the
             # rest is planned again at the next pass (the planned estimates stay).
             partial = additions_only(plan, self.last_plan, devices)
+            self.swap_gate.wait(_waiting(plan, partial or self.last_plan), self.clock())
             if partial is None:
                 return self.last_plan, False, build.warnings
             partial = self._with_spare(partial, build.problem, world, demand, estimates)
@@ -405,10 +425,22 @@ class ControlLoop:
             return partial, True, build.warnings
         plan = self._with_spare(plan, build.problem, world, demand, estimates)
         self.previous_plan = self.last_plan
+        self.swap_gate.wait((), self.clock())
         self.last_problem, self.last_plan, self.last_error = build.problem, plan, None
         self._failed_problem = None
         self.gate.adopt(estimates)
         return plan, True, build.warnings
+
+    def _waiting_estimates(
+        self, estimates: dict[str, float], measured: Mapping[str, float]
+    ) -> dict[str, float]:
+        """`estimates` with each service a deferred plan leaves waiting (`swaps`) planned for
+        at least its estimate: inside its band it would be planned for the estimate of the last
+        adopted plan, and that plan's problem would come back unchanged."""
+        for svc in self.swap_gate.waiting_since:
+            if svc in estimates and svc in measured:
+                estimates[svc] = max(estimates[svc], measured[svc])
+        return estimates
 
     def _observe_swaps(
         self,
