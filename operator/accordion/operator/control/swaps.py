@@ -133,19 +133,11 @@ class SwapGate:
 
     def observe(self, rising: Iterable[str], now_s: float) -> None:
         """The services whose estimate is above the band of their plan now."""
-        now_rising = set(rising)
-        for svc in [s for s in self.rising_since if s not in now_rising]:
-            del self.rising_since[svc]
-        for svc in now_rising:
-            self.rising_since.setdefault(svc, now_s)
+        _track(self.rising_since, rising, now_s)
 
     def wait(self, services: Iterable[str], now_s: float) -> None:
         """The services a deferred plan leaves waiting now (an empty set once one is adopted)."""
-        now_waiting = set(services)
-        for svc in [s for s in self.waiting_since if s not in now_waiting]:
-            del self.waiting_since[svc]
-        for svc in now_waiting:
-            self.waiting_since.setdefault(svc, now_s)
+        _track(self.waiting_since, services, now_s)
 
     def defer(self, swaps: int, startup: StartupMeter, now_s: float) -> bool:
         """Whether a plan with `swaps` swapped replicas waits (see the module docstring)."""
@@ -158,6 +150,16 @@ class SwapGate:
         if young:
             self.deferred += 1
         return young
+
+
+def _track(since: dict[str, float], now_in: Iterable[str], now_s: float) -> None:
+    """Keep `since` (service -> when it entered a state) for the services in that state now:
+    those that left it go, those that entered it start at `now_s`, the others keep their time."""
+    current = set(now_in)
+    for svc in [s for s in since if s not in current]:
+        del since[svc]
+    for svc in current:
+        since.setdefault(svc, now_s)
 
 
 def additions_only(new: Plan, old: Plan, devices: Mapping[str, int]) -> Plan | None:
