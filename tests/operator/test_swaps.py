@@ -16,6 +16,8 @@ from accordion.operator.control.loop import (
     LoopSettings,
     RunningWorker,
     World,
+    _short,
+    _waiting,
 )
 from accordion.operator.control.swaps import (
     DEFAULT_STARTUP_S,
@@ -23,7 +25,7 @@ from accordion.operator.control.swaps import (
     additions_only,
     swapped_replicas,
 )
-from accordion.solver.plan import GpuLayout, SlicePlacement
+from accordion.solver.plan import GpuLayout, Plan, ServicePlan, SlicePlacement, SolverStats
 
 from .test_loop import Clock, MemoryActuator, all_ready, key, pool, service
 
@@ -252,3 +254,41 @@ async def test_a_service_a_deferred_plan_leaves_short_waits_no_longer_than_a_sta
     assert await step(loop, world, act, inside) == ["small"]
     assert loop.swap_gate.waiting_since == {}
     assert loop.capacity_by_service()[SVC] >= inside
+
+
+def _plan(capacity_qps: float, demand_qps: float = 1000.0) -> Plan:
+    served = min(capacity_qps, demand_qps)
+    stats = SolverStats(
+        status="OPTIMAL",
+        solver="test",
+        solve_time_s=0.0,
+        served_qps=served,
+        accuracy_term=0.0,
+        cost=0.0,
+        change=0.0,
+        gap=0.0,
+    )
+    service = ServicePlan(
+        service="ns/a",
+        demand_qps=demand_qps,
+        served_qps=served,
+        unserved_qps=demand_qps - served,
+        capacity_qps=capacity_qps,
+        effective_accuracy=None,
+        floor_met=True,
+    )
+    return Plan(services=[service], stats=stats)
+
+
+def test_waiting_and_short_share_one_tolerance() -> None:
+    # A plan in force a float's rounding short of the demand serves it: the service is
+    # neither short nor waiting for a deferred plan (the two rules once differed: 1e-9 req/s
+    # absolute for waiting, a millionth of the demand for short).
+    rounding = 1000.0 * (1 - 1e-8)
+    assert _short(_plan(rounding)) == set()
+    assert _waiting(_plan(1100.0), _plan(rounding)) == set()
+    # Short by a request a second it is both, and a deferred plan that serves it waits.
+    assert _short(_plan(999.0)) == {"ns/a"}
+    assert _waiting(_plan(1100.0), _plan(999.0)) == {"ns/a"}
+    # A new plan that gives it no more capacity does not make it wait.
+    assert _waiting(_plan(999.0), _plan(999.0)) == set()

@@ -222,9 +222,15 @@ class _Settled:
     routing: Routing
 
 
+def _tolerance_qps(demand_qps: float) -> float:
+    """Capacity within this of a service's demand counts as serving it (the planner's rates
+    are floats: a millionth of the demand, and of 1 req/s at low rates)."""
+    return 1e-6 * max(1.0, demand_qps)
+
+
 def _short(plan: Plan) -> set[str]:
     """The services a plan cannot serve in full."""
-    return {s.service for s in plan.services if s.unserved_qps > 1e-6 * max(1.0, s.demand_qps)}
+    return {s.service for s in plan.services if s.unserved_qps > _tolerance_qps(s.demand_qps)}
 
 
 def _waiting(new: Plan, in_force: Plan) -> set[str]:
@@ -234,8 +240,8 @@ def _waiting(new: Plan, in_force: Plan) -> set[str]:
     return {
         s.service
         for s in new.services
-        if have.get(s.service, 0.0) < s.demand_qps - 1e-9
-        and s.capacity_qps > have.get(s.service, 0.0) + 1e-9
+        if have.get(s.service, 0.0) < s.demand_qps - _tolerance_qps(s.demand_qps)
+        and s.capacity_qps > have.get(s.service, 0.0) + _tolerance_qps(s.demand_qps)
     }
 
 
