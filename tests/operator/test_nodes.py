@@ -74,6 +74,11 @@ def test_pool_without_nodes_gets_no_workers_until_a_node_registers(cluster: Clus
     assert conds["NodesMissing"]["status"] == "True"
     assert conds["NodesMissing"]["reason"] == "NoReadyNodes"
     assert conds["Ready"]["status"] == "False"
+    # Its workers have no CPU limit: not limited below the two CPUs a CPU worker keeps busy.
+    assert (conds["WorkerCpuLimited"]["status"], conds["WorkerCpuLimited"]["reason"]) == (
+        "False",
+        "NoCpuLimit",
+    )
     assert cluster.workers(ns) == {}, "no node offers the pool's devices: nothing to run on"
 
     cluster.core.create_node(node("gpu-node-1", 2))

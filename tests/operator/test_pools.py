@@ -11,10 +11,12 @@ from accordion.operator.control.loop import ControlLoop, DemandView, World
 from accordion.operator.planning import to_problem
 from accordion.operator.pools import (
     available_devices,
+    cpu_condition,
     device_resource,
     parse_quantity,
     pod_tolerations,
     pool_capacity,
+    worker_cpu_limit,
 )
 
 GPU = "nvidia.com/gpu"
@@ -299,3 +301,27 @@ def test_the_planner_gets_only_the_tolerated_nodes_devices() -> None:
     ]
     nodes = [node("n1", gpus="2"), node("n2", gpus="4", taints=[DEDICATED])]
     assert available_devices(pools, nodes) == {"a100": 2, "ml": 6}
+
+
+def cpu_pool(limits: dict[str, Any], device: str = "cpu") -> DevicePool:
+    return DevicePool.model_validate(
+        {
+            "metadata": {"name": "cpu"},
+            "spec": {"devices": 4, "device": device, "resources": {"limits": limits}},
+        }
+    )
+
+
+def test_a_cpu_worker_limited_below_two_cpus_is_said() -> None:
+    one = cpu_condition(cpu_pool({"cpu": "1", "memory": "4Gi"}), generation=2)
+    assert (one.type, one.status, one.reason) == ("WorkerCpuLimited", "True", "CpuLimitBelowTwo")
+    assert "limited to 1 CPU" in one.message
+    assert "at least 2 CPUs" in one.message
+    assert one.observed_generation == 2
+    assert cpu_condition(cpu_pool({"cpu": "1500m"})).status == "True"
+    # Two CPUs, none at all, or a GPU pool (its model thread mostly waits for the GPU): fine.
+    assert cpu_condition(cpu_pool({"cpu": "2"})).reason == "CpuLimitSufficient"
+    assert cpu_condition(cpu_pool({"memory": "4Gi"})).reason == "NoCpuLimit"
+    gpu = cpu_condition(cpu_pool({"cpu": "1", GPU: 1}, device="cuda"))
+    assert (gpu.status, gpu.reason) == ("False", "NotACpuPool")
+    assert worker_cpu_limit(cpu_pool({"cpu": "500m"})) == 0.5

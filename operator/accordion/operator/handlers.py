@@ -104,7 +104,7 @@ from accordion.operator.leaderlabel import LeaderLabel
 from accordion.operator.metrics import OperatorMetrics, serve_from_env
 from accordion.operator.migactuator import apply_mig
 from accordion.operator.peering import Leadership
-from accordion.operator.pools import pool_capacity
+from accordion.operator.pools import cpu_condition, pool_capacity
 from accordion.operator.prometheus import PrometheusDemand
 from accordion.operator.reportauth import TokenAuthenticator, token_reviewer
 from accordion.operator.reports import ReportServer, RouterDemand, ServiceRouting
@@ -512,9 +512,9 @@ class Driver:
         return found
 
     def pool_statuses(self, world: World) -> dict[str, Manifest]:
-        """Each pool's status (matching nodes, devices the last plan uses, `NodesMissing` and
-        `Ready`), as it would be written: transition times kept while a condition's status
-        stays. Empty when Nodes are not watched."""
+        """Each pool's status (matching nodes, devices the last plan uses, `NodesMissing`,
+        `Ready` and `WorkerCpuLimited`), as it would be written: transition times kept while a
+        condition's status stays. Empty when Nodes are not watched."""
         if world.nodes is None:
             return {}
         used: dict[str, int] = {}
@@ -530,6 +530,7 @@ class Driver:
             status = pool_capacity(pool, world.nodes).status(
                 used.get(name, 0), pool.metadata.generation
             )
+            status.conditions.append(cpu_condition(pool, pool.metadata.generation))
             body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
             have = (self.cache.get(KIND_POOL, "", name) or {}).get("status") or {}
             old = {c.get("type"): c for c in have.get("conditions") or []}

@@ -8,6 +8,13 @@ the number of devices the planner may really use (the smaller of the declared an
 allocatable) and the pool's `NodesMissing` and `Ready` conditions, so a pool whose nodes are
 missing or full is reported rather than silently planned on.
 
+A third condition, `WorkerCpuLimited`, says when a CPU pool's workers are limited to less than
+`MIN_WORKER_CPUS`: a CPU worker keeps two threads busy, the model's (one torch thread by
+default) and its HTTP server's event loop, and under a smaller CPU limit they take turns, so
+requests wait behind batches and the worker serves slower than the latency profile it was
+planned with (measured on one core, `bench/serverless/NOTES.md`: at half the saturated rate
+its p99 was 52 ms where the batching model, from its profile, said 41).
+
 Taints are matched as the scheduler does (`core/v1 Toleration.ToleratesTaint`): a toleration
 matches a taint when its effect is empty or the same, its key is empty or the same, and its
 operator is `Exists`, or `Equal` (the default) with the same value. The worker pods carry the
@@ -26,6 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accordion.operator.api import Condition, DevicePool, DevicePoolStatus, Toleration
+
+MIN_WORKER_CPUS = 2.0
+"""Fewest CPUs a CPU pool's worker should be limited to: its model thread and its HTTP server's
+event loop (`WorkerCpuLimited`, see the module docstring)."""
 
 NON_DEVICE_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", "pods"})
 """Resources that are not a pool's device: a pool limited only by these counts nodes only."""
@@ -74,6 +85,48 @@ def device_resource(pool: DevicePool) -> tuple[str, float] | None:
                 return None
             return (name, amount) if amount > 0 else None
     return None
+
+
+def worker_cpu_limit(pool: DevicePool) -> float | None:
+    """The CPU limit of one of the pool's workers (`resources.limits.cpu`), None when it has
+    none (or it does not parse: the API server validates quantities)."""
+    value = pool.spec.resources.limits.get("cpu")
+    if value is None:
+        return None
+    try:
+        return parse_quantity(value)
+    except ValueError:
+        return None
+
+
+def cpu_condition(pool: DevicePool, generation: int | None = None) -> Condition:
+    """`WorkerCpuLimited`: True when a CPU pool limits its workers to fewer than
+    `MIN_WORKER_CPUS` (see the module docstring)."""
+    limit = worker_cpu_limit(pool)
+    if pool.spec.device != "cpu":
+        status, reason = "False", "NotACpuPool"
+        message = f"workers run on {pool.spec.device}"
+    elif limit is None:
+        status, reason = "False", "NoCpuLimit"
+        message = "workers have no CPU limit"
+    elif limit < MIN_WORKER_CPUS:
+        status, reason = "True", "CpuLimitBelowTwo"
+        message = (
+            f"each worker is limited to {limit:g} CPU: its model thread and its HTTP server "
+            "take turns on it, requests wait behind batches and the worker serves slower than "
+            f"its latency profile; give workers at least {MIN_WORKER_CPUS:g} CPUs "
+            "(resources.limits.cpu)"
+        )
+    else:
+        status, reason = "False", "CpuLimitSufficient"
+        message = f"each worker is limited to {limit:g} CPUs"
+    return Condition(
+        type="WorkerCpuLimited",
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+    )
 
 
 def node_name(node: Mapping[str, Any]) -> str:
