@@ -38,6 +38,7 @@ there are none: everything above that decides is the product's code.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -233,12 +234,7 @@ class LoopControl:
         self._services = services
         settings = LoopSettings.from_timings(timings, planner)
         if not burst_buffer:
-            settings = LoopSettings(
-                planner=settings.planner,
-                drain_s=settings.drain_s,
-                hysteresis=settings.hysteresis,
-                burst_buffer=False,
-            )
+            settings = dataclasses.replace(settings, burst_buffer=False)
         self.loop = ControlLoop(settings, clock=lambda: sim.now_s)
         self.tracker = DemandTracker(timings.rise_half_life_s, timings.fall_half_life_s)
         self.world = World(pools={p.name: pool_object(p) for p in sim.cluster.pools})

@@ -7,6 +7,8 @@ fast one (180 req/s), readiness under the test's control.
 
 from __future__ import annotations
 
+import dataclasses
+
 from accordion.operator.api import DevicePool, parse_resource
 from accordion.operator.control.desired import worker_specs
 from accordion.operator.control.loop import (
@@ -23,6 +25,8 @@ from accordion.operator.control.swaps import (
     DEFAULT_STARTUP_S,
     StartupMeter,
     additions_only,
+    pays_back,
+    swap_loss,
     swapped_replicas,
 )
 from accordion.solver.plan import GpuLayout, Plan, ServicePlan, SlicePlacement, SolverStats
@@ -33,14 +37,17 @@ SVC = "default/svc"
 
 
 def setup(
-    devices: int, defer_swaps: bool = True
+    devices: int, defer_swaps: bool = True, payback_s: float | None = None
 ) -> tuple[World, Clock, ControlLoop, MemoryActuator]:
     clock = Clock()
     svc = service(
         demand={"source": "Prometheus", "qps": 80, "headroom": 0.0, "burst": {"policy": "Off"}}
     )
     world = World(services={SVC: svc}, pools={"gpu": pool(devices=devices)})
-    loop = ControlLoop(LoopSettings(drain_s=0.0, defer_swaps=defer_swaps), clock=clock)
+    settings = LoopSettings(drain_s=0.0, defer_swaps=defer_swaps)
+    if payback_s is not None:
+        settings = dataclasses.replace(settings, swap_payback_s=payback_s)
+    loop = ControlLoop(settings, clock=clock)
     return world, clock, loop, MemoryActuator(world, clock)
 
 
@@ -56,9 +63,9 @@ async def step(loop: ControlLoop, world: World, act: MemoryActuator, qps: float)
 
 
 async def warm(
-    devices: int, defer_swaps: bool = True
+    devices: int, defer_swaps: bool = True, payback_s: float | None = None
 ) -> tuple[World, Clock, ControlLoop, MemoryActuator]:
-    world, clock, loop, act = setup(devices, defer_swaps)
+    world, clock, loop, act = setup(devices, defer_swaps, payback_s)
     assert await step(loop, world, act, 80.0) == ["big"]  # two accurate replicas
     for _ in range(3):
         clock.t += 1.0
@@ -234,8 +241,9 @@ async def test_a_service_a_deferred_plan_leaves_short_waits_no_longer_than_a_sta
     serves, the loop keeps planning for it (`pass_due`), for the estimate rather than the band's
     planned one, and the swaps go once the wait has lasted a start-up. Before, the band's
     planned estimate came back, the problem was the adopted one, and the service stayed short
-    for as long as its estimate stayed inside the band."""
-    world, clock, loop, act = await warm(devices=2)
+    for as long as its estimate stayed inside the band. (Short by 1%, the swap would not pay
+    back within the default horizon: that rule, `pays_back`, is left out here by a long one.)"""
+    world, clock, loop, act = await warm(devices=2, payback_s=1e6)
     startup = loop.startup.of(SVC)
     capacity = loop.capacity_by_service()[SVC]
     planned = loop.gate.planned[SVC]
@@ -292,3 +300,63 @@ def test_waiting_and_short_share_one_tolerance() -> None:
     assert _waiting(_plan(1100.0), _plan(999.0)) == {"ns/a"}
     # A new plan that gives it no more capacity does not make it wait.
     assert _waiting(_plan(999.0), _plan(999.0)) == set()
+
+
+async def test_in_overload_a_swap_whose_gain_does_not_pay_back_waits() -> None:
+    """1,000 req/s against two accurate replicas (100 req/s): even two fast ones (400 req/s)
+    cannot serve it, so every swap takes capacity from demand that is there. With a payback
+    horizon of 10 ms the plan's gain (300 req/s) does not make up for the 800 requests its two
+    swaps leave unserved for a start-up (200 req/s each, 2 s): the plan in force stays
+    (`pays_back`). At the default horizon (30 s) the same plan pays back and goes."""
+    world, clock, loop, act = await warm(devices=2, payback_s=0.01)
+    startup = loop.startup.of(SVC)
+    for _ in range(3):
+        clock.t += startup + 0.1
+        assert await step(loop, world, act, 1000.0) == []
+    assert loop.swap_gate.unpaid >= 1
+    assert {k.variant: w.spec.replicas for k, w in world.workers.items()} == {"big": 2}
+    assert loop.last_plan is not None
+    assert {r.variant: r.replicas for r in loop.last_plan.rows} == {"big": 2}
+
+    world, clock, loop, act = await warm(devices=2)
+    startup = loop.startup.of(SVC)
+    clock.t += 1.0
+    assert await step(loop, world, act, 1000.0) == []  # younger than a start-up
+    clock.t += startup + 0.1
+    assert await step(loop, world, act, 1000.0) == ["small"]
+    assert loop.swap_gate.unpaid == 0
+
+
+async def test_a_swap_that_serves_every_estimate_need_not_pay_back() -> None:
+    """Outside overload (the new plan serves every estimate) headroom and spare replicas
+    absorb a start-up: only the first rule applies, even at a 10-ms payback horizon."""
+    world, clock, loop, act = await warm(devices=2, payback_s=0.01)
+    startup = loop.startup.of(SVC)
+    clock.t += 1.0
+    assert await step(loop, world, act, 150.0) == []  # younger than a start-up
+    clock.t += startup + 0.1
+    assert await step(loop, world, act, 150.0) == ["small"]
+    assert loop.swap_gate.unpaid == 0
+
+
+def test_pays_back_weighs_the_gain_over_the_horizon_against_the_loss() -> None:
+    assert pays_back(None, 1e9, 30.0, 0.1)  # the planner could not say
+    assert pays_back(0.05, 1e9, 30.0, 0.1)  # no gain to speak of: swaps for accuracy
+    assert pays_back(10.0, 300.0, 30.0, 0.1)
+    assert not pays_back(10.0, 301.0, 30.0, 0.1)
+
+
+def test_swap_loss_is_the_load_of_the_swapped_replicas_for_a_startup() -> None:
+    world, _, loop, _ = setup(devices=2)
+    old = loop.make_plan(world, DemandView(qps={SVC: 80.0}))[0]
+    assert {r.variant: r.replicas for r in old.rows} == {"big": 2}
+    world2, _, loop2, _ = setup(devices=2)
+    new = loop2.make_plan(world2, DemandView(qps={SVC: 150.0}))[0]
+    small = next(r for r in new.rows if r.variant == "small")
+    meter = StartupMeter(startup_s={SVC: 3.0})
+    swaps = swapped_replicas(new, old, {"gpu": 2})
+    assert swaps == small.replicas  # every new replica needs a device a big one holds
+    expected = small.replicas * small.routed_qps / small.replicas * 3.0
+    assert abs(swap_loss(new, old, {"gpu": 2}, meter) - expected) < 1e-9
+    # On free devices nothing is swapped and nothing lost.
+    assert swap_loss(new, old, {"gpu": 4}, meter) == 0.0

@@ -209,6 +209,13 @@ class OperatorConfig(BaseModel):
         lt=1,
         description="A plan follows a falling estimate once it is this fraction below it.",
     )
+    swap_payback_s: float = Field(
+        DEFAULT_TIMINGS.swap_payback_s,
+        gt=0,
+        description="In overload, a plan whose model swaps are made to serve more is applied "
+        "only if its gain over this long makes up for what the swaps leave unserved while "
+        "they start.",
+    )
     api_retries: int = Field(5, ge=0, description="Retries of a conflicting or failed API call.")
     api_retry_backoff_s: float = Field(0.2, ge=0)
 
@@ -225,6 +232,7 @@ class OperatorConfig(BaseModel):
             min_pass_interval_s=self.min_pass_interval_s,
             drain_s=self.drain_s,
             hysteresis=self.hysteresis,
+            swap_payback_s=self.swap_payback_s,
         )
 
     mig_config_namespace: str = Field(

@@ -97,6 +97,15 @@ class SolverStats(_Frozen):
     cost: float = Field(description="Device cost of the plan (term 3).")
     change: int = Field(description="Replicas added or removed against the current plan (term 4).")
     gap: float = Field(description="Relative gap of the accuracy stage against its LP bound.")
+    gain_over_current_qps: float | None = Field(
+        default=None,
+        description="How much more this plan serves than the current allocation "
+        "(`Problem.current`) would, routed for the same demand: priority-weighted, a shortfall "
+        "of a service's fair share counting as in objective term 1 (`model.FAIR_WEIGHT` "
+        "times). None without a current allocation, or when it no longer fits the pools. A "
+        "control loop weighs it against what the plan's model swaps cost (the operator's "
+        "`control/swaps.py`).",
+    )
 
 
 class SlicePlacement(_Frozen):

@@ -96,9 +96,11 @@ def _plan_pools(problem: Problem) -> Plan:
     small = len(opts) <= FULL_MILP_MAX_OPTIONS
     tolerance = SMALL_GAP if small else problem.settings.relative_gap
     running = [current.get(k, 0) for k in range(len(opts))]
+    kept: StageResult | None = None  # what the current allocation serves of this demand
     if current and _fits(problem, opts, running):
         # Re-plans are mostly small changes: what runs now wins every tie within the gap goal.
         candidate, candidate_result = _routed(problem, opts, current, running, deadline)
+        kept = candidate_result if candidate_result.values else None
         if len(candidate_result.values) == len(STAGES) and not _better(
             result, candidate_result, tolerance
         ):
@@ -167,7 +169,14 @@ def _plan_pools(problem: Problem) -> Plan:
     best.n = [
         float(v) for v in apply_bounds(problem, opts, [round(v) for v in best.n], best.r, current)
     ]
-    return _assemble(problem, opts, excluded, best, current, orphaned, result, gap, started)
+    plan = _assemble(problem, opts, excluded, best, current, orphaned, result, gap, started)
+    if kept is not None and result.values and not orphaned:
+        # Stage 1's values of both: served, the fair shares' shortfalls weighted as planned.
+        gain = max(0.0, result.values[0] - kept.values[0])
+        plan = plan.model_copy(
+            update={"stats": plan.stats.model_copy(update={"gain_over_current_qps": gain})}
+        )
+    return plan
 
 
 def _no_solution(

@@ -98,6 +98,8 @@ from accordion.operator.control.swaps import (
     StartupMeter,
     SwapGate,
     additions_only,
+    pays_back,
+    swap_loss,
     swapped_replicas,
 )
 from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
@@ -164,7 +166,10 @@ class LoopSettings:
     """Plan spare replicas on idle devices for services that want them (`burst`)."""
     defer_swaps: bool = True
     """A plan for rising demand that swaps models on full pools waits until the rise has
-    lasted a start-up (`swaps`)."""
+    lasted a start-up, and a plan that swaps for served demand must pay back (`swaps`)."""
+    swap_payback_s: float = DEFAULT_TIMINGS.swap_payback_s
+    """Within how long a plan's gain in served demand must make up for what its model swaps
+    leave unserved while they start (`swaps.pays_back`)."""
 
     @classmethod
     def from_timings(cls, timings: Timings, planner: PlannerSettings | None = None) -> LoopSettings:
@@ -172,6 +177,7 @@ class LoopSettings:
             planner=planner or PlannerSettings(),
             drain_s=timings.drain_s,
             hysteresis=timings.hysteresis,
+            swap_payback_s=timings.swap_payback_s,
         )
 
 
@@ -488,7 +494,21 @@ class ControlLoop:
             and [s.model_copy(update={"demand_qps": 0.0}) for s in old.services]
             == [s.model_copy(update={"demand_qps": 0.0}) for s in problem.services]
         )
-        return demand_only and self.swap_gate.defer(swaps, self.startup, self.clock())
+        if not demand_only:
+            return False
+        if self.swap_gate.defer(swaps, self.startup, self.clock()):
+            return True
+        if not _short(plan):
+            return False  # served in full: headroom and spare replicas absorb a start-up
+        loss = swap_loss(plan, self.last_plan, devices, self.startup)
+        # A gain within the planner's gap goal is a tie (its swaps are for accuracy).
+        tolerance = problem.settings.relative_gap * sum(s.demand_qps for s in problem.services)
+        if pays_back(
+            plan.stats.gain_over_current_qps, loss, self.settings.swap_payback_s, tolerance
+        ):
+            return False
+        self.swap_gate.unpaid += 1
+        return True
 
     def _build(
         self, world: World, estimates: Mapping[str, float], demand: DemandView

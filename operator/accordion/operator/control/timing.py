@@ -33,6 +33,10 @@ class Timings:
     drain_s: float = 1.0
     """How long a final routing must have been in place before old replicas are removed: the
     time a router takes to load a new table (it re-reads it every 0.5 s)."""
+    swap_payback_s: float = 30.0
+    """A plan whose model swaps are made to serve more demand is applied only if its gain over
+    the plan in force, over this long, makes up for what the swaps leave unserved while they
+    start (`swaps.pays_back`): the resync interval, the longest a plan goes unreviewed."""
     hysteresis: float = 0.15
     """A service's plan follows a falling estimate only once it is this fraction below the
     estimate the plan was made for (`ReplanGate`)."""
