@@ -28,7 +28,8 @@ swaps leave unserved while they start (`swap_loss`: per swapped replica, the loa
 routes to it, for a start-up of its service). In lasting overload nearly every pass finds a plan
 that serves 1-3% more by moving devices between services, with 5-10 swaps that leave thousands
 of requests unserved while they start: 35.0-35.1% of the overload trace's requests were
-violations when every such plan was applied, 34.5-34.6% with the rule (`bench/proteus/NOTES.md`).
+violations when every such plan was applied, 34.4-35.2% in six runs with the rule (about 0.4
+points fewer on average; `bench/proteus/NOTES.md`).
 A plan that gains nothing in served demand (within the planner's gap goal) swaps for accuracy
 or cost; one that serves every estimate has headroom and spare replicas to absorb a start-up:
 only the first rule applies to them. Held back, the plan in force stays with the new plan's
