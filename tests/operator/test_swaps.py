@@ -318,24 +318,24 @@ async def test_in_overload_a_swap_whose_gain_does_not_pay_back_waits() -> None:
     assert loop.last_plan is not None
     assert {r.variant: r.replicas for r in loop.last_plan.rows} == {"big": 2}
 
-    world, clock, loop, act = await warm(devices=2)
-    startup = loop.startup.of(SVC)
-    clock.t += 1.0
-    assert await step(loop, world, act, 1000.0) == []  # younger than a start-up
-    clock.t += startup + 0.1
-    assert await step(loop, world, act, 1000.0) == ["small"]
-    assert loop.swap_gate.unpaid == 0
+    await swaps_once_a_startup_old(*await warm(devices=2), 1000.0)
 
 
 async def test_a_swap_that_serves_every_estimate_need_not_pay_back() -> None:
     """Outside overload (the new plan serves every estimate) headroom and spare replicas
     absorb a start-up: only the first rule applies, even at a 10-ms payback horizon."""
-    world, clock, loop, act = await warm(devices=2, payback_s=0.01)
-    startup = loop.startup.of(SVC)
+    await swaps_once_a_startup_old(*await warm(devices=2, payback_s=0.01), 150.0)
+
+
+async def swaps_once_a_startup_old(
+    world: World, clock: Clock, loop: ControlLoop, act: MemoryActuator, qps: float
+) -> None:
+    """A rise to `qps` that needs swaps: held while younger than a start-up, then applied, and
+    never held for not paying back."""
     clock.t += 1.0
-    assert await step(loop, world, act, 150.0) == []  # younger than a start-up
-    clock.t += startup + 0.1
-    assert await step(loop, world, act, 150.0) == ["small"]
+    assert await step(loop, world, act, qps) == []  # younger than a start-up
+    clock.t += loop.startup.of(SVC) + 0.1
+    assert await step(loop, world, act, qps) == ["small"]
     assert loop.swap_gate.unpaid == 0
 
 
@@ -356,7 +356,7 @@ def test_swap_loss_is_the_load_of_the_swapped_replicas_for_a_startup() -> None:
     meter = StartupMeter(startup_s={SVC: 3.0})
     swaps = swapped_replicas(new, old, {"gpu": 2})
     assert swaps == small.replicas  # every new replica needs a device a big one holds
-    expected = small.replicas * small.routed_qps / small.replicas * 3.0
-    assert abs(swap_loss(new, old, {"gpu": 2}, meter) - expected) < 1e-9
+    # Every small replica is a swap: the whole load routed to them, for 3 s.
+    assert abs(swap_loss(new, old, {"gpu": 2}, meter) - small.routed_qps * 3.0) < 1e-9
     # On free devices nothing is swapped and nothing lost.
     assert swap_loss(new, old, {"gpu": 4}, meter) == 0.0
