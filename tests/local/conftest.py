@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,13 +23,19 @@ spec: {devices: DEVICES, costPerDevice: 1.0, device: cpu}
 
 # Conservative profiles (what a busy 2-core machine shows): demo-xl serves 50 req/s within the
 # 100 ms SLO (batch 2 in 40 ms, twice that fits), demo-m far more. Headroom 1.0: a worker takes
-# seconds to start, so the loop re-plans at half the capacity of what runs.
+# seconds to start, so the loop re-plans at half the capacity of what runs. On a machine that
+# runs demo-xl slower than this, every figure is scaled by the `pace` fixture's factor.
+SLO_MS = 100.0
+PROFILES_MS = {  # variant -> (batch size, p50, p90, p99) in ms
+    "demo-xl": [(1, 15.0, 20.0, 25.0), (2, 25.0, 32.0, 40.0)],
+    "demo-m": [(1, 0.3, 0.4, 0.6), (2, 0.5, 0.6, 0.9)],
+}
 SERVICE = """\
 apiVersion: accordion.dev/v1alpha1
 kind: InferenceService
 metadata: {name: classifier, namespace: default}
 spec:
-  slo: {latencyMs: 100}
+  slo: {latencyMs: SLO}
   accuracy: {floor: 70}
   demand: {source: Prometheus, qps: QPS, headroom: 1.0}
   variants:
@@ -37,17 +45,77 @@ spec:
       profiles:
         - pool: local-cpu
           batches:
-            - {batchSize: 1, p50Ms: 15, p90Ms: 20, p99Ms: 25}
-            - {batchSize: 2, p50Ms: 25, p90Ms: 32, p99Ms: 40}
+PROFILE-demo-xl
     - name: demo-m
       accuracy: 79
       model: {storageUri: "builtin:demo-m", format: builtin}
       profiles:
         - pool: local-cpu
           batches:
-            - {batchSize: 1, p50Ms: 0.3, p90Ms: 0.4, p99Ms: 0.6}
-            - {batchSize: 2, p50Ms: 0.5, p90Ms: 0.6, p99Ms: 0.9}
+PROFILE-demo-m
 """
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How many times slower than `PROFILES_MS` this machine runs demo-xl (at least 1).
+
+    The end-to-end scenarios assert the control loop's behaviour at 99% within the SLO. A
+    machine (or a CI runner shared with others) that runs demo-xl several times slower than the
+    profiles above would make them assert its speed instead: there the same scenario runs in
+    slow motion, every latency, SLO, duration and interval `factor` times longer and every rate
+    `factor` times lower, so the planner faces the same problem and the workers the same load
+    relative to their speed."""
+
+    factor: float = 1.0
+
+    def ms(self, value: float) -> float:
+        return value * self.factor
+
+    def s(self, value: float) -> float:
+        return value * self.factor
+
+    def qps(self, value: float) -> float:
+        return value / self.factor
+
+    def args(self, *pairs: tuple[str, float]) -> list[str]:
+        """`accordion up` options of durations in seconds, scaled."""
+        return [item for flag, seconds in pairs for item in (flag, f"{self.s(seconds):g}")]
+
+
+MAX_PACE = 4.0
+"""Beyond this the machine is too slow for the scenarios to mean anything in their time: they
+run at this pace and fail on their own assertions rather than take many minutes each."""
+
+
+def measure_pace() -> Pace:
+    """Profile demo-xl here as `make demo` does (`profile_model`, the worker's runner alone)
+    and compare its p90 per batch size with `PROFILES_MS`'."""
+    from accordion.workers.profiler import profile_model
+
+    declared = {b: p90 for b, _, p90, _ in PROFILES_MS["demo-xl"]}
+    measured = profile_model("builtin:demo-xl", sorted(declared), repeats=40)
+    ratio = max(m.p90_ms / declared[m.batch_size] for m in measured)
+    return Pace(min(MAX_PACE, max(1.0, ratio)))
+
+
+@pytest.fixture(scope="session")
+def pace() -> Pace:
+    """The measured pace; ACCORDION_LOCAL_PACE=F runs the scenarios at F at the least (to try
+    the slow motion itself on a fast machine)."""
+    found = measure_pace()
+    forced = float(os.environ.get("ACCORDION_LOCAL_PACE", "1"))
+    found = Pace(max(found.factor, forced))
+    print(f"local e2e: demo-xl runs at {found.factor:.2f}x the tests' profiles' time")
+    return found
+
+
+def _batches(variant: str, pace: Pace) -> str:
+    return "\n".join(
+        f"            - {{batchSize: {b}, p50Ms: {pace.ms(p50):g}, p90Ms: {pace.ms(p90):g}, "
+        f"p99Ms: {pace.ms(p99):g}}}"
+        for b, p50, p90, p99 in PROFILES_MS[variant]
+    )
 
 
 def write_manifest(
@@ -57,12 +125,17 @@ def write_manifest(
     qps: float = 5.0,
     xl_uri: str = "builtin:demo-xl",
     min_replicas: int = 1,
+    pace: Pace = Pace(),
 ) -> Path:
+    """The pool and the classifier service, every latency and rate at `pace`."""
     directory.mkdir(parents=True, exist_ok=True)
     text = POOL.replace("DEVICES", str(devices)) + "---\n"
-    text += SERVICE.replace("QPS", str(qps)).replace("XL_URI", xl_uri)
-    text = text.replace(
-        "  slo: {latencyMs: 100}", f"  slo: {{latencyMs: 100}}\n  minReplicas: {min_replicas}"
+    service = SERVICE.replace("QPS", f"{pace.qps(qps):g}").replace("XL_URI", xl_uri)
+    service = service.replace("SLO", f"{pace.ms(SLO_MS):g}")
+    for variant in PROFILES_MS:
+        service = service.replace(f"PROFILE-{variant}", _batches(variant, pace))
+    text += service.replace(
+        "  slo: {latencyMs", f"  minReplicas: {min_replicas}\n  slo: {{latencyMs"
     )
     (directory / "classifier.yaml").write_text(text)
     return directory

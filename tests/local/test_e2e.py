@@ -27,7 +27,7 @@ from accordion.local.demo import (
     stop_up,
     wait_ready,
 )
-from tests.local.conftest import UpFactory, local_children
+from tests.local.conftest import SLO_MS, Pace, UpFactory, local_children
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="finds leftover processes in /proc"
@@ -49,25 +49,29 @@ def pids(state: dict[str, Any]) -> set[int]:
 
 
 def test_accuracy_scales_down_past_capacity_and_back_up_within_the_slo(
-    manifests: Callable[..., Path], up: UpFactory
+    manifests: Callable[..., Path], up: UpFactory, pace: Pace
 ) -> None:
     # The estimator follows a rise with a 1 s half-life and a fall with 2 s (the defaults, 2 s
-    # and 20 s, are for real traffic), so the shortened run re-plans in time both ways.
-    proc, run_dir = up(
-        manifests(), "--interval-s", "0.5", "--rise-half-life-s", "1", "--fall-half-life-s", "2"
-    )
-    url, model = wait_ready(proc, run_dir, timeout_s=60)
+    # and 20 s, are for real traffic), so the shortened run re-plans in time both ways. Every
+    # time and rate here is at the machine's pace (conftest's `Pace`: 1 where demo-xl runs as
+    # its profile says).
+    timings = (("--interval-s", 0.5), ("--rise-half-life-s", 1), ("--fall-half-life-s", 2))
+    proc, run_dir = up(manifests(pace=pace), *pace.args(*timings))
+    url, model = wait_ready(proc, run_dir, timeout_s=pace.s(60))
     # demo-xl is planned for 45 req/s (conftest), so with headroom 1.0 the loop moves to
     # demo-m once the estimate passes 22.5 req/s; the ramp is slow enough that demo-m is
     # ready before demo-xl's real capacity is reached, even on 2 busy cores. The peak is
     # past demo-xl's planned capacity and far below demo-m's.
     phases = [
-        Phase("low", 4.0, 8.0, 8.0),
-        Phase("ramp up", 24.0, 8.0, 60.0),
-        Phase("high", 6.0, 60.0, 60.0),
-        Phase("low again", 12.0, 8.0, 8.0),
+        Phase(name, pace.s(seconds), pace.qps(start), pace.qps(end))
+        for name, seconds, start, end in (
+            ("low", 4.0, 8.0, 8.0),
+            ("ramp up", 24.0, 8.0, 60.0),
+            ("high", 6.0, 60.0, 60.0),
+            ("low again", 12.0, 8.0, 8.0),
+        )
     ]
-    reports = asyncio.run(drive(url, model, phases, slo_ms=100.0))
+    reports = asyncio.run(drive(url, model, phases, slo_ms=pace.ms(SLO_MS)))
     state = read_state(run_dir)
     children = local_children(proc.pid)
     assert pids(state) <= children
@@ -104,29 +108,35 @@ def test_accuracy_scales_down_past_capacity_and_back_up_within_the_slo(
 
 
 def test_dead_worker_and_dead_router_are_noticed_and_replaced(
-    manifests: Callable[..., Path], up: UpFactory
+    manifests: Callable[..., Path], up: UpFactory, pace: Pace
 ) -> None:
-    # Two demo-xl replicas (minReplicas 2: the load below is lighter than that), on one port.
-    proc, run_dir = up(manifests(devices=2, qps=30, min_replicas=2), "--interval-s", "0.5")
-    url, model = wait_ready(proc, run_dir, timeout_s=60)
+    # Two demo-xl replicas (minReplicas 2: the load below is lighter than that), on one port;
+    # times and rates at the machine's pace (conftest's `Pace`).
+    proc, run_dir = up(
+        manifests(devices=2, qps=30, min_replicas=2, pace=pace),
+        *pace.args(("--interval-s", 0.5)),
+    )
+    url, model = wait_ready(proc, run_dir, timeout_s=pace.s(60))
+    steady = pace.qps(8)
 
     def xl() -> dict[str, Any]:
         workers = read_state(run_dir).get("workers", [])
         return next((w for w in workers if w["backend"] == "demo-xl@local-cpu"), {})
 
-    wait_for(lambda: xl().get("ready") == 2, 60, "two ready demo-xl replicas")
+    wait_for(lambda: xl().get("ready") == 2, pace.s(60), "two ready demo-xl replicas")
     victim = xl()["pids"][0]
 
     async def load_while_killing(pid: int, seconds: float) -> list[dict[str, Any]]:
-        task = asyncio.create_task(drive(url, model, [Phase("steady", seconds, 8, 8)], 100.0))
-        await asyncio.sleep(2.0)  # let the load run before the failure (load, not a wait)
+        load = [Phase("steady", seconds, steady, steady)]
+        task = asyncio.create_task(drive(url, model, load, pace.ms(SLO_MS)))
+        await asyncio.sleep(pace.s(2.0))  # let the load run before the failure (load, not a wait)
         os.kill(pid, signal.SIGKILL)
         return await task
 
-    reports = asyncio.run(load_while_killing(victim, 10.0))
+    reports = asyncio.run(load_while_killing(victim, pace.s(10.0)))
     wait_for(
         lambda: xl().get("ready") == 2 and victim not in xl().get("pids", []),
-        60,
+        pace.s(60),
         "the killed replica to be replaced",
     )
     events = read_jsonl(run_dir / "events.jsonl")
@@ -146,13 +156,15 @@ def test_dead_worker_and_dead_router_are_noticed_and_replaced(
     os.kill(old_router, signal.SIGKILL)
     wait_for(
         lambda: router_pid() not in (None, old_router) and router_ready(url, model),
-        30,
+        pace.s(30),
         "the router to be restarted and ready",
     )
     died = [e for e in read_jsonl(run_dir / "events.jsonl") if e["reason"] == "RouterDied"]
     assert len(died) == 1, died
     assert "restarting it" in died[0]["message"]
-    after = asyncio.run(drive(url, model, [Phase("after", 3.0, 8, 8)], 100.0))
+    after = asyncio.run(
+        drive(url, model, [Phase("after", pace.s(3.0), steady, steady)], pace.ms(SLO_MS))
+    )
     assert after[0]["sent"] > 0
     assert after[0]["attainment"] >= 0.95, after
 
