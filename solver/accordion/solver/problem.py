@@ -225,7 +225,8 @@ class PlannerSettings(_Frozen):
         default=2,
         ge=1,
         description="Threads a solver may use. GLOP and SCIP, the solvers the planner uses now, "
-        "run on one: the planner stays deterministic.",
+        "run on one (a MILP stage stopped by the time limit is the planner's only dependence on "
+        "the machine's speed).",
     )
     polish_time_s: float = Field(
         default=2.0,
