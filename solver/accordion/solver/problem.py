@@ -232,7 +232,15 @@ class PlannerSettings(_Frozen):
         default=2.0,
         gt=0,
         description="How long the MILP may polish a rounded LP solution that misses "
-        "relative_gap; the plan keeps the best solution found. Within time_limit_s.",
+        "relative_gap; the plan keeps the best solution found. Within time_limit_s. The "
+        "backstop: a stage normally ends on the gap or on polish_nodes.",
+    )
+    polish_nodes: int = Field(
+        default=100,
+        ge=1,
+        description="Branch-and-bound nodes each MILP stage may explore before it keeps its "
+        "best solution: a stop on the solver's own work, so that the same problem gets the "
+        "same plan on a fast or a loaded machine (a stop on the clock does not).",
     )
     accuracy_tolerance: float = Field(
         default=0.0005,

@@ -34,11 +34,13 @@ from accordion.solver import (
 from accordion.solver.migplan import fixed_layouts
 
 SPARE_RELATIVE_GAP = 0.005
-SPARE_POLISH_S = 1.0
-"""The spare plan's polish limit. At 0.5 s (a sixth of a second per MILP stage) 6 of 149 spare
-plans of two Proteus traces stopped at the limit in their root node, so which spare a pass got
-turned on the machine's load (zipf-p50's accuracy read 99.49 or 99.57 for the same code); at
-1.0 s every stage of them finished OPTIMAL, 0.65 s at most a plan (most take 0.06 s)."""
+SPARE_POLISH_S = 2.0
+"""The spare plan's polish limit: the backstop of its MILP stages, which end on their gap or on
+`PlannerSettings.polish_nodes`. At 0.5 s 6 of 149 spare plans of two Proteus traces stopped at
+the limit in their root node, so which spare a pass got turned on the machine's load; at 1.0 s
+(a third of a second per stage) 2 of 152 zipf-p50 spare plans still stopped on the clock
+before their 100 nodes (90 nodes in 0.33 s), on a slower VM. At 2.0 s, the main plan's, they
+end on their own work."""
 
 
 def spare_settings(main: PlannerSettings) -> PlannerSettings:
