@@ -66,12 +66,11 @@ def _current_by_option(problem: Problem, opts: list[Option]) -> tuple[dict[int, 
 def plan(problem: Problem) -> Plan:
     """Plan replicas and routing for `problem`.
 
-    Pure, and deterministic unless a MILP stage of the polish stops on its share of
-    `polish_time_s`: such a stage keeps the best solution found by then, which depends on the
-    machine's speed and load (measured in bench/proteus/NOTES.md: 3 of 152 calls on the zipf
-    trace, 134 of 256 on the overload trace, on a 2-core VM). Never raises on infeasible
-    demand: the shortfall is reported per service. Invalid input is rejected earlier, when the
-    `Problem` is built.
+    Pure, and deterministic as long as no MILP stage of the polish runs into its share of
+    `polish_time_s`: stages end on their gap or on `polish_nodes` (`model.ROOT_CUT_ROUNDS`),
+    and the clock is the backstop of a machine too slow to get there (a stage stopped by it
+    keeps what it found by then). Never raises on infeasible demand: the shortfall is reported
+    per service. Invalid input is rejected earlier, when the `Problem` is built.
     """
     if has_mig(problem):
         # MIG pools: each GPU's layout is chosen first, jointly (`migplan`).
