@@ -67,10 +67,11 @@ def plan(problem: Problem) -> Plan:
     """Plan replicas and routing for `problem`.
 
     Pure, and deterministic as long as no MILP stage of the polish runs into its share of
-    `polish_time_s`: stages end on their gap or on `polish_nodes` (`model.ROOT_CUT_ROUNDS`),
-    and the clock is the backstop of a machine too slow to get there (a stage stopped by it
-    keeps what it found by then). Never raises on infeasible demand: the shortfall is reported
-    per service. Invalid input is rejected earlier, when the `Problem` is built.
+    `polish_time_s`: stages end on their gap or after `polish_nodes` nodes (and at most
+    `model.ROOT_CUT_ROUNDS` cut rounds at the root), and the clock is the backstop of a machine
+    too slow to get there (a stage stopped by it keeps what it found by then). Never raises on
+    infeasible demand: the shortfall is reported per service. Invalid input is rejected
+    earlier, when the `Problem` is built.
     """
     if has_mig(problem):
         # MIG pools: each GPU's layout is chosen first, jointly (`migplan`).
