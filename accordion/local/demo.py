@@ -203,7 +203,12 @@ async def drive(url: str, service: str, phases: list[Phase], slo_ms: float) -> l
             body=body,
             max_duration_s=phase.duration_s,
         )
-        summary = {"phase": phase.name, **report.summary(), "statuses": report.statuses}
+        summary = {
+            "phase": phase.name,
+            **report.summary(),
+            "statuses": report.statuses,
+            "errors": report.errors,
+        }
         print(f"demo:   {json.dumps(summary)}", flush=True)
         reports.append(summary)
     return reports

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,12 +90,20 @@ run at this pace and fail on their own assertions rather than take many minutes 
 
 
 def measure_pace() -> Pace:
-    """Profile demo-xl here as `make demo` does (`profile_model`, the worker's runner alone)
-    and compare its p90 per batch size with `PROFILES_MS`'."""
+    """Profile demo-xl here as `make demo` does (`profile_model`, the worker's runner), beside
+    one process that keeps a CPU busy (in the scenarios the load generator, the router and the
+    control loop run beside the worker: a machine whose CPU quota is less than its CPUs, as a
+    container's may be, is slow only then), and compare its p90 per batch size with
+    `PROFILES_MS`'."""
     from accordion.workers.profiler import profile_model
 
     declared = {b: p90 for b, _, p90, _ in PROFILES_MS["demo-xl"]}
-    measured = profile_model("builtin:demo-xl", sorted(declared), repeats=40)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        measured = profile_model("builtin:demo-xl", sorted(declared), repeats=40)
+    finally:
+        busy.kill()
+        busy.wait()
     ratio = max(m.p90_ms / declared[m.batch_size] for m in measured)
     return Pace(min(MAX_PACE, max(1.0, ratio)))
 
@@ -106,8 +115,45 @@ def pace() -> Pace:
     found = measure_pace()
     forced = float(os.environ.get("ACCORDION_LOCAL_PACE", "1"))
     found = Pace(max(found.factor, forced))
-    print(f"local e2e: demo-xl runs at {found.factor:.2f}x the tests' profiles' time")
+    print(
+        f"local e2e: demo-xl runs at {found.factor:.2f}x the tests' profiles' time "
+        f"({describe_cpus()})"
+    )
     return found
+
+
+def describe_cpus() -> str:
+    """The machine's CPUs as the scenarios see them: visible, usable (affinity), and this
+    process's cgroup CFS quota (v2's cpu.max or v1's cfs_quota_us), so that a failure on
+    another machine says what it ran on."""
+    return (
+        f"{os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable, quota {cpu_quota()}, "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
+
+
+def cpu_quota() -> str:
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        try:
+            if controllers == "":  # cgroup v2
+                limit, period = Path(f"/sys/fs/cgroup{path}/cpu.max").read_text().split()
+            elif "cpu" in controllers.split(","):
+                base = Path(f"/sys/fs/cgroup/{controllers}{path}")
+                if not base.exists():
+                    base = Path(f"/sys/fs/cgroup/cpu{path}")
+                limit = (base / "cpu.cfs_quota_us").read_text().strip()
+                period = (base / "cpu.cfs_period_us").read_text().strip()
+            else:
+                continue
+        except (OSError, ValueError):
+            continue
+        return "none" if limit in {"max", "-1"} else f"{int(limit) / int(period):.2f} CPUs"
+    return "unknown"
 
 
 def _batches(variant: str, pace: Pace) -> str:

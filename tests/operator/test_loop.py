@@ -399,6 +399,12 @@ def test_routing_follows_ready_capacity() -> None:
     assert table is not None
     assert {b.name for b in table.backends} == {"small@gpu", "big@gpu"}
     assert table.version == r.digest()
+    # Each backend carries its plan's profile (up to its batch): the router predicts a small
+    # running batch at its own size.
+    assert {b.name: b.profile_ms for b in table.backends} == {
+        "small@gpu": {1: 5.0},
+        "big@gpu": {1: 5.0},  # `big` above is a copy of small's spec
+    }
 
 
 async def test_settled_services_are_skipped_and_changes_still_seen() -> None:

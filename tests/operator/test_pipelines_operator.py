@@ -210,6 +210,8 @@ def test_pipeline_stages_wired_and_replaced_make_before_break(
     assert backend["model_name"] == "big"
     # One batch through both stages and the hand-over.
     assert backend["batch_latency_ms"] == pytest.approx(40.5, abs=0.1)
+    # No per-size profile: a stage's answer comes after the whole pipeline, not its own pass.
+    assert not backend.get("profile_ms")
 
     # Status shows the pipeline: its id, its stages, pools and replicas.
     wait_for("Ready", lambda: cluster.conditions(NS, "svc")["Ready"]["status"] == "True")

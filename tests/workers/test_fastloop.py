@@ -356,6 +356,30 @@ def test_with_a_profile_every_batch_size_is_evidence() -> None:
     assert decider.slowdown("big", later) == 1.0
 
 
+def test_with_a_profile_the_running_batch_is_predicted_at_its_size() -> None:
+    """Five requests at big run as a batch of at most 5 (70 ms by the profile, interpolated),
+    not a full batch of 8 (100 ms); what queues behind them waits for a full batch (arrivals
+    join it)."""
+    table = batching_table()
+    big = table.backends[0].model_copy(update={"profile_ms": {1: 30.0, 4: 60.0, 8: 100.0}})
+    decider = RoutingDecider(table.model_copy(update={"backends": [big, *table.backends[1:]]}))
+    plain = RoutingDecider(table)
+    for d in (decider, plain):
+        assert d.predicted_wait_s("big", 1, now_s=0.0) == pytest.approx(0.1)
+        for _ in range(5):
+            d.sent("big", 0.0)
+    assert decider.predicted_wait_s("big", 0, now_s=0.0) == pytest.approx(0.07)
+    assert decider.predicted_wait_s("big", 1, now_s=0.0) == pytest.approx(0.07 + 0.1)
+    assert decider.predicted_wait_s("big", 1, now_s=0.05) == pytest.approx(0.02 + 0.1)
+    assert plain.predicted_wait_s("big", 1, now_s=0.0) == pytest.approx(0.1 + 0.1)
+    # A full backlog runs a full batch, and the queue drains at the capacity's pace.
+    for d in (decider, plain):
+        for _ in range(5):
+            d.sent("big", 0.0)
+    for d in (decider, plain):
+        assert d.predicted_wait_s("big", 20, now_s=0.0) == pytest.approx(0.1 + 22 / 80)
+
+
 def test_too_slow_for_its_planned_batch_it_is_not_shed_what_it_may_serve() -> None:
     """Twice slower, big's planned batch of 8 (2 x 200 ms) no longer fits the 300 ms SLO: the
     router counts on a full batch for rerouting, but before shedding it predicts with the batch
@@ -367,10 +391,41 @@ def test_too_slow_for_its_planned_batch_it_is_not_shed_what_it_may_serve() -> No
     assert decider.slowdown("big", now) == pytest.approx(2.0)
     while decider.inflight("big") > 5:
         decider.finished("big", now, "dropped")
-    assert decider.predicted_wait_s("big", 1, now) == pytest.approx(0.4)
+    # The running batch of 5 (140 ms at 2x), then a full one (200 ms).
+    assert decider.predicted_wait_s("big", 1, now) == pytest.approx(0.34)
     assert decider.predicted_wait_s("big", 1, now, replan=True) == pytest.approx(0.28)
     assert decider.choose(0.3, now).backend == "big"
     assert decider.choose(0.25, now).backend is None
+
+
+def test_before_shedding_the_pick_is_predicted_at_its_median_speed() -> None:
+    """Batches mostly at the planned speed with a slow tail (3 of the last 15 twice as long: a
+    throttled CPU): the 0.9 quantile (2x) decides rerouting, but a request is shed only if
+    even the median speed (1x) would not answer it in time."""
+    decider = RoutingDecider(batching_table(FastLoopBounds(enabled=False)))
+    pattern = [0.1] * 5 + [0.2] + [0.1] * 4 + [0.2] + [0.1] * 4 + [0.2] + [0.1] * 4
+    now = drive(decider, "big", start_s=0.0, batches=len(pattern), batch_s=pattern)
+    assert decider.slowdown("big", now) == pytest.approx(2.0)
+    assert decider.slowdown("big", now, central=True) == 1.0
+    while decider.inflight("big") > 8:
+        decider.finished("big", now, "dropped")
+    # A full batch running (just started), one more behind it.
+    assert decider.predicted_wait_s("big", 1, now) == pytest.approx(0.2 + 0.2)
+    assert decider.predicted_wait_s("big", 1, now, central=True) == pytest.approx(0.1 + 0.1)
+    assert decider.choose(0.3, now).backend == "big"  # sent: a typical batch makes it
+    shed = decider.choose(0.15, now)  # not even then
+    assert shed.backend is None
+    assert "beyond planned capacity" in shed.reason
+    # Workers that report their median are taken at their word; one that does not is taken
+    # at its quantile.
+    reported = RoutingDecider(batching_table(FastLoopBounds(enabled=False)))
+    reported.sent("big", 0.0)
+    reported.sent("big", 0.0)
+    reported.finished("big", 0.1, "answered", ("pod-a:8080", 3.0, 1.2))
+    assert reported.slowdown("big", 0.1) == pytest.approx(3.0)
+    assert reported.slowdown("big", 0.1, central=True) == pytest.approx(1.2)
+    reported.finished("big", 0.1, "answered", ("pod-b:8080", 2.0))
+    assert reported.slowdown("big", 0.1, central=True) == pytest.approx(2 / (1 / 1.2 + 1 / 2.0))
 
 
 def test_several_replicas_behind_one_backend_are_not_corrected() -> None:

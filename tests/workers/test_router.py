@@ -29,7 +29,7 @@ from accordion.workers.config import (
     BatchingConfig,
     RoutingTable,
 )
-from accordion.workers.fastloop import Outcome
+from accordion.workers.fastloop import Outcome, Report
 from accordion.workers.models import build_demo
 from accordion.workers.router import (
     VARIANT_HEADER,
@@ -308,14 +308,14 @@ async def test_answers_feed_the_capacity_correction(
 ) -> None:
     client, router, _, _ = stack
     seen: list[str] = []
-    reports: list[tuple[str, float] | None] = []
+    reports: list[Report | None] = []
     finished = router.decider.finished
 
     def record(
         name: str,
         now_s: float | None = None,
         outcome: Outcome = "answered",
-        report: tuple[str, float] | None = None,
+        report: Report | None = None,
     ) -> None:
         seen.append(outcome)
         reports.append(report)
@@ -337,6 +337,10 @@ async def test_answers_feed_the_capacity_correction(
         assert report is not None
         assert report[0] == replica
         assert report[1] > 0
+        assert len(report) == 3
+        median = report[2]
+        assert median is not None
+        assert 0 < median <= report[1]  # the median slowdown, never above the quantile
     text = await (await client.get("/metrics")).text()
     assert (
         metric(text, 'accordion_router_backend_slowdown{service="classifier",variant="big"}') == 1

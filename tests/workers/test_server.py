@@ -18,6 +18,7 @@ from accordion.workers.config import (
     DEADLINE_HEADER,
     OUTCOME_HEADER,
     SLOWDOWN_HEADER,
+    SLOWDOWN_MEDIAN_HEADER,
     BatchingConfig,
 )
 from accordion.workers.models import LoadedModel, build_demo
@@ -355,6 +356,10 @@ async def test_slowdown_counts_what_the_worker_adds_between_back_to_back_batches
         assert value is not None
         assert value >= 1.0
         assert float(answers[-1].headers[SLOWDOWN_HEADER]) >= 1.0
+        # The median of the same batches beside it: the typical batch, never above the tail.
+        median = float(answers[-1].headers[SLOWDOWN_MEDIAN_HEADER])
+        assert median == pytest.approx(worker.meter.value(loop.time(), 0.5), rel=1e-3)
+        assert 0 < median <= float(answers[-1].headers[SLOWDOWN_HEADER])
 
 
 async def test_an_answer_built_after_its_deadline_is_late(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -178,3 +178,36 @@ async def test_the_load_generator_records_when_requests_actually_left() -> None:
     assert max(late[1:4]) > 0.1  # those due while the loop was blocked left after it
     assert report.lateness_ms(100) == pytest.approx(max(late) * 1000.0)
     assert report.summary()["send_late_p99_ms"] > 0.0
+
+
+async def test_the_load_generator_says_why_requests_failed() -> None:
+    """Failed answers are counted by reason: a v2 error body's `error` with its numbers as #
+    (two sheds with different deadlines are one reason), else the status."""
+    from aiohttp import web
+
+    answers = iter(
+        [
+            web.json_response(
+                {"error": "shed: backlog cannot be served within the 42 ms left"}, status=503
+            ),
+            web.json_response(
+                {"error": "shed: backlog cannot be served within the 7.5 ms left"}, status=503
+            ),
+            web.Response(status=500, text="boom"),
+            web.json_response({"outputs": []}),
+        ]
+    )
+
+    async def infer(request: web.Request) -> web.Response:
+        return next(answers)
+
+    app = web.Application()
+    app.router.add_post("/v2/models/m/infer", infer)
+    async with TestServer(app) as server:
+        url = str(server.make_url("")).rstrip("/")
+        report = await run_load(url, "m", [0.0, 0.01, 0.02, 0.03], slo_ms=1000.0, body=b"{}")
+    assert report.failed == 3
+    assert report.errors == {
+        "503: shed: backlog cannot be served within the # ms left": 2,
+        "HTTP 500": 1,
+    }

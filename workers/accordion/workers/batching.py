@@ -192,7 +192,8 @@ class SlowdownMeter:
     lost as much as a slower model), and otherwise the execution alone (an idle spell after it
     is no slowness). The value is the `robust_quantile` of the last `window` samples younger
     than `horizon_s` (the router must be right for nearly every batch); None with fewer than
-    `min_samples` (thin data: the plan stands).
+    `min_samples` (thin data: the plan stands). The median of the same samples says how a
+    typical batch runs (the router's last check before it sheds a request).
     """
 
     def __init__(
@@ -215,13 +216,15 @@ class SlowdownMeter:
         if batch_size >= 1 and base > 0 and latency_s > 0 and math.isfinite(latency_s):
             self._samples.append((now_s, latency_s / base))
 
-    def value(self, now_s: float) -> float | None:
+    def value(self, now_s: float, quantile: float | None = None) -> float | None:
+        """The slowdown at the meter's quantile, or at `quantile` (0.5: the median)."""
         samples = self._samples
         while samples and samples[0][0] < now_s - self._horizon_s:
             samples.popleft()
         if len(samples) < self._min_samples:
             return None
-        return robust_quantile((r for _, r in samples), self._quantile)
+        q = self._quantile if quantile is None else quantile
+        return robust_quantile((r for _, r in samples), q)
 
 
 class BatchingPolicy(ABC):

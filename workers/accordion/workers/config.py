@@ -21,6 +21,7 @@ DEADLINE_HEADER = "x-accordion-deadline-ms"
 OUTCOME_HEADER = "x-accordion-outcome"
 """Response header of the worker and the router: the request's outcome (metric label)."""
 SLOWDOWN_HEADER = "x-accordion-slowdown"
+SLOWDOWN_MEDIAN_HEADER = "x-accordion-slowdown-median"
 """Response header of the worker: how many times slower than its latency profile it runs now
 (`batching.SlowdownMeter`); absent while it has run too few batches to tell. The router's fast
 loop corrects the backend's planned capacity with it."""

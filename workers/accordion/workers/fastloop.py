@@ -6,17 +6,20 @@ backend, when a request sent now would be answered, from what a router knows: th
 sent there and has not seen answered (the backlog), the backend's planned capacity and full-batch
 latency, and (when the caller passes its clock) when the backend's current batch started:
 
-* predicted completion = what is left of the batch running now (the full-batch latency, less
-  the time since the backend last answered or started on an idle queue; the whole batch latency
-  without a clock) + the time the planned capacity needs for the requests queued behind it, at
-  least one batch latency; a backend without a batch latency drains its backlog at its planned
-  capacity;
+* predicted completion = what is left of the batch running now (its latency, less the time
+  since the backend last answered or started on an idle queue; the whole latency without a
+  clock) + the time the planned capacity needs for the requests queued behind it, at least one
+  full batch's latency (the next batch takes in whatever arrives meanwhile); the running
+  batch holds at most the backlog, so with the table's profile its latency is the profile's at
+  that size (a light load runs small batches), else the full batch's; a backend without a
+  batch latency drains its backlog at its planned capacity;
 * the split follows the plan's weights by smooth weighted round-robin (deterministic and no
   burstier than the weights; `seed` only staggers the phase of routers that share a table);
 * a request whose chosen backend cannot answer before the request's deadline goes to the most
   accurate backend that can (ties: the earliest answer), within the table's bounds
   (`FastLoopBounds.min_accuracy`), else it is shed at once, with the reason: it is beyond what
-  the planned capacity can serve, and queueing it would only make others late;
+  the planned capacity can serve, and queueing it would only make others late (unless its pick
+  would make it at its median speed: see the correction below);
 * a backend under pressure (predicted wait of its backlog / SLO above `relief_pressure`) also
   gives up to `max_shift` of its planned weight, growing linearly with its pressure, to the most
   accurate backends with slack, so that fewer requests need rerouting one by one; as its backlog
@@ -56,11 +59,16 @@ backend's speed online from the answers it sees, when the caller passes its cloc
 * a backend `s` times slower than planned drains its backlog at capacity x min(headroom, 1/s)
   (the headroom's static margin is not applied twice) with batches `s` times longer, so the
   router predicts the longer wait and reroutes or sheds before the worker would drop;
-* so slow that its planned batch no longer fits the SLO (2 x s x L(b) > SLO), a backend will
-  run smaller batches; the longer full-batch prediction still decides rerouting, but before
-  a request is shed its pick is predicted once more with the batch the planner would choose at
-  that speed (from the table's profile): a request that may still make it there is sent, not
-  shed (with nowhere else to go, losing it for sure is worse).
+* the quantile decides rerouting and relief, where caution costs accuracy at most; before a
+  request is shed, its pick is predicted once more, hopefully: at the backend's median
+  slowdown (of the same samples, or the median the worker reports), and, where its planned
+  batch no longer fits the SLO at that speed (2 x s x L(b) > SLO), with the batch the planner
+  would choose at that speed (from the table's profile), which the worker's batcher will run.
+  A request that may still make it there is sent, not shed: with nowhere else to go, losing
+  it for sure is worse, and the worker still drops it if its batches do run that slow. On a
+  machine whose batches are mostly fast with a long tail (a CPU quota that throttles now and
+  then), the quantile alone shed most requests at a light load: a request behind one batch
+  was predicted to wait two tail-long batches, and those sent were all answered in time.
 
 What the worker drops or sheds (503) is no batch: it frees the backlog without being answered
 and forms no group. Drops are no sample either: a worker at its profiled speed drops too, when
@@ -75,13 +83,13 @@ A worker of ours says it better: every answer carries the worker's own measure o
 times slower than its profile it serves now (`SLOWDOWN_HEADER`, the `SlowdownMeter` of
 `accordion.workers.batching`: the 0.9 quantile over its last 15 batches of the time from a
 batch's start to the next one's when they ran back to back, else the execution, over the
-profiled latency) and which replica answered (`REPLICA_HEADER`). Once a backend's answers
-carry reports, they replace the inference above for that backend: the slowdown is the
-replicas' together (n / sum of 1 / s_i over the replicas heard from within
-`correction_horizon_s`), so a backend of several replicas behind one Service address is
-corrected too, without grouping answers into batches. Backends that do not report (another
-server; the simulator's replicas) keep the inference; `fast_loop.worker_reports: false` makes
-every backend use it.
+profiled latency; `SLOWDOWN_MEDIAN_HEADER`: the same at the median) and which replica answered
+(`REPLICA_HEADER`). Once a backend's answers carry reports, they replace the inference above
+for that backend: the slowdown is the replicas' together (n / sum of 1 / s_i over the replicas
+heard from within `correction_horizon_s`; their medians likewise), so a backend of several
+replicas behind one Service address is corrected too, without grouping answers into batches.
+Backends that do not report (another server; the simulator's replicas) keep the inference;
+`fast_loop.worker_reports: false` makes every backend use it.
 
 No I/O and no clock of its own: the router (`accordion.workers.router`) and the simulator
 (`accordion.sim`) drive it with their own time, calling `choose`, `sent` and `finished` (each
@@ -102,6 +110,9 @@ from accordion.workers.batching import robust_quantile
 from accordion.workers.config import Backend, RoutingTable, interpolate_profile
 
 Outcome = Literal["answered", "dropped", "failed"]
+Report = tuple[str, float] | tuple[str, float, float | None]
+"""What a worker's answer says of its speed: (replica, slowdown), with its median slowdown
+when it says that too."""
 
 
 @dataclass(frozen=True)
@@ -136,15 +147,18 @@ class BackendState:
     """(time, cycle / planned batch latency) per measured batch, oldest first."""
     slowdown: float = 1.0
     """The current correction: the backend runs `slowdown` times slower than planned."""
-    reports: dict[str, tuple[float, float]] = field(default_factory=dict)
-    """replica -> (time, slowdown) of its last answer that said (`SLOWDOWN_HEADER`)."""
+    central: float = 1.0
+    """The same at the median: how much slower a typical batch runs (`choose`'s last check)."""
+    reports: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    """replica -> (time, slowdown, median slowdown) of its last answer that said
+    (`SLOWDOWN_HEADER`; the median is the slowdown where it did not say that too)."""
 
     def reset_correction(self) -> None:
         self.last_answer_s = self.group_start_s = self.previous_group_s = None
         self.group_size = self.group_in_hand = self.in_hand_after_answer = 0
         self.samples.clear()
         self.reports.clear()
-        self.slowdown = 1.0
+        self.slowdown = self.central = 1.0
 
 
 class RoutingDecider:
@@ -214,17 +228,20 @@ class RoutingDecider:
         name: str,
         now_s: float | None = None,
         outcome: Outcome = "answered",
-        report: tuple[str, float] | None = None,
+        report: Report | None = None,
     ) -> None:
         """A request sent to `name` came back: `answered` (ok or late), `dropped` (the worker
         gave up on it or shed it) or `failed` (no answer: an error or a timeout). `report`:
-        what the answering worker said of its own speed, (replica, slowdown), if it did."""
+        what the answering worker said of its own speed, (replica, slowdown[, median]), if it
+        did."""
         state = self._states.get(name)
         if state is None or state.inflight <= 0:
             return
         if outcome == "answered" and now_s is not None:
             if report is not None and self.table.fast_loop.worker_reports:
-                state.reports[report[0]] = (now_s, report[1])
+                median = report[2] if len(report) > 2 else None
+                tail = report[1]
+                state.reports[report[0]] = (now_s, tail, tail if median is None else median)
             else:
                 self._answered(state, now_s)
         state.inflight -= 1
@@ -293,46 +310,54 @@ class RoutingDecider:
 
     def _estimate(self, state: BackendState) -> None:
         if len(state.samples) < self.correction_min_samples:
-            state.slowdown = 1.0
+            state.slowdown = state.central = 1.0
             return
-        ratios = (r for _, r in state.samples)
+        ratios = [r for _, r in state.samples]
         state.slowdown = self._bounded(robust_quantile(ratios, self.correction_quantile))
+        state.central = min(state.slowdown, self._bounded(robust_quantile(ratios, 0.5)))
 
     def _bounded(self, value: float) -> float:
         """A measured slowdown as the correction: within `correction_tolerance` of the plan, the
         plan (1); at most `max_slowdown`."""
         return 1.0 if value <= 1.0 + self.correction_tolerance else min(self.max_slowdown, value)
 
-    def slowdown(self, name: str, now_s: float | None = None) -> float:
-        """How many times slower than planned `name` is seen to serve (1: as planned)."""
+    def slowdown(self, name: str, now_s: float | None = None, *, central: bool = False) -> float:
+        """How many times slower than planned `name` is seen to serve (1: as planned): at the
+        correction's quantile, or (`central`) at the median."""
         state = self._states[name]
         if not self.table.fast_loop.correct_capacity:
             return 1.0
         if state.reports:
-            return self._reported(state, now_s)
-        samples = state.samples
-        if now_s is not None and samples and samples[0][0] < now_s - self.correction_horizon_s:
-            while samples and samples[0][0] < now_s - self.correction_horizon_s:
-                samples.popleft()
-            self._estimate(state)
-        return state.slowdown
+            self._reported(state, now_s)
+        else:
+            samples = state.samples
+            horizon = self.correction_horizon_s
+            if now_s is not None and samples and samples[0][0] < now_s - horizon:
+                while samples and samples[0][0] < now_s - horizon:
+                    samples.popleft()
+                self._estimate(state)
+        return state.central if central else state.slowdown
 
-    def _reported(self, state: BackendState, now_s: float | None) -> float:
+    def _reported(self, state: BackendState, now_s: float | None) -> None:
         """The slowdown the backend's replicas report: their capacity together, n / sum(1 /
         s_i) over the replicas heard from within the horizon (a replica never counts as
-        faster than planned), within `correction_tolerance` of the plan: the plan."""
+        faster than planned), within `correction_tolerance` of the plan: the plan; the same
+        of their medians."""
         reports = state.reports
         if now_s is not None:
             for replica in [
-                r for r, (t, _) in reports.items() if t < now_s - self.correction_horizon_s
+                r for r, (t, _, _) in reports.items() if t < now_s - self.correction_horizon_s
             ]:
                 del reports[replica]
         if not reports:
-            state.slowdown = 1.0
-            return 1.0
-        value = len(reports) / sum(1.0 / max(1.0, s) for _, s in reports.values())
-        state.slowdown = self._bounded(value)
-        return state.slowdown
+            state.slowdown = state.central = 1.0
+            return
+
+        def together(values: list[float]) -> float:
+            return self._bounded(len(values) / sum(1.0 / max(1.0, v) for v in values))
+
+        state.slowdown = together([s for _, s, _ in reports.values()])
+        state.central = min(state.slowdown, together([m for _, _, m in reports.values()]))
 
     def effective_capacity_qps(self, name: str, now_s: float | None = None) -> float | None:
         """The capacity the router counts on: the plan's, corrected, times the headroom."""
@@ -341,9 +366,9 @@ class RoutingDecider:
             return None
         return backend.capacity_qps * self._share(name, now_s)
 
-    def _share(self, name: str, now_s: float | None) -> float:
+    def _share(self, name: str, now_s: float | None, central: bool = False) -> float:
         headroom = self.table.fast_loop.headroom
-        slowdown = self.slowdown(name, now_s)
+        slowdown = self.slowdown(name, now_s, central=central)
         return headroom if slowdown <= 1.0 else min(headroom, 1.0 / slowdown)
 
     # -- state ---------------------------------------------------------------------------------
@@ -357,24 +382,32 @@ class RoutingDecider:
         return self._states[name].healthy
 
     def predicted_wait_s(
-        self, name: str, extra: int = 0, now_s: float | None = None, *, replan: bool = False
+        self,
+        name: str,
+        extra: int = 0,
+        now_s: float | None = None,
+        *,
+        replan: bool = False,
+        central: bool = False,
     ) -> float:
         """When the last of the backlog plus `extra` new requests would be answered, from now
         (0 without a capacity); see the module docstring. `replan`: for a backend corrected to
         a speed at which its planned batch no longer fits the SLO, predict with the batch the
-        planner would choose at that speed (the hopeful estimate before shedding)."""
+        planner would choose at that speed; `central`: at the median slowdown, not the
+        correction's quantile (together, the hopeful estimate before shedding)."""
         state = self._states[name]
         backend = state.backend
         if backend.capacity_qps is None:
             return 0.0
-        rate = backend.capacity_qps * self._share(name, now_s)
+        rate = backend.capacity_qps * self._share(name, now_s, central)
         inflight = state.inflight
         if backend.batch_latency_ms is None:
             # No batch latency known: the backlog drains at the planned capacity.
             return (inflight + extra) / rate
         if inflight + extra == 0:
             return 0.0
-        slowdown = self.slowdown(name, now_s)
+        slowdown = self.slowdown(name, now_s, central=central)
+        batch = max(1, backend.max_batch_size)
         batch_s = backend.batch_latency_ms / 1000.0 * slowdown
         # Requests in the running batch(es): by Little's law, capacity x batch latency, at least
         # one full batch (a slowdown lengthens both: it does not change them).
@@ -383,17 +416,24 @@ class RoutingDecider:
         if replanned is not None:
             # Too slow for its planned batch: it runs the planner's batch at its speed.
             in_service, batch_s = replanned
+            batch = in_service
             rate = min(rate, in_service / batch_s)
         residual = 0.0
         running = 0
         if inflight > 0:
             running = min(inflight, in_service)
+            # The batch running holds at most the backlog: with a profile, its latency at that
+            # size (a light load runs small batches), else the full batch's.
             residual = batch_s
+            if backend.profile_ms and running < batch:
+                residual = interpolate_profile(backend.profile_ms, running) / 1000.0 * slowdown
             if now_s is not None and state.batch_started_s is not None:
-                residual = min(batch_s, max(0.0, state.batch_started_s + batch_s - now_s))
+                residual = min(residual, max(0.0, state.batch_started_s + residual - now_s))
         queued = inflight - running + extra
         if queued <= 0:
             return residual
+        # The next batch takes in whatever arrives while this one runs: a full one, for all
+        # the router knows.
         return residual + max(batch_s, queued / rate)
 
     def _replanned_batch(self, backend: Backend, slowdown: float) -> tuple[int, float] | None:
@@ -505,13 +545,10 @@ class RoutingDecider:
                         best = key
             if best is not None:
                 return Choice(best[2], rerouted_from=pick)
-        state = self._states[pick]
-        if (
-            self._replanned_batch(state.backend, self.slowdown(pick, now_s)) is not None
-            and self.predicted_wait_s(pick, 1, now_s, replan=True) <= budget_s
-        ):
-            # Too slow for its planned batch, it will run smaller ones: no other backend is
-            # sure to make it, this one may; shedding would lose the request for sure.
+        if self.predicted_wait_s(pick, 1, now_s, replan=True, central=True) <= budget_s:
+            # No backend is sure to make it, but at its typical (median) speed, with the batch
+            # the planner would choose at that speed, the pick would: shedding would lose the
+            # request for sure, and the worker still drops it if it falls behind.
             return Choice(pick)
         return Choice(
             None,

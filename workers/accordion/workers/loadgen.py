@@ -17,6 +17,7 @@ import ipaddress
 import json
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -97,6 +98,9 @@ class LoadReport:
     arrivals the server saw (`lateness_ms`)."""
     scheduled_s: list[float] = field(default_factory=list, repr=False)
     """The schedule's offsets, in the same order."""
+    errors: dict[str, int] = field(default_factory=dict)
+    """Why requests failed: the ``error`` of a KServe v2 error body (its numbers as ``#``, so
+    that one reason counts once), else the status or the client's exception, with counts."""
 
     def lateness_ms(self, q: float) -> float:
         """The `q`th percentile of how late requests left against their schedule."""
@@ -136,6 +140,19 @@ class LoadReport:
             "p99_ms": round(self.percentile_ms(99), 2),
             "send_late_p99_ms": round(self.lateness_ms(99), 2),
         }
+
+
+def error_reason(status: int, payload: bytes) -> str:
+    """What a failed answer says of itself: a v2 error body's ``error`` with its numbers as
+    ``#`` (a deadline's milliseconds left would make every shed request a reason of its own),
+    else the status."""
+    try:
+        text = json.loads(payload).get("error")
+    except (ValueError, AttributeError):
+        text = None
+    if not isinstance(text, str):
+        return f"HTTP {status}"
+    return f"{status}: " + re.sub(r"\d+(\.\d+)?", "#", text)[:200]
 
 
 async def sample_request(session: aiohttp.ClientSession, base_url: str, model: str) -> bytes:
@@ -212,6 +229,7 @@ async def run_load(
     slo_s = slo_ms / 1000.0
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    errors: dict[str, int] = {}
     counts = {"ok": 0, "late": 0, "failed": 0}
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=max(10.0, 20 * slo_s))
@@ -229,12 +247,14 @@ async def run_load(
         async def one(index: int) -> None:
             start = loop.time()
             sent_at[index] = start - begin
+            answer, reason = b"", ""
             try:
                 async with session.post(url, data=payload, headers=headers) as resp:
-                    await resp.read()
+                    answer = await resp.read()
                     status = resp.status
-            except (aiohttp.ClientError, TimeoutError):
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 status = 0
+                reason = type(exc).__name__
             elapsed = loop.time() - start
             statuses[status] = statuses.get(status, 0) + 1
             if status == 200:
@@ -242,6 +262,9 @@ async def run_load(
                 counts["ok" if elapsed <= slo_s else "late"] += 1
             else:
                 counts["failed"] += 1
+                if status:
+                    reason = error_reason(status, answer)
+                errors[reason] = errors.get(reason, 0) + 1
 
         tasks: list[asyncio.Task[None]] = []
         begin = loop.time()
@@ -261,6 +284,7 @@ async def run_load(
         duration_s=duration,
         latencies_s=latencies,
         statuses=statuses,
+        errors=errors,
         sent_at_s=sent_at,
         scheduled_s=schedule,
     )

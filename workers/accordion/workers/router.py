@@ -74,6 +74,7 @@ from accordion.workers.config import (
     OUTCOME_HEADER,
     REPLICA_HEADER,
     SLOWDOWN_HEADER,
+    SLOWDOWN_MEDIAN_HEADER,
     RoutingTable,
 )
 from accordion.workers.edge import EdgeLimits, edge_app, read_forward
@@ -695,19 +696,25 @@ class Router:
         )
 
 
-def worker_report(headers: Mapping[str, str]) -> tuple[str, float] | None:
-    """(replica, slowdown) from a worker's answer, when it says (`SLOWDOWN_HEADER`); a value
-    that is no positive number is ignored."""
-    text = headers.get(SLOWDOWN_HEADER)
+def worker_report(headers: Mapping[str, str]) -> tuple[str, float, float | None] | None:
+    """(replica, slowdown, median slowdown) from a worker's answer, when it says
+    (`SLOWDOWN_HEADER`, `SLOWDOWN_MEDIAN_HEADER`); a value that is no positive number is
+    ignored (without a slowdown, the whole report)."""
+    slowdown = _positive(headers.get(SLOWDOWN_HEADER))
+    if slowdown is None:
+        return None
+    median = _positive(headers.get(SLOWDOWN_MEDIAN_HEADER))
+    return headers.get(REPLICA_HEADER, ""), slowdown, median
+
+
+def _positive(text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        slowdown = float(text)
+        value = float(text)
     except ValueError:
         return None
-    if not math.isfinite(slowdown) or slowdown <= 0:
-        return None
-    return headers.get(REPLICA_HEADER, ""), slowdown
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def _error_body(reason: str) -> bytes:

@@ -65,6 +65,7 @@ from accordion.workers.config import (
     OUTCOME_HEADER,
     REPLICA_HEADER,
     SLOWDOWN_HEADER,
+    SLOWDOWN_MEDIAN_HEADER,
     WorkerConfig,
 )
 from accordion.workers.edge import EdgeLimits, edge_app, error_response, read_request
@@ -355,9 +356,13 @@ class Worker:
     def report_headers(self, now_s: float) -> dict[str, str]:
         """What every answer tells the router: this replica, and its slowdown when known."""
         headers = {REPLICA_HEADER: self.replica}
-        slowdown = self.meter.value(now_s) if self.meter is not None else None
+        if self.meter is None:
+            return headers
+        slowdown = self.meter.value(now_s)
         if slowdown is not None:
             headers[SLOWDOWN_HEADER] = f"{slowdown:.4g}"  # never 0: a fast worker too
+            median = self.meter.value(now_s, 0.5)
+            headers[SLOWDOWN_MEDIAN_HEADER] = f"{median:.4g}"
         return headers
 
     # -- one request -------------------------------------------------------------------------

@@ -202,6 +202,11 @@ class Route(_Frozen):
     accuracy: float = Field(ge=0, le=100)
     max_batch_size: int = Field(ge=1)
     batch_latency_ms: float | None = None
+    profile_ms: dict[int, float] = Field(
+        default_factory=dict,
+        description="One replica's latency per batch size (ms), the plan's profile: the router "
+        "predicts a short queue's wait from its batch size, not from a full batch's.",
+    )
 
 
 class Routing(_Frozen):
@@ -242,6 +247,7 @@ def routing_table(routing: Routing, url_for: Callable[[WorkerKey], str]) -> Rout
                 capacity_qps=r.capacity_qps if r.capacity_qps > 0 else None,
                 max_batch_size=r.max_batch_size,
                 batch_latency_ms=r.batch_latency_ms,
+                profile_ms=r.profile_ms,
             )
             for r in routes
         ],
@@ -405,6 +411,13 @@ def service_routing(
                     batch_latency_ms(spec.profile_ms, spec.max_batch_size)
                     if spec.stage is None
                     else spec.stage.pass_latency_ms
+                ),
+                # A pipeline's first stage or a staged model answers after more than its pass:
+                # only a whole model's profile says when a batch of its size is answered.
+                profile_ms=(
+                    {b: ms for b, ms in spec.profile_ms.items() if b <= spec.max_batch_size}
+                    if spec.stage is None
+                    else {}
                 ),
             )
         )
