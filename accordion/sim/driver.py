@@ -209,6 +209,11 @@ class SimActuator:
                 assert_never(step)
 
 
+MAX_PASSES_AT_ONE_INSTANT = 100
+"""A loop that requeues itself without the simulated clock moving would hang the simulator;
+past this many passes at one instant it is an error (the operator's clock always moves)."""
+
+
 class LoopControl:
     """The engine's `Control` for ours: the operator's `ControlLoop` on simulated time."""
 
@@ -254,6 +259,8 @@ class LoopControl:
         self.variant_of: dict[tuple[str, str], VariantSpec] = {}
         self.notes: list[str] = []
         self.passes = 0
+        self._passes_now = 0
+        """Passes in a row at the current simulated instant (`MAX_PASSES_AT_ONE_INSTANT`)."""
         self._planner_times: list[float] = []
         self._pass_at: float | None = None
         self._last_pass_s = -1e9
@@ -459,6 +466,13 @@ class LoopControl:
 
     def _pass(self) -> None:
         """One pass of the loop, as the operator runs it."""
+        same = self._last_pass_s == self.sim.now_s
+        self._passes_now = self._passes_now + 1 if same else 1
+        if self._passes_now > MAX_PASSES_AT_ONE_INSTANT:
+            raise RuntimeError(
+                f"the control loop asked for {self._passes_now} passes at t={self.sim.now_s} s "
+                "without the clock moving: a requeue that never comes due"
+            )
         self._last_pass_s = self.sim.now_s
         self.passes += 1
         self.world.workers = {

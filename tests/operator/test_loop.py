@@ -234,6 +234,31 @@ async def test_drain_delays_removal_and_asks_for_requeue() -> None:
     assert kinds(res.applied) == ["RemoveWorker"]
 
 
+async def test_a_drain_over_by_a_rounding_error_is_over() -> None:
+    """Routing applied at t=0.4, drain 1 s: at t=1.4, 1.0 - (1.4 - 0.4) is 1.1e-16, not 0. The
+    old replicas go now; a requeue that short re-ran the pass at the same simulated instant,
+    forever (the simulator's overload run hung on it)."""
+    clock = Clock()
+    clock.t = 0.0
+    world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=1)})
+    loop = ControlLoop(LoopSettings(drain_s=1.0), clock=clock)
+    act = MemoryActuator(world, clock)
+    await loop.reconcile(world, DemandView(), act)
+    all_ready(world)
+    await loop.reconcile(world, DemandView(), act)
+    demand = DemandView(qps={"default/svc": 150.0})
+    await loop.reconcile(world, demand, act)
+    all_ready(world)
+    clock.t = 0.4
+    res = await loop.reconcile(world, demand, act)  # the final routing goes out at 0.4
+    assert res.decision.requeue_after_s == pytest.approx(1.0)
+    clock.t = 1.4
+    assert 1.0 - (clock.t - 0.4) > 0  # the rounding error itself
+    res = await loop.reconcile(world, demand, act)
+    assert kinds(res.applied) == ["RemoveWorker"]
+    assert res.decision.requeue_after_s is None
+
+
 async def test_failed_make_step_holds_back_the_break(
     env: tuple[World, Clock, ControlLoop, MemoryActuator],
 ) -> None:

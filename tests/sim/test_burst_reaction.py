@@ -7,6 +7,10 @@ timings: a step from 40 to 400 req/s at t = 30 s, on simulated time.
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from accordion.operator.control.timing import DEFAULT_TIMINGS
 from accordion.sim.engine import SimConfig, Simulator
 from accordion.sim.policies import Accordion
@@ -79,3 +83,24 @@ def test_spare_replicas_take_the_burst_meanwhile() -> None:
     *_, with_spare = reaction(burst_buffer=True)
     *_, without = reaction(burst_buffer=False)
     assert with_spare < 0.7 * without
+
+
+def test_a_loop_that_requeues_without_the_clock_moving_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The simulator stops with an error, not a hang, when the product's loop asks for passes
+    that never come due (here: every pass after 10 s asks for another one at once)."""
+    from accordion.operator.control.loop import ControlLoop
+
+    reconcile = ControlLoop.reconcile
+
+    async def eager(self: ControlLoop, *args: Any, **kwargs: Any) -> Any:
+        result = await reconcile(self, *args, **kwargs)
+        if self.clock() > 10.0:
+            result.decision.requeue_after_s = 0.0
+        return result
+
+    monkeypatch.setattr(ControlLoop, "reconcile", eager)
+    sim = Simulator(cluster(), step_workload(), Accordion(), SimConfig())
+    with pytest.raises(RuntimeError, match=r"passes at t=.* without the clock moving"):
+        sim.run()

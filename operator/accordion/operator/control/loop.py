@@ -228,6 +228,13 @@ class _Settled:
     routing: Routing
 
 
+CLOCK_TOLERANCE_S = 1e-9
+"""Waits shorter than this are over: a wait computed as a difference of clock readings (the
+drain: drain_s - (now - applied at)) can come out a rounding error above zero when its time has
+come, and a requeue that short would re-run the pass at the same instant, forever on a
+simulated clock."""
+
+
 def _tolerance_qps(demand_qps: float) -> float:
     """Capacity within this of a service's demand counts as serving it (the planner's rates
     are floats: a millionth of the demand, and of 1 req/s at low rates)."""
@@ -966,7 +973,7 @@ class ControlLoop:
             # has settled for drain_s.
             settled_for = now_s - applied.applied_at_s if in_place and applied else 0.0
             wait = self.settings.drain_s - settled_for
-            if wait > 0:
+            if wait > CLOCK_TOLERANCE_S:
                 out.requeue_after_s = wait
             else:
                 out.route.extend(self._break(svc_key, svc_targets, world))
