@@ -211,17 +211,25 @@ async def test_demand_rise_switches_variant_make_before_break(
     assert (await loop.reconcile(world, DemandView(qps={"default/svc": 150.0}), act)).applied == []
 
 
+async def swap_ready(
+    loop: ControlLoop, world: World, act: MemoryActuator, demand: DemandView
+) -> None:
+    """Serve the service at no demand, then at `demand` (a swap to small), with every replica
+    ready: the next pass routes to the new replicas and starts the drain of the old."""
+    await loop.reconcile(world, DemandView(), act)
+    all_ready(world)
+    await loop.reconcile(world, DemandView(), act)
+    await loop.reconcile(world, demand, act)
+    all_ready(world)
+
+
 async def test_drain_delays_removal_and_asks_for_requeue() -> None:
     clock = Clock()
     world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=1)})
     loop = ControlLoop(LoopSettings(drain_s=5.0), clock=clock)
     act = MemoryActuator(world, clock)
-    await loop.reconcile(world, DemandView(), act)
-    all_ready(world)
-    await loop.reconcile(world, DemandView(), act)
     demand = DemandView(qps={"default/svc": 150.0})
-    await loop.reconcile(world, demand, act)
-    all_ready(world)
+    await swap_ready(loop, world, act, demand)
     res = await loop.reconcile(world, demand, act)
     assert not any(isinstance(s, RemoveWorker) for s in res.applied)
     assert res.decision.requeue_after_s == pytest.approx(5.0)
@@ -243,12 +251,8 @@ async def test_a_drain_over_by_a_rounding_error_is_over() -> None:
     world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=1)})
     loop = ControlLoop(LoopSettings(drain_s=1.0), clock=clock)
     act = MemoryActuator(world, clock)
-    await loop.reconcile(world, DemandView(), act)
-    all_ready(world)
-    await loop.reconcile(world, DemandView(), act)
     demand = DemandView(qps={"default/svc": 150.0})
-    await loop.reconcile(world, demand, act)
-    all_ready(world)
+    await swap_ready(loop, world, act, demand)
     clock.t = 0.4
     res = await loop.reconcile(world, demand, act)  # the final routing goes out at 0.4
     assert res.decision.requeue_after_s == pytest.approx(1.0)
