@@ -31,7 +31,7 @@ from accordion.operator.control.loop import (
     World,
     default_planner,
 )
-from accordion.solver import Plan, Problem
+from accordion.solver import Plan, PlanRow, Problem
 
 
 def service(name: str = "svc", qps: float = 40.0, **spec: Any) -> InferenceService:
@@ -434,6 +434,63 @@ def test_routing_follows_ready_capacity() -> None:
         "small@gpu": {1: 5.0},
         "big@gpu": {1: 5.0},  # `big` above is a copy of small's spec
     }
+
+
+def test_a_transition_routes_no_weight_to_the_burst_buffer() -> None:
+    """While planned replicas load, the estimate beyond their ready capacity is not sent by
+    weight to a burst-buffer group (spare replicas only): that would pay its lower accuracy on
+    a share of every request. It stays in the table, with its capacity, for the fast loop."""
+    world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=4)})
+    loop = ControlLoop()
+    d = loop.decide(world, DemandView(qps={"default/svc": 150.0}))
+    spec = next(iter(d.targets.values()))
+    big = spec.model_copy(
+        update={
+            "key": key("big"),
+            "replicas": 3,
+            "accuracy": 80.0,
+            "capacity_qps_per_replica": 50.0,
+        }
+    )
+    small = spec.model_copy(
+        update={
+            "key": key("small"),
+            "replicas": 1,
+            "accuracy": 70.0,
+            "capacity_qps_per_replica": 200.0,
+        }
+    )
+
+    def row(variant: str, replicas: int, spare: int, routed: float, per: float) -> PlanRow:
+        return PlanRow(
+            service="default/svc",
+            variant=variant,
+            pool="gpu",
+            replicas=replicas,
+            spare_replicas=spare,
+            max_batch_size=1,
+            capacity_qps_per_replica=per,
+            capacity_qps=replicas * per,
+            routed_qps=routed,
+            accuracy=80.0 if variant == "big" else 70.0,
+        )
+
+    rows = [row("big", 3, 0, 150.0, 50.0), row("small", 1, 1, 0.0, 200.0)]
+    targets = {key("big"): big, key("small"): small}
+
+    def weights(ready_big: int) -> dict[str, tuple[float, float]]:
+        r = service_routing(
+            "default/svc", 100.0, rows, targets, targets, {key("big"): ready_big, key("small"): 1}
+        )
+        assert not r.final
+        return {x.key.variant: (x.weight, x.capacity_qps) for x in r.routes}
+
+    # One of three big replicas ready (50 of the 150 req/s planned): it takes everything by
+    # weight; the spare is there, weightless, with its 200 req/s for the fast loop.
+    assert weights(1) == {"big": (1.0, 50.0), "small": (0.0, 200.0)}
+    # No planned replica ready yet: the spare alone is listed (the router spreads over the
+    # healthy backends when every weight is zero).
+    assert weights(0) == {"small": (0.0, 200.0)}
 
 
 async def test_settled_services_are_skipped_and_changes_still_seen() -> None:
