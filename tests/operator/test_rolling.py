@@ -1,0 +1,155 @@
+"""The rolling step of a full pool (`ControlLoop._make_room`): which serving replica goes.
+
+When a re-plan swaps models on a full pool and no old replica can go without its service
+losing capacity it needs, one goes per pass (a rolling update). The device it frees goes to the
+pool's longest-waiting new replica (the scheduler's queue, the simulator's pool queue), so the
+replica that goes must be of the service whose new replica is first in line: rolling another
+service's replica hands that service's capacity to the first one, and it stays short until its
+own new replicas' turn comes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accordion.operator.control.desired import WorkerKey, worker_specs
+from accordion.operator.control.loop import ControlLoop, RunningWorker, World
+from accordion.solver import PlanRow, ServicePlan
+
+from .test_loop import NO_DRAIN, Clock, pool, service
+
+
+def _row(svc: str, variant: str, pool_name: str = "gpu") -> PlanRow:
+    return PlanRow(
+        service=svc,
+        variant=variant,
+        pool=pool_name,
+        replicas=1,
+        max_batch_size=1,
+        capacity_qps_per_replica=40.0,
+        capacity_qps=40.0,
+        routed_qps=40.0,
+        accuracy=80.0 if variant == "big" else 70.0,
+    )
+
+
+def _summary(svc: str, demand: float) -> ServicePlan:
+    return ServicePlan(
+        service=svc,
+        demand_qps=demand,
+        served_qps=demand,
+        unserved_qps=0.0,
+        capacity_qps=demand,
+        effective_accuracy=None,
+        floor_met=True,
+    )
+
+
+def _world(running: list[PlanRow], pools: dict[str, int]) -> World:
+    world = World(
+        services={"default/a": service("a"), "default/b": service("b")},
+        pools={name: pool(name, devices=n) for name, n in pools.items()},
+    )
+    for key, spec in worker_specs(running, world.services, world.pools).items():
+        world.workers[key] = RunningWorker(spec, spec.replicas)
+    return world
+
+
+def _key(svc: str, variant: str, pool_name: str = "gpu") -> WorkerKey:
+    return WorkerKey(service=f"default/{svc}", variant=variant, pool=pool_name)
+
+
+def _swap_both(
+    pools: dict[str, int], a_runs: str = "big", b_runs: str = "small"
+) -> tuple[World, dict[WorkerKey, Any]]:
+    """On the full pool gpu, a runs `a_runs` x2 and b `b_runs` x2; the new plan moves one
+    replica of each to the other variant."""
+    a_old, b_old = _row("default/a", a_runs), _row("default/b", b_runs)
+    two = {"replicas": 2, "capacity_qps": 80.0, "routed_qps": 80.0}
+    world = _world([a_old.model_copy(update=two), b_old.model_copy(update=two)], pools)
+    other = {"big": "small", "small": "big"}
+    new = [a_old, _row("default/a", other[a_runs]), b_old, _row("default/b", other[b_runs])]
+    return world, worker_specs(new, world.services, world.pools)
+
+
+def summaries(world: World) -> dict[str, ServicePlan]:
+    """Each service needs all but half a replica of its ready capacity: none goes for free."""
+    out = {}
+    for svc in ("default/a", "default/b"):
+        mine = [w for k, w in world.workers.items() if k.service == svc]
+        ready = sum(w.ready_replicas * w.spec.capacity_qps_per_replica for w in mine)
+        out[svc] = _summary(svc, ready - 0.5 * mine[0].spec.capacity_qps_per_replica)
+    return out
+
+
+def test_the_service_first_in_line_rolls() -> None:
+    """Both services wait for a device of gpu; a's new replica was asked for first (same pass,
+    services in order), so a's old replica goes, not b's less accurate one (the old order)."""
+    world, targets = _swap_both({"gpu": 4})
+    loop = ControlLoop(NO_DRAIN, clock=Clock())
+    assert loop._make_room(world, targets, summaries(world)) == {_key("a", "big"): 1}
+
+
+def test_a_service_keeps_its_place_in_line_across_passes() -> None:
+    """b's new replica has waited since an earlier pass, a's was asked for only now: b rolls,
+    although a's old replica is the less accurate one (the old order's pick)."""
+    world, targets = _swap_both({"gpu": 4}, a_runs="small", b_runs="big")
+    loop = ControlLoop(NO_DRAIN, clock=Clock())
+    # The first pass: only b's plan changed (a keeps its two small replicas).
+    first = {k: s for k, s in targets.items() if k.service == "default/b"}
+    first[_key("a", "small")] = targets[_key("a", "small")].with_replicas(2)
+    assert loop._make_room(world, first, summaries(world)) == {_key("b", "big"): 1}
+    # The next pass (the scheduler has not moved yet): a's new replica joins the line behind.
+    assert loop._make_room(world, targets, summaries(world)) == {_key("b", "big"): 1}
+
+
+def _two_pool_service(name: str) -> Any:
+    profiles = [
+        {"pool": p, "batches": [{"batchSize": 1, "p50Ms": ms}]}
+        for p, ms in (("cpu", 20), ("gpu", 20))
+    ]
+    variants = [
+        {
+            "name": v,
+            "accuracy": acc,
+            "model": {"storageUri": f"/models/{v}.pt"},
+            "profiles": profiles,
+        }
+        for v, acc in (("big", 80), ("small", 70))
+    ]
+    return service(name, variants=variants)
+
+
+def test_the_first_in_line_rolled_elsewhere_this_pass_rolls_here_at_the_next() -> None:
+    """a is first in line in both full pools, cpu and gpu. It rolls in cpu (pools in order), and
+    a service rolls at most one replica a pass: in gpu nobody rolls, since the device would go to
+    a's new replica all the same, at b's cost. At the next pass a rolls in gpu."""
+    running, new = [], []
+    for pool_name in ("cpu", "gpu"):
+        a_old, b_old = _row("default/a", "big", pool_name), _row("default/b", "small", pool_name)
+        two = {"replicas": 2, "capacity_qps": 80.0, "routed_qps": 80.0}
+        running += [a_old.model_copy(update=two), b_old.model_copy(update=two)]
+        new += [
+            a_old,
+            _row("default/a", "small", pool_name),
+            b_old,
+            _row("default/b", "big", pool_name),
+        ]
+    world = World(
+        services={"default/a": _two_pool_service("a"), "default/b": _two_pool_service("b")},
+        pools={"cpu": pool("cpu", devices=4), "gpu": pool("gpu", devices=4)},
+    )
+    for key, spec in worker_specs(running, world.services, world.pools).items():
+        world.workers[key] = RunningWorker(spec, spec.replicas)
+    targets = worker_specs(new, world.services, world.pools)
+    loop = ControlLoop(NO_DRAIN, clock=Clock())
+    assert loop._make_room(world, targets, summaries(world)) == {_key("a", "big", "cpu"): 1}
+    # a's cpu replica has gone, its new one there is ready: at the next pass a rolls in gpu,
+    # and b, now first in cpu's line, rolls there.
+    gone = _key("a", "big", "cpu")
+    world.workers[gone] = RunningWorker(world.workers[gone].spec.with_replicas(1), 1)
+    world.workers[_key("a", "small", "cpu")] = RunningWorker(targets[_key("a", "small", "cpu")], 1)
+    assert loop._make_room(world, targets, summaries(world)) == {
+        _key("a", "big", "gpu"): 1,
+        _key("b", "small", "cpu"): 1,
+    }
