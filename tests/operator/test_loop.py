@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from accordion.operator.api import DevicePool, InferenceService, parse_resource
-from accordion.operator.control.desired import WorkerKey, routing_table, service_routing
+from accordion.operator.control.desired import WorkerKey, WorkerSpec, routing_table, service_routing
 from accordion.operator.control.loop import (
     AppliedRouting,
     ApplyRouting,
@@ -131,6 +131,31 @@ def all_ready(world: World) -> None:
 
 def key(variant: str, svc: str = "svc") -> WorkerKey:
     return WorkerKey(service=f"default/{svc}", variant=variant, pool="gpu")
+
+
+def plan_row(
+    svc: str,
+    variant: str,
+    replicas: int,
+    per_replica: float,
+    routed: float,
+    *,
+    spare: int = 0,
+    pool_name: str = "gpu",
+) -> PlanRow:
+    """A plan row of `service`'s variants (big: accuracy 80, small: 70)."""
+    return PlanRow(
+        service=svc,
+        variant=variant,
+        pool=pool_name,
+        replicas=replicas,
+        spare_replicas=spare,
+        max_batch_size=1,
+        capacity_qps_per_replica=per_replica,
+        capacity_qps=replicas * per_replica,
+        routed_qps=routed,
+        accuracy=80.0 if variant == "big" else 70.0,
+    )
 
 
 def kinds(steps: Sequence[Step]) -> list[str]:
@@ -444,36 +469,15 @@ def test_a_transition_routes_no_weight_to_the_burst_buffer() -> None:
     loop = ControlLoop()
     d = loop.decide(world, DemandView(qps={"default/svc": 150.0}))
     spec = next(iter(d.targets.values()))
-    big = spec.model_copy(
-        update={
-            "key": key("big"),
-            "replicas": 3,
-            "accuracy": 80.0,
-            "capacity_qps_per_replica": 50.0,
-        }
-    )
-    small = spec.model_copy(
-        update={
-            "key": key("small"),
-            "replicas": 1,
-            "accuracy": 70.0,
-            "capacity_qps_per_replica": 200.0,
-        }
-    )
+
+    def group(variant: str, replicas: int, accuracy: float, per: float) -> WorkerSpec:
+        update = {"key": key(variant), "replicas": replicas, "accuracy": accuracy}
+        return spec.model_copy(update=update | {"capacity_qps_per_replica": per})
+
+    big, small = group("big", 3, 80.0, 50.0), group("small", 1, 70.0, 200.0)
 
     def row(variant: str, replicas: int, spare: int, routed: float, per: float) -> PlanRow:
-        return PlanRow(
-            service="default/svc",
-            variant=variant,
-            pool="gpu",
-            replicas=replicas,
-            spare_replicas=spare,
-            max_batch_size=1,
-            capacity_qps_per_replica=per,
-            capacity_qps=replicas * per,
-            routed_qps=routed,
-            accuracy=80.0 if variant == "big" else 70.0,
-        )
+        return plan_row("default/svc", variant, replicas, per, routed, spare=spare)
 
     rows = [row("big", 3, 0, 150.0, 50.0), row("small", 1, 1, 0.0, 200.0)]
     targets = {key("big"): big, key("small"): small}

@@ -16,21 +16,11 @@ from accordion.operator.control.desired import WorkerKey, worker_specs
 from accordion.operator.control.loop import ControlLoop, RunningWorker, World
 from accordion.solver import PlanRow, ServicePlan
 
-from .test_loop import NO_DRAIN, Clock, pool, service
+from .test_loop import NO_DRAIN, Clock, plan_row, pool, service
 
 
 def _row(svc: str, variant: str, pool_name: str = "gpu") -> PlanRow:
-    return PlanRow(
-        service=svc,
-        variant=variant,
-        pool=pool_name,
-        replicas=1,
-        max_batch_size=1,
-        capacity_qps_per_replica=40.0,
-        capacity_qps=40.0,
-        routed_qps=40.0,
-        accuracy=80.0 if variant == "big" else 70.0,
-    )
+    return plan_row(svc, variant, 1, 40.0, 40.0, pool_name=pool_name)
 
 
 def _summary(svc: str, demand: float) -> ServicePlan:
