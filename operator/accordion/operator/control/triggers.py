@@ -9,11 +9,17 @@ before this rule: 14 flips in 82 s at a steady 30 req/s). So each service's plan
 
 where C is the capacity the plan gives the service and h is `Timings.hysteresis`. Below the
 band demand has fallen far enough to be worth releasing devices or moving up in accuracy;
-above it the plan no longer carries the estimate with its headroom (`P(1 + h)` matters only
-when the plan is short, C below the demand: in overload every small rise would re-plan). Inside
-the band the plan stands: a flip back needs the estimate to cross the whole band, which noise
-around a boundary does not. A surge above capacity (`demand.DemandTracker`) moves E at once,
-so a burst leaves the band in the next measurement.
+above it the estimate has risen by h over what the plan was made for, or past what the plan
+carries with its headroom, whichever comes later. So a plan stands while a rise eats into its
+headroom, up to h over its planned estimate: with C about P(1 + headroom), as on a full
+cluster, the service runs up to h short of its headroom before a pass is due (t5 on the 1.5x
+Proteus trace: capacity 49 for an estimate of 46-48 for 20 s). The top at C / (1 + headroom)
+alone re-planned at every small rise and, on a full cluster, swapped models more often: 1.5x
+0.369% -> 0.492% (`bench/proteus/NOTES.md`). In overload, C below the demand, `P(1 + h)` is
+what keeps every small rise from re-planning. Inside the band the plan stands: a flip back
+needs the estimate to cross the whole band, which noise around a boundary does not. A surge
+above capacity (`demand.DemandTracker`) moves E at once, so a burst leaves the band in the next
+measurement.
 
 `ReplanGate.due` tells a driver after each measurement whether some service left its band:
 the driver then runs a pass at once (within `Timings.min_pass_interval_s`), instead of waiting
