@@ -139,7 +139,9 @@ class StagedModel:
         *,
         integer: bool,
         bounds: list[tuple[int, int]] | None = None,
+        node_limit: int | None = None,
     ) -> None:
+        """`node_limit`: nodes each MILP stage may explore (default `polish_nodes`)."""
         self.problem = problem
         self.opts = opts
         self.current = current
@@ -151,7 +153,7 @@ class StagedModel:
         if integer:
             # A stage's deterministic stops (the time limit stays the backstop).
             solver.SetSolverSpecificParametersAsString(
-                f"limits/nodes = {problem.settings.polish_nodes}\n"
+                f"limits/nodes = {node_limit or problem.settings.polish_nodes}\n"
                 f"separating/maxroundsroot = {ROOT_CUT_ROUNDS}\n"
             )
         inf = solver.infinity()
