@@ -215,10 +215,12 @@ class StagedModel:
         hint: Solution | None,
         count: int = len(STAGES),
         served_gap: float | None = None,
+        served_keep: float = 0.0,
     ) -> tuple[Solution, StageResult]:
         """Solve the first `count` stages in order; stop early when one finds nothing in time.
 
-        `served_gap` overrides the relative MIP gap of the first (served) stage.
+        `served_gap` overrides the relative MIP gap of the first (served) stage; `served_keep`:
+        how much (relative) of the served stage's value the later stages may give up.
         """
         terms = [
             self.served_terms(),
@@ -255,7 +257,7 @@ class StagedModel:
                 if i == 1:
                     self.keep_accuracy_per_service(best)
                 else:
-                    self.keep(stage_terms, value, maximize)
+                    self.keep(stage_terms, value, maximize, served_keep if i == 0 else 0.0)
         if best is None:
             best = Solution(n=[0.0] * len(self.opts), r=[0.0] * len(self.opts))
         return best, result
