@@ -164,8 +164,12 @@ def _plan_pools(problem: Problem, start: Start | None) -> Plan:
         ]
         if any(given) and _fits(problem, opts, given):
             candidate, candidate_result = _routed(problem, opts, current, given, deadline)
+            # Only for more served or accuracy: the layout MILP's later stages are relabels
+            # and GPUs, so its replicas may hold an idle extra the planner's own would not.
             if len(candidate_result.values) == len(STAGES) and _better(
-                candidate_result, result, SMALL_GAP
+                StageResult(candidate_result.values[:2], [], []),
+                StageResult(result.values[:2], [], []),
+                SMALL_GAP,
             ):
                 best, result = candidate, candidate_result
                 gap = _gap(lp_result, result)
