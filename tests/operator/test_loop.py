@@ -142,20 +142,23 @@ def plan_row(
     *,
     spare: int = 0,
     pool_name: str = "gpu",
+    **fields: Any,
 ) -> PlanRow:
-    """A plan row of `service`'s variants (big: accuracy 80, small: 70)."""
-    return PlanRow(
-        service=svc,
-        variant=variant,
-        pool=pool_name,
-        replicas=replicas,
-        spare_replicas=spare,
-        max_batch_size=1,
-        capacity_qps_per_replica=per_replica,
-        capacity_qps=replicas * per_replica,
-        routed_qps=routed,
-        accuracy=80.0 if variant == "big" else 70.0,
-    )
+    """A plan row of `service`'s variants (big: accuracy 80, small: 70); `fields` set the
+    row's other fields (or override these)."""
+    row: dict[str, Any] = {
+        "service": svc,
+        "variant": variant,
+        "pool": pool_name,
+        "replicas": replicas,
+        "spare_replicas": spare,
+        "max_batch_size": 1,
+        "capacity_qps_per_replica": per_replica,
+        "capacity_qps": replicas * per_replica,
+        "routed_qps": routed,
+        "accuracy": 80.0 if variant == "big" else 70.0,
+    }
+    return PlanRow(**(row | fields))
 
 
 def kinds(steps: Sequence[Step]) -> list[str]:

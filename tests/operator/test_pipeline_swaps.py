@@ -17,7 +17,7 @@ from accordion.operator.control.swaps import swapped_replicas
 from accordion.solver import Plan, PlanRow, ServicePlan, SolverStats
 from accordion.solver.plan import PlanStage
 
-from .test_loop import NO_DRAIN, Clock, pool, service
+from .test_loop import NO_DRAIN, Clock, plan_row, pool, service
 from .test_pipelines_loop import _service
 
 SVC = "default/svc"
@@ -48,33 +48,23 @@ def _pipeline(
     """`replicas` pipeline replicas of svc's variant big (`qps` each), part a on `first`, b on
     `second`, each stage taking `per_replica` devices of its pool per pipeline replica."""
     a, b = per_replica
-    return PlanRow(
-        service=SVC,
-        variant="big",
-        pool=first,
-        replicas=replicas,
-        max_batch_size=1,
-        capacity_qps_per_replica=qps,
-        capacity_qps=qps * replicas,
-        routed_qps=qps * (replicas - spare),
-        accuracy=80.0,
-        spare_replicas=spare,
+    return plan_row(
+        SVC,
+        "big",
+        replicas,
+        qps,
+        qps * (replicas - spare),
+        spare=spare,
+        pool_name=first,
         pipeline=f"a..a@{first}*{a}>b..b@{second}*{b}",
         stages=[_stage(first, "a", a * replicas, a), _stage(second, "b", b * replicas, b)],
     )
 
 
 def _whole(svc: str, pool_name: str, replicas: int, variant: str = "big") -> PlanRow:
-    return PlanRow(
-        service=svc,
-        variant=variant,
-        pool=pool_name,
-        replicas=replicas,
-        max_batch_size=1,
-        capacity_qps_per_replica=50.0,
-        capacity_qps=50.0 * replicas,
-        routed_qps=50.0 * replicas,
-        accuracy=80.0,
+    """`replicas` whole replicas (50 req/s each, all routed), accuracy 80 for either variant."""
+    return plan_row(
+        svc, variant, replicas, 50.0, 50.0 * replicas, pool_name=pool_name, accuracy=80.0
     )
 
 
