@@ -111,23 +111,12 @@ def repair_deficits(problem: Problem, opts: list[Option], start: list[int]) -> l
                     found = move
         return found
 
-    heap: list[tuple[float, float, int, int, int]] = []
+    # A move changes only its own service's replicas and shortfall: services are repaired
+    # one at a time, each by its cheapest move while it is short.
     for s in by_service:
-        if deficit[s] > 1e-9 and (move := cheapest(s)) is not None:
-            heapq.heappush(heap, (*move, s))
-    while heap:
-        cost, more, add, drop, s = heapq.heappop(heap)
-        if deficit[s] <= 1e-9:
-            continue
-        fresh = cheapest(s)
-        if fresh is None:
-            continue
-        if fresh != (cost, more, add, drop):
-            heapq.heappush(heap, (*fresh, s))
-            continue
-        n[add] += 1
-        n[drop] -= 1
-        deficit[s] -= opts[add].capacity_qps - opts[drop].capacity_qps
-        if deficit[s] > 1e-9 and (move := cheapest(s)) is not None:
-            heapq.heappush(heap, (*move, s))
+        while deficit[s] > 1e-9 and (move := cheapest(s)) is not None:
+            _, _, add, drop = move
+            n[add] += 1
+            n[drop] -= 1
+            deficit[s] -= opts[add].capacity_qps - opts[drop].capacity_qps
     return n
