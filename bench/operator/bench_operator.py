@@ -398,8 +398,10 @@ def settled_objects(n: int, config: Any) -> list[list[Any]]:
     from accordion.operator.control.loop import ControlLoop, DemandView, World
     from accordion.operator.k8s import (
         router_deployment,
+        router_pdb,
         router_service,
         routing_configmap,
+        service_url,
         worker_deployment,
         worker_service,
     )
@@ -430,7 +432,9 @@ def settled_objects(n: int, config: Any) -> list[list[Any]]:
         svc = parse_resource(raw)
         assert isinstance(svc, InferenceService)
         world.services[svc.key] = svc
-    loop, actuator = ControlLoop(), _SettlingActuator(world)
+    # The operator's url_for: the status names the router's Service.
+    loop = ControlLoop(url_for=lambda service: service_url(service, config))
+    actuator = _SettlingActuator(world)
     for _ in range(6):
         if not asyncio.run(loop.reconcile(world, DemandView(), actuator)).decision.steps:
             break
@@ -462,6 +466,7 @@ def settled_objects(n: int, config: Any) -> list[list[Any]]:
         routing = world.routing[key].routing
         for obj in (
             router_deployment(key, uid, config),
+            router_pdb(key, uid),
             router_service(key, uid, config),
             routing_configmap(routing, uid, config, now),
         ):
@@ -478,7 +483,12 @@ def settled_objects(n: int, config: Any) -> list[list[Any]]:
 
 
 def _resource_of(obj: dict[str, Any]) -> str:
-    plural = {"Deployment": "deployments", "Service": "services", "ConfigMap": "configmaps"}
+    plural = {
+        "Deployment": "deployments",
+        "Service": "services",
+        "ConfigMap": "configmaps",
+        "PodDisruptionBudget": "poddisruptionbudgets",
+    }
     return f"{obj['apiVersion']}/{plural[obj['kind']]}"
 
 

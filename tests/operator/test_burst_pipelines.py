@@ -8,7 +8,7 @@ the main plan's second stages held.)"""
 
 from __future__ import annotations
 
-from accordion.operator.control.burst import merge_spare, spare_problem
+from accordion.operator.control.burst import merge_spare, spare_allocation, spare_problem
 from accordion.solver import PoolSpec, Problem, ProfilePoint, ServiceSpec, VariantSpec, plan
 from accordion.solver.problem import StageSpec
 
@@ -57,7 +57,7 @@ def test_pipelines_on_one_first_pool_stay_two_rows_and_hold_their_stages_devices
 
 
 def test_a_spare_pipeline_is_the_spare_plans_running_pipeline_not_a_whole_variant() -> None:
-    """The spare plan avoids moving the spare replicas in force (`previous`): a spare pipeline
+    """The spare plan avoids moving the spare replicas in force (`in_force`): a spare pipeline
     replica is named as that pipeline, not as a whole variant on its first pool (the planner
     keys running replicas by pipeline too)."""
     problem = _problem(1000.0)
@@ -67,7 +67,7 @@ def test_a_spare_pipeline_is_the_spare_plans_running_pipeline_not_a_whole_varian
     previous = main.model_copy(
         update={"rows": [row.model_copy(update={"spare_replicas": 1}), *main.rows[1:]]}
     )
-    spare = spare_problem(problem, main, {"s": 50.0}, previous)
+    spare = spare_problem(problem, main, {"s": 50.0}, spare_allocation(previous))
     assert spare is not None
     assert [(a.variant, a.pool, a.pipeline, a.replicas) for a in spare.current] == [
         ("m", row.pool, row.pipeline, 1)

@@ -18,8 +18,9 @@ their own with no routed load.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
+from accordion.operator.api import InferenceServiceStatus
 from accordion.operator.control.desired import row_devices
 from accordion.solver import (
     Allocation,
@@ -57,11 +58,11 @@ def spare_problem(
     main_problem: Problem,
     main_plan: Plan,
     burst_qps: Mapping[str, float],
-    previous: Plan | None = None,
+    in_force: Sequence[Allocation] = (),
 ) -> Problem | None:
     """The spare plan's problem, or None when no service wants spare capacity or no device
-    is left. `burst_qps`: spare capacity wanted per service (req/s); `previous`: the plan in
-    force, whose spare replicas the planner should avoid moving."""
+    is left. `burst_qps`: spare capacity wanted per service (req/s); `in_force`: the spare
+    replicas that run now (`spare_allocation`), which the planner should avoid moving."""
     # MIG pools: spare replicas go on the slices of the main plan's layouts, which stay.
     main_problem = fixed_layouts(main_problem, main_plan)
     used: dict[str, int] = {}
@@ -95,17 +96,7 @@ def spare_problem(
         return None
     # Only variants that still exist (a spec change may have removed the one that had them).
     wanted = {(s.name, v.name) for s in services for v in s.variants}
-    current = [
-        Allocation(
-            service=r.service,
-            variant=r.variant,
-            pool=r.pool,
-            replicas=r.spare_replicas,
-            pipeline=r.pipeline,  # a spare pipeline is that pipeline, not its first pool's
-        )
-        for r in (previous.rows if previous is not None else [])
-        if r.spare_replicas > 0 and (r.service, r.variant) in wanted
-    ]
+    current = [a for a in in_force if (a.service, a.variant) in wanted]
     return Problem(
         pools=pools,
         services=services,
@@ -156,6 +147,42 @@ def merge_spare(main: Plan, spare: Plan) -> Plan:
             ),
         }
     )
+
+
+def spare_allocation(plan: Plan) -> list[Allocation]:
+    """The spare replicas of a merged plan (a spare pipeline is named as that pipeline, not
+    as a whole variant on its first pool: the planner keys running replicas by pipeline)."""
+    return [
+        Allocation(
+            service=r.service,
+            variant=r.variant,
+            pool=r.pool,
+            replicas=r.spare_replicas,
+            pipeline=r.pipeline,
+        )
+        for r in plan.rows
+        if r.spare_replicas > 0
+    ]
+
+
+def status_spare_allocation(
+    statuses: Iterable[tuple[str, InferenceServiceStatus]],
+) -> list[Allocation]:
+    """The spare replicas that the services' statuses record (`status.plan[].spareReplicas`):
+    after an operator restart, the split of what runs into planned and spare replicas, which
+    the running Deployments do not hold."""
+    return [
+        Allocation(
+            service=service,
+            variant=row.variant,
+            pool=row.pool,
+            replicas=row.spare_replicas,
+            pipeline=row.pipeline,
+        )
+        for service, status in statuses
+        for row in status.plan
+        if row.spare_replicas > 0
+    ]
 
 
 def main_allocation(plan: Plan) -> list[Allocation]:

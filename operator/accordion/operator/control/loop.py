@@ -55,7 +55,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accordion.operator.api import CapacityModelName, DevicePool, InferenceService
-from accordion.operator.control.burst import main_allocation, merge_spare, spare_problem
+from accordion.operator.control.burst import (
+    main_allocation,
+    merge_spare,
+    spare_allocation,
+    spare_problem,
+    status_spare_allocation,
+)
 from accordion.operator.control.burstiness import with_burstiness
 from accordion.operator.control.cost import CostMeter
 from accordion.operator.control.desired import (
@@ -342,7 +348,13 @@ class ControlLoop:
             if self._current_memo is None or self._current_memo[0] is not self.last_plan:
                 self._current_memo = (self.last_plan, main_allocation(self.last_plan))
             return [a for a in self._current_memo[1] if a.service in world.services]
-        return [
+        # At start, what runs less the spare replicas the statuses record (a restart must not
+        # plan the burst buffer's replicas as planned ones, and then spare ones elsewhere).
+        spare = {
+            (a.service, a.variant, a.pool, a.pipeline): a.replicas
+            for a in status_spare_allocation(world.status.items())
+        }
+        running = [
             Allocation(
                 service=k.service,
                 variant=k.variant,
@@ -356,6 +368,16 @@ class ControlLoop:
             and not k.stage  # a pipeline's later stages are part of its first's allocation
             and any(v.name == k.variant for v in world.services[k.service].spec.variants)
         ]
+        main = [
+            a.model_copy(
+                update={
+                    "replicas": a.replicas
+                    - spare.get((a.service, a.variant, a.pool, a.pipeline), 0)
+                }
+            )
+            for a in running
+        ]
+        return [a for a in main if a.replicas > 0]
 
     @staticmethod
     def _same(a: Problem | None, b: Problem) -> bool:
@@ -616,7 +638,12 @@ class ControlLoop:
             fraction = svc.spec.demand.burst.fraction(demand.burst.get(key))
             if fraction > 0:
                 burst[key] = base_demand_qps(svc, estimates) * fraction
-        spare = spare_problem(problem, plan, burst, self.last_plan)
+        in_force = (
+            spare_allocation(self.last_plan)
+            if self.last_plan is not None
+            else status_spare_allocation(world.status.items())  # at start: what runs
+        )
+        spare = spare_problem(problem, plan, burst, in_force)
         if spare is None:
             return plan
         started = time.perf_counter()
