@@ -20,7 +20,7 @@ from .test_loop import Clock, MemoryActuator, all_ready, pool
 POOLS = 5
 
 
-def _service(i: int) -> InferenceService:
+def spread_service(i: int) -> InferenceService:
     """Service i: one variant, profiled on two of the pools (ties between placements)."""
     batches = [{"batchSize": 1, "p50Ms": 12.0}, {"batchSize": 8, "p50Ms": 40.0}]
     profiles = [{"pool": f"p{(i + k) % POOLS}", "batches": batches} for k in (0, 2)]
@@ -49,7 +49,7 @@ def _service(i: int) -> InferenceService:
 
 async def test_a_fresh_loop_over_a_settled_cluster_with_spare_replicas_changes_nothing() -> None:
     clock = Clock()
-    services = [_service(i) for i in range(2 * POOLS)]
+    services = [spread_service(i) for i in range(2 * POOLS)]
     world = World(
         services={s.key: s for s in services},
         pools={f"p{p}": pool(f"p{p}", devices=5) for p in range(POOLS)},

@@ -32,7 +32,7 @@ from accordion.solver import (
     ServicePlan,
     ServiceSpec,
 )
-from accordion.solver.migplan import fixed_layouts
+from accordion.solver.migplan import fixed_layouts, has_mig
 
 SPARE_RELATIVE_GAP = 0.005
 SPARE_POLISH_S = 2.0
@@ -59,27 +59,24 @@ def spare_problem(
     main_plan: Plan,
     burst_qps: Mapping[str, float],
     in_force: Sequence[Allocation] = (),
+    kept: Sequence[PlanRow] = (),
 ) -> Problem | None:
     """The spare plan's problem, or None when no service wants spare capacity or no device
     is left. `burst_qps`: spare capacity wanted per service (req/s); `in_force`: the spare
-    replicas that run now (`spare_allocation`), which the planner should avoid moving."""
+    replicas that run now (`spare_allocation`), which the planner should avoid moving;
+    `kept`: spare rows that stay as they are (`kept_spare`): their devices and services are
+    left out."""
     # MIG pools: spare replicas go on the slices of the main plan's layouts, which stay.
     main_problem = fixed_layouts(main_problem, main_plan)
-    used: dict[str, int] = {}
-    for row in main_plan.rows:
-        for pool, n in row_devices(row):  # a pipeline's: in each of its stages' pools
-            used[pool] = used.get(pool, 0) + n
+    free = _free_devices(main_problem, [*main_plan.rows, *kept])
     pools = [
-        PoolSpec(
-            name=p.name,
-            devices=max(0, p.devices - used.get(p.name, 0)),
-            cost_per_device=p.cost_per_device,
-        )
+        PoolSpec(name=p.name, devices=free[p.name], cost_per_device=p.cost_per_device)
         for p in main_problem.pools
     ]
     if not any(p.devices > 0 for p in pools):
         return None
     services: list[ServiceSpec] = []
+    kept_services = {r.service for r in kept}
     planned: dict[str, int] = {}
     for row in main_plan.rows:
         planned[row.service] = planned.get(row.service, 0) + row.replicas
@@ -88,7 +85,7 @@ def spare_problem(
         # Spare replicas count against maxReplicas; the floor is the main plan's (met there).
         cap = svc.max_replicas
         left = None if cap is None else cap - planned.get(svc.name, 0)
-        if want > 0 and (left is None or left > 0):
+        if want > 0 and (left is None or left > 0) and svc.name not in kept_services:
             services.append(
                 svc.model_copy(update={"demand_qps": want, "min_replicas": 0, "max_replicas": left})
             )
@@ -105,14 +102,92 @@ def spare_problem(
     )
 
 
-def merge_spare(main: Plan, spare: Plan) -> Plan:
-    """The main plan with the spare plan's replicas added as `spare_replicas` (no routed load).
-    Rows are one per pipeline too: two pipelines of a variant may start on the same pool."""
+def _free_devices(problem: Problem, rows: Iterable[PlanRow]) -> dict[str, int]:
+    """Devices per pool that `rows` leave free."""
+    used: dict[str, int] = {}
+    for row in rows:
+        for pool, n in row_devices(row):  # a pipeline's: in each of its stages' pools
+            used[pool] = used.get(pool, 0) + n
+    return {p.name: max(0, p.devices - used.get(p.name, 0)) for p in problem.pools}
+
+
+def kept_spare(
+    main_problem: Problem,
+    main_plan: Plan,
+    burst_qps: Mapping[str, float],
+    previous: Plan | None,
+    previous_problem: Problem | None,
+) -> list[PlanRow]:
+    """The spare rows of the plan in force that stay as they are, as rows of their own.
+
+    A new main plan (a pool change, one service's new demand) leaves most services' spare
+    replicas where they can stay: planning every service's spare replicas again costs a solve
+    of the whole cluster (at 1,000 services 1-6 s, most of a pass) and moves replicas the new
+    plan did not need moved (a spare moved is a model loading again). A service keeps its spare
+    rows when its spec and the settings are as before (the rows' capacity per replica holds),
+    none is a pipeline, they still cover its spare want and not by a whole replica more, they
+    fit in `maxReplicas` beside its new main replicas, and they fit on the devices the new main
+    plan leaves free (services in name order). The others are planned again (`spare_problem`).
+    Not on MIG pools: their slices are the layout's."""
+    if (
+        previous is None
+        or previous_problem is None
+        or previous_problem.settings != main_problem.settings
+        or has_mig(main_problem)
+    ):
+        return []
+    before = {s.name: _sans_demand(s) for s in previous_problem.services}
+    now = {s.name: s for s in main_problem.services}
+    free = _free_devices(main_problem, main_plan.rows)
+    planned: dict[str, int] = {}
+    for row in main_plan.rows:
+        planned[row.service] = planned.get(row.service, 0) + row.replicas
+    spare_rows: dict[str, list[PlanRow]] = {}
+    for row in previous.rows:
+        if row.spare_replicas > 0:
+            spare_rows.setdefault(row.service, []).append(row)
+    kept: list[PlanRow] = []
+    for name in sorted(spare_rows):
+        rows, svc, want = spare_rows[name], now.get(name), burst_qps.get(name, 0.0)
+        if svc is None or before.get(name) != _sans_demand(svc) or any(r.pipeline for r in rows):
+            continue
+        capacity = sum(r.spare_replicas * r.capacity_qps_per_replica for r in rows)
+        smallest = min(r.capacity_qps_per_replica for r in rows)
+        if want <= 0 or capacity < want or capacity - smallest >= want:
+            continue
+        replicas = sum(r.spare_replicas for r in rows)
+        if svc.max_replicas is not None and planned.get(name, 0) + replicas > svc.max_replicas:
+            continue
+        if any(free.get(r.pool, 0) < r.spare_replicas for r in rows):
+            continue
+        for r in rows:
+            free[r.pool] -= r.spare_replicas
+            kept.append(
+                r.model_copy(
+                    update={
+                        "replicas": r.spare_replicas,
+                        "spare_replicas": 0,
+                        "capacity_qps": r.spare_replicas * r.capacity_qps_per_replica,
+                        "routed_qps": 0.0,
+                    }
+                )
+            )
+    return kept
+
+
+def _sans_demand(svc: ServiceSpec) -> ServiceSpec:
+    return svc.model_copy(update={"demand_qps": 0.0})
+
+
+def merge_spare(main: Plan, spare: Plan | None, kept: Sequence[PlanRow] = ()) -> Plan:
+    """The main plan with the spare plan's replicas and the `kept` spare rows added as
+    `spare_replicas` (no routed load). Rows are one per pipeline too: two pipelines of a
+    variant may start on the same pool."""
     rows: dict[tuple[str, str, str, str], PlanRow] = {
         (r.service, r.variant, r.pool, r.pipeline or ""): r for r in main.rows
     }
     spare_capacity: dict[str, float] = {}
-    for r in spare.rows:
+    for r in [*(spare.rows if spare is not None else []), *kept]:
         if r.replicas <= 0:
             continue
         key = (r.service, r.variant, r.pool, r.pipeline or "")
@@ -143,7 +218,10 @@ def merge_spare(main: Plan, spare: Plan) -> Plan:
             "rows": [rows[k] for k in sorted(rows)],
             "services": services,
             "stats": main.stats.model_copy(
-                update={"solve_time_s": main.stats.solve_time_s + spare.stats.solve_time_s}
+                update={
+                    "solve_time_s": main.stats.solve_time_s
+                    + (spare.stats.solve_time_s if spare is not None else 0.0)
+                }
             ),
         }
     )

@@ -56,6 +56,7 @@ from typing import Any
 
 from accordion.operator.api import CapacityModelName, DevicePool, InferenceService
 from accordion.operator.control.burst import (
+    kept_spare,
     main_allocation,
     merge_spare,
     spare_allocation,
@@ -643,18 +644,20 @@ class ControlLoop:
             if self.last_plan is not None
             else status_spare_allocation(world.status.items())  # at start: what runs
         )
-        spare = spare_problem(problem, plan, burst, in_force)
+        kept = kept_spare(problem, plan, burst, self.last_plan, self.last_problem)
+        spare = spare_problem(problem, plan, burst, in_force, kept)
         if spare is None:
-            return plan
+            self.spare_time_s = 0.0
+            return merge_spare(plan, None, kept) if kept else plan
         started = time.perf_counter()
         try:
             spare_plan = self._call_planner(spare)
         except PlanningError as exc:
             log.warning("no spare replicas this time: %s", exc)
-            return plan
+            return merge_spare(plan, None, kept)
         finally:
             self.spare_time_s = time.perf_counter() - started
-        return merge_spare(plan, spare_plan)
+        return merge_spare(plan, spare_plan, kept)
 
     def _fail(self, problem: Problem, message: str) -> None:
         self.last_error, self._failed_problem = message, problem
