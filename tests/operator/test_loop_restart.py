@@ -20,10 +20,10 @@ from .test_loop import Clock, MemoryActuator, all_ready, pool
 POOLS = 5
 
 
-def spread_service(i: int) -> InferenceService:
-    """Service i: one variant, profiled on two of the pools (ties between placements)."""
+def spread_service(i: int, profiled: int = 2) -> InferenceService:
+    """Service i: one variant, profiled on `profiled` of the pools (ties between placements)."""
     batches = [{"batchSize": 1, "p50Ms": 12.0}, {"batchSize": 8, "p50Ms": 40.0}]
-    profiles = [{"pool": f"p{(i + k) % POOLS}", "batches": batches} for k in (0, 2)]
+    profiles = [{"pool": f"p{(i + k) % POOLS}", "batches": batches} for k in range(0, 2 * profiled, 2)]
     obj: dict[str, Any] = {
         "apiVersion": "accordion.dev/v1alpha1",
         "kind": "InferenceService",

@@ -33,6 +33,7 @@ from accordion.solver import (
     ServiceSpec,
 )
 from accordion.solver.migplan import fixed_layouts, has_mig
+from accordion.solver.planner import FULL_MILP_MAX_OPTIONS
 
 SPARE_RELATIVE_GAP = 0.005
 SPARE_POLISH_S = 2.0
@@ -42,6 +43,15 @@ the limit in their root node, so which spare a pass got turned on the machine's 
 (a third of a second per stage) 2 of 152 zipf-p50 spare plans still stopped on the clock
 before their 100 nodes (90 nodes in 0.33 s), on a slower VM. At 2.0 s, the main plan's, they
 end on their own work."""
+
+
+KEEP_MIN_OPTIONS = FULL_MILP_MAX_OPTIONS
+"""Spare rows are kept across main plans (`kept_spare`) only on problems of more options than
+this, the planner's large problems: there a spare plan of every service costs seconds (1,000
+services: 1.3 s on a spec change, 6.5 s on a pool change). On the Proteus traces (about 150
+options, a spare plan in tens of ms) keeping them cost violations: zipf-p50 0.062% -> 0.132%,
+bursty 1.836% -> 2.118%, since a spare plan of every service moves spares to where the new
+main plan and the wants put them best."""
 
 
 def spare_settings(main: PlannerSettings) -> PlannerSettings:
@@ -128,12 +138,14 @@ def kept_spare(
     none is a pipeline, they still cover its spare want and not by a whole replica more, they
     fit in `maxReplicas` beside its new main replicas, and they fit on the devices the new main
     plan leaves free (services in name order). The others are planned again (`spare_problem`).
-    Not on MIG pools: their slices are the layout's."""
+    Not on MIG pools (their slices are the layout's), and not on a problem of up to
+    `KEEP_MIN_OPTIONS` options, where a spare plan of every service is cheap and better."""
     if (
         previous is None
         or previous_problem is None
         or previous_problem.settings != main_problem.settings
         or has_mig(main_problem)
+        or _options(main_problem) <= KEEP_MIN_OPTIONS
     ):
         return []
     before = {s.name: _sans_demand(s) for s in previous_problem.services}
@@ -173,6 +185,12 @@ def kept_spare(
                 )
             )
     return kept
+
+
+def _options(problem: Problem) -> int:
+    """(variant, pool) pairs the problem's services are profiled on: the planner's options,
+    pipelines left out."""
+    return sum(len(v.profiles) for s in problem.services for v in s.variants)
 
 
 def _sans_demand(svc: ServiceSpec) -> ServiceSpec:
