@@ -405,7 +405,7 @@ def settled_objects(n: int, config: Any) -> list[list[Any]]:
         worker_deployment,
         worker_service,
     )
-    from accordion.operator.pools import pool_capacity
+    from accordion.operator.pools import cpu_condition, pool_capacity
     from tests.operator.conftest import device_pool
 
     devices = max(4, (n * 3) // POOLS)
@@ -452,6 +452,7 @@ def settled_objects(n: int, config: Any) -> list[list[Any]]:
         if config.watch_nodes:
             pool = world.pools[raw["metadata"]["name"]]
             capacity = pool_capacity(pool, nodes).status(used.get(pool.metadata.name, 0), 1)
+            capacity.conditions.append(cpu_condition(pool, 1))  # as `pool_statuses` writes it
             raw["status"] = capacity.model_dump(mode="json", by_alias=True, exclude_none=True)
             for cond in raw["status"].get("conditions") or []:
                 cond["lastTransitionTime"] = stamp
