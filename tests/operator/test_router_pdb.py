@@ -2,8 +2,8 @@
 
 Against the emulator (see conftest.py): the budget is created next to the router Deployment,
 selects exactly the router's pods, is owned by the InferenceService, and is deleted when the
-service is (the emulator collects no garbage, so this is the operator's own delete). An
-operator restart finds it already there (409) and writes nothing else.
+service is (the emulator collects no garbage, so this is the operator's own delete). A
+restarted operator lists the budgets rather than creating each again.
 """
 
 from __future__ import annotations
@@ -40,3 +40,36 @@ def test_router_budget_follows_the_service(cluster: Cluster, operator: Operator)
 
     cluster.delete(ns, "svc")
     wait_for("the budget removed with the service", lambda: not budgets(cluster, ns))
+
+
+def test_a_restarted_operator_lists_the_budgets_instead_of_creating_them(
+    cluster: Cluster, operator: Operator
+) -> None:
+    """The budgets are not watched: a restarted operator lists them once, at the first routing
+    it applies, instead of POSTing every service's again (a 409 each, one write per service)."""
+    ns, pool = "pdb-restart", "pool-pdb-restart"
+    cluster.create_pool(pool, 2)
+    cluster.create(isvc("svc", ns, pool, 10.0))
+    wait_for("the router's PodDisruptionBudget", lambda: budgets(cluster, ns))
+    operator.stop()
+    emulator = cluster.emulator.emulator
+    assert emulator is not None
+    since = len(emulator.log)
+    operator.start()
+    # A new plan for this service (more demand, another worker): its routing is applied, the
+    # router's objects with it.
+    cluster.patch(ns, "svc", {"spec": {"demand": {"qps": 150.0}}})
+    listed = ("GET", "/apis/policy/v1/poddisruptionbudgets")
+
+    def posted() -> list[tuple[str, str]]:
+        return [
+            e for e in emulator.log[since:] if e[0] == "POST" and "poddisruptionbudgets" in e[1]
+        ]
+
+    def applied() -> bool:
+        cluster.mark_ready(ns)  # the new routing waits for the new replica
+        return listed in emulator.log[since:] or bool(posted())
+
+    wait_for("the routing applied", applied, timeout_s=60)
+    assert listed in emulator.log[since:]
+    assert posted() == []

@@ -41,6 +41,7 @@ from accordion.operator.control.loop import (
 )
 from accordion.operator.k8s import (
     ANNOTATION_APPLIED_AT,
+    ROUTER_APP_NAME,
     ROUTING_FILE,
     Manifest,
     router_deployment,
@@ -185,6 +186,8 @@ class KubernetesActuator:
         self.policy: Any = k8s.PolicyV1Api(api_client)
         self.custom: Any = k8s.CustomObjectsApi(api_client)
         self.stats = ApiStats()
+        self._pdb_lock = asyncio.Lock()
+        self._pdbs_listed = False
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -273,8 +276,16 @@ class KubernetesActuator:
 
     async def _pdb(self, desired: Manifest) -> None:
         """A router's PodDisruptionBudget: created once, never changed (its spec is constant).
-        It is not watched, so after a restart the cache lacks it: a 409 means it is there."""
+        It is not watched: the routers' budgets are listed once, at the first one wanted
+        (`_list_pdbs`), so a restarted operator does not POST one per service; one made since
+        by someone else answers 409, which means it is there."""
         ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+        if self.cache.get("PodDisruptionBudget", ns, name) is not None:
+            return
+        async with self._pdb_lock:
+            if not self._pdbs_listed:
+                self._pdbs_listed = True
+                await self._list_pdbs()
         if self.cache.get("PodDisruptionBudget", ns, name) is not None:
             return
         try:
@@ -288,6 +299,23 @@ class KubernetesActuator:
             if exc.status != 409:
                 raise
         self.cache.put("PodDisruptionBudget", desired)
+
+    async def _list_pdbs(self) -> None:
+        """Cache the routers' PodDisruptionBudgets in every namespace (one list call, not
+        counted as a write). Where the operator may not list them (RBAC of an older chart),
+        each budget is created on its service's first routing, as before."""
+        selector = f"app.kubernetes.io/name={ROUTER_APP_NAME}"
+        try:
+            resp = await asyncio.to_thread(
+                lambda: self.policy.list_pod_disruption_budget_for_all_namespaces(
+                    label_selector=selector, _preload_content=False
+                )
+            )
+        except ApiException as exc:
+            log.info("cannot list PodDisruptionBudgets (%s): creating each as needed", exc.status)
+            return
+        for item in self._body(resp).get("items") or []:
+            self.cache.put("PodDisruptionBudget", item)
 
     async def _configmap(self, desired: Manifest) -> None:
         ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]

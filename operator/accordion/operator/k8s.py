@@ -160,9 +160,13 @@ def worker_labels(key: WorkerKey) -> dict[str, str]:
     }
 
 
+ROUTER_APP_NAME = "accordion-router"
+"""`app.kubernetes.io/name` of every router's objects."""
+
+
 def router_labels(service_name: str) -> dict[str, str]:
     return {
-        "app.kubernetes.io/name": "accordion-router",
+        "app.kubernetes.io/name": ROUTER_APP_NAME,
         "app.kubernetes.io/instance": router_name(service_name),
         "app.kubernetes.io/component": COMPONENT_ROUTER,
         "app.kubernetes.io/part-of": "accordion",
