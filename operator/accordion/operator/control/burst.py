@@ -13,7 +13,8 @@ the main plan uses, each service's demand its estimate times its burst fraction
 (`spec.demand.burst`, learned or fixed), and a looser optimality goal (a buffer needs no 0.1%
 optimality; at scale polishing it would double the planning time). Its rows are merged into the
 main plan's as `spare_replicas` of the same (variant, pool) worker groups, or as groups of
-their own with no routed load.
+their own with no routed load. On large problems a new main plan keeps the spare rows that can
+stay, and the spare plan places only the others (`kept_spare`).
 """
 
 from __future__ import annotations
