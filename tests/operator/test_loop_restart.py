@@ -23,7 +23,9 @@ POOLS = 5
 def spread_service(i: int, profiled: int = 2) -> InferenceService:
     """Service i: one variant, profiled on `profiled` of the pools (ties between placements)."""
     batches = [{"batchSize": 1, "p50Ms": 12.0}, {"batchSize": 8, "p50Ms": 40.0}]
-    profiles = [{"pool": f"p{(i + k) % POOLS}", "batches": batches} for k in range(0, 2 * profiled, 2)]
+    profiles = [
+        {"pool": f"p{(i + k) % POOLS}", "batches": batches} for k in range(0, 2 * profiled, 2)
+    ]
     obj: dict[str, Any] = {
         "apiVersion": "accordion.dev/v1alpha1",
         "kind": "InferenceService",
