@@ -329,3 +329,40 @@ def test_the_polish_window_holds_the_lp_counts_and_the_incumbent() -> None:
     from accordion.solver.planner import window
 
     assert window([2.4, 0.0, 7.0], [2.0, 5.0, 1.0]) == [(1, 4), (0, 5), (1, 8)]
+
+
+def test_routing_over_the_options_with_replicas_is_the_full_routing() -> None:
+    """`_routed` builds its LP over the options given replicas only; its stage values and its
+    solution are those of the LP over every option (bounded to zero where none are given),
+    running replicas of the options left out counted as removed in the change stage."""
+    from accordion.solver.planner import _current_by_option, _routed
+
+    services = [_service(f"s{i}", 30.0 * i + 20, priority=1 + i % 2) for i in range(5)]
+    pools = {"gpu": (6, 1.0)}
+    running = [
+        Allocation(service="s0", variant="large", pool="gpu", replicas=2),
+        Allocation(service="s3", variant="small", pool="gpu", replicas=1),
+    ]
+    problem = _problem(services, pools, running)
+    opts, _ = options(problem)
+    current, _ = _current_by_option(problem, opts)
+    given = [0] * len(opts)
+    for k, o in enumerate(opts):
+        if o.variant == "small" and problem.services[o.service].name != "s3":
+            given[k] = 1  # s3's running small replica is left out: removed
+    assert sum(given) == 4
+    deadline = time.perf_counter() + 10
+    sub, sub_result = _routed(problem, opts, current, given, deadline)
+    full_model = StagedModel(problem, opts, current, integer=False, bounds=[(0, v) for v in given])
+    full, full_result = full_model.run_stages(deadline, None)
+    assert sub_result.values == pytest.approx(full_result.values, rel=1e-6, abs=1e-6)
+    assert sub_result.values[-1] >= 3  # s0's two large and s3's small replica removed
+    assert sub.r == pytest.approx(full.r, abs=1e-6)
+    assert all(n == 0 for n, g in zip(sub.n, given, strict=True) if g == 0)
+    # No replica at all: scored as the full model scores it (every demand unserved), not as
+    # a model without options (every stage 0).
+    zero = [0] * len(opts)
+    _, none_result = _routed(problem, opts, current, zero, deadline)
+    empty = StagedModel(problem, opts, current, integer=False, bounds=[(0, 0)] * len(opts))
+    assert none_result.values == pytest.approx(empty.run_stages(deadline, None)[1].values)
+    assert none_result.values[0] < 0
