@@ -19,7 +19,7 @@ stay, and the spare plan places only the others (`kept_spare`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from accordion.operator.api import InferenceServiceStatus
 from accordion.operator.control.desired import row_devices
@@ -88,9 +88,7 @@ def spare_problem(
         return None
     services: list[ServiceSpec] = []
     kept_services = {r.service for r in kept}
-    planned: dict[str, int] = {}
-    for row in main_plan.rows:
-        planned[row.service] = planned.get(row.service, 0) + row.replicas
+    planned = _replicas_by_service(main_plan)
     for svc in main_problem.services:
         want = burst_qps.get(svc.name, 0.0)
         # Spare replicas count against maxReplicas; the floor is the main plan's (met there).
@@ -111,6 +109,14 @@ def spare_problem(
         current=current,
         settings=spare_settings(main_problem.settings),
     )
+
+
+def _replicas_by_service(plan: Plan) -> dict[str, int]:
+    """Replicas per service in `plan` (its rows' replicas, spare ones included)."""
+    planned: dict[str, int] = {}
+    for row in plan.rows:
+        planned[row.service] = planned.get(row.service, 0) + row.replicas
+    return planned
 
 
 def _free_devices(problem: Problem, rows: Iterable[PlanRow]) -> dict[str, int]:
@@ -152,9 +158,7 @@ def kept_spare(
     before = {s.name: _sans_demand(s) for s in previous_problem.services}
     now = {s.name: s for s in main_problem.services}
     free = _free_devices(main_problem, main_plan.rows)
-    planned: dict[str, int] = {}
-    for row in main_plan.rows:
-        planned[row.service] = planned.get(row.service, 0) + row.replicas
+    planned = _replicas_by_service(main_plan)
     spare_rows: dict[str, list[PlanRow]] = {}
     for row in previous.rows:
         if row.spare_replicas > 0:
@@ -249,17 +253,7 @@ def merge_spare(main: Plan, spare: Plan | None, kept: Sequence[PlanRow] = ()) ->
 def spare_allocation(plan: Plan) -> list[Allocation]:
     """The spare replicas of a merged plan (a spare pipeline is named as that pipeline, not
     as a whole variant on its first pool: the planner keys running replicas by pipeline)."""
-    return [
-        Allocation(
-            service=r.service,
-            variant=r.variant,
-            pool=r.pool,
-            replicas=r.spare_replicas,
-            pipeline=r.pipeline,
-        )
-        for r in plan.rows
-        if r.spare_replicas > 0
-    ]
+    return _allocation(plan, lambda r: r.spare_replicas)
 
 
 def status_spare_allocation(
@@ -284,14 +278,15 @@ def status_spare_allocation(
 
 def main_allocation(plan: Plan) -> list[Allocation]:
     """The main plan's replicas of a merged plan (spare replicas left out)."""
+    return _allocation(plan, lambda r: r.replicas - r.spare_replicas)
+
+
+def _allocation(plan: Plan, replicas: Callable[[PlanRow], int]) -> list[Allocation]:
+    """The rows of `plan` as allocations of `replicas(row)` replicas each, where above 0."""
     return [
         Allocation(
-            service=r.service,
-            variant=r.variant,
-            pool=r.pool,
-            replicas=r.replicas - r.spare_replicas,
-            pipeline=r.pipeline,
+            service=r.service, variant=r.variant, pool=r.pool, replicas=n, pipeline=r.pipeline
         )
         for r in plan.rows
-        if r.replicas - r.spare_replicas > 0
+        if (n := replicas(r)) > 0
     ]

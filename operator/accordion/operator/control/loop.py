@@ -369,16 +369,11 @@ class ControlLoop:
             and not k.stage  # a pipeline's later stages are part of its first's allocation
             and any(v.name == k.variant for v in world.services[k.service].spec.variants)
         ]
-        main = [
-            a.model_copy(
-                update={
-                    "replicas": a.replicas
-                    - spare.get((a.service, a.variant, a.pool, a.pipeline), 0)
-                }
-            )
+        return [
+            a.model_copy(update={"replicas": n})
             for a in running
+            if (n := a.replicas - spare.get((a.service, a.variant, a.pool, a.pipeline), 0)) > 0
         ]
-        return [a for a in main if a.replicas > 0]
 
     @staticmethod
     def _same(a: Problem | None, b: Problem) -> bool:
@@ -646,15 +641,20 @@ class ControlLoop:
         )
         kept = kept_spare(problem, plan, burst, self.last_plan, self.last_problem)
         spare = spare_problem(problem, plan, burst, in_force, kept)
+
+        def without_spare_plan() -> Plan:
+            """The kept spare rows alone (the plan as it is when none is kept)."""
+            return merge_spare(plan, None, kept) if kept else plan
+
         if spare is None:
             self.spare_time_s = 0.0
-            return merge_spare(plan, None, kept) if kept else plan
+            return without_spare_plan()
         started = time.perf_counter()
         try:
             spare_plan = self._call_planner(spare)
         except PlanningError as exc:
             log.warning("no spare replicas this time: %s", exc)
-            return merge_spare(plan, None, kept)
+            return without_spare_plan()
         finally:
             self.spare_time_s = time.perf_counter() - started
         return merge_spare(plan, spare_plan, kept)
