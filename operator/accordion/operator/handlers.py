@@ -614,12 +614,15 @@ class Driver:
         self.last_result = result
         if result.decision.planned:
             log.info(
-                "planned %d services in %.3f s; decided in %.3f s; %d steps, %d failed",
+                "planned %d services in %.3f s; decided in %.3f s; %d steps, %d failed%s",
                 len(result.decision.routing),
                 self.loop.plan_time_s,
                 self.loop.decide_time_s,
                 len(result.decision.steps),
                 len(result.failed),
+                ""
+                if self.loop.partial_services is None
+                else f" (a partial plan: {self.loop.partial_services} planned again)",
             )
         if result.decision.planned or len(result.applied) > 100:
             memory.trim()  # a big pass frees tens of MB; give them back (see `memory`)

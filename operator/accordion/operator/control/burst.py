@@ -152,7 +152,7 @@ def kept_spare(
         or previous_problem is None
         or previous_problem.settings != main_problem.settings
         or has_mig(main_problem)
-        or _options(main_problem) <= KEEP_MIN_OPTIONS
+        or problem_options(main_problem) <= KEEP_MIN_OPTIONS
     ):
         return []
     before = {s.name: _sans_demand(s) for s in previous_problem.services}
@@ -192,7 +192,7 @@ def kept_spare(
     return kept
 
 
-def _options(problem: Problem) -> int:
+def problem_options(problem: Problem) -> int:
     """(variant, pool) pairs the problem's services are profiled on: the planner's options,
     pipelines left out."""
     return sum(len(v.profiles) for s in problem.services for v in s.variants)

@@ -81,6 +81,7 @@ from accordion.operator.control.idle import (
     idle_problem,
     standby_routing,
 )
+from accordion.operator.control.partial import merge_partial, partial_problem
 from accordion.operator.control.runner import run_steps
 from accordion.operator.control.status import (
     invalid_status,
@@ -318,6 +319,8 @@ class ControlLoop:
         """The plan that was in force before `last_plan` (what runs may still be its)."""
         self.spare_time_s: float = 0.0
         """Wall time of the last spare-plan call."""
+        self.partial_services: int | None = None
+        """Services the last new plan planned when it was a partial one (`partial`), else None."""
         self._spec_memo: ServiceMemo = {}
         self._targets_memo: dict[str, tuple[Any, dict[WorkerKey, WorkerSpec]]] = {}
         self._line: dict[WorkerKey, tuple[int, int]] = {}
@@ -581,7 +584,20 @@ class ControlLoop:
         """The whole cluster's plan. When it is short for some services, they are planned
         again without their headroom and utilization margin (in overload, headroom and margin
         are devices taken from demand that is there). Services that are served in full keep
-        theirs: one tenant's overload never rewrites another's workers."""
+        theirs: one tenant's overload never rewrites another's workers. On large problems a
+        pass that changed few services plans only those, when that serves them (`partial`)."""
+        partial = (
+            None
+            if self.swap_gate.waiting_since
+            else partial_problem(problem, self.last_plan, self.last_problem)
+        )
+        if partial is not None:
+            sub = self._call_planner(partial.problem)
+            if not _short(sub):
+                self.overload = False
+                self.partial_services = len(partial.problem.services)
+                return merge_partial(partial, sub)
+        self.partial_services = None
         plan = self._call_planner(problem)
         short = _short(plan)
         self.overload = bool(short)
