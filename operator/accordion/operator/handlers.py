@@ -626,6 +626,7 @@ class Driver:
             )
         if result.decision.planned or len(result.applied) > 100:
             memory.trim()  # a big pass frees tens of MB; give them back (see `memory`)
+        memory.freeze()  # once: what the first pass leaves is long-lived (see `memory`)
         for step, exc in result.failed:
             log.warning("%s failed: %s", type(step).__name__, exc)
         for warning in result.decision.warnings:

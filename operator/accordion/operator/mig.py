@@ -458,9 +458,8 @@ def cap_replicas(
     slices of its sub-pool that exist, shared in key order. Keys on plain pools are left out."""
     left = dict(slices)
     out: dict[Any, int] = {}
-    for key, (pool, replicas) in sorted(wanted.items(), key=lambda kv: str(kv[0])):
-        if pool not in left:
-            continue
+    on_slices = [kv for kv in wanted.items() if kv[1][0] in left]
+    for key, (pool, replicas) in sorted(on_slices, key=lambda kv: str(kv[0])):
         out[key] = min(replicas, left[pool])
         left[pool] -= out[key]
     return out

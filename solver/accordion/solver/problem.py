@@ -8,6 +8,7 @@ at fault instead of deep inside the solver.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -285,12 +286,10 @@ class Problem(_Frozen):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Problem:
-        pool_names = [p.name for p in self.pools]
-        dups = sorted({n for n in pool_names if pool_names.count(n) > 1})
+        dups = sorted(n for n, k in Counter(p.name for p in self.pools).items() if k > 1)
         if dups:
             raise ValueError(f"pools: duplicate pool names {dups}")
-        svc_names = [s.name for s in self.services]
-        dups = sorted({n for n in svc_names if svc_names.count(n) > 1})
+        dups = sorted(n for n, k in Counter(s.name for s in self.services).items() if k > 1)
         if dups:
             raise ValueError(f"services: duplicate service names {dups}")
         # A MIG pool is used through its slice sub-pools only (`mig.slice_pool`).
