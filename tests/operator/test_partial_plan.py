@@ -14,7 +14,7 @@ from accordion.operator.control.partial import partial_problem
 from accordion.solver import Plan, Problem
 from accordion.solver.planner import plan
 
-from .test_loop import Clock, MemoryActuator, all_ready, pool
+from .test_spare_kept import settled
 
 SERVICES = 110
 POOLS = 5
@@ -78,28 +78,8 @@ def _accuracy(p: Plan | None) -> float:
     return sum(s.served_qps * (s.effective_accuracy or 0.0) for s in p.services) / served
 
 
-async def _settled(devices: int = 50) -> tuple[World, ControlLoop, list[Problem]]:
-    calls: list[Problem] = []
-
-    def planner(problem: Problem) -> Plan:
-        calls.append(problem)
-        return plan(problem)
-
-    clock = Clock()
-    world = World(
-        services={s.key: s for s in (service(i) for i in range(SERVICES))},
-        pools={f"p{p}": pool(f"p{p}", devices=devices) for p in range(POOLS)},
-    )
-    loop = ControlLoop(planner=planner, clock=clock)
-    act = MemoryActuator(world, clock)
-    for _ in range(6):
-        await loop.reconcile(world, DemandView(), act)
-        all_ready(world)
-        clock.t += 60.0
-    idle = loop.decide(world, DemandView()).steps
-    assert [s for s in idle if s.phase != "status"] == [], "not settled"
-    calls.clear()
-    return world, loop, calls
+async def _settled() -> tuple[World, ControlLoop, list[Problem]]:
+    return await settled([service(i) for i in range(SERVICES)], POOLS, devices=50)
 
 
 def _resize(world: World, name: str, devices: int) -> None:

@@ -5,6 +5,7 @@ On large problems only (`KEEP_MIN_OPTIONS`): here 110 services profiled on 4 poo
 
 from __future__ import annotations
 
+from accordion.operator.api import InferenceService
 from accordion.operator.control.burst import spare_allocation
 from accordion.operator.control.loop import ControlLoop, DemandView, World
 from accordion.solver import Plan, Problem
@@ -24,7 +25,11 @@ def _spares(p: Plan | None) -> dict[str, list[tuple[str, str, int]]]:
     return out
 
 
-async def _settled() -> tuple[World, ControlLoop, list[Problem]]:
+async def settled(
+    services: list[InferenceService], pools: int, devices: int
+) -> tuple[World, ControlLoop, list[Problem]]:
+    """A cluster of `services` on `pools` pools of `devices` each, settled by a loop whose
+    planner calls are recorded from then on (the list it returns)."""
     calls: list[Problem] = []
 
     def planner(problem: Problem) -> Plan:
@@ -33,8 +38,8 @@ async def _settled() -> tuple[World, ControlLoop, list[Problem]]:
 
     clock = Clock()
     world = World(
-        services={s.key: s for s in (spread_service(i, 4) for i in range(SERVICES))},
-        pools={f"p{p}": pool(f"p{p}", devices=60) for p in range(POOLS)},
+        services={s.key: s for s in services},
+        pools={f"p{p}": pool(f"p{p}", devices=devices) for p in range(pools)},
     )
     loop = ControlLoop(planner=planner, clock=clock)
     act = MemoryActuator(world, clock)
@@ -42,8 +47,17 @@ async def _settled() -> tuple[World, ControlLoop, list[Problem]]:
         await loop.reconcile(world, DemandView(), act)
         all_ready(world)
         clock.t += 60.0
-    assert len(_spares(loop.last_plan)) >= SERVICES // 2, "the case needs a burst buffer"
+    idle = loop.decide(world, DemandView()).steps
+    assert [s for s in idle if s.phase != "status"] == [], "not settled"
     calls.clear()
+    return world, loop, calls
+
+
+async def _settled() -> tuple[World, ControlLoop, list[Problem]]:
+    world, loop, calls = await settled(
+        [spread_service(i, 4) for i in range(SERVICES)], POOLS, devices=60
+    )
+    assert len(_spares(loop.last_plan)) >= SERVICES // 2, "the case needs a burst buffer"
     return world, loop, calls
 
 
