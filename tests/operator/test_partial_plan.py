@@ -185,3 +185,24 @@ async def test_when_the_whole_cluster_is_planned() -> None:
     small_before = problem.model_copy(update={"services": problem.services[:3]})
     assert problem_options(small) <= KEEP_MIN_OPTIONS
     assert partial_problem(small, last, small_before) is None
+
+
+async def test_a_partial_plan_that_fails_gives_way_to_a_plan_of_everyone() -> None:
+    world, loop, calls = await _settled()
+    whole = loop.planner
+
+    def planner(problem: Problem) -> Plan:
+        if len(problem.services) < SERVICES:
+            raise RuntimeError("the partial solve broke")
+        return whole(problem)
+
+    loop.planner = planner
+    key = "default/s7"
+    changed = world.services[key].model_copy(deep=True)
+    changed.spec.demand.qps = (changed.spec.demand.qps or 0) * 2
+    world.services[key] = changed
+    decision = loop.decide(world, DemandView())
+    assert decision.planned
+    assert loop.last_error is None
+    assert loop.partial_services is None
+    assert len(calls[0].services) == SERVICES

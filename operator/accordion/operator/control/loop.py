@@ -592,8 +592,11 @@ class ControlLoop:
             else partial_problem(problem, self.last_plan, self.last_problem)
         )
         if partial is not None:
-            sub = self._call_planner(partial.problem)
-            if not _short(sub):
+            try:
+                sub: Plan | None = self._call_planner(partial.problem)
+            except PlanningError:
+                sub = None  # the whole cluster's plan below says whether it fails too
+            if sub is not None and not _short(sub):
                 self.overload = False
                 self.partial_services = len(partial.problem.services)
                 return merge_partial(partial, sub)

@@ -13,8 +13,8 @@ as for `burst.kept_spare`) a new plan keeps the plan in force for every service 
 and plans only the others (new, changed, short, displaced) on the devices the kept rows
 leave (`Partial.problem`). The whole cluster is planned as before when
 
-* that partial plan cannot serve its services in full (a plan of everyone may move others
-  to make room, or find the overload's fair shares),
+* that partial plan fails, or cannot serve its services in full (a plan of everyone may
+  move others to make room, or find the overload's fair shares),
 * the cluster gained capacity (a pool grew or appeared, a service went): a plan of everyone
   could use it for accuracy,
 * pools changed otherwise (cost, kind), the planner settings changed, a pool is a MIG pool
