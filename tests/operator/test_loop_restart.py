@@ -26,21 +26,30 @@ def spread_service(i: int, profiled: int = 2) -> InferenceService:
     profiles = [
         {"pool": f"p{(i + k) % POOLS}", "batches": batches} for k in range(0, 2 * profiled, 2)
     ]
+    return static_service(i, 50.0 + (i * 37) % 200, [("big", 80, profiles)])
+
+
+def static_service(
+    i: int, qps: float, variants: list[tuple[str, int, list[dict[str, Any]]]]
+) -> InferenceService:
+    """Service `s{i}` with a static demand of `qps` (the default 10% headroom and burst
+    buffer: spare replicas on what the plan leaves idle) and `variants` (name, accuracy,
+    profiles)."""
     obj: dict[str, Any] = {
         "apiVersion": "accordion.dev/v1alpha1",
         "kind": "InferenceService",
         "metadata": {"name": f"s{i}", "namespace": "default", "uid": f"u{i}", "generation": 1},
         "spec": {
             "slo": {"latencyMs": 200},
-            # The default burst buffer: spare replicas on what the plan leaves idle.
-            "demand": {"source": "Static", "qps": 50.0 + (i * 37) % 200, "headroom": 0.1},
+            "demand": {"source": "Static", "qps": qps, "headroom": 0.1},
             "variants": [
                 {
-                    "name": "big",
-                    "accuracy": 80,
-                    "model": {"storageUri": "/models/big.pt"},
+                    "name": name,
+                    "accuracy": accuracy,
+                    "model": {"storageUri": f"/models/{name}.pt"},
                     "profiles": profiles,
                 }
+                for name, accuracy, profiles in variants
             ],
         },
     }

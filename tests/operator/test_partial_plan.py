@@ -5,16 +5,15 @@ whole cluster where that would not do. 110 services with two variants on 4 of 5 
 
 from __future__ import annotations
 
-from typing import Any
-
-from accordion.operator.api import InferenceService, parse_resource
+from accordion.operator.api import InferenceService
 from accordion.operator.control.burst import KEEP_MIN_OPTIONS, main_allocation, problem_options
 from accordion.operator.control.loop import ControlLoop, DemandView, World
 from accordion.operator.control.partial import partial_problem
 from accordion.solver import Plan, Problem
 from accordion.solver.planner import plan
 
-from .test_spare_kept import settled
+from .test_loop_restart import static_service
+from .test_spare_kept import set_demand, set_devices, settled
 
 SERVICES = 110
 POOLS = 5
@@ -36,32 +35,7 @@ def service(i: int) -> InferenceService:
         }
         for p in profiles
     ]
-    obj: dict[str, Any] = {
-        "apiVersion": "accordion.dev/v1alpha1",
-        "kind": "InferenceService",
-        "metadata": {"name": f"s{i}", "namespace": "default", "uid": f"u{i}", "generation": 1},
-        "spec": {
-            "slo": {"latencyMs": 200},
-            "demand": {"source": "Static", "qps": 80.0 + (i * 37) % 300, "headroom": 0.1},
-            "variants": [
-                {
-                    "name": "big",
-                    "accuracy": 80,
-                    "model": {"storageUri": "/models/big.pt"},
-                    "profiles": profiles,
-                },
-                {
-                    "name": "small",
-                    "accuracy": 70,
-                    "model": {"storageUri": "/models/small.pt"},
-                    "profiles": fast,
-                },
-            ],
-        },
-    }
-    svc = parse_resource(obj)
-    assert isinstance(svc, InferenceService)
-    return svc
+    return static_service(i, 80.0 + (i * 37) % 300, [("big", 80, profiles), ("small", 70, fast)])
 
 
 def _main(p: Plan | None) -> dict[str, set[tuple[str, str, int]]]:
@@ -82,18 +56,12 @@ async def _settled() -> tuple[World, ControlLoop, list[Problem]]:
     return await settled([service(i) for i in range(SERVICES)], POOLS, devices=50)
 
 
-def _resize(world: World, name: str, devices: int) -> None:
-    changed = world.pools[name].model_copy(deep=True)
-    changed.spec.devices = devices
-    world.pools[name] = changed
-
-
 async def test_a_pool_change_plans_only_the_services_it_displaces() -> None:
     world, loop, calls = await _settled()
     before = _main(loop.last_plan)
     on_p0 = {s for s, rows in before.items() if any(pool == "p0" for _, pool, _ in rows)}
     assert 0 < len(on_p0) < SERVICES // 2, "the case needs a few services on p0"
-    _resize(world, "p0", 0)
+    set_devices(world, "p0", 0)
     decision = loop.decide(world, DemandView())
     assert decision.planned
     planned = {s.name for s in calls[0].services}  # calls[0]: the main plan; then the spare
@@ -114,7 +82,7 @@ async def test_a_pool_change_plans_only_the_services_it_displaces() -> None:
 
 async def test_the_partial_plan_is_as_accurate_as_a_plan_of_everyone_here() -> None:
     world, loop, _ = await _settled()
-    _resize(world, "p0", 0)
+    set_devices(world, "p0", 0)
     partial = loop.decide(world, DemandView())
     assert partial.planned
     assert loop.partial_services is not None
@@ -126,12 +94,10 @@ async def test_the_partial_plan_is_as_accurate_as_a_plan_of_everyone_here() -> N
 
 async def test_a_pool_that_grows_plans_the_whole_cluster() -> None:
     world, loop, calls = await _settled()
-    _resize(world, "p0", 80)
+    set_devices(world, "p0", 80)
     # With a service's new demand: planned alone, it could not use p0's new devices for others.
     key = "default/s7"
-    changed = world.services[key].model_copy(deep=True)
-    changed.spec.demand.qps = (changed.spec.demand.qps or 0) * 2
-    world.services[key] = changed
+    set_demand(world, key, (world.services[key].spec.demand.qps or 0) * 2)
     loop.decide(world, DemandView())
     assert calls
     assert len(calls[0].services) == SERVICES
@@ -141,9 +107,7 @@ async def test_a_pool_that_grows_plans_the_whole_cluster() -> None:
 async def test_a_service_the_free_devices_cannot_serve_gets_a_plan_of_everyone() -> None:
     world, loop, calls = await _settled()
     key = "default/s3"
-    changed = world.services[key].model_copy(deep=True)
-    changed.spec.demand.qps = 40_000.0  # more than the free devices serve
-    world.services[key] = changed
+    set_demand(world, key, 40_000.0)  # more than the free devices serve
     loop.decide(world, DemandView())
     assert [s.name for s in calls[0].services] == [key]  # tried alone first
     assert len(calls[1].services) == SERVICES  # then the whole cluster
@@ -154,9 +118,7 @@ async def test_one_services_new_demand_plans_that_service_alone() -> None:
     world, loop, calls = await _settled()
     before = _main(loop.last_plan)
     key = "default/s7"
-    changed = world.services[key].model_copy(deep=True)
-    changed.spec.demand.qps = (changed.spec.demand.qps or 0) * 2
-    world.services[key] = changed
+    set_demand(world, key, (world.services[key].spec.demand.qps or 0) * 2)
     assert loop.decide(world, DemandView()).planned
     assert [s.name for s in calls[0].services] == [key]
     after = _main(loop.last_plan)
@@ -170,21 +132,26 @@ async def test_when_the_whole_cluster_is_planned() -> None:
     assert last is not None
     one = problem.services[0].model_copy(update={"demand_qps": 1.0})
     changed = problem.model_copy(update={"services": [one, *problem.services[1:]]})
-    assert partial_problem(changed, last, problem) is not None
+    assert partial_problem(changed, last, problem, set()) is not None
+    # A service the plan in force leaves short is planned again.
+    short = problem.services[1].name
+    again = partial_problem(changed, last, problem, {short})
+    assert again is not None
+    assert short in {s.name for s in again.problem.services}
     # Nothing changed; a service went; the settings changed; no plan in force.
-    assert partial_problem(problem, last, problem) is None
+    assert partial_problem(problem, last, problem, set()) is None
     gone = changed.model_copy(update={"services": changed.services[:-1]})
-    assert partial_problem(gone, last, problem) is None
+    assert partial_problem(gone, last, problem, set()) is None
     other = changed.model_copy(
         update={"settings": problem.settings.model_copy(update={"fair_share": 0.2})}
     )
-    assert partial_problem(other, last, problem) is None
-    assert partial_problem(changed, None, None) is None
+    assert partial_problem(other, last, problem, set()) is None
+    assert partial_problem(changed, None, None, set()) is None
     # A small problem is planned whole.
     small = changed.model_copy(update={"services": changed.services[:3]})
     small_before = problem.model_copy(update={"services": problem.services[:3]})
     assert problem_options(small) <= KEEP_MIN_OPTIONS
-    assert partial_problem(small, last, small_before) is None
+    assert partial_problem(small, last, small_before, set()) is None
 
 
 async def test_a_partial_plan_that_fails_gives_way_to_a_plan_of_everyone() -> None:
@@ -198,9 +165,7 @@ async def test_a_partial_plan_that_fails_gives_way_to_a_plan_of_everyone() -> No
 
     loop.planner = planner
     key = "default/s7"
-    changed = world.services[key].model_copy(deep=True)
-    changed.spec.demand.qps = (changed.spec.demand.qps or 0) * 2
-    world.services[key] = changed
+    set_demand(world, key, (world.services[key].spec.demand.qps or 0) * 2)
     decision = loop.decide(world, DemandView())
     assert decision.planned
     assert loop.last_error is None

@@ -53,6 +53,21 @@ async def settled(
     return world, loop, calls
 
 
+def set_demand(world: World, key: str, qps: float) -> None:
+    """Service `key`'s static demand becomes `qps` (a new object: the loop treats the world's
+    objects as values)."""
+    changed = world.services[key].model_copy(deep=True)
+    changed.spec.demand.qps = qps
+    world.services[key] = changed
+
+
+def set_devices(world: World, name: str, devices: int) -> None:
+    """Pool `name` has `devices` devices from now on (a new object, as `set_demand`)."""
+    changed = world.pools[name].model_copy(deep=True)
+    changed.spec.devices = devices
+    world.pools[name] = changed
+
+
 async def _settled() -> tuple[World, ControlLoop, list[Problem]]:
     world, loop, calls = await settled(
         [spread_service(i, 4) for i in range(SERVICES)], POOLS, devices=60
@@ -65,9 +80,7 @@ async def test_a_demand_change_plans_the_spare_replicas_of_that_service_alone() 
     world, loop, calls = await _settled()
     before = _spares(loop.last_plan)
     key = "default/s3"
-    changed = world.services[key].model_copy(deep=True)
-    changed.spec.demand.qps = (changed.spec.demand.qps or 0) * 3
-    world.services[key] = changed
+    set_demand(world, key, (world.services[key].spec.demand.qps or 0) * 3)
     decision = loop.decide(world, DemandView())
     assert decision.planned
     # Its spare want tripled: its rows no longer cover it, and its new main replicas may take
@@ -84,9 +97,7 @@ async def test_a_demand_change_plans_the_spare_replicas_of_that_service_alone() 
 async def test_a_pool_change_plans_again_only_the_spares_that_no_longer_fit() -> None:
     world, loop, calls = await _settled()
     before = _spares(loop.last_plan)
-    shrunk = world.pools["p0"].model_copy(deep=True)
-    shrunk.spec.devices = 20
-    world.pools["p0"] = shrunk
+    set_devices(world, "p0", 20)
     decision = loop.decide(world, DemandView())
     assert decision.planned
     after = _spares(loop.last_plan)

@@ -79,11 +79,7 @@ def spare_problem(
     left out."""
     # MIG pools: spare replicas go on the slices of the main plan's layouts, which stay.
     main_problem = fixed_layouts(main_problem, main_plan)
-    free = _free_devices(main_problem, [*main_plan.rows, *kept])
-    pools = [
-        PoolSpec(name=p.name, devices=free[p.name], cost_per_device=p.cost_per_device)
-        for p in main_problem.pools
-    ]
+    pools = pools_left(main_problem, _free_devices(main_problem, [*main_plan.rows, *kept]))
     if not any(p.devices > 0 for p in pools):
         return None
     services: list[ServiceSpec] = []
@@ -117,6 +113,14 @@ def _replicas_by_service(plan: Plan) -> dict[str, int]:
     for row in plan.rows:
         planned[row.service] = planned.get(row.service, 0) + row.replicas
     return planned
+
+
+def pools_left(problem: Problem, free: Mapping[str, int]) -> list[PoolSpec]:
+    """`problem`'s pools with only their `free` devices (what other rows leave them)."""
+    return [
+        PoolSpec(name=p.name, devices=free[p.name], cost_per_device=p.cost_per_device)
+        for p in problem.pools
+    ]
 
 
 def _free_devices(problem: Problem, rows: Iterable[PlanRow]) -> dict[str, int]:

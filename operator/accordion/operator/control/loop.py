@@ -589,7 +589,7 @@ class ControlLoop:
         partial = (
             None
             if self.swap_gate.waiting_since
-            else partial_problem(problem, self.last_plan, self.last_problem)
+            else partial_problem(problem, self.last_plan, self.last_problem, self.short_services())
         )
         if partial is not None:
             try:

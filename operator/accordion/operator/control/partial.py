@@ -28,10 +28,10 @@ small problems (every Proteus trace of `bench/proteus`) are always planned whole
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
-from accordion.operator.control.burst import KEEP_MIN_OPTIONS, problem_options
+from accordion.operator.control.burst import KEEP_MIN_OPTIONS, pools_left, problem_options
 from accordion.operator.control.desired import row_devices
 from accordion.solver import Exclusion, Plan, PlanRow, PoolSpec, Problem, ServicePlan
 from accordion.solver.migplan import has_mig
@@ -53,10 +53,14 @@ class Partial:
 
 
 def partial_problem(
-    problem: Problem, previous: Plan | None, previous_problem: Problem | None
+    problem: Problem,
+    previous: Plan | None,
+    previous_problem: Problem | None,
+    short: Set[str],
 ) -> Partial | None:
     """The partial re-plan of `problem` against the plan in force (`previous`, made for
-    `previous_problem`), or None when the whole cluster is to be planned (module docstring)."""
+    `previous_problem`; `short`: the services it cannot serve in full), or None when the whole
+    cluster is to be planned (module docstring)."""
     if (
         previous is None
         or previous_problem is None
@@ -84,7 +88,7 @@ def partial_problem(
         if (
             before.get(name) != now[name]
             or summary is None
-            or summary.unserved_qps > 1e-6 * max(1.0, summary.demand_qps)
+            or name in short
             or any(r.pipeline for r in rows_of.get(name, []))
             or not _fits(rows, free)
         ):
@@ -98,10 +102,7 @@ def partial_problem(
         return None
     return Partial(
         problem=Problem(
-            pools=[
-                PoolSpec(name=p.name, devices=free[p.name], cost_per_device=p.cost_per_device)
-                for p in problem.pools
-            ],
+            pools=pools_left(problem, free),
             services=[s for s in problem.services if s.name not in kept],
             current=[a for a in problem.current if a.service not in kept],
             settings=problem.settings,
