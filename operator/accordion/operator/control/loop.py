@@ -475,7 +475,12 @@ class ControlLoop:
         self.swap_gate.wait((), self.clock())
         self.last_problem, self.last_plan, self.last_error = build.problem, plan, None
         self._failed_problem = None
-        self.gate.adopt(estimates)
+        # The planned estimates: the measured ones, and the spec's qps where nothing is measured
+        # yet, so that a first measurement inside the band keeps the plan (`triggers`).
+        self.gate.adopt(
+            {k: base_demand_qps(svc, estimates) for k, svc in world.services.items()},
+            guessed=(k for k in world.services if k not in estimates),
+        )
         return plan, True, build.warnings
 
     def _waiting_estimates(
@@ -500,8 +505,11 @@ class ControlLoop:
         now_s = self.clock()
         self.startup.observe(world.workers, now_s)
         due = self.gate.due(measured, capacity, headroom)
-        planned = self.gate.planned
-        self.swap_gate.observe((s for s in due if s in planned and measured[s] > planned[s]), now_s)
+        planned, guessed = self.gate.planned, self.gate.first_readings(measured, due)
+        self.swap_gate.observe(
+            (s for s in due if s in planned and s not in guessed and measured[s] > planned[s]),
+            now_s,
+        )
 
     def _devices_in_force(self, world: World, problem: Problem) -> dict[str, int]:
         """The devices each pool a plan row can name has while the plan in force stays: a

@@ -21,6 +21,13 @@ needs the estimate to cross the whole band, which noise around a boundary does n
 above capacity (`demand.DemandTracker`) moves E at once, so a burst leaves the band in the next
 measurement.
 
+Until its first measurement a service is planned for its spec's `demand.qps`, and that is its
+planned estimate: a first measurement inside the band keeps the plan made from the spec (it
+re-planned every service before: on the Proteus overload trace a first reading 6% below the
+spec's swapped 60 replicas for accuracy while demand rose, and the cluster served 25% less than
+it could for 8 s). A first measurement outside the band re-plans, and its swaps are not held
+back as a rise (`guessed`): nothing says how long demand has been there.
+
 `ReplanGate.due` tells a driver after each measurement whether some service left its band:
 the driver then runs a pass at once (within `Timings.min_pass_interval_s`), instead of waiting
 for its periodic one.
@@ -28,7 +35,7 @@ for its periodic one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -39,6 +46,8 @@ class ReplanGate:
     hysteresis: float
     planned: dict[str, float] = field(default_factory=dict)
     """The estimate (before headroom) each service's plan in force was made for."""
+    guessed: set[str] = field(default_factory=set)
+    """Of those, the services planned for their spec's `demand.qps`, not yet measured."""
 
     def inside(self, estimate: float, planned: float, capacity: float, headroom: float) -> bool:
         """Whether `estimate` is within the band of a plan made for `planned`."""
@@ -73,6 +82,14 @@ class ReplanGate:
                 out[svc] = estimate
         return out
 
+    def first_readings(self, measured: Iterable[str], due: Iterable[str]) -> set[str]:
+        """Of the services `due`, those whose plan was made for their spec's qps and that have
+        not been measured inside their band since; a measured service inside its band is no
+        longer `guessed` (its next rise is one)."""
+        out = self.guessed.intersection(due)
+        self.guessed.intersection_update(out | (self.guessed - set(measured)))
+        return out
+
     def due(
         self,
         measured: Mapping[str, float],
@@ -87,6 +104,9 @@ class ReplanGate:
             or not self.inside(estimate, planned, capacity.get(svc, 0.0), headroom.get(svc, 0.0))
         )
 
-    def adopt(self, estimates: Mapping[str, float]) -> None:
-        """A plan was made for `estimates`: they are the new planned estimates."""
+    def adopt(self, estimates: Mapping[str, float], guessed: Iterable[str] = ()) -> None:
+        """A plan was made for `estimates`: they are the new planned estimates. `guessed`: the
+        services among them planned for their spec's `demand.qps` (nothing measured yet); a
+        first measurement above that is no rise of demand (`swaps.SwapGate`), only news."""
         self.planned = dict(estimates)
+        self.guessed = set(guessed)
