@@ -87,7 +87,7 @@ class ReplanGate:
         not been measured inside their band since; a measured service inside its band is no
         longer `guessed` (its next rise is one)."""
         out = self.guessed.intersection(due)
-        self.guessed.intersection_update(out | (self.guessed - set(measured)))
+        self.guessed -= set(measured) - out
         return out
 
     def due(
