@@ -12,24 +12,16 @@ than it could for 8 s (`bench/proteus/NOTES.md`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from accordion.operator.control.loop import ControlLoop, DemandView, LoopSettings, World
-from accordion.operator.manifests import load
 
-from .test_loop import Clock, MemoryActuator, all_ready
+from .test_loop import EXAMPLE_SERVICE, Clock, MemoryActuator, all_ready, example_world
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local"
-SERVICE = "default/classifier"
+SERVICE = EXAMPLE_SERVICE
 
 
 async def started() -> tuple[ControlLoop, World, Clock, MemoryActuator, float]:
     """The example cluster planned from its spec (no measurement yet), its workers ready."""
-    manifests = load([EXAMPLE])
-    world = World(
-        services={s.key: s for s in manifests.services},
-        pools={p.metadata.name: p for p in manifests.pools},
-    )
+    world = example_world()
     clock = Clock()
     loop = ControlLoop(LoopSettings(drain_s=0.0), clock=clock)
     act = MemoryActuator(world, clock)

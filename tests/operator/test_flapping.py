@@ -14,16 +14,13 @@ from __future__ import annotations
 import asyncio
 import random
 from itertools import pairwise
-from pathlib import Path
 
 from accordion.operator.control.demand import DemandTracker
-from accordion.operator.control.loop import ControlLoop, DemandView, LoopSettings, World
-from accordion.operator.manifests import load
+from accordion.operator.control.loop import ControlLoop, DemandView, LoopSettings
 
-from .test_loop import Clock, MemoryActuator, all_ready
+from .test_loop import EXAMPLE_SERVICE, Clock, MemoryActuator, all_ready, example_world
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local"
-SERVICE = "default/classifier"
+SERVICE = EXAMPLE_SERVICE
 
 
 def poisson(rng: random.Random, rate: float) -> int:
@@ -41,11 +38,7 @@ def flips(
     seed: int = 1,
     defer_swaps: bool = True,
 ) -> int:
-    manifests = load([EXAMPLE])
-    world = World(
-        services={s.key: s for s in manifests.services},
-        pools={p.metadata.name: p for p in manifests.pools},
-    )
+    world = example_world()
     clock = Clock()
     loop = ControlLoop(
         LoopSettings(drain_s=0.0, hysteresis=hysteresis, defer_swaps=defer_swaps), clock=clock

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from accordion.operator.control.loop import (
     World,
     default_planner,
 )
+from accordion.operator.manifests import load
 from accordion.solver import Plan, PlanRow, Problem
 
 
@@ -122,6 +124,20 @@ class MemoryActuator:
             w.routing.pop(step.service, None)
         elif isinstance(step, UpdateStatus):
             w.status[step.service] = step.status
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local"
+"""The local example's manifests (`examples/local/`)."""
+EXAMPLE_SERVICE = "default/classifier"
+
+
+def example_world() -> World:
+    """The local example's services and pools, no workers yet."""
+    manifests = load([EXAMPLE])
+    return World(
+        services={s.key: s for s in manifests.services},
+        pools={p.metadata.name: p for p in manifests.pools},
+    )
 
 
 def all_ready(world: World) -> None:

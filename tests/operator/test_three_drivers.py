@@ -23,16 +23,14 @@ from accordion.local.runtime import LocalRuntime, RuntimeSettings
 from accordion.operator.config import OperatorConfig
 from accordion.operator.control.loop import ControlLoop, DemandView, Step, UpdateStatus, World
 from accordion.operator.handlers import Driver
-from accordion.operator.manifests import load
 from accordion.sim.engine import SimConfig, Simulator
 from accordion.sim.policies import Accordion
 from accordion.sim.workload import Cluster, Family, Workload
 from accordion.solver import PoolSpec, ProfilePoint, VariantSpec
 
-from .test_loop import Clock, MemoryActuator, all_ready
+from .test_loop import EXAMPLE, EXAMPLE_SERVICE, Clock, MemoryActuator, all_ready, example_world
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local"
-SERVICE = "default/classifier"
+SERVICE = EXAMPLE_SERVICE
 
 
 def operator_loop() -> ControlLoop:
@@ -83,11 +81,7 @@ def drive(loop: ControlLoop, world: World, clock: Clock) -> list[list[Any]]:
 
 
 def test_the_operator_local_mode_and_the_simulator_take_the_same_steps(tmp_path: Path) -> None:
-    manifests = load([EXAMPLE])
-    start = World(
-        services={s.key: s for s in manifests.services},
-        pools={p.metadata.name: p for p in manifests.pools},
-    )
+    start = example_world()
     loops = {
         "operator": operator_loop(),
         "local": local_loop(tmp_path),
