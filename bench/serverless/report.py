@@ -65,11 +65,17 @@ def _vs(value: float | None, against: float | None) -> str:
     return "-" if value is None or against is None else f"{value / against - 1:+.1%}"
 
 
+def _meter_cv2(row: dict[str, Any]) -> float:
+    """The cv2 the router's meter read from a row's arrivals (before 2026-12-06 the model was
+    given it as it was; since, bursty rows give the model the rate's, `variance_share`)."""
+    return float(row.get("meter_cv2", row["cv2"]))
+
+
 def held_model_table(data: dict[str, Any]) -> list[str]:
     """The model at the profile the product held before the rows (`served.held_profile`),
     and the split of its error (`worker_model.py`'s docstring)."""
     out = [
-        "| arrivals | rate (req/s) | dispersion | cv2 | worker p99 (ms) "
+        "| arrivals | rate (req/s) | dispersion | cv2: meter / model | worker p99 (ms) "
         "| model p99 at the held profile (ms) | vs worker | simulator p99, same inputs (ms) "
         "| model vs simulator | quasi-static model (ms) | vs worker "
         "| model at the profile alone (ms) | vs worker |",
@@ -78,7 +84,8 @@ def held_model_table(data: dict[str, Any]) -> list[str]:
     for r in data["rows"]:
         worker = r["measured_p99_ms"]
         out.append(
-            f"| {r['arrivals']} | {r['rate_qps']:.0f} | {r['dispersion']:.2f} | {r['cv2']:.3f} "
+            f"| {r['arrivals']} | {r['rate_qps']:.0f} | {r['dispersion']:.2f} "
+            f"| {_meter_cv2(r):.3f} / {r['cv2']:.3f} "
             f"| {worker:.1f} | {_ms(r['predicted_p99_ms'])} "
             f"| {_vs(r['predicted_p99_ms'], worker)} | {r['simulated_p99_ms']:.1f} "
             f"| {_vs(r['predicted_p99_ms'], r['simulated_p99_ms'])} "
@@ -129,7 +136,7 @@ def held_model_table(data: dict[str, Any]) -> list[str]:
         out.append(
             f"| {r['arrivals']} | {r['rate_qps']:.0f} "
             f"| {r['scheduled_dispersion']:.2f} / {r['scheduled_cv2']:.3f} "
-            f"| {r['dispersion']:.2f} / {r['cv2']:.3f} | {late} | {r['worker_batch']:.2f} "
+            f"| {r['dispersion']:.2f} / {_meter_cv2(r):.3f} | {late} | {r['worker_batch']:.2f} "
             f"| {r['worker_execution_ms']:.2f} | {r['profile_execution_ms']:.2f} "
             f"| {r['held_execution_ms']:.2f} | {spread} |"
         )

@@ -16,7 +16,9 @@ phases at gamma-distributed levels around the mean) and each of 3+ rates:
 * **model**: `queueing.latency_quantile_s` at the sent arrivals' rate and the burstiness the
   router's own meter (`dispersion.DispersionMeter`) reads from them, for bursty rows with the
   queue carried across the generator's phases (`PHASE_S`, known here: the router does not
-  measure it; the quasi-static model, the planner's, is reported beside it), with the overhead
+  measure it; the quasi-static model, the planner's, is reported beside it) and the rate's
+  variance those phases have (the meter's reading over the share of it its 2-s blocks see,
+  `dispersion.variance_share`: 0.74 for fixed 0.5-s phases), with the overhead
   of the worker's HTTP path (`profiler.measure_overhead`, measured on the same worker before
   the runs: a lone batch's execution beyond the profile's, for a batch that starts on an idle
   device; a lone request's round trip beyond its execution; the work per request a saturated
@@ -70,7 +72,7 @@ from accordion.solver.queueing import (
     profile_key,
 )
 from accordion.workers.batching import Decision, LatencyPredictor, Request, SloBatcher, replay
-from accordion.workers.dispersion import BIN_S, DispersionMeter
+from accordion.workers.dispersion import BIN_S, DispersionMeter, variance_share
 from accordion.workers.loadgen import build_body, poisson_schedule, run_load
 from accordion.workers.profiler import Overhead, batch_counters, measure_overhead
 from accordion.workers.served import Point, held_profile, parse_served
@@ -92,25 +94,28 @@ SPREAD_SEEDS = 8
 
 def bursty_schedule(rate: float, cv2: float, duration_s: float, seed: int) -> list[float]:
     """Poisson at a gamma-distributed rate (mean `rate`, squared CV `cv2`) held for phases of
-    `PHASE_S`."""
+    `PHASE_S`, the first cut at a random point (a router's counting bins are not aligned with
+    a burst's phases; `dispersion.variance_share` assumes they are not)."""
     rng = random.Random(seed)
     shape = 1.0 / cv2
     t, out = 0.0, []
+    end = rng.uniform(0.0, PHASE_S)
     while t < duration_s:
         level = rate * rng.gammavariate(shape, 1.0 / shape)
-        end = min(duration_s, t + PHASE_S)
+        end = min(duration_s, end)
         while level > 0:
             t += rng.expovariate(level)
             if t >= end:
                 break
             out.append(t)
-        t = end
+        t, end = end, end + PHASE_S
     return out
 
 
 def burstiness(schedule: list[float]) -> tuple[float, float]:
-    """(index of dispersion, rate) of a schedule, as the router's meter reads it; cv2."""
-    meter = DispersionMeter()
+    """(index of dispersion, cv2) of a schedule, as the router's meter reads them (over the
+    whole schedule)."""
+    meter = DispersionMeter(window_s=schedule[-1] + 1.0)
     meter.add(0.0, 0)
     for t in schedule:
         meter.add(t)
@@ -340,16 +345,20 @@ def main() -> None:
             # generator shares the machine and falls behind in bursts); the router's meter
             # would count these.
             sent = sorted(report.sent_at_s)
-            dispersion, cv2 = burstiness(sent)
+            dispersion, meter_cv2 = burstiness(sent)
             scheduled_dispersion, scheduled_cv2 = burstiness(schedule)
             offered = len(sent) / args.duration_s
             measured = report.percentile_ms(99)
             phase_s = PHASE_S if kind == "bursty" else None
-
+            # The meter reads the variance within its 2-s blocks: of fixed 0.5-s phases, 0.74
+            # of the rate's (`variance_share`). The model of those phases is given the rate's;
+            # the quasi-static model beside it (the planner's, which knows no phase length)
+            # the meter's reading as it is.
+            cv2 = meter_cv2 / variance_share(PHASE_S) if phase_s else meter_cv2
             model_ms = partial(model_p99_ms, rate_qps=offered, cv2=cv2)
 
             predicted = model_ms(held, held_overhead, phase_s)
-            quasi_static = model_ms(held, held_overhead, None)
+            quasi_static = model_p99_ms(held, held_overhead, None, rate_qps=offered, cv2=meter_cv2)
             alone = model_ms(points, overhead, phase_s)
             own_model = model_ms(own, own_overhead, phase_s)
             # The same batcher replayed on the same sent times with the same inputs as the
@@ -374,6 +383,7 @@ def main() -> None:
                 "rate_qps": round(offered, 1),
                 "dispersion": round(dispersion, 3),
                 "cv2": round(cv2, 4),
+                "meter_cv2": round(meter_cv2, 4),
                 "scheduled_dispersion": round(scheduled_dispersion, 3),
                 "scheduled_cv2": round(scheduled_cv2, 4),
                 "send_late_ms": [round(report.lateness_ms(q), 2) for q in (50, 99, 100)],

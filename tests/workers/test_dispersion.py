@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
 from accordion.workers.config import Backend, RouterReport, RoutingTable
-from accordion.workers.dispersion import DispersionMeter
+from accordion.workers.dispersion import BIN_S, DispersionMeter, variance_share
 from accordion.workers.loadgen import poisson_schedule
 from accordion.workers.reporting import Reporter, Window
 
@@ -80,6 +81,59 @@ def test_phases_the_demand_estimate_follows_are_not_bursts() -> None:
     dispersion, rate = value
     assert dispersion < 1.5
     assert rate == pytest.approx(150.0, rel=0.1)
+
+
+def phased(
+    rate: float, cv2: float, seconds: float, phase_s: float, fixed: bool, seed: int
+) -> list[float]:
+    """Poisson at a gamma-distributed level (mean `rate`, squared CV `cv2`) held for phases of
+    `phase_s` (fixed, or exponential of that mean), the first cut at a random point."""
+    rng = random.Random(seed)
+    t, end, out = 0.0, rng.uniform(0.0, phase_s), list[float]()
+    while t < seconds:
+        level = rate * rng.gammavariate(1.0 / cv2, cv2)
+        while True:
+            t += rng.expovariate(level)
+            if t >= end:
+                break
+            out.append(t)
+        t, end = end, end + (phase_s if fixed else rng.expovariate(1.0 / phase_s))
+    return out
+
+
+@pytest.mark.parametrize(("phase_s", "fixed"), [(0.5, True), (0.5, False), (0.2, False)])
+def test_the_meter_reads_the_share_of_a_phased_rate_variance_its_blocks_see(
+    phase_s: float, fixed: bool
+) -> None:
+    """Phases of 0.2-0.5 s: the meter's cv2 ((index - 1) / (rate * bin)) is `variance_share` of
+    the rate's (0.59-0.74 of it here), over 20 minutes of arrivals (the meter's window that
+    long) within 8% (3-5% at three seeds each). Shorter phases are mostly within a block, longer ones mostly the block's
+    mean: the share falls either way."""
+    cv2 = 0.2
+    times = phased(200.0, cv2, 1200.0, phase_s, fixed, seed=7)
+    meter = DispersionMeter(window_s=1200.0)
+    meter.add(0.0, 0)
+    for t in times:
+        meter.add(t)
+    meter.add(times[-1] + 2 * BIN_S, 0)
+    value = meter.value()
+    assert value is not None
+    dispersion, rate = value
+    read = (dispersion - 1.0) / (rate * BIN_S)
+    share = variance_share(phase_s, None if fixed else 1)
+    assert read / cv2 == pytest.approx(share, rel=0.08)
+    assert 0.5 < share < 0.8
+
+
+def test_the_share_of_short_and_long_phases() -> None:
+    """Phases far shorter than a bin average out within it; phases far longer than a block
+    are the block's mean: both read little. Erlang sojourns go from the exponential (1 stage)
+    to the fixed length as their stages grow."""
+    assert variance_share(0.01) < 0.15
+    assert variance_share(20.0) < 0.05
+    exponential, fixed = variance_share(0.5, 1), variance_share(0.5, None)
+    assert exponential < variance_share(0.5, 4) < variance_share(0.5, 16) < fixed
+    assert variance_share(0.5, 64) == pytest.approx(fixed, rel=0.01)
 
 
 def test_traffic_back_from_idle_is_not_a_burst() -> None:
