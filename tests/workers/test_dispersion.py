@@ -107,8 +107,8 @@ def test_the_meter_reads_the_share_of_a_phased_rate_variance_its_blocks_see(
 ) -> None:
     """Phases of 0.2-0.5 s: the meter's cv2 ((index - 1) / (rate * bin)) is `variance_share` of
     the rate's (0.59-0.74 of it here), over 20 minutes of arrivals (the meter's window that
-    long) within 8% (3-5% at three seeds each). Shorter phases are mostly within a block, longer ones mostly the block's
-    mean: the share falls either way."""
+    long) within 8% (3-5% at three seeds each). Shorter phases are mostly within a bin,
+    longer ones mostly the block's mean: the share falls either way."""
     cv2 = 0.2
     times = phased(200.0, cv2, 1200.0, phase_s, fixed, seed=7)
     meter = DispersionMeter(window_s=1200.0)
