@@ -69,12 +69,7 @@ def execution_s(rng: random.Random, batch_size: int) -> float:
 
 
 def cv2_of(times: list[float]) -> float:
-    meter = DispersionMeter()
-    meter.add(0.0, 0)
-    for a in times:
-        meter.add(a)
-    meter.add(times[-1] + 2 * BIN_S, 0)
-    value = meter.value()
+    value = DispersionMeter.of(times).value()
     assert value is not None
     return max(0.0, value[0] - 1.0) / (value[1] * BIN_S)
 

@@ -115,12 +115,7 @@ def bursty_schedule(rate: float, cv2: float, duration_s: float, seed: int) -> li
 def burstiness(schedule: list[float]) -> tuple[float, float]:
     """(index of dispersion, cv2) of a schedule, as the router's meter reads them (over the
     whole schedule)."""
-    meter = DispersionMeter(window_s=schedule[-1] + 1.0)
-    meter.add(0.0, 0)
-    for t in schedule:
-        meter.add(t)
-    meter.add(schedule[-1] + 2 * BIN_S, 0)
-    value = meter.value()
+    value = DispersionMeter.of(schedule, window_s=schedule[-1] + 1.0).value()
     assert value is not None
     dispersion, rate = value
     return dispersion, max(0.0, dispersion - 1.0) / (rate * BIN_S)

@@ -111,12 +111,7 @@ def test_the_meter_reads_the_share_of_a_phased_rate_variance_its_blocks_see(
     longer ones mostly the block's mean: the share falls either way."""
     cv2 = 0.2
     times = phased(200.0, cv2, 1200.0, phase_s, fixed, seed=7)
-    meter = DispersionMeter(window_s=1200.0)
-    meter.add(0.0, 0)
-    for t in times:
-        meter.add(t)
-    meter.add(times[-1] + 2 * BIN_S, 0)
-    value = meter.value()
+    value = DispersionMeter.of(times, window_s=1200.0).value()
     assert value is not None
     dispersion, rate = value
     read = (dispersion - 1.0) / (rate * BIN_S)
