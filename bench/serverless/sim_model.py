@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from accordion.sim.engine import dist_quantile
-from accordion.solver import ProfilePoint
+from accordion.solver import Burstiness, ProfilePoint
 from accordion.solver.queueing import latency_quantile_s
 from accordion.workers.batching import LatencyPredictor, Request, SloBatcher, replay
 from accordion.workers.dispersion import BIN_S, DispersionMeter
@@ -71,7 +71,7 @@ def execution_s(rng: random.Random, batch_size: int) -> float:
 def cv2_of(times: list[float]) -> float:
     value = DispersionMeter.of(times).value()
     assert value is not None
-    return max(0.0, value[0] - 1.0) / (value[1] * BIN_S)
+    return Burstiness(dispersion=value[0], rate_qps=value[1], window_s=BIN_S).rate_cv2
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from accordion.solver import ProfilePoint
+from accordion.solver import Burstiness, ProfilePoint
 from accordion.solver.queueing import (
     Execution,
     RequestOverhead,
@@ -118,7 +118,7 @@ def burstiness(schedule: list[float]) -> tuple[float, float]:
     value = DispersionMeter.of(schedule, window_s=schedule[-1] + 1.0).value()
     assert value is not None
     dispersion, rate = value
-    return dispersion, max(0.0, dispersion - 1.0) / (rate * BIN_S)
+    return dispersion, Burstiness(dispersion=dispersion, rate_qps=rate, window_s=BIN_S).rate_cv2
 
 
 def worker_counters(url: str) -> np.ndarray:

@@ -304,8 +304,9 @@ def _own_batches(
     Poisson with mean `behind`, at most B: (sizes, weights, the request each is of), one entry
     per size it may have. Not the mean's size: a CPU model's curve has steps (demo-xl on one
     machine: 9.7-10.9 ms for 1-3, 19.6 for 4), and rounding the mean arrivals up put half of
-    the requests that would ride in a batch of 3 into one of 4 (the model 17% above the
-    replayed batcher at Poisson 167 req/s, 0.7 of the throughput, 2026-12-06)."""
+    the requests that would ride in a batch of 3 into one of 4 (on that curve the model was
+    +7.1% and +5.2% above the replayed batcher at 50 and 170 req/s, now -1.3% and +3.1%:
+    tests/solver/test_queueing.py)."""
     k = np.arange(cap)
     pmf = np.empty((len(place), cap))
     pmf[:, 0] = np.exp(-behind)
