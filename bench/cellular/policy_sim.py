@@ -35,6 +35,7 @@ from accordion.workers.staged import (
 )
 from accordion.workers.stagedworker import profile_stages, stage_profile_s
 from bench.cellular.run import (
+    MAX_BATCHES,
     TRITON_GRID,
     batch_longest,
     bursty,
@@ -45,17 +46,18 @@ from bench.cellular.run import (
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 SIZES = [1, 2, 4, 8, 16, 32, 64]
+SEQ_SIZES = [*SIZES, 128, 256]  # the sequence models' configurations go to max batch 256
 TARGET = 0.99
 
 
-def measured(model_name: str) -> tuple[list[dict[int, list[float]]], int]:
+def measured(model_name: str, sizes: list[int] = SIZES) -> tuple[list[dict[int, list[float]]], int]:
     import torch
 
     from accordion.workers.seqmodels import STAGED_BUILTINS
 
     torch.set_num_threads(1)
     model = STAGED_BUILTINS[model_name]()
-    return profile_stages(model, SIZES, repeats=4), model.stages
+    return profile_stages(model, sizes, repeats=4), model.stages
 
 
 def simulate(
@@ -102,7 +104,7 @@ def sequence_section(model_name: str, title: str, lengths: list[int], slo: float
     """Cellular against the live benchmark's request-level configurations on one sequence
     model: every configuration's sustainable rate by the same search, and p99 at the best
     baseline's rate."""
-    runs, _ = measured(model_name)
+    runs, _ = measured(model_name, SEQ_SIZES)
     profile = stage_profile_s(runs)
     longest = batch_longest(lengths)
 
@@ -118,14 +120,13 @@ def sequence_section(model_name: str, title: str, lengths: list[int], slo: float
 
     # the live benchmark's configurations (run.py), the same search for all
     configs: dict[str, Callable[[], StageScheduler]] = {
-        "cellular (ours, max batch 32)": cellular(32),
-        "cellular (ours, max batch 64)": cellular(64),
-        "request-level SloBatcher (max batch 32)": slo_batcher(32, lambda b: 64),
-        "request-level SloBatcher (max batch 64)": slo_batcher(64, lambda b: 64),
-        "request-level SloBatcher (max batch 32, profile at the lengths)": slo_batcher(
-            32, lambda b: longest.get(b, longest[max(longest)])
-        ),
+        f"cellular (ours, max batch {mb})": cellular(mb) for mb in MAX_BATCHES
     }
+    for mb in MAX_BATCHES:
+        configs[f"request-level SloBatcher (max batch {mb})"] = slo_batcher(mb, lambda b: 64)
+    configs["request-level SloBatcher (max batch 32, profile at the lengths)"] = slo_batcher(
+        32, lambda b: longest.get(b, longest[max(longest)])
+    )
     for mb, delay in TRITON_GRID:
         configs[f"request-level Triton (max batch {mb}, delay {delay:g} ms)"] = triton(mb, delay)
 

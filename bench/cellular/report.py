@@ -183,9 +183,11 @@ def render(results: dict[str, Any]) -> str:
         "refused or dropped request counts as a miss).",
         "",
         "Sequence workloads: every configuration (ours and the baselines, each at the settings "
-        "the same search covers: max batch 32 or 64 for cellular and the SloBatcher, the "
-        "SloBatcher also with a profile at the workload's lengths, Triton's dynamic batcher "
-        "over max batch x max queue delay) runs at once, one idle worker each; the search is "
+        "the same search covers: max batch 32, 64, 128 or 256 for cellular and the "
+        "SloBatcher, the SloBatcher also with a profile at the workload's lengths, Triton's "
+        "dynamic batcher over max batch x max queue delay up to max batch 256; runs before "
+        "2026-12-06 07:00 UTC stopped at 64, which understated the best baseline) runs at once, "
+        "one idle worker each; the search is "
         "a geometric ladder (x1.25 per rung, each configuration measured 6 s per rung, "
         "interleaved rate by rate so that background load hits all alike, a configuration "
         "leaving after two failures in a row), then two rounds of bisection between each "

@@ -75,7 +75,15 @@ EQUAL_RATE_S = 10.0
 EQUAL_ROUNDS = 3
 """Measurements of every configuration at equal rate, interleaved round by round; the median
 round counts (one stall of the shared machine moves one round's p99, not the figure)."""
-TRITON_GRID = [(8, 5.0), (16, 20.0), (32, 20.0), (64, 50.0)]
+TRITON_GRID = [(8, 5.0), (16, 20.0), (32, 20.0), (64, 50.0), (128, 50.0), (256, 50.0), (256, 100.0)]
+"""Triton's dynamic batcher over max batch x max queue delay. 128 and 256 since 2026-12-06: on
+this CPU a step's fixed cost dominates (decoder-tiny 0.61 ms at batch 1, 2.77 at 64), and a
+request-level batch drains as its members finish, so its long members end at small-batch steps;
+Triton at max batch 256 sustained ~240 req/s on decoder-tiny and ~360 on gru-seq where max batch
+64 sustained ~170 and ~230 (6-s probes, two seeds). The grid that stopped at 64 understated the
+best baseline."""
+MAX_BATCHES = (32, 64, 128, 256)
+"""Max batch sizes of cellular and of our request-level SloBatcher (the same search)."""
 CNN_START = 39.0  # the feed-forward search's first rate
 DEVICE = "cpu"  # where the workers and the step profiles run (--device)
 
@@ -435,7 +443,7 @@ def sequences(
     keep: Callable[[str], bool] = lambda _label: True,
 ) -> dict[str, object]:
     """Cellular against the request-level baselines on one sequence model, every one at the
-    settings the same search finds best: max batch 32 or 64 for cellular and our SloBatcher
+    settings the same search finds best: max batch `MAX_BATCHES` for cellular and our SloBatcher
     (the latter also with a profile at the workload's lengths: a batch of b takes the longest
     of b requests), Triton's dynamic batcher over max batch x max queue delay. Sustainable
     rates (`search`), then every configuration measured again at the best baseline's
@@ -443,7 +451,7 @@ def sequences(
     longest = batch_longest(lengths)
     workload_profile = {b: s * longest[b] * 1000 for b, s in step_profile_s.items()}
     configs: list[tuple[str, BatchingConfig, dict[int, float]]] = []
-    for mb in (32, 64):
+    for mb in MAX_BATCHES:
         configs.append(
             (
                 f"cellular (ours, max batch {mb})",
@@ -451,7 +459,7 @@ def sequences(
                 {},
             )
         )
-    for mb in (32, 64):
+    for mb in MAX_BATCHES:
         configs.append(
             (f"request-level SloBatcher (max batch {mb})", BatchingConfig(max_batch_size=mb), {})
         )
@@ -504,7 +512,8 @@ def batch_longest(lengths: list[int], draws: int = 2000, seed: int = 3) -> dict[
     rng = np.random.default_rng(seed)
     arr = np.asarray(lengths)
     return {
-        b: float(np.mean(rng.choice(arr, (draws, b)).max(axis=1))) for b in (1, 2, 4, 8, 16, 32, 64)
+        b: float(np.mean(rng.choice(arr, (draws, b)).max(axis=1)))
+        for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)
     }
 
 
@@ -519,7 +528,8 @@ def step_profile(model_name: str) -> dict[int, float]:
     torch.set_num_threads(1)
     model = STAGED_BUILTINS[model_name]()
     model.to(DEVICE)
-    return stage_profile_s(profile_stages(model, [1, 2, 4, 8, 16, 32, 64], repeats=3))[0]
+    sizes = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    return stage_profile_s(profile_stages(model, sizes, repeats=3))[0]
 
 
 def main() -> None:
