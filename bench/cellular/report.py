@@ -186,7 +186,7 @@ def render(results: dict[str, Any]) -> str:
         "the same search covers: max batch 32, 64, 128 or 256 for cellular and the "
         "SloBatcher, the SloBatcher also with a profile at the workload's lengths, Triton's "
         "dynamic batcher over max batch x max queue delay up to max batch 256; runs before "
-        "2026-12-06 07:00 UTC stopped at 64, which understated the best baseline) runs at once, "
+        "2026-12-06 05:40 UTC stopped at 64, which understated the best baseline) runs at once, "
         "one idle worker each; the search is "
         "a geometric ladder (x1.25 per rung, each configuration measured 6 s per rung, "
         "interleaved rate by rate so that background load hits all alike, a configuration "
@@ -231,9 +231,10 @@ def render(results: dict[str, Any]) -> str:
         for arrivals, per in parts.items():
             lines += [f"{arrivals}:", "", *ladder_table(per)]
     lines += [
-        "Per-rate measurements (attainment, p99, misses by outcome) are in `cellular-seq.log` "
-        "(gru-seq, the run in the table; `cellular-seq-2032.log` the 20:32 UTC search), "
-        "`cellular-dec.log` (decoder-tiny, the run in the table; `cellular-dec-0059.log` and "
+        "Per-rate measurements (attainment, p99, misses by outcome) are in "
+        "`cellular-seq-dec-1206-0634.log` (both sequence workloads, the runs in the tables), "
+        "`cellular-seq.log` (gru-seq, an earlier run; `cellular-seq-2032.log` the 20:32 UTC "
+        "search), `cellular-dec.log` (decoder-tiny, an earlier run; `cellular-dec-0059.log` and "
         "`cellular-dec-0016.log` the searches before it, described in the reading; "
         "`cellular-seq-dec.log` holds both workloads from the 13:55 UTC run) and "
         "`cellular-cnn.log` (the CNN, the run in the table; `cellular-cnn-0508.log` the 05:08 UTC "

@@ -56,16 +56,17 @@ step tests 100 python3 -m pytest -q -p no:cacheprovider -k "$DEV" -o addopts="" 
 step profile-demo 40 python3 -m accordion.workers profile --model builtin:demo-m \
   --device "$DEV" --pool h200 --batch-sizes 1,8,32,128 --repeats 20
 step profile-gru 40 python3 -m accordion.workers profile --model builtin:gru-seq --stages \
-  --device "$DEV" --pool h200 --batch-sizes 1-4,8,16,32,64,128 --repeats 18
+  --device "$DEV" --pool h200 --batch-sizes 1-4,8,16,32,64,128,256 --repeats 18
 step profile-decoder 40 python3 -m accordion.workers profile --model builtin:decoder-tiny \
-  --stages --device "$DEV" --pool h200 --batch-sizes 1-4,8,16,32,64,128 --repeats 18
+  --stages --device "$DEV" --pool h200 --batch-sizes 1-4,8,16,32,64,128,256 --repeats 18
 
 # 3. cellular against the request-level baselines, every worker on the GPU: the CPU bench's
 # search (ladder, bisection, noise rule, equal rate) made coarser and shorter to fit a lease
-# (settings recorded in the JSON); cellular, our SloBatcher and Triton's batcher (delay 50 ms)
-# at max batch 64, the CPU bench's best
+# (settings recorded in the JSON); cellular, our SloBatcher and Triton's batcher at max batch
+# 64 and 256 (Triton at 256 was the CPU bench's best baseline on 2026-12-06; the runs before
+# stopped at 64)
 common=(--device "$DEV" --out "$WORK" --duration-s 2.5 --ladder-step 1.5 --bisect 1
-  --equal-rate-s 5 --configs "max batch 64")
+  --equal-rate-s 5 --configs "max batch 64,max batch 256")
 step bench-seq "$BENCH_S" python3 bench/cellular/run.py --part seq --start 225 --max-rate 1800 \
   "${common[@]}"
 step bench-dec "$BENCH_S" python3 bench/cellular/run.py --part dec --start 75 --max-rate 700 \
