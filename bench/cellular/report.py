@@ -13,6 +13,12 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
+def filter_terms(text: str) -> list[str]:
+    """The strings of run.py's ``--configs``: separated by ';' when there is one (labels contain
+    commas), else by ','."""
+    return [w for w in text.split(";" if ";" in text else ",") if w]
+
+
 def fmt(x: float) -> str:
     return "inf (misses)" if math.isinf(x) else f"{x:.0f}"
 
@@ -80,7 +86,7 @@ def sequence_section(key: str, seq: dict[str, Any]) -> list[str]:
             [
                 "This run's search was cut to fit one short hold of the shared machine's "
                 "heavy-work lock: it ran only the configurations whose label contains "
-                + ", ".join(f'"{w}"' for w in seq["configs_filter"].split(",") if w)
+                + ", ".join(f'"{w}"' for w in filter_terms(seq["configs_filter"]))
                 + " (those left out were never the best in the run before).",
                 "",
             ]

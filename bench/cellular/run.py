@@ -64,6 +64,7 @@ from accordion.workers.config import (
     WorkerConfig,
 )
 from bench.batching.run import free_port, serve_worker
+from bench.cellular.report import filter_terms
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -543,7 +544,8 @@ def main() -> None:
         "--configs",
         default="",
         help="sequence parts: run only the configurations whose label contains one of these "
-        "comma-separated strings (default: every one)",
+        "strings, separated by ';' (labels contain commas) or, without a ';', by ',' "
+        "(default: every one)",
     )
     parser.add_argument(
         "--start", type=float, default=0.0, help="sequence parts: the ladder's first rate"
@@ -584,7 +586,7 @@ def main() -> None:
         "cellular.log" if args.part == "all" else f"cellular-{args.part.replace(',', '-')}.log"
     )
     stream = (out_dir / log_name).open("w") if args.out else None
-    wanted = [w for w in args.configs.split(",") if w]
+    wanted = filter_terms(args.configs)
 
     def keep(label: str) -> bool:
         return not wanted or any(w in label for w in wanted)
