@@ -36,6 +36,7 @@ from accordion.workers.staged import (
 from accordion.workers.stagedworker import profile_stages, stage_profile_s
 from bench.cellular.run import (
     MAX_BATCHES,
+    STEP_SIZES,
     TRITON_GRID,
     batch_longest,
     bursty,
@@ -46,7 +47,6 @@ from bench.cellular.run import (
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 SIZES = [1, 2, 4, 8, 16, 32, 64]
-SEQ_SIZES = [*SIZES, 128, 256]  # the sequence models' configurations go to max batch 256
 TARGET = 0.99
 
 
@@ -104,7 +104,7 @@ def sequence_section(model_name: str, title: str, lengths: list[int], slo: float
     """Cellular against the live benchmark's request-level configurations on one sequence
     model: every configuration's sustainable rate by the same search, and p99 at the best
     baseline's rate."""
-    runs, _ = measured(model_name, SEQ_SIZES)
+    runs, _ = measured(model_name, list(STEP_SIZES))
     profile = stage_profile_s(runs)
     longest = batch_longest(lengths)
 

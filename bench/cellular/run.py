@@ -85,6 +85,9 @@ Triton at max batch 256 sustained ~240 req/s on decoder-tiny and ~360 on gru-seq
 best baseline."""
 MAX_BATCHES = (32, 64, 128, 256)
 """Max batch sizes of cellular and of our request-level SloBatcher (the same search)."""
+STEP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""Batch sizes the sequence parts profile a step at and price a request-level batch at (up to
+the largest of `MAX_BATCHES` and `TRITON_GRID`)."""
 CNN_START = 39.0  # the feed-forward search's first rate
 DEVICE = "cpu"  # where the workers and the step profiles run (--device)
 
@@ -512,10 +515,7 @@ def batch_longest(lengths: list[int], draws: int = 2000, seed: int = 3) -> dict[
     how many steps a request-level batch of b runs."""
     rng = np.random.default_rng(seed)
     arr = np.asarray(lengths)
-    return {
-        b: float(np.mean(rng.choice(arr, (draws, b)).max(axis=1)))
-        for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    }
+    return {b: float(np.mean(rng.choice(arr, (draws, b)).max(axis=1))) for b in STEP_SIZES}
 
 
 def step_profile(model_name: str) -> dict[int, float]:
@@ -529,8 +529,7 @@ def step_profile(model_name: str) -> dict[int, float]:
     torch.set_num_threads(1)
     model = STAGED_BUILTINS[model_name]()
     model.to(DEVICE)
-    sizes = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-    return stage_profile_s(profile_stages(model, sizes, repeats=3))[0]
+    return stage_profile_s(profile_stages(model, list(STEP_SIZES), repeats=3))[0]
 
 
 def main() -> None:
