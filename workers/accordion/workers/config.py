@@ -131,6 +131,22 @@ class PipelineStageConfig(_Model):
     )
 
 
+SWITCH_INTERVAL_MS = 0.2
+"""The worker's thread switch interval (Python's default: 5 ms). The model thread releases the
+interpreter lock for every torch kernel and needs it back for the Python between kernels;
+while the event loop's thread runs Python (parsing a request: ~0.5 ms of CPU each at the
+cellular bench's rates, 0.3 of a core at 560 req/s), the model thread waits for it, so the HTTP
+thread's Python lands in the middle of the model's steps. Measured on this project's 2-core
+CPU, one torch thread, 2026-12-06: a gru-seq cellular worker at 560 req/s took 1.85-1.95 ms a
+step at batch ~54 (0.74 of a core busy, the rest waiting), 1.73 at 0.2 ms (0.82 of a core);
+attainment at that rate 97.97% -> 99.04% (max batch 64) and 99.31% -> 99.61% (128); Triton's
+batcher on the same worker at 430 req/s 93.3% -> 100%; the request-level SloBatcher on the
+batching bench's model at 420 req/s 92.7% -> 97.2%, p99 at 380 req/s 267 -> 228 ms. In a
+micro-benchmark (a gru-seq step at batch 54 beside a Python thread busy 30% of the time in
+0.5-ms bursts): 1.17 ms alone, 1.75 at 5 ms, 1.39-1.42 at 0.1-0.2 ms, 1.23 beside a busy
+process instead (no shared lock)."""
+
+
 class WorkerConfig(_Model):
     """One worker process: one model variant on one device."""
 
@@ -146,6 +162,14 @@ class WorkerConfig(_Model):
     output_name: str = "output"
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     torch_threads: int = Field(1, ge=1)
+    switch_interval_ms: float = Field(
+        SWITCH_INTERVAL_MS,
+        gt=0,
+        le=100,
+        description="The worker process's thread switch interval (`sys.setswitchinterval`): "
+        "the longest the HTTP thread holds the interpreter lock while the model thread waits "
+        "for it between kernels (Python's default is 5 ms).",
+    )
     slo_ms: float = Field(100.0, gt=0, description="Default deadline when a request has none.")
     accuracy: float | None = Field(None, ge=0, le=1)
     profile_ms: ProfileMs = Field(

@@ -38,6 +38,7 @@ import contextlib
 import itertools
 import math
 import socket
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -614,6 +615,8 @@ def create_app(worker: Worker) -> web.Application:
 
 
 def serve(config: WorkerConfig) -> None:
-    """Run a worker until interrupted."""
+    """Run a worker until interrupted (this process's switch interval set to the config's:
+    `accordion.workers.config.SWITCH_INTERVAL_MS` says why)."""
+    sys.setswitchinterval(config.switch_interval_ms / 1000.0)
     worker = Worker(config)
     web.run_app(create_app(worker), host=config.host, port=config.port, print=None)
