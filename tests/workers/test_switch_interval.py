@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+from aiohttp import web
 from pydantic import ValidationError
 
 from accordion.workers import server
@@ -26,7 +27,7 @@ def test_serve_sets_the_interval_before_the_server_runs(
     monkeypatch: pytest.MonkeyPatch, restore_interval: object, interval_ms: float | None
 ) -> None:
     seen: list[float] = []
-    monkeypatch.setattr(server.web, "run_app", lambda *a, **k: seen.append(sys.getswitchinterval()))
+    monkeypatch.setattr(web, "run_app", lambda *a, **k: seen.append(sys.getswitchinterval()))
     sys.setswitchinterval(0.005)
     extra = {} if interval_ms is None else {"switch_interval_ms": interval_ms}
     config = WorkerConfig(model_name="m", model="builtin:demo-xs", **extra)
