@@ -340,7 +340,7 @@ async def test_slowdown_counts_what_the_worker_adds_between_back_to_back_batches
         await asyncio.sleep(0.01)
         return np.zeros((len(batch), 100), dtype=np.float32), 0.005
 
-    monkeypatch.setattr(worker.runner, "run", run)
+    monkeypatch.setattr(worker.runner, "submit", lambda batch: asyncio.ensure_future(run(batch)))
     async with TestClient(TestServer(create_app(worker))) as client:
         loop = asyncio.get_running_loop()
         for _ in range(4):  # one at a time: each batch ends with an empty queue
@@ -360,6 +360,55 @@ async def test_slowdown_counts_what_the_worker_adds_between_back_to_back_batches
         median = float(answers[-1].headers[SLOWDOWN_MEDIAN_HEADER])
         assert median == pytest.approx(worker.meter.value(loop.time(), 0.5), rel=1e-3)
         assert 0 < median <= float(answers[-1].headers[SLOWDOWN_HEADER])
+
+
+async def test_the_next_batch_starts_before_the_last_one_is_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three requests at once, batches of one: when the first batch ends with two waiting, the
+    second goes to the model thread before the first request's answer is built, so that the
+    device does not idle while the event loop answers (`Worker._finish`)."""
+    from accordion.workers import server
+
+    config = worker_config(
+        profile_ms={1: 10.0, 8: 10.0},
+        batching=BatchingConfig(policy="triton", max_batch_size=1, max_queue_delay_ms=0.0),
+    )
+    worker = Worker(config, warm_up=False)
+    events: list[str] = []
+
+    async def run(batch: Any) -> tuple[Any, float]:
+        await asyncio.sleep(0.01)
+        return np.zeros((len(batch), 100), dtype=np.float32), 0.01
+
+    def submit(batch: Any) -> asyncio.Future[tuple[Any, float]]:
+        events.append("start")
+        return asyncio.ensure_future(run(batch))
+
+    render = server.render_rest  # type: ignore[attr-defined]
+
+    def answer(*args: Any) -> Any:
+        events.append("answer")
+        return render(*args)
+
+    observe = worker.metrics.observe_batch
+
+    def done(*args: Any) -> None:  # when the batch is counted, before its answers are released
+        events.append("done")
+        observe(*args)
+
+    monkeypatch.setattr(worker.runner, "submit", submit)
+    monkeypatch.setattr(worker.metrics, "observe_batch", done)
+    monkeypatch.setattr(server, "render_rest", answer)
+    async with TestClient(TestServer(create_app(worker))) as client:
+        answers = await asyncio.gather(
+            *(client.post("/v2/models/demo-xs/infer", json=sample_body()) for _ in range(3))
+        )
+    assert [a.status for a in answers] == [200] * 3
+    assert events == [
+        *("start", "start", "done", "answer"),  # the second batch runs before the first answer
+        *("start", "done", "answer", "done", "answer"),
+    ]
 
 
 async def test_an_answer_built_after_its_deadline_is_late(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -218,8 +218,15 @@ class ModelRunner:
 
     async def run(self, batch: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.generic], float]:
         """Execute one batch on the model thread without blocking the event loop."""
+        return await self.submit(batch)
+
+    def submit(
+        self, batch: npt.NDArray[np.generic]
+    ) -> asyncio.Future[tuple[npt.NDArray[np.generic], float]]:
+        """Hand one batch to the model thread at once (it starts before this returns, if the
+        thread is free); the future holds (output, execution seconds)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run_sync, batch)
+        return loop.run_in_executor(self._executor, self.run_sync, batch)
 
     def example(self, batch_size: int, seed: int = 0) -> npt.NDArray[np.generic]:
         rng = np.random.default_rng(seed)
