@@ -532,6 +532,17 @@ def step_profile(model_name: str) -> dict[int, float]:
     return stage_profile_s(profile_stages(model, list(STEP_SIZES), repeats=3))[0]
 
 
+def log_file(out_dir: Path, part: str, now: time.struct_time) -> Path:
+    """Where a run's log goes: cellular.log, or cellular-PART.log for a part (seq-dec for
+    ``seq,dec``), with the run's UTC start (-MMDD-HHMM) added when that file exists already, so
+    that a run never overwrites the log a report quotes."""
+    stem = "cellular" if part == "all" else f"cellular-{part.replace(',', '-')}"
+    path = out_dir / f"{stem}.log"
+    if path.exists():
+        path = out_dir / f"{stem}-{time.strftime('%m%d-%H%M', now)}.log"
+    return path
+
+
 def main() -> None:
     global DEVICE, STEP, MAX_RATE, EQUAL_RATE_S, EQUAL_ROUNDS, BISECT
     parser = argparse.ArgumentParser()
@@ -581,10 +592,9 @@ def main() -> None:
     )
     out_dir: Path = args.out or RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_name = (
-        "cellular.log" if args.part == "all" else f"cellular-{args.part.replace(',', '-')}.log"
-    )
-    stream = (out_dir / log_name).open("w") if args.out else None
+    log_path = log_file(out_dir, args.part, time.gmtime())
+    stream = log_path.open("w") if args.out else None
+    print(f"log: {log_path}", flush=True)
     wanted = filter_terms(args.configs)
 
     def keep(label: str) -> bool:
@@ -724,7 +734,7 @@ def main() -> None:
         merged[key] = part | {"when": stamp, "load_after": load} | search_settings
     path.write_text(json.dumps(merged, indent=1, default=str))
     if stream is None:
-        (out_dir / log_name).write_text("\n".join(lines) + "\n")
+        log_path.write_text("\n".join(lines) + "\n")
     else:
         stream.close()
 

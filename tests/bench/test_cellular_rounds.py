@@ -99,3 +99,18 @@ def test_the_report_says_how_the_figure_at_equal_rate_was_taken() -> None:
     text = "\n".join(sequence_section("sequences", _seq([(1.0, 250.0)])))
     assert "a separate 10 s measurement of every configuration" in text
     assert "round 1" not in text
+
+
+def test_a_run_never_overwrites_a_log_already_there(tmp_path: Path) -> None:
+    """The first run of a part writes cellular-PART.log; the next, with that log quoted by a
+    report, writes beside it with its UTC start in the name."""
+    import time
+
+    from bench.cellular.run import log_file
+
+    at = time.strptime("2026-12-06 11:05", "%Y-%m-%d %H:%M")
+    first = log_file(tmp_path, "seq,dec", at)
+    assert first == tmp_path / "cellular-seq-dec.log"
+    first.write_text("the run a report quotes\n")
+    assert log_file(tmp_path, "seq,dec", at) == tmp_path / "cellular-seq-dec-1206-1105.log"
+    assert log_file(tmp_path, "all", at) == tmp_path / "cellular.log"
