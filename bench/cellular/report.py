@@ -244,7 +244,9 @@ def render(results: dict[str, Any]) -> str:
         "search), `cellular-dec.log` (decoder-tiny, an earlier run; `cellular-dec-0059.log` and "
         "`cellular-dec-0016.log` the searches before it, described in the reading; "
         "`cellular-seq-dec.log` holds both workloads from the 13:55 UTC run) and "
-        "`cellular-cnn.log` (the CNN, the run in the table; `cellular-cnn-0508.log` the 05:08 UTC "
+        "`cellular-cnn-1206-1103.log` (the CNN, the run in the table; `cellular-cnn.log` the "
+        "2026-12-04 05:22 UTC run, before the worker's switch interval and its next batch "
+        "started before the answers, on a slower machine; `cellular-cnn-0508.log` the 05:08 UTC "
         "run with the old bursty generator, `cellular.log` the 11:37 UTC run); the same "
         "schedulers on simulated "
         "time, on profiles measured on this machine, in `cellular-sim.md`.",
