@@ -216,15 +216,12 @@ class ModelRunner:
             result = output.detach().cpu().numpy()
         return result, time.perf_counter() - start
 
-    async def run(self, batch: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.generic], float]:
-        """Execute one batch on the model thread without blocking the event loop."""
-        return await self.submit(batch)
-
     def submit(
         self, batch: npt.NDArray[np.generic]
     ) -> asyncio.Future[tuple[npt.NDArray[np.generic], float]]:
-        """Hand one batch to the model thread at once (it starts before this returns, if the
-        thread is free); the future holds (output, execution seconds)."""
+        """Hand one batch to the model thread at once, without blocking the event loop (it
+        starts before this returns, if the thread is free); the future holds (output,
+        execution seconds)."""
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._executor, self.run_sync, batch)
 

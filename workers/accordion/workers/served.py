@@ -11,7 +11,7 @@ kept per batch size, as the batcher's own predictor keeps it (`batching.LatencyP
 with the percentiles the model needs (p50, p90, p99) rather than one high quantile.
 
 * `ServedProfile`: the worker's last `window` executions of each batch size (the device's time
-  of each batch, `ModelRunner.run`'s, as the execution metric has it); `points()` their
+  of each batch, `ModelRunner.run_sync`'s, as the execution metric has it); `points()` their
   percentiles for every size with at least `min_samples`.
 * The worker publishes them on /metrics (`accordion_worker_served_latency_seconds{model,
   batch_size,quantile}` and `accordion_worker_served_batches{model,batch_size}`, the samples
