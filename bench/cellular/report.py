@@ -238,7 +238,8 @@ def render(results: dict[str, Any]) -> str:
             lines += [f"{arrivals}:", "", *ladder_table(per)]
     lines += [
         "Per-rate measurements (attainment, p99, misses by outcome) are in "
-        "`cellular-seq-dec-1206-0853.log` (both sequence workloads, the runs in the tables; "
+        "`cellular-seq-dec-1206-1320.log` (both sequence workloads, the runs in the tables; "
+        "`cellular-seq-dec-1206-0853.log` the same search on the VM before, "
         "`cellular-seq-dec-1206-0634.log` the run before the worker's switch interval), "
         "`cellular-seq.log` (gru-seq, an earlier run; `cellular-seq-2032.log` the 20:32 UTC "
         "search), `cellular-dec.log` (decoder-tiny, an earlier run; `cellular-dec-0059.log` and "
