@@ -15,6 +15,7 @@ from accordion.operator.config import OperatorConfig
 from accordion.operator.control.loop import ReconcileResult
 from accordion.operator.control.timing import DEFAULT_TIMINGS
 from accordion.operator.handlers import Driver
+from accordion.operator.prometheus import PrometheusDemand
 
 
 def test_the_configuration_defaults_are_the_shared_timings() -> None:
@@ -25,6 +26,14 @@ def test_the_configuration_defaults_are_the_shared_timings() -> None:
     assert timings.hysteresis == DEFAULT_TIMINGS.hysteresis
     config = OperatorConfig.load({"ACCORDION_RESYNC_INTERVAL_S": "7"})
     assert config.timings().resync_interval_s == 7.0
+
+
+def test_the_prometheus_reader_defaults_are_the_shared_timings() -> None:
+    # Built without the configuration (as a test or a script would), the reader smooths demand
+    # as the loop does, not on half-lives of its own.
+    reader = PrometheusDemand(url="http://prometheus:9090", query_template="up")
+    assert reader.tracker.rise_half_life_s == DEFAULT_TIMINGS.rise_half_life_s
+    assert reader.tracker.fall_half_life_s == DEFAULT_TIMINGS.fall_half_life_s
 
 
 @contextlib.asynccontextmanager

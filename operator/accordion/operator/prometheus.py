@@ -51,6 +51,7 @@ import promql_parser
 from accordion.operator.api import MAX_QPS, DemandSource, InferenceService
 from accordion.operator.control.demand import DemandTracker
 from accordion.operator.control.loop import DemandView
+from accordion.operator.control.timing import DEFAULT_TIMINGS
 
 if TYPE_CHECKING:
     from accordion.operator.config import OperatorConfig
@@ -147,8 +148,8 @@ class PrometheusDemand:
     url: str
     query_template: str
     timeout_s: float = 5.0
-    rise_half_life_s: float = 30.0
-    fall_half_life_s: float = 300.0
+    rise_half_life_s: float = DEFAULT_TIMINGS.rise_half_life_s
+    fall_half_life_s: float = DEFAULT_TIMINGS.fall_half_life_s
     min_change: float = 0.02
     clock: Callable[[], float] = field(default=lambda: 0.0)
     bearer_token_file: str | None = None
