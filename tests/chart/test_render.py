@@ -254,6 +254,30 @@ def test_operator_config_is_what_the_operator_reads() -> None:
     assert env["ACCORDION_OPERATOR_CONFIG"]["value"] == "/etc/accordion/config.yaml"
 
 
+def _operator_config(*sets: str) -> Any:
+    config_module = pytest.importorskip("accordion.operator.config")
+    (config,) = [
+        o for o in by_kind(objects(*sets), "ConfigMap") if o["metadata"]["name"].endswith("-config")
+    ]
+    return config_module.OperatorConfig.model_validate(
+        yaml.safe_load(config["data"]["config.yaml"])
+    )
+
+
+def test_the_chart_installs_the_loops_default_timings() -> None:
+    """Installed with its defaults, the operator runs the timings the simulator and local mode
+    measure (`DEFAULT_TIMINGS`: half-lives, passes, debounce, drain), not values of the chart's
+    own; each is still a value to set."""
+    config_module = pytest.importorskip("accordion.operator.config")
+    defaults = config_module.OperatorConfig()
+    assert _operator_config().timings() == defaults.timings()
+    assert _operator_config().planner == defaults.planner
+    tuned = _operator_config(
+        "operator.demand.riseHalfLifeSeconds=4", "operator.demand.fallHalfLifeSeconds=60"
+    )
+    assert (tuned.demand_rise_half_life_s, tuned.demand_fall_half_life_s) == (4.0, 60.0)
+
+
 def test_without_prometheus_the_operator_gets_no_url() -> None:
     config_module = pytest.importorskip("accordion.operator.config")
     (config,) = [

@@ -17,7 +17,10 @@ INVALID = {
     "operator.watchNamespaces={team-a}": "/operator",
     "operator.mig.configNamespace=GPU_Operator": "/operator/mig/configNamespace",
     "operator.unknownKey=1": "/operator",
+    "operator.demand.fallHalfLifeSeconds=0": "/operator/demand/fallHalfLifeSeconds",
     "prometheus.url=ftp://prometheus:9090": "/prometheus/url",
+    # The half-lives smooth every demand source, so they moved to operator.demand.
+    "prometheus.riseHalfLifeSeconds=30": "/prometheus",
     "prometheus.demandQuery=sum(rate(x[1m]))": "/prometheus/demandQuery",
     "serviceMonitor.enabled=yes": "/serviceMonitor/enabled",
     "podMonitor.interval=fast": "/podMonitor/interval",
