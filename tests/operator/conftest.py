@@ -289,6 +289,8 @@ class Operator:
             "PYTHONUNBUFFERED": "1",
             "ACCORDION_DEBOUNCE_S": "0.05",
             "ACCORDION_DRAIN_S": "0",
+            # No router runs here: the drain need not wait for a kubelet to sync a table file.
+            "ACCORDION_ROUTING_FILE_SYNC_S": "0",
             "ACCORDION_RESYNC_INTERVAL_S": "2",
             # The emulator has no Nodes: pools are taken at their declared size, unless a
             # test seeds Nodes and turns this on.

@@ -14,6 +14,8 @@ server-side apply and strategic merge (the operator uses JSON merge patches only
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from .conftest import Cluster, Operator, isvc, request_log, wait_for
@@ -102,6 +104,38 @@ def test_demand_change_switches_variant_make_before_break(cluster: Cluster) -> N
     assert routing_patches[-1] < deletes[0]
     reasons = {e["reason"] for e in cluster.events(ns)}
     assert "AccuracyScaledDown" in reasons
+
+
+def test_without_reports_the_drain_waits_for_the_table_files_sync(
+    cluster: Cluster, operator: Operator
+) -> None:
+    """Routers that do not report read their table from the mounted ConfigMap, which the
+    kubelet syncs up to a minute or more after the write: the old worker stays that long
+    (`routing_file_sync_s`, here 3 s; the other tests here run with 0 and no routers). The
+    drain counts from when the table is in place, so it must not be 0 (the other tests' value:
+    then the old worker goes in the pass that writes the table)."""
+    ns, pool = "filesync", "pool-filesync"
+    operator.stop()
+    operator.env["ACCORDION_ROUTING_FILE_SYNC_S"] = "3"
+    operator.env["ACCORDION_DRAIN_S"] = "0.5"
+    try:
+        operator.start()
+        cluster.create_pool(pool, 1)
+        cluster.create(isvc("svc", ns, pool, 40.0))
+        wait_for("the big worker", lambda: "big" in cluster.workers(ns), timeout_s=60)
+        cluster.mark_ready(ns)
+        cluster.patch(ns, "svc", {"spec": {"demand": {"qps": 150.0}}})
+        wait_for("the small worker", lambda: "small" in cluster.workers(ns))
+        cluster.mark_ready(ns, "small")
+        wait_for("routing to small", lambda: cluster.weights(ns, "svc") == {"small": 1.0})
+        written = time.monotonic()
+        wait_for("the big worker removed", lambda: set(cluster.workers(ns)) == {"small"})
+        assert time.monotonic() - written >= 2.5, "removed before the routers' file could sync"
+    finally:
+        operator.stop()
+        del operator.env["ACCORDION_ROUTING_FILE_SYNC_S"]
+        del operator.env["ACCORDION_DRAIN_S"]
+        operator.start()
 
 
 def test_pool_shrink_replans(cluster: Cluster) -> None:

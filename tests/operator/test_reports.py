@@ -254,12 +254,13 @@ async def test_the_drain_waits_for_the_routers_confirmation() -> None:
     assert clock.t - confirmed_at == pytest.approx(5.0)
 
 
-def test_without_live_routers_or_after_the_timeout_the_write_time_counts() -> None:
+def test_without_live_routers_the_file_sync_counts_after_the_timeout_the_write() -> None:
     clock = Clock()
     applied = AppliedRouting(Routing(service=SVC, slo_ms=100.0), applied_at_s=clock.t)
     tables = {SVC: ServiceRouting(table("v2", 2_000), applied)}
-    demand = RouterDemand(tables.get, clock, confirm_timeout_s=60.0)
-    assert demand.confirmed({SVC: applied}) == {SVC: applied}  # no router reports: as before
+    demand = RouterDemand(tables.get, clock, confirm_timeout_s=60.0, file_sync_s=90.0)
+    # No router reports: routers (if any) read the mounted file, which the kubelet syncs.
+    assert demand.confirmed({SVC: applied})[SVC].applied_at_s == applied.applied_at_s + 90.0
     demand.answer(report("r1", 1, 1, version="v1"))
     clock.t += 3.0
     assert demand.confirmed({SVC: applied})[SVC].applied_at_s == clock.t  # waiting

@@ -28,6 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.solver import PlannerSettings
 
+ROUTING_FILE_SYNC_S = 90.0
+"""How long the kubelet may take to put a changed ConfigMap into a pod's mounted volume: its
+sync period (1 minute by default) plus the propagation of its ConfigMap cache (Kubernetes'
+documentation, "Mounted ConfigMaps are updated automatically": the delay can be as long as the
+two together; 60-90 s are usual). A router that does not report reads its table from there."""
+
 DEFAULT_DEMAND_QUERY = (
     'sum(rate(accordion_router_requests_total{{namespace="{namespace}",service="{name}"}}[1m]))'
 )
@@ -203,6 +209,15 @@ class OperatorConfig(BaseModel):
         description="Passes that demand calls for (a service left its band) at most this often.",
     )
     drain_s: float = Field(5.0, ge=0, description="Wait after the final routing before removal.")
+    routing_file_sync_s: float = Field(
+        ROUTING_FILE_SYNC_S,
+        ge=0,
+        description=(
+            "How long a router that does not report (reports off, or none of the service's "
+            "routers heard from) may take to read a new routing table from its mounted "
+            "ConfigMap; the drain then counts from the ConfigMap write plus this."
+        ),
+    )
     hysteresis: float = Field(
         DEFAULT_TIMINGS.hysteresis,
         ge=0,
@@ -270,6 +285,7 @@ class OperatorConfig(BaseModel):
             "ACCORDION_DEBOUNCE_S": "debounce_s",
             "ACCORDION_RESYNC_INTERVAL_S": "resync_interval_s",
             "ACCORDION_DRAIN_S": "drain_s",
+            "ACCORDION_ROUTING_FILE_SYNC_S": "routing_file_sync_s",
             "ACCORDION_DEMAND_INTERVAL_S": "demand_interval_s",
             "ACCORDION_WATCH_NODES": "watch_nodes",
             "ACCORDION_REPORT_PORT": "report_port",

@@ -107,7 +107,7 @@ from accordion.operator.peering import Leadership
 from accordion.operator.pools import cpu_condition, pool_capacity
 from accordion.operator.prometheus import PrometheusDemand
 from accordion.operator.reportauth import TokenAuthenticator, token_reviewer
-from accordion.operator.reports import ReportServer, RouterDemand, ServiceRouting
+from accordion.operator.reports import ReportServer, RouterDemand, ServiceRouting, file_synced
 from accordion.workers.config import RoutingTable
 
 log = logging.getLogger("accordion.operator")
@@ -230,6 +230,7 @@ class Driver:
                 interval_s=self.config.report_interval_s,
                 heartbeat_s=self.config.report_heartbeat_s,
                 confirm_timeout_s=self.config.report_confirm_timeout_s,
+                file_sync_s=self.config.routing_file_sync_s,
                 tracker=DemandTracker(
                     self.config.demand_rise_half_life_s, self.config.demand_fall_half_life_s
                 ),
@@ -578,6 +579,9 @@ class Driver:
         if self.reports is not None:
             # The drain counts from the routers' confirmation of a table (`reports`).
             world.routing = self.reports.confirmed(world.routing)
+        else:
+            # Routers read their table from the mounted ConfigMap: it counts from its sync.
+            world.routing = file_synced(world.routing, self.config.routing_file_sync_s)
         demand = self.demand_view(world)
         result = await self.loop.reconcile(
             world, demand, self.actuator, concurrency=self.concurrency

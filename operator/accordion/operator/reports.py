@@ -41,9 +41,11 @@ What the operator does with them:
   routing is in place. `AppliedRouting.applied_at_s` is then the time the last live router
   confirmed the table (reported its version), so the drain counts from when routers really
   route by it. Until they all have, it is "now" (the loop waits and looks again). When no
-  router of the service reports (reports are off, or they are silent), or they have not
-  confirmed within `confirm_timeout_s` (a router that refuses the table), it is the ConfigMap's
-  write time, as without reports.
+  router of the service reports (reports are off, or they are silent), routers read the table
+  from their mounted ConfigMap, so it is the ConfigMap's write time plus `file_sync_s` (the
+  kubelet's sync bound, `config.ROUTING_FILE_SYNC_S`; `file_synced`): removing the old workers
+  sooner would leave routers routing by a table whose workers are gone. When they have not
+  confirmed within `confirm_timeout_s` (a router that refuses the table), it is the write time.
 * **Leadership**: only the leader takes reports; followers answer 503 and their `/readyz` is 503,
   so the report Service (whose endpoints are the ready operator pods) reaches the leader.
 * **Authentication** (`report_auth: TokenReview`, the default): a report carries its router's
@@ -69,6 +71,7 @@ from aiohttp import hdrs, web
 from pydantic import ValidationError
 
 from accordion.operator.api import DemandSource, InferenceService
+from accordion.operator.config import ROUTING_FILE_SYNC_S
 from accordion.operator.control.burstiness import BurstinessBook, combine
 from accordion.operator.control.demand import SURGE_SIGMAS, DemandTracker, counting_noise_qps
 from accordion.operator.control.loop import AppliedRouting, DemandView
@@ -248,6 +251,8 @@ class RouterDemand:
     interval_s: float = 1.0
     heartbeat_s: float = 10.0
     confirm_timeout_s: float = 60.0
+    file_sync_s: float = ROUTING_FILE_SYNC_S
+    """How long a router that does not report takes to read a new table from its file."""
     tracker: DemandTracker = field(default_factory=DemandTracker)
     book: ReportBook = field(init=False)
     published: dict[str, float] = field(default_factory=dict)
@@ -416,7 +421,8 @@ class RouterDemand:
             if table is None:
                 continue
             state = self.book.confirmation(key, table.version, now)
-            if state.live == 0:
+            if state.live == 0:  # routers, if any, read the file
+                out[key] = file_synced({key: applied}, self.file_sync_s)[key]
                 continue
             if state.confirmed_at_s is not None:
                 at = max(applied.applied_at_s, state.confirmed_at_s)
@@ -437,6 +443,16 @@ class RouterDemand:
             if at != applied.applied_at_s:
                 out[key] = dataclasses.replace(applied, applied_at_s=at)
         return out
+
+
+def file_synced(routing: Mapping[str, AppliedRouting], sync_s: float) -> dict[str, AppliedRouting]:
+    """`routing` as routers that read their table from the mounted ConfigMap have it: each
+    table in place `sync_s` after its write (the kubelet's sync), so that the drain counts from
+    then."""
+    return {
+        key: dataclasses.replace(applied, applied_at_s=applied.applied_at_s + sync_s)
+        for key, applied in routing.items()
+    }
 
 
 # ----------------------------------------------------------------------------------- HTTP
