@@ -36,8 +36,16 @@ def _error_line(output: str) -> str:
 
 
 def test_router_command_line_is_accepted() -> None:
-    config = pytest.importorskip("accordion.operator.config").OperatorConfig()
-    ok, output = _cli_accepts([*config.router_command[1:], *config.router_args])
+    config_module = pytest.importorskip("accordion.operator.config")
+    k8s = pytest.importorskip("accordion.operator.k8s")
+    # The router pod's whole command line: the configured args and those the operator adds
+    # (its drain, gRPC port, reports and their token).
+    config = config_module.OperatorConfig(report_url="http://accordion-reports:8082/v1/reports")
+    (container,) = k8s.router_deployment("ml/svc", "uid", config)["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert "--drain-seconds" in container["args"]
+    ok, output = _cli_accepts([*container["command"][1:], *container["args"]])
     assert ok, _error_line(output)
 
 

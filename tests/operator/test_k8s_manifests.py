@@ -228,6 +228,12 @@ def test_the_router_runs_two_replicas_spread_behind_a_disruption_budget() -> Non
     assert spread["topologyKey"] == "kubernetes.io/hostname"
     assert spread["labelSelector"] == router["spec"]["selector"]
     assert pod["containers"][0]["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
+    # Terminating, it serves on for its drain, then has the default 30 s for what is in flight.
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--drain-seconds") + 1] == "5"
+    assert pod["terminationGracePeriodSeconds"] == 35
+    undrained = router_deployment("ml/classifier", "uid-1", OperatorConfig(router_drain_s=0))
+    assert "--drain-seconds" not in undrained["spec"]["template"]["spec"]["containers"][0]["args"]
     pdb = router_pdb("ml/classifier", "uid-1")
     kubernetes_validate.validate(pdb, K8S_VERSION, strict=True)
     assert pdb["metadata"]["name"] == router["metadata"]["name"]

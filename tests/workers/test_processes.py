@@ -261,6 +261,37 @@ def test_sigterm_stops_each_process_cleanly(stack: Stack) -> None:
             os.killpg(proc.pid, 0)
 
 
+def test_a_router_told_to_drain_serves_on_after_sigterm(tmp_path: Path) -> None:
+    """With --drain-seconds a terminating router keeps answering (its pod's endpoints and its
+    clients learn of the termination only after a while), reports itself not ready, closes each
+    connection after its answer, and then stops with status 0."""
+    table = tmp_path / "routing.json"
+    write_table(table, "http://127.0.0.1:9", {"a": 1.0, "b": 0.0})  # no worker: 503s
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    router = start(["route", "--table", str(table), "--port", str(port), "--drain-seconds", "2"])
+    try:
+        wait_ready(router, url, path="/v2/health/live")
+        assert http("GET", f"{url}/v2/health/ready")[0] == 200
+        router.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        time.sleep(0.3)
+        status, headers, _ = http("GET", f"{url}/v2/health/ready")
+        assert status == 503, "a draining router is not ready"
+        assert headers.get("Connection") == "close"
+        assert http("GET", f"{url}/v2/health/live")[0] == 200, "it still listens"
+        assert router.poll() is None
+        router.wait(timeout=10)
+        assert time.monotonic() - sent >= 1.9, "stopped before its drain was over"
+        stderr = router.communicate()[1]
+        assert router.returncode == 0, stderr
+        assert "Traceback" not in stderr, stderr
+    finally:
+        if router.poll() is None:
+            os.killpg(router.pid, signal.SIGKILL)
+            router.wait()
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "500"}  # rich would wrap the message at 80 columns
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, env=env)

@@ -81,6 +81,17 @@ class OperatorConfig(BaseModel):
     router_replicas: int = Field(
         2, ge=1, description="Router replicas per service (a PodDisruptionBudget keeps one up)."
     )
+    router_drain_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description=(
+            "How long a terminating router serves on, not ready and closing connections, while "
+            "its Service's endpoints and its clients learn that it goes (`route "
+            "--drain-seconds`); its pod's grace period is this plus 30 s for the requests in "
+            "flight."
+        ),
+    )
     routing_mount_path: str = "/etc/accordion/routing"
     image_pull_policy: PullPolicy = Field(
         "IfNotPresent", description="Pull policy of the worker image (workers and downloads)."

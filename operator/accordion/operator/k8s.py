@@ -61,6 +61,9 @@ COMPONENT_WORKER = "worker"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 COMPONENT_ROUTER = "router"
 ROUTER_STARTUP_TIMEOUT_S = 60.0
+ROUTER_GRACE_S = 30
+"""A terminating router's time, after its drain (`OperatorConfig.router_drain_s`), to answer
+the requests in flight before the kubelet kills it: Kubernetes' default grace period."""
 """The router loads no model: a minute covers a slow image start on a busy node."""
 REPORT_TOKEN_DIR = "/var/run/secrets/accordion/reports"
 """Where a router's projected ServiceAccount token for its reports is mounted (`token`)."""
@@ -416,6 +419,8 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
     namespace, name = split_key(service)
     labels = router_labels(name)
     args = list(config.router_args)
+    if config.router_drain_s > 0:
+        args += ["--drain-seconds", f"{config.router_drain_s:g}"]
     if config.router_grpc_port:
         args += ["--grpc-port", str(config.router_grpc_port)]
     if config.report_url:
@@ -463,6 +468,8 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
     pod_spec: Manifest = {
         "securityContext": POD_SECURITY_CONTEXT,
         "automountServiceAccountToken": False,
+        # The drain, then the requests in flight (each within its SLO's budget).
+        "terminationGracePeriodSeconds": math.ceil(config.router_drain_s) + ROUTER_GRACE_S,
         "containers": [container],
         "volumes": [
             {

@@ -468,6 +468,14 @@ def route(
             help="samples the activator holds at most while no replica is ready (scale to zero)",
         ),
     ] = DEFAULT_MAX_QUEUED,
+    drain_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="on SIGTERM, serve on this long, not ready and closing connections, before "
+            "stopping (a pod's endpoints and its clients catch up meanwhile); 0: stop at once",
+        ),
+    ] = 0.0,
 ) -> None:
     """Run a router: one InferenceService's entry point (v2 REST, and gRPC)."""
     from accordion.workers.reporting import ReportPolicy
@@ -487,7 +495,7 @@ def route(
         raise typer.BadParameter(str(exc)) from None
     _check_port(host, port)
     try:
-        serve_router(router, host, port, grpc_port)
+        serve_router(router, host, port, grpc_port, drain_seconds)
     except OSError as exc:
         if exc.errno not in _BIND_ERRORS:
             raise

@@ -47,9 +47,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -290,6 +292,9 @@ class Router:
         self.signature: Signature | None = None
         """The model's inputs and outputs, as the first backend to answer its metadata says."""
         self._session: aiohttp.ClientSession | None = None
+        self.draining = False
+        """Terminating (`serve_router`'s drain): still serving, but no longer ready, and every
+        answer closes its connection."""
         self._tasks: list[asyncio.Task[None]] = []
         self.arrivals = 0
         """Requests that arrived (a batch counts its samples): what reports carry."""
@@ -514,7 +519,7 @@ class Router:
         ready (the activator). The server's readiness (its pod's readinessProbe): a router at
         zero replicas must stay in its Service's endpoints, or the request that would start a
         replica never reaches it. The model's readiness stays `ready`."""
-        return self._session is not None
+        return self._session is not None and not self.draining
 
     def versions(self) -> list[str]:
         """One model version, stable across plans (the plan's is a parameter of the metadata)."""
@@ -859,11 +864,48 @@ def serve_router(
     host: str = "127.0.0.1",
     port: int = 8000,
     grpc_port: int | None = None,
+    drain_s: float = 0.0,
 ) -> None:
     """Run a router (or one on the table file `table`) until SIGINT or SIGTERM; with a gRPC
-    endpoint on `grpc_port` (Triton's is 8001) if given."""
+    endpoint on `grpc_port` (Triton's is 8001) if given.
+
+    `drain_s` > 0: on SIGTERM the router serves on for that long before it stops, not ready
+    (its readiness answers 503) and closing each connection after its answer, so that clients
+    move to other replicas. A terminating pod leaves its Service's endpoints while it already
+    runs its shutdown, and every node's proxy and every client's keep-alive connection learn
+    that only after a while: a router that stopped listening at once would refuse them
+    meanwhile. Then, as on SIGINT, it finishes the requests in flight and exits."""
     router = table if isinstance(table, Router) else Router(table)
     router.host = host
     if grpc_port is not None:
         router.grpc_port = grpc_port
-    web.run_app(create_router_app(router), host=host, port=port, print=None)
+    app = create_router_app(router)
+    if drain_s > 0:
+        app.on_startup.append(functools.partial(_drain_on_sigterm, router, drain_s))
+        app.on_response_prepare.append(functools.partial(_close_while_draining, router))
+    web.run_app(app, host=host, port=port, print=None)
+
+
+async def _drain_on_sigterm(router: Router, drain_s: float, _: web.Application) -> None:
+    """SIGTERM starts the drain (this replaces the runner's handler, installed before)."""
+    loop = asyncio.get_running_loop()
+
+    def begin() -> None:
+        if router.draining:
+            return
+        router.draining = True
+        log.info("SIGTERM: draining for %g s (not ready; connections close)", drain_s)
+        loop.call_later(drain_s, _graceful_exit)
+
+    loop.add_signal_handler(signal.SIGTERM, begin)
+
+
+def _graceful_exit() -> None:
+    raise web.GracefulExit()
+
+
+async def _close_while_draining(
+    router: Router, _: web.Request, response: web.StreamResponse
+) -> None:
+    if router.draining:
+        response.force_close()
