@@ -274,6 +274,7 @@ def test_the_chart_installs_the_loops_default_timings() -> None:
     assert _operator_config().planner == defaults.planner
     assert _operator_config().routing_file_sync_s == defaults.routing_file_sync_s
     assert _operator_config().router_drain_s == defaults.router_drain_s
+    assert _operator_config().worker_drain_s == defaults.worker_drain_s
     tuned = _operator_config(
         "operator.demand.riseHalfLifeSeconds=4", "operator.demand.fallHalfLifeSeconds=60"
     )

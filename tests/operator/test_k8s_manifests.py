@@ -89,6 +89,9 @@ def test_labels_owner_references_and_worker_settings(manifests: list[Manifest]) 
     assert cfg.device == "cuda"
     assert cfg.batching.max_batch_size >= 1
     assert cfg.port == 8080
+    # Terminating, it drains (`accordion.workers.drain`), then has 30 s for what is in flight.
+    assert cfg.drain_s == 5.0
+    assert pod["terminationGracePeriodSeconds"] == 35
 
 
 def test_objects_read_back_into_the_world(manifests: list[Manifest]) -> None:

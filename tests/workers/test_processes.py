@@ -261,12 +261,12 @@ def test_sigterm_stops_each_process_cleanly(stack: Stack) -> None:
             os.killpg(proc.pid, 0)
 
 
-def test_a_router_told_to_drain_serves_on_after_sigterm(tmp_path: Path) -> None:
-    """With --drain-seconds a terminating router keeps answering (its pod's endpoints and its
-    clients learn of the termination only after a while), reports itself not ready, closes each
-    connection after its answer, and then stops with status 0."""
+def test_a_router_told_to_drain_is_not_ready_and_stops_cleanly(tmp_path: Path) -> None:
+    """With --drain-seconds a terminating router keeps listening, reports itself not ready
+    and closes each connection after its answer (`accordion.workers.drain`, tested in
+    test_drain.py) for the whole drain, requests or none, then stops with status 0."""
     table = tmp_path / "routing.json"
-    write_table(table, "http://127.0.0.1:9", {"a": 1.0, "b": 0.0})  # no worker: 503s
+    write_table(table, "http://127.0.0.1:9", {"a": 1.0, "b": 0.0})
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     router = start(["route", "--table", str(table), "--port", str(port), "--drain-seconds", "2"])
@@ -280,9 +280,8 @@ def test_a_router_told_to_drain_serves_on_after_sigterm(tmp_path: Path) -> None:
         assert status == 503, "a draining router is not ready"
         assert headers.get("Connection") == "close"
         assert http("GET", f"{url}/v2/health/live")[0] == 200, "it still listens"
-        assert router.poll() is None
         router.wait(timeout=10)
-        assert time.monotonic() - sent >= 1.9, "stopped before its drain was over"
+        assert 1.9 <= time.monotonic() - sent < 5.0, "it drains for --drain-seconds"
         stderr = router.communicate()[1]
         assert router.returncode == 0, stderr
         assert "Traceback" not in stderr, stderr

@@ -86,10 +86,21 @@ class OperatorConfig(BaseModel):
         ge=0,
         le=300,
         description=(
-            "How long a terminating router serves on, not ready and closing connections, while "
-            "its Service's endpoints and its clients learn that it goes (`route "
-            "--drain-seconds`); its pod's grace period is this plus 30 s for the requests in "
-            "flight."
+            "How long a terminating router serves on at most, not ready and closing "
+            "connections, while its Service's endpoints and its clients learn that it goes "
+            "(`route --drain-seconds`, `accordion.workers.drain`); its pod's grace period is "
+            "this plus 30 s for the requests in flight."
+        ),
+    )
+    worker_drain_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description=(
+            "The same for a terminating worker, which stays ready (`WorkerConfig.drain_s`): a "
+            "group scaled down "
+            "or a pod evicted while routers still send to its Service. One that nobody routes "
+            "to any more (a plan removed it) stops a second after its last request."
         ),
     )
     routing_mount_path: str = "/etc/accordion/routing"

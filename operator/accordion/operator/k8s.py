@@ -61,9 +61,10 @@ COMPONENT_WORKER = "worker"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 COMPONENT_ROUTER = "router"
 ROUTER_STARTUP_TIMEOUT_S = 60.0
-ROUTER_GRACE_S = 30
-"""A terminating router's time, after its drain (`OperatorConfig.router_drain_s`), to answer
-the requests in flight before the kubelet kills it: Kubernetes' default grace period."""
+GRACE_S = 30
+"""A terminating router's or worker's time, after its drain (`OperatorConfig.router_drain_s`,
+`worker_drain_s`), to answer the requests in flight before the kubelet kills it: Kubernetes'
+default grace period."""
 """The router loads no model: a minute covers a slow image start on a busy node."""
 REPORT_TOKEN_DIR = "/var/run/secrets/accordion/reports"
 """Where a router's projected ServiceAccount token for its reports is mounted (`token`)."""
@@ -239,7 +240,7 @@ def worker_deployment(spec: WorkerSpec, uid: str | None, config: OperatorConfig)
         next_url = worker_url(spec.stage.next, config)
     worker_config = spec.worker_config(
         host="0.0.0.0", port=config.worker_port, next_url=next_url
-    ).model_copy(update={"grpc_port": config.worker_grpc_port})
+    ).model_copy(update={"grpc_port": config.worker_grpc_port, "drain_s": config.worker_drain_s})
     source = _storage(spec.model_uri)
     if source is not None and source.kind in (StorageKind.S3, StorageKind.HTTP, StorageKind.PVC):
         worker_config = worker_config.model_copy(update={"model": source.local_path()})
@@ -270,6 +271,8 @@ def worker_deployment(spec: WorkerSpec, uid: str | None, config: OperatorConfig)
     pod_spec: Manifest = {
         "securityContext": POD_SECURITY_CONTEXT,
         "automountServiceAccountToken": False,
+        # The drain, then the requests in flight (each within its SLO's budget).
+        "terminationGracePeriodSeconds": math.ceil(config.worker_drain_s) + GRACE_S,
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
@@ -469,7 +472,7 @@ def router_deployment(service: str, uid: str | None, config: OperatorConfig) -> 
         "securityContext": POD_SECURITY_CONTEXT,
         "automountServiceAccountToken": False,
         # The drain, then the requests in flight (each within its SLO's budget).
-        "terminationGracePeriodSeconds": math.ceil(config.router_drain_s) + ROUTER_GRACE_S,
+        "terminationGracePeriodSeconds": math.ceil(config.router_drain_s) + GRACE_S,
         "containers": [container],
         "volumes": [
             {

@@ -198,6 +198,14 @@ class WorkerConfig(_Model):
         description="Port of the v2 gRPC endpoint (inference.GRPCInferenceService; KServe's "
         "is 8081); none: REST only.",
     )
+    drain_s: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, serve on (closing each connection after its answer) for at "
+        "most this long, until no request has come for a second "
+        "(`accordion.workers.drain`); 0: stop at once.",
+    )
 
     @property
     def slo_s(self) -> float:

@@ -47,11 +47,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 import math
-import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,6 +67,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from accordion.workers import drain
 from accordion.workers.activator import DEFAULT_MAX_QUEUED, Activator
 from accordion.workers.config import (
     BINARY_HEADER,
@@ -293,8 +292,7 @@ class Router:
         """The model's inputs and outputs, as the first backend to answer its metadata says."""
         self._session: aiohttp.ClientSession | None = None
         self.draining = False
-        """Terminating (`serve_router`'s drain): still serving, but no longer ready, and every
-        answer closes its connection."""
+        """Terminating (`accordion.workers.drain`): still serving, but not ready."""
         self._tasks: list[asyncio.Task[None]] = []
         self.arrivals = 0
         """Requests that arrived (a batch counts its samples): what reports carry."""
@@ -869,43 +867,14 @@ def serve_router(
     """Run a router (or one on the table file `table`) until SIGINT or SIGTERM; with a gRPC
     endpoint on `grpc_port` (Triton's is 8001) if given.
 
-    `drain_s` > 0: on SIGTERM the router serves on for that long before it stops, not ready
-    (its readiness answers 503) and closing each connection after its answer, so that clients
-    move to other replicas. A terminating pod leaves its Service's endpoints while it already
-    runs its shutdown, and every node's proxy and every client's keep-alive connection learn
-    that only after a while: a router that stopped listening at once would refuse them
-    meanwhile. Then, as on SIGINT, it finishes the requests in flight and exits."""
+    `drain_s` > 0: SIGTERM starts a drain of at most that long (`accordion.workers.drain`):
+    the router serves on, not ready, closing each connection after its answer, until its
+    clients have moved to other replicas; then, as on SIGINT, it finishes the requests in
+    flight and exits."""
     router = table if isinstance(table, Router) else Router(table)
     router.host = host
     if grpc_port is not None:
         router.grpc_port = grpc_port
     app = create_router_app(router)
-    if drain_s > 0:
-        app.on_startup.append(functools.partial(_drain_on_sigterm, router, drain_s))
-        app.on_response_prepare.append(functools.partial(_close_while_draining, router))
+    drain.install(app, router, drain_s, quiet_s=None)
     web.run_app(app, host=host, port=port, print=None)
-
-
-async def _drain_on_sigterm(router: Router, drain_s: float, _: web.Application) -> None:
-    """SIGTERM starts the drain (this replaces the runner's handler, installed before)."""
-    loop = asyncio.get_running_loop()
-
-    def begin() -> None:
-        if router.draining:
-            return
-        router.draining = True
-        log.info("SIGTERM: draining for %g s (not ready; connections close)", drain_s)
-        loop.call_later(drain_s, _graceful_exit)
-
-    loop.add_signal_handler(signal.SIGTERM, begin)
-
-
-def _graceful_exit() -> None:
-    raise web.GracefulExit()
-
-
-async def _close_while_draining(
-    router: Router, _: web.Request, response: web.StreamResponse
-) -> None:
-    if router.draining:
-        response.force_close()

@@ -54,6 +54,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from accordion.workers import drain
 from accordion.workers.batching import (
     BatchingPolicy,
     Request,
@@ -228,6 +229,8 @@ class Worker:
         self.replica = f"{socket.gethostname()}:{config.port}"
         """This replica's name in its answers (`REPLICA_HEADER`): unique per pod and port."""
         self.ready = False
+        self.draining = False
+        """Terminating (`accordion.workers.drain`): still serving, and still ready."""
         self._ids = itertools.count()
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -572,6 +575,9 @@ def create_app(worker: Worker) -> web.Application:
         return web.json_response({"live": True})
 
     async def ready(_: web.Request) -> web.Response:
+        # Still ready while draining: routers check a group's readiness through its Service,
+        # so a terminating pod's 503 would take its healthy siblings out of their split too
+        # (Kubernetes takes a terminating pod out of the endpoints whatever its readiness).
         return web.json_response({"ready": worker.ready}, status=200 if worker.ready else 503)
 
     async def server_metadata(_: web.Request) -> web.Response:
@@ -641,7 +647,10 @@ def create_app(worker: Worker) -> web.Application:
 
 def serve(config: WorkerConfig) -> None:
     """Run a worker until interrupted (this process's switch interval set to the config's:
-    `accordion.workers.config.SWITCH_INTERVAL_MS` says why)."""
+    `accordion.workers.config.SWITCH_INTERVAL_MS` says why); SIGTERM drains it for at most
+    `config.drain_s` first (`accordion.workers.drain`)."""
     sys.setswitchinterval(config.switch_interval_ms / 1000.0)
     worker = Worker(config)
-    web.run_app(create_app(worker), host=config.host, port=config.port, print=None)
+    app = create_app(worker)
+    drain.install(app, worker, config.drain_s)
+    web.run_app(app, host=config.host, port=config.port, print=None)
