@@ -516,7 +516,8 @@ class Router:
         """Whether the router takes requests: it routes them, or holds them until a backend is
         ready (the activator). The server's readiness (its pod's readinessProbe): a router at
         zero replicas must stay in its Service's endpoints, or the request that would start a
-        replica never reaches it. The model's readiness stays `ready`."""
+        replica never reaches it; not while it drains (terminating, it still serves). The
+        model's readiness stays `ready`."""
         return self._session is not None and not self.draining
 
     def versions(self) -> list[str]:
