@@ -230,7 +230,15 @@ class OperatorConfig(BaseModel):
         ge=0,
         description="Passes that demand calls for (a service left its band) at most this often.",
     )
-    drain_s: float = Field(5.0, ge=0, description="Wait after the final routing before removal.")
+    drain_s: float = Field(
+        DEFAULT_TIMINGS.drain_s,
+        ge=0,
+        description=(
+            "Wait after the final routing is in place (confirmed by the routers, or the "
+            "ConfigMap synced) before old workers are removed; they finish what is in flight "
+            "as they stop (`accordion.workers.drain`)."
+        ),
+    )
     routing_file_sync_s: float = Field(
         ROUTING_FILE_SYNC_S,
         ge=0,
