@@ -313,6 +313,67 @@ def test_a_huge_tenant_on_another_pool_costs_the_neighbour_nothing(huge_qps: flo
     assert rows(crowded) == rows(alone)
 
 
+def _variant(name: str, profiles: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "accuracy": 0.0,
+        "model": {"storageUri": "/models/m.pt", "inputShape": [1]},
+        "profiles": [{"pool": pool, "batches": batches} for pool, batches in profiles.items()],
+    }
+
+
+def _tenant(name: str, qps: float, priority: int, variants: list[Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "accordion.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": "team-x"},
+        "spec": {
+            "slo": {"latencyMs": 600000.0, "objective": 0.5},
+            "accuracy": {"floor": 0.0},
+            "demand": {"source": "Static", "headroom": 0.0, "qps": qps},
+            "priority": priority,
+            "variants": variants,
+        },
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known, not fixed: with these two tenants on the shared pool the planner gives the "
+    "neighbour small x1 (accuracy 70) instead of big x2 (80) on its reserved pool; either "
+    "tenant alone does not. The served stage's kept value is held to 1e-9 of itself plus 1e-7 "
+    "(solver.model.KEEP_RELATIVE, KEEP_ABSOLUTE), tighter than the solvers' tolerances with "
+    "these capacity coefficients: at 1e-6 the accuracy stage finds big x2 at the same served "
+    "value. Found by the fuzz above in some of its runs (2026-12-06).",
+)
+def test_two_tenants_with_extreme_profiles_do_not_swap_the_neighbours_variant() -> None:
+    fast = [{"batchSize": 1, "p50Ms": 0.001}]
+    b = _tenant(
+        "b",
+        0.0,
+        1000,
+        [
+            _variant("a", {"reserved": fast}),
+            _variant("b", {"reserved": fast}),
+            _variant(
+                "c",
+                {
+                    "reserved": fast,
+                    "shared": [
+                        {"batchSize": 1, "p50Ms": 0.001, "p90Ms": 0.001},
+                        {"batchSize": 2, "p50Ms": 1.0, "p99Ms": 78130.0},
+                    ],
+                    "ghost": [{"batchSize": k, "p50Ms": 0.001} for k in range(1, 6)],
+                },
+            ),
+        ],
+    )
+    a = _tenant("a", 0.125, 1, [_variant("a", {"reserved": fast, "shared": fast})])
+    decision, _ = _decide([_parse(b), _parse(a)], {"team-x/b": 3555.0})
+    assert decision.error is None
+    assert [s for s in decision.steps if s.service == HEALTHY and s.phase != "status"] == []
+
+
 # ------------------------------------------------------------------- on the kmock emulator
 
 EMULATOR_EXAMPLES = 25
