@@ -98,9 +98,9 @@ class OperatorConfig(BaseModel):
         le=300,
         description=(
             "The same for a terminating worker, which stays ready (`WorkerConfig.drain_s`): a "
-            "group scaled down "
-            "or a pod evicted while routers still send to its Service. One that nobody routes "
-            "to any more (a plan removed it) stops a second after its last request."
+            "group scaled down or a pod evicted while routers still send to its Service. One "
+            "that nobody routes to any more (a plan removed it) stops a second after its last "
+            "request."
         ),
     )
     routing_mount_path: str = "/etc/accordion/routing"

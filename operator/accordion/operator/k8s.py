@@ -61,11 +61,11 @@ COMPONENT_WORKER = "worker"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 COMPONENT_ROUTER = "router"
 ROUTER_STARTUP_TIMEOUT_S = 60.0
+"""The router loads no model: a minute covers a slow image start on a busy node."""
 GRACE_S = 30
 """A terminating router's or worker's time, after its drain (`OperatorConfig.router_drain_s`,
 `worker_drain_s`), to answer the requests in flight before the kubelet kills it: Kubernetes'
 default grace period."""
-"""The router loads no model: a minute covers a slow image start on a busy node."""
 REPORT_TOKEN_DIR = "/var/run/secrets/accordion/reports"
 """Where a router's projected ServiceAccount token for its reports is mounted (`token`)."""
 REPORT_TOKEN_EXPIRATION_S = 3600
