@@ -237,24 +237,9 @@ def test_operator_pod_is_locked_down() -> None:
     assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
 
-def test_operator_config_is_what_the_operator_reads() -> None:
-    """The settings file validates as the operator's OperatorConfig (unknown keys rejected)."""
-    config_module = pytest.importorskip("accordion.operator.config")
-    (config,) = [
-        o for o in by_kind(objects(), "ConfigMap") if o["metadata"]["name"].endswith("-config")
-    ]
-    settings = yaml.safe_load(config["data"]["config.yaml"])
-    parsed = config_module.OperatorConfig.model_validate(settings)
-    assert parsed.worker_image == "ghcr.io/accordion-dev/accordion-worker:0.1.0"
-    assert parsed.prometheus_url == "http://prometheus-operated.monitoring.svc:9090"
-    # The chart's default demand query is the operator's.
-    assert parsed.demand_query == config_module.DEFAULT_DEMAND_QUERY
-    (deployment,) = by_kind(objects(), "Deployment")
-    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["ACCORDION_OPERATOR_CONFIG"]["value"] == "/etc/accordion/config.yaml"
-
-
 def _operator_config(*sets: str) -> Any:
+    """The operator's settings file as the chart renders it with `sets`, validated as the
+    operator reads it (unknown keys rejected)."""
     config_module = pytest.importorskip("accordion.operator.config")
     (config,) = [
         o for o in by_kind(objects(*sets), "ConfigMap") if o["metadata"]["name"].endswith("-config")
@@ -264,17 +249,31 @@ def _operator_config(*sets: str) -> Any:
     )
 
 
+def test_operator_config_is_what_the_operator_reads() -> None:
+    """The settings file validates as the operator's OperatorConfig (unknown keys rejected)."""
+    config_module = pytest.importorskip("accordion.operator.config")
+    parsed = _operator_config()
+    assert parsed.worker_image == "ghcr.io/accordion-dev/accordion-worker:0.1.0"
+    assert parsed.prometheus_url == "http://prometheus-operated.monitoring.svc:9090"
+    # The chart's default demand query is the operator's.
+    assert parsed.demand_query == config_module.DEFAULT_DEMAND_QUERY
+    (deployment,) = by_kind(objects(), "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ACCORDION_OPERATOR_CONFIG"]["value"] == "/etc/accordion/config.yaml"
+
+
 def test_the_chart_installs_the_loops_default_timings() -> None:
     """Installed with its defaults, the operator runs the timings the simulator and local mode
     measure (`DEFAULT_TIMINGS`: half-lives, passes, debounce, drain), not values of the chart's
     own; each is still a value to set."""
     config_module = pytest.importorskip("accordion.operator.config")
     defaults = config_module.OperatorConfig()
-    assert _operator_config().timings() == defaults.timings()
-    assert _operator_config().planner == defaults.planner
-    assert _operator_config().routing_file_sync_s == defaults.routing_file_sync_s
-    assert _operator_config().router_drain_s == defaults.router_drain_s
-    assert _operator_config().worker_drain_s == defaults.worker_drain_s
+    installed = _operator_config()
+    assert installed.timings() == defaults.timings()
+    assert installed.planner == defaults.planner
+    assert installed.routing_file_sync_s == defaults.routing_file_sync_s
+    assert installed.router_drain_s == defaults.router_drain_s
+    assert installed.worker_drain_s == defaults.worker_drain_s
     tuned = _operator_config(
         "operator.demand.riseHalfLifeSeconds=4", "operator.demand.fallHalfLifeSeconds=60"
     )
@@ -282,16 +281,7 @@ def test_the_chart_installs_the_loops_default_timings() -> None:
 
 
 def test_without_prometheus_the_operator_gets_no_url() -> None:
-    config_module = pytest.importorskip("accordion.operator.config")
-    (config,) = [
-        o
-        for o in by_kind(objects("prometheus.url="), "ConfigMap")
-        if o["metadata"]["name"].endswith("-config")
-    ]
-    parsed = config_module.OperatorConfig.model_validate(
-        yaml.safe_load(config["data"]["config.yaml"])
-    )
-    assert parsed.prometheus_url is None
+    assert _operator_config("prometheus.url=").prometheus_url is None
 
 
 def test_alert_labels_and_runbooks_are_added() -> None:

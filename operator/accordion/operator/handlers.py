@@ -581,7 +581,8 @@ class Driver:
             world.routing = self.reports.confirmed(world.routing)
         else:
             # Routers read their table from the mounted ConfigMap: it counts from its sync.
-            world.routing = file_synced(world.routing, self.config.routing_file_sync_s)
+            sync_s = self.config.routing_file_sync_s
+            world.routing = {k: file_synced(a, sync_s) for k, a in world.routing.items()}
         demand = self.demand_view(world)
         result = await self.loop.reconcile(
             world, demand, self.actuator, concurrency=self.concurrency

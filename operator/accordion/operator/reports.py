@@ -422,7 +422,7 @@ class RouterDemand:
                 continue
             state = self.book.confirmation(key, table.version, now)
             if state.live == 0:  # routers, if any, read the file
-                out[key] = file_synced({key: applied}, self.file_sync_s)[key]
+                out[key] = file_synced(applied, self.file_sync_s)
                 continue
             if state.confirmed_at_s is not None:
                 at = max(applied.applied_at_s, state.confirmed_at_s)
@@ -445,14 +445,10 @@ class RouterDemand:
         return out
 
 
-def file_synced(routing: Mapping[str, AppliedRouting], sync_s: float) -> dict[str, AppliedRouting]:
-    """`routing` as routers that read their table from the mounted ConfigMap have it: each
-    table in place `sync_s` after its write (the kubelet's sync), so that the drain counts from
-    then."""
-    return {
-        key: dataclasses.replace(applied, applied_at_s=applied.applied_at_s + sync_s)
-        for key, applied in routing.items()
-    }
+def file_synced(applied: AppliedRouting, sync_s: float) -> AppliedRouting:
+    """`applied` as routers that read their table from the mounted ConfigMap have it: in place
+    `sync_s` after its write (the kubelet's sync), so that the drain counts from then."""
+    return dataclasses.replace(applied, applied_at_s=applied.applied_at_s + sync_s)
 
 
 # ----------------------------------------------------------------------------------- HTTP
