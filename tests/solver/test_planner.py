@@ -366,3 +366,70 @@ def test_routing_over_the_options_with_replicas_is_the_full_routing() -> None:
     empty = StagedModel(problem, opts, current, integer=False, bounds=[(0, 0)] * len(opts))
     assert none_result.values == pytest.approx(empty.run_stages(deadline, None)[1].values)
     assert none_result.values[0] < 0
+
+
+def _point(batch: int, p50_s: float) -> dict[str, float]:
+    return {"batch_size": batch, "p50_s": p50_s}
+
+
+# Two hostile tenants next to a healthy service (the operator's problem from
+# tests/operator/test_hostile_specs.py): capacity coefficients from 0.02 to 1e6 req/s and a
+# served value of 3.5e6 in the same model.
+EXTREME = {
+    "pools": [{"name": "reserved", "devices": 2}, {"name": "shared", "devices": 4}],
+    "services": [
+        {
+            "name": "healthy/steady",
+            "demand_qps": 66.0,
+            "slo_s": 0.1,
+            "variants": [
+                {"name": "big", "accuracy": 80.0, "profiles": {"reserved": [_point(1, 0.02)]}},
+                {"name": "small", "accuracy": 70.0, "profiles": {"reserved": [_point(1, 0.005)]}},
+            ],
+        },
+        {
+            "name": "team-x/a",
+            "demand_qps": 0.125,
+            "slo_s": 600.0,
+            "variants": [{"name": "a", "accuracy": 0.0, "profiles": {"shared": [_point(1, 1e-6)]}}],
+        },
+        {
+            "name": "team-x/b",
+            "demand_qps": 3555.0,
+            "slo_s": 600.0,
+            "priority": 10,
+            "variants": [
+                {"name": "a", "accuracy": 0.0},
+                {
+                    "name": "c",
+                    "accuracy": 0.0,
+                    "profiles": {
+                        "shared": [
+                            {"batch_size": 1, "p50_s": 1e-6, "p90_s": 1e-6},
+                            {"batch_size": 2, "p50_s": 0.001, "p99_s": 78.13},
+                        ]
+                    },
+                },
+            ],
+        },
+    ],
+    "current": [{"service": "healthy/steady", "variant": "big", "pool": "reserved", "replicas": 2}],
+}
+
+
+def test_a_stage_that_fails_after_a_keep_is_retried_with_a_looser_keep() -> None:
+    """Held to 1e-9 of itself, the served stage left GLOP no solution to the accuracy stage
+    here, and the plan was the served stage's alone: the healthy service lost its accurate
+    variant to tenants it shares nothing with. Loosened (`KEEP_RETRY`), every stage solves."""
+    from accordion.solver.planner import _current_by_option
+
+    problem = Problem.model_validate(EXTREME)
+    opts, _ = options(problem)
+    current, _ = _current_by_option(problem, opts)
+    model = StagedModel(problem, opts, current, integer=False)
+    _, result = model.run_stages(time.perf_counter() + 10, None)
+    assert result.statuses == ["OPTIMAL"] * 5
+    assert result.loosened >= 1
+    assert result.values[1] == pytest.approx(66.0 * 80.0)  # the healthy service's accuracy
+    rows = [r for r in plan(problem).rows if r.service == "healthy/steady" and r.replicas]
+    assert [(r.variant, r.replicas) for r in rows] == [("big", 2)]

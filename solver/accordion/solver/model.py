@@ -28,7 +28,8 @@ The stages (`STAGES`), in order:
 5. change: |n - current| overall (no flapping between equal plans).
 
 Every number is finite and bounded by the `Problem`'s validation; the slack a stage keeps is
-relative to its value, with a floor that lets no service's demand be traded away.
+relative to its value, with a floor that lets no service's demand be traded away. A stage that
+finds nothing under the rows kept before it has them loosened (`KEEP_RETRY`) and runs again.
 """
 
 from __future__ import annotations
@@ -64,11 +65,13 @@ class Solution:
 
 @dataclass
 class StageResult:
-    """Objective values and statuses of the stages solved, in order."""
+    """Objective values and statuses of the stages solved, in order; `loosened`: how many
+    times a kept stage was loosened (`KEEP_RETRY`) for the next one to solve."""
 
     values: list[float]
     bounds: list[float]
     statuses: list[str]
+    loosened: int = 0
 
 
 LP_MIN_TIME_S = 5.0
@@ -91,6 +94,33 @@ KEEP_ABSOLUTE = 1e-7
 """The slack a kept stage gets (its value times KEEP_RELATIVE, plus KEEP_ABSOLUTE): the
 solvers' tolerances, and no more: 1e-6 of a 1e6 req/s cluster would let a 0.5 req/s service
 be dropped by a later stage."""
+KEEP_RETRY = (1e-6, 1e-4)
+"""Relative slacks a kept stage is loosened to, in turn, when the next stage finds nothing:
+the incumbent meets the kept row, so that stage's failure is numerical (a served value of
+3.5e6 held to 4e-3, with capacity coefficients from 0.02 to 1e6 in the same rows, left GLOP
+with no solution to the accuracy stage, and the plan ignored accuracy). Only then: a plan
+whose every stage solves keeps the tight slack."""
+
+
+@dataclass
+class Kept:
+    """A constraint that holds a finished stage's objective near `value` (see `keep`)."""
+
+    constraint: pywraplp.Constraint
+    value: float
+    constant: float
+    maximize: bool
+    tolerance: float
+
+    def set_slack(self, relative: float, inf: float) -> None:
+        """Hold the objective within `relative` of `value` (at least the tolerance it was kept
+        with, and `KEEP_ABSOLUTE` more)."""
+        slack = max(self.tolerance, relative) * abs(self.value) + KEEP_ABSOLUTE
+        if self.maximize:
+            self.constraint.SetBounds(self.value - slack - self.constant, inf)
+        else:
+            self.constraint.SetBounds(-inf, self.value + slack - self.constant)
+
 
 CAPACITY_CAP = 1e6
 """The largest capacity coefficient of a replica, in req/s, unless its service's demand is
@@ -232,6 +262,7 @@ class StagedModel:
         stages = list(zip(terms, MAXIMIZE, strict=True))[:count]
         result = StageResult(values=[], bounds=[], statuses=[])
         best = hint
+        kept: list[Kept] = []
         for i, (stage_terms, maximize) in enumerate(stages):
             if not self.opts:
                 result.values.append(0.0)
@@ -245,6 +276,13 @@ class StagedModel:
             now = time.perf_counter()
             stage_deadline = now + (deadline - now) / (len(stages) - i)
             outcome = self.solve(stage_terms, maximize, stage_deadline, best, gap)
+            for relative in KEEP_RETRY if kept else ():
+                if outcome is not None or time.perf_counter() >= stage_deadline:
+                    break
+                for row in kept:
+                    row.set_slack(relative, self.solver.infinity())
+                result.loosened += 1
+                outcome = self.solve(stage_terms, maximize, stage_deadline, best, gap)
             if outcome is None:
                 result.statuses.append("NOT_SOLVED")
                 break
@@ -255,9 +293,9 @@ class StagedModel:
             best = self.solution()
             if i + 1 < len(stages):
                 if i == 1:
-                    self.keep_accuracy_per_service(best)
+                    kept = self.keep_accuracy_per_service(best)
                 else:
-                    self.keep(stage_terms, value, maximize, served_keep if i == 0 else 0.0)
+                    kept = [self.keep(stage_terms, value, maximize, served_keep if i == 0 else 0.0)]
         if best is None:
             best = Solution(n=[0.0] * len(self.opts), r=[0.0] * len(self.opts))
         return best, result
@@ -342,18 +380,17 @@ class StagedModel:
         bound = objective.BestBound() if self.integer else value
         return value, bound, _STATUS[status]
 
-    def keep(self, terms: Terms, value: float, maximize: bool, tolerance: float = 0.0) -> None:
+    def keep(self, terms: Terms, value: float, maximize: bool, tolerance: float = 0.0) -> Kept:
         """Constrain a finished stage's objective to stay as good as its incumbent, less the
         solvers' tolerance (`KEEP_RELATIVE`, `KEEP_ABSOLUTE`) or `tolerance` (relative)."""
         variables, coefs, constant = terms
-        slack = max(tolerance, KEEP_RELATIVE) * abs(value) + KEEP_ABSOLUTE
-        inf = self.solver.infinity()
-        if maximize:
-            self._add(variables, coefs, value - slack - constant, inf)
-        else:
-            self._add(variables, coefs, -inf, value + slack - constant)
+        row = Kept(self.solver.Constraint(0.0, 0.0), value, constant, maximize, tolerance)
+        for var, coef in zip(variables, coefs, strict=True):
+            row.constraint.SetCoefficient(var, coef)
+        row.set_slack(KEEP_RELATIVE, self.solver.infinity())
+        return row
 
-    def keep_accuracy_per_service(self, found: Solution) -> None:
+    def keep_accuracy_per_service(self, found: Solution) -> list[Kept]:
         """Keep every service's accuracy term within `accuracy_tolerance` of the accuracy
         stage's solution (one constraint per service, not one for the whole cluster: a
         tolerance relative to the cluster would let a huge tenant's term hide another
@@ -362,11 +399,12 @@ class StagedModel:
         by_service: dict[int, list[int]] = defaultdict(list)
         for k, o in enumerate(self.opts):
             by_service[o.service].append(k)
-        inf = self.solver.infinity()
+        rows = []
         for ks in by_service.values():
             value = sum(found.r[k] * self.opts[k].value for k in ks)
-            slack = max(tolerance, KEEP_RELATIVE) * abs(value) + KEEP_ABSOLUTE
-            self._add([self.r[k] for k in ks], [self.opts[k].value for k in ks], value - slack, inf)
+            terms = ([self.r[k] for k in ks], [self.opts[k].value for k in ks], 0.0)
+            rows.append(self.keep(terms, value, True, tolerance))
+        return rows
 
     def solution(self) -> Solution:
         return Solution(
