@@ -17,6 +17,7 @@ import pytest
 from accordion.operator.api import DevicePool, InferenceService, parse_resource
 from accordion.operator.control.desired import WorkerKey, WorkerSpec, routing_table, service_routing
 from accordion.operator.control.loop import (
+    MIN_SETTLE_S,
     AppliedRouting,
     ApplyRouting,
     ControlLoop,
@@ -224,7 +225,7 @@ async def test_create_then_ready_then_no_churn(
 async def test_demand_rise_switches_variant_make_before_break(
     env: tuple[World, Clock, ControlLoop, MemoryActuator],
 ) -> None:
-    world, _clock, loop, act = env
+    world, clock, loop, act = env
     await loop.reconcile(world, DemandView(), act)
     all_ready(world)
     await loop.reconcile(world, DemandView(), act)
@@ -246,10 +247,16 @@ async def test_demand_rise_switches_variant_make_before_break(
     all_ready(world)
     res = await loop.reconcile(world, DemandView(qps={"default/svc": 150.0}), act)
     steps = [s for s in res.applied if not isinstance(s, UpdateStatus | RecordEvent)]
-    # Traffic moves first, then the old variant goes.
-    assert kinds(steps) == ["ApplyRouting", "RemoveWorker"]
-    assert isinstance(steps[1], RemoveWorker)
-    assert steps[1].key == key("big")
+    # Traffic moves first, then the old variant goes: not in the pass that writes the table,
+    # even without a drain (`MIN_SETTLE_S`).
+    assert kinds(steps) == ["ApplyRouting"]
+    assert res.decision.requeue_after_s == pytest.approx(MIN_SETTLE_S)
+    clock.t += MIN_SETTLE_S
+    res = await loop.reconcile(world, DemandView(qps={"default/svc": 150.0}), act)
+    steps = [s for s in res.applied if not isinstance(s, UpdateStatus | RecordEvent)]
+    assert kinds(steps) == ["RemoveWorker"]
+    assert isinstance(steps[0], RemoveWorker)
+    assert steps[0].key == key("big")
     assert [r.key for r in world.routing["default/svc"].routing.routes] == [key("small")]
     assert world.status["default/svc"].effective_accuracy == 70
     assert (await loop.reconcile(world, DemandView(qps={"default/svc": 150.0}), act)).applied == []
@@ -282,6 +289,31 @@ async def test_drain_delays_removal_and_asks_for_requeue() -> None:
     assert res.applied == []
     assert res.decision.requeue_after_s == pytest.approx(3.0)
     clock.t += 3.0
+    res = await loop.reconcile(world, demand, act)
+    assert kinds(res.applied) == ["RemoveWorker"]
+
+
+async def test_without_a_drain_old_workers_wait_for_the_routers_to_confirm() -> None:
+    """drain_s 0: the old replicas go once the routers have the final table, not in the pass
+    that writes it, nor while the routers have yet to confirm it (`Reports.confirmed` then
+    says it was applied now)."""
+    clock = Clock()
+    world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=1)})
+    loop = ControlLoop(NO_DRAIN, clock=clock)
+    act = MemoryActuator(world, clock)
+    demand = DemandView(qps={"default/svc": 150.0})
+    await swap_ready(loop, world, act, demand)
+    res = await loop.reconcile(world, demand, act)  # the final routing goes out
+    assert kinds(res.applied) == ["ApplyRouting", "UpdateStatus"]
+    assert res.decision.requeue_after_s == pytest.approx(MIN_SETTLE_S)
+    for _ in range(3):  # not yet confirmed
+        clock.t += MIN_SETTLE_S
+        applied = world.routing["default/svc"]
+        world.routing["default/svc"] = AppliedRouting(applied.routing, applied_at_s=clock.t)
+        res = await loop.reconcile(world, demand, act)
+        assert res.applied == []
+        assert res.decision.requeue_after_s == pytest.approx(MIN_SETTLE_S)
+    clock.t += MIN_SETTLE_S  # confirmed at the last pass
     res = await loop.reconcile(world, demand, act)
     assert kinds(res.applied) == ["RemoveWorker"]
 
@@ -346,7 +378,11 @@ async def test_shrinking_pool_replans_and_scales_down_after_traffic_moved() -> N
     all_ready(world)
     res = await loop.reconcile(world, DemandView(), act)
     steps = [s for s in res.applied if not isinstance(s, UpdateStatus | RecordEvent)]
-    assert kinds(steps) == ["ApplyRouting", "RemoveWorker"]
+    assert kinds(steps) == ["ApplyRouting"]
+    clock.t += MIN_SETTLE_S
+    res = await loop.reconcile(world, DemandView(), act)
+    steps = [s for s in res.applied if not isinstance(s, UpdateStatus | RecordEvent)]
+    assert kinds(steps) == ["RemoveWorker"]
     assert set(world.workers) == {key("small")}
 
 

@@ -27,10 +27,14 @@ def conditions(world: World) -> dict[str, tuple[str, str]]:
 
 
 async def settle(loop: ControlLoop, world: World, demand: DemandView, act: MemoryActuator) -> None:
-    """Passes until nothing is left to do, replicas ready as soon as they exist."""
+    """Passes until nothing is left to do, replicas ready as soon as they exist, and the clock
+    moved on by each requeue the loop asks for (a drain), as a driver does."""
     for _ in range(10):
         all_ready(world)
-        if not (await loop.reconcile(world, demand, act)).applied:
+        result = await loop.reconcile(world, demand, act)
+        if result.decision.requeue_after_s is not None:
+            act.clock.t += result.decision.requeue_after_s
+        elif not result.applied:
             return
     pytest.fail("the loop did not settle")
 

@@ -236,7 +236,8 @@ class OperatorConfig(BaseModel):
         description=(
             "Wait after the final routing is in place (confirmed by the routers, or the "
             "ConfigMap synced) before old workers are removed; they finish what is in flight "
-            "as they stop (`accordion.workers.drain`)."
+            "as they stop (`accordion.workers.drain`). 0: as soon as the routers have it "
+            "(`control.loop.MIN_SETTLE_S`)."
         ),
     )
     routing_file_sync_s: float = Field(

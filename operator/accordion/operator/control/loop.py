@@ -22,8 +22,9 @@ Order of the steps (make before break), every step idempotent:
 2. `ApplyRouting` per service: weights that follow the capacity of *ready* replicas, so a new
    backend takes traffic only as its replicas become ready;
 3. only for a service whose routing is final (every planned replica ready, the routing in place
-   and settled for `drain_s`): `EnsureWorker` with fewer replicas, and `RemoveWorker` for
-   groups the plan no longer wants. Until then the old replicas keep serving;
+   and settled for `drain_s`, at least `MIN_SETTLE_S` and never in the pass that writes it):
+   `EnsureWorker` with fewer replicas, and `RemoveWorker` for groups the plan no longer wants.
+   Until then the old replicas keep serving;
 4. `UpdateStatus` and `RecordEvent` (plan changes that matter, in words).
 
 Re-running the loop on an unchanged world yields no steps (zero churn): the plan is kept while
@@ -237,6 +238,12 @@ class _Settled:
     inputs: tuple[Any, ...]
     routing: Routing
 
+
+MIN_SETTLE_S = 0.1
+"""The shortest time a final routing is in place before old workers go, whatever `drain_s`
+says: with a drain of 0 the break went out in the pass that wrote the table, and in the pass
+that found the routers yet to confirm it (`reports.Reports.confirmed` says "in place now"
+then), before any router had it."""
 
 CLOCK_TOLERANCE_S = 1e-9
 """Waits shorter than this are over: a wait computed as a difference of clock readings (the
@@ -1078,9 +1085,11 @@ class ControlLoop:
         )
         if routing.final and shrinking:
             # The final routing is in place (or goes out first in this pass): break once it
-            # has settled for drain_s.
+            # has settled for drain_s, and never in the pass that writes it, nor in one where
+            # the routers have yet to confirm it (`applied_at_s` is then now): at least
+            # `MIN_SETTLE_S` after that.
             settled_for = now_s - applied.applied_at_s if in_place and applied else 0.0
-            wait = self.settings.drain_s - settled_for
+            wait = max(self.settings.drain_s, MIN_SETTLE_S) - settled_for
             if wait > CLOCK_TOLERANCE_S:
                 out.requeue_after_s = wait
             else:
