@@ -5,7 +5,8 @@ benchmark's logs (cellular-seq.log, cellular-dec.log: every measurement as bench
 logged it), the JSON where the part finished (a part cut by its time limit leaves its log only),
 and check.log (the steps, the GPU, the CUDA tests, the profiles). The tables are read off the
 logs with the benchmark's own rules (`robust`: a measurement below 99% is repeated at once and
-the better of the two counts; `sustainable`: the highest rate that passed), so that a part cut
+the better of the two counts; `sustainable`: the highest rate that passed, where the log has
+confirmation rounds the highest whose median round passed: `confirmation`), so that a part cut
 short is reported like one that finished, from the measurements it made.
 
 Usage: .venv/bin/python bench/gpu/report.py
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.cellular.run import TARGET, median_round, standing, sustainable
+from bench.cellular.run import TARGET, confirmation, median_round, standing, sustainable
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -32,6 +33,8 @@ LINE = re.compile(
     r"p99 (?P<p99>inf|nan|[\d.]+) ms"
 )
 EQUAL = re.compile(r"^\s+at equal rate, (?P<rate>[\d.]+) req/s")
+CONFIRMING = re.compile(r"^\s+confirming each sustainable rate")
+CONFIRM = re.compile(r"^(?P<label>.+) \(confirm \d+\)$")
 
 Measurement = tuple[float, float, float]  # rate, attainment, p99 (ms)
 
@@ -45,6 +48,9 @@ class Part:
     equal_rate: float | None = None
     equal_rounds: dict[str, list[Measurement]] = field(default_factory=dict)
     """Per configuration, every round at equal rate (the benchmark's `EQUAL_ROUNDS`)."""
+    confirms: dict[str, dict[float, list[Measurement]]] = field(default_factory=dict)
+    """Per configuration and rate, the rounds that confirmed a sustainable rate (runs from
+    2026-12-06 18:30 UTC on; before, a rate was the highest single pass)."""
 
     @property
     def equal(self) -> dict[str, Measurement]:
@@ -56,6 +62,8 @@ class Part:
         }
 
     def sustainable(self, label: str) -> float:
+        if label in self.confirms:
+            return confirmation(self.ladder[label], self.confirms[label])[0]
         return sustainable(self.ladder[label])
 
     @property
@@ -69,21 +77,27 @@ class Part:
 
 def parse(text: str) -> Part:
     """A part's log: every measurement, a repeat replacing its first try when better (higher
-    attainment, then lower p99), the ladder's and the equal-rate measurements apart (the
-    latter per round)."""
+    attainment, then lower p99), the ladder's, the confirmations' (per rate) and the
+    equal-rate measurements apart (the latter per round)."""
     part = Part()
-    equal = False
+    equal = confirming = False
     for line in text.splitlines():
         if line.startswith(("gru-seq", "decoder-tiny")):
             part.title = line
         if m := EQUAL.match(line):
             part.equal_rate, equal = float(m["rate"]), True
             continue
+        if CONFIRMING.match(line):
+            confirming = True
+            continue
         m = LINE.match(line)
         if m is None:
             continue
         run = (float(m["rate"]), float(m["att"]), float(m["p99"]))
         label = m["label"]
+        if confirming and not equal and (c := CONFIRM.match(label)):
+            part.confirms.setdefault(c["label"], {}).setdefault(run[0], []).append(run)
+            continue
         if equal:
             rounds = part.equal_rounds.setdefault(label, [])
             if m["repeat"] is None or not rounds:
