@@ -1,4 +1,6 @@
-"""Render bench/results/cellular.md from the live run's cellular.json (bench/cellular/run.py).
+"""Render bench/results/cellular.md from the live run's cellular.json (bench/cellular/run.py),
+followed by the hand-written cellular-logs.md (which log holds which run) and
+cellular-reading.md.
 
 Usage: .venv/bin/python bench/cellular/report.py
 """
@@ -262,32 +264,16 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
         for arrivals, per in parts.items():
             lines += [f"{arrivals}:", "", *ladder_table(per)]
-    lines += [
-        "Per-rate measurements (attainment, p99, misses by outcome) are in "
-        "`cellular-seq-dec-1206-1320.log` (both sequence workloads, the runs in the tables; "
-        "`cellular-seq-dec-1206-0853.log` the same search on the VM before, "
-        "`cellular-seq-dec-1206-0634.log` the run before the worker's switch interval), "
-        "`cellular-seq.log` (gru-seq, an earlier run; `cellular-seq-2032.log` the 20:32 UTC "
-        "search), `cellular-dec.log` (decoder-tiny, an earlier run; `cellular-dec-0059.log` and "
-        "`cellular-dec-0016.log` the searches before it, described in the reading; "
-        "`cellular-seq-dec.log` holds both workloads from the 13:55 UTC run) and "
-        "`cellular-cnn-1206-1103.log` (the CNN, the run in the table; `cellular-cnn.log` the "
-        "2026-12-04 05:22 UTC run, before the worker's switch interval and its next batch "
-        "started before the answers, on a slower machine; `cellular-cnn-0508.log` the 05:08 UTC "
-        "run with the old bursty generator, `cellular.log` the 11:37 UTC run); the same "
-        "schedulers on simulated "
-        "time, on profiles measured on this machine, in `cellular-sim.md`.",
-        "",
-    ]
     return "\n".join(lines)
 
 
 def main() -> None:
     results = json.loads((RESULTS / "cellular.json").read_text())
     text = render(results)
-    reading = RESULTS / "cellular-reading.md"  # hand-written, kept across regenerations
-    if reading.exists():
-        text += "\n" + reading.read_text()
+    # hand-written, kept across regenerations: which log holds which run, and the reading
+    for name in ("cellular-logs.md", "cellular-reading.md"):
+        if (RESULTS / name).exists():
+            text += "\n" + (RESULTS / name).read_text()
     (RESULTS / "cellular.md").write_text(text)
     print(text)
 
