@@ -404,6 +404,7 @@ def settled_objects(n: int, config: Any) -> list[list[Any]]:
         service_url,
         worker_deployment,
         worker_service,
+        workers_pdb,
     )
     from accordion.operator.pools import cpu_condition, pool_capacity
     from tests.operator.conftest import device_pool
@@ -468,6 +469,7 @@ def settled_objects(n: int, config: Any) -> list[list[Any]]:
         for obj in (
             router_deployment(key, uid, config),
             router_pdb(key, uid),
+            workers_pdb(key, uid),
             router_service(key, uid, config),
             routing_configmap(routing, uid, config, now),
         ):

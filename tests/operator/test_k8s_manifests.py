@@ -20,6 +20,10 @@ from accordion.operator.config import OperatorConfig
 from accordion.operator.control.desired import WorkerKey, WorkerSpec
 from accordion.operator.k8s import (
     ANNOTATION_SPEC,
+    COMPONENT_WORKER,
+    LABEL_COMPONENT,
+    LABEL_SERVICE,
+    LABEL_VARIANT,
     Manifest,
     observe_routing,
     observe_worker,
@@ -28,6 +32,7 @@ from accordion.operator.k8s import (
     service_url,
     worker_deployment,
     worker_name,
+    workers_pdb,
 )
 from accordion.workers.config import RoutingTable, WorkerConfig
 
@@ -244,6 +249,38 @@ def test_the_router_runs_two_replicas_spread_behind_a_disruption_budget() -> Non
     assert pdb["spec"]["maxUnavailable"] == 1
     labels = router["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_a_services_workers_share_one_budget_that_no_failing_worker_can_block(
+    manifests: list[Manifest],
+) -> None:
+    """One PodDisruptionBudget over every worker group of a service (a node drain evicts one
+    of its replicas at a time), none of another service's or a router's; unhealthy replicas
+    may always go (a crash-looping worker does not hold up a drain)."""
+    pods = {
+        (m["metadata"]["namespace"], m["metadata"]["name"]): m["spec"]["template"]["metadata"][
+            "labels"
+        ]
+        for m in manifests
+        if m["kind"] == "Deployment"
+    }
+    workers = {k: v for k, v in pods.items() if v[LABEL_COMPONENT] == COMPONENT_WORKER}
+    # A second group of the first service (another variant), as a swap or a mixed plan runs.
+    (ns, first), labels = next(iter(workers.items()))
+    second = labels | {"app.kubernetes.io/instance": f"{first}-b", LABEL_VARIANT: "another"}
+    pods[(ns, f"{first}-b")] = workers[(ns, f"{first}-b")] = second
+    services = {(ns, v[LABEL_SERVICE]) for (ns, _), v in workers.items()}
+    assert len(workers) > len(services) >= 2
+    for ns, name in services:
+        pdb = workers_pdb(f"{ns}/{name}", "uid-1")
+        kubernetes_validate.validate(pdb, K8S_VERSION, strict=True)
+        assert pdb["metadata"]["name"] == f"{name}-workers"
+        assert pdb["spec"]["maxUnavailable"] == 1
+        assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        selector = pdb["spec"]["selector"]["matchLabels"].items()
+        selected = {k for k, labels in pods.items() if k[0] == ns and selector <= labels.items()}
+        mine = {k for k, labels in workers.items() if k[0] == ns and labels[LABEL_SERVICE] == name}
+        assert selected == mine
 
 
 def test_service_url_is_the_router_services_cluster_address() -> None:

@@ -1,9 +1,11 @@
-"""The real operator gives every router a PodDisruptionBudget and removes it with the service.
+"""The real operator gives every router, and every service's workers, a PodDisruptionBudget and
+removes them with the service.
 
-Against the emulator (see conftest.py): the budget is created next to the router Deployment,
-selects exactly the router's pods, is owned by the InferenceService, and is deleted when the
-service is (the emulator collects no garbage, so this is the operator's own delete). A
-restarted operator lists the budgets rather than creating each again.
+Against the emulator (see conftest.py): the budgets are created next to the router Deployment,
+select exactly the router's pods and the service's worker pods, are owned by the
+InferenceService, and are deleted when the service is (the emulator collects no garbage, so
+this is the operator's own delete). A restarted operator lists the budgets rather than
+creating each again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ def test_router_budget_follows_the_service(cluster: Cluster, operator: Operator)
     ns, pool = "pdb", "pool-pdb"
     cluster.create_pool(pool, 1)
     cluster.create(isvc("svc", ns, pool, 10.0))
-    (pdb,) = wait_for("the router's PodDisruptionBudget", lambda: budgets(cluster, ns))
+    found = wait_for(
+        "the PodDisruptionBudgets", lambda: v if len(v := budgets(cluster, ns)) == 2 else None
+    )
+    pdb, workers = sorted(found, key=lambda b: b["metadata"]["name"])
     router = next(d for d in cluster.deployments(ns) if d["metadata"]["name"] == "svc-router")
     assert pdb["metadata"]["name"] == "svc-router"
     assert pdb["spec"]["maxUnavailable"] == 1
@@ -37,9 +42,16 @@ def test_router_budget_follows_the_service(cluster: Cluster, operator: Operator)
     assert router["spec"]["replicas"] == 2
     owner = cluster.get(ns, "svc")["metadata"]["uid"]
     assert pdb["metadata"]["ownerReferences"][0]["uid"] == owner
+    # The workers' budget selects the service's worker pods, not the router's.
+    assert workers["metadata"]["name"] == "svc-workers"
+    assert workers["metadata"]["ownerReferences"][0]["uid"] == owner
+    selector = workers["spec"]["selector"]["matchLabels"].items()
+    assert not selector <= labels.items()
+    pods = [d["spec"]["template"]["metadata"]["labels"] for d in cluster.deployments(ns)]
+    assert sum(selector <= p.items() for p in pods) == len(pods) - 1 >= 1
 
     cluster.delete(ns, "svc")
-    wait_for("the budget removed with the service", lambda: not budgets(cluster, ns))
+    wait_for("the budgets removed with the service", lambda: not budgets(cluster, ns))
 
 
 def test_a_restarted_operator_lists_the_budgets_instead_of_creating_them(
@@ -50,7 +62,7 @@ def test_a_restarted_operator_lists_the_budgets_instead_of_creating_them(
     ns, pool = "pdb-restart", "pool-pdb-restart"
     cluster.create_pool(pool, 2)
     cluster.create(isvc("svc", ns, pool, 10.0))
-    wait_for("the router's PodDisruptionBudget", lambda: budgets(cluster, ns))
+    wait_for("the PodDisruptionBudgets", lambda: len(budgets(cluster, ns)) == 2)
     operator.stop()
     emulator = cluster.emulator.emulator
     assert emulator is not None

@@ -41,7 +41,7 @@ from accordion.operator.control.loop import (
 )
 from accordion.operator.k8s import (
     ANNOTATION_APPLIED_AT,
-    ROUTER_APP_NAME,
+    MANAGED_BY,
     ROUTING_FILE,
     Manifest,
     router_deployment,
@@ -53,6 +53,8 @@ from accordion.operator.k8s import (
     worker_deployment,
     worker_name,
     worker_service,
+    workers_pdb,
+    workers_pdb_name,
 )
 
 log = logging.getLogger(__name__)
@@ -275,8 +277,9 @@ class KubernetesActuator:
         )
 
     async def _pdb(self, desired: Manifest) -> None:
-        """A router's PodDisruptionBudget: created once, never changed (its spec is constant).
-        It is not watched: the routers' budgets are listed once, at the first one wanted
+        """A service's PodDisruptionBudget (its router's, its workers'): created once, never
+        changed (its spec is constant). It is not watched: Accordion's budgets are listed once,
+        at the first one wanted
         (`_list_pdbs`), so a restarted operator does not POST one per service; one made since
         by someone else answers 409, which means it is there."""
         ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
@@ -301,10 +304,10 @@ class KubernetesActuator:
         self.cache.put("PodDisruptionBudget", desired)
 
     async def _list_pdbs(self) -> None:
-        """Cache the routers' PodDisruptionBudgets in every namespace (one list call, not
-        counted as a write). Where the operator may not list them (RBAC of an older chart),
-        each budget is created on its service's first routing, as before."""
-        selector = f"app.kubernetes.io/name={ROUTER_APP_NAME}"
+        """Cache Accordion's PodDisruptionBudgets (routers' and workers') in every namespace
+        (one list call, not counted as a write). Where the operator may not list them (RBAC of
+        an older chart), each budget is created on its service's first routing, as before."""
+        selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
         try:
             resp = await asyncio.to_thread(
                 lambda: self.policy.list_pod_disruption_budget_for_all_namespaces(
@@ -376,14 +379,14 @@ class KubernetesActuator:
             cname,
             lambda: self.core.delete_namespaced_config_map(cname, ns, _preload_content=False),
         )
-        await self._delete(
-            "PodDisruptionBudget",
-            ns,
-            rname,
-            lambda: self.policy.delete_namespaced_pod_disruption_budget(
-                rname, ns, _preload_content=False
-            ),
-        )
+        for budget in (rname, workers_pdb_name(name)):
+
+            def delete(budget: str = budget) -> Any:
+                return self.policy.delete_namespaced_pod_disruption_budget(
+                    budget, ns, _preload_content=False
+                )
+
+            await self._delete("PodDisruptionBudget", ns, budget, delete)
 
     async def conform_routers(self, services: Iterable[str]) -> list[str]:
         """Bring each service's existing router (Deployment and Service) to what this
@@ -430,6 +433,7 @@ class KubernetesActuator:
         uid = step.uid or self._uid(step.service)
         await self._deployment(router_deployment(step.service, uid, self.config))
         await self._pdb(router_pdb(step.service, uid))
+        await self._pdb(workers_pdb(step.service, uid))
         await self._service(router_service(step.service, uid, self.config))
         # The apply time is the table's revision (routers take the higher one): it never goes
         # back for a service, even on an operator whose clock is behind its predecessor's.

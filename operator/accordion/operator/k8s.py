@@ -149,9 +149,13 @@ def _meta(
     return meta
 
 
+WORKER_APP_NAME = "accordion-worker"
+"""`app.kubernetes.io/name` of every worker's objects and of a service's workers' budget."""
+
+
 def worker_labels(key: WorkerKey) -> dict[str, str]:
     return {
-        "app.kubernetes.io/name": "accordion-worker",
+        "app.kubernetes.io/name": WORKER_APP_NAME,
         "app.kubernetes.io/instance": worker_name(key),
         LABEL_COMPONENT: COMPONENT_WORKER,
         "app.kubernetes.io/part-of": "accordion",
@@ -535,6 +539,40 @@ def router_pdb(service: str, uid: str | None) -> Manifest:
         "kind": "PodDisruptionBudget",
         "metadata": _meta(router_name(name), namespace, labels, (name, uid or "")),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _selector(labels)}},
+    }
+
+
+def workers_pdb_name(service_name: str) -> str:
+    return f"{service_name}-workers"
+
+
+def workers_pdb(service: str, uid: str | None) -> Manifest:
+    """The PodDisruptionBudget of a service's workers, over all its groups: a voluntary
+    disruption (a node drain, a node upgrade) evicts at most one of the service's worker
+    replicas at a time, and the next only once its replacement is ready (its model loaded),
+    so a drain never takes all the replicas of a variant at once. A replica that is not ready
+    may always be evicted (`unhealthyPodEvictionPolicy: AlwaysAllow`): a failing worker never
+    holds up a node drain. The operator's own scale-downs and deletions are no evictions."""
+    namespace, name = split_key(service)
+    labels = {
+        "app.kubernetes.io/name": WORKER_APP_NAME,
+        "app.kubernetes.io/instance": workers_pdb_name(name),
+        LABEL_COMPONENT: COMPONENT_WORKER,
+        "app.kubernetes.io/part-of": "accordion",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_SERVICE: name,
+    }
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(workers_pdb_name(name), namespace, labels, (name, uid or "")),
+        "spec": {
+            "maxUnavailable": 1,
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            "selector": {
+                "matchLabels": {"app.kubernetes.io/name": WORKER_APP_NAME, LABEL_SERVICE: name}
+            },
+        },
     }
 
 
