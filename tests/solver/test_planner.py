@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -433,3 +434,33 @@ def test_a_stage_that_fails_after_a_keep_is_retried_with_a_looser_keep() -> None
     assert result.values[1] == pytest.approx(66.0 * 80.0)  # the healthy service's accuracy
     rows = [r for r in plan(problem).rows if r.service == "healthy/steady" and r.replicas]
     assert [(r.variant, r.replicas) for r in rows] == [("big", 2)]
+
+
+def test_every_kept_row_is_loosened_when_a_later_stage_finds_nothing() -> None:
+    """On the bursty trace a routing LP found nothing at its last stage (change) under the
+    additions row kept two stages before. Here the last stage finds nothing for as long as
+    the first kept row (served) is as tight as it was kept: it must be loosened too, not only
+    the row of the stage just before."""
+    problem = _problem([_service("a", 120.0), _service("b", 60.0)], {"gpu": (4, 1.0)})
+    opts, _ = options(problem)
+    model = StagedModel(problem, opts, {}, integer=False)
+    rows: list[tuple[Any, float]] = []
+    keep, solve = model.keep, model.solve
+
+    def keeping(*args: Any, **kwargs: Any) -> Any:
+        row = keep(*args, **kwargs)
+        rows.append((row.constraint, row.constraint.lb()))
+        return row
+
+    def solving(*args: Any, **kwargs: Any) -> Any:
+        served, tight = rows[0] if rows else (None, None)
+        if len(rows) >= 4 and served is not None and served.lb() == tight:
+            return None  # numerically stuck until the served row is loose
+        return solve(*args, **kwargs)
+
+    model.keep = keeping  # type: ignore[method-assign]
+    model.solve = solving  # type: ignore[method-assign]
+    _, result = model.run_stages(time.perf_counter() + 10, None)
+    assert result.statuses == ["OPTIMAL"] * 5
+    assert result.loosened == 1
+    assert rows[0][0].lb() < rows[0][1]

@@ -29,7 +29,8 @@ The stages (`STAGES`), in order:
 
 Every number is finite and bounded by the `Problem`'s validation; the slack a stage keeps is
 relative to its value, with a floor that lets no service's demand be traded away. A stage that
-finds nothing under the rows kept before it has them loosened (`KEEP_RETRY`) and runs again.
+finds nothing under the rows kept before it has them all loosened (`KEEP_RETRY`) and runs
+again.
 """
 
 from __future__ import annotations
@@ -95,11 +96,13 @@ KEEP_ABSOLUTE = 1e-7
 solvers' tolerances, and no more: 1e-6 of a 1e6 req/s cluster would let a 0.5 req/s service
 be dropped by a later stage."""
 KEEP_RETRY = (1e-6, 1e-4)
-"""Relative slacks a kept stage is loosened to, in turn, when the next stage finds nothing:
-the incumbent meets the kept row, so that stage's failure is numerical (a served value of
+"""Relative slacks the kept stages are loosened to, in turn, when a later stage finds nothing:
+the incumbent meets every kept row, so that stage's failure is numerical (a served value of
 3.5e6 held to 4e-3, with capacity coefficients from 0.02 to 1e6 in the same rows, left GLOP
-with no solution to the accuracy stage, and the plan ignored accuracy). Only then: a plan
-whose every stage solves keeps the tight slack."""
+with no solution to the accuracy stage, and the plan ignored accuracy; on the bursty trace a
+6-option routing LP found no solution to its change stage under an additions row held at
+0.999997, two stages back). Every kept row is loosened, not only the last stage's. Only then:
+a plan whose every stage solves keeps the tight slack."""
 
 
 @dataclass
@@ -293,9 +296,11 @@ class StagedModel:
             best = self.solution()
             if i + 1 < len(stages):
                 if i == 1:
-                    kept = self.keep_accuracy_per_service(best)
+                    kept += self.keep_accuracy_per_service(best)
                 else:
-                    kept = [self.keep(stage_terms, value, maximize, served_keep if i == 0 else 0.0)]
+                    kept.append(
+                        self.keep(stage_terms, value, maximize, served_keep if i == 0 else 0.0)
+                    )
         if best is None:
             best = Solution(n=[0.0] * len(self.opts), r=[0.0] * len(self.opts))
         return best, result
