@@ -237,10 +237,11 @@ class StagedModel:
 
     def _add(
         self, variables: list[pywraplp.Variable], coefs: list[float], lb: float, ub: float
-    ) -> None:
+    ) -> pywraplp.Constraint:
         constraint = self.solver.Constraint(lb, ub)
         for var, coef in zip(variables, coefs, strict=True):
             constraint.SetCoefficient(var, coef)
+        return constraint
 
     def run_stages(
         self,
@@ -389,9 +390,7 @@ class StagedModel:
         """Constrain a finished stage's objective to stay as good as its incumbent, less the
         solvers' tolerance (`KEEP_RELATIVE`, `KEEP_ABSOLUTE`) or `tolerance` (relative)."""
         variables, coefs, constant = terms
-        row = Kept(self.solver.Constraint(0.0, 0.0), value, constant, maximize, tolerance)
-        for var, coef in zip(variables, coefs, strict=True):
-            row.constraint.SetCoefficient(var, coef)
+        row = Kept(self._add(variables, coefs, 0.0, 0.0), value, constant, maximize, tolerance)
         row.set_slack(KEEP_RELATIVE, self.solver.infinity())
         return row
 
