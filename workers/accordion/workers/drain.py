@@ -109,6 +109,7 @@ def install(
     if seconds <= 0:
         return
     drain = _Drain(owner, seconds, quiet_s)
-    app.middlewares.append(drain.note)
+    if quiet_s is not None:  # a router drains the whole time: no per-request note
+        app.middlewares.append(drain.note)
     app.on_startup.append(drain.on_startup)
     app.on_response_prepare.append(drain.close_while_draining)
