@@ -88,7 +88,8 @@ def sequence_section(key: str, seq: dict[str, Any]) -> list[str]:
             [
                 "Sustainable rates of this run are confirmed (every configuration alike): the "
                 f"highest rate passed in the search was measured {seq['confirm_rounds']} more "
-                "times, interleaved round by round, and holds if the median round is within "
+                f"times ({seq.get('confirm_s', 6):g} s each), interleaved round by round, and "
+                "holds if the median round is within "
                 "99%; where it did not, the next highest passed rate was confirmed instead. "
                 "The search's own highest pass is given in brackets where it differs.",
                 "",
@@ -225,7 +226,8 @@ def render(results: dict[str, Any]) -> str:
         "leaving after two failures in a row), then two rounds of bisection between each "
         "configuration's highest pass and lowest failure above it; in runs from 2026-12-06 "
         "18:30 UTC on, each configuration's highest pass is then confirmed by the median of "
-        "three more rounds there (or gives way to its next highest pass); then every "
+        "three more rounds there (6 s each; 10 s from 22:00 UTC on, the length of the "
+        "equal-rate rounds; or gives way to its next highest pass); then every "
         "configuration is measured again at the best baseline's sustainable rate for the p99 "
         "at equal rate.",
         "",

@@ -183,7 +183,10 @@ def test_the_report_gives_the_confirmed_rate_and_the_search_s_own() -> None:
     assert isinstance(configs, dict)
     configs["request-level Triton (max batch 64, delay 50 ms)"]["search_rate"] = 125.0
     text = "\n".join(sequence_section("sequences", seq))
-    assert "measured 3 more times" in text
+    assert "measured 3 more times (6 s each)" in text  # runs before the rounds' own length
+    seq["confirm_s"] = 10.0
+    text = "\n".join(sequence_section("sequences", seq))
+    assert "measured 3 more times (10 s each)" in text
     assert "| request-level Triton (max batch 64, delay 50 ms) | 100 (125) |" in text
     assert "| cellular (ours, max batch 64) | 200 |" in text
     assert "**2.00x** its sustainable rate" in text
