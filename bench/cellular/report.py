@@ -226,7 +226,7 @@ def render(results: dict[str, Any]) -> str:
         "leaving after two failures in a row), then two rounds of bisection between each "
         "configuration's highest pass and lowest failure above it; in runs from 2026-12-06 "
         "18:30 UTC on, each configuration's highest pass is then confirmed by the median of "
-        "three more rounds there (6 s each; 10 s from 22:00 UTC on, the length of the "
+        "three more rounds there (6 s each; 10 s from 21:20 UTC on, the length of the "
         "equal-rate rounds; or gives way to its next highest pass); then every "
         "configuration is measured again at the best baseline's sustainable rate for the p99 "
         "at equal rate.",

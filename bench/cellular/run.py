@@ -77,11 +77,11 @@ CONFIRM_ROUNDS = 3
 interleaved round by round, each `EQUAL_RATE_S` long; the median round counts
 (`confirmation`). A single 6-s pass at a knife edge made a rate: Triton's 567.5 req/s on
 gru-seq (2026-12-06 13:20 run) passed once (99.1%) and held 41-58% in each of three 10-s rounds
-there. The rounds were 6 s (the search's) until 2026-12-06 22:00 UTC: a request-level batcher
+there. The rounds were 6 s (the search's) until 2026-12-06 21:20 UTC: a request-level batcher
 on decoder-tiny is bistable near its knee (a batch of 256 whose longest member runs ~1 s lets
 the next batch form from a second of arrivals; one slow batch and the queue never drains), so
 it passed 293 req/s once in a 6-s repeat (99.6%, the first try 36.7%) and held 87/43/34% in
-three 6-s rounds there (21:50 UTC probe); a rate that holds for a few of its batches is not
+three 6-s rounds there (21:12 UTC probe); a rate that holds for a few of its batches is not
 sustained. 10 s is also the length of the equal-rate rounds."""
 EQUAL_RATE_S = 10.0
 EQUAL_ROUNDS = 3
