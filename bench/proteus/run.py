@@ -17,14 +17,16 @@ user would write for these families (the API's defaults: headroom 0.1, burst buf
 * ``overload.rates``: equal demand per family, up to 3x what the cluster can serve;
 * optionally (``--scale 10``) 10x the devices and 10x the zipf demand: ours and Proteus;
 * optionally (``--timings``) ours at the default timings and at alternatives, the measurement
-  behind `control/timing.py`'s defaults (``proteus_timings.md``).
+  behind `control/timing.py`'s defaults (``proteus_timings.md``);
+* optionally (``--shapes``) every policy on five shapes no goal names, and ours on bursty and
+  overload, at three arrival seeds each (`shapes.py`, ``proteus_shapes.md``).
 
 The oracle bound (per-second LP relaxation with perfect demand knowledge) is computed in the
 same run. Writes ``bench/results/proteus.md``, a PNG timeline per run and one of our capacity
 by kind per family. Reads the data from ``<repo>/../shared/data/proteus``; it is never copied
 into the repository.
 
-    .venv/bin/python bench/proteus/run.py [--scale 10] [--timings] [--only zipf-p50]
+    .venv/bin/python bench/proteus/run.py [--scale 10] [--timings] [--shapes] [--only zipf-p50]
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from accordion.operator.control.timing import DEFAULT_TIMINGS, Timings
 from accordion.sim.catalog import POLICIES, make_control_policy
@@ -50,6 +55,7 @@ from accordion.sim.workload import (
     read_proteus_trace,
     read_rate_trace,
 )
+from bench.proteus.shapes import shapes_report
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data" / "proteus"
@@ -253,6 +259,7 @@ def main() -> None:
         "--scale", type=int, default=0, help="instead: N x devices and demand (proteus_scale.md)"
     )
     parser.add_argument("--timings", action="store_true", help="instead: proteus_timings.md")
+    parser.add_argument("--shapes", action="store_true", help="instead: proteus_shapes.md")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not DATA.exists():
@@ -260,6 +267,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.timings:
         timings_report(args.out)
+        return
+    if args.shapes:
+        shapes_report(args.out)
         return
     runs = [r for r in RUNS if not args.only or r.key in args.only]
     report = "proteus.md"

@@ -11,11 +11,21 @@ are plain text anyone can read, plot or change. The files are committed next to 
 * ``overload.rates``: equal demand per family, ramping from half of what the cluster can serve
   to three times it, holding, and back (what the cluster can serve: the largest equal demand
   per family that the oracle's LP serves in full, `max_equal_demand`).
+* ``shapes/*.rates``: five shapes no goal is stated on, to check that what was built for the
+  shapes above holds on others (`run.py --shapes`, ``proteus_shapes.md``). All on Proteus's
+  family mix, 300 s: ``diurnal`` (200 -> 1,000 -> 200 req/s, a 150-s cosine, twice),
+  ``flash-one`` (400 req/s; one family at a time rises 10x within a second for 60 s: resnet at
+  60 s, bert at 180 s), ``mixshift`` (700 req/s; over 100-200 s the family shares move to the
+  mix reversed: the least requested family gets the most requested one's share),
+  ``steps`` (900 req/s, 100 from 100 s, 900 again from 200 s, each change within a second)
+  and ``sawtooth`` (200 -> 900 req/s over 25 s, back within a second, twelve times).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
@@ -26,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[2] / "shared" / "data" / "proteus"
 BURSTY = HERE / "bursty.rates"
 OVERLOAD = HERE / "overload.rates"
+SHAPES = HERE / "shapes"
 
 BASE_QPS = 150.0
 BURST_QPS = 1100.0
@@ -96,12 +107,81 @@ def overload_lines(cluster: Cluster) -> list[str]:
     return lines
 
 
+Rates = dict[str, float]
+"""Req/s per family at one instant."""
+
+
+def _diurnal(mix: Rates, t: float) -> Rates:
+    total = 600.0 - 400.0 * math.cos(2 * math.pi * t / 150.0)
+    return {n: total * share for n, share in mix.items()}
+
+
+FLASHES = (("resnet", 60.0, 120.0), ("bert", 180.0, 240.0))
+
+
+def _flash_one(mix: Rates, t: float) -> Rates:
+    def factor(name: str) -> float:
+        return next((10.0 for f, a, b in FLASHES if f == name and a <= t < b), 1.0)
+
+    return {n: 400.0 * share * factor(n) for n, share in mix.items()}
+
+
+def _mixshift(mix: Rates, t: float) -> Rates:
+    names = sorted(mix, key=lambda n: (mix[n], n))
+    reversed_share = dict(zip(names, [mix[n] for n in reversed(names)], strict=True))
+    w = min(1.0, max(0.0, (t - 100.0) / 100.0))
+    return {n: 700.0 * ((1 - w) * mix[n] + w * reversed_share[n]) for n in mix}
+
+
+def _steps(mix: Rates, t: float) -> Rates:
+    total = 100.0 if 100.0 <= t < 200.0 else 900.0
+    return {n: total * share for n, share in mix.items()}
+
+
+def _sawtooth(mix: Rates, t: float) -> Rates:
+    total = 200.0 + 700.0 * (t % 25.0) / 25.0
+    return {n: total * share for n, share in mix.items()}
+
+
+SHAPE_FUNCTIONS: dict[str, tuple[Callable[[Rates, float], Rates], tuple[float, ...]]] = {
+    # name: (rates at t, the instants between which the rates are linear)
+    "diurnal": (_diurnal, tuple(float(t) for t in range(0, 301, 5))),
+    "flash-one": (_flash_one, (0.0, 60.0, 61.0, 120.0, 121.0, 180.0, 181.0, 240.0, 241.0, 300.0)),
+    "mixshift": (_mixshift, (0.0, 100.0, 200.0, 300.0)),
+    "steps": (_steps, (0.0, 100.0, 101.0, 200.0, 201.0, 300.0)),
+    "sawtooth": (
+        _sawtooth,
+        tuple(sorted({0.0, 300.0} | {25.0 * k + d for k in range(1, 12) for d in (-1.0, 0.0)})),
+    ),
+}
+"""Each shape's rates, and the knots of its piecewise linear rate file. A segment of a second
+or less is a step: it ramps from the rate just before it to the rate at its end; a longer one
+runs from the rate at its start to the rate just before its end."""
+
+
+def shape_lines(name: str, mix: Rates) -> list[str]:
+    """A shape's rate file (`SHAPE_FUNCTIONS`), one segment per family and knot interval."""
+    rates, knots = SHAPE_FUNCTIONS[name]
+    lines = [f"# Shape {name!r} on Proteus's family mix (bench/proteus/workloads.py)."]
+    for family in sorted(mix):
+        for t0, t1 in pairwise(knots):
+            step = t1 - t0 <= 1.0
+            q0 = rates(mix, t0 - 1e-9 if step else t0)[family]
+            q1 = rates(mix, t1 if step else t1 - 1e-9)[family]
+            lines.append(f"{family},{t0:g},{t1:g},{q0:.3f},{q1:.3f}")
+    return lines
+
+
 def main() -> None:
     cluster = load_proteus_cluster(DATA)
     trace = read_proteus_trace(DATA / "traces" / "zipf_exponential" / "300")
-    BURSTY.write_text("\n".join(bursty_lines(family_mix(trace))) + "\n")
+    mix = family_mix(trace)
+    BURSTY.write_text("\n".join(bursty_lines(mix)) + "\n")
     OVERLOAD.write_text("\n".join(overload_lines(cluster)) + "\n")
-    print(f"wrote {BURSTY} and {OVERLOAD}")
+    SHAPES.mkdir(exist_ok=True)
+    for name in SHAPE_FUNCTIONS:
+        (SHAPES / f"{name}.rates").write_text("\n".join(shape_lines(name, mix)) + "\n")
+    print(f"wrote {BURSTY}, {OVERLOAD} and {len(SHAPE_FUNCTIONS)} shapes in {SHAPES}")
 
 
 if __name__ == "__main__":
