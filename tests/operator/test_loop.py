@@ -519,7 +519,10 @@ def test_routing_follows_ready_capacity() -> None:
 def test_a_transition_routes_no_weight_to_the_burst_buffer() -> None:
     """While planned replicas load, the estimate beyond their ready capacity is not sent by
     weight to a burst-buffer group (spare replicas only): that would pay its lower accuracy on
-    a share of every request. It stays in the table, with its capacity, for the fast loop."""
+    a share of every request. It stays in the table, with its capacity, for the fast loop;
+    only while no other replica is ready does it take the traffic by weight (found on a
+    sawtooth: a swap's old replica made room while the new one loaded, and the router, with
+    no weight anywhere, had no table and held or refused every request for two seconds)."""
     world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=4)})
     loop = ControlLoop()
     d = loop.decide(world, DemandView(qps={"default/svc": 150.0}))
@@ -547,9 +550,16 @@ def test_a_transition_routes_no_weight_to_the_burst_buffer() -> None:
     # One of three big replicas ready (50 of the 150 req/s planned): it takes everything by
     # weight; the spare is there, weightless, with its 200 req/s for the fast loop.
     assert weights(1) == {"big": (1.0, 50.0), "small": (0.0, 200.0)}
-    # No planned replica ready yet: the spare alone is listed (the router spreads over the
-    # healthy backends when every weight is zero).
-    assert weights(0) == {"small": (0.0, 200.0)}
+    # No planned replica ready yet (a swap's new replicas load after the old ones made room):
+    # the spare takes the traffic by weight, so that the router has a table at all.
+    assert weights(0) == {"small": (1.0, 200.0)}
+    r = service_routing("default/svc", 100.0, rows, targets, targets, {key("small"): 1})
+    table = routing_table(r, lambda k: f"http://{k.variant}:8080")
+    assert table is not None
+    assert [(b.name, b.weight) for b in table.backends] == [("small@gpu", 1.0)]
+    # Nothing ready at all: no table (the router holds or refuses, as before).
+    nothing = service_routing("default/svc", 100.0, rows, targets, targets, {})
+    assert routing_table(nothing, lambda k: f"http://{k.variant}:8080") is None
 
 
 async def test_settled_services_are_skipped_and_changes_still_seen() -> None:

@@ -352,7 +352,8 @@ def service_routing(
     takes at most what its ready replicas can serve, the backends being replaced carry the rest
     as far as their ready replicas can, and whatever is left goes to the ready replicas that
     targets the plan routes to have beyond their share. Burst-buffer groups (spare replicas
-    only) get no weight; they are in the table with their capacity for the router's fast loop.
+    only) get no weight; they are in the table with their capacity for the router's fast loop,
+    unless nothing else has a ready replica: then they take the traffic by their capacity.
     (With a weight, after a one-second spike raised an estimate, zipf-p50 of the Proteus
     benchmark sent a share of every request to a spare of accuracy 72 for three seconds while
     the planned replicas had room: 0.08 of the run's effective accuracy.)
@@ -398,6 +399,14 @@ def service_routing(
                 for k, v in spare.items():
                     if v > 0:
                         routed[k] += take * v / spare_total
+        if demand > 0 and sum(routed.values()) <= 0:
+            # Nothing the plan routes to and no backend being replaced has a ready replica
+            # (a swap's new replicas load after the old ones made room for them,
+            # `ControlLoop._make_room`, which counts spare replicas as the service's ready
+            # capacity). With no weight anywhere there is no table (`routing_table`): the
+            # router would refuse or hold every request while spare replicas stand ready.
+            # They carry the traffic by their ready capacity until a planned replica is ready.
+            routed = {k: ready_capacity(k, targets[k].replicas) for k in targets}
     weights = _share(routed)
     routes = []
     for k in sorted(routed, key=WorkerKey.sort_key):
