@@ -92,6 +92,7 @@ bench-router: install
 bench-proteus: install
 	flock /tmp/accordion-heavy.lock $(PY) bench/proteus/run.py
 	flock /tmp/accordion-heavy.lock $(PY) bench/proteus/run.py --scale 10
+	flock /tmp/accordion-heavy.lock $(PY) bench/proteus/run.py --shapes
 
 bench-operator: install
 	flock /tmp/accordion-heavy.lock $(PY) bench/operator/bench_operator.py --sizes 10 100 1000 --loop-only 10 100 1000

@@ -8,8 +8,8 @@ and ours alone on the goal traces' bursty and overload at those seeds, so that o
 luck is not read as a rule's effect. Same cluster, physics and defaults as `run.py`.
 
 Writes ``bench/results/proteus_shapes.md`` and every cell in ``proteus_shapes.json``; runs the
-simulations on two processes (each is deterministic: the planner stops on node limits, not on
-time).
+simulations two at a time, each in a fresh process. Run it alone (`make bench-proteus` holds the
+heavy lock): the planner's searches have time limits, so a loaded machine changes its plans.
 
     .venv/bin/python bench/proteus/run.py --shapes
 """
@@ -176,7 +176,9 @@ def shapes_report(out: Path, workers: int = 2) -> None:
     started = time.time()
     todo = jobs()
     cells: list[Cell] = []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # A fresh process per cell: the planner's caches make a warm process faster, and its time
+    # limits then cut its searches elsewhere (a cell must not depend on what ran before it).
+    with ProcessPoolExecutor(max_workers=workers, max_tasks_per_child=1) as pool:
         futures = [pool.submit(run_cell, *job) for job in todo]
         for done, future in enumerate(futures, 1):
             cell = future.result()
