@@ -29,10 +29,8 @@ from accordion.sim.catalog import make_control_policy
 from accordion.sim.engine import SimConfig, simulate
 from accordion.sim.oracle import oracle_bound
 from accordion.sim.workload import load_proteus_cluster, read_rate_trace
+from bench.proteus.workloads import DATA, HERE, SHAPES
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE.parents[2] / "shared" / "data" / "proteus"
-SHAPES = HERE / "shapes"
 SEEDS = (0, 1, 2)
 POLICIES = (
     "accordion",
@@ -79,10 +77,10 @@ def run_cell(trace: str, policy: str, seed: int) -> Cell:
 
 def jobs() -> list[tuple[str, str, int]]:
     shapes = sorted(p.name for p in SHAPES.glob("*.rates"))
-    jobs = [(t, p, s) for t in shapes for p in ("oracle", *POLICIES) for s in SEEDS]
-    jobs += [(t, p, s) for t in GOAL_TRACES for p in ("oracle", "accordion") for s in SEEDS]
+    todo = [(t, p, s) for t in shapes for p in ("oracle", *POLICIES) for s in SEEDS]
+    todo += [(t, p, s) for t in GOAL_TRACES for p in ("oracle", "accordion") for s in SEEDS]
     # Longest first (ours on overload, then ours anywhere), so that two processes end together.
-    return sorted(jobs, key=lambda j: (j[1] != "accordion", j[0] != "overload.rates"))
+    return sorted(todo, key=lambda j: (j[1] != "accordion", j[0] != "overload.rates"))
 
 
 def dominated_by(cells: list[Cell], trace: str) -> list[str]:
@@ -97,13 +95,9 @@ def dominated_by(cells: list[Cell], trace: str) -> list[str]:
         )
 
     ours_v, ours_a = mean("accordion")
-    return [
-        p
-        for p in POLICIES
-        if p != "accordion"
-        and mean(p)[0] < ours_v
-        and mean(p)[1] >= ours_a - 0.005  # the table's resolution (two decimals)
-    ]
+    means = {p: mean(p) for p in POLICIES if p != "accordion"}
+    # Accuracy within the table's resolution (two decimals) counts as no less.
+    return [p for p, (v, a) in means.items() if v < ours_v and a >= ours_a - 0.005]
 
 
 def _row(cells: list[Cell], trace: str, policy: str) -> str:

@@ -111,9 +111,12 @@ Rates = dict[str, float]
 """Req/s per family at one instant."""
 
 
-def _diurnal(mix: Rates, t: float) -> Rates:
-    total = 600.0 - 400.0 * math.cos(2 * math.pi * t / 150.0)
+def _scaled(mix: Rates, total: float) -> Rates:
     return {n: total * share for n, share in mix.items()}
+
+
+def _diurnal(mix: Rates, t: float) -> Rates:
+    return _scaled(mix, 600.0 - 400.0 * math.cos(2 * math.pi * t / 150.0))
 
 
 FLASHES = (("resnet", 60.0, 120.0), ("bert", 180.0, 240.0))
@@ -134,13 +137,11 @@ def _mixshift(mix: Rates, t: float) -> Rates:
 
 
 def _steps(mix: Rates, t: float) -> Rates:
-    total = 100.0 if 100.0 <= t < 200.0 else 900.0
-    return {n: total * share for n, share in mix.items()}
+    return _scaled(mix, 100.0 if 100.0 <= t < 200.0 else 900.0)
 
 
 def _sawtooth(mix: Rates, t: float) -> Rates:
-    total = 200.0 + 700.0 * (t % 25.0) / 25.0
-    return {n: total * share for n, share in mix.items()}
+    return _scaled(mix, 200.0 + 700.0 * (t % 25.0) / 25.0)
 
 
 SHAPE_FUNCTIONS: dict[str, tuple[Callable[[Rates, float], Rates], tuple[float, ...]]] = {
