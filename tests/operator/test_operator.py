@@ -106,6 +106,49 @@ def test_demand_change_switches_variant_make_before_break(cluster: Cluster) -> N
     assert "AccuracyScaledDown" in reasons
 
 
+def test_a_removed_worker_groups_service_stays_while_its_pods_drain(cluster: Cluster) -> None:
+    """A removed worker group's pods drain (`workerDrainSeconds`, 5 s by default) and routers
+    whose loaded table still names it reach them only through its Service: the Deployment goes
+    at once, the Service when the drain is over. A worker Service left without a Deployment by an operator that stopped is deleted too."""
+    ns, pool = "svcdrain", "pool-svcdrain"
+    cluster.create_pool(pool, 1)
+    cluster.create(isvc("svc", ns, pool, 40.0))
+    wait_for("the big worker", lambda: "big" in cluster.workers(ns))
+    big = cluster.workers(ns)["big"]["metadata"]["name"]
+    cluster.mark_ready(ns)
+    wait_for("routing to big", lambda: cluster.weights(ns, "svc") == {"big": 1.0})
+    cluster.patch(ns, "svc", {"spec": {"demand": {"qps": 150.0}}})
+    wait_for("the small worker", lambda: "small" in cluster.workers(ns))
+    cluster.mark_ready(ns, "small")
+
+    def services() -> set[str]:
+        return {x["metadata"]["name"] for x in cluster.services(ns)}
+
+    wait_for("the big worker removed", lambda: "big" not in cluster.workers(ns))
+    removed = time.monotonic()
+    assert big in services(), "the Service of a draining group stays"
+    wait_for("its Service deleted after the drain", lambda: big not in services(), timeout_s=30)
+    assert time.monotonic() - removed >= 3.5, "deleted before its pods' 5-s drain was over"
+
+    orphan = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "svc-orphan",
+            "namespace": ns,
+            "labels": {
+                "app.kubernetes.io/component": "worker",
+                "app.kubernetes.io/managed-by": "accordion-operator",
+            },
+        },
+        "spec": {"ports": [{"port": 8080}]},
+    }
+    cluster.core.create_namespaced_service(ns, orphan)
+    cluster.patch(ns, "svc", {"spec": {"demand": {"qps": 151.0}}})  # a pass
+    wait_for("the orphaned worker Service deleted", lambda: "svc-orphan" not in services())
+    assert any(n.startswith("svc-small-") for n in services()), "a live group's Service stays"
+
+
 def test_without_reports_the_drain_waits_for_the_table_files_sync(
     cluster: Cluster, operator: Operator
 ) -> None:

@@ -41,9 +41,12 @@ from accordion.operator.control.loop import (
 )
 from accordion.operator.k8s import (
     ANNOTATION_APPLIED_AT,
+    COMPONENT_WORKER,
+    LABEL_COMPONENT,
     MANAGED_BY,
     ROUTING_FILE,
     Manifest,
+    is_managed,
     router_deployment,
     router_name,
     router_pdb,
@@ -190,6 +193,9 @@ class KubernetesActuator:
         self.stats = ApiStats()
         self._pdb_lock = asyncio.Lock()
         self._pdbs_listed = False
+        self._draining: dict[tuple[str, str], float] = {}
+        """Removed worker groups whose Service stays until their pods' drain ends (on this
+        actuator's clock): `_remove_worker`, `sweep_worker_services`."""
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -341,6 +347,7 @@ class KubernetesActuator:
         match step:
             case EnsureWorker():
                 uid = self._uid(step.spec.key.service)
+                self._draining.pop((step.spec.key.namespace, worker_name(step.spec.key)), None)
                 await self._deployment(worker_deployment(step.spec, uid, self.config))
                 await self._service(worker_service(step.spec.key, uid, self.config))
             case RemoveWorker():
@@ -358,8 +365,8 @@ class KubernetesActuator:
 
     async def _remove_service(self, step: RemoveService) -> None:
         ns, name = split_key(step.service)
-        for key in step.workers:
-            await self._remove_worker(ns, worker_name(key))
+        for key in step.workers:  # its router goes too: nothing routes to their Services
+            await self._remove_worker(ns, worker_name(key), drain=False)
         rname, cname = router_name(name), routing_configmap_name(name)
         await self._delete(
             "Deployment",
@@ -367,12 +374,7 @@ class KubernetesActuator:
             rname,
             lambda: self.apps.delete_namespaced_deployment(rname, ns, _preload_content=False),
         )
-        await self._delete(
-            "Service",
-            ns,
-            name,
-            lambda: self.core.delete_namespaced_service(name, ns, _preload_content=False),
-        )
+        await self._delete_service(ns, name)
         await self._delete(
             "ConfigMap",
             ns,
@@ -415,19 +417,62 @@ class KubernetesActuator:
         uid = ((isvc or {}).get("metadata") or {}).get("uid")
         return str(uid) if uid else None
 
-    async def _remove_worker(self, ns: str, name: str) -> None:
+    async def _remove_worker(self, ns: str, name: str, drain: bool = True) -> None:
+        """Delete a worker group: its Deployment now, its Service once its pods have drained.
+
+        A group can go while its routers' loaded table still names it: a device released for
+        another service's new replica (`ControlLoop._make_room`) goes in the pass that writes
+        the new table, and routers take it up to a reload later. Its pods drain meanwhile
+        (`accordion.workers.drain`: they stay ready and serve until a second passes without a
+        request, `worker_drain_s` at most), and reach them only through their Service (as
+        serving, terminating endpoints). Deleted at once, the Service would leave those
+        requests to a name or an address nothing answers. So it stays for `worker_drain_s`
+        (`sweep_worker_services` deletes it then), unless `drain` is False (the whole
+        InferenceService goes, router included)."""
         await self._delete(
             "Deployment",
             ns,
             name,
             lambda: self.apps.delete_namespaced_deployment(name, ns, _preload_content=False),
         )
+        if drain and self.config.worker_drain_s > 0:
+            self._draining[(ns, name)] = self.clock() + self.config.worker_drain_s
+            return
+        self._draining.pop((ns, name), None)
+        await self._delete_service(ns, name)
+
+    async def _delete_service(self, ns: str, name: str) -> None:
         await self._delete(
             "Service",
             ns,
             name,
             lambda: self.core.delete_namespaced_service(name, ns, _preload_content=False),
         )
+
+    async def sweep_worker_services(self) -> list[str]:
+        """Delete the worker Services whose Deployment is gone and whose drain is over (or
+        was never seen: one left by a predecessor that stopped meanwhile); return them as
+        namespace/name. Run once per pass, after the loop's steps."""
+        now = self.clock()
+        deployments = {ref(d) for d in self.cache.of_kind("Deployment")}
+        deleted: list[str] = []
+        for svc in self.cache.of_kind("Service"):
+            labels = (svc.get("metadata") or {}).get("labels") or {}
+            if labels.get(LABEL_COMPONENT) != COMPONENT_WORKER or not is_managed(svc):
+                continue
+            ns, name = ref(svc)
+            if (ns, name) in deployments or self._draining.get((ns, name), now) > now:
+                continue
+            self._draining.pop((ns, name), None)
+            await self._delete_service(ns, name)
+            deleted.append(f"{ns}/{name}")
+        return deleted
+
+    def sweep_due_in_s(self) -> float | None:
+        """Seconds until the next drain ends (`sweep_worker_services` has work then)."""
+        if not self._draining:
+            return None
+        return max(0.0, min(self._draining.values()) - self.clock())
 
     async def _apply_routing(self, step: ApplyRouting) -> None:
         uid = step.uid or self._uid(step.service)

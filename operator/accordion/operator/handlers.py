@@ -587,6 +587,13 @@ class Driver:
         result = await self.loop.reconcile(
             world, demand, self.actuator, concurrency=self.concurrency
         )
+        try:
+            swept = await self.actuator.sweep_worker_services()
+        except Exception as error:
+            log.warning("deleting the Services of drained worker groups failed: %s", error)
+        else:
+            if swept:
+                log.info("worker groups drained, their Services deleted: %s", ", ".join(swept))
         self.metrics.record(
             world, demand, result, self.loop.plan_time_s, self.loop.cost.totals, self.loop.idle
         )
@@ -687,6 +694,9 @@ class Driver:
             requeue = result.decision.requeue_after_s
             if result.failed:
                 requeue = min(requeue or 1.0, 1.0)
+            sweep = self.actuator.sweep_due_in_s()  # a removed group's Service, once drained
+            if sweep is not None:
+                requeue = sweep if requeue is None else min(requeue, sweep)
 
     async def _settle(self) -> None:
         """Before a pass: a burst of watch events is let settle (`debounce_s` of quiet, at most
