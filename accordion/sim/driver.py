@@ -18,7 +18,12 @@ settings; only the world and the actuator are simulated:
 * `SimActuator` carries the steps out as Kubernetes would: a worker group is a Deployment of
   replicas, each needs a device of its pool (without a free one it waits, as a pod stays
   Pending) and loads for `model_load_s`; scaling down removes pending, then loading, then the
-  least loaded replicas; a removed replica drains its queue before its device is free;
+  least loaded replicas; a removed replica drains as the product's worker does
+  (`accordion.workers.drain`): it answers its queue and holds its device until no request has
+  come for `QUIET_S` (1 s) since it was removed or since its last request, `worker_drain_s` (the
+  operator's `workers.drainSeconds`, 5 s) at most; a removed group's Service stays meanwhile
+  (`KubernetesActuator.sweep_worker_services`), so routers whose loaded table still names the
+  group send to its draining replicas (a group scaled down keeps sending to its ready ones);
 * the activator: a request that finds no ready replica of its service is held by the router's
   own `Activator` (`accordion.sim.activator`), which wakes the operator at once (an immediate
   demand report, as the router's `Reporter.wake`; the operator folds it within a quarter report
@@ -45,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, assert_never
 
 from accordion.operator.api import CapacityModelName, DevicePool, InferenceService, parse_resource
+from accordion.operator.config import OperatorConfig
 from accordion.operator.control.burstiness import BurstinessBook, combine
 from accordion.operator.control.demand import DemandTracker
 from accordion.operator.control.desired import WorkerKey, WorkerSpec, routing_table, spare_by_group
@@ -75,12 +81,15 @@ from accordion.solver import Burstiness, PlannerSettings, PoolSpec, VariantSpec
 from accordion.solver.problem import StageSpec
 from accordion.workers.batching import Request, SlowdownMeter
 from accordion.workers.dispersion import DispersionMeter
+from accordion.workers.drain import QUIET_S
 from accordion.workers.fastloop import RoutingDecider
 
 if TYPE_CHECKING:
     from accordion.sim.engine import Simulator
 
 NAMESPACE = "sim"
+WORKER_DRAIN_S: float = OperatorConfig.model_fields["worker_drain_s"].default
+"""The operator's `workers.drainSeconds` by default: the longest a removed worker drains."""
 ROUTER_RELOAD_S = 0.5
 """The router re-reads its routing table this often (`accordion.workers.router`)."""
 
@@ -228,8 +237,11 @@ class LoopControl:
         services: Callable[[Family, str, float], InferenceService] = family_service,
         batching_model: bool = False,
         link: Link | None = None,
+        worker_drain_s: float = WORKER_DRAIN_S,
     ) -> None:
         self.sim = sim
+        self.worker_drain_s = worker_drain_s
+        """The longest a removed worker drains (0: its device is free once its queue is)."""
         self.batching_model = batching_model
         """True: the families' InferenceServices ask for the batching model
         (`spec.demand.capacityModel: Batching`); False: the API's default, the planner's
@@ -249,6 +261,8 @@ class LoopControl:
         )
         """MIG pools: GPUs as Nodes and the operator's node steps (`accordion.sim.mig`)."""
         self.groups: dict[WorkerKey, Group] = {}
+        self.draining: dict[WorkerKey, Group] = {}
+        """Removed groups whose replicas drain (their Service stays meanwhile)."""
         self.handover = StageHandover(sim, self.groups, self.finished, link)
         """Pipeline stages hand their batches on to the next stage's group (`link`: the network
         between them; the planner's model of it by default)."""
@@ -371,11 +385,27 @@ class LoopControl:
         return self._send(key, request)
 
     def _ready(self, key: str) -> bool:
-        """The router has a ready backend: a group behind its table has an active replica."""
+        """The router has a ready backend: a group behind its table has an active replica,
+        or a removed one a replica that still drains."""
         if key not in self.deciders:
             return False
-        groups = (self.groups.get(g) for g in self.backends.get(key, {}).values())
-        return any(g is not None and g.active() for g in groups)
+        return any(self._endpoints(g) for g in self.backends.get(key, {}).values())
+
+    def _endpoints(self, key: WorkerKey) -> list[Replica]:
+        """What a group's Service sends to: its ready replicas, or while it has none, those of
+        its removed predecessor that still drain (serving, terminating endpoints)."""
+        group = self.groups.get(key)
+        active = group.active() if group is not None else []
+        if active:
+            return active
+        gone = self.draining.get(key)
+        if gone is None:
+            return []
+        now = self.sim.now_s
+        left = [r for r in gone.replicas if r.state == "retiring" and now < r.drain_end_s]
+        if not left:
+            del self.draining[key]
+        return left
 
     def _release(self, key: str) -> None:
         """Send the requests the activator holds on, now that a backend is ready."""
@@ -397,12 +427,13 @@ class LoopControl:
         if choice.backend is None:
             return None
         decider.sent(choice.backend, now)
-        group = self.groups.get(self.backends[key][choice.backend])
-        active = group.active() if group is not None else []
-        if group is None or not active:
+        wkey = self.backends[key][choice.backend]
+        endpoints = self._endpoints(wkey)
+        if not endpoints:
             decider.finished(choice.backend, now, "failed")  # no endpoint behind the Service
             return None
-        replica = active[group.cursor % len(active)]
+        group = self.groups.get(wkey) or self.draining[wkey]
+        replica = endpoints[group.cursor % len(endpoints)]
         group.cursor += 1
         request.payload = (key, choice.backend)
         return replica
@@ -510,7 +541,7 @@ class LoopControl:
                 : len(live) - spec.replicas
             ]
             for r in surplus:
-                self.sim.retire(r)
+                self._retire(r)
         group.replicas = [r for r in group.replicas if r.state != "gone"]
 
     def _new_replica(self, spec: WorkerSpec) -> Replica:
@@ -538,17 +569,23 @@ class LoopControl:
     def _evict(self, replica: Replica) -> None:
         """A worker pod deleted from a node being drained (MIG): it finishes its queue, and its
         Deployment makes a new one, which waits for a free slice (`accordion.sim.mig`)."""
-        self.sim.retire(replica)
+        self._retire(replica)
         group = self.groups.get(replica.tag) if isinstance(replica.tag, WorkerKey) else None
         if group is not None:
             self.ensure(group.spec)
+
+    def _retire(self, replica: Replica) -> None:
+        """SIGTERM to a worker: it drains (`accordion.workers.drain`)."""
+        self.sim.retire(replica, drain_s=self.worker_drain_s, quiet_s=QUIET_S)
 
     def remove(self, key: WorkerKey) -> None:
         group = self.groups.pop(key, None)
         if group is None:
             return
         for r in group.live():
-            self.sim.retire(r)
+            self._retire(r)
+        if any(r.state == "retiring" for r in group.replicas):
+            self.draining[key] = group
 
     def apply_routing(self, step: ApplyRouting) -> None:
         self.world.routing[step.service] = AppliedRouting(step.routing, self.sim.now_s)

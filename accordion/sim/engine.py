@@ -99,6 +99,12 @@ class Replica:
     hand_on: Callable[[tuple[Request, ...]], None] | None = None
     """A pipeline stage's but the last: takes a finished batch on to the next stage
     instead of answering it (`accordion.sim.pipelines`)."""
+    drain_quiet_s: float = 0.0
+    """Retiring with a drain (`Simulator.retire`): the device stays held until no request has
+    come for this long (since the retirement or the last request), ..."""
+    drain_end_s: float = 0.0
+    """... or until this instant, whichever is first (and the queue is empty)."""
+    quiet_end_s: float = 0.0
 
     @property
     def key(self) -> tuple[int, str, str]:
@@ -300,6 +306,10 @@ class Simulator:
             and not replica.policy.busy
             and replica.policy.queue_depth == 0
         ):
+            until = min(replica.quiet_end_s, replica.drain_end_s)
+            if self.now_s < until - _EPS:  # draining: check again when it may end
+                self.call_at(until, lambda: self._maybe_gone(replica))
+                return
             replica.state = "gone"
             self._release_slot(replica)
             self.control.replica_changed(replica)
@@ -372,10 +382,17 @@ class Simulator:
         replica.state = "active"
         self.control.replica_changed(replica)
 
-    def retire(self, replica: Replica) -> None:
-        """Stop sending to a replica; it drains its queue, then releases its device."""
+    def retire(self, replica: Replica, drain_s: float = 0.0, quiet_s: float = 0.0) -> None:
+        """Stop sending to a replica; it drains its queue, then releases its device. With a
+        `drain_s` (the product's worker, `accordion.workers.drain`), an active replica holds
+        its device, and takes what is still sent to it, until no request has come for
+        `quiet_s` or `drain_s` has passed, whichever is first."""
         if replica.state == "gone":
             return
+        if replica.state == "active" and drain_s > 0:
+            replica.drain_quiet_s = quiet_s
+            replica.drain_end_s = self.now_s + drain_s
+            replica.quiet_end_s = self.now_s + quiet_s
         if replica.state in ("pending", "loading"):
             replica.state = "gone"
             self._release_slot(replica)
@@ -386,6 +403,8 @@ class Simulator:
         self._maybe_gone(replica)
 
     def enqueue(self, replica: Replica, request: Request) -> None:
+        if replica.state == "retiring":  # a draining worker: its quiet time starts again
+            replica.quiet_end_s = self.now_s + replica.drain_quiet_s
         if replica.admit is not None:
             request = replica.admit(request)
         replica.policy.enqueue(request, self.now_s)
