@@ -109,7 +109,8 @@ def test_demand_change_switches_variant_make_before_break(cluster: Cluster) -> N
 def test_a_removed_worker_groups_service_stays_while_its_pods_drain(cluster: Cluster) -> None:
     """A removed worker group's pods drain (`workerDrainSeconds`, 5 s by default) and routers
     whose loaded table still names it reach them only through its Service: the Deployment goes
-    at once, the Service when the drain is over. A worker Service left without a Deployment by an operator that stopped is deleted too."""
+    at once, the Service when the drain is over. A worker Service left without a Deployment
+    by an operator that stopped is deleted too."""
     ns, pool = "svcdrain", "pool-svcdrain"
     cluster.create_pool(pool, 1)
     cluster.create(isvc("svc", ns, pool, 40.0))

@@ -6,12 +6,13 @@ requests find nothing behind the Service and the device is free at once."""
 
 from __future__ import annotations
 
-from accordion.sim.driver import QUIET_S, WORKER_DRAIN_S, LoopControl
+from accordion.sim.driver import WORKER_DRAIN_S, LoopControl
 from accordion.sim.engine import Control, SimConfig, Simulator
 from accordion.sim.metrics import OK
 from accordion.sim.policies import Accordion
 from accordion.sim.workload import Cluster, Family, Workload
 from accordion.solver import PoolSpec, ProfilePoint, VariantSpec
+from accordion.workers.drain import QUIET_S
 
 REMOVE_AT_S = 6
 LOAD_S = 2.0
@@ -29,7 +30,7 @@ class Drains(Accordion):
         )
 
 
-def run(drain_s: float) -> tuple[Simulator, list[float], list[str]]:
+def run(drain_s: float) -> tuple[Simulator, list[float], list[int]]:
     """20 req/s for 14 s on a pool of two devices; at 6 s the one worker group is removed
     while the router's table names it (as `ControlLoop._make_room` does), and the loop makes
     it again at its next pass (a new replica: the pool's other device, then its load)."""
@@ -53,7 +54,7 @@ def run(drain_s: float) -> tuple[Simulator, list[float], list[str]]:
     return sim, [s.devices for s in result.seconds], outcomes
 
 
-def window(outcomes: list[str], start_s: float, end_s: float) -> list[str]:
+def window(outcomes: list[int], start_s: float, end_s: float) -> list[int]:
     return outcomes[round(start_s / 0.05) : round(end_s / 0.05)]
 
 
@@ -62,7 +63,8 @@ def test_a_removed_group_serves_what_its_routers_send_until_they_reload() -> Non
     nothing ready in it, which the router loads at 7 s (it then holds requests, as in a
     cluster); until then the draining replica answers, and a second after its last request
     gives its device back."""
-    assert WORKER_DRAIN_S == 5.0 and QUIET_S == 1.0  # the operator's and the worker's defaults
+    assert WORKER_DRAIN_S == 5.0  # the operator's default
+    assert QUIET_S == 1.0  # the worker's
     sim, devices, outcomes = run(WORKER_DRAIN_S)
     assert window(outcomes, 0.0, REMOVE_AT_S + 1.0) == [OK] * 140
     old = sim.replicas[0]
