@@ -105,6 +105,7 @@ class Replica:
     drain_end_s: float = 0.0
     """... or until this instant, whichever is first (and the queue is empty)."""
     quiet_end_s: float = 0.0
+    """When a draining replica's quiet time ends, unless another request comes first."""
 
     @property
     def key(self) -> tuple[int, str, str]:

@@ -424,11 +424,11 @@ class KubernetesActuator:
         another service's new replica (`ControlLoop._make_room`) goes in the pass that writes
         the new table, and routers take it up to a reload later. Its pods drain meanwhile
         (`accordion.workers.drain`: they stay ready and serve until a second passes without a
-        request, `worker_drain_s` at most), and reach them only through their Service (as
-        serving, terminating endpoints). Deleted at once, the Service would leave those
-        requests to a name or an address nothing answers. So it stays for `worker_drain_s`
-        (`sweep_worker_services` deletes it then), unless `drain` is False (the whole
-        InferenceService goes, router included)."""
+        request, `worker_drain_s` at most), and those routers reach them only through the
+        group's Service (as serving, terminating endpoints). Deleted at once, the Service
+        would leave their requests to a name or an address nothing answers. So it stays for
+        `worker_drain_s` (`sweep_worker_services` deletes it then), unless `drain` is False
+        (the whole InferenceService goes, router included)."""
         await self._delete(
             "Deployment",
             ns,
