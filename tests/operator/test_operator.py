@@ -106,15 +106,30 @@ def test_demand_change_switches_variant_make_before_break(cluster: Cluster) -> N
     assert "AccuracyScaledDown" in reasons
 
 
-def test_a_removed_worker_groups_service_stays_while_its_pods_drain(cluster: Cluster) -> None:
+def test_a_removed_worker_groups_service_stays_while_its_pods_drain(
+    cluster: Cluster, operator: Operator
+) -> None:
     """A removed worker group's pods drain (`workerDrainSeconds`, 5 s by default) and routers
     whose loaded table still names it reach them only through its Service: the Deployment goes
-    at once, the Service when the drain is over. A worker Service left without a Deployment
-    by an operator that stopped is deleted too."""
+    at once, the Service when the drain is over: the operator wakes for it (here its periodic
+    pass is a minute away). A worker Service left without a Deployment by an operator that
+    stopped is deleted too."""
+    operator.stop()
+    operator.env["ACCORDION_RESYNC_INTERVAL_S"] = "60"
+    try:
+        operator.start()
+        _service_outlives_its_group(cluster)
+    finally:
+        operator.stop()
+        del operator.env["ACCORDION_RESYNC_INTERVAL_S"]
+        operator.start()
+
+
+def _service_outlives_its_group(cluster: Cluster) -> None:
     ns, pool = "svcdrain", "pool-svcdrain"
     cluster.create_pool(pool, 1)
     cluster.create(isvc("svc", ns, pool, 40.0))
-    wait_for("the big worker", lambda: "big" in cluster.workers(ns))
+    wait_for("the big worker", lambda: "big" in cluster.workers(ns), timeout_s=60)
     big = cluster.workers(ns)["big"]["metadata"]["name"]
     cluster.mark_ready(ns)
     wait_for("routing to big", lambda: cluster.weights(ns, "svc") == {"big": 1.0})
@@ -128,7 +143,7 @@ def test_a_removed_worker_groups_service_stays_while_its_pods_drain(cluster: Clu
     wait_for("the big worker removed", lambda: "big" not in cluster.workers(ns))
     removed = time.monotonic()
     assert big in services(), "the Service of a draining group stays"
-    wait_for("its Service deleted after the drain", lambda: big not in services(), timeout_s=30)
+    wait_for("its Service deleted after the drain", lambda: big not in services(), timeout_s=15)
     assert time.monotonic() - removed >= 3.5, "deleted before its pods' 5-s drain was over"
 
     orphan = {
