@@ -331,6 +331,21 @@ class Operator:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @contextlib.contextmanager
+    def configured(self, **env: str) -> Iterator[None]:
+        """The operator restarted with these `ACCORDION_*` overrides, and again without them
+        afterwards (the module's other tests share the process)."""
+        self.stop()
+        self.env.update(env)
+        try:
+            self.start()
+            yield
+        finally:
+            self.stop()
+            for name in env:
+                del self.env[name]
+            self.start()
+
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorThread]:

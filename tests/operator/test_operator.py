@@ -106,6 +106,21 @@ def test_demand_change_switches_variant_make_before_break(cluster: Cluster) -> N
     assert "AccuracyScaledDown" in reasons
 
 
+def switch_big_to_small(cluster: Cluster, ns: str, pool: str) -> str:
+    """One device: big serves 40 req/s and is ready; then 150 req/s, which only small serves,
+    and small is ready. Returns big's Deployment name (the plan removes it next)."""
+    cluster.create_pool(pool, 1)
+    cluster.create(isvc("svc", ns, pool, 40.0))
+    wait_for("the big worker", lambda: "big" in cluster.workers(ns), timeout_s=60)
+    big = str(cluster.workers(ns)["big"]["metadata"]["name"])
+    cluster.mark_ready(ns)
+    wait_for("routing to big", lambda: cluster.weights(ns, "svc") == {"big": 1.0})
+    cluster.patch(ns, "svc", {"spec": {"demand": {"qps": 150.0}}})
+    wait_for("the small worker", lambda: "small" in cluster.workers(ns))
+    cluster.mark_ready(ns, "small")
+    return big
+
+
 def test_a_removed_worker_groups_service_stays_while_its_pods_drain(
     cluster: Cluster, operator: Operator
 ) -> None:
@@ -114,28 +129,13 @@ def test_a_removed_worker_groups_service_stays_while_its_pods_drain(
     at once, the Service when the drain is over: the operator wakes for it (here its periodic
     pass is a minute away). A worker Service left without a Deployment by an operator that
     stopped is deleted too."""
-    operator.stop()
-    operator.env["ACCORDION_RESYNC_INTERVAL_S"] = "60"
-    try:
-        operator.start()
+    with operator.configured(ACCORDION_RESYNC_INTERVAL_S="60"):
         _service_outlives_its_group(cluster)
-    finally:
-        operator.stop()
-        del operator.env["ACCORDION_RESYNC_INTERVAL_S"]
-        operator.start()
 
 
 def _service_outlives_its_group(cluster: Cluster) -> None:
     ns, pool = "svcdrain", "pool-svcdrain"
-    cluster.create_pool(pool, 1)
-    cluster.create(isvc("svc", ns, pool, 40.0))
-    wait_for("the big worker", lambda: "big" in cluster.workers(ns), timeout_s=60)
-    big = cluster.workers(ns)["big"]["metadata"]["name"]
-    cluster.mark_ready(ns)
-    wait_for("routing to big", lambda: cluster.weights(ns, "svc") == {"big": 1.0})
-    cluster.patch(ns, "svc", {"spec": {"demand": {"qps": 150.0}}})
-    wait_for("the small worker", lambda: "small" in cluster.workers(ns))
-    cluster.mark_ready(ns, "small")
+    big = switch_big_to_small(cluster, ns, pool)
 
     def services() -> set[str]:
         return {x["metadata"]["name"] for x in cluster.services(ns)}
@@ -174,27 +174,12 @@ def test_without_reports_the_drain_waits_for_the_table_files_sync(
     drain counts from when the table is in place, so it must not be 0 (the other tests' value:
     then the old worker goes in the pass that writes the table)."""
     ns, pool = "filesync", "pool-filesync"
-    operator.stop()
-    operator.env["ACCORDION_ROUTING_FILE_SYNC_S"] = "3"
-    operator.env["ACCORDION_DRAIN_S"] = "0.5"
-    try:
-        operator.start()
-        cluster.create_pool(pool, 1)
-        cluster.create(isvc("svc", ns, pool, 40.0))
-        wait_for("the big worker", lambda: "big" in cluster.workers(ns), timeout_s=60)
-        cluster.mark_ready(ns)
-        cluster.patch(ns, "svc", {"spec": {"demand": {"qps": 150.0}}})
-        wait_for("the small worker", lambda: "small" in cluster.workers(ns))
-        cluster.mark_ready(ns, "small")
+    with operator.configured(ACCORDION_ROUTING_FILE_SYNC_S="3", ACCORDION_DRAIN_S="0.5"):
+        switch_big_to_small(cluster, ns, pool)
         wait_for("routing to small", lambda: cluster.weights(ns, "svc") == {"small": 1.0})
         written = time.monotonic()
         wait_for("the big worker removed", lambda: set(cluster.workers(ns)) == {"small"})
         assert time.monotonic() - written >= 2.5, "removed before the routers' file could sync"
-    finally:
-        operator.stop()
-        del operator.env["ACCORDION_ROUTING_FILE_SYNC_S"]
-        del operator.env["ACCORDION_DRAIN_S"]
-        operator.start()
 
 
 def test_pool_shrink_replans(cluster: Cluster) -> None:
@@ -311,10 +296,7 @@ def test_an_upgraded_operator_brings_routers_to_its_settings(
     wait_for("the router", lambda: bool(router_image()))
     old = router_image()
     workers = {n: d["metadata"]["resourceVersion"] for n, d in cluster.workers(ns).items()}
-    operator.stop()
-    operator.env["ACCORDION_ROUTER_IMAGE"] = "registry.example/accordion-worker:9.9.9"
-    try:
-        operator.start()
+    with operator.configured(ACCORDION_ROUTER_IMAGE="registry.example/accordion-worker:9.9.9"):
         wait_for(
             "the new router image",
             lambda: router_image() == "registry.example/accordion-worker:9.9.9",
@@ -324,10 +306,6 @@ def test_an_upgraded_operator_brings_routers_to_its_settings(
         assert {
             n: d["metadata"]["resourceVersion"] for n, d in cluster.workers(ns).items()
         } == workers
-    finally:
-        operator.stop()
-        del operator.env["ACCORDION_ROUTER_IMAGE"]
-        operator.start()
 
 
 def test_the_log_tells_the_passes_not_every_watch_event(
