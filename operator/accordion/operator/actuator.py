@@ -454,14 +454,15 @@ class KubernetesActuator:
         was never seen: one left by a predecessor that stopped meanwhile); return them as
         namespace/name. Run once per pass, after the loop's steps."""
         now = self.clock()
-        deployments = {ref(d) for d in self.cache.of_kind("Deployment")}
         deleted: list[str] = []
         for svc in self.cache.of_kind("Service"):
             labels = (svc.get("metadata") or {}).get("labels") or {}
             if labels.get(LABEL_COMPONENT) != COMPONENT_WORKER or not is_managed(svc):
                 continue
             ns, name = ref(svc)
-            if (ns, name) in deployments or self._draining.get((ns, name), now) > now:
+            if self._draining.get((ns, name), now) > now:
+                continue
+            if self.cache.get("Deployment", ns, name) is not None:  # a group's, same name
                 continue
             self._draining.pop((ns, name), None)
             await self._delete_service(ns, name)
