@@ -441,7 +441,9 @@ class LocalRuntime:
             for k, g in self.actuator.groups.items()
             if k.service == service
         }
-        weights = {r.key.backend_name: r.weight for r in routing.routing.routes} if routing else {}
+        # A pending backend (still loading) has the plan's weight in the table, not traffic.
+        routes = routing.routing.routes if routing else []
+        weights = {r.key.backend_name: r.weight for r in routes if not r.pending}
         sample = Sample(
             t_s=round(now - self.started_at_s, 3),
             service=service,

@@ -67,7 +67,7 @@ class HeldRequests:
         activator.enter(1)
         self.services[service].held[request.request_id] = request
         latest = request.deadline_s - own_latency_s
-        self.sim.call_at(latest, lambda: self._expire(service, request.request_id))
+        self.sim.call_at(latest, lambda: self._expire(service, request.request_id), after_end=True)
         return True
 
     def last_cold_starts(self) -> dict[str, float]:

@@ -27,14 +27,17 @@ settings; only the world and the actuator are simulated:
 * the activator: a request that finds no ready replica of its service is held by the router's
   own `Activator` (`accordion.sim.activator`), which wakes the operator at once (an immediate
   demand report, as the router's `Reporter.wake`; the operator folds it within a quarter report
-  interval and passes at once, as `handlers.Driver` does) and releases it when a replica of one
-  of the router's backends is ready (the router's health check), or drops it at its deadline;
+  interval and passes at once, as `handlers.Driver` does) and releases it when one of the
+  router's backends joins its split (its health check), or drops it at its deadline;
 * routing: the router's own `RoutingDecider` per service, fed the tables `desired.routing_table`
   builds (one backend per worker group, as the router sees a Kubernetes Service), picked up
   `ROUTER_RELOAD_S` after the loop applies them (the router re-reads its table file that often);
-  behind a backend, requests go round-robin to the group's ready replicas (kube-proxy), and each
-  replica runs the worker's batcher (`batching.make_policy` on the worker's configuration) and
-  reports its speed as the worker does (`SlowdownMeter`).
+  a backend the table names as pending (a group still loading), or one that refused a
+  connection (no endpoint behind its Service: the request is sent again, `MAX_CONNECT_RETRIES`
+  times at most), is out of the split until a recheck every `RECHECK_S` finds an endpoint (the
+  router's health loop); behind a backend, requests go round-robin to the group's ready
+  replicas (kube-proxy), and each replica runs the worker's batcher (`batching.make_policy`
+  on the worker's configuration) and reports its speed as the worker does (`SlowdownMeter`).
 
 Decisions that exist only here would make simulator results describe a system no user runs, so
 there are none: everything above that decides is the product's code.
@@ -83,6 +86,7 @@ from accordion.workers.batching import Request, SlowdownMeter
 from accordion.workers.dispersion import DispersionMeter
 from accordion.workers.drain import QUIET_S
 from accordion.workers.fastloop import RoutingDecider
+from accordion.workers.router import MAX_CONNECT_RETRIES, RECHECK_S
 
 if TYPE_CHECKING:
     from accordion.sim.engine import Simulator
@@ -173,6 +177,14 @@ def pool_object(pool: PoolSpec) -> DevicePool:
     parsed = parse_resource(obj, f"pool {pool.name}")
     assert isinstance(parsed, DevicePool)
     return parsed
+
+
+class Refused:
+    """What `LoopControl._send` returns when its backend has no endpoint: the router's
+    connection was refused, and it sends the request again (`MAX_CONNECT_RETRIES`)."""
+
+
+REFUSED = Refused()
 
 
 @dataclass
@@ -289,6 +301,8 @@ class LoopControl:
         self._measured_at: dict[str, float] = {}
         self._last_rate: dict[str, float] = {}
         self._own_latency_s: dict[str, float] = {}
+        self._rechecking: set[tuple[str, str]] = set()
+        """(service, backend) pairs out of a router's split with a recheck scheduled."""
 
     @property
     def planner_times_s(self) -> list[float]:
@@ -379,17 +393,31 @@ class LoopControl:
         now = self.sim.now_s
         key = self.key_of[service]
         self.meters.setdefault(key, DispersionMeter()).add(now)
-        if not self._ready(key):
-            own = self._own_latency_s.get(key, 0.0)
-            return HELD if self.activators.hold(key, request, own) else None
-        return self._send(key, request)
+        return self._route(key, request)
+
+    def _route(self, key: str, request: Request, *, hold: bool = True) -> Replica | Held | None:
+        """As the router's `infer`: with no backend in the split the activator holds the
+        request (`hold`; else the router answers 503); a backend with no endpoint refuses
+        the connection, leaves the split and the request is sent again, `MAX_CONNECT_RETRIES`
+        times at most."""
+        refused = 0
+        while True:
+            if not self._ready(key):
+                if not hold:
+                    return None
+                own = self._own_latency_s.get(key, 0.0)
+                return HELD if self.activators.hold(key, request, own) else None
+            out = self._send(key, request)
+            if not isinstance(out, Refused):
+                return out
+            refused += 1
+            if refused > MAX_CONNECT_RETRIES:
+                return None
 
     def _ready(self, key: str) -> bool:
-        """The router has a ready backend: a group behind its table has an active replica,
-        or a removed one a replica that still drains."""
-        if key not in self.deciders:
-            return False
-        return any(self._endpoints(g) for g in self.backends.get(key, {}).values())
+        """The router's readiness: some backend of its table is in the split (healthy)."""
+        decider = self.deciders.get(key)
+        return decider is not None and bool(decider.plan_weights())
 
     def _endpoints(self, key: WorkerKey) -> list[Replica]:
         """What a group's Service sends to: its ready replicas, or while it has none, those of
@@ -412,13 +440,13 @@ class LoopControl:
         if not self._ready(key):
             return
         for request in self.activators.release(key):
-            replica = self._send(key, request)
-            if replica is None:
+            out = self._route(key, request)
+            if out is None:
                 self.sim.recorder.finish(request.request_id, request.arrival_s, DROPPED)
-            else:
-                self.sim.enqueue(replica, request)
+            elif isinstance(out, Replica):
+                self.sim.enqueue(out, request)
 
-    def _send(self, key: str, request: Request) -> Replica | None:
+    def _send(self, key: str, request: Request) -> Replica | Refused | None:
         now = self.sim.now_s
         decider = self.deciders.get(key)
         if decider is None:
@@ -429,14 +457,39 @@ class LoopControl:
         decider.sent(choice.backend, now)
         wkey = self.backends[key][choice.backend]
         endpoints = self._endpoints(wkey)
-        if not endpoints:
-            decider.finished(choice.backend, now, "failed")  # no endpoint behind the Service
-            return None
+        if not endpoints:  # no endpoint behind the Service: the connection is refused
+            decider.finished(choice.backend, now, "failed")
+            decider.set_healthy(choice.backend, False)
+            self._recheck(key, choice.backend)
+            return REFUSED
         group = self.groups.get(wkey) or self.draining[wkey]
         replica = endpoints[group.cursor % len(endpoints)]
         group.cursor += 1
         request.payload = (key, choice.backend)
         return replica
+
+    def _recheck(self, key: str, backend: str) -> None:
+        """A backend out of the split is checked again every `RECHECK_S` (the router's health
+        loop) while its table names it: it rejoins once its Service has an endpoint."""
+        if (key, backend) in self._rechecking:
+            return
+        self._rechecking.add((key, backend))
+
+        def check() -> None:
+            self._rechecking.discard((key, backend))
+            decider = self.deciders.get(key)
+            wkey = self.backends.get(key, {}).get(backend)
+            if decider is None or wkey is None or decider.healthy(backend):
+                return
+            if self._endpoints(wkey):
+                decider.set_healthy(backend, True)
+                self._release(key)
+            else:
+                self._recheck(key, backend)
+
+        # After the trace's end only while requests wait for it (they end at their deadline).
+        waiting = self.activators.waiting(key) > 0
+        self.sim.call_at(self.sim.now_s + RECHECK_S, check, after_end=waiting)
 
     def finished(self, replica: Replica, request: Request, outcome: str) -> None:
         if not isinstance(request.payload, tuple):
@@ -607,6 +660,14 @@ class LoopControl:
                 seed = self.sim.config.seed * 1000 + len(self.deciders)
                 self.deciders[step.service] = RoutingDecider(table, seed=seed)
             if table is not None:
+                decider = self.deciders[step.service]
+                for b in table.backends:  # pending ones join at a passed check
+                    if decider.healthy(b.name):
+                        continue
+                    if self._initial and self._endpoints(backends[b.name]):
+                        decider.set_healthy(b.name, True)  # a router's first check, at start
+                    else:
+                        self._recheck(step.service, b.name)
                 latencies = [b.batch_latency_ms for b in table.backends if b.batch_latency_ms]
                 self._own_latency_s[step.service] = min(latencies) / 1000.0 if latencies else 0.0
             self._release(step.service)

@@ -37,7 +37,7 @@ from accordion.workers.batching import BatchingPolicy, Decision, Request
 from accordion.workers.config import interpolate_profile
 
 # Event kinds, in the order they run at the same instant.
-_COMPLETE, _READY, _RETIRE, _WAKE, _MEASURE, _CALL = range(6)
+_COMPLETE, _READY, _RETIRE, _WAKE, _MEASURE, _CALL, _FINAL_CALL = range(7)
 _EPS = 1e-9
 
 
@@ -230,9 +230,11 @@ class Simulator:
         self._seq += 1
         heapq.heappush(self._heap, (t_s, kind, self._seq, payload))
 
-    def call_at(self, t_s: float, fn: Callable[[], None]) -> None:
-        """Run `fn` at simulated time `t_s` (after completions and arrivals of that instant)."""
-        self._push(max(t_s, self.now_s), _CALL, fn)
+    def call_at(self, t_s: float, fn: Callable[[], None], *, after_end: bool = False) -> None:
+        """Run `fn` at simulated time `t_s` (after completions and arrivals of that instant).
+        A control's timers stop a second after the trace's last arrival, unless `after_end`:
+        for a call that may end a request still waiting (it must not recur for ever)."""
+        self._push(max(t_s, self.now_s), _FINAL_CALL if after_end else _CALL, fn)
 
     def _slots_changed(self, delta: int) -> None:
         self.recorder.device_seconds += self._slots_in_use * (self.now_s - self._last_slot_change_s)
@@ -516,7 +518,7 @@ class Simulator:
             self.retire(payload)
         elif kind == _MEASURE:
             self._measure()
-        elif kind == _CALL:
+        elif kind in (_CALL, _FINAL_CALL):
             cast(Callable[[], None], payload)()
 
 

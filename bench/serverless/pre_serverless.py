@@ -148,7 +148,7 @@ class PreServerlessControl(LoopControl):
     def route(self, service: int, request: Request) -> Replica | Held | None:
         key = self.key_of[service]
         self.meters.setdefault(key, DispersionMeter()).add(self.sim.now_s)
-        return self._send(key, request)  # None without a ready replica: the router's 503
+        return self._route(key, request, hold=False)  # no ready replica: the router's 503
 
 
 def plain_service(fam: Family, service_time: str, initial_qps: float) -> InferenceService:

@@ -506,8 +506,19 @@ class Cluster:
         return None
 
     def weights(self, ns: str, name: str) -> dict[str, float]:
+        """The router's split as the table starts it: pending backends (not ready when it was
+        written) are out until their health check passes."""
         table = self.routing(ns, name) or {"backends": []}
-        return {b["name"].split("@")[0]: b["weight"] for b in table["backends"]}
+        split = {
+            b["name"].split("@")[0]: b["weight"] for b in table["backends"] if not b.get("pending")
+        }
+        total = sum(split.values())
+        return {k: round(w / total, 4) for k, w in split.items()} if total > 0 else split
+
+    def pending(self, ns: str, name: str) -> set[str]:
+        """The variants the table names as pending (their groups still loading)."""
+        table = self.routing(ns, name) or {"backends": []}
+        return {b["name"].split("@")[0] for b in table["backends"] if b.get("pending")}
 
     def mark_ready(self, ns: str, variant: str | None = None) -> None:
         """Act as the kubelet: every replica of the worker Deployments is ready."""

@@ -35,6 +35,7 @@ from accordion.operator.control.loop import (
 )
 from accordion.operator.manifests import load
 from accordion.solver import Plan, PlanRow, Problem
+from accordion.workers.fastloop import RoutingDecider
 
 
 def service(name: str = "svc", qps: float = 40.0, **spec: Any) -> InferenceService:
@@ -201,7 +202,12 @@ async def test_create_then_ready_then_no_churn(
     assert first.spec.replicas == 1
     routing = res.applied[1]
     assert isinstance(routing, ApplyRouting)
-    assert routing.routing.routes == []
+    # Named before it is ready, as pending, so that routers take it at its first health check.
+    assert [(r.key, r.weight, r.pending) for r in routing.routing.routes] == [
+        (key("big"), 1.0, True)
+    ]
+    assert not routing.routing.final
+    assert routing.routing.keys() == set()
     status = world.status["default/svc"]
     conds = {c.type: c for c in status.conditions}
     assert conds["Ready"].status == "False"
@@ -240,7 +246,17 @@ async def test_demand_rise_switches_variant_make_before_break(
     assert key("big") in world.workers, "the old variant keeps serving until the new is ready"
     table = world.routing["default/svc"].routing
     assert not table.final
-    assert [r.key for r in table.routes] == [key("big")]
+    # big carries the traffic; small, loading, is named as pending with the plan's capacity.
+    # Shares: big its ready 45 req/s, small its planned 150 (the router leaves small out of
+    # its split until small passes a health check, then sends it 150/195).
+    assert [(r.key, round(r.weight, 4), r.pending, r.capacity_qps) for r in table.routes] == [
+        (key("big"), round(45 / 195, 4), False, 45.0),
+        (key("small"), round(150 / 195, 4), True, 180.0),
+    ]
+    assert table.keys() == {key("big")}
+    sent = routing_table(table, lambda k: f"http://{k.variant}")
+    assert sent is not None
+    assert [(b.name, b.pending) for b in sent.backends] == [("big@gpu", False), ("small@gpu", True)]
     events = [s for s in res.applied if isinstance(s, RecordEvent)]
     assert {e.reason for e in events} == {"AccuracyScaledDown", "ReplicasChanged"}
 
@@ -551,15 +567,28 @@ def test_a_transition_routes_no_weight_to_the_burst_buffer() -> None:
     # weight; the spare is there, weightless, with its 200 req/s for the fast loop.
     assert weights(1) == {"big": (1.0, 50.0), "small": (0.0, 200.0)}
     # No planned replica ready yet (a swap's new replicas load after the old ones made room):
-    # the spare takes the traffic by weight, so that the router has a table at all.
-    assert weights(0) == {"small": (1.0, 200.0)}
+    # the spare takes the traffic by weight; big is named as pending at its plan (150 req/s
+    # against the spare's 200), out of the router's split until its health check passes.
+    assert weights(0) == {"big": (0.4286, 150.0), "small": (0.5714, 200.0)}
     r = service_routing("default/svc", 100.0, rows, targets, targets, {key("small"): 1})
     table = routing_table(r, lambda k: f"http://{k.variant}:8080")
     assert table is not None
-    assert [(b.name, b.weight) for b in table.backends] == [("small@gpu", 1.0)]
-    # Nothing ready at all: no table (the router holds or refuses, as before).
+    assert [(b.name, b.weight, b.pending) for b in table.backends] == [
+        ("big@gpu", 0.4286, True),
+        ("small@gpu", 0.5714, False),
+    ]
+    router = RoutingDecider(table)
+    assert router.plan_weights() == {"small@gpu": 1.0}  # until big passes its check
+    # Nothing ready at all: a table of pending backends, which the router holds requests for
+    # (its activator) until one passes its health check.
     nothing = service_routing("default/svc", 100.0, rows, targets, targets, {})
-    assert routing_table(nothing, lambda k: f"http://{k.variant}:8080") is None
+    table = routing_table(nothing, lambda k: f"http://{k.variant}:8080")
+    assert table is not None
+    assert [(b.name, b.pending) for b in table.backends] == [
+        ("big@gpu", True),
+        ("small@gpu", True),
+    ]
+    assert RoutingDecider(table).plan_weights() == {}
 
 
 async def test_settled_services_are_skipped_and_changes_still_seen() -> None:

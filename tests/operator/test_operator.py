@@ -49,7 +49,9 @@ def test_create_makes_workers_router_routing_and_status(cluster: Cluster) -> Non
     assert "svc" in {x["metadata"]["name"] for x in cluster.services(ns)}
     assert any(d["metadata"]["name"] == "svc-router" for d in cluster.deployments(ns))
     wait_for("the routing ConfigMap", lambda: cluster.configmaps(ns))
-    assert cluster.routing(ns, "svc") is None, "no backend is ready yet"
+    # No backend is ready yet: the table names big as pending, and nothing carries traffic.
+    assert cluster.pending(ns, "svc") == {"big"}
+    assert cluster.weights(ns, "svc") == {}
     conds = wait_for("status conditions", lambda: cluster.conditions(ns, "svc"))
     assert conds["Planned"]["status"] == "True"
     assert conds["Ready"]["status"] == "False"
@@ -80,6 +82,7 @@ def test_demand_change_switches_variant_make_before_break(cluster: Cluster) -> N
     cluster.patch(ns, "svc", {"spec": {"demand": {"qps": 150.0}}})
     wait_for("the small worker", lambda: "small" in cluster.workers(ns))
     assert "big" in cluster.workers(ns), "the old variant runs until the new one is ready"
+    wait_for("small named as pending", lambda: cluster.pending(ns, "svc") == {"small"})
     assert cluster.weights(ns, "svc") == {"big": 1.0}, "no traffic to replicas that are not ready"
     wait_for(
         "status for the new plan", lambda: cluster.status(ns, "svc").get("effectiveAccuracy") == 70

@@ -95,3 +95,29 @@ def test_a_new_pipeline_on_the_same_first_pool_is_an_event_that_names_it() -> No
     assert isinstance(event, RecordEvent)
     assert event.reason == "ReplicasChanged"
     assert f"big@{new} x1" in event.message
+
+
+def test_a_variant_swap_of_a_service_with_no_demand_yet_is_an_accuracy_event() -> None:
+    """With no demand measured (a router that has just started), the effective accuracy is
+    unknown; a plan that swaps the variant still says which way accuracy went, at what its
+    planned replicas serve (spare ones left out)."""
+
+    def idle(variant: str, accuracy: float, spare: int = 0) -> InferenceServiceStatus:
+        row = PlanRowStatus(
+            variant=variant,
+            pool="lo",
+            replicas=1 + spare,
+            spare_replicas=spare,
+            max_batch_size=1,
+            capacity_qps=45.0 * (1 + spare),
+            routed_qps=0.0,
+            weight=0.0,
+            accuracy=accuracy,
+        )
+        return InferenceServiceStatus(plan=[row])
+
+    events = plan_events(SVC, idle("xl", 84.0), idle("m", 79.0, spare=1))
+    down = [e for e in events if isinstance(e, RecordEvent) and e.reason.startswith("Accuracy")]
+    assert [(e.reason, e.message.split(" for ")[0]) for e in down] == [
+        ("AccuracyScaledDown", "effective accuracy 84 -> 79")
+    ]

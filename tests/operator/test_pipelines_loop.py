@@ -74,12 +74,15 @@ async def test_stages_are_made_last_first_and_a_restart_changes_nothing() -> Non
     made = [s.spec for s in res.applied if isinstance(s, EnsureWorker)]
     assert [(s.key.stage, s.key.pool) for s in made] == [(1, "lo"), (0, "hi")]
     assert [s.stage.next if s.stage else None for s in made] == [None, made[0].key]
+    # Not named before the whole pipeline is ready: a pipeline is never pending (its first
+    # stage's health check says nothing of the later stages).
     assert world.routing["default/svc"].routing.routes == []
 
     all_ready(world)
     res = await loop.reconcile(world, DemandView(), act)
     (route,) = world.routing["default/svc"].routing.routes
     assert route.key == made[1].key, "the router sends to the first stage"
+    assert not route.pending
     assert route.capacity_qps == 90.0
 
     assert (await loop.reconcile(world, DemandView(), act)).applied == []

@@ -119,8 +119,9 @@ def _mark_ready(cluster: Cluster, deployment: dict[str, Any]) -> None:
 
 
 def _backends(cluster: Cluster) -> list[dict[str, Any]]:
+    """The backends that carry traffic (pending ones do not until their check passes)."""
     table = cluster.routing(NS, "svc") or {"backends": []}
-    return [b for b in table["backends"] if b["weight"] > 0]
+    return [b for b in table["backends"] if b["weight"] > 0 and not b.get("pending")]
 
 
 def _valid(obj: dict[str, Any]) -> None:
@@ -240,6 +241,14 @@ def test_pipeline_stages_wired_and_replaced_make_before_break(
     )
     assert len(_stages(cluster)) == 2, "the stages run until the whole variant is ready"
     assert [b["url"] for b in _backends(cluster)] == [backend["url"]]
+    # The whole variant is named as pending (a pipeline never is: see the first stage above).
+    wait_for(
+        "the whole variant pending",
+        lambda: (
+            [b["pending"] for b in (cluster.routing(NS, "svc") or {})["backends"] if "pending" in b]
+            == [True]
+        ),
+    )
     _valid(whole[0])
 
     _mark_ready(cluster, whole[0])

@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 
 from accordion.operator.control.timing import DEFAULT_TIMINGS
-from accordion.sim.engine import SimConfig, Simulator
+from accordion.sim.driver import ROUTER_RELOAD_S
+from accordion.sim.engine import Replica, SimConfig, Simulator
 from accordion.sim.policies import Accordion
 from accordion.sim.workload import Cluster, Family, Workload
 from accordion.solver import PoolSpec, ProfilePoint, VariantSpec
+from accordion.workers.batching import Request
+from accordion.workers.router import RECHECK_S
 
 ONSET_S = 30.0
 
@@ -104,3 +107,38 @@ def test_a_loop_that_requeues_without_the_clock_moving_is_an_error(
     sim = Simulator(cluster(), step_workload(), Accordion(), SimConfig())
     with pytest.raises(RuntimeError, match=r"passes at t=.* without the clock moving"):
         sim.run()
+
+
+def test_a_new_worker_group_serves_from_its_first_ready_replica_not_from_the_next_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The re-plan's table names a group it starts as pending: the router takes it into its
+    split at the first health check after its replica is ready (`RECHECK_S`), not when the
+    pass that sees it ready has written a table and the router has loaded it
+    (`ROUTER_RELOAD_S` later)."""
+    ready_s: dict[int, tuple[float, Any]] = {}
+    first_s: dict[int, float] = {}
+    on_ready, enqueue = Simulator._ready, Simulator.enqueue
+
+    def noted_ready(self: Simulator, replica: Replica) -> None:
+        on_ready(self, replica)
+        ready_s[replica.rid] = (self.now_s, replica.tag)
+
+    def noted_enqueue(self: Simulator, replica: Replica, request: Request) -> None:
+        first_s.setdefault(replica.rid, self.now_s)
+        enqueue(self, replica, request)
+
+    monkeypatch.setattr(Simulator, "_ready", noted_ready)
+    monkeypatch.setattr(Simulator, "enqueue", noted_enqueue)
+    Simulator(cluster(), step_workload(), Accordion(), SimConfig()).run()
+    groups_before = {tag for t, tag in ready_s.values() if t < ONSET_S}
+    new = [
+        (t, first_s.get(rid))
+        for rid, (t, tag) in ready_s.items()
+        if t >= ONSET_S and tag not in groups_before
+    ]
+    assert new, "the burst's re-plan starts a worker group of its own"
+    for ready, first in new:
+        assert first is not None
+        assert ready <= first <= ready + RECHECK_S + 1e-6
+        assert first < ready + ROUTER_RELOAD_S

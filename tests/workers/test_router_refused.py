@@ -14,14 +14,16 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 
 from accordion.workers.config import Backend, BatchingConfig, RoutingTable
-from accordion.workers.router import Router, create_router_app
+from accordion.workers.router import VARIANT_HEADER, Router, create_router_app
 from accordion.workers.server import Worker, create_app
 
 from .conftest import sample_body, worker_config
 from .test_router import metric, unused_port, wait_for
 
 
-def table(path: Path, backends: dict[str, int], revision: int = 0) -> None:
+def table(
+    path: Path, backends: dict[str, int], revision: int = 0, pending: frozenset[str] = frozenset()
+) -> None:
     path.write_text(
         RoutingTable(
             service="classifier",
@@ -34,6 +36,7 @@ def table(path: Path, backends: dict[str, int], revision: int = 0) -> None:
                     model_name="demo-xs",
                     weight=1.0,
                     accuracy=0.8,
+                    pending=name in pending,
                 )
                 for name, port in backends.items()
             ],
@@ -86,3 +89,37 @@ async def test_at_a_cold_start_a_new_backend_is_trusted_after_its_check(tmp_path
         assert not router.ready()
         async with worker_server(port):
             await wait_for(lambda: _is(router.ready()), timeout_s=5.0)
+
+
+async def test_a_pending_backend_joins_at_its_first_check_without_a_new_table(
+    tmp_path: Path,
+) -> None:
+    """A table names a worker group that is still loading as pending: the router sends it
+    nothing (no connection to refuse) and takes it into its split at its first passed check
+    (the recheck loop), with no newer table."""
+    a_port, b_port = unused_port(), unused_port()
+    path = tmp_path / "routing.json"
+    table(path, {"a": a_port})
+    router = Router(path, health_interval_s=600.0, recheck_s=0.05, reload_interval_s=600.0)
+    async with (
+        worker_server(a_port),
+        TestClient(TestServer(create_router_app(router))) as client,
+    ):
+        table(path, {"a": a_port, "b": b_port}, revision=1, pending=frozenset({"b"}))
+        router.reload()
+        assert router.decider.healthy("a")
+        assert not router.decider.healthy("b")  # named, not trusted before its check
+
+        async def served(n: int) -> list[str]:
+            out = []
+            for _ in range(n):
+                resp = await client.post("/v2/models/classifier/infer", json=sample_body())
+                assert resp.status == 200, await resp.text()
+                out.append(resp.headers[VARIANT_HEADER])
+            return out
+
+        assert set(await served(4)) == {"a"}
+        async with worker_server(b_port):  # b's model is loaded: it starts listening
+            await wait_for(lambda: _is(router.decider.healthy("b")), timeout_s=5.0)
+            assert set(await served(8)) == {"a", "b"}
+        assert router.table.revision == 1  # the same table all along

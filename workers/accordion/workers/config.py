@@ -264,6 +264,16 @@ class Backend(_Model):
         description="Optional latency per batch size (ms) of one device, the profile the plan "
         "used: the router then measures every batch it sees against it, not only full ones.",
     )
+    pending: bool = Field(
+        False,
+        description="Not ready when the table was written (a worker group still loading): the "
+        "router leaves it out of the split until it passes a health check, then sends it its "
+        "weight without waiting for a new table.",
+        # Written only when true: a router older than the field (a rolling upgrade) refuses a
+        # table with a field it does not know, so tables without pending backends stay as
+        # they were, and such a router keeps its table until the next one.
+        exclude_if=lambda pending: not pending,
+    )
 
     @property
     def served_model(self) -> str:
@@ -311,8 +321,9 @@ class RoutingTable(_Model):
         return self.slo_ms / 1000.0
 
     def planned_capacity_qps(self) -> float | None:
-        """The planned capacity of the backends with a weight (spare ones left out); None when
-        one of them has no capacity (a hand-written table)."""
+        """The planned capacity of the backends with a weight (spare ones left out; pending
+        ones in: the operator plans against its plan's capacity, not the part already ready);
+        None when one of them has no capacity (a hand-written table)."""
         total = 0.0
         for b in self.backends:
             if b.weight > 0:

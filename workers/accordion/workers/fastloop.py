@@ -191,14 +191,18 @@ class RoutingDecider:
 
     # -- inputs --------------------------------------------------------------------------------
     def update_table(self, table: RoutingTable) -> None:
-        """Adopt a new plan; backlog and health of backends that stay are kept."""
+        """Adopt a new plan; backlog and health of backends that stay are kept, and a new
+        backend is healthy unless the table says it is pending."""
         old = self._states
         states = {}
         for b in table.backends:
             prev = old.get(b.name)
             if prev is None:
-                # A random phase, so that routers sharing a table do not pick in lockstep.
-                states[b.name] = BackendState(b, current_weight=self._rng.random() * 1e-6)
+                # A random phase, so that routers sharing a table do not pick in lockstep. A
+                # pending backend (still loading) joins at its first passed health check.
+                states[b.name] = BackendState(
+                    b, current_weight=self._rng.random() * 1e-6, healthy=not b.pending
+                )
             else:
                 if (prev.backend.capacity_qps, prev.backend.max_batch_size) != (
                     b.capacity_qps,

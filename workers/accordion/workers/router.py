@@ -105,6 +105,9 @@ log = logging.getLogger(__name__)
 MAX_CONNECT_RETRIES = 3
 """Times one request is sent again after a backend refused the connection (nothing was sent):
 each refusal takes that backend out of the split until its next passed health check."""
+RECHECK_S = 0.1
+"""How often a backend out of the split (refused, failing, or pending in the table) is checked
+again: a worker group that becomes ready joins within this."""
 
 VARIANT_HEADER = "x-accordion-variant"
 OUTCOMES = ("ok", "late", "dropped", "shed", "rejected", "error")
@@ -250,7 +253,7 @@ class Router:
         *,
         health_interval_s: float = 1.0,
         unhealthy_after: int = 3,
-        recheck_s: float = 0.1,
+        recheck_s: float = RECHECK_S,
         reload_interval_s: float = 0.5,
         max_body_bytes: int = 16 * 1024 * 1024,
         header_timeout_s: float = 10.0,

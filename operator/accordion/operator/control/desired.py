@@ -207,6 +207,13 @@ class Route(_Frozen):
         description="One replica's latency per batch size (ms), the plan's profile: the router "
         "predicts a short queue's wait from its batch size, not from a full batch's.",
     )
+    pending: bool = Field(
+        default=False,
+        description="A group the plan wants with no ready replica yet: named so that the "
+        "router sends to it from its first ready replica on (its health check), not only "
+        "from the next table; `weight` and `capacity_qps` are the plan's for it.",
+        exclude_if=lambda pending: not pending,  # routings without one dump as before
+    )
 
 
 class Routing(_Frozen):
@@ -222,7 +229,8 @@ class Routing(_Frozen):
     )
 
     def keys(self) -> set[WorkerKey]:
-        return {r.key for r in self.routes if r.weight > 0}
+        """The groups that carry traffic now (pending ones do not yet)."""
+        return {r.key for r in self.routes if r.weight > 0 and not r.pending}
 
     def digest(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
@@ -248,6 +256,7 @@ def routing_table(routing: Routing, url_for: Callable[[WorkerKey], str]) -> Rout
                 max_batch_size=r.max_batch_size,
                 batch_latency_ms=r.batch_latency_ms,
                 profile_ms=r.profile_ms,
+                pending=r.pending,
             )
             for r in routes
         ],
@@ -354,6 +363,11 @@ def service_routing(
     targets the plan routes to have beyond their share. Burst-buffer groups (spare replicas
     only) get no weight; they are in the table with their capacity for the router's fast loop,
     unless nothing else has a ready replica: then they take the traffic by their capacity.
+    A target with no ready replica yet is named as `pending`, with the plan's share and
+    capacity: routers leave it out of the split until its health check passes (they recheck
+    every tenth of a second), so new capacity serves from its first ready replica rather than
+    from the next table, which takes a pass and a reload (up to a second or more). Not a
+    pipeline, whose first stage can pass its check before the later stages are ready.
     (With a weight, after a one-second spike raised an estimate, zipf-p50 of the Proteus
     benchmark sent a share of every request to a spare of accuracy 72 for three seconds while
     the planned replicas had room: 0.08 of the run's effective accuracy.)
@@ -407,20 +421,27 @@ def service_routing(
             # router would refuse or hold every request while spare replicas stand ready.
             # They carry the traffic by their ready capacity until a planned replica is ready.
             routed = {k: ready_capacity(k, targets[k].replicas) for k in targets}
-    weights = _share(routed)
+    # Targets with no ready replica are named as pending at the plan's share and capacity:
+    # the router sends to one from its first passed health check, not from the next table.
+    # Not a pipeline: its first stage's check says nothing of the later stages' readiness.
+    pending = {k for k in targets if not all_ready and ready.get(k, 0) <= 0 and k.pipeline is None}
+    weights = _share({k: planned.get(k, 0.0) if k in pending else v for k, v in routed.items()})
     routes = []
     for k in sorted(routed, key=WorkerKey.sort_key):
         spec = specs[k]
         in_plan = k in targets
         if not in_plan and weights[k] <= 0:
             continue
-        if in_plan and ready.get(k, 0) <= 0 and weights[k] <= 0 and not all_ready:
-            continue
+        if in_plan and k not in pending and ready.get(k, 0) <= 0 and weights[k] <= 0:
+            continue  # a pipeline not yet ready end to end
         n_ready = min(ready.get(k, 0), spec.replicas) if in_plan else ready.get(k, 0)
+        if k in pending:
+            n_ready = spec.replicas  # the plan's capacity, for when it is ready
         routes.append(
             Route(
                 key=k,
                 weight=weights[k],
+                pending=k in pending,
                 capacity_qps=round(n_ready * spec.capacity_qps_per_replica, 3),
                 accuracy=spec.accuracy,
                 max_batch_size=spec.max_batch_size,

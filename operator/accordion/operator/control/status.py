@@ -321,7 +321,7 @@ def plan_events(
 ) -> list[Step]:
     """Events for the plan changes a user cares about, in words."""
     events: list[Step] = []
-    old_acc, new_acc = prev.effective_accuracy, new.effective_accuracy
+    old_acc, new_acc = _accuracy(prev), _accuracy(new)
     if old_acc is not None and new_acc is not None and abs(new_acc - old_acc) > 1e-3:
         reason = "AccuracyScaledDown" if new_acc < old_acc else "AccuracyScaledUp"
         events.append(
@@ -407,6 +407,21 @@ def shortfall_reason(
     if overload:
         parts.append("planned without headroom or utilization margin (overload)")
     return "; ".join(parts)
+
+
+def _accuracy(status: InferenceServiceStatus) -> float | None:
+    """The effective accuracy; while the service serves no demand (it has none measured yet,
+    or is idle: None), the accuracy its planned replicas would serve at, weighted by their
+    capacity (a plan that swaps the variant of an idle service still scales accuracy)."""
+    if status.effective_accuracy is not None:
+        return status.effective_accuracy
+    weights = [
+        (r.accuracy, r.capacity_qps * (r.replicas - r.spare_replicas) / r.replicas)
+        for r in status.plan
+        if r.replicas > r.spare_replicas
+    ]
+    total = sum(w for _, w in weights)
+    return round(sum(a * w for a, w in weights) / total, 3) if total > 0 else None
 
 
 def _unready(row: PlanRowStatus) -> PlanRowStatus:
