@@ -509,8 +509,8 @@ class LoopControl:
     def replica_changed(self, replica: Replica) -> None:
         if self.mig:
             self.mig.assign()  # a slice taken or freed (`accordion.sim.mig`)
-        if replica.state == "active" and isinstance(replica.tag, WorkerKey):
-            self._release(replica.tag.service)
+        # Held requests go on when a backend joins the router's split (`_recheck`), not when
+        # a replica is ready: the router learns that from its health check.
         if not self._initial:
             self._request(self.timings.debounce_s)  # the Deployment's readiness changed
 
