@@ -238,6 +238,10 @@ past this many passes at one instant it is an error (the operator's clock always
 class LoopControl:
     """The engine's `Control` for ours: the operator's `ControlLoop` on simulated time."""
 
+    holds_requests = True
+    """The routers' activator holds a request while no backend is in the split (False: the
+    router answers 503, as routers did before issue 17)."""
+
     def __init__(
         self,
         sim: Simulator,
@@ -395,15 +399,15 @@ class LoopControl:
         self.meters.setdefault(key, DispersionMeter()).add(now)
         return self._route(key, request)
 
-    def _route(self, key: str, request: Request, *, hold: bool = True) -> Replica | Held | None:
+    def _route(self, key: str, request: Request) -> Replica | Held | None:
         """As the router's `infer`: with no backend in the split the activator holds the
-        request (`hold`; else the router answers 503); a backend with no endpoint refuses
-        the connection, leaves the split and the request is sent again, `MAX_CONNECT_RETRIES`
-        times at most."""
+        request (`holds_requests`; else the router answers 503); a backend with no endpoint
+        refuses the connection, leaves the split and the request is sent again,
+        `MAX_CONNECT_RETRIES` times at most."""
         refused = 0
         while True:
             if not self._ready(key):
-                if not hold:
+                if not self.holds_requests:
                     return None
                 own = self._own_latency_s.get(key, 0.0)
                 return HELD if self.activators.hold(key, request, own) else None

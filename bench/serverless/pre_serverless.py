@@ -48,12 +48,10 @@ from accordion.operator.control.demand import (
 from accordion.operator.control.loop import ControlLoop, DemandView, World
 from accordion.operator.planning import ProblemBuild
 from accordion.sim.driver import LoopControl, family_service
-from accordion.sim.engine import Control, Held, Replica
+from accordion.sim.engine import Control
 from accordion.sim.policies import Accordion
 from accordion.sim.workload import Family
 from accordion.solver import PlannerSettings
-from accordion.workers.batching import Request
-from accordion.workers.dispersion import DispersionMeter
 
 if TYPE_CHECKING:
     from accordion.sim.engine import Simulator
@@ -138,17 +136,14 @@ class PreServerlessControl(LoopControl):
     """The simulator's driver of the operator with the pre-issue-17 loop, estimator and
     routers (no activator: a request with no ready replica is shed)."""
 
+    holds_requests = False
+
     def __init__(self, sim: Simulator, **kwargs: Any) -> None:
         super().__init__(sim, **kwargs)
         self.loop = PreServerlessLoop(self.loop.settings, clock=lambda: sim.now_s)
         self.tracker = PreServerlessTracker(
             self.timings.rise_half_life_s, self.timings.fall_half_life_s
         )
-
-    def route(self, service: int, request: Request) -> Replica | Held | None:
-        key = self.key_of[service]
-        self.meters.setdefault(key, DispersionMeter()).add(self.sim.now_s)
-        return self._route(key, request, hold=False)  # no ready replica: the router's 503
 
 
 def plain_service(fam: Family, service_time: str, initial_qps: float) -> InferenceService:
