@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from accordion.operator.api import DevicePool, parse_resource
 from accordion.operator.control.desired import worker_specs
 from accordion.operator.control.loop import (
@@ -16,6 +18,7 @@ from accordion.operator.control.loop import (
     DemandView,
     EnsureWorker,
     LoopSettings,
+    RecordEvent,
     RunningWorker,
     World,
     _short,
@@ -139,6 +142,30 @@ async def test_while_swaps_wait_the_free_devices_are_used_at_once() -> None:
     clock.t += 1.0
     await step(loop, world, act, 400.0)
     assert world.workers[key("small")].spec.replicas >= 2
+
+
+async def test_a_deferred_plan_says_the_accuracy_its_routing_serves() -> None:
+    """While swaps wait, the plan in force gains the fast replica on the free device and
+    routes part of the load to it: its effective accuracy (status, the planned-accuracy
+    metric, the accuracy events) is that routing's. It was the accurate plan's it grew from,
+    so a deferred plan that sent a third of a service's load to a fast variant said nothing
+    of it."""
+    world, clock, loop, act = await warm(devices=3)
+    assert loop.last_plan is not None
+    before = loop.last_plan.services[0].effective_accuracy
+    assert before is not None
+    clock.t += 1.0
+    res = await loop.reconcile(world, DemandView(qps={SVC: 400.0}), act)
+    assert loop.swap_gate.deferred == 1
+    plan = loop.last_plan
+    rows = [r for r in plan.rows if r.service == SVC and r.routed_qps > 0]
+    assert {r.variant for r in rows} == {"big", "small"}
+    routed = sum(r.routed_qps for r in rows)
+    now = plan.services[0].effective_accuracy
+    assert now == pytest.approx(sum(r.routed_qps * r.accuracy for r in rows) / routed)
+    assert now < before
+    events = [s for s in res.applied if isinstance(s, RecordEvent)]
+    assert any(e.reason == "AccuracyScaledDown" for e in events), events
 
 
 def test_additions_only_takes_no_device_of_a_pool_it_is_not_told_of() -> None:

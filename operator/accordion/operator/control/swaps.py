@@ -225,8 +225,10 @@ def _track(since: dict[str, float], now_in: Iterable[str], now_s: float) -> None
 def additions_only(new: Plan, old: Plan, devices: Mapping[str, int]) -> Plan | None:
     """While `new`'s swaps wait: `old`'s planned replicas plus those of `new`'s additions that
     fit on devices `old`'s planned replicas leave free (spare replicas left out: the spare plan
-    is made again on what remains). Each service's load is routed in proportion to capacity.
-    None when nothing fits, or for pipelines (their stages move together)."""
+    is made again on what remains). Each service's load is routed in proportion to capacity
+    (not its most accurate rows first: on the Proteus bursty trace that left the accurate rows
+    no room for a rise, `bench/proteus/NOTES.md`), and its effective accuracy is that
+    routing's. None when nothing fits, or for pipelines (their stages move together)."""
     if any(r.stages for r in (*old.rows, *new.rows)):
         return None
     rows = {
@@ -271,15 +273,20 @@ def additions_only(new: Plan, old: Plan, devices: Mapping[str, int]) -> Plan | N
     for r in rows.values():
         capacity[r.service] = capacity.get(r.service, 0.0) + r.capacity_qps
     out_rows = []
+    routed: dict[str, tuple[float, float]] = {}  # service: (load, load x accuracy)
     for k in sorted(rows):
         r = rows[k]
         cap = capacity[r.service]
         served = min(demand.get(r.service, 0.0), cap)
-        out_rows.append(r.model_copy(update={"routed_qps": served * r.capacity_qps / cap}))
+        qps = served * r.capacity_qps / cap
+        out_rows.append(r.model_copy(update={"routed_qps": qps}))
+        load, weighted = routed.get(r.service, (0.0, 0.0))
+        routed[r.service] = (load + qps, weighted + qps * r.accuracy)
     services = []
     for s in old.services:
         d = demand.get(s.service, s.demand_qps)
         cap = capacity.get(s.service, 0.0)
+        load, weighted = routed.get(s.service, (0.0, 0.0))
         services.append(
             s.model_copy(
                 update={
@@ -288,6 +295,9 @@ def additions_only(new: Plan, old: Plan, devices: Mapping[str, int]) -> Plan | N
                     "served_qps": min(d, cap),
                     "unserved_qps": max(0.0, d - cap),
                     "spare_capacity_qps": 0.0,
+                    # This routing's, not the plan in force's: status, the planned-accuracy
+                    # metric and the accuracy events read it.
+                    "effective_accuracy": weighted / load if load > 0 else None,
                 }
             )
         )
