@@ -693,6 +693,24 @@ def operator_dashboard() -> dict[str, Any]:
         _panel(
             lay,
             "timeseries",
+            "Plans held back",
+            "Re-plans whose model swaps the operator held back, per hour, by reason: the rise "
+            "of demand was younger than a replica's start-up (spare replicas and the router's "
+            "fast loop absorb it), or in overload the plan's gain would not pay for its swaps. "
+            "Their additions on free devices went at once.",
+            [
+                Query(
+                    "sum by (reason) (increase(accordion_operator_plans_held_total[1h]))",
+                    "{{reason}}",
+                )
+            ],
+            min_=0,
+        )
+    )
+    p.append(
+        _panel(
+            lay,
+            "timeseries",
             "Router reports by status",
             "Demand reports the operator answered per second, by HTTP status: 200 taken, "
             "401/403 refused for their credentials, 503 not leading.",

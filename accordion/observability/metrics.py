@@ -93,6 +93,16 @@ OPERATOR_METRICS = (
         help="Wall time of one planner solve.",
     ),
     _m(
+        "accordion_operator_plans_held_total",
+        "counter",
+        "reason",
+        help=(
+            "Re-plans whose model swaps were held back, by reason: rise_younger_than_startup"
+            " (the rise of demand is younger than a replica's start-up), swaps_not_paid_back"
+            " (in overload, the plan's gain would not pay for its swaps)."
+        ),
+    ),
+    _m(
         "accordion_operator_plan_changes_total",
         "counter",
         *_SVC,

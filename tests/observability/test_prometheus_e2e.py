@@ -107,6 +107,7 @@ class OperatorStandIn:
         f["accordion_operator_reconciles_total"].labels(result="error").inc()
         f["accordion_operator_reconciles_total"].labels(result="ok")
         f["accordion_operator_plan_duration_seconds"].observe(0.05)
+        f["accordion_operator_plans_held_total"].labels(reason="rise_younger_than_startup").inc()
         f["accordion_operator_reports_total"].labels(code="200").inc()
         f["accordion_operator_reports_total"].labels(code="403").inc()  # a misconfigured router
         f["accordion_operator_plan_changes_total"].labels(

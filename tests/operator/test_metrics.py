@@ -118,3 +118,25 @@ async def test_a_removed_service_leaves_no_series_behind() -> None:
     }
     assert left
     assert "image-classifier" not in left
+
+
+async def test_plans_held_back_are_counted_by_reason() -> None:
+    """A re-plan whose swaps wait for the rise to last a start-up counts as held back
+    (`accordion_operator_plans_held_total`); both reasons are there from the start, at 0."""
+    from .test_swaps import SVC, step, warm
+
+    held = "accordion_operator_plans_held_total"
+    young, unpaid = "rise_younger_than_startup", "swaps_not_paid_back"
+    world, clock, loop, act = await warm(devices=2)
+    recorder = metrics.OperatorMetrics()
+    result = await loop.reconcile(world, DemandView(qps={SVC: 80.0}), act)
+    recorder.record(world, DemandView(), result, loop.plan_time_s, held=loop.swap_gate.held())
+    assert sample(held, reason=young) == 0
+    assert sample(held, reason=unpaid) == 0
+    # 150 req/s needs the fast variant on a full pool: a swap, held while the rise is young.
+    clock.t += 1.0
+    assert await step(loop, world, act, 150.0) == []
+    result = await loop.reconcile(world, DemandView(qps={SVC: 150.0}), act)
+    recorder.record(world, DemandView(), result, loop.plan_time_s, held=loop.swap_gate.held())
+    assert sample(held, reason=young) == loop.swap_gate.deferred >= 1
+    assert sample(held, reason=unpaid) == 0

@@ -162,6 +162,7 @@ async def test_a_deferred_plan_says_the_accuracy_its_routing_serves() -> None:
     assert {r.variant for r in rows} == {"big", "small"}
     routed = sum(r.routed_qps for r in rows)
     now = plan.services[0].effective_accuracy
+    assert now is not None
     assert now == pytest.approx(sum(r.routed_qps * r.accuracy for r in rows) / routed)
     assert now < before
     events = [s for s in res.applied if isinstance(s, RecordEvent)]

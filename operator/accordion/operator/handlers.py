@@ -595,7 +595,13 @@ class Driver:
             if swept:
                 log.info("worker groups drained, their Services deleted: %s", ", ".join(swept))
         self.metrics.record(
-            world, demand, result, self.loop.plan_time_s, self.loop.cost.totals, self.loop.idle
+            world,
+            demand,
+            result,
+            self.loop.plan_time_s,
+            self.loop.cost.totals,
+            self.loop.idle,
+            self.loop.swap_gate.held(),
         )
         # Surges are judged against the plan's capacity, falls are fast while short.
         for tracker in (

@@ -29,6 +29,7 @@ from accordion.operator.control.loop import (
     UpdateStatus,
     World,
 )
+from accordion.operator.control.swaps import SwapGate
 from accordion.solver import PlanRow
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,41 @@ class _PrewarmCollector(Collector):
 PREWARM_COUNTS = _PrewarmCollector()
 REGISTRY.register(PREWARM_COUNTS)
 
+PLANS_HELD = "accordion_operator_plans_held_total"
+
+
+class _PlansHeldCollector(Collector):
+    """Re-plans whose model swaps the loop held back (`control.swaps.SwapGate.held`), by
+    reason, as of the last pass: a counter per reason, every reason present from the start."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = SwapGate().held()
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families({}))
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self.counts)
+
+    @staticmethod
+    def _families(counts: Mapping[str, int]) -> list[Metric]:
+        held = CounterMetricFamily(
+            PLANS_HELD,
+            "Re-plans whose model swaps were held back, by reason: rise_younger_than_startup "
+            "(the rise of demand is younger than a replica's start-up; spare replicas and the "
+            "router's fast loop absorb it meanwhile), swaps_not_paid_back (in overload, the "
+            "plan's gain would not make up for what its swaps leave unserved while they "
+            "start). Their additions on free devices go at once.",
+            labels=("reason",),
+        )
+        for reason, n in sorted(counts.items()):
+            held.add_metric((reason,), n)
+        return [held]
+
+
+PLANS_HELD_COUNTS = _PlansHeldCollector()
+REGISTRY.register(PLANS_HELD_COUNTS)
+
 
 class OperatorMetrics:
     """Keeps the registry in step with the control loop's passes."""
@@ -262,9 +298,13 @@ class OperatorMetrics:
         plan_time_s: float,
         cost: Mapping[str, ServiceCost] | None = None,
         idle: IdleTracker | None = None,
+        held: Mapping[str, int] | None = None,
     ) -> None:
         """Fold one pass of the loop into the metrics; `cost`: the loop's cost meter totals;
-        `idle`: its idle tracker (pre-warms of the `minReplicas: 0` services)."""
+        `idle`: its idle tracker (pre-warms of the `minReplicas: 0` services); `held`: the
+        plans its swap gate held back so far, by reason (`SwapGate.held`)."""
+        if held is not None:
+            PLANS_HELD_COUNTS.counts = dict(held)
         if cost is not None:
             COSTS.totals = {
                 k: ServiceCost(v.device_seconds, v.cost, v.requests, dict(v.device_seconds_by_pool))

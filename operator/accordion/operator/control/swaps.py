@@ -57,6 +57,10 @@ from accordion.solver import Plan, PlanRow
 DEFAULT_STARTUP_S = 2.0
 """A replica's start-up assumed before the loop saw one (a model load on a warm node)."""
 STARTUP_WEIGHT = 0.3
+HELD_YOUNG_RISE = "rise_younger_than_startup"
+"""`SwapGate.held` reason: the rise of demand the plan was made for is younger than a start-up."""
+HELD_NO_PAYBACK = "swaps_not_paid_back"
+"""`SwapGate.held` reason: in overload, the plan's gain would not pay for its swaps."""
 """Weight of a new start-up in the running estimate (`StartupMeter`)."""
 
 
@@ -190,6 +194,11 @@ class SwapGate:
     unpaid: int = 0
     """Plans not applied so far because their gain would not have paid for their swaps
     (`pays_back`; benchmarks)."""
+
+    def held(self) -> dict[str, int]:
+        """Plans whose swaps were held back so far, by reason (both always present): the
+        operator's `accordion_operator_plans_held_total`."""
+        return {HELD_YOUNG_RISE: self.deferred, HELD_NO_PAYBACK: self.unpaid}
 
     def observe(self, rising: Iterable[str], now_s: float) -> None:
         """The services whose estimate is above the band of their plan now."""
