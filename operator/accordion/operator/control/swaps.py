@@ -57,11 +57,11 @@ from accordion.solver import Plan, PlanRow
 DEFAULT_STARTUP_S = 2.0
 """A replica's start-up assumed before the loop saw one (a model load on a warm node)."""
 STARTUP_WEIGHT = 0.3
+"""Weight of a new start-up in the running estimate (`StartupMeter`)."""
 HELD_YOUNG_RISE = "rise_younger_than_startup"
 """`SwapGate.held` reason: the rise of demand the plan was made for is younger than a start-up."""
 HELD_NO_PAYBACK = "swaps_not_paid_back"
 """`SwapGate.held` reason: in overload, the plan's gain would not pay for its swaps."""
-"""Weight of a new start-up in the running estimate (`StartupMeter`)."""
 
 
 def swapped_replicas(new: Plan, old: Plan | None, devices: Mapping[str, int]) -> int:
