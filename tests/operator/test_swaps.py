@@ -169,6 +169,38 @@ async def test_a_deferred_plan_says_the_accuracy_its_routing_serves() -> None:
     assert any(e.reason == "AccuracyScaledDown" for e in events), events
 
 
+def _degraded(world: World) -> str | None:
+    """The Degraded condition's message in the service's status (None: not Degraded)."""
+    status = world.status.get(SVC)
+    for c in status.conditions if status is not None else []:
+        if c.type == "Degraded":
+            return c.message if c.status == "True" else None
+    return None
+
+
+async def test_a_service_short_while_its_swaps_wait_says_so_in_status() -> None:
+    """Degraded says why a service is short while a plan that serves more of it is held back
+    (the rise is younger than a start-up), not only that the pool is full; once the swaps
+    go, that reason goes with them (at 700 req/s three fast replicas, 600 without the
+    margin in overload, still leave it short)."""
+    world, clock, loop, act = await warm(devices=3)
+    clock.t += 1.0
+    await loop.reconcile(world, DemandView(qps={SVC: 700.0}), act)
+    assert loop.swap_gate.deferred == 1
+    message = _degraded(world)
+    assert message is not None
+    assert "held back" in message
+    assert "start-up" in message
+    for _ in range(3):
+        all_ready(world)
+        clock.t += loop.startup.of(SVC) + 0.1
+        await loop.reconcile(world, DemandView(qps={SVC: 700.0}), act)
+    assert loop.swap_gate.waiting_since == {}
+    message = _degraded(world)
+    assert message is not None
+    assert "held back" not in message
+
+
 def test_additions_only_takes_no_device_of_a_pool_it_is_not_told_of() -> None:
     """A row on a pool the device map does not name (a MIG slice profile the plan puts in
     service) adds nothing while swaps wait; it used to raise KeyError and fail the pass."""

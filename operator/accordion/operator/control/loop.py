@@ -557,7 +557,7 @@ class ControlLoop:
             plan.stats.gain_over_current_qps, loss, self.settings.swap_payback_s, tolerance
         ):
             return False
-        self.swap_gate.unpaid += 1
+        self.swap_gate.hold_unpaid()
         return True
 
     def _build(
@@ -1131,7 +1131,9 @@ class ControlLoop:
             return ""
         problem = self.last_problem
         devices = {p.name: p.devices for p in problem.pools} if problem is not None else {}
-        return shortfall_reason(svc, key, plan, devices, self.overload)
+        why = shortfall_reason(svc, key, plan, devices, self.overload)
+        waiting = self.swap_gate.waiting_reason(key, self.startup)
+        return f"{waiting}; {why}" if waiting else why
 
     @staticmethod
     def _break(

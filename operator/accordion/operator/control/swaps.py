@@ -42,7 +42,9 @@ loop plans again at each measurement while it waits (`ControlLoop.pass_due`). Wi
 service whose estimate stayed inside its band (the band is around the estimate the last adopted
 plan was made for) was short for as long as other services' rises kept starting afresh: at the
 peak of the 1.5x trace t5 ran at 94-100% of its capacity for 15 s (82-97 s), one replica where
-the deferred plan had two.
+the deferred plan had two. While it waits, its status's Degraded condition says so and why
+(`SwapGate.waiting_reason`), and every plan held back counts in the operator's
+`accordion_operator_plans_held_total{reason}` (`SwapGate.held`).
 """
 
 from __future__ import annotations
@@ -194,6 +196,8 @@ class SwapGate:
     unpaid: int = 0
     """Plans not applied so far because their gain would not have paid for their swaps
     (`pays_back`; benchmarks)."""
+    last_held: str | None = None
+    """Why the last plan held back was (`HELD_YOUNG_RISE`, `HELD_NO_PAYBACK`)."""
 
     def held(self) -> dict[str, int]:
         """Plans whose swaps were held back so far, by reason (both always present): the
@@ -218,7 +222,29 @@ class SwapGate:
         young = all(now_s - t < startup.of(svc) for svc, t in since.items())
         if young:
             self.deferred += 1
+            self.last_held = HELD_YOUNG_RISE
         return young
+
+    def hold_unpaid(self) -> None:
+        """A plan is held back because its gain would not pay for its swaps (`pays_back`)."""
+        self.unpaid += 1
+        self.last_held = HELD_NO_PAYBACK
+
+    def waiting_reason(self, service: str, startup: StartupMeter) -> str:
+        """Why `service`, short in the plan in force, waits (status); "" when it does not."""
+        if service not in self.waiting_since:
+            return ""
+        if self.last_held == HELD_NO_PAYBACK:
+            why = (
+                "in overload its gain would not make up for what its model swaps leave "
+                "unserved while they start"
+            )
+        else:
+            why = (
+                "its model swaps wait until the rise of demand has lasted a start-up "
+                f"(about {startup.of(service):.1f} s)"
+            )
+        return f"a new plan that serves more of it is held back: {why}"
 
 
 def _track(since: dict[str, float], now_in: Iterable[str], now_s: float) -> None:
