@@ -27,6 +27,7 @@ from accordion.operator.control.loop import (
 from accordion.operator.control.swaps import (
     DEFAULT_STARTUP_S,
     StartupMeter,
+    SwapGate,
     additions_only,
     pays_back,
     swap_loss,
@@ -420,3 +421,20 @@ def test_swap_loss_is_the_load_of_the_swapped_replicas_for_a_startup() -> None:
     assert abs(swap_loss(new, old, {"gpu": 2}, meter) - small.routed_qps * 3.0) < 1e-9
     # On free devices nothing is swapped and nothing lost.
     assert swap_loss(new, old, {"gpu": 4}, meter) == 0.0
+
+
+def test_the_waiting_reason_moves_only_with_whole_seconds_of_start_up() -> None:
+    """The Degraded message names the learned start-up in whole seconds: a new sample that
+    moves it by a fraction of a second leaves the message (and so the status) as it was; one
+    that moves it by seconds says so."""
+    gate, meter = SwapGate(), StartupMeter()
+    gate.wait([SVC], 0.0)
+    meter.startup_s[SVC] = 2.0
+    before = gate.waiting_reason(SVC, meter)
+    assert "about 2 s" in before
+    meter.startup_s[SVC] = 2.3
+    assert gate.waiting_reason(SVC, meter) == before
+    meter.startup_s[SVC] = 3.6
+    assert "about 4 s" in gate.waiting_reason(SVC, meter)
+    meter.startup_s[SVC] = 0.2
+    assert "about 1 s" in gate.waiting_reason(SVC, meter)

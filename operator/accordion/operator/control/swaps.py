@@ -231,7 +231,11 @@ class SwapGate:
         self.last_held = HELD_NO_PAYBACK
 
     def waiting_reason(self, service: str, startup: StartupMeter) -> str:
-        """Why `service`, short in the plan in force, waits (status); "" when it does not."""
+        """Why `service`, short in the plan in force, waits (status); "" when it does not.
+
+        The start-up is given in whole seconds: the meter moves with every replica that becomes
+        ready, and a message that followed it to a tenth would write the status again each
+        time while nothing the reader acts on changed."""
         if service not in self.waiting_since:
             return ""
         if self.last_held == HELD_NO_PAYBACK:
@@ -242,7 +246,7 @@ class SwapGate:
         else:
             why = (
                 "its model swaps wait until the rise of demand has lasted a start-up "
-                f"(about {startup.of(service):.1f} s)"
+                f"(about {max(1, round(startup.of(service)))} s)"
             )
         return f"a new plan that serves more of it is held back: {why}"
 
