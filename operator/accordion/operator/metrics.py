@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -157,26 +158,36 @@ class _PerServiceCollector(Collector):
 PER_SERVICE = _PerServiceCollector()
 REGISTRY.register(PER_SERVICE)
 
+_V = TypeVar("_V")
+
+
+class _LastPassCollector(Collector, Generic[_V]):
+    """Metric families made, when scraped, from what the last pass handed over: `data`, one
+    value per key, replaced whole by a pass and never changed in place. Described with none."""
+
+    def __init__(self, data: Mapping[str, _V] | None = None) -> None:
+        self.data: Mapping[str, _V] = data if data is not None else {}
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families({})
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self.data)
+
+    def _families(self, data: Mapping[str, _V]) -> list[Metric]:
+        raise NotImplementedError
+
+
 DEVICE_SECONDS = "accordion_service_device_seconds_total"
 COST = "accordion_service_cost_total"
 COST_PER_1K = "accordion_service_cost_per_1k_requests"
 
 
-class _CostCollector(Collector):
+class _CostCollector(_LastPassCollector[ServiceCost]):
     """What each service costs (`control.cost.CostMeter`), as of the last pass: counters of
     device-seconds (per pool) and cost, and the cost per 1,000 requests."""
 
-    def __init__(self) -> None:
-        self.totals: dict[str, ServiceCost] = {}
-
-    def describe(self) -> Iterable[Metric]:
-        return list(self._families({}))
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families(self.totals)
-
-    @staticmethod
-    def _families(totals: Mapping[str, ServiceCost]) -> list[Metric]:
+    def _families(self, totals: Mapping[str, ServiceCost]) -> list[Metric]:
         held = CounterMetricFamily(
             DEVICE_SECONDS,
             "Device-seconds the service's workers held (replicas x time), per pool.",
@@ -209,21 +220,11 @@ PREWARMS = "accordion_service_prewarms"
 PREWARMS_MET = "accordion_service_prewarms_met"
 
 
-class _PrewarmCollector(Collector):
+class _PrewarmCollector(_LastPassCollector[tuple[int, int]]):
     """Each minReplicas 0 service's pre-warms (`control.idle.IdleTracker`), as of the last
     pass: counters of those started and of those its traffic came back within."""
 
-    def __init__(self) -> None:
-        self.counts: dict[str, tuple[int, int]] = {}
-
-    def describe(self) -> Iterable[Metric]:
-        return list(self._families({}))
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families(self.counts)
-
-    @staticmethod
-    def _families(counts: Mapping[str, tuple[int, int]]) -> list[Metric]:
+    def _families(self, counts: Mapping[str, tuple[int, int]]) -> list[Metric]:
         started = CounterMetricFamily(
             PREWARMS,
             "Pre-warms: a replica kept or started ahead of an expected return of the traffic.",
@@ -247,21 +248,11 @@ REGISTRY.register(PREWARM_COUNTS)
 PLANS_HELD = "accordion_operator_plans_held_total"
 
 
-class _PlansHeldCollector(Collector):
+class _PlansHeldCollector(_LastPassCollector[int]):
     """Re-plans whose model swaps the loop held back (`control.swaps.SwapGate.held`), by
     reason, as of the last pass: a counter per reason, every reason present from the start."""
 
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = SwapGate().held()
-
-    def describe(self) -> Iterable[Metric]:
-        return list(self._families({}))
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families(self.counts)
-
-    @staticmethod
-    def _families(counts: Mapping[str, int]) -> list[Metric]:
+    def _families(self, counts: Mapping[str, int]) -> list[Metric]:
         held = CounterMetricFamily(
             PLANS_HELD,
             "Re-plans whose model swaps were held back, by reason: rise_younger_than_startup "
@@ -276,7 +267,7 @@ class _PlansHeldCollector(Collector):
         return [held]
 
 
-PLANS_HELD_COUNTS = _PlansHeldCollector()
+PLANS_HELD_COUNTS = _PlansHeldCollector(SwapGate().held())
 REGISTRY.register(PLANS_HELD_COUNTS)
 
 
@@ -304,9 +295,9 @@ class OperatorMetrics:
         `idle`: its idle tracker (pre-warms of the `minReplicas: 0` services); `held`: the
         plans its swap gate held back so far, by reason (`SwapGate.held`)."""
         if held is not None:
-            PLANS_HELD_COUNTS.counts = dict(held)
+            PLANS_HELD_COUNTS.data = dict(held)
         if cost is not None:
-            COSTS.totals = {
+            COSTS.data = {
                 k: ServiceCost(v.device_seconds, v.cost, v.requests, dict(v.device_seconds_by_pool))
                 for k, v in cost.items()
             }
@@ -363,7 +354,7 @@ class OperatorMetrics:
                 if isvc.spec.min_replicas == 0:
                     put(PREWARMED, split_key(key), 1 if key in idle.prewarmed else 0)
                     counts[key] = (idle.prewarms.get(key, 0), idle.prewarms_met.get(key, 0))
-            PREWARM_COUNTS.counts = counts
+            PREWARM_COUNTS.data = counts
         PER_SERVICE.samples = samples
 
     def _count_changes(self, rows: list[PlanRow]) -> None:
