@@ -143,3 +143,35 @@ def test_the_first_in_line_rolled_elsewhere_this_pass_rolls_here_at_the_next() -
         _key("a", "big", "gpu"): 1,
         _key("b", "small", "cpu"): 1,
     }
+
+
+def _big_beside_a_slow_one(slow_qps: float) -> tuple[World, dict[WorkerKey, Any]]:
+    """a serves on the full pool gpu with one big replica (40 req/s) and on cpu with one small
+    replica of `slow_qps`; b holds gpu's other device. The new plan swaps a's big replica on gpu
+    for a small one, and a needs nearly all it has (none goes for free)."""
+    a_gpu = _row("default/a", "big", "gpu")
+    a_cpu = plan_row("default/a", "small", 1, slow_qps, slow_qps, pool_name="cpu")
+    b_gpu = _row("default/b", "big", "gpu")
+    world = World(
+        services={"default/a": _two_pool_service("a"), "default/b": _two_pool_service("b")},
+        pools={"cpu": pool("cpu", devices=1), "gpu": pool("gpu", devices=2)},
+    )
+    for key, spec in worker_specs([a_gpu, a_cpu, b_gpu], world.services, world.pools).items():
+        world.workers[key] = RunningWorker(spec, spec.replicas)
+    new = [_row("default/a", "small", "gpu"), a_cpu, b_gpu]
+    return world, worker_specs(new, world.services, world.pools)
+
+
+def test_a_roll_never_takes_most_of_a_services_ready_capacity() -> None:
+    """The rolling step takes a replica only if it holds at most half of its service's ready
+    capacity (`ROLL_MAX_SHARE`). Beside a slow replica of 4 req/s, a's big replica holds 91% of
+    a's capacity: it stays, and the new replica waits (counted by replicas, "not the last ready
+    one", it rolled and a served 4 req/s of 44 for a whole start-up). Beside an equal replica
+    it holds half, and rolls as before."""
+    loop = ControlLoop(NO_DRAIN, clock=Clock())
+    world, targets = _big_beside_a_slow_one(4.0)
+    demand = {"default/a": _summary("default/a", 40.0), "default/b": _summary("default/b", 40.0)}
+    assert loop._make_room(world, targets, demand) == {}
+    world, targets = _big_beside_a_slow_one(40.0)
+    demand["default/a"] = _summary("default/a", 76.0)
+    assert loop._make_room(world, targets, demand) == {_key("a", "big", "gpu"): 1}

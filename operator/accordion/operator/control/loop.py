@@ -127,6 +127,13 @@ _LAST = (1 << 62, 0)
 """The place in a pool's line of a service that waits for none of its devices."""
 ROOM_REQUEUE_S = 0.5
 """After freeing devices for new replicas (`ControlLoop._make_room`), pass again this soon."""
+ROLL_MAX_SHARE = 0.5
+"""The rolling step (`ControlLoop._make_room`) takes a ready replica only if it holds at most
+this share of its service's ready capacity: two equal replicas may roll one, but a service whose
+one big replica serves beside a slow one (a few req/s on another pool) keeps it. Counted by
+replicas instead ("never the last ready one"), such a roll left the service the slow replica
+alone for a whole start-up: on the 1.5x trace t5 served 1.7 req/s of ~50 for 7 s while its
+t5-base made room for a t5-small on the same GPU (`bench/proteus/NOTES.md`)."""
 
 __all__ = [
     "Actuator",
@@ -870,14 +877,15 @@ class ControlLoop:
         need: replicas that are not ready, spare (burst) replicas and replicas whose service
         keeps enough ready capacity for its planned demand without them (least accurate
         first); and last, replicas whose service needs them, but only one per pool at a time,
-        only while nothing else in the pool is starting, and never a service's last ready one
-        (a rolling update that loses one replica's capacity for one model load, not a whole
-        pool's or a whole service's). That one is of the service whose new replica is first in
-        line for the device it frees (`_waiting_line`): a freed device goes to the pool's
-        longest-waiting replica, so rolling another service's replica took that service's
-        capacity away until its own new replicas' turn came (on the bursty trace, mobilenet with
-        243-347 req/s ready against an estimate of 405 for 7 s while efficientnet's new
-        replicas took the devices its rolls freed).
+        only while nothing else in the pool is starting, and never one that holds more than
+        half of its service's ready capacity (`ROLL_MAX_SHARE`; so never a service's last
+        ready one): a rolling update that loses one replica's capacity for one model load, not
+        a whole pool's or (nearly) a whole service's. That one is of the service whose new
+        replica is first in line for the device it frees (`_waiting_line`): a freed device
+        goes to the pool's longest-waiting replica, so rolling another service's replica took
+        that service's capacity away until its own new replicas' turn came (on the bursty
+        trace, mobilenet with 243-347 req/s ready against an estimate of 405 for 7 s while
+        efficientnet's new replicas took the devices its rolls freed).
 
         A pipeline serves only as whole pipeline replicas, ready in every stage
         (`desired.pipeline_view`): its ready capacity is theirs, a stage's ready replicas
@@ -962,7 +970,10 @@ class ControlLoop:
                     left = ready_capacity.get(service, 0.0) - wanted
                     harmless = int(left // per_replica) if per_replica > 0 else take
                     take = min(take, max(0, harmless))
-                    keeps = ready_capacity.get(service, 0.0) - per_replica > 1e-9
+                    ready = ready_capacity.get(service, 0.0)
+                    keeps = ready - per_replica > 1e-9 and (
+                        per_replica <= ROLL_MAX_SHARE * ready + 1e-9
+                    )
                     if take <= 0 and keeps and pool not in starting:
                         if service in rolled_services:
                             held.add(service)
