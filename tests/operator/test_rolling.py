@@ -10,6 +10,7 @@ own new replicas' turn comes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from accordion.operator.control.desired import WorkerKey, worker_specs
@@ -35,9 +36,12 @@ def _summary(svc: str, demand: float) -> ServicePlan:
     )
 
 
-def _world(running: list[PlanRow], pools: dict[str, int]) -> World:
+def _world(
+    running: list[PlanRow], pools: dict[str, int], make: Callable[[str], Any] = service
+) -> World:
+    """Services a and b (`make`d), the `pools`, and the `running` rows' workers all ready."""
     world = World(
-        services={"default/a": service("a"), "default/b": service("b")},
+        services={"default/a": make("a"), "default/b": make("b")},
         pools={name: pool(name, devices=n) for name, n in pools.items()},
     )
     for key, spec in worker_specs(running, world.services, world.pools).items():
@@ -125,12 +129,7 @@ def test_the_first_in_line_rolled_elsewhere_this_pass_rolls_here_at_the_next() -
             b_old,
             _row("default/b", "big", pool_name),
         ]
-    world = World(
-        services={"default/a": _two_pool_service("a"), "default/b": _two_pool_service("b")},
-        pools={"cpu": pool("cpu", devices=4), "gpu": pool("gpu", devices=4)},
-    )
-    for key, spec in worker_specs(running, world.services, world.pools).items():
-        world.workers[key] = RunningWorker(spec, spec.replicas)
+    world = _world(running, {"cpu": 4, "gpu": 4}, _two_pool_service)
     targets = worker_specs(new, world.services, world.pools)
     loop = ControlLoop(NO_DRAIN, clock=Clock())
     assert loop._make_room(world, targets, summaries(world)) == {_key("a", "big", "cpu"): 1}
@@ -152,12 +151,7 @@ def _big_beside_a_slow_one(slow_qps: float) -> tuple[World, dict[WorkerKey, Any]
     a_gpu = _row("default/a", "big", "gpu")
     a_cpu = plan_row("default/a", "small", 1, slow_qps, slow_qps, pool_name="cpu")
     b_gpu = _row("default/b", "big", "gpu")
-    world = World(
-        services={"default/a": _two_pool_service("a"), "default/b": _two_pool_service("b")},
-        pools={"cpu": pool("cpu", devices=1), "gpu": pool("gpu", devices=2)},
-    )
-    for key, spec in worker_specs([a_gpu, a_cpu, b_gpu], world.services, world.pools).items():
-        world.workers[key] = RunningWorker(spec, spec.replicas)
+    world = _world([a_gpu, a_cpu, b_gpu], {"cpu": 1, "gpu": 2}, _two_pool_service)
     new = [_row("default/a", "small", "gpu"), a_cpu, b_gpu]
     return world, worker_specs(new, world.services, world.pools)
 

@@ -967,10 +967,10 @@ class ControlLoop:
                     # for its planned demand; else one, as the pool's rolling step (below).
                     summary = summaries.get(service)
                     wanted = summary.demand_qps if summary is not None else 0.0
-                    left = ready_capacity.get(service, 0.0) - wanted
+                    ready = ready_capacity.get(service, 0.0)
+                    left = ready - wanted
                     harmless = int(left // per_replica) if per_replica > 0 else take
                     take = min(take, max(0, harmless))
-                    ready = ready_capacity.get(service, 0.0)
                     keeps = ready - per_replica > 1e-9 and (
                         per_replica <= ROLL_MAX_SHARE * ready + 1e-9
                     )
