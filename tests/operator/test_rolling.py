@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from accordion.operator.control.desired import WorkerKey, worker_specs
+from accordion.operator.control.desired import WorkerKey, spare_by_group, worker_specs
 from accordion.operator.control.loop import ControlLoop, RunningWorker, World
 from accordion.solver import PlanRow, ServicePlan
 
@@ -169,3 +169,28 @@ def test_a_roll_never_takes_most_of_a_services_ready_capacity() -> None:
     world, targets = _big_beside_a_slow_one(40.0)
     demand["default/a"] = _summary("default/a", 76.0)
     assert loop._make_room(world, targets, demand) == {_key("a", "big", "gpu"): 1}
+
+
+def test_a_new_spare_replica_never_makes_a_serving_one_roll() -> None:
+    """On the full pool gpu, a serves with two big replicas and needs them (its demand is all
+    but half a replica of what they serve). A plan that adds a spare (burst) replica of a's
+    small variant there, and moves one of a's big replicas to cpu, asks gpu for one device more
+    than it has: the spare alone waits for it, so nothing rolls (a spare serves only what the
+    routed replicas cannot; rolling a serving replica for it cost mobilenet a third of its
+    capacity at the bursty trace's first burst). A routed replica in the spare's place rolls."""
+    a_gpu = _row("default/a", "big", "gpu").model_copy(
+        update={"replicas": 2, "capacity_qps": 80.0, "routed_qps": 80.0}
+    )
+    world = _world([a_gpu], {"cpu": 1, "gpu": 2}, _two_pool_service)
+    new = [
+        _row("default/a", "big", "gpu"),
+        _row("default/a", "big", "cpu"),
+        plan_row("default/a", "small", 1, 40.0, 0.0, spare=1, pool_name="gpu"),
+    ]
+    targets = worker_specs(new, world.services, world.pools)
+    assert targets[_key("a", "small")].replicas == 1
+    demand = {"default/a": _summary("default/a", 60.0), "default/b": _summary("default/b", 0.0)}
+    loop = ControlLoop(NO_DRAIN, clock=Clock())
+    assert loop._make_room(world, targets, demand, spare_by_group(new)) == {}
+    # The same replica routed (no spare): a rolls one big replica for it, as before.
+    assert loop._make_room(world, targets, demand, {}) == {_key("a", "big", "gpu"): 1}

@@ -752,7 +752,7 @@ class ControlLoop:
         self._caps = cap_replicas(
             {k: (k.pool, s.replicas) for k, s in targets.items()}, self._slices
         )
-        release = self._make_room(world, targets, summaries)
+        release = self._make_room(world, targets, summaries, spare_by_group(plan.rows))
         room: dict[str, list[Step]] = {}
         if release:
             workers = dict(world.workers)
@@ -865,9 +865,11 @@ class ControlLoop:
         world: World,
         targets: Mapping[WorkerKey, WorkerSpec],
         summaries: Mapping[str, ServicePlan],
+        plan_spare: Mapping[WorkerKey, int] | None = None,
     ) -> dict[WorkerKey, int]:
         """How many replicas of which old worker groups go now, to free the devices that new
-        replicas need (see `ROOM_REQUEUE_S`).
+        replicas need (see `ROOM_REQUEUE_S`); `plan_spare` counts the plan's spare (burst)
+        replicas per worker group.
 
         Make before break keeps the old replicas until the new ones are ready; but a new
         replica needs a device of its own (Kubernetes schedules one pod per GPU), so where a
@@ -885,7 +887,11 @@ class ControlLoop:
         goes to the pool's longest-waiting replica, so rolling another service's replica took
         that service's capacity away until its own new replicas' turn came (on the bursty
         trace, mobilenet with 243-347 req/s ready against an estimate of 405 for 7 s while
-        efficientnet's new replicas took the devices its rolls freed).
+        efficientnet's new replicas took the devices its rolls freed). A new spare (burst)
+        replica never makes a replica roll: it serves only what the routed replicas cannot, so
+        it takes devices that come free otherwise (`plan_spare`; at the bursty trace's first
+        burst mobilenet, 146 req/s ready against 384 arriving, rolled one of its three
+        replicas for the device a spare asked for, and served 97 req/s for a model load).
 
         A pipeline serves only as whole pipeline replicas, ready in every stage
         (`desired.pipeline_view`): its ready capacity is theirs, a stage's ready replicas
@@ -918,6 +924,7 @@ class ControlLoop:
                     serving[key] * worker.spec.capacity_qps_per_replica
                 )
         waiting = dict(pool_unready)
+        spare_waiting: dict[str, int] = {}  # new spare replicas per pool (none roll for them)
         for key, spec in targets.items():
             have = world.workers.get(key)
             grow = spec.replicas - (have.spec.replicas if have else 0)
@@ -925,6 +932,9 @@ class ControlLoop:
                 asked[key.pool] = asked.get(key.pool, 0) + spec.replicas
             if grow > 0:
                 waiting[key.pool] = waiting.get(key.pool, 0) + grow
+                spare_waiting[key.pool] = spare_waiting.get(key.pool, 0) + min(
+                    grow, (plan_spare or {}).get(key, 0)
+                )
         # Replicas that have a device and are starting: not ready, and not waiting for one.
         starting = {
             pool
@@ -986,7 +996,7 @@ class ControlLoop:
                 if rank > 0:  # replicas that serve nothing cost no ready capacity
                     ready_capacity[service] = ready_capacity.get(service, 0.0) - take * per_replica
                 deficit -= take
-            if deficit > 0 and rolls:
+            if deficit - spare_waiting.get(pool, 0) > 0 and rolls:
                 # The rolling step: one replica of the service whose new replica is first in
                 # line for the device it frees, so that the service loses one replica's
                 # capacity for one model load, not until its own new replicas' turn comes.
