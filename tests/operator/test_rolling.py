@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from accordion.operator.control.desired import WorkerKey, spare_by_group, worker_specs
-from accordion.operator.control.loop import ControlLoop, RunningWorker, World
+from accordion.operator.control.loop import ControlLoop, DemandView, RunningWorker, World
 from accordion.solver import PlanRow, ServicePlan
 
-from .test_loop import NO_DRAIN, Clock, plan_row, pool, service
+from .test_loop import NO_DRAIN, Clock, MemoryActuator, all_ready, plan_row, pool, service
 
 
 def _row(svc: str, variant: str, pool_name: str = "gpu") -> PlanRow:
@@ -194,3 +194,30 @@ def test_a_new_spare_replica_never_makes_a_serving_one_roll() -> None:
     assert loop._make_room(world, targets, demand, spare_by_group(new)) == {}
     # The same replica routed (no spare): a rolls one big replica for it, as before.
     assert loop._make_room(world, targets, demand, {}) == {_key("a", "big", "gpu"): 1}
+
+
+async def test_a_new_replica_that_waits_for_a_device_is_named_in_the_ready_condition() -> None:
+    """The service's one device holds its big replica, its last ready one; at 150 req/s the
+    plan swaps it for small, which waits for the device (the rolling step never takes a
+    service's last ready replica). Ready says so and names the pool, and says it no more once
+    the plan no longer asks for the swap."""
+    clock = Clock()
+    world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=1)})
+    loop = ControlLoop(NO_DRAIN, clock=clock)
+    act = MemoryActuator(world, clock)
+    await loop.reconcile(world, DemandView(), act)
+    all_ready(world)
+    await loop.reconcile(world, DemandView(), act)
+
+    def ready_message() -> str:
+        return next(c.message for c in world.status["default/svc"].conditions if c.type == "Ready")
+
+    await loop.reconcile(world, DemandView(qps={"default/svc": 150.0}), act)
+    assert loop.device_waits == {"default/svc": {"gpu": 1}}
+    assert ready_message().startswith(
+        "0 of 1 replicas ready; 1 waits for a device of the full pool gpu (held by old replicas"
+    )
+    # Demand back down: the plan keeps big, nothing waits, and Ready says nothing of it.
+    await loop.reconcile(world, DemandView(qps={"default/svc": 40.0}), act)
+    assert loop.device_waits == {}
+    assert "waits for a device" not in ready_message()

@@ -341,6 +341,9 @@ class ControlLoop:
         """Worker groups whose new replicas wait for a device, by when they were asked for (pass,
         order of the steps within it): the order in which a full pool's freed devices go to
         them (`_make_room`)."""
+        self.device_waits: dict[str, dict[str, int]] = {}
+        """Per service and pool, its new replicas that wait for a device of a full pool after
+        this pass (`_make_room`; the status's Ready condition names them)."""
         self._room_passes = 0
         self._settled: dict[str, _Settled] = {}
         self._current_memo: tuple[Plan, list[Allocation]] | None = None
@@ -803,6 +806,7 @@ class ControlLoop:
                 tuple(
                     sorted((k.sort_key(), c) for k, c in self._caps.items() if k.service == svc_key)
                 ),
+                tuple(sorted(self.device_waits.get(svc_key, {}).items())),
             )
             memo = self._settled.get(svc_key)
             if memo is not None and memo.inputs == inputs:
@@ -1010,7 +1014,39 @@ class ControlLoop:
                 release[key] = release.get(key, 0) + 1
                 rolled_services.add(service)
                 ready_capacity[service] = ready_capacity.get(service, 0.0) - per_replica
+        self.device_waits = self._device_waits(world, targets, asked, release, devices)
         return release
+
+    def _device_waits(
+        self,
+        world: World,
+        targets: Mapping[WorkerKey, WorkerSpec],
+        asked: Mapping[str, int],
+        release: Mapping[WorkerKey, int],
+        devices: Mapping[str, int],
+    ) -> dict[str, dict[str, int]]:
+        """Per service and pool, the replicas that wait for a device after this pass: a pool
+        that holds more replicas than devices once this pass's releases have gone leaves the
+        ones asked for last without one (the scheduler binds in creation order, `_line`)."""
+        gone: dict[str, int] = {}
+        for key, n in release.items():
+            gone[key.pool] = gone.get(key.pool, 0) + n
+        out: dict[str, dict[str, int]] = {}
+        for pool, n_asked in asked.items():
+            left = n_asked - gone.get(pool, 0) - devices.get(pool, 0)
+            line = sorted((place, k) for k, place in self._line.items() if k.pool == pool)
+            for _, key in reversed(line):
+                if left <= 0:
+                    break
+                have = world.workers.get(key)
+                target = targets[key].replicas if key in targets else 0
+                unready = target - (have.ready_replicas if have is not None else 0)
+                n = min(left, max(0, unready))
+                if n > 0:
+                    per_pool = out.setdefault(key.service, {})
+                    per_pool[pool] = per_pool.get(pool, 0) + n
+                    left -= n
+        return out
 
     def _waiting_line(
         self, world: World, targets: Mapping[WorkerKey, WorkerSpec]
@@ -1133,6 +1169,7 @@ class ControlLoop:
             notices=self.notices.get(svc_key, ()),
             cost=self.cost.published.get(svc_key),
             prewarm=self._prewarm(svc_key),
+            device_waits=self.device_waits.get(svc_key, {}),
         )
         return out
 

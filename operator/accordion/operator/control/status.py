@@ -123,6 +123,7 @@ def service_status_steps(
     notices: Sequence[str] = (),
     cost: CostSnapshot | None = None,
     prewarm: tuple[bool, int, int] | None = None,
+    device_waits: Mapping[str, int] | None = None,
 ) -> list[Step]:
     """The service's status step (if its status changes) and the events of a plan change.
 
@@ -137,7 +138,9 @@ def service_status_steps(
     (`control.cost`); `prewarm`: whether its replica is pre-warmed now, its pre-warms so far
     and those its traffic came back within (`control.idle`; shown for `minReplicas: 0`). A
     `minReplicas: 0` service that runs no replica is Ready (ScaledToZero): its router holds
-    requests while one starts."""
+    requests while one starts. `device_waits`: per pool, the service's new replicas that wait
+    for a device of a full pool (`ControlLoop.device_waits`), named in the Ready condition
+    while it is False."""
     now = now_rfc3339(now_s)
     steps: list[Step] = []
     gen = svc.metadata.generation
@@ -266,6 +269,11 @@ def service_status_steps(
             else "no replica (idle, minReplicas 0): the router holds requests while one starts"
             if scaled_to_zero
             else f"{ready_total} of {sum(r.replicas for r in rows)} replicas ready"
+            + "".join(
+                f"; {n} wait{'s' if n == 1 else ''} for a device of the full pool {pool} "
+                "(held by old replicas, which go as their services can spare them)"
+                for pool, n in sorted((device_waits or {}).items())
+            )
         ),
         gen,
         now,
