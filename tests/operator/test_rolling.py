@@ -221,3 +221,28 @@ async def test_a_new_replica_that_waits_for_a_device_is_named_in_the_ready_condi
     await loop.reconcile(world, DemandView(qps={"default/svc": 40.0}), act)
     assert loop.device_waits == {}
     assert "waits for a device" not in ready_message()
+
+
+async def test_a_new_replica_that_waited_a_payback_horizon_takes_the_protected_device() -> None:
+    """The one-device swap of the test above, held: the rolling step never takes a service's
+    last ready replica, so small waits. Once it has waited first in line for longer than a swap
+    must pay back in (`swap_payback_s`), big rolls for it: without that a one-GPU service stayed
+    on the variant that cannot serve its demand for as long as the demand stayed."""
+    clock = Clock()
+    world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=1)})
+    loop = ControlLoop(NO_DRAIN, clock=clock)
+    act = MemoryActuator(world, clock)
+    await loop.reconcile(world, DemandView(), act)
+    all_ready(world)
+    await loop.reconcile(world, DemandView(), act)
+    busy = DemandView(qps={"default/svc": 150.0})
+    await loop.reconcile(world, busy, act)
+    clock.t += NO_DRAIN.swap_payback_s - 1.0
+    await loop.reconcile(world, busy, act)
+    big = _key("svc", "big")
+    assert world.workers[big].spec.replicas == 1, "not yet: big is the last ready one"
+    assert loop.device_waits == {"default/svc": {"gpu": 1}}
+    clock.t += 1.0
+    await loop.reconcile(world, busy, act)
+    assert big not in world.workers or world.workers[big].spec.replicas == 0
+    assert loop.device_waits == {}

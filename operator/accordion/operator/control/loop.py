@@ -341,6 +341,8 @@ class ControlLoop:
         """Worker groups whose new replicas wait for a device, by when they were asked for (pass,
         order of the steps within it): the order in which a full pool's freed devices go to
         them (`_make_room`)."""
+        self._line_since: dict[WorkerKey, float] = {}
+        """When each group of `_line` joined it (the loop's clock)."""
         self.device_waits: dict[str, dict[str, int]] = {}
         """Per service and pool, its new replicas that wait for a device of a full pool after
         this pass (`_make_room`; the status's Ready condition names them)."""
@@ -946,6 +948,7 @@ class ControlLoop:
             if n - max(0, pool_running[pool] - devices.get(pool, 0)) > 0
         }
         head = self._waiting_line(world, targets)
+        overdue = self._overdue(head)
         release: dict[WorkerKey, int] = {}
         rolled_services: set[str] = set()
         for pool, n_asked in sorted(asked.items()):
@@ -985,9 +988,9 @@ class ControlLoop:
                     left = ready - wanted
                     harmless = int(left // per_replica) if per_replica > 0 else take
                     take = min(take, max(0, harmless))
-                    keeps = ready - per_replica > 1e-9 and (
-                        per_replica <= ROLL_MAX_SHARE * ready + 1e-9
-                    )
+                    keeps = (
+                        ready - per_replica > 1e-9 and per_replica <= ROLL_MAX_SHARE * ready + 1e-9
+                    ) or (pool, service) in overdue
                     if take <= 0 and keeps and pool not in starting:
                         if service in rolled_services:
                             held.add(service)
@@ -1048,6 +1051,26 @@ class ControlLoop:
                     left -= n
         return out
 
+    def _overdue(self, head: Mapping[tuple[str, str], tuple[int, int]]) -> set[tuple[str, str]]:
+        """(pool, service) pairs whose service is first in the pool's line and has waited there
+        longer than a swap must pay back in (`LoopSettings.swap_payback_s`): the rolling step
+        may then take the replica it protects (the service's last ready one, or one holding
+        most of its capacity). Without this a service whose one device holds its old variant
+        never got the new one while the plan asked for it (a one-GPU service swapping models at
+        a rise of demand waited for good, short all the while)."""
+        first: dict[str, tuple[int, int]] = {}
+        for (pool, _), place in head.items():
+            first[pool] = min(place, first.get(pool, _LAST))
+        now = self.clock()
+        out: set[tuple[str, str]] = set()
+        for k, place in self._line.items():
+            if (
+                place == first.get(k.pool)
+                and now - self._line_since.get(k, now) >= self.settings.swap_payback_s
+            ):
+                out.add((k.pool, k.service))
+        return out
+
     def _waiting_line(
         self, world: World, targets: Mapping[WorkerKey, WorkerSpec]
     ) -> dict[tuple[str, str], tuple[int, int]]:
@@ -1068,6 +1091,8 @@ class ControlLoop:
         )
         line = {k: self._line.get(k, (self._room_passes, i)) for i, k in enumerate(waiting)}
         self._line = line
+        now = self.clock()
+        self._line_since = {k: self._line_since.get(k, now) for k in line}
         head: dict[tuple[str, str], tuple[int, int]] = {}
         for k, place in line.items():
             if place < head.get((k.pool, k.service), _LAST):
