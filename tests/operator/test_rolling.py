@@ -196,11 +196,8 @@ def test_a_new_spare_replica_never_makes_a_serving_one_roll() -> None:
     assert loop._make_room(world, targets, demand, {}) == {_key("a", "big", "gpu"): 1}
 
 
-async def test_a_new_replica_that_waits_for_a_device_is_named_in_the_ready_condition() -> None:
-    """The service's one device holds its big replica, its last ready one; at 150 req/s the
-    plan swaps it for small, which waits for the device (the rolling step never takes a
-    service's last ready replica). Ready says so and names the pool, and says it no more once
-    the plan no longer asks for the swap."""
+async def _one_device_serving() -> tuple[World, Clock, ControlLoop, MemoryActuator]:
+    """svc on the one-device pool gpu, its big replica ready and routed (at no demand)."""
     clock = Clock()
     world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=1)})
     loop = ControlLoop(NO_DRAIN, clock=clock)
@@ -208,6 +205,15 @@ async def test_a_new_replica_that_waits_for_a_device_is_named_in_the_ready_condi
     await loop.reconcile(world, DemandView(), act)
     all_ready(world)
     await loop.reconcile(world, DemandView(), act)
+    return world, clock, loop, act
+
+
+async def test_a_new_replica_that_waits_for_a_device_is_named_in_the_ready_condition() -> None:
+    """The service's one device holds its big replica, its last ready one; at 150 req/s the
+    plan swaps it for small, which waits for the device (the rolling step never takes a
+    service's last ready replica). Ready says so and names the pool, and says it no more once
+    the plan no longer asks for the swap."""
+    world, _clock, loop, act = await _one_device_serving()
 
     def ready_message() -> str:
         return next(c.message for c in world.status["default/svc"].conditions if c.type == "Ready")
@@ -228,13 +234,7 @@ async def test_a_new_replica_that_waited_a_payback_horizon_takes_the_protected_d
     last ready replica, so small waits. Once it has waited first in line for longer than a swap
     must pay back in (`swap_payback_s`), big rolls for it: without that a one-GPU service stayed
     on the variant that cannot serve its demand for as long as the demand stayed."""
-    clock = Clock()
-    world = World(services={"default/svc": service()}, pools={"gpu": pool(devices=1)})
-    loop = ControlLoop(NO_DRAIN, clock=clock)
-    act = MemoryActuator(world, clock)
-    await loop.reconcile(world, DemandView(), act)
-    all_ready(world)
-    await loop.reconcile(world, DemandView(), act)
+    world, clock, loop, act = await _one_device_serving()
     busy = DemandView(qps={"default/svc": 150.0})
     await loop.reconcile(world, busy, act)
     clock.t += NO_DRAIN.swap_payback_s - 1.0
