@@ -931,6 +931,7 @@ class ControlLoop:
                 )
         waiting = dict(pool_unready)
         spare_waiting: dict[str, int] = {}  # new spare replicas per pool (none roll for them)
+        plan_spare = plan_spare or {}
         for key, spec in targets.items():
             have = world.workers.get(key)
             grow = spec.replicas - (have.spec.replicas if have else 0)
@@ -939,7 +940,7 @@ class ControlLoop:
             if grow > 0:
                 waiting[key.pool] = waiting.get(key.pool, 0) + grow
                 spare_waiting[key.pool] = spare_waiting.get(key.pool, 0) + min(
-                    grow, (plan_spare or {}).get(key, 0)
+                    grow, plan_spare.get(key, 0)
                 )
         # Replicas that have a device and are starting: not ready, and not waiting for one.
         starting = {
@@ -948,7 +949,10 @@ class ControlLoop:
             if n - max(0, pool_running[pool] - devices.get(pool, 0)) > 0
         }
         head = self._waiting_line(world, targets)
-        overdue = self._overdue(head)
+        first: dict[str, tuple[int, int]] = {}  # per pool, the place of the first in its line
+        for (pool, _), place in head.items():
+            first[pool] = min(place, first.get(pool, _LAST))
+        overdue = self._overdue(first)
         release: dict[WorkerKey, int] = {}
         rolled_services: set[str] = set()
         for pool, n_asked in sorted(asked.items()):
@@ -1010,8 +1014,10 @@ class ControlLoop:
                 # If that service already rolled in another pool this pass, nobody rolls here:
                 # the device would go to it all the same, at another service's cost; it rolls
                 # at the next pass (`ROOM_REQUEUE_S`).
-                first = min((v for (p, _), v in head.items() if p == pool), default=_LAST)
-                if min(rolls)[0] != first and any(head.get((pool, h)) == first for h in held):
+                head_place = first.get(pool, _LAST)
+                if min(rolls)[0] != head_place and any(
+                    head.get((pool, h)) == head_place for h in held
+                ):
                     continue
                 _, _, service, key, per_replica = min(rolls)
                 release[key] = release.get(key, 0) + 1
@@ -1051,16 +1057,14 @@ class ControlLoop:
                     left -= n
         return out
 
-    def _overdue(self, head: Mapping[tuple[str, str], tuple[int, int]]) -> set[tuple[str, str]]:
-        """(pool, service) pairs whose service is first in the pool's line and has waited there
-        longer than a swap must pay back in (`LoopSettings.swap_payback_s`): the rolling step
-        may then take the replica it protects (the service's last ready one, or one holding
-        most of its capacity). Without this a service whose one device holds its old variant
-        never got the new one while the plan asked for it (a one-GPU service swapping models at
-        a rise of demand waited for good, short all the while)."""
-        first: dict[str, tuple[int, int]] = {}
-        for (pool, _), place in head.items():
-            first[pool] = min(place, first.get(pool, _LAST))
+    def _overdue(self, first: Mapping[str, tuple[int, int]]) -> set[tuple[str, str]]:
+        """(pool, service) pairs whose service is first in the pool's line (`first`: per pool,
+        the place of the first in its line) and has waited there longer than a swap must pay
+        back in (`LoopSettings.swap_payback_s`): the rolling step may then take the replica it
+        protects (the service's last ready one, or one holding most of its capacity). Without
+        this a service whose one device holds its old variant never got the new one while the
+        plan asked for it (a one-GPU service swapping models at a rise of demand waited for
+        good, short all the while)."""
         now = self.clock()
         out: set[tuple[str, str]] = set()
         for k, place in self._line.items():
