@@ -18,7 +18,7 @@ user would write for these families (the API's defaults: headroom 0.1, burst buf
 * optionally (``--scale 10``) 10x the devices and 10x the zipf demand: ours and Proteus;
 * optionally (``--timings``) ours at the default timings and at alternatives, the measurement
   behind `control/timing.py`'s defaults (``proteus_timings.md``);
-* optionally (``--shapes``) every policy on five shapes no goal names, and ours on bursty and
+* optionally (``--shapes``) every policy on six shapes no goal names, and ours on bursty and
   overload, at three arrival seeds each (`shapes.py`, ``proteus_shapes.md``).
 
 The oracle bound (per-second LP relaxation with perfect demand knowledge) is computed in the

@@ -1,11 +1,12 @@
 """Ours and the baselines on shapes no goal is stated on, over several arrival seeds.
 
 The goal traces (`run.py`) are what the control loop's rules were measured on; the issue
-warns that held-out traces judge it too. This runs every policy of the head-to-head on five
+warns that held-out traces judge it too. This runs every policy of the head-to-head on six
 other shapes (`workloads.SHAPE_FUNCTIONS`: diurnal, one family's flash crowd, a shift of the
-family mix, steps down and up, a sawtooth), each with the arrivals drawn from three seeds,
-and ours alone on the goal traces' bursty and overload at those seeds, so that one seed's
-luck is not read as a rule's effect. Same cluster, physics and defaults as `run.py`.
+family mix, steps down and up, a sawtooth, short periodic spikes), each with the arrivals
+drawn from three seeds, and ours alone on the goal traces' bursty and overload at those seeds,
+so that one seed's luck is not read as a rule's effect. Same cluster, physics and defaults as
+`run.py`.
 
 Writes ``bench/results/proteus_shapes.md`` and every cell in ``proteus_shapes.json``; runs the
 simulations two at a time, each in a fresh process. Run it alone (`make bench-proteus` holds the

@@ -11,14 +11,17 @@ are plain text anyone can read, plot or change. The files are committed next to 
 * ``overload.rates``: equal demand per family, ramping from half of what the cluster can serve
   to three times it, holding, and back (what the cluster can serve: the largest equal demand
   per family that the oracle's LP serves in full, `max_equal_demand`).
-* ``shapes/*.rates``: five shapes no goal is stated on, to check that what was built for the
+* ``shapes/*.rates``: six shapes no goal is stated on, to check that what was built for the
   shapes above holds on others (`run.py --shapes`, ``proteus_shapes.md``). All on Proteus's
   family mix, 300 s: ``diurnal`` (200 -> 1,000 -> 200 req/s, a 150-s cosine, twice),
   ``flash-one`` (400 req/s; one family at a time rises 10x within a second for 60 s: resnet at
   60 s, bert at 180 s), ``mixshift`` (700 req/s; over 100-200 s the family shares move to the
   mix reversed: the least requested family gets the most requested one's share),
-  ``steps`` (900 req/s, 100 from 100 s, 900 again from 200 s, each change within a second)
-  and ``sawtooth`` (200 -> 900 req/s over 25 s, back within a second, twelve times).
+  ``steps`` (900 req/s, 100 from 100 s, 900 again from 200 s, each change within a second),
+  ``sawtooth`` (200 -> 900 req/s over 25 s, back within a second, twelve times) and
+  ``spikes`` (300 req/s; 1,200 for 3 s every 20 s from 10 s on, each change within half a
+  second: spikes shorter than a re-plan and a model load, which only standing capacity can
+  take).
 """
 
 from __future__ import annotations
@@ -144,6 +147,15 @@ def _sawtooth(mix: Rates, t: float) -> Rates:
     return _scaled(mix, 200.0 + 700.0 * (t % 25.0) / 25.0)
 
 
+SPIKE_STARTS = tuple(10.0 + 20.0 * k for k in range(15))
+"""Every 20 s from 10 s: a spike shorter than a re-plan and a model load (`_spikes`)."""
+
+
+def _spikes(mix: Rates, t: float) -> Rates:
+    spike = any(s + 0.5 <= t < s + 3.5 for s in SPIKE_STARTS)
+    return _scaled(mix, 1200.0 if spike else 300.0)
+
+
 SHAPE_FUNCTIONS: dict[str, tuple[Callable[[Rates, float], Rates], tuple[float, ...]]] = {
     # name: (rates at t, the instants between which the rates are linear)
     "diurnal": (_diurnal, tuple(float(t) for t in range(0, 301, 5))),
@@ -153,6 +165,10 @@ SHAPE_FUNCTIONS: dict[str, tuple[Callable[[Rates, float], Rates], tuple[float, .
     "sawtooth": (
         _sawtooth,
         tuple(sorted({0.0, 300.0} | {25.0 * k + d for k in range(1, 12) for d in (-1.0, 0.0)})),
+    ),
+    "spikes": (
+        _spikes,
+        tuple(sorted({0.0, 300.0} | {s + d for s in SPIKE_STARTS for d in (0.0, 0.5, 3.5, 4.0)})),
     ),
 }
 """Each shape's rates, and the knots of its piecewise linear rate file. A segment of a second

@@ -63,6 +63,16 @@ def test_each_shape_has_the_rates_its_docstring_gives() -> None:
     assert rate_at(diurnal, 75) == pytest.approx(1000, rel=1e-3)
     assert rate_at(diurnal, 150) == pytest.approx(200, rel=1e-3)
 
+    spikes = shapes_lines("spikes")
+    assert rate_at(spikes, 5) == pytest.approx(300, rel=1e-3)
+    for start in (10, 30, 290):  # 1,200 req/s for 3 s every 20 s, each change in half a second
+        assert rate_at(spikes, start - 0.1) == pytest.approx(300, rel=1e-3)
+        assert rate_at(spikes, start + 0.25) == pytest.approx(750, rel=1e-3)
+        assert rate_at(spikes, start + 0.5) == pytest.approx(1200, rel=1e-3)
+        assert rate_at(spikes, start + 3.4) == pytest.approx(1200, rel=1e-3)
+        assert rate_at(spikes, start + 4.0) == pytest.approx(300, rel=1e-3)
+    assert rate_at(spikes, 20) == pytest.approx(300, rel=1e-3)
+
 
 def shapes_lines(name: str) -> list[str]:
     return workloads.shape_lines(name, MIX)
