@@ -1,0 +1,205 @@
+"""Ours against the committed figures, with a candidate change: the check a rule must pass.
+
+On these traces a change to the control loop moves one run's figure by 0.1-0.3 points by luck
+alone (bursty's three seeds spread 0.3 points under every rule tried; `NOTES.md`), so a rule
+read off one run is not a rule. This runs ours on every held-out shape and on the goal traces
+bursty and overload at seeds 0 / 1 / 2 (the cells of ``bench/results/proteus_shapes.json``) and,
+with ``--goals``, on the fixed Proteus traces of ``proteus.md`` (zipf-p50, zipf-dist, 1.5x),
+each in a fresh process, and prints every cell beside its committed figure with the mean per
+trace. ``--patch FILE`` runs a Python file in each cell's process before its simulation: a
+candidate rule written as a change to the imported modules (say, a method of
+`accordion.operator.control.loop.ControlLoop` replaced), so that it can be judged on every
+shape and seed before the loop itself is edited. Without a patch it checks that the committed
+figures still hold.
+
+Run it alone (under the heavy lock, as ``make bench-proteus``): the planner's searches have time
+limits, so a loaded machine changes its plans (NOTES.md: a bursty run beside other heavy work
+gave 2.12% against 1.41% alone).
+
+    flock /tmp/accordion-heavy.lock .venv/bin/python bench/proteus/probe.py \\
+        [--patch my_rule.py] [--traces spikes,bursty] [--seeds 0,1,2] [--goals] [--no-overload]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import runpy
+import statistics
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.proteus.shapes import GOAL_TRACES, SEEDS, Cell, trace_path
+from bench.proteus.workloads import DATA, SHAPES
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+FIXED = {"zipf-p50": "p50", "zipf-dist": "dist", "normal-1.5x-p50": "p50"}
+"""The goal runs on Proteus's own traces (arrivals fixed, no seed) and their service times."""
+FIXED_TRACES = {
+    "zipf-p50": "zipf_exponential/300",
+    "zipf-dist": "zipf_exponential/300",
+    "normal-1.5x-p50": "medium-normal_load/300",
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of ours: a rate file at a seed, or a fixed Proteus trace (seed None)."""
+
+    trace: str
+    seed: int | None
+    patch: str | None = None
+
+
+def run_job(job: Job) -> Cell:
+    """Ours on one trace, after running the patch file (if any) in this process."""
+    if job.patch is not None:
+        runpy.run_path(job.patch, run_name="__probe_patch__")
+    # Imported after the patch, so that a patch may also replace what these modules import.
+    from accordion.sim.catalog import make_control_policy
+    from accordion.sim.engine import SimConfig, simulate
+    from accordion.sim.workload import load_proteus_cluster, read_proteus_trace, read_rate_trace
+
+    cluster = load_proteus_cluster(DATA)
+    if job.seed is None:
+        workload = read_proteus_trace(DATA / "traces" / FIXED_TRACES[job.trace])
+        config = SimConfig(service_time=FIXED[job.trace])
+    else:
+        slo = {f.name: f.slo_s for f in cluster.families}
+        workload = read_rate_trace(trace_path(job.trace), slo, seed=job.seed)
+        config = SimConfig(service_time="p50")
+    s = simulate(cluster, workload, make_control_policy("accordion"), config).summary
+    return Cell(job.trace, "accordion", -1 if job.seed is None else job.seed,
+                s.violation_ratio, s.effective_accuracy)  # fmt: skip
+
+
+def committed_cells(results: Path = RESULTS) -> dict[tuple[str, int], Cell]:
+    """Ours' committed figures by (trace, seed): the shapes' cells (``proteus_shapes.json``) and
+    the fixed traces' (seed -1), summed from the per-second rows of ``proteus_<run>.csv``."""
+    out: dict[tuple[str, int], Cell] = {}
+    shapes = results / "proteus_shapes.json"
+    if shapes.exists():
+        for row in json.loads(shapes.read_text()):
+            if row["policy"] == "accordion":
+                cell = Cell(**row)
+                out[(cell.trace, cell.seed)] = cell
+    for key in FIXED:
+        path = results / f"proteus_{key}.csv"
+        if not path.exists():
+            continue
+        with path.open() as f:
+            rows = [r for r in csv.DictReader(f) if r["policy"] == "accordion"]
+        demand = sum(int(r["demand"]) for r in rows)
+        ok = sum(int(r["ok"]) for r in rows)
+        missed = sum(int(r["late"]) + int(r["dropped"]) for r in rows)
+        accuracy = sum(float(r["effective_accuracy"]) * int(r["ok"]) for r in rows)
+        if demand and ok:
+            out[(key, -1)] = Cell(key, "accordion", -1, missed / demand, accuracy / ok)
+    return out
+
+
+def jobs(
+    traces: list[str] | None, seeds: tuple[int, ...], goals: bool, overload: bool, patch: str | None
+) -> list[Job]:
+    """The runs to make: the named traces (rate files at every seed, fixed traces once), or
+    every shape and goal rate file at every seed (overload, about 2.5 min a run, only with
+    `overload`) and, with `goals`, the fixed traces."""
+    rate_files = sorted(p.name for p in SHAPES.glob("*.rates")) + list(GOAL_TRACES)
+    names = {n.removesuffix(".rates"): n for n in rate_files}
+    if traces is None:
+        traces = [n for n in names if overload or n != "overload"] + (list(FIXED) if goals else [])
+    unknown = [t for t in traces if t not in names and t not in FIXED]
+    if unknown:
+        known = ", ".join([*names, *FIXED])
+        raise SystemExit(f"unknown trace(s) {', '.join(unknown)}; known: {known}")
+    return [
+        job
+        for t in traces
+        for job in (
+            [Job(names[t], seed, patch) for seed in seeds] if t in names else [Job(t, None, patch)]
+        )
+    ]
+
+
+def report(cells: list[Cell], committed: dict[tuple[str, int], Cell], patch: str | None) -> str:
+    """Every cell beside its committed figure, and each trace's mean over its seeds."""
+    lines = [
+        f"ours {'with ' + patch if patch else 'as committed'} against the committed figures",
+        "",
+        "| trace | seed | committed | now | change |",
+        "|---|---|---|---|---|",
+    ]
+    by_trace: dict[str, list[tuple[Cell, Cell | None]]] = {}
+    for cell in sorted(cells, key=lambda c: (c.trace, c.seed)):
+        by_trace.setdefault(cell.trace, []).append((cell, committed.get((cell.trace, cell.seed))))
+    for trace, pairs in by_trace.items():
+        for cell, was in pairs:
+            seed = "-" if cell.seed < 0 else str(cell.seed)
+            lines.append(
+                f"| {trace} | {seed} | {_fig(was)} | {_fig(cell)} | {_change(was, cell)} |"
+            )
+        if len(pairs) > 1:
+            now = _mean([c for c, _ in pairs])
+            olds = [w for _, w in pairs if w is not None]
+            was = _mean(olds) if len(olds) == len(pairs) else None
+            lines.append(f"| {trace} | mean | {_fig(was)} | {_fig(now)} | {_change(was, now)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _mean(cells: list[Cell]) -> Cell:
+    return Cell(
+        cells[0].trace,
+        "accordion",
+        -1,
+        statistics.fmean(c.violations for c in cells),
+        statistics.fmean(c.accuracy for c in cells),
+    )
+
+
+def _fig(cell: Cell | None) -> str:
+    return "-" if cell is None else f"{cell.violations:.3%} at {cell.accuracy:.2f}"
+
+
+def _change(was: Cell | None, now: Cell) -> str:
+    if was is None:
+        return "-"
+    return (
+        f"{100 * (now.violations - was.violations):+.3f} points, "
+        f"accuracy {now.accuracy - was.accuracy:+.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patch", type=Path, help="a Python file run before each simulation")
+    parser.add_argument("--traces", help="comma-separated (default: every shape and goal trace)")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--goals", action="store_true", help="also zipf-p50, zipf-dist, 1.5x")
+    parser.add_argument("--no-overload", action="store_true", help="skip overload (slow)")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    if args.patch is not None and not args.patch.is_file():
+        parser.error(f"--patch {args.patch}: no such file")
+    patch = str(args.patch.resolve()) if args.patch is not None else None
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    traces = args.traces.split(",") if args.traces else None
+    todo = jobs(traces, seeds, args.goals, not args.no_overload, patch)
+    cells = []
+    # A fresh process per run: the planner's caches make a warm process faster, and a run must
+    # not depend on what ran before it (as `shapes.shapes_report`).
+    with ProcessPoolExecutor(max_workers=args.workers, max_tasks_per_child=1) as pool:
+        for done, cell in enumerate(pool.map(run_job, todo), 1):
+            seed = "-" if cell.seed < 0 else cell.seed
+            print(f"  [{done}/{len(todo)}] {cell.trace} seed {seed}: {_fig(cell)}", flush=True)
+            cells.append(cell)
+    print()
+    print(report(cells, committed_cells(), patch))
+
+
+if __name__ == "__main__":
+    main()
