@@ -34,17 +34,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.proteus.shapes import GOAL_TRACES, SEEDS, Cell, trace_path
+from accordion.sim.catalog import make_control_policy
+from accordion.sim.engine import SimConfig, simulate
+from accordion.sim.workload import load_proteus_cluster
+from bench.proteus.run import RESULTS, RUNS, Run, load_workload
+from bench.proteus.shapes import GOAL_TRACES, SEEDS, Cell, run_cell
 from bench.proteus.workloads import DATA, SHAPES
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
-FIXED = {"zipf-p50": "p50", "zipf-dist": "dist", "normal-1.5x-p50": "p50"}
-"""The goal runs on Proteus's own traces (arrivals fixed, no seed) and their service times."""
-FIXED_TRACES = {
-    "zipf-p50": "zipf_exponential/300",
-    "zipf-dist": "zipf_exponential/300",
-    "normal-1.5x-p50": "medium-normal_load/300",
-}
+FIXED: dict[str, Run] = {r.key: r for r in RUNS if not r.trace.endswith(".rates")}
+"""The goal runs of ``proteus.md`` on Proteus's own traces (arrivals fixed, no seed)."""
 
 
 @dataclass(frozen=True)
@@ -57,25 +55,18 @@ class Job:
 
 
 def run_job(job: Job) -> Cell:
-    """Ours on one trace, after running the patch file (if any) in this process."""
+    """Ours on one trace, after running the patch file (if any) in this process: the shapes'
+    run (`shapes.run_cell`) for a rate file, `run.py`'s for a fixed trace. A patch changes what
+    those look up when they run (a `ControlLoop` method, a module's attribute)."""
     if job.patch is not None:
         runpy.run_path(job.patch, run_name="__probe_patch__")
-    # Imported after the patch, so that a patch may also replace what these modules import.
-    from accordion.sim.catalog import make_control_policy
-    from accordion.sim.engine import SimConfig, simulate
-    from accordion.sim.workload import load_proteus_cluster, read_proteus_trace, read_rate_trace
-
+    if job.seed is not None:
+        return run_cell(job.trace, "accordion", job.seed)
+    run = FIXED[job.trace]
     cluster = load_proteus_cluster(DATA)
-    if job.seed is None:
-        workload = read_proteus_trace(DATA / "traces" / FIXED_TRACES[job.trace])
-        config = SimConfig(service_time=FIXED[job.trace])
-    else:
-        slo = {f.name: f.slo_s for f in cluster.families}
-        workload = read_rate_trace(trace_path(job.trace), slo, seed=job.seed)
-        config = SimConfig(service_time="p50")
-    s = simulate(cluster, workload, make_control_policy("accordion"), config).summary
-    return Cell(job.trace, "accordion", -1 if job.seed is None else job.seed,
-                s.violation_ratio, s.effective_accuracy)  # fmt: skip
+    config = SimConfig(service_time=run.service_time)
+    s = simulate(cluster, load_workload(run, cluster), make_control_policy("accordion"), config)
+    return Cell(job.trace, "accordion", -1, s.summary.violation_ratio, s.summary.effective_accuracy)
 
 
 def committed_cells(results: Path = RESULTS) -> dict[tuple[str, int], Cell]:
