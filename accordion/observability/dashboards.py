@@ -454,7 +454,8 @@ def services_dashboard() -> dict[str, Any]:
             "timeseries",
             "Shed, dropped and rerouted requests",
             "Shed by the router (no backend could make the deadline), dropped or rejected by "
-            "workers, and sent to another backend than the plan's weights chose.",
+            "workers, sent to another backend than the plan's weights chose, and sent again "
+            "to another backend after a worker dropped them.",
             [
                 Query(
                     f"sum by ({BY}) (rate({_outcomes(SHED)}[{RATE}]))",
@@ -468,6 +469,10 @@ def services_dashboard() -> dict[str, Any]:
                 Query(
                     srate(f"{BY}, to_variant", "accordion_router_rerouted_total"),
                     "{{service}} rerouted to {{to_variant}}",
+                ),
+                Query(
+                    srate(f"{BY}, to_variant", "accordion_router_retried_total"),
+                    "{{service}} dropped, sent again to {{to_variant}}",
                 ),
             ],
             unit="reqps",

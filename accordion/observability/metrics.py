@@ -51,6 +51,7 @@ ROUTER_METRICS = (
     _m("accordion_router_outcomes_total", "counter", "service", "variant", "outcome"),
     _m("accordion_router_accuracy_served_total", "counter", "service", "variant"),
     _m("accordion_router_rerouted_total", "counter", "service", "from_variant", "to_variant"),
+    _m("accordion_router_retried_total", "counter", "service", "from_variant", "to_variant"),
     _m("accordion_router_request_latency_seconds", "histogram", "service", "variant"),
     _m("accordion_router_backend_inflight", "gauge", "service", "variant"),
     _m("accordion_router_weight", "gauge", "service", "variant", "kind"),
@@ -212,6 +213,7 @@ OPERATOR_METRICS = (
 EVENT_DRIVEN = frozenset(
     {
         "accordion_router_rerouted_total",
+        "accordion_router_retried_total",
         "accordion_router_table_reloads_total",
         "accordion_router_cold_start_seconds_bucket",
         "accordion_router_cold_start_seconds_sum",

@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, assert_never
 
@@ -298,6 +298,10 @@ class LoopControl:
         self._aio = asyncio.new_event_loop()
         self._view = DemandView()
         self.meters: dict[str, DispersionMeter] = {}
+        self.resent = 0
+        """Requests sent on to another backend after a worker dropped them (`resend`)."""
+        self._dropped_by: dict[int, set[str]] = {}
+        """Per request sent on after a worker's drop: the backends that dropped it (`resend`)."""
         """Per service, its router's `DispersionMeter` (fed every arrival)."""
         self.bursty = BurstinessBook()
         self.activators = HeldRequests(sim, self._wake)
@@ -399,11 +403,13 @@ class LoopControl:
         self.meters.setdefault(key, DispersionMeter()).add(now)
         return self._route(key, request)
 
-    def _route(self, key: str, request: Request) -> Replica | Held | None:
+    def _route(
+        self, key: str, request: Request, exclude: Collection[str] = ()
+    ) -> Replica | Held | None:
         """As the router's `infer`: with no backend in the split the activator holds the
         request (`holds_requests`; else the router answers 503); a backend with no endpoint
         refuses the connection, leaves the split and the request is sent again,
-        `MAX_CONNECT_RETRIES` times at most."""
+        `MAX_CONNECT_RETRIES` times at most. `exclude`: backends that dropped it (`resend`)."""
         refused = 0
         while True:
             if not self._ready(key):
@@ -411,7 +417,7 @@ class LoopControl:
                     return None
                 own = self._own_latency_s.get(key, 0.0)
                 return HELD if self.activators.hold(key, request, own) else None
-            out = self._send(key, request)
+            out = self._send(key, request, exclude)
             if not isinstance(out, Refused):
                 return out
             refused += 1
@@ -450,12 +456,14 @@ class LoopControl:
             elif isinstance(out, Replica):
                 self.sim.enqueue(out, request)
 
-    def _send(self, key: str, request: Request) -> Replica | Refused | None:
+    def _send(
+        self, key: str, request: Request, exclude: Collection[str] = ()
+    ) -> Replica | Refused | None:
         now = self.sim.now_s
         decider = self.deciders.get(key)
         if decider is None:
             return None  # no routing table: the router answers 503
-        choice = decider.choose(request.deadline_s - now, now)
+        choice = decider.choose(request.deadline_s - now, now, exclude=exclude)
         if choice.backend is None:
             return None
         decider.sent(choice.backend, now)
@@ -504,11 +512,37 @@ class LoopControl:
             return
         now = self.sim.now_s
         if outcome == "answered":
+            self._dropped_by.pop(request.request_id, None)
             value = replica.meter.value(now) if replica.meter is not None else None
             report = (f"r{replica.rid}", value) if value is not None else None
             decider.finished(backend, now, "answered", report)
         else:
             decider.finished(backend, now, "dropped")
+
+    def resend(self, replica: Replica, request: Request) -> Replica | Held | None:
+        """As the router on a worker's drop (a 503 saying ``dropped``): the request goes to
+        another backend of its table, one the fast loop predicts answers it in time, at most
+        the table's ``fast_loop.drop_retries`` times (`RoutingDecider.choose` with the
+        backends that dropped it excluded). Not a pipeline's later stage: its router sent the
+        request to the first stage, which answered."""
+        if replica.admit is not None or not isinstance(request.payload, tuple):
+            return None
+        key, backend = request.payload
+        decider = self.deciders.get(key)
+        if decider is None or request.deadline_s <= self.sim.now_s:
+            return None
+        tried = self._dropped_by.setdefault(request.request_id, set())
+        tried.add(backend)
+        bounds = decider.table.fast_loop
+        if not bounds.enabled or len(tried) > bounds.drop_retries:
+            del self._dropped_by[request.request_id]
+            return None
+        out = self._route(key, request, tried)
+        if out is None:
+            del self._dropped_by[request.request_id]
+        else:
+            self.resent += 1
+        return out
 
     def replica_changed(self, replica: Replica) -> None:
         if self.mig:

@@ -146,6 +146,10 @@ class Control(Protocol):
     def finished(self, replica: Replica, request: Request, outcome: str) -> None:
         """A request sent to `replica` was ``answered`` or ``dropped``."""
 
+    def resend(self, replica: Replica, request: Request) -> Replica | Held | None:
+        """`replica` dropped `request` (after `finished`): the replica it is sent on to, as a
+        router that retries a worker's drop does, None (the drop stands) or `HELD`."""
+
     def replica_changed(self, replica: Replica) -> None:
         """A replica became active, or gone."""
 
@@ -292,8 +296,12 @@ class Simulator:
         now = self.now_s
         decision: Decision = replica.policy.decide(now)
         for d in decision.dropped:
-            self.recorder.finish(d.request.request_id, d.request.arrival_s, DROPPED)
             self.control.finished(replica, d.request, "dropped")
+            again = self.control.resend(replica, d.request)
+            if again is None:
+                self.recorder.finish(d.request.request_id, d.request.arrival_s, DROPPED)
+            elif isinstance(again, Replica):  # the router sends it on (`Control.resend`)
+                self.enqueue(again, d.request)
         if decision.batch:
             latency = self.exec_time_s(replica, len(decision.batch))
             self.busy_s_by_pool[replica.pool] += latency

@@ -176,6 +176,10 @@ class KnativeControl:
                 return None  # no free device
         return min(starting, key=lambda p: p.ready_at_s)
 
+    def resend(self, replica: Replica, request: Request) -> Replica | None:
+        """The system modelled does not send a dropped request again."""
+        return None
+
     def finished(self, replica: Replica, request: Request, outcome: str) -> None:
         pass
 

@@ -78,6 +78,10 @@ class TargetControl:
             return self._route_decider(service, request)
         return self._route_builtin(service)
 
+    def resend(self, replica: Replica, request: Request) -> Replica | None:
+        """The system modelled does not send a dropped request again."""
+        return None
+
     def finished(self, replica: Replica, request: Request, outcome: str) -> None:
         """Tell the router a request it sent was answered or dropped (its capacity correction
         learns from both, as the router process does)."""

@@ -537,3 +537,16 @@ def test_no_observations_behave_exactly_as_before() -> None:
     assert all(on.slowdown(n, now) == 1.0 for n in names)
     assert all(clockless.slowdown(n) == 1.0 for n in names)
     assert len(on._states["big"].samples) >= 3  # big was saturated: windows did close
+
+
+def test_a_retry_goes_to_the_backends_that_did_not_drop_it() -> None:
+    """`choose(exclude=...)`: a request a worker dropped goes to one of the others, by their
+    weights, or evenly when only spare (zero-weight) backends are left; none left: shed."""
+    decider = RoutingDecider(table({"big": 0.6, "mid": 0.4, "small": 0.0}), seed=1)
+    picks = {decider.choose(0.1, exclude={"big"}).backend for _ in range(50)}
+    assert picks == {"mid"}
+    spare = {decider.choose(0.1, exclude={"big", "mid"}).backend for _ in range(10)}
+    assert spare == {"small"}
+    none = decider.choose(0.1, exclude={"big", "mid", "small"})
+    assert none.backend is None
+    assert none.reason == "no healthy backend left"

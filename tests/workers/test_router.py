@@ -327,11 +327,13 @@ async def test_answers_feed_the_capacity_correction(
     await send(client, 1, **{DEADLINE_HEADER: "30"})  # dropped by the worker (test_router_edges)
     # A 400 is refused by the router itself: it never reaches a backend nor the fast loop.
     await client.post("/v2/models/classifier/infer", data=b"{oops")
-    assert seen == ["answered"] * 4 + ["dropped"]
+    # Dropped by big, sent on to small (`fast_loop.drop_retries`), dropped there too.
+    assert seen == ["answered"] * 4 + ["dropped"] * 2
     assert router.decider.inflight("big") == 0
+    assert router.decider.inflight("small") == 0
     # The worker tells its speed from its third batch on (thin data before), and its name.
     assert reports[:2] == [None, None]
-    assert reports[4:] == [None]
+    assert reports[4:] == [None, None]
     replica = f"{socket.gethostname()}:{worker_config().port}"  # the port it is configured on
     for report in reports[2:4]:
         assert report is not None

@@ -242,6 +242,15 @@ class FastLoopBounds(_Model):
         description="Correct from the workers' own reports (x-accordion-slowdown) when they "
         "send them; false: only from the timing of the answers.",
     )
+    drop_retries: int = Field(
+        1,
+        ge=0,
+        le=3,
+        description="A request a worker drops (its deadline cannot be met there: a 503 with "
+        "x-accordion-outcome dropped) is sent again, at most this many times, to another "
+        "backend, spare ones included, while the fast loop predicts one answers it in time; "
+        "0: the worker's drop is the answer.",
+    )
 
 
 class Backend(_Model):

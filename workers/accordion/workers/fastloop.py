@@ -103,6 +103,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -528,11 +529,18 @@ class RoutingDecider:
         best.current_weight -= total
         return best_name
 
-    def choose(self, budget_s: float, now_s: float | None = None) -> Choice:
-        """Pick the backend of one request with `budget_s` left before its deadline."""
+    def choose(
+        self, budget_s: float, now_s: float | None = None, *, exclude: Collection[str] = ()
+    ) -> Choice:
+        """Pick the backend of one request with `budget_s` left before its deadline, among
+        the healthy ones but `exclude` (those that dropped it already: `retry`)."""
         weights = self.effective_weights(now_s)
+        if exclude:
+            weights = {n: w for n, w in weights.items() if n not in exclude}
+            if weights and sum(weights.values()) <= 0:
+                weights = dict.fromkeys(weights, 1.0)  # only spare backends left
         if not weights:
-            return Choice(None, reason="no healthy backend")
+            return Choice(None, reason="no healthy backend" + (" left" if exclude else ""))
         pick = self._pick(weights)
         if self.predicted_wait_s(pick, 1, now_s) <= budget_s:
             return Choice(pick)
