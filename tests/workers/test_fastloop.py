@@ -359,13 +359,17 @@ def test_with_a_profile_every_batch_size_is_evidence() -> None:
 def test_with_a_profile_the_running_batch_is_predicted_at_its_size() -> None:
     """Five requests at big run as a batch of at most 5 (70 ms by the profile, interpolated),
     not a full batch of 8 (100 ms); what queues behind them waits for a full batch (arrivals
-    join it)."""
+    join it); at an idle backend a request starts at once, as a batch of its own."""
     table = batching_table()
     big = table.backends[0].model_copy(update={"profile_ms": {1: 30.0, 4: 60.0, 8: 100.0}})
     decider = RoutingDecider(table.model_copy(update={"backends": [big, *table.backends[1:]]}))
     plain = RoutingDecider(table)
+    # Idle, big starts on a request at once: alone (30 ms by the profile), or without a
+    # profile for all the router knows a full batch.
+    assert decider.predicted_wait_s("big", 1, now_s=0.0) == pytest.approx(0.03)
+    assert decider.predicted_wait_s("big", 5, now_s=0.0) == pytest.approx(0.07)
+    assert plain.predicted_wait_s("big", 1, now_s=0.0) == pytest.approx(0.1)
     for d in (decider, plain):
-        assert d.predicted_wait_s("big", 1, now_s=0.0) == pytest.approx(0.1)
         for _ in range(5):
             d.sent("big", 0.0)
     assert decider.predicted_wait_s("big", 0, now_s=0.0) == pytest.approx(0.07)

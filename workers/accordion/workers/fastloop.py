@@ -11,8 +11,10 @@ latency, and (when the caller passes its clock) when the backend's current batch
   clock) + the time the planned capacity needs for the requests queued behind it, at least one
   full batch's latency (the next batch takes in whatever arrives meanwhile); the running
   batch holds at most the backlog, so with the table's profile its latency is the profile's at
-  that size (a light load runs small batches), else the full batch's; a backend without a
-  batch latency drains its backlog at its planned capacity;
+  that size (a light load runs small batches), else the full batch's; an idle backend (nothing
+  in flight) starts at once on the requests sent now, so with a profile their wait is the
+  profile's latency at their number; a backend without a batch latency drains its backlog at
+  its planned capacity;
 * the split follows the plan's weights by smooth weighted round-robin (deterministic and no
   burstier than the weights; `seed` only staggers the phase of routers that share a table);
 * a request whose chosen backend cannot answer before the request's deadline goes to the most
@@ -423,6 +425,10 @@ class RoutingDecider:
             in_service, batch_s = replanned
             batch = in_service
             rate = min(rate, in_service / batch_s)
+        if inflight == 0 and backend.profile_ms and extra <= batch:
+            # An idle backend starts on them at once, as one batch of their size (the batcher
+            # does not wait for more: `SloBatcher.lazy` is off by default).
+            return interpolate_profile(backend.profile_ms, extra) / 1000.0 * slowdown
         residual = 0.0
         running = 0
         if inflight > 0:
