@@ -66,45 +66,45 @@ def table(path: Path, ports: dict[str, int], weights: dict[str, float], retries:
     )
 
 
-async def _send(client: TestClient, n: int) -> list[tuple[int, str, str]]:  # type: ignore[type-arg]
-    out = []
-    for _ in range(n):
-        resp = await client.post("/v2/models/classifier/infer", json=sample_body())
-        await resp.read()
-        out.append(
-            (resp.status, resp.headers.get(VARIANT_HEADER, ""), resp.headers[OUTCOME_HEADER])
-        )
-    return out
+Result = tuple[int, str, str, str]
+"""(status, variant header, outcome header, body) of one answer at the client."""
 
 
 async def _served(
-    path: Path, servers: dict[str, TestServer], n: int
-) -> tuple[list[tuple[int, str, str]], str]:
+    tmp_path: Path, retries: int, spare_drops: bool, n: int
+) -> tuple[list[Result], str]:
+    """`n` requests, one at a time, through a router whose planned backend drops every request
+    and whose spare one serves them (or drops them too); the answers and the router's metrics."""
+    ports = {"planned": unused_port(), "spare": unused_port()}
+    path = tmp_path / "routing.json"
+    table(path, ports, {"planned": 1.0, "spare": 0.0}, retries)
+    spare = dropping_worker if spare_drops else serving_worker
+    servers = [dropping_worker(ports["planned"]), spare(ports["spare"])]
     router = Router(path, health_interval_s=600.0, reload_interval_s=600.0)
-    for server in servers.values():
+    for server in servers:
         await server.start_server()
+    results: list[Result] = []
     try:
         async with TestClient(TestServer(create_router_app(router))) as client:
-            results = await _send(client, n)
+            for _ in range(n):
+                resp = await client.post("/v2/models/classifier/infer", json=sample_body())
+                body = await resp.text()
+                headers = resp.headers
+                results.append(
+                    (resp.status, headers.get(VARIANT_HEADER, ""), headers[OUTCOME_HEADER], body)
+                )
             metrics = await (await client.get("/metrics")).text()
     finally:
-        for server in servers.values():
+        for server in servers:
             await server.close()
-    for name in servers:
+    for name in ports:
         assert router.decider.inflight(name) == 0  # every attempt's backlog came back
     return results, metrics
 
 
 async def test_a_dropped_request_is_answered_by_the_spare_backend(tmp_path: Path) -> None:
-    ports = {"planned": unused_port(), "spare": unused_port()}
-    path = tmp_path / "routing.json"
-    table(path, ports, {"planned": 1.0, "spare": 0.0}, retries=1)
-    servers = {
-        "planned": dropping_worker(ports["planned"]),
-        "spare": serving_worker(ports["spare"]),
-    }
-    results, metrics = await _served(path, servers, 6)
-    assert results == [(200, "spare", "ok")] * 6
+    results, metrics = await _served(tmp_path, retries=1, spare_drops=False, n=6)
+    assert [r[:3] for r in results] == [(200, "spare", "ok")] * 6
     retried = (
         "accordion_router_retried_total"
         '{from_variant="planned",service="classifier",to_variant="spare"}'
@@ -116,41 +116,17 @@ async def test_a_dropped_request_is_answered_by_the_spare_backend(tmp_path: Path
 
 
 async def test_without_retries_the_workers_drop_is_the_answer(tmp_path: Path) -> None:
-    ports = {"planned": unused_port(), "spare": unused_port()}
-    path = tmp_path / "routing.json"
-    table(path, ports, {"planned": 1.0, "spare": 0.0}, retries=0)
-    servers = {
-        "planned": dropping_worker(ports["planned"]),
-        "spare": serving_worker(ports["spare"]),
-    }
-    results, metrics = await _served(path, servers, 3)
-    assert results == [(503, "planned", "dropped")] * 3
+    results, metrics = await _served(tmp_path, retries=0, spare_drops=False, n=3)
+    assert [r[:3] for r in results] == [(503, "planned", "dropped")] * 3
     assert metric(metrics, "accordion_router_retried_total{") == 0
 
 
 async def test_when_every_backend_drops_it_the_last_drop_is_the_answer(tmp_path: Path) -> None:
     """Each backend is tried once at most (two retries allowed, one other backend): the client
     gets the worker's 503 with its reason, counted once as dropped."""
-    ports = {"planned": unused_port(), "spare": unused_port()}
-    path = tmp_path / "routing.json"
-    table(path, ports, {"planned": 1.0, "spare": 0.0}, retries=2)
-    servers = {
-        "planned": dropping_worker(ports["planned"]),
-        "spare": dropping_worker(ports["spare"]),
-    }
-    router = Router(path, health_interval_s=600.0, reload_interval_s=600.0)
-    for server in servers.values():
-        await server.start_server()
-    try:
-        async with TestClient(TestServer(create_router_app(router))) as client:
-            resp = await client.post("/v2/models/classifier/infer", json=sample_body())
-            body = await resp.text()
-            metrics = await (await client.get("/metrics")).text()
-    finally:
-        for server in servers.values():
-            await server.close()
-    assert resp.status == 503
-    assert resp.headers[OUTCOME_HEADER] == "dropped"
+    results, metrics = await _served(tmp_path, retries=2, spare_drops=True, n=1)
+    [(status, variant, outcome, body)] = results
+    assert (status, variant, outcome) == (503, "spare", "dropped")
     assert "deadline" in body
     assert metric(metrics, "accordion_router_retried_total{") == 1
     assert metric(metrics, 'accordion_router_outcomes_total{outcome="dropped"') == 1
