@@ -539,7 +539,8 @@ class RoutingDecider:
         self, budget_s: float, now_s: float | None = None, *, exclude: Collection[str] = ()
     ) -> Choice:
         """Pick the backend of one request with `budget_s` left before its deadline, among
-        the healthy ones but `exclude` (those that dropped it already: `retry`)."""
+        the healthy ones but `exclude` (the backends whose workers dropped it:
+        `FastLoopBounds.drop_retries`)."""
         weights = self.effective_weights(now_s)
         if exclude:
             weights = {n: w for n, w in weights.items() if n not in exclude}
