@@ -170,6 +170,29 @@ async def test_a_deferred_plan_says_the_accuracy_its_routing_serves() -> None:
     assert any(e.reason == "AccuracyScaledDown" for e in events), events
 
 
+def test_a_deferred_plan_routes_to_its_most_accurate_rows_first() -> None:
+    """While swaps wait, each service's load fills its most accurate rows to their capacity
+    first and only the rest goes to the fast replica added on the free device (the planner's
+    own rule), not a share in proportion to capacity: on the Proteus 1.5x trace the
+    proportional split sent yolo's yolov5n 31% of the load where yolov5x had room for all but
+    a fifth."""
+    world, _, loop, _ = setup(devices=3)
+    old = loop.make_plan(world, DemandView(qps={SVC: 80.0}))[0]
+    assert [(r.variant, r.replicas) for r in old.rows] == [("big", 2)]
+    new = loop.make_plan(world, DemandView(qps={SVC: 200.0}))[0]
+    partial = additions_only(new, old, {"gpu": 3})
+    assert partial is not None
+    rows = {r.variant: r for r in partial.rows}
+    assert [(v, r.replicas) for v, r in sorted(rows.items())] == [("big", 2), ("small", 1)]
+    big, small = rows["big"], rows["small"]
+    assert big.capacity_qps < 200.0 < big.capacity_qps + small.capacity_qps
+    assert big.routed_qps == pytest.approx(big.capacity_qps)
+    assert small.routed_qps == pytest.approx(200.0 - big.capacity_qps)
+    (summary,) = partial.services
+    expected = (big.capacity_qps * big.accuracy + small.routed_qps * small.accuracy) / 200.0
+    assert summary.effective_accuracy == pytest.approx(expected)
+
+
 def _degraded(world: World) -> str | None:
     """The Degraded condition's message in the service's status (None: not Degraded)."""
     status = world.status.get(SVC)
